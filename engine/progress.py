@@ -1,0 +1,112 @@
+"""Progress callbacks and cancel tokens shared by every engine loop.
+
+Loops report through a ``ProgressFn`` and poll a ``CancelToken``; the CLI turns the reports
+into tqdm bars, a worker process writes them to ``progress.jsonl``, the studio reads that.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from engine.errors import Cancelled
+
+
+@dataclass
+class ProgressEvent:
+    """One report from a loop.
+
+    Attributes:
+        stage: short name of the loop ("train", "sample", "encode", ...).
+        step: steps done so far (0..total).
+        total: total steps of this stage.
+        metrics: scalar metrics at this step (e.g. ``{"loss": 0.12}``).
+        message: optional human-readable line.
+        preview: optional path of a preview image written by the loop.
+    """
+
+    stage: str
+    step: int
+    total: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+    preview: str | None = None
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "step": self.step,
+            "total": self.total,
+            "metrics": self.metrics,
+            "message": self.message,
+            "preview": self.preview,
+            "time": self.time,
+        }
+
+
+class ProgressFn(Protocol):
+    def __call__(self, event: ProgressEvent) -> None: ...
+
+
+def no_progress(event: ProgressEvent) -> None:
+    """A progress callback that ignores every report."""
+
+
+class CancelToken:
+    """Set from outside (a signal handler, a UI button); polled by loops between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("cancelled by the user")
+
+
+class TqdmProgress:
+    """A ProgressFn that shows one tqdm bar per stage (for the command line)."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self._bars: dict[str, Any] = {}
+        self._disable = disable
+
+    def __call__(self, event: ProgressEvent) -> None:
+        from tqdm.auto import tqdm
+
+        bar = self._bars.get(event.stage)
+        if bar is None or bar.total != event.total:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=event.total, desc=event.stage, leave=True, disable=self._disable,
+                       dynamic_ncols=True)
+            self._bars[event.stage] = bar
+        bar.n = event.step
+        if event.metrics:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()}, refresh=False)
+        bar.refresh()
+        if event.step >= event.total:
+            bar.close()
+            self._bars.pop(event.stage, None)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+
+def every(n_steps: int, total: int, step: int) -> bool:
+    """True when ``step`` should be reported: every ``n_steps`` and on the last step."""
+    return step == total or step % max(1, n_steps) == 0
+
+
+ProgressLike = Callable[[ProgressEvent], None]

@@ -1,0 +1,30 @@
+"""The project file: DuckDB through SQLModel plus an assets folder. See ``store.Project``."""
+
+from engine.project.schema import (
+    SCHEMA_VERSION,
+    Dataset,
+    Encoding,
+    Evaluation,
+    Export,
+    Generation,
+    Image,
+    Job,
+    Meta,
+    Model,
+    Sample,
+    Selection,
+    new_id,
+    utcnow,
+)
+from engine.project.store import (
+    Project,
+    project_paths,
+    save_array_atomic,
+    write_json_atomic,
+)
+
+__all__ = [
+    "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Export", "Generation", "Image",
+    "Job", "Meta", "Model", "Sample", "Selection", "new_id", "utcnow", "Project",
+    "project_paths", "save_array_atomic", "write_json_atomic",
+]

@@ -1,0 +1,395 @@
+"""The project: ``NAME.duckdb`` plus the sibling folder ``NAME.assets/``.
+
+``Project`` is the only writer of the file. All database access goes through one connection
+guarded by a lock (Gradio handlers run in threads), so writes are serialised in one place.
+Workers never open the database: they write into their job folder and the owner ingests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, TypeVar
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, SQLModel, select
+
+from engine.errors import (
+    NotFoundError,
+    ProjectLockedError,
+    ProjectNotFoundError,
+    SchemaVersionError,
+    StudioError,
+)
+from engine.project.schema import (
+    SCHEMA_VERSION,
+    Dataset,
+    Encoding,
+    Evaluation,
+    Export,
+    Generation,
+    Image,
+    Job,
+    Meta,
+    Model,
+    Sample,
+    Selection,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+RowT = TypeVar("RowT", bound=SQLModel)
+
+IMAGE_COLUMNS = [c.name for c in Image.__table__.columns]
+SAMPLE_COLUMNS = [c.name for c in Sample.__table__.columns]
+
+
+def project_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``foo`` or ``foo.duckdb`` -> (``foo.duckdb``, ``foo.assets``)."""
+    p = Path(path).expanduser()
+    if p.suffix != ".duckdb":
+        p = p.with_name(p.name + ".duckdb")
+    p = p.absolute()
+    return p, p.with_name(p.stem + ".assets")
+
+
+def _locked_message(path: Path, exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"held in (.+?) \(PID (\d+)\)", text)
+    holder = f"{m.group(1)} (PID {m.group(2)})" if m else "another process"
+    return (f"project {path} is open in {holder}; close that studio or command first "
+            f"(DuckDB allows one writer per project file)")
+
+
+class Project:
+    """An open project. Use as a context manager or call ``close()``.
+
+    Args:
+        path: ``NAME`` or ``NAME.duckdb``; the assets folder is ``NAME.assets``.
+        create: create the project when it does not exist (else ProjectNotFoundError).
+        read_only: open without writing (fails while a writer holds the file).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True,
+                 read_only: bool = False) -> None:
+        self.path, self.assets = project_paths(path)
+        self.read_only = read_only
+        if not self.path.exists():
+            if not create or read_only:
+                raise ProjectNotFoundError(f"no project at {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._engine = sa.create_engine(
+                f"duckdb:///{self.path}",
+                poolclass=StaticPool,
+                connect_args={"read_only": read_only},
+            )
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # duckdb raises IOException subclasses of its own
+            if "lock" in str(exc).lower():
+                raise ProjectLockedError(_locked_message(self.path, exc)) from exc
+            raise StudioError(f"cannot open project {self.path}: {exc}") from exc
+        self.assets.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self._init_schema()
+        else:
+            self._check_version()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self._engine.dispose()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _init_schema(self) -> None:
+        with self._lock:
+            SQLModel.metadata.create_all(self._engine)
+            with self.session() as s:
+                meta = s.get(Meta, "schema_version")
+                if meta is None:
+                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                    s.commit()
+                    return
+            self._check_version()
+
+    def _check_version(self) -> None:
+        version = int(self.get_meta("schema_version", str(SCHEMA_VERSION)))
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"project {self.path} has schema version {version}, newer than this studio's "
+                f"{SCHEMA_VERSION}; upgrade rcdm-studio to open it")
+        # Older versions are migrated here, one step at a time, when they exist.
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._lock, Session(self._engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def duck(self) -> Iterator[Any]:
+        """The raw DuckDB connection (bulk inserts, DataFrame queries), under the lock."""
+        with self._lock, self._engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            yield raw
+            conn.commit()
+
+    # ---------------------------------------------------------------- paths
+
+    def rel(self, path: str | os.PathLike) -> str:
+        """Assets-relative POSIX path of a file inside the assets folder."""
+        return Path(path).absolute().relative_to(self.assets).as_posix()
+
+    def abs(self, rel: str) -> Path:
+        """Absolute path of an assets-relative path; refuses paths that leave the assets."""
+        p = (self.assets / rel).resolve()
+        root = self.assets.resolve()
+        if p != root and root not in p.parents:
+            raise StudioError(f"path {rel!r} is outside the project's assets")
+        return p
+
+    def new_folder(self, kind: str, ident: str) -> Path:
+        folder = self.assets / kind / ident
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    # ---------------------------------------------------------------- meta / settings
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return row.value if row is not None else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            if row is None:
+                s.add(Meta(key=key, value=value))
+            else:
+                row.value = value
+                s.add(row)
+            s.commit()
+
+    def settings(self) -> dict[str, Any]:
+        return json.loads(self.get_meta("settings", "{}"))
+
+    def update_settings(self, **values: Any) -> dict[str, Any]:
+        current = self.settings()
+        current.update(values)
+        self.set_meta("settings", json.dumps(current, sort_keys=True))
+        return current
+
+    # ---------------------------------------------------------------- generic rows
+
+    def add(self, row: RowT) -> RowT:
+        with self.session() as s:
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def update(self, row_type: type[RowT], row_id: str, **values: Any) -> RowT:
+        with self.session() as s:
+            row = s.get(row_type, row_id)
+            if row is None:
+                raise NotFoundError(f"no {row_type.__name__.lower()} {row_id!r}")
+            for k, v in values.items():
+                setattr(row, k, v)
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def delete(self, row_type: type[RowT], row_id: str) -> None:
+        with self.session() as s:
+            row = s.get(row_type, row_id)
+            if row is not None:
+                s.delete(row)
+                s.commit()
+
+    def get(self, row_type: type[RowT], ref: str) -> RowT:
+        """A row by id, or by name for tables that have one."""
+        with self.session() as s:
+            row = s.get(row_type, ref)
+            if row is None and hasattr(row_type, "name"):
+                rows = s.exec(select(row_type).where(row_type.name == ref)).all()
+                if len(rows) > 1:
+                    raise NotFoundError(
+                        f"{len(rows)} {row_type.__name__.lower()}s are named {ref!r}; use the id")
+                row = rows[0] if rows else None
+            if row is None:
+                raise NotFoundError(f"no {row_type.__name__.lower()} {ref!r} in {self.path.name}")
+            return row
+
+    def list(self, row_type: type[RowT], **where: Any) -> list[RowT]:
+        with self.session() as s:
+            q = select(row_type)
+            for k, v in where.items():
+                q = q.where(getattr(row_type, k) == v)
+            if hasattr(row_type, "created_at"):
+                q = q.order_by(row_type.created_at)
+            return list(s.exec(q).all())
+
+    def unique_name(self, row_type: type[RowT], base: str) -> str:
+        names = {r.name for r in self.list(row_type)}
+        if base not in names:
+            return base
+        i = 2
+        while f"{base}-{i}" in names:
+            i += 1
+        return f"{base}-{i}"
+
+    # ---------------------------------------------------------------- bulk rows
+
+    def add_dataset(self, dataset: Dataset, images: pd.DataFrame) -> Dataset:
+        """Insert a dataset and all its images in one transaction (all or nothing)."""
+        frame = images.reindex(columns=IMAGE_COLUMNS)  # noqa: F841 (used by DuckDB by name)
+        with self.duck() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("INSERT INTO image SELECT * FROM frame")
+                con.execute(
+                    "INSERT INTO dataset (id, name, source, root, num_classes, num_images, "
+                    "num_train, num_test, classes_json, skipped_json, config_json, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [dataset.id, dataset.name, dataset.source, dataset.root,
+                     dataset.num_classes, dataset.num_images, dataset.num_train,
+                     dataset.num_test, dataset.classes_json, dataset.skipped_json,
+                     dataset.config_json, dataset.created_at or utcnow()])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        return self.get(Dataset, dataset.id)
+
+    def add_generation(self, generation: Generation, samples: pd.DataFrame) -> Generation:
+        """Insert a generation and all its samples in one transaction."""
+        frame = samples.reindex(columns=SAMPLE_COLUMNS)  # noqa: F841
+        with self.duck() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("INSERT INTO sample SELECT * FROM frame")
+                con.execute(
+                    "INSERT INTO generation (id, name, model_id, dataset_id, encoder, folder, "
+                    "count, config_json, job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [generation.id, generation.name, generation.model_id, generation.dataset_id,
+                     generation.encoder, generation.folder, generation.count,
+                     generation.config_json, generation.job_id,
+                     generation.created_at or utcnow()])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        return self.get(Generation, generation.id)
+
+    def images(self, dataset_id: str, split: str | None = None) -> pd.DataFrame:
+        """The images of a dataset as a DataFrame ordered by ``idx``."""
+        with self.duck() as con:
+            if split is None:
+                return con.execute("SELECT * FROM image WHERE dataset_id = ? ORDER BY idx",
+                                   [dataset_id]).df()
+            return con.execute(
+                "SELECT * FROM image WHERE dataset_id = ? AND split = ? ORDER BY idx",
+                [dataset_id, split]).df()
+
+    def samples(self, generation_id: str) -> pd.DataFrame:
+        """The samples of a generation as a DataFrame ordered by ``idx``."""
+        with self.duck() as con:
+            return con.execute("SELECT * FROM sample WHERE generation_id = ? ORDER BY idx",
+                               [generation_id]).df()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        with self.duck() as con:
+            return con.execute(sql, params or []).df()
+
+    # ---------------------------------------------------------------- arrays
+
+    def save_array(self, rel: str, array: np.ndarray) -> str:
+        """Write an array atomically (temp file + rename) to an assets-relative path."""
+        path = self.assets / rel
+        save_array_atomic(path, array)
+        return rel
+
+    def load_array(self, rel: str, mmap: bool = True) -> np.ndarray:
+        return np.load(self.abs(rel), mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def embeddings(self, encoding: Encoding | str) -> np.ndarray:
+        enc = encoding if isinstance(encoding, Encoding) else self.get(Encoding, encoding)
+        return self.load_array(enc.array_path)
+
+    def selection_members(self, selection: Selection | str) -> np.ndarray:
+        sel = selection if isinstance(selection, Selection) else self.get(Selection, selection)
+        return np.asarray(self.load_array(sel.members_path, mmap=False), dtype=np.int64)
+
+    # ---------------------------------------------------------------- summary
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and short descriptions of everything the project holds."""
+        out: dict[str, Any] = {"project": str(self.path), "schema_version": SCHEMA_VERSION}
+        for name, table in [("datasets", Dataset), ("encodings", Encoding), ("models", Model),
+                            ("generations", Generation), ("selections", Selection),
+                            ("evaluations", Evaluation), ("exports", Export), ("jobs", Job)]:
+            rows = self.list(table)
+            out[name] = [_row_summary(r) for r in rows]
+        return out
+
+
+def _row_summary(row: SQLModel) -> dict[str, Any]:
+    d = row.model_dump()
+    for k in list(d):
+        if k.endswith("_json"):
+            try:
+                d[k[:-5]] = json.loads(d.pop(k))
+            except (TypeError, ValueError):
+                pass
+        elif hasattr(d[k], "isoformat"):
+            d[k] = d[k].isoformat(timespec="seconds")
+    return d
+
+
+def save_array_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def copy_tree_atomic(src: Path, dst: Path) -> None:
+    """Copy a folder so that ``dst`` appears whole or not at all."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
