@@ -213,6 +213,8 @@ class EvalConfig(StageConfig):
     augment: str = "crop"  # "none" or "crop" (random-resized crop + flip off for digits)
     seed: int = 0
     device: str = "cpu"
+    crop_scale_min: float = 0.35  # smallest area fraction kept by the random-resized crop
+    hflip: bool = False  # random horizontal flip with "crop" (off: digits are not mirror-symmetric)
 
     def validate(self) -> None:
         _check(self.arch in CLASSIFIERS, f"arch must be one of {CLASSIFIERS}, got {self.arch!r}")
@@ -220,6 +222,11 @@ class EvalConfig(StageConfig):
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.augment in ("none", "crop"), f"augment must be none or crop, got {self.augment!r}")
+        _check(0.0 < self.crop_scale_min <= 1.0,
+               f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0.0 <= self.label_smoothing < 1.0,
+               f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,470 @@
+"""The ``rcdm-studio`` console script: the studio, and one subcommand per stage.
+
+``rcdm-studio`` alone launches the studio; every action the studio can do, a subcommand can
+do too. Errors the engine raises on purpose are printed as one sentence with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import BandConfig, EncodeConfig, EvalConfig, ExportConfig, GenerateConfig, \
+    ImportConfig, TrainConfig
+from engine.errors import StudioError
+from engine.progress import CancelToken, TqdmProgress
+
+log = logging.getLogger("rcdm_studio")
+
+DEFAULT_PROJECT = "rcdm-studio.duckdb"
+
+
+def _project_arg(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # Sub-commands do not repeat the default, so `rcdm-studio --project X demo` keeps X.
+    default = os.environ.get("RCDM_STUDIO_PROJECT", DEFAULT_PROJECT) if top else argparse.SUPPRESS
+    p.add_argument("--project", default=default,
+                   help="project file NAME.duckdb (its assets go to NAME.assets/); default "
+                        f"$RCDM_STUDIO_PROJECT or ./{DEFAULT_PROJECT}")
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object on the last line")
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rcdm-studio",
+        description="RCDM Studio: train representation-conditioned diffusion models on your "
+                    "images, generate variations, curate them in the representation space, "
+                    "measure their training value and export an ImageFolder. Without a "
+                    "subcommand it launches the studio in the browser.")
+    _project_arg(parser, top=True)
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int,
+                        default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                        help="port (default 7860)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    parser.add_argument("--demo", action="store_true",
+                        help="import the bundled digits dataset when the project has no dataset")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the bundled digits dataset",
+                       description="Import the digits, encode, train an RCDM and the "
+                                   "class-conditioned baseline, generate, re-encode, keep the "
+                                   "middle band, evaluate four training mixes, export.")
+    _project_arg(p)
+    p.add_argument("--quick", action="store_true", help="smaller run (a few minutes on a CPU)")
+    p.add_argument("--export", metavar="DIR", help="export folder (default: in the assets)")
+    p.add_argument("--encoder", default="pca", help="offline encoder to condition on (pca)")
+    _json_arg(p)
+
+    p = sub.add_parser("import", help="import an ImageFolder (one sub-folder per class)")
+    _project_arg(p)
+    p.add_argument("folder", help="folder with one sub-folder of images per class")
+    p.add_argument("--name", required=True, help="dataset name in the project")
+    p.add_argument("--test-fraction", type=float, default=ImportConfig.test_fraction,
+                   help="held-out real test split (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    _json_arg(p)
+
+    p = sub.add_parser("import-demo", help="import the bundled digits dataset")
+    _project_arg(p)
+    p.add_argument("--name", default="digits", help="dataset name (default digits)")
+    _json_arg(p)
+
+    p = sub.add_parser("status", help="show what the project holds")
+    _project_arg(p)
+    _json_arg(p)
+
+    p = sub.add_parser("encode", help="encode a dataset, or re-encode a generation")
+    _project_arg(p)
+    p.add_argument("--dataset", help="dataset name or id (default: the only one)")
+    p.add_argument("--generation", help="re-encode this generation instead of a dataset")
+    p.add_argument("--encoder", default="pca", help="encoder name (see `encoders`)")
+    p.add_argument("--dim", type=int, default=EncodeConfig.dim, help="dimension (pca)")
+    p.add_argument("--image-size", type=int, default=EncodeConfig.image_size,
+                   help="resolution offline encoders look at")
+    _device_arg(p)
+    _json_arg(p)
+
+    p = sub.add_parser("encoders", help="list the encoders of the registry")
+    _json_arg(p)
+
+    p = sub.add_parser("train", help="train an RCDM conditioned on an encoding")
+    _project_arg(p)
+    p.add_argument("--dataset", help="dataset name or id")
+    p.add_argument("--encoder", default="pca",
+                   help="condition on the dataset's encoding with this encoder "
+                        "(class = the class-conditioned baseline)")
+    p.add_argument("--name", help="model name")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.learning_rate)
+    p.add_argument("--image-size", type=int, default=TrainConfig.image_size)
+    p.add_argument("--cond-dropout", type=float, default=TrainConfig.cond_dropout,
+                   help="probability of dropping the representation (classifier-free guidance)")
+    p.add_argument("--seed", type=int, default=0)
+    _device_arg(p)
+    _json_arg(p)
+
+    p = sub.add_parser("generate", help="generate seeded variations of real images")
+    _project_arg(p)
+    p.add_argument("--model", help="model name or id (default: the latest trained)")
+    p.add_argument("--variations", type=int, default=1, help="seeds per source image")
+    p.add_argument("--images", nargs="*", help="source image ids (default: the training split)")
+    p.add_argument("--sampler", default=GenerateConfig.sampler, choices=["ddpm", "ddim", "dpm++"])
+    p.add_argument("--steps", type=int, default=GenerateConfig.steps)
+    p.add_argument("--guidance", type=float, default=GenerateConfig.guidance,
+                   help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--name", help="generation name")
+    _device_arg(p)
+    _json_arg(p)
+
+    p = sub.add_parser("curate", help="keep a band of distances to the class centroid")
+    _project_arg(p)
+    p.add_argument("--generation", required=True, help="generation name or id")
+    p.add_argument("--preset", choices=["middle", "nearest", "farthest", "all"],
+                   help="band preset; with --keep, the fraction kept per class")
+    p.add_argument("--keep", type=float, default=0.5, help="fraction kept by a preset")
+    p.add_argument("--low", type=float, help="lower quantile of the band (0..1)")
+    p.add_argument("--high", type=float, help="upper quantile of the band (0..1)")
+    p.add_argument("--centroid", default="real", choices=["real", "generated", "both"])
+    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    p.add_argument("--name", help="selection name")
+    _json_arg(p)
+
+    p = sub.add_parser("evaluate", help="train a classifier on a training mix (real test split)")
+    _project_arg(p)
+    p.add_argument("--mix", default="real", choices=["real", "synthetic", "real+synthetic"])
+    p.add_argument("--selection", help="synthetic part: a selection")
+    p.add_argument("--generation", help="synthetic part: a whole generation")
+    p.add_argument("--dataset", help="dataset name or id")
+    p.add_argument("--arch", default=EvalConfig.arch, choices=["resnet_tiny", "resnet18",
+                                                               "resnet50"])
+    p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="evaluation name")
+    _device_arg(p)
+    _json_arg(p)
+
+    p = sub.add_parser("export", help="export a selection as an ImageFolder with a manifest")
+    _project_arg(p)
+    p.add_argument("--selection", required=True, help="selection name or id")
+    p.add_argument("--out", help="output folder (default: in the project's assets)")
+    p.add_argument("--include-real", action="store_true", help="add the real training images")
+    p.add_argument("--link", action="store_true", help="hard-link files instead of copying")
+    _json_arg(p)
+
+    p = sub.add_parser("jobs", help="list, cancel or retry background jobs")
+    _project_arg(p)
+    p.add_argument("action", nargs="?", default="list", choices=["list", "cancel", "retry"])
+    p.add_argument("job", nargs="?", help="job id (cancel, retry)")
+    _json_arg(p)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _open(args: argparse.Namespace, create: bool = True):
+    from engine.project import Project
+
+    return Project(args.project, create=create)
+
+
+def _run(project, spec, args) -> Any:
+    from engine.jobs import JobManager
+
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    try:
+        print(f"-> {spec.title}", file=sys.stderr)
+        return JobManager(project).run_inline(spec, progress=bar, cancel=cancel)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, default=str))
+    else:
+        print(text)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import DemoConfig, results_table, run_demo
+
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    if args.encoder != "pca":
+        config = DemoConfig(**{**config.__dict__, "encoder": args.encoder,
+                               "encode": config.encode.replace(encoder=args.encoder)})
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    try:
+        with _open(args) as project:
+            results = run_demo(project, config, Path(args.export) if args.export else None,
+                               progress=bar, cancel=cancel,
+                               say=lambda m: print(m, file=sys.stderr))
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    print(results_table(results))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from engine import data
+
+    config = ImportConfig(test_fraction=args.test_fraction, split_seed=args.seed)
+    with _open(args) as project:
+        bar = TqdmProgress()
+        ds = data.import_image_folder(project, Path(args.folder), args.name, config,
+                                      progress=bar)
+        bar.close()
+        skipped = json.loads(ds.skipped_json)
+    text = (f"imported {ds.name}: {ds.num_images} images in {ds.num_classes} classes "
+            f"({ds.num_train} train / {ds.num_test} test), {len(skipped)} file(s) skipped")
+    for s in skipped[:20]:
+        text += f"\n  skipped {s['path']}: {s['reason']}"
+    _emit(args, {"id": ds.id, "name": ds.name, "images": ds.num_images,
+                 "classes": ds.num_classes, "train": ds.num_train, "test": ds.num_test,
+                 "skipped": skipped}, text)
+    return 0
+
+
+def cmd_import_demo(args: argparse.Namespace) -> int:
+    from engine import data
+
+    with _open(args) as project:
+        ds = data.import_demo(project, name=args.name)
+    _emit(args, {"id": ds.id, "name": ds.name, "images": ds.num_images},
+          f"imported {ds.name}: {ds.num_images} images in {ds.num_classes} classes")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from engine.project import Project
+
+    with Project(args.project, create=False) as project:
+        s = project.summary()
+    if args.json:
+        print(json.dumps(s, default=str))
+        return 0
+    print(f"project {s['project']} (schema {s['schema_version']})")
+    for d in s["datasets"]:
+        print(f"  dataset   {d['name']:<24} {d['num_images']} images, {d['num_classes']} "
+              f"classes, {d['num_train']} train / {d['num_test']} test")
+    for e in s["encodings"]:
+        print(f"  encoding  {e['id']:<24} {e['encoder']} {e['target']} {e['target_id']} "
+              f"({e['count']} x {e['dim']}{', offline' if e['offline'] else ''})")
+    for m in s["models"]:
+        loss = f", loss {m['final_loss']:.4f}" if m["final_loss"] is not None else ""
+        print(f"  model     {m['name']:<24} {m['encoder']}, {m['status']}, "
+              f"{m['steps_done']} steps{loss}")
+    for g in s["generations"]:
+        print(f"  generation {g['name']:<23} {g['count']} images")
+    for sel in s["selections"]:
+        print(f"  selection {sel['name']:<24} {sel['count']} samples")
+    for e in s["evaluations"]:
+        acc = f"top-1 {e['top1']:.2f}, top-5 {e['top5']:.2f}" if e["top1"] is not None else ""
+        print(f"  evaluation {e['name']:<23} {e['mix']}, {e['status']} {acc}")
+    for x in s["exports"]:
+        print(f"  export    {x['folder']} ({x['count']} images)")
+    active = [j for j in s["jobs"] if j["status"] not in ("done",)]
+    print(f"  jobs      {len(s['jobs'])} in all, {len(active)} not done")
+    for j in active:
+        print(f"    {j['id']} {j['kind']:<9} {j['status']:<11} {j['title']} {j['error']}")
+    return 0
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from engine.encoders import available_encoders
+
+    rows = available_encoders()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['name']:<8} {'offline' if r['offline'] else 'pretrained':<10} "
+                  f"{r['description']}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from engine.stages import encode
+
+    config = EncodeConfig(encoder=args.encoder, dim=args.dim, image_size=args.image_size,
+                          device=args.device)
+    with _open(args) as project:
+        job = _run(project, encode.prepare(project, config, dataset_ref=args.dataset,
+                                           generation_ref=args.generation), args)
+        from engine.project import Encoding
+
+        enc = project.get(Encoding, job.result_id)
+    _emit(args, {"id": enc.id, "encoder": enc.encoder, "count": enc.count, "dim": enc.dim},
+          f"encoding {enc.id}: {enc.count} x {enc.dim} with {enc.encoder}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.project import Model
+    from engine.stages import train
+
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                         learning_rate=args.lr, image_size=args.image_size,
+                         cond_dropout=args.cond_dropout, seed=args.seed, device=args.device)
+    with _open(args) as project:
+        job = _run(project, train.prepare(project, config, args.dataset, encoder=args.encoder,
+                                          name=args.name), args)
+        m = project.get(Model, job.result_id)
+    _emit(args, {"id": m.id, "name": m.name, "steps": m.steps_done, "final_loss": m.final_loss},
+          f"model {m.name} ({m.id}): {m.steps_done} steps, final loss {m.final_loss:.4f}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from engine.project import Generation
+    from engine.stages import generate
+
+    config = GenerateConfig(variations=args.variations, sampler=args.sampler, steps=args.steps,
+                            guidance=args.guidance, seed=args.seed, device=args.device)
+    with _open(args) as project:
+        job = _run(project, generate.prepare(project, config, args.model, args.images,
+                                             args.name), args)
+        g = project.get(Generation, job.result_id)
+    _emit(args, {"id": g.id, "name": g.name, "count": g.count},
+          f"generation {g.name} ({g.id}): {g.count} images in {g.folder}")
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from engine.stages import curate
+
+    if args.preset:
+        band = BandConfig.preset(args.preset, args.keep).replace(centroid=args.centroid,
+                                                                 metric=args.metric)
+    else:
+        band = BandConfig(low=0.0 if args.low is None else args.low,
+                          high=1.0 if args.high is None else args.high,
+                          centroid=args.centroid, metric=args.metric)
+    with _open(args) as project:
+        bd = curate.band_data(project, args.generation, centroid=band.centroid,
+                              metric=band.metric)
+        sel = curate.save_selection(project, bd, band, name=args.name)
+        table = curate.summary(bd, curate.band_mask(bd, band))
+    _emit(args, {"id": sel.id, "name": sel.name, "count": sel.count,
+                 "generated": int(len(bd.distances)), "band": band.to_dict()},
+          table.to_string(index=False) + f"\nselection {sel.name} ({sel.id}): kept "
+          f"{sel.count} of {len(bd.distances)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.project import Evaluation
+    from engine.stages import evaluate
+
+    config = EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed, device=args.device)
+    with _open(args) as project:
+        job = _run(project, evaluate.prepare(project, config, mix=args.mix,
+                                             dataset_ref=args.dataset,
+                                             selection_ref=args.selection,
+                                             generation_ref=args.generation, name=args.name),
+                   args)
+        e = project.get(Evaluation, job.result_id)
+    _emit(args, {"id": e.id, "name": e.name, "mix": e.mix, "top1": e.top1, "top5": e.top5,
+                 "train_images": e.num_train, "test_images": e.num_test},
+          f"evaluation {e.name}: {e.mix} ({e.num_train} images), top-1 {e.top1:.2f} %, "
+          f"top-5 {e.top5:.2f} % on {e.num_test} real test images")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.project import Export
+    from engine.stages import export
+
+    config = ExportConfig(include_real=args.include_real, link=args.link)
+    with _open(args) as project:
+        job = _run(project, export.prepare(project, config, args.selection, args.out), args)
+        x = project.get(Export, job.result_id)
+    _emit(args, {"id": x.id, "folder": x.folder, "count": x.count, "manifest": x.manifest},
+          f"exported {x.count} images to {x.folder}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from engine.jobs import JobManager
+    from engine.project import Job
+
+    with _open(args, create=False) as project:
+        jobs = JobManager(project)
+        if args.action == "cancel":
+            jobs.cancel(args.job)
+        elif args.action == "retry":
+            jobs.retry(args.job)
+            print("queued again; it runs while a studio is open on the project, or now:",
+                  file=sys.stderr)
+            job = jobs.wait(args.job)
+            print(f"{job.id}: {job.status} {job.error}")
+            return 0 if job.status == "done" else 1
+        jobs.reconcile()
+        rows = [j.model_dump(mode="json") for j in project.list(Job)]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for j in rows:
+            print(f"{j['id']} {j['kind']:<9} {j['status']:<11} {j['title']} {j['error']}")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from studio.app import launch
+
+    launch(project_path=args.project, host=args.host, port=args.port,
+           open_browser=not args.no_browser, demo=args.demo)
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo, "import": cmd_import, "import-demo": cmd_import_demo,
+    "status": cmd_status, "encoders": cmd_encoders, "encode": cmd_encode, "train": cmd_train,
+    "generate": cmd_generate, "curate": cmd_curate, "evaluate": cmd_evaluate,
+    "export": cmd_export, "jobs": cmd_jobs,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS.get(args.command, cmd_launch)(args)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

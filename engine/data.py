@@ -1,0 +1,541 @@
+"""Image datasets: validation, ImageFolder import, stratified splits, pixel caches, the demo.
+
+An imported dataset lives in ``ASSETS/datasets/<dataset_id>/``::
+
+    images/<label:04d>/<idx:06d>.png   every valid image, RGB, longer side <= max_side
+    thumbs/<label:04d>/<idx:06d>.png   a thumbnail per image (longer side thumbnail_size)
+    pixels_<size>.npy                  uint8 (N, size, size, 3) caches made by dataset_pixels
+
+``idx`` runs over the whole dataset (0..N-1, classes in label order, files sorted by path)
+and is the row of the image in every array computed from the dataset (pixels, embeddings).
+
+Import is all-or-nothing: images are written into a ``.partial`` folder, renamed into place
+when every file has been read, and the dataset and its image rows are inserted in one
+transaction; any error or cancel removes the folder and leaves no row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from engine.config import ImportConfig
+from engine.errors import DatasetError
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+from engine.project import Dataset, Project, new_id
+
+log = logging.getLogger(__name__)
+
+DEMO_SOURCE = "sklearn.datasets.load_digits (bundled, 8x8 handwritten digits)"
+_PNG_COMPRESS_LEVEL = 4  # a fair trade between import speed and file size
+_REPORT_EVERY_S = 0.1  # progress reports at most ~10 per second
+
+
+# ---------------------------------------------------------------------------- demo dataset
+
+
+def write_demo_dataset(folder: Path) -> Path:
+    """Write scikit-learn's bundled handwritten digits as an ImageFolder.
+
+    1,797 grayscale 8x8 images in 10 classes (``folder/"0"/00000.png`` ...), no download.
+    Values 0..16 are scaled to 0..255 keeping sklearn's convention: a bright stroke on black.
+    The file name is the image's index in ``load_digits()``.
+
+    Returns:
+        ``folder``.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # (1797, 8, 8) float 0..16 -> uint8 0..255
+    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    folder = Path(folder)
+    for label in np.unique(digits.target):
+        (folder / str(int(label))).mkdir(parents=True, exist_ok=True)
+    for i, (img, label) in enumerate(zip(images, digits.target)):
+        Image.fromarray(img).save(folder / str(int(label)) / f"{i:05d}.png")
+    return folder
+
+
+# ---------------------------------------------------------------------------- one image
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB.
+
+    Transparent images are composited over white. 16- and 32-bit integer images ("I;16*",
+    "I") are read as 16-bit intensities and scaled by 255/65535 (Pillow's own conversion
+    clips instead of scaling); float images ("F") are taken as 0..1 when their maximum is
+    <= 1, else as 0..255.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(img)
+        if arr.ndim == 3:  # e.g. 16-bit RGB decoded by a plugin as a 3-channel array
+            arr = arr[..., :3]
+        arr = arr.astype(np.float64)
+        if mode == "F":
+            finite = arr[np.isfinite(arr)]
+            top = float(finite.max()) if finite.size else 0.0
+            arr = np.nan_to_num(arr) * (255.0 if top <= 1.0 else 1.0)
+        else:
+            arr = arr * (255.0 / 65535.0)
+        gray = Image.fromarray(np.round(arr).clip(0, 255).astype(np.uint8))
+        return gray.convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # "1", "L", "P", "CMYK" (Adobe-inverted JPEGs are un-inverted by Pillow), "YCbCr", "LAB", ...
+    return img.convert("RGB")
+
+
+def _fit_side(img: Image.Image, max_side: int) -> Image.Image:
+    """Downscale (LANCZOS) so that the longer side is <= ``max_side``; never upscale."""
+    w, h = img.size
+    longer = max(w, h)
+    if longer <= max_side:
+        return img
+    scale = max_side / longer
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def validate_image(path: Path, config: ImportConfig) -> tuple[Image.Image | None, str]:
+    """Decode one file fully and normalise it, or say why it cannot be used.
+
+    Refuses empty, truncated, corrupt and non-image files, and decompression bombs (more
+    than ``config.max_pixels`` pixels, checked from the header before decoding). Applies the
+    EXIF orientation, converts any mode to RGB (see ``_to_rgb``) and downscales so that the
+    longer side is at most ``config.max_side``.
+
+    Returns:
+        ``(image, "")`` with an RGB image, or ``(None, reason)`` with a one-line reason.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return None, f"cannot read the file ({exc.strerror or exc})"
+    if size == 0:
+        return None, "empty file (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own global threshold; we apply config.max_pixels below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > config.max_pixels:
+                    return None, (f"decompression bomb refused: {w}x{h} = {w * h:,} pixels "
+                                  f"> max_pixels {config.max_pixels:,}")
+                img.load()  # decode everything now: truncation and corruption show up here
+                try:
+                    img = ImageOps.exif_transpose(img)
+                except Exception as exc:  # a broken EXIF block must not lose a good image
+                    log.warning("ignoring unreadable EXIF orientation of %s: %s", path, exc)
+                rgb = _to_rgb(img)
+                rgb.load()
+    except Image.DecompressionBombError as exc:
+        return None, f"decompression bomb refused by Pillow: {exc}"
+    except Image.UnidentifiedImageError:
+        return None, "not an image (unknown or unsupported format)"
+    except MemoryError:
+        return None, "not enough memory to decode the image"
+    except Exception as exc:  # any decoder failure means a truncated or corrupt file
+        text = str(exc).strip() or type(exc).__name__
+        return None, f"corrupt or truncated image ({text})"
+    return _fit_side(rgb, config.max_side), ""
+
+
+def make_thumbnail(img: Image.Image, size: int) -> Image.Image:
+    """A thumbnail whose longer side is ``size``.
+
+    Larger images are downscaled (LANCZOS). Images smaller than ``size / 2`` are enlarged by
+    the largest whole factor that fits, with NEAREST so small pixel art (8x8 digits) stays
+    crisp; the rest are kept as they are.
+    """
+    w, h = img.size
+    longer = max(w, h)
+    if longer > size:
+        scale = size / longer
+        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                          Image.Resampling.LANCZOS)
+    factor = size // longer
+    if factor >= 2:
+        return img.resize((w * factor, h * factor), Image.Resampling.NEAREST)
+    return img
+
+
+# ---------------------------------------------------------------------------- splits
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """A seeded train/test split that keeps class proportions.
+
+    Each class with ``n >= 2`` images gets ``round(n * test_fraction)`` test images, clipped
+    to ``[1, n - 1]``; a class with one image goes to train. Class ``c`` is shuffled with
+    ``np.random.default_rng([seed, c])``, so its split depends only on the seed and its own
+    images.
+
+    Args:
+        labels: int array (N,).
+        test_fraction: in (0, 1).
+        seed: split seed.
+
+    Returns:
+        str array (N,) of ``"train"`` / ``"test"``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DatasetError(f"labels must be one-dimensional, got shape {labels.shape}")
+    if not 0.0 < test_fraction < 1.0:
+        raise DatasetError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    split = np.full(labels.shape[0], "train", dtype="<U5")
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = members.size
+        if n < 2:
+            continue
+        n_test = int(min(max(round(n * test_fraction), 1), n - 1))
+        rng = np.random.default_rng([int(seed), int(c)])
+        split[rng.permutation(members)[:n_test]] = "test"
+    return split
+
+
+# ---------------------------------------------------------------------------- import
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _class_files(class_dir: Path) -> list[Path]:
+    """Non-hidden files under ``class_dir``, recursively, sorted by relative path.
+
+    Symbolic links are followed, but a folder already visited (same device and inode) is not
+    entered again, so link loops end.
+    """
+    seen: set[tuple[int, int]] = set()
+    files: list[Path] = []
+    for root, dirs, names in os.walk(class_dir, followlinks=True):
+        st = os.stat(root)
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            dirs[:] = []
+            continue
+        seen.add(key)
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        for name in names:
+            p = Path(root) / name
+            if not _is_hidden(name) and p.is_file():
+                files.append(p)
+    return sorted(files, key=lambda p: p.relative_to(class_dir).as_posix())
+
+
+def _list_classes(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def import_image_folder(project: Project, folder: Path, name: str,
+                        config: ImportConfig = ImportConfig(),
+                        progress: ProgressFn = no_progress,
+                        cancel: CancelToken | None = None) -> Dataset:
+    """Import an ImageFolder (one sub-folder per class) into the project.
+
+    Class names are the sorted sub-folder names (labels 0..C-1); hidden files and folders
+    are ignored; files are found recursively inside each class folder. Every file is
+    validated (``validate_image``); refused files are listed in ``skipped_json``.
+
+    Args:
+        project: the open project (the writer).
+        folder: the ImageFolder root.
+        name: the dataset's name, unique in the project.
+        config: validation limits, thumbnail size and the split.
+        progress: receives ``ProgressEvent(stage="import", step=files done, total=files)``.
+        cancel: polled between files; a cancel removes everything written.
+
+    Returns:
+        The new Dataset row.
+
+    Raises:
+        DatasetError: missing folder, no class sub-folder, a class without a valid image,
+            or a name already used. Nothing is left behind.
+        Cancelled: the token was set.
+    """
+    return _import_folder(project, Path(folder), name, config, progress, cancel, source=None)
+
+
+def _import_folder(project: Project, folder: Path, name: str, config: ImportConfig,
+                   progress: ProgressFn, cancel: CancelToken | None,
+                   source: str | None) -> Dataset:
+    folder = folder.expanduser().absolute()
+    if not name or not name.strip():
+        raise DatasetError(f"a dataset needs a non-empty name, got {name!r}")
+    if not folder.exists():
+        raise DatasetError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder (expected an ImageFolder root)")
+    if any(d.name == name for d in project.list(Dataset)):
+        raise DatasetError(f"a dataset named {name!r} already exists in {project.path.name}; "
+                           f"choose another name")
+    classes = _list_classes(folder)
+    if not classes:
+        raise DatasetError(f"no class sub-folders in {folder}: expected one sub-folder per "
+                           f"class, e.g. {folder / 'cat' / '001.jpg'}")
+    if len(classes) == 1:
+        log.warning("importing %s with a single class (%r): classifiers and class "
+                    "centroids need at least two", folder, classes[0])
+
+    # 1. list every file, class by class
+    per_class = [_class_files(folder / c) for c in classes]
+    total = sum(len(files) for files in per_class)
+
+    dataset_id = _new_dataset_id(project)
+    final_root = project.assets / "datasets" / dataset_id
+    work_root = final_root.with_name(f".{dataset_id}.partial")
+    rows: list[dict] = []
+    skipped: list[dict[str, str]] = []
+    done = 0
+    last_report = 0.0
+    try:
+        work_root.mkdir(parents=True)
+        progress(ProgressEvent(stage="import", step=0, total=total,
+                               message=f"importing {total} files from {folder}"))
+        # 2. validate and store each image, in label order
+        for label, (class_name, files) in enumerate(zip(classes, per_class)):
+            n_before = len(rows)
+            skipped_before = len(skipped)
+            for path in files:
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                rel_source = path.relative_to(folder).as_posix()
+                img, reason = validate_image(path, config)
+                if img is None:
+                    skipped.append({"path": rel_source, "reason": reason})
+                    log.info("skipped %s: %s", rel_source, reason)
+                else:
+                    idx = len(rows)
+                    sub = f"{label:04d}/{idx:06d}.png"
+                    image_path = work_root / "images" / sub
+                    thumb_path = work_root / "thumbs" / sub
+                    image_path.parent.mkdir(parents=True, exist_ok=True)
+                    thumb_path.parent.mkdir(parents=True, exist_ok=True)
+                    img.save(image_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+                    make_thumbnail(img, config.thumbnail_size).save(
+                        thumb_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+                    rows.append({
+                        "id": f"{dataset_id}_{idx:06d}",
+                        "dataset_id": dataset_id,
+                        "idx": idx,
+                        "path": project.rel(final_root / "images" / sub),
+                        "thumb": project.rel(final_root / "thumbs" / sub),
+                        "label": label,
+                        "class_name": class_name,
+                        "width": img.width,
+                        "height": img.height,
+                        "source_path": rel_source,
+                    })
+                done += 1
+                now = time.monotonic()
+                if now - last_report >= _REPORT_EVERY_S or done == total:
+                    last_report = now
+                    progress(ProgressEvent(stage="import", step=done, total=total,
+                                           metrics={"images": float(len(rows)),
+                                                    "skipped": float(len(skipped))}))
+            if len(rows) == n_before:
+                n_skipped = len(skipped) - skipped_before
+                if n_skipped == 0:
+                    raise DatasetError(f"class {class_name!r} has no image: "
+                                       f"{folder / class_name} holds no file")
+                first = skipped[skipped_before]
+                raise DatasetError(
+                    f"class {class_name!r} has no valid image: all {n_skipped} file(s) in "
+                    f"{folder / class_name} were skipped, the first ({first['path']}) "
+                    f"because: {first['reason']}")
+
+        # 3. the split
+        labels = np.array([r["label"] for r in rows], dtype=np.int64)
+        split = stratified_split(labels, config.test_fraction, config.split_seed)
+        images = pd.DataFrame(rows)
+        images["split"] = split
+        images["idx"] = images["idx"].astype(np.int64)
+        images["label"] = images["label"].astype(np.int64)
+
+        # 4. move the folder into place, then one transaction for every row
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        os.replace(work_root, final_root)
+        dataset = Dataset(
+            id=dataset_id,
+            name=name,
+            source=source if source is not None else str(folder),
+            root=project.rel(final_root),
+            num_classes=len(classes),
+            num_images=len(rows),
+            num_train=int((split == "train").sum()),
+            num_test=int((split == "test").sum()),
+            classes_json=json.dumps(classes),
+            skipped_json=json.dumps(skipped),
+            config_json=config.to_json(),
+        )
+        dataset = project.add_dataset(dataset, images)
+    except BaseException:
+        shutil.rmtree(work_root, ignore_errors=True)
+        shutil.rmtree(final_root, ignore_errors=True)
+        raise
+    log.info("imported %s as dataset %r (%s): %d images in %d classes, %d train / %d test, "
+             "%d skipped", folder, name, dataset_id, dataset.num_images, dataset.num_classes,
+             dataset.num_train, dataset.num_test, len(skipped))
+    return dataset
+
+
+def _new_dataset_id(project: Project) -> str:
+    while True:
+        ident = new_id("ds")
+        root = project.assets / "datasets" / ident
+        if not root.exists() and not root.with_name(f".{ident}.partial").exists():
+            return ident
+
+
+def import_demo(project: Project, name: str = "digits",
+                config: ImportConfig = ImportConfig(),
+                progress: ProgressFn = no_progress,
+                cancel: CancelToken | None = None) -> Dataset:
+    """Import the bundled handwritten digits (1,797 images, 10 classes) as dataset ``name``.
+
+    Raises:
+        DatasetError: a dataset with that name exists.
+    """
+    if any(d.name == name for d in project.list(Dataset)):
+        raise DatasetError(f"a dataset named {name!r} already exists in {project.path.name}; "
+                           f"choose another name")
+    with tempfile.TemporaryDirectory(prefix="rcdm-demo-") as tmp:
+        folder = write_demo_dataset(Path(tmp) / "digits")
+        return _import_folder(project, folder, name, config, progress, cancel,
+                              source=DEMO_SOURCE)
+
+
+# ---------------------------------------------------------------------------- pixels
+
+
+def _square(img: Image.Image, size: int) -> Image.Image:
+    """Center-crop the largest square, then resize to ``size x size``.
+
+    LANCZOS when shrinking, BICUBIC when enlarging.
+    """
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    w, h = img.size
+    if w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    if img.width == size:
+        return img
+    method = Image.Resampling.LANCZOS if img.width > size else Image.Resampling.BICUBIC
+    return img.resize((size, size), method)
+
+
+def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize a batch of images to ``size x size`` (same rules as ``dataset_pixels``).
+
+    Args:
+        pixels: uint8 (N, H, W, 3).
+        size: output side.
+
+    Returns:
+        uint8 (N, size, size, 3); the input itself when it is already that size.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise DatasetError(f"pixels must have shape (N, H, W, 3), got {pixels.shape}")
+    if pixels.shape[1] == size and pixels.shape[2] == size:
+        return pixels
+    out = np.empty((pixels.shape[0], size, size, 3), dtype=np.uint8)
+    for i in range(pixels.shape[0]):
+        out[i] = np.asarray(_square(Image.fromarray(np.ascontiguousarray(pixels[i])), size))
+    return out
+
+
+def load_pixels(paths: list[Path], size: int) -> np.ndarray:
+    """Read image files (e.g. generated PNGs) as uint8 (N, size, size, 3), in order."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as img:
+            img.load()
+            out[i] = np.asarray(_square(_to_rgb(img), size))
+    return out
+
+
+def pixels_cache_path(project: Project, dataset: Dataset, size: int) -> Path:
+    """Where ``dataset_pixels`` caches the dataset at ``size`` (a worker may np.load it)."""
+    return project.abs(dataset.root) / f"pixels_{size}.npy"
+
+
+def dataset_pixels(project: Project, dataset: Dataset, size: int,
+                   progress: ProgressFn = no_progress,
+                   cancel: CancelToken | None = None) -> np.ndarray:
+    """All images of a dataset, in ``idx`` order, as uint8 (N, size, size, 3).
+
+    Decoded once and cached as ``<dataset root>/pixels_<size>.npy`` (written atomically);
+    later calls return the cache memory-mapped read-only. Non-square images are
+    center-cropped to a square before resizing.
+    """
+    if size < 1:
+        raise DatasetError(f"size must be >= 1, got {size}")
+    cache = pixels_cache_path(project, dataset, size)
+    if cache.exists():
+        arr = np.load(cache, mmap_mode="r", allow_pickle=False)
+        if arr.shape == (dataset.num_images, size, size, 3) and arr.dtype == np.uint8:
+            return arr
+        log.warning("pixel cache %s has shape %s, expected %s: rebuilding it", cache,
+                    arr.shape, (dataset.num_images, size, size, 3))
+        del arr
+    images = project.images(dataset.id)
+    n = len(images)
+    if n != dataset.num_images:
+        raise DatasetError(f"dataset {dataset.name!r} lists {dataset.num_images} images but "
+                           f"the project holds {n} rows for it")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(n, size, size, 3))
+        last_report = 0.0
+        for i, rel in enumerate(images["path"]):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            with Image.open(project.abs(rel)) as img:
+                img.load()
+                out[i] = np.asarray(_square(img, size))
+            now = time.monotonic()
+            if now - last_report >= _REPORT_EVERY_S or i + 1 == n:
+                last_report = now
+                progress(ProgressEvent(stage="pixels", step=i + 1, total=n))
+        out.flush()
+        del out
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return np.load(cache, mmap_mode="r", allow_pickle=False)
+
+
+def class_names(dataset: Dataset) -> list[str]:
+    """The dataset's class names in label order."""
+    return list(json.loads(dataset.classes_json))

@@ -1,0 +1,19 @@
+"""Classifier training on a training mix, tested on the held-out real split.
+
+The measure of a synthetic selection's training value: train the same classifier recipe on
+real, synthetic and real + synthetic mixes and compare top-1 on the same real test images.
+"""
+
+from engine.evaluate.classifier import build_classifier, count_parameters
+from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
+from engine.evaluate.train import mix_arrays, train_classifier
+
+__all__ = [
+    "build_classifier",
+    "confusion_matrix",
+    "count_parameters",
+    "mix_arrays",
+    "per_class_accuracy",
+    "topk_accuracy",
+    "train_classifier",
+]

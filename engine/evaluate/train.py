@@ -1,0 +1,407 @@
+"""Train a classifier on a training mix and test it on the held-out real split.
+
+This is how the studio measures the *training value* of synthetic images: the same recipe
+(architecture, epochs, optimiser, augmentation, seed) is run on different training mixes
+(real, synthetic, real + synthetic, ...) and the top-1 accuracies on the same real test
+split are compared.
+
+The images are decoded once: the whole mix becomes one uint8 tensor ``(N, 3, H, W)`` on the
+device, and every batch is converted to floats, augmented with tensor ops (a random-resized
+crop through ``F.affine_grid`` / ``F.grid_sample``, per sample, seeded) and normalised with the
+mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import EvalConfig
+from engine.errors import InvalidConfigError
+from engine.evaluate.classifier import build_classifier
+from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+STAGE = "evaluate"
+EVAL_BATCH = 512
+REPORTS_PER_EPOCH = 5  # progress reports inside an epoch (plus one at its end)
+
+
+def mix_arrays(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the (images, labels) parts of a training mix.
+
+    Args:
+        parts: pairs ``(x (N_i, H, W, 3) uint8, y (N_i,) int)``; empty parts are allowed.
+
+    Returns:
+        ``x (sum N_i, H, W, 3) uint8`` and ``y (sum N_i,) int64``. With no part (or only
+        empty ones) both are empty, and ``train_classifier`` then says the mix is empty.
+
+    Raises:
+        InvalidConfigError: a part whose images and labels disagree in length, or parts
+            whose images differ in size.
+    """
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for i, (x, y) in enumerate(parts):
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if x.shape[0] != y.shape[0]:
+            raise InvalidConfigError(
+                f"part {i} of the training mix has {x.shape[0]} images but {y.shape[0]} labels")
+        if x.shape[0] == 0:
+            continue
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise InvalidConfigError(
+                f"part {i} of the training mix has images of shape {x.shape[1:]}, "
+                f"the first part {xs[0].shape[1:]}")
+        xs.append(x)
+        ys.append(y.astype(np.int64))
+    if not xs:
+        return np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0,), np.int64)
+    return np.concatenate(xs).astype(np.uint8, copy=False), np.concatenate(ys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data on tensors
+
+
+def _check_split(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, size: int) -> None:
+    if x.ndim != 4 or x.shape[3] != 3:
+        raise InvalidConfigError(f"the {name} images must have shape (N, H, W, 3), got {x.shape}")
+    if x.dtype != np.uint8:
+        raise InvalidConfigError(f"the {name} images must be uint8, got {x.dtype}")
+    if x.shape[1] != size or x.shape[2] != size:
+        raise InvalidConfigError(
+            f"the {name} images are {x.shape[1]}x{x.shape[2]}, expected {size}x{size} "
+            f"(config.image_size)")
+    if y.shape != (x.shape[0],):
+        raise InvalidConfigError(
+            f"the {name} labels must have shape ({x.shape[0]},), got {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        bad = sorted(set(y[(y < 0) | (y >= num_classes)].tolist()))[:5]
+        raise InvalidConfigError(
+            f"the {name} labels must be in [0, {num_classes}), found {bad}")
+
+
+def _to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> (N, 3, H, W) uint8 tensor on the device."""
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of (N, 3, H, W) uint8 images, in [0, 1] units, each (3,).
+
+    Computed in float64 chunks, so a large mix needs no float copy. A flat channel gets
+    std 1 so that normalising never divides by zero.
+    """
+    total = torch.zeros(3, dtype=torch.float64, device=x.device)
+    total_sq = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        b = x[i:i + chunk].to(torch.float64) / 255.0
+        total += b.sum(dim=(0, 2, 3))
+        total_sq += (b * b).sum(dim=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0.0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+def _normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> (B, 3, H, W) float32, zero mean and unit std per channel."""
+    return (x_uint8.float() / 255.0 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, scale_min: float,
+                        hflip: bool, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Random-resized crop of each image of a batch, resized back to the input size.
+
+    Per sample: an area fraction ``s ~ U(scale_min, 1)`` and an aspect ratio
+    ``r ~ logU(ratio)`` give a box of width ``sqrt(s r)`` and height ``sqrt(s / r)`` (fractions
+    of the side, clipped to 1) placed uniformly inside the image, then mirrored with
+    probability 1/2 when ``hflip``. One ``affine_grid`` + bilinear ``grid_sample`` does the lot.
+
+    Args:
+        x: (B, C, H, W) float images.
+        generator: CPU generator; the parameters are drawn on the CPU, so a run is
+            reproducible whatever the device.
+
+    Returns:
+        (B, C, H, W) float images.
+    """
+    b = x.shape[0]
+    u = torch.rand(b, 5, generator=generator)  # (B, 5): scale, ratio, cx, cy, flip
+    s = scale_min + (1.0 - scale_min) * u[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    r = log_r.exp()
+    w = (s * r).sqrt().clamp(max=1.0)  # box width as a fraction of the side
+    h = (s / r).sqrt().clamp(max=1.0)
+    cx = (1.0 - w) * (2.0 * u[:, 2] - 1.0)  # box centre in [-1, 1] coordinates
+    cy = (1.0 - h) * (2.0 * u[:, 3] - 1.0)
+    sign = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = w * sign
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule, checkpoint
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine to 0.
+
+    During warm-up the rate climbs from ``peak / warmup_steps`` to ``peak``; after it, a
+    half cosine falls from ``peak`` (first step after warm-up) towards 0 (at ``total_steps``).
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = (step - warmup_steps) / decay_steps
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _fingerprint(train_y: np.ndarray, train_shape: tuple[int, ...], test_y: np.ndarray,
+                 num_classes: int) -> str:
+    """A cheap identity of the data a checkpoint belongs to (shapes and labels)."""
+    h = hashlib.sha1()
+    h.update(repr((tuple(train_shape), len(test_y), num_classes)).encode())
+    h.update(np.ascontiguousarray(train_y, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(test_y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _config_key(config: EvalConfig) -> str:
+    """The config as stored in a checkpoint; the device may change between runs."""
+    return config.replace(device="cpu").to_json()
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, config: EvalConfig, fingerprint: str) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise InvalidConfigError(
+            f"{path} is a classifier checkpoint of version {state.get('version')!r}, "
+            f"this studio reads version {CHECKPOINT_VERSION}; delete it to start again")
+    if state.get("config") != _config_key(config):
+        raise InvalidConfigError(
+            f"{path} was written with another evaluation config ({state.get('config')}); "
+            f"delete it or use another folder to train with {_config_key(config)}")
+    if state.get("fingerprint") != fingerprint:
+        raise InvalidConfigError(
+            f"{path} was written for another training mix or test split; "
+            f"delete it or use another folder")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, mean: torch.Tensor,
+             std: torch.Tensor) -> torch.Tensor:
+    """Logits (M, C) of the uint8 images (M, 3, H, W), batched, in eval mode, on the CPU."""
+    model.eval()
+    out = []
+    for i in range(0, x.shape[0], EVAL_BATCH):
+        xb = _normalise(x[i:i + EVAL_BATCH], mean, std).contiguous(memory_format=torch.channels_last)
+        out.append(model(xb).float().cpu())
+    return torch.cat(out)
+
+
+def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                     test_y: np.ndarray, num_classes: int, config: EvalConfig,
+                     out_dir: Path | None = None, progress: ProgressFn = no_progress,
+                     cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Train ``config.arch`` from scratch on the training mix; test on the real test split.
+
+    Args:
+        train_x: (N, S, S, 3) uint8 training mix, S = ``config.image_size``.
+        train_y: (N,) int labels in [0, num_classes).
+        test_x: (M, S, S, 3) uint8 held-out real images.
+        test_y: (M,) int labels.
+        num_classes: C.
+        config: the recipe (arch, epochs, batch size, lr at batch 256, warm-up, weight decay,
+            label smoothing, augmentation, seed, device).
+        out_dir: if given, ``out_dir/checkpoint.pt`` is written at the end of every epoch and
+            training resumes from it when it exists (same config and data required).
+        progress: receives stage "evaluate" events, step = optimiser steps done, with
+            ``loss`` (running mean of the epoch) and, at epoch ends, ``top1`` on the test split.
+        cancel: polled between batches; on cancel the last end-of-epoch checkpoint is kept
+            and ``Cancelled`` is raised.
+
+    Returns:
+        ``top1``, ``top5`` (percent; top5 is top-min(5, C)), ``per_class`` (C percents, NaN
+        for a class without test image), ``confusion`` (C x C ints, row = true class),
+        ``curves`` {"epoch", "train_loss", "test_loss", "test_top1"}, ``num_train``,
+        ``num_test``, ``num_params``, ``seconds`` (training time, including before a resume).
+
+    Raises:
+        InvalidConfigError: an empty training mix or test split, labels outside [0, C),
+            images not at ``config.image_size``, or a checkpoint from another config or data.
+        Cancelled: when ``cancel`` is set.
+    """
+    started = time.perf_counter()
+    train_x = np.asarray(train_x)
+    train_y = np.asarray(train_y).astype(np.int64, copy=False)
+    test_x = np.asarray(test_x)
+    test_y = np.asarray(test_y).astype(np.int64, copy=False)
+    if train_x.shape[0] == 0:
+        raise InvalidConfigError("the training mix is empty: it has no image to train on")
+    if test_x.shape[0] == 0:
+        raise InvalidConfigError("the test split is empty: there is no image to test on")
+    if num_classes < 2:
+        raise InvalidConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    _check_split("training", train_x, train_y, num_classes, config.image_size)
+    _check_split("test", test_x, test_y, num_classes, config.image_size)
+    device = torch.device(config.device)
+
+    # 1. decode once: uint8 tensors on the device, normalisation from the training mix
+    xs = _to_tensor(train_x, device)  # (N, 3, S, S) uint8
+    ys = torch.from_numpy(train_y).to(device)  # (N,)
+    xt = _to_tensor(test_x, device)  # (M, 3, S, S) uint8
+    yt = torch.from_numpy(test_y)  # (M,) on the CPU, for the metrics
+    mean, std = channel_stats(xs)
+    n = xs.shape[0]
+    batch = min(config.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    peak_lr = config.learning_rate * batch / 256.0
+
+    # 2. model (seeded without touching the global RNG), optimiser, data generator
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_classifier(config.arch, num_classes, config.image_size)
+    model.to(device=device, memory_format=torch.channels_last)  # faster convs (oneDNN, cuDNN)
+    decay = [p for p in model.parameters() if p.ndim > 1]  # conv / linear weights
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=peak_lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator().manual_seed(config.seed)  # shuffles and crops, on the CPU
+
+    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "test_loss": [],
+                                      "test_top1": []}
+    start_epoch = 0
+    seconds_before = 0.0
+    fingerprint = _fingerprint(train_y, train_x.shape, test_y, num_classes)
+    ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = _load_checkpoint(ckpt_path, config, fingerprint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["rng"])
+        curves = {k: list(v) for k, v in state["curves"].items()}
+        start_epoch = int(state["epoch"])
+        seconds_before = float(state["seconds"])
+        log.info("resuming classifier training from %s at epoch %d", ckpt_path, start_epoch)
+
+    report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
+    for epoch in range(start_epoch, config.epochs):
+        # 3. one epoch over a fresh permutation
+        model.train()
+        perm = torch.randperm(n, generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for i in range(steps_per_epoch):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            step = epoch * steps_per_epoch + i
+            idx = perm[i * batch:(i + 1) * batch]
+            if idx.numel() < 2 and n > 1:
+                continue  # a lone last sample gives BatchNorm one value per channel
+            # 3a. batch: uint8 -> normalised floats -> augmented, (B, 3, S, S)
+            xb = _normalise(xs[idx], mean, std)
+            if config.augment == "crop":
+                xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip)
+            # 3b. forward, loss, backward, SGD step at the scheduled rate
+            lr = lr_at(step, total_steps, warmup_steps, peak_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(xb.contiguous(memory_format=torch.channels_last))  # (B, C)
+            loss = criterion(logits, ys[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * idx.numel()
+            seen += idx.numel()
+            if (i + 1) % report_every == 0 and i + 1 < steps_per_epoch:
+                progress(ProgressEvent(
+                    stage=STAGE, step=step + 1, total=total_steps,
+                    metrics={"loss": float(loss_sum) / max(1, seen), "lr": lr},
+                    message=f"epoch {epoch + 1}/{config.epochs}"))
+
+        # 4. test on the held-out split
+        logits_t = _predict(model, xt, mean, std)  # (M, C)
+        test_loss = float(F.cross_entropy(logits_t, yt))
+        top1 = topk_accuracy(logits_t, yt, ks=(1,))["top1"]
+        train_loss = float(loss_sum) / max(1, seen)
+        curves["epoch"].append(epoch + 1)
+        curves["train_loss"].append(train_loss)
+        curves["test_loss"].append(test_loss)
+        curves["test_top1"].append(top1)
+        elapsed = seconds_before + time.perf_counter() - started
+        log.info("epoch %d/%d: train loss %.4f, test loss %.4f, test top-1 %.2f %% (%.1f s)",
+                 epoch + 1, config.epochs, train_loss, test_loss, top1, elapsed)
+
+        # 5. checkpoint, then report (a cancel set by the report keeps this checkpoint)
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, {
+                "version": CHECKPOINT_VERSION,
+                "config": _config_key(config),
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": generator.get_state(),
+                "curves": curves,
+                "seconds": elapsed,
+            })
+        progress(ProgressEvent(
+            stage=STAGE, step=(epoch + 1) * steps_per_epoch, total=total_steps,
+            metrics={"loss": train_loss, "test_loss": test_loss, "top1": top1},
+            message=f"epoch {epoch + 1}/{config.epochs}"))
+
+    # 6. final metrics on the test split
+    logits_t = _predict(model, xt, mean, std)
+    acc = topk_accuracy(logits_t, yt, ks=(1, 5))
+    return {
+        "top1": acc["top1"],
+        "top5": acc["top5"],
+        "per_class": per_class_accuracy(logits_t, yt, num_classes),
+        "confusion": confusion_matrix(logits_t, yt, num_classes).tolist(),
+        "curves": curves,
+        "num_train": int(n),
+        "num_test": int(xt.shape[0]),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "seconds": seconds_before + time.perf_counter() - started,
+    }

@@ -1,0 +1,378 @@
+"""Export of a selection as an ImageFolder, with a manifest and a dataset card.
+
+Layout written (loadable with ``torchvision.datasets.ImageFolder``)::
+
+    OUT/CLASS/FILE.png     one folder per class (sanitised names), copies or hard links
+    OUT/manifest.csv       one row per exported file: relative_path + every provenance column
+    OUT/manifest.parquet   the same table (pyarrow)
+    OUT/README.md          the dataset card: counts per class and how the data was made
+
+The export is built in a hidden sibling folder and moved into place, so ``OUT`` is never seen
+half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+import unicodedata
+import uuid
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from engine.config import ExportConfig
+from engine.errors import DatasetError, InvalidConfigError
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+MANIFEST_PARQUET = "manifest.parquet"
+CARD = "README.md"
+KINDS = ("synthetic", "real")
+REQUIRED_COLUMNS = ("path", "class_name", "kind")
+# the extensions torchvision's ImageFolder accepts
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# columns summarised in the dataset card when present
+PROVENANCE_COLUMNS = ("model_id", "encoder", "sampler", "steps", "guidance", "selection",
+                      "generation_id", "selection_id")
+
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+_FORBIDDEN = re.compile(r'[/\\<>:"|?*]')
+MAX_NAME_BYTES = 120  # well under the 255-byte limit of common filesystems, leaves room to suffix
+
+
+# ----------------------------------------------------------------------------------------------
+# names
+
+
+def sanitize_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """A safe single path component for a class or file name.
+
+    Unicode is kept (NFC-normalised) and inner spaces are kept. Replaced by "_": path
+    separators, the characters Windows forbids (``<>:"|?*``), control and format characters
+    (Unicode categories Cc, Cf), and leading dots (so "." / ".." / hidden names cannot occur).
+    Trailing dots and spaces are stripped (Windows drops them), the result is capped at
+    ``max_bytes`` UTF-8 bytes on a character boundary, Windows device names (CON, NUL, COM1,
+    ... also with an extension) get a leading "_", and an empty result becomes "_".
+
+    Distinct names can map to the same result ("a/b" and "a_b"); ``export_imagefolder`` gives
+    such collisions suffixes.
+    """
+    text = unicodedata.normalize("NFC", str(name))
+    chars = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cf", "Cs", "Zl", "Zp") or _FORBIDDEN.match(ch):
+            chars.append("_")
+        else:
+            chars.append(ch)
+    text = "".join(chars).strip()
+    stripped = text.lstrip(".")
+    text = "_" * (len(text) - len(stripped)) + stripped
+    text = text.rstrip(". ")
+    encoded = text.encode("utf-8")
+    if len(encoded) > max_bytes:
+        text = encoded[:max_bytes].decode("utf-8", errors="ignore").rstrip(". ")
+    if text.split(".")[0].upper().rstrip(" ") in _WINDOWS_RESERVED:
+        text = "_" + text
+    return text or "_"
+
+
+def _unique(stem: str, taken: set[str], ext: str = "") -> str:
+    """``stem + ext`` or ``stem_2 + ext``, ``stem_3 + ext``, ... not yet in ``taken``.
+
+    Compared case-insensitively (macOS and Windows filesystems are); adds the result to ``taken``.
+    """
+    candidate, i = stem + ext, 1
+    while candidate.casefold() in taken:
+        i += 1
+        candidate = f"{stem}_{i}{ext}"
+    taken.add(candidate.casefold())
+    return candidate
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def is_previous_export(folder: Path) -> bool:
+    """True when ``folder`` holds an export written by ``export_imagefolder`` (its manifest.csv
+    whose header names ``relative_path``)."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return False
+    with open(manifest, encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    return header.split(",")[0].strip() == "relative_path"
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+
+
+def _plan(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add class_folder, file_name and relative_path columns (sanitised, collision-free)."""
+    plan = rows.copy()
+    # 1. one folder per distinct class name, in sorted order so suffixes are deterministic
+    taken: set[str] = set()
+    folders = {}
+    for cls in sorted(plan["class_name"].astype(str).unique()):
+        folders[cls] = _unique(sanitize_name(cls, MAX_NAME_BYTES - 8), taken)
+    plan["class_folder"] = plan["class_name"].astype(str).map(folders)
+    # 2. file names from the source stems, unique inside each class folder
+    files = []
+    taken_in: dict[str, set[str]] = {}
+    for folder, src in zip(plan["class_folder"], plan["path"]):
+        src = Path(src)
+        ext = src.suffix.lower()
+        stem = sanitize_name(src.stem, MAX_NAME_BYTES - len(ext.encode()) - 8)
+        files.append(_unique(stem, taken_in.setdefault(folder, set()), ext))
+    plan["file_name"] = files
+    plan["relative_path"] = plan["class_folder"] + "/" + plan["file_name"]
+    return plan
+
+
+def _write_manifest(manifest: pd.DataFrame, folder: Path) -> None:
+    manifest.to_csv(folder / MANIFEST, index=False)
+    try:
+        manifest.to_parquet(folder / MANIFEST_PARQUET, index=False, engine="pyarrow")
+    except Exception as exc:  # mixed-type object columns: store them as text
+        log.info("manifest.parquet: storing object columns as text (%s)", exc)
+        fixed = manifest.copy()
+        for col in fixed.columns[fixed.dtypes == object]:
+            fixed[col] = fixed[col].map(lambda v: None if v is None else str(v))
+        fixed.to_parquet(folder / MANIFEST_PARQUET, index=False, engine="pyarrow")
+
+
+def _card_text(manifest: pd.DataFrame, card: dict[str, Any] | None, config: ExportConfig,
+               folder_name: str) -> str:
+    card = dict(card or {})
+    title = str(card.pop("title", folder_name))
+    description = card.pop("description", "")
+    lines = [f"# {title}", ""]
+    if description:
+        lines += [str(description), ""]
+    n = len(manifest)
+    kinds = manifest["kind"].value_counts().to_dict()
+    lines += [
+        f"{n} images in {manifest['class_folder'].nunique()} classes "
+        f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
+        "in torchvision ImageFolder layout.",
+        "",
+        "## Classes",
+        "",
+        "| folder | class | synthetic | real | total |",
+        "|---|---|---:|---:|---:|",
+    ]
+    counts = (manifest.groupby(["class_folder", "class_name", "kind"]).size()
+              .unstack(fill_value=0))
+    for (folder, cls), row in counts.iterrows():
+        syn, real = int(row.get("synthetic", 0)), int(row.get("real", 0))
+        cls_cell = str(cls).replace("|", "\\|").replace("\n", " ")
+        folder_cell = str(folder).replace("|", "\\|")
+        lines.append(f"| {folder_cell} | {cls_cell} | {syn} | {real} | {syn + real} |")
+    lines += ["", "## How it was made", ""]
+    for key, value in card.items():
+        lines.append(f"- **{key}**: {value}")
+    for col in PROVENANCE_COLUMNS:
+        if col in manifest.columns and col not in card:
+            values = sorted(map(str, manifest[col].dropna().unique()))
+            if values:
+                shown = ", ".join(values[:5]) + (f", ... ({len(values)} values)"
+                                                 if len(values) > 5 else "")
+                lines.append(f"- **{col}**: {shown}")
+    lines.append(f"- **export config**: `{config.to_json()}`")
+    lines.append(f"- **exported at**: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    lines += [
+        "",
+        "## Files",
+        "",
+        f"- `{MANIFEST}` / `{MANIFEST_PARQUET}`: one row per image: `relative_path`, `kind`, "
+        "`class_name`, `source_path` and every provenance column (seed, source image, model, "
+        "sampler, steps, guidance, distance to the class centroid, ...).",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from torchvision.datasets import ImageFolder",
+        f'dataset = ImageFolder("{folder_name}")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig | None = None,
+                       progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+                       card: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``rows`` as an ImageFolder at ``out_dir`` with a manifest and a dataset card.
+
+    Args:
+        rows: one row per image, with at least ``path`` (absolute source image file),
+            ``class_name`` and ``kind`` ("synthetic" or "real"); every other column (seed,
+            source_image_id, model_id, encoder, sampler, steps, guidance, distance, selection,
+            ...) is carried into the manifest. Rows of kind "real" are exported only when
+            ``config.include_real`` is set.
+        out_dir: the export folder.
+        config: ``ExportConfig``; ``link=True`` hard-links files instead of copying them when the
+            filesystem allows (else copies, per file).
+        card: free-form fields for the dataset card ("title", "description", and any
+            ``key: value`` shown under "How it was made").
+
+    Overwrite rules: a missing or empty ``out_dir`` is created; an ``out_dir`` holding a previous
+    export (a ``manifest.csv`` whose header starts with ``relative_path``) is replaced whole;
+    any other existing ``out_dir`` raises ``InvalidConfigError`` and is left untouched.
+    The export is built in a hidden sibling folder and moved in with ``os.replace``; a failure or
+    a cancel removes it and leaves ``out_dir`` as it was.
+
+    Returns:
+        {"folder": str, "count": int, "per_class": {class_name: count}, "manifest": str path of
+        manifest.csv, "folders": {class_name: folder name}, "linked": int files hard-linked,
+        "replaced": bool}.
+    """
+    config = config or ExportConfig()
+    out_dir = Path(out_dir).absolute()
+    if rows is None or len(rows) == 0:
+        raise InvalidConfigError("nothing to export: the selection is empty")
+    missing = [c for c in REQUIRED_COLUMNS if c not in rows.columns]
+    if missing:
+        raise InvalidConfigError(f"export rows lack the column(s) {missing}")
+    bad_kinds = sorted(set(rows["kind"].astype(str)) - set(KINDS))
+    if bad_kinds:
+        raise InvalidConfigError(f"kind must be one of {KINDS}, got {bad_kinds}")
+    if not config.include_real:
+        rows = rows[rows["kind"] != "real"]
+        if len(rows) == 0:
+            raise InvalidConfigError("nothing to export: the selection is empty "
+                                     "(only real images, and include_real is off)")
+    rows = rows.reset_index(drop=True)
+
+    # 1. check the sources and the destination before writing anything
+    sources = [Path(p) for p in rows["path"]]
+    absent = [str(p) for p in sources if not p.is_file()]
+    if absent:
+        raise DatasetError(f"{len(absent)} source image(s) are missing, e.g. {absent[0]}")
+    bad_ext = sorted({p.suffix for p in sources if p.suffix.lower() not in IMAGE_EXTENSIONS})
+    if bad_ext:
+        raise DatasetError(f"unsupported image extension(s) {bad_ext}; ImageFolder reads "
+                           f"{IMAGE_EXTENSIONS}")
+    replaced = False
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir() or out_dir.is_symlink():
+            raise InvalidConfigError(f"export folder {out_dir} exists and is not a folder")
+        if any(out_dir.iterdir()):
+            if not is_previous_export(out_dir):
+                raise InvalidConfigError(
+                    f"export folder {out_dir} is not empty and holds no previous export "
+                    f"(no {MANIFEST}): choose an empty or new folder")
+            replaced = True
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    plan = _plan(rows)
+    tmp = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    linked, old = 0, None
+    try:
+        # 2. copy (or hard-link) every file into the temp folder
+        total, last = len(plan), 0.0
+        for step, (src, rel) in enumerate(zip(sources, plan["relative_path"]), start=1):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            dst = tmp / rel
+            if not _inside(tmp, dst):
+                raise InvalidConfigError(f"export path {rel!r} would leave the export folder")
+            dst.parent.mkdir(exist_ok=True)
+            if config.link:
+                try:
+                    os.link(src, dst)
+                    linked += 1
+                except OSError:
+                    shutil.copyfile(src, dst)
+            else:
+                shutil.copyfile(src, dst)
+            now = time.monotonic()
+            if step == total or now - last >= 0.1:
+                last = now
+                progress(ProgressEvent(stage="export", step=step, total=total))
+
+        # 3. manifest and dataset card
+        manifest = plan.rename(columns={"path": "source_path"})
+        front = ["relative_path", "class_name", "kind", "class_folder", "file_name",
+                 "source_path"]
+        manifest = manifest[front + [c for c in manifest.columns if c not in front]]
+        _write_manifest(manifest, tmp)
+        (tmp / CARD).write_text(_card_text(manifest, card, config, out_dir.name),
+                                encoding="utf-8")
+
+        # 4. move into place: an old export is moved aside first and removed afterwards
+        if out_dir.exists():
+            if replaced:
+                old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(out_dir, old)
+            else:
+                out_dir.rmdir()  # empty
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out_dir.exists():
+            os.replace(old, out_dir)  # put the previous export back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+    per_class = {str(k): int(v) for k, v in plan["class_name"].astype(str).value_counts()
+                 .sort_index().items()}
+    folders = dict(zip(plan["class_name"].astype(str), plan["class_folder"]))
+    log.info("exported %d images in %d classes to %s (%d hard-linked)", len(plan),
+             len(per_class), out_dir, linked)
+    return {"folder": str(out_dir), "count": int(len(plan)), "per_class": per_class,
+            "manifest": str(out_dir / MANIFEST), "folders": folders, "linked": linked,
+            "replaced": replaced}
+
+
+def zip_export(folder: Path, zip_path: Path) -> Path:
+    """Zip an export folder for download; entries are ``FOLDER_NAME/...``.
+
+    Images are stored (already compressed), text files deflated; symlinks are skipped. The zip
+    is written to a temp file and moved into place.
+
+    Returns:
+        ``zip_path``.
+    """
+    folder, zip_path = Path(folder).absolute(), Path(zip_path).absolute()
+    if not folder.is_dir():
+        raise InvalidConfigError(f"export folder {folder} does not exist")
+    if _inside(folder, zip_path):
+        raise InvalidConfigError(f"the zip {zip_path} must not be inside the folder {folder}")
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = zip_path.with_name(zip_path.name + f".tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for root, dirs, files in os.walk(folder):
+                dirs.sort()
+                for name in sorted(files):
+                    path = Path(root) / name
+                    if path.is_symlink() or not path.is_file():
+                        continue
+                    arcname = Path(folder.name) / path.relative_to(folder)
+                    compress = (zipfile.ZIP_STORED if path.suffix.lower() in IMAGE_EXTENSIONS
+                                else zipfile.ZIP_DEFLATED)
+                    zf.write(path, arcname.as_posix(), compress_type=compress)
+        os.replace(tmp, zip_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return zip_path

@@ -1,0 +1,26 @@
+"""The pipeline's stages, one module each, read top to bottom in three parts:
+
+- ``prepare(project, ...) -> JobSpec``   owner side: resolve rows, check inputs, build params
+- ``run(params, folder, progress, cancel) -> dict``   worker side: no database, files only
+- ``ingest(project, params, result) -> str``   owner side: write the rows, return the new id
+
+plus ``on_failure`` / ``on_retry`` hooks that keep the rows of a failed job consistent.
+Curation (``curate``) is fast enough to run in the owner and has no job.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from engine.errors import JobError
+
+KINDS = ("encode", "train", "generate", "evaluate", "export")
+
+
+def get(kind: str) -> ModuleType:
+    """The stage module of a job kind."""
+    if kind not in KINDS:
+        raise JobError(f"unknown job kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    import importlib
+
+    return importlib.import_module(f"engine.stages.{kind}")

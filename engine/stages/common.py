@@ -1,0 +1,90 @@
+"""Helpers shared by the stage modules (owner side)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from engine.errors import NotFoundError, NotReadyError
+from engine.project import Dataset, Encoding, Generation, Model, Project, Selection
+
+
+def dataset(project: Project, ref: str | None) -> Dataset:
+    """A dataset by id or name; the only one when ``ref`` is None."""
+    if ref:
+        return project.get(Dataset, ref)
+    rows = project.list(Dataset)
+    if not rows:
+        raise NotReadyError("the project has no dataset yet; import one first "
+                            "(rcdm-studio import, or the demo)")
+    if len(rows) > 1:
+        names = ", ".join(r.name for r in rows)
+        raise NotFoundError(f"the project has several datasets ({names}); name one")
+    return rows[0]
+
+
+def class_names(ds: Dataset) -> list[str]:
+    return list(json.loads(ds.classes_json))
+
+
+def dataset_encoding(project: Project, ds: Dataset, encoder: str | None,
+                     ref: str | None = None) -> Encoding:
+    """The latest encoding of a dataset's images (by id, or by encoder name)."""
+    if ref:
+        enc = project.get(Encoding, ref)
+        if enc.target != "dataset" or enc.dataset_id != ds.id:
+            raise NotFoundError(f"encoding {ref} is not an encoding of dataset {ds.name}")
+        return enc
+    rows = [e for e in project.list(Encoding, dataset_id=ds.id, target="dataset")
+            if encoder is None or e.encoder == encoder]
+    if not rows:
+        what = f"with the {encoder} encoder " if encoder else ""
+        raise NotReadyError(f"dataset {ds.name} has no encoding {what}yet; encode it first")
+    return rows[-1]
+
+
+def generation_encoding(project: Project, gen: Generation, encoder: str | None = None,
+                        ref: str | None = None) -> Encoding:
+    if ref:
+        enc = project.get(Encoding, ref)
+        if enc.target != "generation" or enc.target_id != gen.id:
+            raise NotFoundError(f"encoding {ref} is not an encoding of generation {gen.name}")
+        return enc
+    rows = [e for e in project.list(Encoding, target="generation", target_id=gen.id)
+            if encoder is None or e.encoder == encoder]
+    if not rows:
+        raise NotReadyError(f"generation {gen.name} is not re-encoded yet; re-encode it first "
+                            f"(rcdm-studio encode --generation {gen.name})")
+    return rows[-1]
+
+
+def trained_model(project: Project, ref: str | None) -> Model:
+    if ref:
+        model = project.get(Model, ref)
+    else:
+        rows = [m for m in project.list(Model) if m.status == "trained"]
+        if not rows:
+            raise NotReadyError("the project has no trained model yet; train one first")
+        model = rows[-1]
+    if model.status != "trained" or not model.checkpoint:
+        raise NotReadyError(f"model {model.name} is {model.status}, not trained; "
+                            f"it cannot generate yet")
+    return model
+
+
+def selection(project: Project, ref: str) -> Selection:
+    return project.get(Selection, ref)
+
+
+def split_indices(project: Project, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train idx, test idx, labels of all images) of a dataset, idx order."""
+    images = project.images(ds.id)
+    labels = images["label"].to_numpy(np.int64)
+    split = images["split"].to_numpy()
+    return (np.flatnonzero(split == "train"), np.flatnonzero(split == "test"), labels)
+
+
+def loads(text: str) -> Any:
+    return json.loads(text) if text else {}

@@ -1,0 +1,123 @@
+"""Evaluate: train a classifier on a training mix, test it on the held-out real split.
+
+Mixes: ``real`` (the dataset's training split), ``synthetic`` (a selection, or a whole
+generation), ``real+synthetic``. The test split is always the dataset's real test images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import MIXES, EvalConfig
+from engine.errors import InvalidConfigError, NotReadyError
+from engine.jobs import JobSpec
+from engine.progress import CancelToken, ProgressFn
+from engine.project import Evaluation, Generation, Project, Selection, new_id
+from engine.stages import common
+
+
+def prepare(project: Project, config: EvalConfig, mix: str = "real",
+            dataset_ref: str | None = None, selection_ref: str | None = None,
+            generation_ref: str | None = None, name: str | None = None) -> JobSpec:
+    from engine import data
+
+    if mix not in MIXES:
+        raise InvalidConfigError(f"mix must be one of {MIXES}, got {mix!r}")
+    synthetic_paths: list[str] = []
+    synthetic_labels: list[int] = []
+    sel_id = gen_id = ""
+    if mix != "real":
+        if selection_ref:
+            sel = project.get(Selection, selection_ref)
+            gen = project.get(Generation, sel.generation_id)
+            members = project.selection_members(sel)
+            sel_id = sel.id
+        elif generation_ref:
+            gen = project.get(Generation, generation_ref)
+            members = None
+        else:
+            raise InvalidConfigError(f"the {mix} mix needs a selection or a generation")
+        gen_id = gen.id
+        samples = project.samples(gen.id)
+        if members is not None:
+            samples = samples.iloc[members]
+        if len(samples) == 0:
+            raise InvalidConfigError("the synthetic part of the mix is empty: the selection "
+                                     "has no sample")
+        synthetic_paths = [str(project.abs(p)) for p in samples["path"]]
+        synthetic_labels = samples["label"].astype(int).tolist()
+        dataset_ref = dataset_ref or gen.dataset_id
+    ds = common.dataset(project, dataset_ref)
+    train_idx, test_idx, labels = common.split_indices(project, ds)
+    if len(test_idx) == 0:
+        raise NotReadyError(f"dataset {ds.name} has no test split to evaluate on")
+    data.dataset_pixels(project, ds, config.image_size)
+    eval_id = new_id("eval")
+    name = project.unique_name(Evaluation, name or f"{mix}")
+    num_train = (len(train_idx) if mix != "synthetic" else 0) + len(synthetic_paths)
+    project.add(Evaluation(id=eval_id, name=name, dataset_id=ds.id, mix=mix,
+                           selection_id=sel_id, generation_id=gen_id, status="queued",
+                           num_train=num_train, num_test=len(test_idx),
+                           config_json=config.to_json()))
+    params = {
+        "evaluation_id": eval_id, "mix": mix, "config": config.to_dict(),
+        "num_classes": ds.num_classes,
+        "pixels_path": str(project.assets / ds.root / f"pixels_{config.image_size}.npy"),
+        "train_idx": train_idx.tolist() if mix != "synthetic" else [],
+        "test_idx": test_idx.tolist(), "labels": labels.tolist(),
+        "synthetic_paths": synthetic_paths, "synthetic_labels": synthetic_labels,
+        "out_dir": str(project.new_folder("evaluations", eval_id)),
+    }
+    return JobSpec(kind="evaluate", title=f"Evaluate {name} ({mix}, {num_train} images)",
+                   params=params)
+
+
+def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
+        cancel: CancelToken) -> dict[str, Any]:
+    from engine import data
+    from engine.evaluate.train import mix_arrays, train_classifier
+
+    config = EvalConfig.from_dict(params["config"])
+    pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
+    labels = np.asarray(params["labels"], dtype=np.int64)
+    train_idx = np.asarray(params["train_idx"], dtype=np.int64)
+    test_idx = np.asarray(params["test_idx"], dtype=np.int64)
+    # 1. the training mix: real part, synthetic part
+    parts = []
+    if len(train_idx):
+        parts.append((np.asarray(pixels[train_idx]), labels[train_idx]))
+    if params["synthetic_paths"]:
+        syn = data.load_pixels([Path(p) for p in params["synthetic_paths"]], config.image_size)
+        parts.append((syn, np.asarray(params["synthetic_labels"], dtype=np.int64)))
+    train_x, train_y = mix_arrays(parts)
+    # 2. train, test on the real held-out split
+    result = train_classifier(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
+                              params["num_classes"], config, out_dir=Path(params["out_dir"]),
+                              progress=progress, cancel=cancel)
+    return result
+
+
+def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
+    details = {k: v for k, v in result.items() if k not in ("top1", "top5")}
+    project.update(Evaluation, params["evaluation_id"], status="done",
+                   top1=float(result["top1"]), top5=float(result["top5"]),
+                   num_train=int(result.get("num_train", 0)),
+                   num_test=int(result.get("num_test", 0)),
+                   results_json=json.dumps(details))
+    return params["evaluation_id"]
+
+
+def on_start(project: Project, params: dict[str, Any]) -> None:
+    project.update(Evaluation, params["evaluation_id"], status="running")
+
+
+def on_failure(project: Project, spec: dict[str, Any], status: str, error: str) -> None:
+    project.update(Evaluation, spec["params"]["evaluation_id"], status=status)
+
+
+def on_retry(project: Project, params: dict[str, Any]) -> None:
+    project.update(Evaluation, params["evaluation_id"], status="queued")

@@ -1,0 +1,99 @@
+"""Export: a selection (optionally with the real training images) as an ImageFolder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from engine.config import ExportConfig
+from engine.jobs import JobSpec
+from engine.progress import CancelToken, ProgressFn
+from engine.project import Export, Generation, Model, Project, Selection, new_id
+from engine.stages import common
+
+
+def prepare(project: Project, config: ExportConfig, selection_ref: str,
+            out_dir: str | Path | None = None) -> JobSpec:
+    from engine.errors import InvalidConfigError
+
+    sel = project.get(Selection, selection_ref)
+    gen = project.get(Generation, sel.generation_id)
+    model = project.get(Model, gen.model_id)
+    ds = common.dataset(project, gen.dataset_id)
+    samples = project.samples(gen.id).iloc[project.selection_members(sel)]
+    if len(samples) == 0:
+        raise InvalidConfigError("nothing to export: the selection is empty")
+    gconf = json.loads(gen.config_json)
+    rows = pd.DataFrame({
+        "path": [str(project.abs(p)) for p in samples["path"]],
+        "class_name": samples["class_name"].to_numpy(),
+        "kind": "synthetic",
+        "sample_id": samples["id"].to_numpy(),
+        "source_image_id": samples["source_image_id"].to_numpy(),
+        "seed": samples["seed"].to_numpy(),
+        "model_id": model.id, "model": model.name, "encoder": model.encoder,
+        "sampler": samples["sampler"].to_numpy(), "steps": samples["steps"].to_numpy(),
+        "guidance": samples["guidance"].to_numpy(),
+        "generation": gen.name, "selection": sel.name,
+    })
+    if sel.encoding_id:
+        try:
+            from engine.stages import curate as curate_stage
+
+            band = json.loads(sel.config_json).get("band", {})
+            bd = curate_stage.band_data(project, gen.id, sel.encoding_id,
+                                        centroid=band.get("centroid", "real"),
+                                        metric=band.get("metric", "cosine"))
+            rows["distance"] = bd.distances[project.selection_members(sel)]
+        except Exception:  # noqa: BLE001 - distances are a nicety of the manifest
+            pass
+    if config.include_real:
+        images = project.images(ds.id, split="train")
+        real = pd.DataFrame({"path": [str(project.abs(p)) for p in images["path"]],
+                             "class_name": images["class_name"].to_numpy(), "kind": "real",
+                             "sample_id": images["id"].to_numpy()})
+        rows = pd.concat([real, rows], ignore_index=True)
+    export_id = new_id("exp")
+    out = Path(out_dir).expanduser().absolute() if out_dir else \
+        project.assets / "exports" / f"{sel.name}-{export_id}"
+    rows_path = project.new_folder("exports", "_specs") / f"{export_id}.parquet"
+    rows.to_parquet(rows_path, index=False)
+    card = {"title": f"{sel.name} ({ds.name})", "dataset": ds.name, "generation": gen.name,
+            "model": model.name, "encoder": model.encoder, "selection": sel.name,
+            "selection_config": json.loads(sel.config_json), "generation_config": gconf,
+            "model_config": json.loads(model.config_json),
+            "offline_encoder": model.encoder not in ("dinov2", "dinov3", "clip")}
+    params = {"export_id": export_id, "selection_id": sel.id, "rows_path": str(rows_path),
+              "out_dir": str(out), "config": config.to_dict(), "card": card}
+    return JobSpec(kind="export", title=f"Export {sel.name} ({len(rows)} images)", params=params)
+
+
+def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
+        cancel: CancelToken) -> dict[str, Any]:
+    from engine.export import export_imagefolder
+
+    rows = pd.read_parquet(params["rows_path"])
+    out = export_imagefolder(rows, Path(params["out_dir"]),
+                             ExportConfig.from_dict(params["config"]), progress=progress,
+                             cancel=cancel, card=params["card"])
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+
+def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
+    project.add(Export(id=params["export_id"], selection_id=params["selection_id"],
+                       folder=str(result["folder"]), count=int(result["count"]),
+                       manifest=str(result["manifest"]), config_json=json.dumps(params["config"])))
+    Path(params["rows_path"]).unlink(missing_ok=True)
+    return params["export_id"]
+
+
+def on_failure(project: Project, spec: dict[str, Any], status: str, error: str) -> None:
+    pass
+
+
+def on_retry(project: Project, params: dict[str, Any]) -> None:
+    pass
+

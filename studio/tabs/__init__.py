@@ -1,0 +1,1 @@
+"""One module per tab: layout and wiring only; each exposes ``build(ctx, shared)``."""

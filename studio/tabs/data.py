@@ -1,0 +1,210 @@
+"""Data tab: import the demo or a folder, the dataset's summary, a paginated gallery."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.config import ImportConfig
+from engine.errors import InvalidConfigError
+from engine.progress import ProgressEvent
+from engine.project import Dataset, Image
+from studio import ui
+from studio.context import StudioContext
+from studio.shared import Shared
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 48
+ALL = "all classes"
+
+
+def dataset_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{d.name} ({d.num_images} images, {d.num_classes} classes)", d.id)
+            for d in ctx.project.list(Dataset)]
+
+
+def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFrame]:
+    """Markdown summary and per-class counts (class, train, test) of a dataset."""
+    if not dataset_id:
+        return ("No dataset yet. Import the bundled **digits** (1,797 images of 10 classes, "
+                "no download) or an image folder with one sub-folder per class."), \
+            pd.DataFrame(columns=["class", "train", "test"])
+    ds = ctx.project.get(Dataset, dataset_id)
+    images = ctx.project.images(ds.id)
+    counts = (images.groupby(["label", "class_name", "split"]).size().unstack(fill_value=0)
+              .reset_index().sort_values("label"))
+    for col in ("train", "test"):
+        if col not in counts:
+            counts[col] = 0
+    table = counts[["class_name", "train", "test"]].rename(columns={"class_name": "class"})
+    skipped = json.loads(ds.skipped_json or "[]")
+    text = (f"**{ds.name}** — {ds.num_images:,} images, {ds.num_classes} classes, "
+            f"{ds.num_train:,} train / {ds.num_test:,} held-out test  \n"
+            f"<small>from {ds.source or 'unknown'} · id {ds.id}</small>")
+    if skipped:
+        text += f"  \n{len(skipped)} file(s) skipped at import, e.g. " \
+                f"`{skipped[0].get('path')}`: {skipped[0].get('reason')}"
+    return text, table
+
+
+def class_choices(ctx: StudioContext, dataset_id: str | None) -> list[str]:
+    if not dataset_id:
+        return [ALL]
+    ds = ctx.project.get(Dataset, dataset_id)
+    return [ALL] + list(json.loads(ds.classes_json))
+
+
+def image_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None,
+               split: str | None, page: int, page_size: int = PAGE_SIZE
+               ) -> tuple[list[tuple[str, str]], list[str], int, int]:
+    """One page of thumbnails.
+
+    Returns:
+        (gallery items [(thumbnail path, caption)], their image ids, page (clamped), pages).
+    """
+    if not dataset_id:
+        return [], [], 1, 1
+    images = ctx.project.images(dataset_id, split=None if split in (None, "all") else split)
+    if class_name and class_name != ALL:
+        images = images[images["class_name"] == class_name]
+    pages = max(1, -(-len(images) // page_size))
+    page = min(max(int(page or 1), 1), pages)
+    rows = images.iloc[(page - 1) * page_size: page * page_size]
+    items = [(str(ctx.project.abs(r.thumb or r.path)), f"{r.class_name}") for r in
+             rows.itertuples()]
+    return items, rows["id"].tolist(), page, pages
+
+
+def image_details(ctx: StudioContext, image_id: str) -> tuple[str, str]:
+    """(absolute path of the full image, markdown details)."""
+    img = ctx.project.get(Image, image_id)
+    text = (f"**{img.class_name}** (label {img.label}) · {img.split} split  \n"
+            f"{img.width} x {img.height} px · index {img.idx}  \n"
+            f"<small>id {img.id}<br>file {img.source_path or img.path}</small>")
+    return str(ctx.project.abs(img.path)), text
+
+
+def import_demo(ctx: StudioContext, name: str = "digits", progress: Any = None) -> Dataset:
+    from engine import data
+
+    return data.import_demo(ctx.project, name=name or "digits",
+                            progress=_progress_adapter(progress))
+
+
+def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: float,
+                  progress: Any = None) -> Dataset:
+    from engine import data
+
+    if not folder or not folder.strip():
+        raise InvalidConfigError("type the path of an image folder (one sub-folder per class)")
+    path = Path(folder.strip()).expanduser()
+    name = (name or "").strip() or path.name
+    return data.import_image_folder(ctx.project, path, name,
+                                    ImportConfig(test_fraction=float(test_fraction)),
+                                    progress=_progress_adapter(progress))
+
+
+def _progress_adapter(progress: Any) -> Any:
+    if progress is None:
+        from engine.progress import no_progress
+
+        return no_progress
+
+    def report(ev: ProgressEvent) -> None:
+        progress((ev.step, max(ev.total, 1)), desc=f"{ev.stage}: {ev.step}/{ev.total}")
+
+    return report
+
+
+def build(ctx: StudioContext, shared: Shared) -> None:
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("#### Import", elem_classes=["section-title"])
+            demo_btn = gr.Button("Import the demo digits (1,797 images, no download)",
+                                 variant="primary", elem_id="import-demo")
+            with gr.Accordion("…or an image folder on this machine", open=False):
+                folder = gr.Textbox(label="Folder (one sub-folder per class)",
+                                    placeholder="/data/imagenet-100/train")
+                with gr.Row():
+                    name = gr.Textbox(label="Dataset name", placeholder="default: folder name")
+                    test_fraction = gr.Number(label="Test fraction", value=0.2, minimum=0.01,
+                                              maximum=0.9, step=0.05)
+                folder_btn = gr.Button("Import folder")
+            status = gr.HTML(elem_id="data-status")
+            shared.dataset = gr.Dropdown(label="Dataset", choices=dataset_choices(ctx),
+                                         elem_id="dataset-choice")
+            info = gr.Markdown(elem_id="dataset-summary")
+            counts = gr.Dataframe(label="Images per class", interactive=False, max_height=300)
+        with gr.Column(scale=5):
+            with gr.Row(equal_height=True):
+                cls = gr.Dropdown(label="Class", choices=[ALL], value=ALL, scale=2)
+                split = gr.Radio(["all", "train", "test"], value="all", label="Split", scale=2)
+                prev_btn = gr.Button("◀ Prev", size="sm", scale=1, min_width=70)
+                page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1,
+                                 min_width=70)
+                next_btn = gr.Button("Next ▶", size="sm", scale=1, min_width=70)
+            page_info = gr.Markdown(elem_classes=["muted"])
+            with gr.Row():
+                gallery = gr.Gallery(columns=8, height=470, allow_preview=False,
+                                     object_fit="contain", show_label=False, scale=4,
+                                     elem_id="data-gallery")
+                with gr.Column(scale=1, min_width=200):
+                    detail_img = gr.Image(label="Selected image", height=200, interactive=False,
+                                          elem_id="image-detail")
+                    detail_txt = gr.Markdown("Click a thumbnail for its details.")
+    page_ids = gr.State([])
+    dataset = shared.dataset
+
+    def show_page(dataset_id: str | None, class_name: str | None, split_v: str,
+                  page_v: float | None) -> tuple[Any, ...]:
+        items, ids, p, pages = image_page(ctx, dataset_id, class_name, split_v, int(page_v or 1))
+        label = f"page {p} of {pages}" if dataset_id else ""
+        return items, ids, p, label
+
+    page_outputs = [gallery, page_ids, page, page_info]
+    page_inputs = [dataset, cls, split, page]
+
+    def show_dataset(dataset_id: str | None) -> tuple[Any, ...]:
+        text, table = summary(ctx, dataset_id)
+        return (text, table, gr.update(choices=class_choices(ctx, dataset_id), value=ALL),
+                *show_page(dataset_id, ALL, "all", 1))
+
+    dataset.change(show_dataset, dataset, [info, counts, cls, *page_outputs])
+    cls.change(lambda d, c, s: show_page(d, c, s, 1), [dataset, cls, split], page_outputs)
+    split.change(lambda d, c, s: show_page(d, c, s, 1), [dataset, cls, split], page_outputs)
+    page.submit(show_page, page_inputs, page_outputs)
+    prev_btn.click(lambda d, c, s, p: show_page(d, c, s, (p or 1) - 1), page_inputs,
+                   page_outputs)
+    next_btn.click(lambda d, c, s, p: show_page(d, c, s, (p or 1) + 1), page_inputs,
+                   page_outputs)
+
+    def select(ids: list[str], evt: gr.SelectData) -> tuple[Any, Any]:
+        if evt.index is None or evt.index >= len(ids):
+            return gr.skip(), gr.skip()
+        return image_details(ctx, ids[evt.index])
+
+    gallery.select(select, page_ids, [detail_img, detail_txt])
+
+    @ui.guard(2)
+    def on_demo(progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+        ds = import_demo(ctx, progress=progress)
+        return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
+                         f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
+
+    @ui.guard(2)
+    def on_folder(folder_v: str, name_v: str, frac: float,
+                  progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+        ds = import_folder(ctx, folder_v, name_v, frac, progress=progress)
+        return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
+                         f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
+
+    demo_btn.click(on_demo, None, [status, dataset], concurrency_id="import")
+    folder_btn.click(on_folder, [folder, name, test_fraction], [status, dataset],
+                     concurrency_id="import")
+    shared.on_refresh(lambda d: ui.dropdown(dataset_choices(ctx), d), [dataset], [dataset])

@@ -1,0 +1,69 @@
+"""The guided header: which steps of the pipeline are done, and the next one."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.project import Dataset, Encoding, Evaluation, Export, Generation, Job, Model, \
+    Selection
+from studio.context import StudioContext
+from studio.shared import Shared
+
+# (key, label, job kind that produces it, hint for the next step)
+STEPS = [
+    ("dataset", "Dataset", None, "import the demo digits or an image folder in the Data tab"),
+    ("encoding", "Encoding", "encode", "encode the dataset with PCA in the Train tab"),
+    ("model", "Model", "train", "train an RCDM in the Train tab"),
+    ("generation", "Generation", "generate", "generate variations in the Generate tab"),
+    ("reencoded", "Re-encoded", "encode", "re-encode the generation (Generate tab)"),
+    ("selection", "Selection", None, "keep a band and save a selection in the Curate tab"),
+    ("evaluation", "Evaluation", "evaluate", "evaluate training mixes in the Evaluate tab"),
+    ("export", "Export", "export", "export the selection in the Export tab"),
+]
+
+
+def progress_state(ctx: StudioContext) -> dict[str, bool]:
+    p = ctx.project
+    encs = p.list(Encoding)
+    return {
+        "dataset": bool(p.list(Dataset)),
+        "encoding": any(e.target == "dataset" for e in encs),
+        "model": any(m.status == "trained" for m in p.list(Model)),
+        "generation": bool(p.list(Generation)),
+        "reencoded": any(e.target == "generation" for e in encs),
+        "selection": bool(p.list(Selection)),
+        "evaluation": any(e.status == "done" for e in p.list(Evaluation)),
+        "export": bool(p.list(Export)),
+    }
+
+
+def header_html(ctx: StudioContext) -> str:
+    done = progress_state(ctx)
+    running = {j.kind for j in ctx.project.list(Job) if j.status in ("queued", "running")}
+    pills, next_hint = [], None
+    for i, (key, label, kind, hint) in enumerate(STEPS, start=1):
+        if done[key]:
+            cls, mark = "done", "✓"
+        elif kind in running and next_hint is None:
+            cls, mark = "running", "…"
+        else:
+            cls, mark = "todo", str(i)
+            if next_hint is None:
+                next_hint = hint
+                cls = "next"
+        pills.append(f'<span class="step {cls}"><b>{mark}</b> {label}</span>')
+    if next_hint is None and any(done.values()) and all(done.values()):
+        next_hint = "every step is done: compare evaluations, try another band or encoder"
+    elif next_hint is None:
+        next_hint = "a job is running; its progress is in the Jobs panel below"
+    return (f'<div class="steps">{"".join(pills)}</div>'
+            f'<div class="next-step">Next: {next_hint}</div>')
+
+
+def build(ctx: StudioContext, shared: Shared) -> gr.HTML:
+    with gr.Row(elem_classes=["studio-header"]):
+        gr.HTML('<div class="brand"><span class="logo">◆</span> RCDM Studio'
+                f'<span class="project">{ctx.project.path.name}</span></div>')
+        steps = gr.HTML(elem_id="steps")
+    shared.on_refresh(lambda: header_html(ctx), [], [steps])
+    return steps

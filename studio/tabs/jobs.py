@@ -1,0 +1,148 @@
+"""The jobs panel under the tabs: every background job, its progress, cancel / retry, log.
+
+A ``gr.Timer`` calls ``JobManager.poll()`` (start queued jobs, ingest finished ones) and
+redraws the table; all state is in the project, so a reload shows the same jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.jobs import ACTIVE, read_log_tail, read_progress
+from engine.project import Job
+from studio import ui
+from studio.context import StudioContext
+from studio.shared import Shared
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.5
+SHOWN_JOBS = 15
+COLUMNS = ["job", "status", "progress", "ETA", "last metric", "started", "id"]
+
+
+def _ts(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def job_progress(ctx: StudioContext, job: Job) -> dict[str, Any]:
+    """Progress of a job from its ``progress.jsonl``: percent, ETA (s), metric text, stage."""
+    if job.status == "done":
+        return {"percent": 100.0, "eta": None, "metric": "", "stage": ""}
+    events = read_progress(ctx.job_folder(job), last=1)
+    if not events:
+        return {"percent": 0.0, "eta": None, "metric": "", "stage": ""}
+    ev = events[-1]
+    total = max(int(ev.get("total") or 0), 1)
+    frac = min(max(float(ev.get("step") or 0) / total, 0.0), 1.0)
+    started = _ts(job.started_at)
+    eta = None
+    if job.status == "running" and started and 0 < frac < 1:
+        elapsed = max(float(ev.get("time") or started) - started, 0.0)
+        eta = elapsed * (1 - frac) / frac
+    metrics = ev.get("metrics") or {}
+    metric = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                       for k, v in list(metrics.items())[:2])
+    return {"percent": 100.0 * frac, "eta": eta, "metric": metric or ev.get("message", ""),
+            "stage": ev.get("stage", "")}
+
+
+def jobs_table(ctx: StudioContext, jobs: list[Job] | None = None) -> pd.DataFrame:
+    jobs = ctx.project.list(Job) if jobs is None else jobs
+    rows = []
+    for job in reversed(jobs[-SHOWN_JOBS:]):
+        p = job_progress(ctx, job)
+        status = job.status if not job.error or job.status == "done" else \
+            f"{job.status}: {job.error[:90]}"
+        started = job.started_at.strftime("%H:%M:%S") if job.started_at else ""
+        rows.append([job.title, status, f"{p['percent']:.0f} %", ui.duration(p["eta"]),
+                     p["metric"], started, job.id])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def job_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{j.title} ({j.status})", j.id) for j in ctx.project.list(Job)[-SHOWN_JOBS:]]
+
+
+def log_text(ctx: StudioContext, job_id: str | None) -> str:
+    if not job_id:
+        return ""
+    try:
+        job = ctx.project.get(Job, job_id)
+    except Exception:  # noqa: BLE001 - a vanished job just shows nothing
+        return ""
+    text = read_log_tail(ctx.job_folder(job), max_chars=3000)
+    head = f"[{job.status}] {job.title}" + (f"\n{job.error}" if job.error else "")
+    return head + ("\n\n" + text if text else "\n\n(no log yet)")
+
+
+def tick(ctx: StudioContext, last_table: str | None, job_id: str | None
+         ) -> tuple[Any, Any, Any, Any]:
+    """Timer body: poll the jobs, redraw what changed. Returns (table, table_sig, revision,
+    log)."""
+    try:
+        jobs = ctx.poll()
+    except Exception:  # noqa: BLE001 - a failed poll must not stop the timer
+        log.exception("job poll failed")
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    table = jobs_table(ctx, jobs)
+    sig = table.to_json()
+    active = any(j.id == job_id and j.status in ACTIVE for j in jobs)
+    return (table if sig != last_table else gr.skip(), sig, ctx.revision(),
+            log_text(ctx, job_id) if active else gr.skip())
+
+
+def build(ctx: StudioContext, shared: Shared) -> None:
+    with gr.Column(elem_classes=["jobs-panel"], elem_id="jobs-panel"):
+        gr.Markdown("### Jobs", elem_classes=["panel-title"])
+        table = gr.Dataframe(value=jobs_table(ctx), interactive=False, wrap=True,
+                             max_height=260, elem_id="jobs-table", show_label=False,
+                             column_widths=["30%", "20%", "8%", "8%", "16%", "8%", "10%"])
+        with gr.Row(equal_height=True):
+            chosen = gr.Dropdown(label="Job", choices=job_choices(ctx), scale=4,
+                                 elem_id="job-choice")
+            cancel = gr.Button("Cancel job", variant="stop", size="sm", scale=1)
+            retry = gr.Button("Retry job", size="sm", scale=1)
+        status = gr.HTML()
+        with gr.Accordion("Log of the chosen job", open=False):
+            logbox = gr.Code(language=None, lines=10, max_lines=18, interactive=False,
+                             show_label=False, elem_id="job-log")
+    table_sig = gr.State(None)
+    timer = gr.Timer(POLL_SECONDS)
+    timer.tick(lambda s, j: tick(ctx, s, j), [table_sig, chosen],
+               [table, table_sig, shared.revision, logbox], show_progress="hidden",
+               queue=True)
+
+    def pick_row(evt: gr.SelectData) -> Any:
+        row = evt.row_value or []
+        return row[-1] if row else gr.skip()
+
+    table.select(pick_row, None, chosen, show_progress="hidden")
+    chosen.change(lambda j: log_text(ctx, j), chosen, logbox, show_progress="hidden")
+
+    @ui.guard(2)
+    def do_cancel(job_id: str | None) -> tuple[str, Any]:
+        if not job_id:
+            return ui.error_md("choose a job first"), gr.skip()
+        job = ctx.cancel(job_id)
+        return ui.ok_md(f"cancel sent to {job.title}"), jobs_table(ctx)
+
+    @ui.guard(2)
+    def do_retry(job_id: str | None) -> tuple[str, Any]:
+        if not job_id:
+            return ui.error_md("choose a job first"), gr.skip()
+        job = ctx.retry(job_id)
+        return ui.ok_md(f"{job.title} queued again ({job.status})"), jobs_table(ctx)
+
+    cancel.click(do_cancel, chosen, [status, table])
+    retry.click(do_retry, chosen, [status, table])
+    shared.on_refresh(lambda j: ui.dropdown(job_choices(ctx), j), [chosen], [chosen])

@@ -1,0 +1,248 @@
+"""Train tab: encode the dataset (pca / class), train an RCDM, follow its loss and previews."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.config import EncodeConfig, TrainConfig
+from engine.errors import NotReadyError
+from engine.jobs import ACTIVE, read_progress
+from engine.project import Dataset, Encoding, Job, Model
+from studio import ui
+from studio.context import StudioContext
+from studio.shared import Shared
+
+log = logging.getLogger(__name__)
+
+LIVE_SECONDS = 3.0
+ENCODERS = {"pca": "PCA of pixels (offline)", "class": "class label (the Cond-LDM baseline)"}
+
+
+# ---------------------------------------------------------------------- reads
+
+
+def encodings_table(ctx: StudioContext, dataset_id: str | None) -> pd.DataFrame:
+    cols = ["encoder", "of", "size", "id"]
+    if not dataset_id:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for e in ctx.project.list(Encoding, dataset_id=dataset_id):
+        what = "dataset" if e.target == "dataset" else f"generation {e.target_id}"
+        rows.append([e.encoder + (" (offline)" if e.offline else ""), what,
+                     f"{e.count:,} x {e.dim}", e.id])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def encoder_choices(ctx: StudioContext, dataset_id: str | None) -> list[tuple[str, str]]:
+    if not dataset_id:
+        return []
+    names = []
+    for e in ctx.project.list(Encoding, dataset_id=dataset_id, target="dataset"):
+        if e.encoder not in names:
+            names.append(e.encoder)
+    return [(ENCODERS.get(n, n), n) for n in names]
+
+
+def model_choices(ctx: StudioContext, trained_only: bool = False) -> list[tuple[str, str]]:
+    out = []
+    for m in ctx.project.list(Model):
+        if trained_only and m.status != "trained":
+            continue
+        out.append((f"{m.name} · {m.encoder} · {m.status}", m.id))
+    return out
+
+
+def train_job(ctx: StudioContext, model_id: str) -> Job | None:
+    """The (latest) training job of a model, found through its spec."""
+    for job in reversed(ctx.project.list(Job, kind="train")):
+        try:
+            spec = json.loads((ctx.job_folder(job) / "spec.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if spec.get("params", {}).get("model_id") == model_id:
+            return job
+    return None
+
+
+def loss_points(ctx: StudioContext, model: Model) -> list[tuple[float, float]]:
+    """(step, loss) points: the saved curve of a trained model, else the live progress."""
+    saved = ui.loads(model.metrics_json).get("losses") or []
+    points = []
+    for i, item in enumerate(saved):
+        if isinstance(item, (list, tuple)) and len(item) >= 2:
+            points.append((float(item[0]), float(item[1])))
+        elif isinstance(item, (int, float)):
+            points.append((float(i + 1), float(item)))
+    if points:
+        return points
+    job = train_job(ctx, model.id)
+    if job is None:
+        return []
+    return [(float(ev["step"]), float(ev["metrics"]["loss"]))
+            for ev in read_progress(ctx.job_folder(job))
+            if isinstance(ev.get("metrics"), dict) and "loss" in ev["metrics"]]
+
+
+def latest_preview(ctx: StudioContext, model: Model) -> str | None:
+    folder = ctx.project.assets / "models" / model.id / "previews"
+    files = sorted(folder.glob("step_*.png")) if folder.is_dir() else []
+    return str(files[-1]) if files else None
+
+
+def loss_figure(points: list[tuple[float, float]], title: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if points:
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                                 mode="lines+markers" if len(points) < 40 else "lines",
+                                 line=dict(color="#4C72B0", width=2), name="loss"))
+    fig.update_layout(template="plotly_white", height=300, title=dict(text=title, x=0.01),
+                      xaxis_title="step", yaxis_title="training loss (MSE)",
+                      margin=dict(l=60, r=20, t=50, b=50), showlegend=False)
+    return fig
+
+
+def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]:
+    """(loss figure, preview path, markdown) of a model."""
+    if not model_id:
+        return loss_figure([], "no model yet"), None, "Train a model to see its loss curve."
+    m = ctx.project.get(Model, model_id)
+    cfg = ui.loads(m.config_json)
+    points = loss_points(ctx, m)
+    steps_done = m.steps_done or (int(points[-1][0]) if points else 0)
+    text = (f"**{m.name}** · conditioned on **{m.encoder}** · {m.status} · "
+            f"{steps_done:,} / {cfg.get('steps', '?'):,} steps"
+            if isinstance(cfg.get("steps"), int) else f"**{m.name}** · {m.status}")
+    if m.final_loss is not None:
+        text += f" · final loss {m.final_loss:.4f}"
+    text += ("  \n<small>preview: top row real training images, bottom row EMA samples "
+             "conditioned on their representation</small>")
+    title = f"{m.name}: loss ({points[-1][1]:.4f} at step {int(points[-1][0])})" if points \
+        else f"{m.name}: waiting for the first steps"
+    return loss_figure(points, title), latest_preview(ctx, m), text
+
+
+# ---------------------------------------------------------------------- actions
+
+
+def encode(ctx: StudioContext, dataset_id: str | None, encoder: str,
+           image_size: int = TrainConfig.image_size) -> Job:
+    from engine.stages import encode as encode_stage
+
+    if not dataset_id:
+        raise NotReadyError("import a dataset first (Data tab)")
+    return ctx.submit(encode_stage.prepare(
+        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size),
+        dataset_ref=dataset_id))
+
+
+def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps: int,
+          batch_size: int, lr: float, name: str | None) -> tuple[Job, Model]:
+    from engine.stages import train as train_stage
+
+    if not dataset_id:
+        raise NotReadyError("import a dataset first (Data tab)")
+    if not encoder:
+        raise NotReadyError("encode the dataset first (PCA button above)")
+    steps = int(steps)
+    config = TrainConfig(steps=steps, batch_size=int(batch_size), learning_rate=float(lr),
+                         preview_every=max(25, steps // 5),
+                         checkpoint_every=max(50, min(500, steps // 3)))
+    spec = train_stage.prepare(ctx.project, config, dataset_id, encoder=encoder,
+                               name=(name or "").strip() or None)
+    job = ctx.submit(spec)
+    return job, ctx.project.get(Model, spec.params["model_id"])
+
+
+# ---------------------------------------------------------------------- layout
+
+
+def build(ctx: StudioContext, shared: Shared) -> None:
+    dataset = shared.dataset
+    with gr.Row():
+        with gr.Column(scale=2, min_width=340):
+            gr.Markdown("#### 1 · Representations", elem_classes=["section-title"])
+            with gr.Row():
+                enc_pca = gr.Button("Encode with PCA", variant="primary", elem_id="encode-pca")
+                enc_cls = gr.Button("Encode class labels", elem_id="encode-class")
+            gr.Markdown("<small>PCA of pixels is the offline encoder (no download); class "
+                        "labels give the class-conditioned baseline.</small>")
+            encs = gr.Dataframe(label="Encodings", interactive=False, max_height=180)
+            gr.Markdown("#### 2 · Train an RCDM", elem_classes=["section-title"])
+            encoder = gr.Dropdown(label="Condition on", choices=[], elem_id="train-encoder")
+            with gr.Row():
+                steps = gr.Number(label="Steps", value=TrainConfig.steps, precision=0,
+                                  minimum=1, elem_id="train-steps")
+                batch = gr.Number(label="Batch", value=TrainConfig.batch_size, precision=0,
+                                  minimum=1)
+                lr = gr.Number(label="Learning rate", value=TrainConfig.learning_rate,
+                               minimum=1e-6)
+            name = gr.Textbox(label="Model name", placeholder="default: rcdm-<encoder>")
+            train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
+            status = gr.HTML(elem_id="train-status")
+        with gr.Column(scale=3):
+            model = gr.Dropdown(label="Model", choices=model_choices(ctx), elem_id="model-choice")
+            info = gr.Markdown(elem_id="model-info")
+            plot = gr.Plot(show_label=False, elem_id="loss-plot")
+            preview = gr.Image(label="Latest preview", height=170, interactive=False,
+                               elem_id="train-preview")
+
+    @ui.guard(2)
+    def on_encode(dataset_id: str | None, which: str) -> tuple[str, Any]:
+        job = encode(ctx, dataset_id, which)
+        return ui.ok_md(f"{job.title}: {job.status}"), encodings_table(ctx, dataset_id)
+
+    enc_pca.click(lambda d: on_encode(d, "pca"), dataset, [status, encs])
+    enc_cls.click(lambda d: on_encode(d, "class"), dataset, [status, encs])
+
+    @ui.guard(2)
+    def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v) -> tuple[str, Any]:
+        job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v)
+        return (ui.ok_md(f"{job.title}: {job.status}"),
+                ui.dropdown(model_choices(ctx), m.id))
+
+    train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name], [status, model])
+
+    def show_model(model_id: str | None) -> tuple[Any, Any, str]:
+        try:
+            return model_view(ctx, model_id)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("model view failed")
+            return gr.skip(), gr.skip(), ui.error_md(exc)
+
+    model.change(show_model, model, [plot, preview, info], show_progress="hidden")
+
+    def live(model_id: str | None) -> tuple[Any, Any, Any]:
+        if not model_id:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            m = ctx.project.get(Model, model_id)
+        except Exception:  # noqa: BLE001
+            return gr.skip(), gr.skip(), gr.skip()
+        if m.status not in ("queued", "training"):
+            return gr.skip(), gr.skip(), gr.skip()
+        return show_model(model_id)
+
+    gr.Timer(LIVE_SECONDS).tick(live, model, [plot, preview, info], show_progress="hidden")
+
+    def refresh(dataset_id: str | None, enc: str | None, model_id: str | None
+                ) -> tuple[Any, Any, Any, Any, Any, Any]:
+        choices = encoder_choices(ctx, dataset_id)
+        values = [v for _, v in choices]
+        enc_value = enc if enc in values else ("pca" if "pca" in values else
+                                               (values[0] if values else None))
+        fig, prev, text = model_view(ctx, model_id) if model_id else (gr.skip(),) * 3
+        return (encodings_table(ctx, dataset_id), gr.update(choices=choices, value=enc_value),
+                ui.dropdown(model_choices(ctx), model_id), fig, prev, text)
+
+    shared.on_refresh(refresh, [dataset, encoder, model], [encs, encoder, model, plot, preview,
+                                                           info])
+    dataset.change(lambda d, e, m: refresh(d, e, m), [dataset, encoder, model],
+                   [encs, encoder, model, plot, preview, info])

@@ -1,0 +1,110 @@
+"""Small helpers shared by the tabs: error display, dropdown choices, formatting.
+
+Engine errors the user can cause (``StudioError``) reach the page as one sentence in the
+tab's status line (and a toast); anything else is logged with its traceback and shown as a
+short line that points to the log, never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from typing import Any, Callable, Iterable
+
+import gradio as gr
+
+from engine.errors import StudioError
+
+log = logging.getLogger(__name__)
+
+
+def error_text(exc: BaseException) -> str:
+    if isinstance(exc, StudioError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc} (details in the studio's log)"
+
+
+def guard(n_outputs: int, status: int = 0) -> Callable:
+    """Wrap a handler so that an error becomes a message in output ``status``.
+
+    The other outputs are left unchanged (``gr.skip()``).
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown in the page, logged in full
+                if isinstance(exc, StudioError):
+                    log.info("%s: %s", fn.__name__, exc)
+                else:
+                    log.exception("handler %s failed", fn.__name__)
+                gr.Warning(error_text(exc))
+                out = [gr.skip()] * n_outputs
+                out[status] = error_md(exc)
+                return out[0] if n_outputs == 1 else tuple(out)
+
+        return inner
+
+    return wrap
+
+
+def error_md(exc: BaseException | str) -> str:
+    text = exc if isinstance(exc, str) else error_text(exc)
+    return f'<div class="status-error">⚠ {_escape(text)}</div>'
+
+
+def ok_md(text: str) -> str:
+    return f'<div class="status-ok">✓ {_escape(text)}</div>'
+
+
+def info_md(text: str) -> str:
+    return f'<div class="status-info">{_escape(text)}</div>'
+
+
+def _escape(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def dropdown(choices: list[tuple[str, str]], current: str | None,
+             prefer_last: bool = True) -> Any:
+    """A dropdown update keeping ``current`` when it is still a choice, else the newest."""
+    values = [v for _, v in choices]
+    if current in values:
+        value = current
+    elif values:
+        value = values[-1] if prefer_last else values[0]
+    else:
+        value = None
+    return gr.update(choices=choices, value=value)
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+def loads(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+def first(values: Iterable[Any], default: Any = None) -> Any:
+    for v in values:
+        return v
+    return default

@@ -1,0 +1,124 @@
+"""Background jobs: real worker processes, progress files, ingest, cancel, reconcile, retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from engine.config import EncodeConfig, ImportConfig, TrainConfig
+from engine.errors import JobError
+from engine.jobs import JobManager, read_progress
+from engine.project import Encoding, Job, Model
+
+
+@pytest.fixture
+def tiny_project(project, tiny_folder):
+    from engine import data
+
+    data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    return project
+
+
+def test_encode_job_runs_in_a_worker_process_and_is_ingested(tiny_project):
+    from engine.stages import encode
+
+    jobs = JobManager(tiny_project)
+    job = jobs.submit(encode.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4,
+                                                                image_size=8)))
+    assert job.status == "running" and job.pid and job.pid != os.getpid()
+    job = jobs.wait(job.id, timeout=120)
+    assert job.status == "done", job.error
+    enc = tiny_project.get(Encoding, job.result_id)
+    assert (enc.count, enc.dim, enc.encoder, enc.offline) == (24, 4, "pca", True)
+    assert tiny_project.embeddings(enc).shape == (24, 4)
+    folder = jobs.folder(job)
+    assert (folder / "spec.json").exists() and (folder / "log.txt").exists()
+    assert read_progress(folder)[-1]["step"] == read_progress(folder)[-1]["total"]
+    # ingest is not repeated by later polls
+    jobs.poll()
+    assert len(tiny_project.list(Encoding)) == 1
+
+
+def test_queue_respects_the_concurrency_limit(tiny_project):
+    from engine.stages import encode
+
+    jobs = JobManager(tiny_project, max_running=1)
+    a = jobs.submit(encode.prepare(tiny_project, EncodeConfig(encoder="pca", dim=3, image_size=8)))
+    b = jobs.submit(encode.prepare(tiny_project, EncodeConfig(encoder="class")))
+    assert tiny_project.get(Job, b.id).status == "queued"
+    assert jobs.wait(a.id, timeout=120).status == "done"
+    assert jobs.wait(b.id, timeout=120).status == "done"
+
+
+def _long_training(project, steps: int = 100_000):
+    from engine.stages import encode, train
+
+    jobs = JobManager(project)
+    jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="class")))
+    config = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
+                         attention_head_dim=8, batch_size=4, steps=steps,
+                         checkpoint_every=5, preview_every=10_000, warmup_steps=1)
+    return jobs, train.prepare(project, config, encoder="class", name="long")
+
+
+def _wait_for_progress(jobs, job, min_step: int = 6, timeout: float = 120) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        events = read_progress(jobs.folder(job))
+        if events and events[-1]["step"] >= min_step:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no progress: {(jobs.folder(job) / 'log.txt').read_text()[-2000:]}")
+
+
+def test_cancel_stops_the_worker_and_keeps_the_rows_consistent(tiny_project):
+    jobs, spec = _long_training(tiny_project)
+    job = jobs.submit(spec)
+    _wait_for_progress(jobs, job)
+    jobs.cancel(job.id)
+    job = jobs.wait(job.id, timeout=60)
+    assert job.status == "cancelled"
+    model = tiny_project.get(Model, "long")
+    assert model.status == "cancelled"
+    assert (tiny_project.abs(f"models/{model.id}") / "checkpoint").exists()
+    with pytest.raises(JobError, match="only queued or running"):
+        jobs.cancel(job.id)
+
+
+def test_killed_worker_becomes_interrupted_and_retry_resumes(tiny_project):
+    jobs, spec = _long_training(tiny_project, steps=40)
+    job = jobs.submit(spec)
+    _wait_for_progress(jobs, job, min_step=11)
+    os.killpg(job.pid, signal.SIGKILL)  # the machine "reboots" under the worker
+    time.sleep(0.5)
+    # a new owner (the studio restarting) reconciles the project
+    fresh = JobManager(tiny_project)
+    fresh.reconcile()
+    job = tiny_project.get(Job, job.id)
+    assert job.status == "interrupted" and "retry" in job.error
+    assert tiny_project.get(Model, "long").status == "interrupted"
+    fresh.retry(job.id)
+    job = fresh.wait(job.id, timeout=300)
+    assert job.status == "done", job.error
+    events = read_progress(fresh.folder(job))
+    steps = [e["step"] for e in events if e["stage"] == "train"]
+    restart = [i for i in range(1, len(steps)) if steps[i] < steps[i - 1]]
+    assert restart, "the retry should start again after the crash"
+    assert steps[restart[0]] >= 5, "training should resume from its checkpoint, not step 0"
+    model = tiny_project.get(Model, "long")
+    assert model.status == "trained" and model.steps_done == 40
+
+
+def test_failed_worker_reports_the_error(tiny_project, tmp_path):
+    from engine.stages import encode
+
+    jobs = JobManager(tiny_project)
+    spec = encode.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4, image_size=8))
+    os.remove(spec.params["pixels_path"])  # the input disappears before the worker runs
+    job = jobs.wait(jobs.submit(spec).id, timeout=120)
+    assert job.status == "failed" and job.error
+    assert json.loads((jobs.folder(job) / "status.json").read_text())["status"] == "failed"

@@ -1,0 +1,111 @@
+"""The project file: schema, one writer, bulk rows all-or-nothing, arrays, versions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.errors import NotFoundError, ProjectNotFoundError, SchemaVersionError, \
+    StudioError
+from engine.project import SCHEMA_VERSION, Dataset, Job, Project, new_id, project_paths
+
+
+def _images(ds_id: str, n: int) -> pd.DataFrame:
+    return pd.DataFrame([dict(id=f"{ds_id}_{i}", dataset_id=ds_id, idx=i, path=f"p{i}.png",
+                              thumb="", label=i % 2, class_name=str(i % 2), split="train",
+                              width=8, height=8, source_path="") for i in range(n)])
+
+
+def test_paths_and_schema_version(tmp_path):
+    db, assets = project_paths(tmp_path / "demo")
+    assert db.name == "demo.duckdb" and assets.name == "demo.assets"
+    with Project(tmp_path / "demo") as p:
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION)
+        assert p.assets.is_dir()
+
+
+def test_missing_project_is_a_clear_error(tmp_path):
+    with pytest.raises(ProjectNotFoundError, match="no project at"):
+        Project(tmp_path / "nothing", create=False)
+
+
+def test_dataset_and_images_all_or_nothing(project):
+    ds = Dataset(id=new_id("ds"), name="d", num_images=3)
+    project.add_dataset(ds, _images(ds.id, 3))
+    assert len(project.images(ds.id)) == 3
+    # a second dataset whose images collide with existing keys leaves nothing behind
+    bad = Dataset(id=new_id("ds"), name="e")
+    with pytest.raises(Exception):
+        project.add_dataset(bad, _images(ds.id, 3))
+    assert [d.name for d in project.list(Dataset)] == ["d"]
+    assert len(project.query("SELECT * FROM image")) == 3
+
+
+def test_get_by_name_and_id(project):
+    ds = Dataset(id=new_id("ds"), name="digits")
+    project.add_dataset(ds, _images(ds.id, 1))
+    assert project.get(Dataset, "digits").id == ds.id
+    assert project.get(Dataset, ds.id).name == "digits"
+    with pytest.raises(NotFoundError, match="no dataset 'nope'"):
+        project.get(Dataset, "nope")
+    assert project.unique_name(Dataset, "digits") == "digits-2"
+
+
+def test_job_status_updates_repeatedly(project):
+    # DuckDB turns UPDATE into delete+insert: rows updated often must stay consistent.
+    job = project.add(Job(id=new_id("job"), kind="train"))
+    for status in ("running", "ingesting", "done", "queued", "running"):
+        project.update(Job, job.id, status=status)
+    assert project.get(Job, job.id).status == "running"
+
+
+def test_arrays_are_atomic_and_memory_mapped(project):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    project.save_array("encodings/x.npy", a)
+    b = project.load_array("encodings/x.npy")
+    assert isinstance(b, np.memmap) and np.array_equal(a, b)
+    assert not list(project.assets.rglob("*.tmp"))
+
+
+def test_paths_cannot_leave_the_assets(project):
+    with pytest.raises(StudioError, match="outside"):
+        project.abs("../../etc/passwd")
+
+
+def test_second_writer_gets_a_named_lock_error(tmp_path):
+    with Project(tmp_path / "locked"):
+        code = ("from engine.project import Project\n"
+                f"Project({str(tmp_path / 'locked')!r})\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode != 0
+        assert "ProjectLockedError" in r.stderr
+        assert f"PID {os.getpid()}" in r.stderr
+        assert "close that studio or command first" in r.stderr
+    # once the holder closes, the project opens again
+    Project(tmp_path / "locked").close()
+
+
+def test_lock_error_type_in_process(tmp_path):
+    code = ("import sys\nfrom engine.project import Project\nfrom engine.errors import "
+            "ProjectLockedError\ntry:\n    Project(sys.argv[1])\nexcept ProjectLockedError:\n"
+            "    sys.exit(7)\n")
+    with Project(tmp_path / "locked2"):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "locked2")])
+    assert r.returncode == 7
+
+
+def test_newer_schema_is_refused(tmp_path):
+    with Project(tmp_path / "new") as p:
+        p.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    with pytest.raises(SchemaVersionError, match="newer"):
+        Project(tmp_path / "new")
+
+
+def test_settings_round_trip(project):
+    project.update_settings(device="cpu", tab="Curate")
+    assert project.settings() == {"device": "cpu", "tab": "Curate"}
