@@ -204,8 +204,8 @@ class EvalConfig(StageConfig):
     arch: str = "resnet_tiny"
     image_size: int = 16
     epochs: int = 30
-    batch_size: int = 128
-    learning_rate: float = 0.1  # at batch 256; scaled by batch/256
+    batch_size: int = 64
+    learning_rate: float = 0.4  # at batch 256; scaled by batch/256 (0.1 at the default batch)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1

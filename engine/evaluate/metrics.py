@@ -78,8 +78,8 @@ def confusion_matrix(logits_or_preds: torch.Tensor, targets: torch.Tensor,
     p = preds.cpu()
     bad = (t < 0) | (t >= num_classes) | (p < 0) | (p >= num_classes)
     if bool(bad.any()):
-        raise InvalidConfigError(
-            f"labels must be in [0, {num_classes}), got {sorted(set(t[bad].tolist() + p[bad].tolist()))[:5]}")
+        found = sorted(set(t[bad].tolist() + p[bad].tolist()))[:5]
+        raise InvalidConfigError(f"labels must be in [0, {num_classes}), got {found}")
     counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return counts.view(num_classes, num_classes)
 

@@ -230,8 +230,8 @@ def _predict(model: nn.Module, x: torch.Tensor, mean: torch.Tensor,
     model.eval()
     out = []
     for i in range(0, x.shape[0], EVAL_BATCH):
-        xb = _normalise(x[i:i + EVAL_BATCH], mean, std).contiguous(memory_format=torch.channels_last)
-        out.append(model(xb).float().cpu())
+        xb = _normalise(x[i:i + EVAL_BATCH], mean, std)  # (b, 3, S, S)
+        out.append(model(xb.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out)
 
 

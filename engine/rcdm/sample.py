@@ -8,6 +8,7 @@ for DDPM, its noise at every step. A sample therefore depends only on
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -109,7 +110,11 @@ def sample_images(model: RCDM, cond: np.ndarray, seeds: np.ndarray, config: Gene
         # Initial noise, one generator per sample, drawn on the CPU: (b, C, H, W)
         x = torch.cat([torch.randn((1, c_, size, size), generator=g) for g in gens]).to(device)
         scheduler = make_scheduler(config.sampler, train_config)
-        scheduler.set_timesteps(config.steps, device=device)
+        with warnings.catch_warnings():
+            # diffusers' DPM-Solver calls np.array(tensor), which numpy 2 flags as deprecated
+            warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                    message="__array__ implementation doesn't accept")
+            scheduler.set_timesteps(config.steps, device=device)
         x = x * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             if cancel is not None:

@@ -20,7 +20,7 @@ from studio.shared import Shared
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 48
+PAGE_SIZE = 60
 ALL = "all classes"
 
 
@@ -73,6 +73,9 @@ def image_page(ctx: StudioContext, dataset_id: str | None, class_name: str | Non
     images = ctx.project.images(dataset_id, split=None if split in (None, "all") else split)
     if class_name and class_name != ALL:
         images = images[images["class_name"] == class_name]
+    else:  # interleave the classes so that every page shows all of them
+        rank = images.groupby("label").cumcount()
+        images = images.assign(_rank=rank).sort_values(["_rank", "label"], kind="stable")
     pages = max(1, -(-len(images) // page_size))
     page = min(max(int(page or 1), 1), pages)
     rows = images.iloc[(page - 1) * page_size: page * page_size]
@@ -137,21 +140,23 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                               maximum=0.9, step=0.05)
                 folder_btn = gr.Button("Import folder")
             status = gr.HTML(elem_id="data-status")
-            shared.dataset = gr.Dropdown(label="Dataset", choices=dataset_choices(ctx),
+            shared.dataset = gr.Dropdown(label="Dataset", choices=[], value=None,
+                                         allow_custom_value=True,
                                          elem_id="dataset-choice")
             info = gr.Markdown(elem_id="dataset-summary")
             counts = gr.Dataframe(label="Images per class", interactive=False, max_height=300)
         with gr.Column(scale=5):
-            with gr.Row(equal_height=True):
-                cls = gr.Dropdown(label="Class", choices=[ALL], value=ALL, scale=2)
-                split = gr.Radio(["all", "train", "test"], value="all", label="Split", scale=2)
+            with gr.Row(elem_classes=["bottom-align"]):
+                cls = gr.Dropdown(label="Class", choices=[ALL], value=ALL,
+                                  allow_custom_value=True, scale=2)
+                split = gr.Radio(["all", "train", "test"], value="all", label="Split", scale=3)
                 prev_btn = gr.Button("◀ Prev", size="sm", scale=1, min_width=70)
                 page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1,
                                  min_width=70)
                 next_btn = gr.Button("Next ▶", size="sm", scale=1, min_width=70)
             page_info = gr.Markdown(elem_classes=["muted"])
             with gr.Row():
-                gallery = gr.Gallery(columns=8, height=470, allow_preview=False,
+                gallery = gr.Gallery(columns=10, height=470, allow_preview=False,
                                      object_fit="contain", show_label=False, scale=4,
                                      elem_id="data-gallery")
                 with gr.Column(scale=1, min_width=200):
@@ -204,7 +209,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
                          f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
 
-    demo_btn.click(on_demo, None, [status, dataset], concurrency_id="import")
+    demo_btn.click(on_demo, None, [status, dataset], concurrency_id="import",
+                   api_name="import_demo")
     folder_btn.click(on_folder, [folder, name, test_fraction], [status, dataset],
-                     concurrency_id="import")
+                     concurrency_id="import", api_name="import_folder")
     shared.on_refresh(lambda d: ui.dropdown(dataset_choices(ctx), d), [dataset], [dataset])

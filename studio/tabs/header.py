@@ -62,8 +62,11 @@ def header_html(ctx: StudioContext) -> str:
 
 def build(ctx: StudioContext, shared: Shared) -> gr.HTML:
     with gr.Row(elem_classes=["studio-header"]):
-        gr.HTML('<div class="brand"><span class="logo">◆</span> RCDM Studio'
-                f'<span class="project">{ctx.project.path.name}</span></div>')
-        steps = gr.HTML(elem_id="steps")
+        name = ctx.project.path.name.replace("&", "&amp;").replace("<", "&lt;")
+        with gr.Column(scale=0, min_width=300):
+            gr.HTML(f'<div class="brand"><span class="logo">◆</span> RCDM Studio'
+                    f'<span class="project">{name}</span></div>')
+        with gr.Column(scale=1):
+            steps = gr.HTML(elem_id="steps")
     shared.on_refresh(lambda: header_html(ctx), [], [steps])
     return steps

@@ -107,8 +107,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         table = gr.Dataframe(value=jobs_table(ctx), interactive=False, wrap=True,
                              max_height=260, elem_id="jobs-table", show_label=False,
                              column_widths=["30%", "20%", "8%", "8%", "16%", "8%", "10%"])
-        with gr.Row(equal_height=True):
-            chosen = gr.Dropdown(label="Job", choices=job_choices(ctx), scale=4,
+        with gr.Row(elem_classes=["bottom-align"]):
+            chosen = gr.Dropdown(label="Job", choices=[], value=None,
+                                 allow_custom_value=True, scale=4,
                                  elem_id="job-choice")
             cancel = gr.Button("Cancel job", variant="stop", size="sm", scale=1)
             retry = gr.Button("Retry job", size="sm", scale=1)

@@ -153,7 +153,7 @@ def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps
         raise NotReadyError("encode the dataset first (PCA button above)")
     steps = int(steps)
     config = TrainConfig(steps=steps, batch_size=int(batch_size), learning_rate=float(lr),
-                         preview_every=max(25, steps // 5),
+                         preview_every=max(100, steps // 5),
                          checkpoint_every=max(50, min(500, steps // 3)))
     spec = train_stage.prepare(ctx.project, config, dataset_id, encoder=encoder,
                                name=(name or "").strip() or None)
@@ -176,19 +176,22 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                         "labels give the class-conditioned baseline.</small>")
             encs = gr.Dataframe(label="Encodings", interactive=False, max_height=180)
             gr.Markdown("#### 2 · Train an RCDM", elem_classes=["section-title"])
-            encoder = gr.Dropdown(label="Condition on", choices=[], elem_id="train-encoder")
+            encoder = gr.Dropdown(label="Condition on", choices=[], value=None,
+                                  allow_custom_value=True,
+                                  elem_id="train-encoder")
             with gr.Row():
                 steps = gr.Number(label="Steps", value=TrainConfig.steps, precision=0,
                                   minimum=1, elem_id="train-steps")
                 batch = gr.Number(label="Batch", value=TrainConfig.batch_size, precision=0,
-                                  minimum=1)
+                                  minimum=1, elem_id="train-batch")
                 lr = gr.Number(label="Learning rate", value=TrainConfig.learning_rate,
                                minimum=1e-6)
             name = gr.Textbox(label="Model name", placeholder="default: rcdm-<encoder>")
             train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
             status = gr.HTML(elem_id="train-status")
         with gr.Column(scale=3):
-            model = gr.Dropdown(label="Model", choices=model_choices(ctx), elem_id="model-choice")
+            model = gr.Dropdown(label="Model", choices=[], value=None, allow_custom_value=True,
+                                elem_id="model-choice")
             info = gr.Markdown(elem_id="model-info")
             plot = gr.Plot(show_label=False, elem_id="loss-plot")
             preview = gr.Image(label="Latest preview", height=170, interactive=False,
@@ -208,7 +211,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         return (ui.ok_md(f"{job.title}: {job.status}"),
                 ui.dropdown(model_choices(ctx), m.id))
 
-    train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name], [status, model])
+    train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name], [status, model],
+                    api_name="train")
 
     def show_model(model_id: str | None) -> tuple[Any, Any, str]:
         try:

@@ -1,0 +1,166 @@
+"""Curate tab: distances to class centroids, a band per class, the band's edges, selections."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.config import BandConfig
+from engine.errors import NotReadyError
+from engine.project import Generation, Selection
+from studio import ui
+from studio.context import StudioContext
+from studio.shared import Shared
+from studio.tabs.generate import generation_choices
+
+log = logging.getLogger(__name__)
+
+EDGE_K = 8
+EDGES = [("nearest_dropped", "Dropped: nearest (near-prototypes)"),
+         ("nearest_kept", "Kept: nearest edge"),
+         ("farthest_kept", "Kept: farthest edge"),
+         ("farthest_dropped", "Dropped: farthest (outliers)")]
+PRESETS = [("Paper middle (2x → 1x)", "middle"), ("Keep all", "all"),
+           ("Nearest half", "nearest"), ("Farthest half", "farthest")]
+
+
+def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: float,
+              centroid: str, metric: str) -> dict[str, Any]:
+    """Everything the tab shows for one band.
+
+    Returns:
+        {"figure", "counts" (DataFrame), "edges" ({key: [(path, caption)]}), "text",
+         "kept", "total"}.
+    """
+    from engine import curate
+    from engine.stages import curate as curate_stage
+
+    if not generation_id:
+        raise NotReadyError("generate images and re-encode them first (Generate tab)")
+    band = BandConfig(low=float(low), high=float(high), centroid=centroid, metric=metric)
+    bd = ctx.band_data(generation_id, centroid, metric)
+    mask = curate_stage.band_mask(bd, band)
+    table = curate_stage.summary(bd, mask)
+    counts = table[["class", "total", "kept", "dropped_near", "dropped_far"]].copy()
+    counts["band (distance)"] = [
+        "" if pd.isna(a) else f"{a:.3f} – {b:.3f}"
+        for a, b in zip(table["low_distance"], table["high_distance"])]
+    fig = curate.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
+                             bd.real_labels, metric=metric)
+    fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
+    samples = ctx.project.samples(bd.generation.id)
+    edges = {}
+    for key, idx in curate.edge_samples(bd.distances, bd.labels, mask, EDGE_K).items():
+        edges[key] = [(str(ctx.project.abs(samples["path"].iat[i])),
+                       f"{samples['class_name'].iat[i]} · d {bd.distances[i]:.3f}")
+                      for i in idx.tolist()]
+    kept, total = int(mask.sum()), int(len(mask))
+    text = (f"Keeping **{kept:,}** of {total:,} generated images "
+            f"({100.0 * kept / max(total, 1):.0f} %) · band {band.low:.2f} – {band.high:.2f} "
+            f"of each class's distance ranks · centroid: {centroid} · {metric}")
+    return {"figure": fig, "counts": counts, "edges": edges, "text": text, "kept": kept,
+            "total": total}
+
+
+def save(ctx: StudioContext, generation_id: str | None, low: float, high: float,
+         centroid: str, metric: str, name: str | None) -> Selection:
+    from engine.stages import curate as curate_stage
+
+    if not generation_id:
+        raise NotReadyError("generate images and re-encode them first (Generate tab)")
+    band = BandConfig(low=float(low), high=float(high), centroid=centroid, metric=metric)
+    bd = ctx.band_data(generation_id, centroid, metric)
+    return curate_stage.save_selection(ctx.project, bd, band, name=(name or "").strip() or None)
+
+
+def selections_table(ctx: StudioContext) -> pd.DataFrame:
+    rows = []
+    gens = {g.id: g.name for g in ctx.project.list(Generation)}
+    for s in ctx.project.list(Selection):
+        how = ui.loads(s.config_json)
+        band = how.get("band") or {}
+        desc = f"band {band.get('low', 0):.2f}–{band.get('high', 1):.2f}" if band else \
+            how.get("kind", "")
+        rows.append([s.name, gens.get(s.generation_id, s.generation_id), s.count, desc, s.id])
+    return pd.DataFrame(rows, columns=["selection", "generation", "images", "how", "id"])
+
+
+def curatable_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return generation_choices(ctx)
+
+
+def build(ctx: StudioContext, shared: Shared) -> None:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            generation = gr.Dropdown(label="Generation (re-encoded)", choices=[], value=None,
+                                     allow_custom_value=True,
+                                     elem_id="curate-gen")
+            with gr.Row():
+                centroid = gr.Radio(["real", "generated", "both"], value="real",
+                                    label="Class centroid of")
+                metric = gr.Radio(["cosine", "euclidean"], value="cosine", label="Distance")
+            low = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Band low (quantile)",
+                            elem_id="band-low")
+            high = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Band high (quantile)",
+                             elem_id="band-high")
+            with gr.Row():
+                presets = [gr.Button(label, size="sm", min_width=120,
+                                     elem_id=f"preset-{key}") for label, key in PRESETS]
+            summary_md = gr.Markdown(elem_id="band-summary")
+            counts = gr.Dataframe(label="Per class", interactive=False, max_height=300,
+                                  elem_id="band-counts")
+            name = gr.Textbox(label="Selection name", placeholder="default: <generation>-band-…",
+                              elem_id="selection-name")
+            save_btn = gr.Button("Save selection", variant="primary", elem_id="save-selection")
+            status = gr.HTML(elem_id="curate-status")
+        with gr.Column(scale=2):
+            plot = gr.Plot(show_label=False, elem_id="band-plot")
+            with gr.Row():
+                galleries = {key: gr.Gallery(label=label, columns=4, height=150,
+                                             object_fit="contain", allow_preview=True,
+                                             elem_classes=["edge-gallery"])
+                             for key, label in EDGES}
+            selections = gr.Dataframe(label="Selections", interactive=False, max_height=200,
+                                      value=selections_table(ctx), elem_id="selections-table")
+
+    inputs = [generation, low, high, centroid, metric]
+    outputs = [plot, counts, summary_md, *galleries.values()]
+
+    @ui.guard(len(outputs), status=2)
+    def update(generation_id, low_v, high_v, centroid_v, metric_v) -> tuple[Any, ...]:
+        if not generation_id:
+            return (gr.skip(), gr.skip(),
+                    ui.info_md("Generate images and re-encode them (Generate tab) to curate "
+                               "them here."), *[gr.skip()] * len(galleries))
+        if low_v >= high_v:
+            return (gr.skip(), gr.skip(),
+                    ui.error_md(f"band low ({low_v:.2f}) must be below high ({high_v:.2f})"),
+                    *[gr.skip()] * len(galleries))
+        v = band_view(ctx, generation_id, low_v, high_v, centroid_v, metric_v)
+        return (v["figure"], v["counts"], v["text"], *[v["edges"][k] for k, _ in EDGES])
+
+    # One listener for every input: a preset sets both sliders, the band is drawn once.
+    gr.on([generation.change, centroid.change, metric.change, low.change, high.change],
+          update, inputs, outputs, show_progress="minimal", trigger_mode="always_last",
+          api_name="band")
+    for (_, key), btn in zip(PRESETS, presets):
+        band = BandConfig.preset(key, 0.5)
+        btn.click(lambda b=band: (b.low, b.high), None, [low, high])
+
+    @ui.guard(3)
+    def on_save(generation_id, low_v, high_v, centroid_v, metric_v, name_v):
+        sel = save(ctx, generation_id, low_v, high_v, centroid_v, metric_v, name_v)
+        return (ui.ok_md(f"saved selection {sel.name}: {sel.count:,} images"),
+                selections_table(ctx), "")
+
+    save_btn.click(on_save, [*inputs, name], [status, selections, name],
+                   api_name="save_selection")
+
+    def refresh(generation_id):
+        choices = curatable_choices(ctx)
+        return ui.dropdown(choices, generation_id), selections_table(ctx)
+
+    shared.on_refresh(refresh, [generation], [generation, selections])

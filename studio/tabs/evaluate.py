@@ -1,0 +1,137 @@
+"""Evaluate tab: train a classifier on a training mix, compare top-1 / top-5 of every run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.config import CLASSIFIERS, MIXES, EvalConfig
+from engine.errors import InvalidConfigError, NotReadyError
+from engine.jobs import ACTIVE
+from engine.project import Evaluation, Job, Selection
+from studio import ui
+from studio.context import StudioContext
+from studio.shared import Shared
+from studio.tabs.jobs import job_progress
+
+log = logging.getLogger(__name__)
+
+MIX_LABELS = {"real": "real only", "synthetic": "synthetic only (a selection)",
+              "real+synthetic": "real + synthetic (a selection)"}
+
+
+def selection_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{s.name} · {s.count:,} images", s.id) for s in ctx.project.list(Selection)]
+
+
+def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id: str | None,
+             arch: str, epochs: int, name: str | None) -> Job:
+    from engine.stages import evaluate as evaluate_stage
+
+    if mix not in MIXES:
+        raise InvalidConfigError(f"mix must be one of {MIXES}, got {mix!r}")
+    if mix != "real" and not selection_id:
+        raise NotReadyError(f"the {MIX_LABELS[mix]} mix needs a selection: save one in the "
+                            f"Curate tab")
+    if mix == "real" and not dataset_id:
+        raise NotReadyError("import a dataset first (Data tab)")
+    config = EvalConfig(arch=arch, epochs=int(epochs))
+    return ctx.submit(evaluate_stage.prepare(
+        ctx.project, config, mix=mix, dataset_ref=dataset_id if mix == "real" else None,
+        selection_ref=selection_id if mix != "real" else None,
+        name=(name or "").strip() or None))
+
+
+def results_table(ctx: StudioContext) -> pd.DataFrame:
+    sels = {s.id: s.name for s in ctx.project.list(Selection)}
+    rows = []
+    for e in ctx.project.list(Evaluation):
+        cfg = ui.loads(e.config_json)
+        rows.append([e.name, MIX_LABELS.get(e.mix, e.mix).split(" (")[0],
+                     sels.get(e.selection_id, ""), e.num_train,
+                     f"{cfg.get('arch', '')} · {cfg.get('epochs', '')} ep", e.status,
+                     ui.pct(e.top1), ui.pct(e.top5)])
+    return pd.DataFrame(rows, columns=["evaluation", "mix", "selection", "train images",
+                                       "classifier", "status", "top-1 %", "top-5 %"])
+
+
+def results_figure(ctx: StudioContext) -> Any:
+    import plotly.graph_objects as go
+
+    done = [e for e in ctx.project.list(Evaluation) if e.status == "done" and e.top1 is not None]
+    fig = go.Figure()
+    colors = {"real": "#DD8452", "synthetic": "#4C72B0", "real+synthetic": "#55A868"}
+    for mix in MIXES:
+        rows = [e for e in done if e.mix == mix]
+        if rows:
+            fig.add_trace(go.Bar(x=[e.name for e in rows], y=[e.top1 for e in rows],
+                                 name=MIX_LABELS[mix].split(" (")[0],
+                                 marker_color=colors[mix],
+                                 text=[f"{e.top1:.1f}" for e in rows], textposition="outside"))
+    fig.update_layout(template="plotly_white", height=320,
+                      title=dict(text="Top-1 accuracy on the held-out real test split"
+                                 if done else "No finished evaluation yet", x=0.01),
+                      yaxis=dict(title="top-1 %", range=[0, 105]),
+                      margin=dict(l=60, r=20, t=50, b=60), barmode="group",
+                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+    return fig
+
+
+def running_text(ctx: StudioContext) -> str:
+    lines = []
+    for job in ctx.project.list(Job, kind="evaluate"):
+        if job.status not in ACTIVE:
+            continue
+        p = job_progress(ctx, job)
+        eta = f", about {ui.duration(p['eta'])} left" if p["eta"] else ""
+        lines.append(f"- **{job.title}**: {job.status} {p['percent']:.0f} %{eta} "
+                     f"{('· ' + p['metric']) if p['metric'] else ''}")
+    return "\n".join(lines) if lines else "<small>No evaluation running.</small>"
+
+
+def build(ctx: StudioContext, shared: Shared) -> None:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            mix = gr.Radio([(v, k) for k, v in MIX_LABELS.items()], value="real+synthetic",
+                           label="Training mix", elem_id="eval-mix")
+            selection = gr.Dropdown(label="Selection (synthetic part)",
+                                    choices=[], value=None, allow_custom_value=True,
+                                    elem_id="eval-selection")
+            with gr.Row():
+                arch = gr.Dropdown(list(CLASSIFIERS), value=EvalConfig.arch, label="Classifier")
+                epochs = gr.Number(label="Epochs", value=EvalConfig.epochs, precision=0,
+                                   minimum=1, elem_id="eval-epochs")
+            name = gr.Textbox(label="Evaluation name", placeholder="default: the mix")
+            run_btn = gr.Button("Launch evaluation", variant="primary", elem_id="eval-button")
+            status = gr.HTML(elem_id="eval-status")
+            gr.Markdown("<small>Every mix is tested on the dataset's held-out real images; "
+                        "the classifier recipe is the same for all.</small>")
+            running = gr.Markdown(elem_id="eval-running")
+        with gr.Column(scale=2):
+            plot = gr.Plot(show_label=False, elem_id="eval-plot")
+            table = gr.Dataframe(value=results_table(ctx), interactive=False, max_height=280,
+                                 label="All evaluations", elem_id="eval-table")
+
+    @ui.guard(2)
+    def on_run(mix_v, dataset_id, sel, arch_v, epochs_v, name_v) -> tuple[str, Any]:
+        job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v)
+        return ui.ok_md(f"{job.title}: {job.status}"), results_table(ctx)
+
+    run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name], [status, table],
+                  api_name="evaluate")
+
+    def live() -> Any:
+        if not any(j.status in ACTIVE for j in ctx.project.list(Job, kind="evaluate")):
+            return gr.skip()
+        return running_text(ctx)
+
+    gr.Timer(3.0).tick(live, None, running, show_progress="hidden")
+
+    def refresh(sel):
+        return (ui.dropdown(selection_choices(ctx), sel), results_table(ctx),
+                results_figure(ctx), running_text(ctx))
+
+    shared.on_refresh(refresh, [selection], [selection, table, plot, running])

@@ -1,0 +1,112 @@
+"""Export tab: a selection (optionally with the real images) as an ImageFolder, and a zip."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.config import ExportConfig
+from engine.errors import InvalidConfigError, NotReadyError
+from engine.project import Export, Job, Selection
+from studio import ui
+from studio.context import StudioContext
+from studio.shared import Shared
+from studio.tabs.evaluate import selection_choices
+
+log = logging.getLogger(__name__)
+
+ZIP_MAX_IMAGES = 50_000  # larger exports are used from their folder, not zipped in the page
+
+
+def export(ctx: StudioContext, selection_id: str | None, include_real: bool,
+           out_dir: str | None) -> Job:
+    from engine.stages import export as export_stage
+
+    if not selection_id:
+        raise NotReadyError("save a selection in the Curate tab first")
+    return ctx.submit(export_stage.prepare(ctx.project, ExportConfig(include_real=include_real),
+                                           selection_id, (out_dir or "").strip() or None))
+
+
+def export_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{Path(x.folder).name} · {x.count:,} images", x.id)
+            for x in ctx.project.list(Export)]
+
+
+def exports_table(ctx: StudioContext) -> pd.DataFrame:
+    sels = {s.id: s.name for s in ctx.project.list(Selection)}
+    rows = [[sels.get(x.selection_id, x.selection_id), x.count,
+             "yes" if ui.loads(x.config_json).get("include_real") else "no", x.folder,
+             x.created_at.strftime("%Y-%m-%d %H:%M") if x.created_at else ""]
+            for x in ctx.project.list(Export)]
+    return pd.DataFrame(rows, columns=["selection", "images", "with real", "folder", "created"])
+
+
+def make_zip(ctx: StudioContext, export_id: str | None) -> Path:
+    """Zip an export into the project's assets (``exports/zips/``) for download."""
+    from engine.export import zip_export
+
+    if not export_id:
+        raise NotReadyError("export a selection first")
+    x = ctx.project.get(Export, export_id)
+    if x.count > ZIP_MAX_IMAGES:
+        raise InvalidConfigError(f"the export has {x.count:,} images, too many to zip in the "
+                                 f"page; use its folder {x.folder} directly")
+    folder = Path(x.folder)
+    zip_path = ctx.project.assets / "exports" / "zips" / f"{folder.name}.zip"
+    if zip_path.exists() and zip_path.stat().st_mtime >= folder.stat().st_mtime:
+        return zip_path
+    return zip_export(folder, zip_path)
+
+
+def build(ctx: StudioContext, shared: Shared) -> None:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            selection = gr.Dropdown(label="Selection", choices=[], value=None,
+                                    allow_custom_value=True,
+                                    elem_id="export-selection")
+            include_real = gr.Checkbox(label="Include the real training images", value=False)
+            out_dir = gr.Textbox(label="Folder (optional)",
+                                 placeholder="default: inside the project's assets")
+            export_btn = gr.Button("Export ImageFolder", variant="primary",
+                                   elem_id="export-button")
+            status = gr.HTML(elem_id="export-status")
+        with gr.Column(scale=2):
+            table = gr.Dataframe(value=exports_table(ctx), interactive=False, max_height=240,
+                                 label="Exports", wrap=True, elem_id="exports-table")
+            with gr.Row(elem_classes=["bottom-align"]):
+                chosen = gr.Dropdown(label="Export", choices=[], value=None,
+                                     allow_custom_value=True, scale=3,
+                                     elem_id="export-choice")
+                zip_btn = gr.Button("Prepare zip", scale=1, elem_id="zip-button")
+                download = gr.DownloadButton("Download zip", visible=False, scale=1,
+                                             variant="primary", elem_id="download-button")
+            zip_status = gr.HTML(elem_id="zip-status")
+
+    @ui.guard(2)
+    def on_export(sel, real, out):
+        job = export(ctx, sel, bool(real), out)
+        return ui.ok_md(f"{job.title}: {job.status}"), gr.skip()
+
+    export_btn.click(on_export, [selection, include_real, out_dir], [status, table],
+                     api_name="export")
+
+    @ui.guard(2)
+    def on_zip(export_id):
+        path = make_zip(ctx, export_id)
+        size = path.stat().st_size / 1e6
+        return (ui.ok_md(f"{path.name} ready ({size:.1f} MB)"),
+                gr.update(value=str(path), visible=True))
+
+    zip_btn.click(on_zip, chosen, [zip_status, download], api_name="zip")
+    chosen.change(lambda _: gr.update(visible=False), chosen, download)
+
+    def refresh(sel, export_id):
+        return (ui.dropdown(selection_choices(ctx), sel), exports_table(ctx),
+                ui.dropdown(export_choices(ctx), export_id))
+
+    shared.on_refresh(refresh, [selection, chosen], [selection, table, chosen])
