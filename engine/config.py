@@ -102,7 +102,7 @@ class TrainConfig(StageConfig):
     attention_head_dim: int = 16
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
+    prediction_type: str = "v_prediction"
     steps: int = 1500
     batch_size: int = 64
     learning_rate: float = 2e-3

@@ -31,17 +31,21 @@ class DemoConfig:
 
     encoder: str = "pca"
     encode: EncodeConfig = field(default_factory=lambda: EncodeConfig(encoder="pca", dim=32))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generate: GenerateConfig = field(default_factory=lambda: GenerateConfig(variations=2))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        block_channels=(32, 64), steps=1200, batch_size=64, checkpoint_every=300,
+        preview_every=300))
+    generate: GenerateConfig = field(default_factory=lambda: GenerateConfig(
+        variations=2, sampler="ddim", steps=25))
     band: BandConfig = field(default_factory=lambda: BandConfig.preset("middle", 0.5))
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(train=TrainConfig(steps=500, checkpoint_every=250, preview_every=250),
-                   generate=GenerateConfig(variations=2, steps=15),
-                   evaluate=EvalConfig(epochs=12))
+        return cls(train=TrainConfig(block_channels=(16, 32), steps=400, batch_size=64,
+                                     checkpoint_every=200, preview_every=200),
+                   generate=GenerateConfig(variations=2, sampler="ddim", steps=10),
+                   evaluate=EvalConfig(epochs=8))
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "encode": self.encode.to_dict(),

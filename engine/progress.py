@@ -78,12 +78,15 @@ class TqdmProgress:
 
     def __init__(self, disable: bool = False) -> None:
         self._bars: dict[str, Any] = {}
+        self._done: set[str] = set()
         self._disable = disable
 
     def __call__(self, event: ProgressEvent) -> None:
         from tqdm.auto import tqdm
 
         bar = self._bars.get(event.stage)
+        if bar is None and event.step >= event.total and event.stage in self._done:
+            return  # a repeated final report of a bar already closed
         if bar is None or bar.total != event.total:
             if bar is not None:
                 bar.close()
@@ -97,6 +100,9 @@ class TqdmProgress:
         if event.step >= event.total:
             bar.close()
             self._bars.pop(event.stage, None)
+            self._done.add(event.stage)
+        else:
+            self._done.discard(event.stage)
 
     def close(self) -> None:
         for bar in self._bars.values():

@@ -65,9 +65,11 @@ def _layout(ctx: StudioContext) -> gr.Blocks:
                 with gr.Tab(label, id=label.lower(), elem_id=f"tab-{label.lower()}"):
                     module.build(ctx, shared)
         jobs.build(ctx, shared)
+        # Every list and view refreshes when the project's revision changes: on page load
+        # (the state starts empty) and whenever the jobs timer sees a new row or status.
         for r in shared.refreshers:
-            blocks.load(r.fn, r.inputs, r.outputs, show_progress="hidden")
             shared.revision.change(r.fn, r.inputs, r.outputs, show_progress="hidden")
+        blocks.load(ctx.revision, None, shared.revision, show_progress="hidden")
     return blocks
 
 

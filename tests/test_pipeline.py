@@ -82,3 +82,58 @@ def test_export_loads_with_torchvision(demo_run):
     manifest = pd.read_csv(folder / "manifest.csv")
     assert {"seed", "source_image_id", "model_id", "sampler", "guidance"} <= set(manifest)
     assert np.all(manifest["kind"] == "synthetic")
+
+
+def test_bad_requests_are_refused_and_change_nothing(demo_run):
+    from engine.config import EvalConfig, ExportConfig, GenerateConfig
+    from engine.errors import InvalidConfigError, NotFoundError
+    from engine.stages import curate, evaluate, export, generate
+
+    project, _, _ = demo_run
+    tables = (Evaluation, Export, Generation, Model)
+    before = {t.__name__: len(project.list(t)) for t in tables}
+    with pytest.raises(InvalidConfigError, match="is empty; nothing was saved"):
+        curate.combine(project, "demo-middle", "demo-middle", "difference", "empty")
+    # an empty selection (as an older project could hold) is refused downstream
+    gen = project.get(Generation, "rcdm-pca-x2")
+    empty = curate._store(project, gen, "", np.zeros(0, np.int64), "empty", {"kind": "test"})
+    with pytest.raises(InvalidConfigError, match="empty"):
+        evaluate.prepare(project, EvalConfig(), mix="synthetic", selection_ref=empty.id)
+    with pytest.raises(InvalidConfigError, match="nothing to export"):
+        export.prepare(project, ExportConfig(), empty.id)
+    with pytest.raises(InvalidConfigError, match="no source image"):
+        generate.prepare(project, GenerateConfig(), "rcdm-pca", image_ids=[])
+    with pytest.raises(NotFoundError, match="no model 'mdl_from_elsewhere'"):
+        generate.prepare(project, GenerateConfig(), "mdl_from_elsewhere")
+    with pytest.raises(InvalidConfigError, match="cannot re-encode"):
+        from engine.config import EncodeConfig
+        from engine.stages import encode
+
+        encode.prepare(project, EncodeConfig(encoder="class"),
+                       generation_ref="rcdm-pca-x2")
+    after = {t.__name__: len(project.list(t)) for t in tables}
+    assert before == after
+
+
+def test_generation_reproduces_from_its_recorded_inputs(demo_run):
+    """(model, representation, seed, sampler, steps, guidance) gives the same image again."""
+    from PIL import Image
+
+    from engine.config import GenerateConfig
+    from engine.project import Encoding
+    from engine.rcdm.model import load_rcdm
+    from engine.rcdm.sample import sample_images
+
+    project, _, _ = demo_run
+    gen = project.get(Generation, "rcdm-pca-x2")
+    model = project.get(Model, gen.model_id)
+    row = project.samples(gen.id).iloc[5]
+    src = project.images(gen.dataset_id).set_index("id").loc[row["source_image_id"]]
+    cond = np.asarray(project.embeddings(project.get(Encoding, model.encoding_id))
+                      [[int(src["idx"])]], dtype=np.float32)
+    rcdm, _, _ = load_rcdm(project.abs(model.checkpoint))
+    again = sample_images(rcdm, cond, np.array([row["seed"]]),
+                          GenerateConfig(sampler=row["sampler"], steps=int(row["steps"]),
+                                         guidance=float(row["guidance"])))[0]
+    stored = np.asarray(Image.open(project.abs(row["path"])).convert("RGB"))
+    assert np.abs(again.astype(int) - stored.astype(int)).max() <= 1

@@ -105,6 +105,7 @@ def page(studio):
                                       accept_downloads=True)
         pg = context.new_page()
         pg.set_default_timeout(30_000)
+        expect.set_options(timeout=20_000)  # the UI answers in ~1 s; CPU is shared
         pg.goto(studio)
         yield pg
         context.close()
@@ -176,8 +177,15 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
     expect(page.locator("#band-summary")).to_contain_text("of 8 generated images")
     page.locator("#preset-all").click()
     expect(page.locator("#band-summary")).to_contain_text("Keeping 8 of 8")
-    page.locator("#preset-middle").click()
+    low = page.locator('#band-low input[type="number"]')
+    low.fill("0.5")
+    low.press("Enter")
+    expect(page.locator("#band-summary")).to_contain_text("band 0.50 – 1.00")
     expect(page.locator("#band-summary")).to_contain_text("Keeping 4 of 8")
+    page.locator("#preset-middle").click()
+    expect(page.locator("#band-summary")).to_contain_text("band 0.25 – 0.75")
+    expect(page.locator("#band-summary")).to_contain_text("Keeping 4 of 8")
+    expect(page.locator("#band-counts")).to_contain_text("drop near")
     page.locator("#selection-name input, #selection-name textarea").first.fill("browser-middle")
     page.locator("#save-selection").click()
     expect(page.locator("#curate-status")).to_contain_text("saved selection browser-middle")
@@ -186,7 +194,7 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
 
     # 5. Evaluate: real + the selection, 2 epochs; the results table shows top-1
     tab(page, "Evaluate")
-    expect(page.locator("#eval-selection")).to_contain_text("browser-middle")
+    expect(page.locator("#eval-selection input")).to_have_value(re.compile("browser-middle"))
     set_number(page, "eval-epochs", 2)
     page.locator("#eval-button").click()
     expect(page.locator("#eval-status")).to_contain_text("Evaluate")
@@ -196,7 +204,7 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
 
     # 6. Export the selection and download the zip
     tab(page, "Export")
-    expect(page.locator("#export-selection")).to_contain_text("browser-middle")
+    expect(page.locator("#export-selection input")).to_have_value(re.compile("browser-middle"))
     page.locator("#export-button").click()
     expect(page.locator("#exports-table")).to_contain_text("browser-middle",
                                                            timeout=JOB_TIMEOUT)

@@ -135,6 +135,8 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
         state = _load_checkpoint(ckpt, model, ema, optimizer, lr_schedule, gen, config,
                                  cond_dim, n, device)
         log.info("resumed training from %s at step %d", ckpt, state.step)
+        progress(ProgressEvent(stage="train", step=state.step, total=config.steps,
+                               message=f"resumed from the checkpoint at step {state.step}"))
 
     # Fixed preview conditions: evenly spaced training images, seeds 0..k-1
     k = min(PREVIEW_CONDITIONS, n)

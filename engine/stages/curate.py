@@ -114,6 +114,9 @@ def combine(project: Project, a_ref: str, b_ref: str, op: str, name: str) -> Sel
         raise InvalidConfigError(f"selections {a.name} and {b.name} come from different "
                                  f"generations and cannot be combined")
     members = curate.combine(project.selection_members(a), project.selection_members(b), op)
+    if len(members) == 0:
+        raise InvalidConfigError(f"the {op} of {a.name} and {b.name} is empty; "
+                                 f"nothing was saved")
     gen = project.get(Generation, a.generation_id)
     return _store(project, gen, a.encoding_id, members, name,
                   {"kind": op, "of": [a.id, b.id]})

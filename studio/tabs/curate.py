@@ -10,7 +10,7 @@ import pandas as pd
 
 from engine.config import BandConfig
 from engine.errors import NotReadyError
-from engine.project import Generation, Selection
+from engine.project import Encoding, Generation, Selection
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -19,10 +19,10 @@ from studio.tabs.generate import generation_choices
 log = logging.getLogger(__name__)
 
 EDGE_K = 8
-EDGES = [("nearest_dropped", "Dropped: nearest (near-prototypes)"),
-         ("nearest_kept", "Kept: nearest edge"),
-         ("farthest_kept", "Kept: farthest edge"),
-         ("farthest_dropped", "Dropped: farthest (outliers)")]
+EDGES = [("nearest_dropped", "Dropped · nearest (near-prototypes)"),
+         ("nearest_kept", "Kept · nearest edge"),
+         ("farthest_kept", "Kept · farthest edge"),
+         ("farthest_dropped", "Dropped · farthest (outliers)")]
 PRESETS = [("Paper middle (2x → 1x)", "middle"), ("Keep all", "all"),
            ("Nearest half", "nearest"), ("Farthest half", "farthest")]
 
@@ -44,8 +44,9 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     bd = ctx.band_data(generation_id, centroid, metric)
     mask = curate_stage.band_mask(bd, band)
     table = curate_stage.summary(bd, mask)
-    counts = table[["class", "total", "kept", "dropped_near", "dropped_far"]].copy()
-    counts["band (distance)"] = [
+    counts = table[["class", "total", "kept", "dropped_near", "dropped_far"]].rename(
+        columns={"dropped_near": "drop near", "dropped_far": "drop far"})
+    counts["kept distances"] = [
         "" if pd.isna(a) else f"{a:.3f} – {b:.3f}"
         for a, b in zip(table["low_distance"], table["high_distance"])]
     fig = curate.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
@@ -55,7 +56,7 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     edges = {}
     for key, idx in curate.edge_samples(bd.distances, bd.labels, mask, EDGE_K).items():
         edges[key] = [(str(ctx.project.abs(samples["path"].iat[i])),
-                       f"{samples['class_name'].iat[i]} · d {bd.distances[i]:.3f}")
+                       f"{bd.distances[i]:.2f}")
                       for i in idx.tolist()]
     kept, total = int(mask.sum()), int(len(mask))
     text = (f"Keeping **{kept:,}** of {total:,} generated images "
@@ -94,36 +95,41 @@ def curatable_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
-        with gr.Column(scale=1, min_width=300):
+        with gr.Column(scale=2, min_width=360):
             generation = gr.Dropdown(label="Generation (re-encoded)", choices=[], value=None,
-                                     allow_custom_value=True,
-                                     elem_id="curate-gen")
-            with gr.Row():
-                centroid = gr.Radio(["real", "generated", "both"], value="real",
-                                    label="Class centroid of")
-                metric = gr.Radio(["cosine", "euclidean"], value="cosine", label="Distance")
+                                     allow_custom_value=True, elem_id="curate-gen")
+            centroid = gr.Radio(["real", "generated", "both"], value="real",
+                                label="Class centroid of")
+            metric = gr.Radio(["cosine", "euclidean"], value="cosine", label="Distance")
             low = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Band low (quantile)",
                             elem_id="band-low")
             high = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Band high (quantile)",
                              elem_id="band-high")
             with gr.Row():
-                presets = [gr.Button(label, size="sm", min_width=120,
+                presets = [gr.Button(label, size="sm", min_width=150,
+                                     variant="primary" if key == "middle" else "secondary",
                                      elem_id=f"preset-{key}") for label, key in PRESETS]
             summary_md = gr.Markdown(elem_id="band-summary")
+        with gr.Column(scale=5):
+            plot = gr.Plot(show_label=False, elem_id="band-plot")
+    with gr.Row():
+        galleries = {key: gr.Gallery(label=label, columns=4, height=170, object_fit="contain",
+                                     allow_preview=True, fit_columns=False,
+                                     elem_classes=["edge-gallery"])
+                     for key, label in EDGES}
+    with gr.Row():
+        with gr.Column(scale=3):
             counts = gr.Dataframe(label="Per class", interactive=False, max_height=300,
                                   elem_id="band-counts")
-            name = gr.Textbox(label="Selection name", placeholder="default: <generation>-band-…",
-                              elem_id="selection-name")
-            save_btn = gr.Button("Save selection", variant="primary", elem_id="save-selection")
+        with gr.Column(scale=2, min_width=320):
+            with gr.Row(elem_classes=["bottom-align"]):
+                name = gr.Textbox(label="Selection name",
+                                  placeholder="default: <generation>-band-…", scale=2,
+                                  elem_id="selection-name")
+                save_btn = gr.Button("Save selection", variant="primary", scale=1,
+                                     min_width=160, elem_id="save-selection")
             status = gr.HTML(elem_id="curate-status")
-        with gr.Column(scale=2):
-            plot = gr.Plot(show_label=False, elem_id="band-plot")
-            with gr.Row():
-                galleries = {key: gr.Gallery(label=label, columns=4, height=150,
-                                             object_fit="contain", allow_preview=True,
-                                             elem_classes=["edge-gallery"])
-                             for key, label in EDGES}
-            selections = gr.Dataframe(label="Selections", interactive=False, max_height=200,
+            selections = gr.Dataframe(label="Selections", interactive=False, max_height=220,
                                       value=selections_table(ctx), elem_id="selections-table")
 
     inputs = [generation, low, high, centroid, metric]
@@ -135,6 +141,11 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             return (gr.skip(), gr.skip(),
                     ui.info_md("Generate images and re-encode them (Generate tab) to curate "
                                "them here."), *[gr.skip()] * len(galleries))
+        if not ctx.project.list(Encoding, target="generation", target_id=generation_id):
+            return (gr.skip(), gr.skip(),
+                    ui.info_md("This generation is not re-encoded yet: click 'Re-encode for "
+                               "curation' in the Generate tab; the band appears when it is "
+                               "done."), *[gr.skip()] * len(galleries))
         if low_v >= high_v:
             return (gr.skip(), gr.skip(),
                     ui.error_md(f"band low ({low_v:.2f}) must be below high ({high_v:.2f})"),
@@ -159,8 +170,14 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     save_btn.click(on_save, [*inputs, name], [status, selections, name],
                    api_name="save_selection")
 
-    def refresh(generation_id):
+    def refresh(generation_id, low_v, high_v, centroid_v, metric_v):
         choices = curatable_choices(ctx)
-        return ui.dropdown(choices, generation_id), selections_table(ctx)
+        values = [v for _, v in choices]
+        if generation_id and generation_id in values:
+            # same generation: redraw (it may just have been re-encoded)
+            band = update(generation_id, low_v, high_v, centroid_v, metric_v)
+        else:  # a new value: its change event draws the band
+            band = (gr.skip(),) * len(outputs)
+        return (ui.dropdown(choices, generation_id), selections_table(ctx), *band)
 
-    shared.on_refresh(refresh, [generation], [generation, selections])
+    shared.on_refresh(refresh, inputs, [generation, selections, *outputs])

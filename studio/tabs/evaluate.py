@@ -51,11 +51,10 @@ def results_table(ctx: StudioContext) -> pd.DataFrame:
     for e in ctx.project.list(Evaluation):
         cfg = ui.loads(e.config_json)
         rows.append([e.name, MIX_LABELS.get(e.mix, e.mix).split(" (")[0],
-                     sels.get(e.selection_id, ""), e.num_train,
-                     f"{cfg.get('arch', '')} · {cfg.get('epochs', '')} ep", e.status,
-                     ui.pct(e.top1), ui.pct(e.top5)])
-    return pd.DataFrame(rows, columns=["evaluation", "mix", "selection", "train images",
-                                       "classifier", "status", "top-1 %", "top-5 %"])
+                     sels.get(e.selection_id, ""), ui.pct(e.top1), ui.pct(e.top5), e.status,
+                     e.num_train, f"{cfg.get('arch', '')}, {cfg.get('epochs', '')} ep"])
+    return pd.DataFrame(rows, columns=["evaluation", "mix", "selection", "top-1 %", "top-5 %",
+                                       "status", "images", "classifier"])
 
 
 def results_figure(ctx: StudioContext) -> Any:
@@ -113,12 +112,14 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         with gr.Column(scale=2):
             plot = gr.Plot(show_label=False, elem_id="eval-plot")
             table = gr.Dataframe(value=results_table(ctx), interactive=False, max_height=280,
-                                 label="All evaluations", elem_id="eval-table")
+                                 label="All evaluations", elem_id="eval-table", wrap=True,
+                                 column_widths=["17%", "14%", "15%", "9%", "9%", "10%",
+                                                "9%", "17%"])
 
     @ui.guard(2)
     def on_run(mix_v, dataset_id, sel, arch_v, epochs_v, name_v) -> tuple[str, Any]:
         job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v)
-        return ui.ok_md(f"{job.title}: {job.status}"), results_table(ctx)
+        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
 
     run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name], [status, table],
                   api_name="evaluate")

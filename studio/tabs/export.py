@@ -40,10 +40,10 @@ def export_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 def exports_table(ctx: StudioContext) -> pd.DataFrame:
     sels = {s.id: s.name for s in ctx.project.list(Selection)}
     rows = [[sels.get(x.selection_id, x.selection_id), x.count,
-             "yes" if ui.loads(x.config_json).get("include_real") else "no", x.folder,
-             x.created_at.strftime("%Y-%m-%d %H:%M") if x.created_at else ""]
+             "yes" if ui.loads(x.config_json).get("include_real") else "no",
+             x.created_at.strftime("%Y-%m-%d %H:%M") if x.created_at else "", x.folder]
             for x in ctx.project.list(Export)]
-    return pd.DataFrame(rows, columns=["selection", "images", "with real", "folder", "created"])
+    return pd.DataFrame(rows, columns=["selection", "images", "with real", "created", "folder"])
 
 
 def make_zip(ctx: StudioContext, export_id: str | None) -> Path:
@@ -77,7 +77,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             status = gr.HTML(elem_id="export-status")
         with gr.Column(scale=2):
             table = gr.Dataframe(value=exports_table(ctx), interactive=False, max_height=240,
-                                 label="Exports", wrap=True, elem_id="exports-table")
+                                 label="Exports", wrap=True, elem_id="exports-table",
+                                 column_widths=["18%", "10%", "11%", "17%", "44%"])
             with gr.Row(elem_classes=["bottom-align"]):
                 chosen = gr.Dropdown(label="Export", choices=[], value=None,
                                      allow_custom_value=True, scale=3,
@@ -90,7 +91,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(2)
     def on_export(sel, real, out):
         job = export(ctx, sel, bool(real), out)
-        return ui.ok_md(f"{job.title}: {job.status}"), gr.skip()
+        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), gr.skip()
 
     export_btn.click(on_export, [selection, include_real, out_dir], [status, table],
                      api_name="export")
@@ -98,8 +99,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(2)
     def on_zip(export_id):
         path = make_zip(ctx, export_id)
-        size = path.stat().st_size / 1e6
-        return (ui.ok_md(f"{path.name} ready ({size:.1f} MB)"),
+        size = path.stat().st_size
+        text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+        return (ui.ok_md(f"{path.name} ready ({text})"),
                 gr.update(value=str(path), visible=True))
 
     zip_btn.click(on_zip, chosen, [zip_status, download], api_name="zip")

@@ -120,7 +120,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 picked_info = gr.Markdown("0 images selected", elem_id="gen-picked-info")
                 clear_btn = gr.Button("Clear selection", size="sm", scale=0, min_width=120)
             picked = gr.Gallery(show_label=False, columns=12, height=90, allow_preview=False,
-                                object_fit="contain", elem_id="gen-picked")
+                                object_fit="contain", fit_columns=False, elem_id="gen-picked")
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("#### 2 · Sampling", elem_classes=["section-title"])
             with gr.Row():
@@ -148,7 +148,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                  elem_id="reencode-button")
     gen_info = gr.Markdown(elem_id="gen-info")
     samples = gr.Gallery(show_label=False, columns=12, height=330, object_fit="contain",
-                         elem_id="gen-samples")
+                         fit_columns=False, elem_id="gen-samples")
 
     page_ids = gr.State([])
     selected = gr.State([])
@@ -197,7 +197,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                     name_v) -> tuple[str, Any]:
         job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
                        seed_v, name_v)
-        return ui.ok_md(f"{job.title}: {job.status}"), gr.skip()
+        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), gr.skip()
 
     gen_btn.click(on_generate, [model, source, selected, per_class, variations, sampler, steps,
                                 guidance, seed, name], [status, generation], api_name="generate")
@@ -205,7 +205,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(1)
     def on_reencode(generation_id: str | None) -> str:
         job = reencode(ctx, generation_id)
-        return ui.ok_md(f"{job.title}: {job.status}")
+        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)")
 
     reencode_btn.click(on_reencode, generation, status, api_name="reencode")
 

@@ -146,4 +146,19 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     cancel.click(do_cancel, chosen, [status, table])
     retry.click(do_retry, chosen, [status, table])
-    shared.on_refresh(lambda j: ui.dropdown(job_choices(ctx), j), [chosen], [chosen])
+    def follow(job_id: str | None) -> Any:
+        """Keep the user's job, unless it is finished and a newer one is active."""
+        jobs_now = ctx.project.list(Job)
+        current = next((j for j in jobs_now if j.id == job_id), None)
+        newest = jobs_now[-1] if jobs_now else None
+        if newest is not None and newest.status in ACTIVE and \
+                (current is None or current.status not in ACTIVE):
+            job_id = newest.id
+        return ui.dropdown(job_choices(ctx), job_id)
+
+    shared.on_refresh(follow, [chosen], [chosen])
+    def redraw() -> tuple[pd.DataFrame, str]:
+        t = jobs_table(ctx)
+        return t, t.to_json()
+
+    shared.on_refresh(redraw, [], [table, table_sig])

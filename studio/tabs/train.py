@@ -200,7 +200,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(2)
     def on_encode(dataset_id: str | None, which: str) -> tuple[str, Any]:
         job = encode(ctx, dataset_id, which)
-        return ui.ok_md(f"{job.title}: {job.status}"), encodings_table(ctx, dataset_id)
+        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), encodings_table(ctx, dataset_id)
 
     enc_pca.click(lambda d: on_encode(d, "pca"), dataset, [status, encs])
     enc_cls.click(lambda d: on_encode(d, "class"), dataset, [status, encs])
@@ -208,7 +208,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(2)
     def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v) -> tuple[str, Any]:
         job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v)
-        return (ui.ok_md(f"{job.title}: {job.status}"),
+        return (ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"),
                 ui.dropdown(model_choices(ctx), m.id))
 
     train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name], [status, model],
