@@ -2,7 +2,11 @@
 
 import -> encode (pca, class) -> train an RCDM on each -> generate (2x for the RCDM, 1x for
 the class-conditioned baseline) -> re-encode -> keep the middle band of the 2x (-> 1x) ->
-evaluate four training mixes on the real test split -> export the selection.
+evaluate six training mixes on the real test split -> export the middle-band selection.
+
+The mixes: real only; RCDM synthetic 1x (the first variation of every training image,
+unfiltered); the middle band of the 2x (the paper's filter, also 1x); the whole 2x; the
+class-conditioned baseline 1x; real + the RCDM 2x.
 """
 
 from __future__ import annotations
@@ -88,19 +92,26 @@ def run_demo(project: Project, config: DemoConfig, export_dir: Path | None = Non
                                    cond_ldm)).result_id
     # 5. re-encode the generated images with the conditioning encoder
     run(encode.prepare(project, enc_cfg, generation_ref=gen))
-    # 6. keep the middle band of each class (2x -> 1x)
+    # 6. keep the middle band of each class (2x -> 1x, the paper's filter); the unfiltered
+    #    1x (first variation of each source) and the whole 2x for comparison
     bd = curate_stage.band_data(project, gen, centroid=config.band.centroid,
                                 metric=config.band.metric)
     selection = curate_stage.save_selection(project, bd, config.band, name="demo-middle")
+    first = curate_stage.save_all(project, gen, name="demo-unfiltered-1x", first_variations=1)
     baseline = curate_stage.save_all(project, gen_cls, name="demo-class-conditioned")
     say(f"generated {bd.distances.shape[0]}, kept {selection.count} in the middle band")
-    # 7. training value: four mixes, same classifier recipe, real test split
+    # 7. training value: the same classifier recipe on each mix, tested on the real test split
     evals = {}
-    for key, mix, sel in [("real", "real", None), ("synthetic", "synthetic", selection.id),
-                          ("class_conditioned", "synthetic", baseline.id),
-                          ("real_plus_synthetic", "real+synthetic", selection.id)]:
+    for key, mix, sel, whole in [
+            ("real", "real", None, None),
+            ("synthetic", "synthetic", first.id, None),
+            ("synthetic_filtered", "synthetic", selection.id, None),
+            ("synthetic_2x", "synthetic", None, gen),
+            ("class_conditioned", "synthetic", baseline.id, None),
+            ("real_plus_synthetic", "real+synthetic", None, gen)]:
         eid = run(evaluate.prepare(project, config.evaluate, mix=mix, dataset_ref=ds.id,
-                                   selection_ref=sel, name=f"demo-{key}")).result_id
+                                   selection_ref=sel, generation_ref=whole,
+                                   name=f"demo-{key}")).result_id
         evals[key] = project.get(Evaluation, eid)
     # 8. export the curated selection
     exp = run(export.prepare(project, config.export, selection.id, out_dir=export_dir))
@@ -116,13 +127,17 @@ def run_demo(project: Project, config: DemoConfig, export_dir: Path | None = Non
 
 def results_table(results: dict[str, Any]) -> str:
     """A plain-text table of the demo's results."""
-    names = {"real": "real only", "synthetic": f"RCDM-{results.get('encoder', '')} synthetic "
-             "(middle band)", "class_conditioned": "class-conditioned synthetic",
-             "real_plus_synthetic": "real + RCDM synthetic"}
-    lines = [f"{'training data':<40} {'images':>7} {'top-1':>7} {'top-5':>7}"]
+    enc = results.get("encoder", "")
+    names = {"real": "real only",
+             "synthetic": f"RCDM-{enc} synthetic 1x",
+             "synthetic_filtered": f"RCDM-{enc} middle band of 2x (-> 1x)",
+             "synthetic_2x": f"RCDM-{enc} synthetic 2x",
+             "class_conditioned": "class-conditioned synthetic 1x",
+             "real_plus_synthetic": f"real + RCDM-{enc} synthetic 2x"}
+    lines = [f"{'training data':<42} {'images':>7} {'top-1':>7} {'top-5':>7}"]
     for key, label in names.items():
         r = results[key]
-        lines.append(f"{label:<40} {r['train_images']:>7} {r['top1']:>7.2f} {r['top5']:>7.2f}")
+        lines.append(f"{label:<42} {r['train_images']:>7} {r['top1']:>7.2f} {r['top5']:>7.2f}")
     lines.append(f"tested on {results['test_images']} held-out real images; generated "
                  f"{results['generated']}, selected {results['selected']}; "
                  f"{results['seconds']:.0f} s")

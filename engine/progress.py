@@ -96,12 +96,12 @@ class TqdmProgress:
         bar.n = event.step
         if event.metrics:
             bar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()}, refresh=False)
-        bar.refresh()
         if event.step >= event.total:
-            bar.close()
+            bar.close()  # prints the final state once
             self._bars.pop(event.stage, None)
             self._done.add(event.stage)
         else:
+            bar.refresh()
             self._done.discard(event.stage)
 
     def close(self) -> None:

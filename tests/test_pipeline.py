@@ -32,14 +32,17 @@ def demo_run(tmp_path_factory):
 
 def test_demo_results_have_the_promised_keys(demo_run):
     project, results, root = demo_run
-    for key in ("real", "synthetic", "class_conditioned", "real_plus_synthetic"):
+    for key in ("real", "synthetic", "synthetic_filtered", "synthetic_2x",
+                "class_conditioned", "real_plus_synthetic"):
         assert 0.0 <= results[key]["top1"] <= results[key]["top5"] <= 100.0
     ds_train = 1797 - results["test_images"]
     assert results["generated"] == 2 * ds_train
     assert results["selected"] == ds_train  # middle band of 2x keeps 1x (even class sizes)
-    assert results["real_plus_synthetic"]["train_images"] == 2 * ds_train
+    assert results["synthetic"]["train_images"] == ds_train
+    assert results["synthetic_2x"]["train_images"] == 2 * ds_train
+    assert results["real_plus_synthetic"]["train_images"] == 3 * ds_train
     assert results["export"] == str(root / "export")
-    assert "real + RCDM synthetic" in results_table(results)
+    assert "real + RCDM-pca synthetic 2x" in results_table(results)
 
 
 def test_every_arrow_is_a_row(demo_run):
@@ -52,7 +55,7 @@ def test_every_arrow_is_a_row(demo_run):
     sel = project.get(Selection, "demo-middle")
     assert json.loads(sel.config_json)["band"]["low"] == 0.25
     evals = project.list(Evaluation)
-    assert len(evals) == 4 and all(e.status == "done" for e in evals)
+    assert len(evals) == 6 and all(e.status == "done" for e in evals)
     assert project.list(Export)[0].count == results["selected"]
 
 
