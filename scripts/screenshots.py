@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=800)
     ap.add_argument("--suffix", default="")
+    ap.add_argument("--full", action="store_true", help="whole page, not only the viewport")
     args = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,7 +54,7 @@ def main() -> int:
                 page.get_by_role("tab", name=tab).click()
                 page.wait_for_timeout(3500)
                 page.screenshot(path=str(out / f"{tab.lower()}{args.suffix}.png"),
-                                full_page=False)
+                                full_page=args.full)
             browser.close()
     finally:
         proc.terminate()

@@ -90,7 +90,9 @@ def selections_table(ctx: StudioContext) -> pd.DataFrame:
 
 
 def curatable_choices(ctx: StudioContext) -> list[tuple[str, str]]:
-    return generation_choices(ctx)
+    """Generations, the re-encoded ones last so that the default (the last) has a band."""
+    choices = generation_choices(ctx)
+    return sorted(choices, key=lambda c: c[0].endswith("re-encoded"))
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:

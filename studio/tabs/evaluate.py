@@ -73,7 +73,7 @@ def results_figure(ctx: StudioContext) -> Any:
     fig.update_layout(template="plotly_white", height=320,
                       title=dict(text="Top-1 accuracy on the held-out real test split"
                                  if done else "No finished evaluation yet", x=0.01),
-                      yaxis=dict(title="top-1 %", range=[0, 105]),
+                      yaxis=dict(title="top-1 %", range=[0, 114]),
                       margin=dict(l=60, r=20, t=50, b=60), barmode="group",
                       legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     return fig
