@@ -174,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="list", choices=["list", "cancel", "retry"])
     p.add_argument("job", nargs="?", help="job id (cancel, retry)")
     _json_arg(p)
+
+    p = sub.add_parser("check", help="check the project's rows, files, jobs and leftovers",
+                       description="Report missing or broken files, rows pointing at missing "
+                                   "rows, stale jobs, temp files and orphan folders. Exit code "
+                                   "0 when nothing is left to fix, 1 otherwise.")
+    _project_arg(p)
+    p.add_argument("--repair", action="store_true",
+                   help="reconcile stale jobs and delete temp files (never rows nor user data)")
+    _json_arg(p)
     return parser
 
 
@@ -435,6 +444,25 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.check import check_project
+
+    with _open(args, create=False) as project:
+        report = check_project(project, repair=args.repair)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+    else:
+        for p in report.problems:
+            where = p.get("row") or p.get("path") or ""
+            mark = "repaired" if p["repaired"] else "problem"
+            print(f"{mark:<8} {p['kind']:<18} {where}: {p['message']}")
+        left = sum(not p["repaired"] for p in report.problems)
+        hint = "; run with --repair to fix what can be fixed" if left and not args.repair else ""
+        print(f"{report.project}: {len(report.problems)} problem(s), "
+              f"{len(report.problems) - left} repaired, {left} left{hint}")
+    return 0 if report.ok else 1
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from studio.app import launch
 
@@ -447,7 +475,7 @@ COMMANDS = {
     "demo": cmd_demo, "import": cmd_import, "import-demo": cmd_import_demo,
     "status": cmd_status, "encoders": cmd_encoders, "encode": cmd_encode, "train": cmd_train,
     "generate": cmd_generate, "curate": cmd_curate, "evaluate": cmd_evaluate,
-    "export": cmd_export, "jobs": cmd_jobs,
+    "export": cmd_export, "jobs": cmd_jobs, "check": cmd_check,
 }
 
 

@@ -130,12 +130,15 @@ def class_centroids(emb: np.ndarray, labels: np.ndarray, num_classes: int, metri
         # 1. read one contiguous chunk: (b, D)
         x = np.asarray(emb[start:start + chunk_size], dtype=np.float32)
         lab = labels[start:start + chunk_size]
-        if metric == "cosine":
-            x = _normalise(x)
         # 2. sum the rows of each class: sparse one-hot (C, b) @ (b, D) -> (C, D), float32
-        #    inside a chunk, accumulated in float64 across chunks
+        #    inside a chunk, accumulated in float64 across chunks. For cosine the one-hot
+        #    carries 1/||x|| so the rows are normalised inside the product, without a copy.
+        if metric == "cosine":
+            weight = 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), _EPS)
+        else:
+            weight = np.ones(len(lab), dtype=np.float32)
         onehot = scipy.sparse.csr_matrix(
-            (np.ones(len(lab), dtype=np.float32), (lab, np.arange(len(lab)))),
+            (weight.astype(np.float32), (lab, np.arange(len(lab)))),
             shape=(num_classes, len(lab)))
         sums += onehot @ x
         report(step)
@@ -183,7 +186,8 @@ def centroid_distances(emb: np.ndarray, labels: np.ndarray, centroids: np.ndarra
         x = np.asarray(emb[start:start + chunk_size], dtype=np.float32)  # (b, D)
         c = cents[labels[start:start + chunk_size]]  # (b, D)
         if metric == "cosine":
-            out[start:start + len(x)] = 1.0 - np.einsum("ij,ij->i", _normalise(x), c)
+            norm = np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), _EPS)
+            out[start:start + len(x)] = 1.0 - np.einsum("ij,ij->i", x, c) / norm
         else:
             out[start:start + len(x)] = np.linalg.norm(x - c, axis=1)
         report(step)
@@ -210,6 +214,17 @@ def _class_ranks(distances: np.ndarray, labels: np.ndarray, num_classes: int
     rank = np.empty(len(labels), dtype=np.int64)
     rank[order] = np.arange(len(labels), dtype=np.int64) - offsets[labels[order]]
     return rank, counts, order, offsets
+
+
+def class_ranks(distances: np.ndarray, labels: np.ndarray, num_classes: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Within-class ranks by distance, computed once and passed to ``band_mask`` /
+    ``band_summary`` as ``ranks=`` so that moving a band does not sort again.
+
+    Returns ``(rank, counts, order, offsets)`` as ``_class_ranks``.
+    """
+    distances, labels = _check_distances(distances, labels, num_classes)
+    return _class_ranks(distances, labels, num_classes)
 
 
 def _check_distances(distances: np.ndarray, labels: np.ndarray, num_classes: int
@@ -242,7 +257,7 @@ def band_edges(counts: np.ndarray, band: BandConfig) -> tuple[np.ndarray, np.nda
 
 
 def band_mask(distances: np.ndarray, labels: np.ndarray, band: BandConfig,
-              num_classes: int) -> np.ndarray:
+              num_classes: int, *, ranks: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Samples whose within-class distance rank lies in the band.
 
     A class of n samples keeps ranks r (0-based, distance ascending, ties by index) with
@@ -253,12 +268,16 @@ def band_mask(distances: np.ndarray, labels: np.ndarray, band: BandConfig,
         distances: (N,) finite float distances to the class centroid.
         labels: (N,) int in ``[0, num_classes)``.
         band: the quantile band (``low``, ``high``).
+        ranks: ``class_ranks(distances, labels, num_classes)`` when already computed.
 
     Returns:
         (N,) bool, True = kept.
     """
-    distances, labels = _check_distances(distances, labels, num_classes)
-    rank, counts, _, _ = _class_ranks(distances, labels, num_classes)
+    labels = np.asarray(labels, dtype=np.int64)
+    if ranks is None:
+        distances, labels = _check_distances(distances, labels, num_classes)
+        ranks = _class_ranks(distances, labels, num_classes)
+    rank, counts = ranks[0], ranks[1]
     start, stop = band_edges(counts, band)
     return (rank >= start[labels]) & (rank < stop[labels])
 
@@ -313,7 +332,8 @@ def _dropped_sides(rank: np.ndarray, counts: np.ndarray, labels: np.ndarray, mas
 
 
 def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                 class_names: Sequence[str]) -> pd.DataFrame:
+                 class_names: Sequence[str], *,
+                 ranks: tuple[np.ndarray, ...] | None = None) -> pd.DataFrame:
     """One row per class: what the band kept and dropped.
 
     Args:
@@ -328,7 +348,8 @@ def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     num_classes = len(class_names)
     distances, labels = _check_distances(distances, labels, num_classes)
     mask = np.asarray(mask, dtype=bool)
-    rank, counts, _, _ = _class_ranks(distances, labels, num_classes)
+    rank, counts = (ranks if ranks is not None else
+                    _class_ranks(distances, labels, num_classes))[:2]
     near, far = _dropped_sides(rank, counts, labels, mask, num_classes)
     kept = np.bincount(labels[mask], minlength=num_classes)
     n_near = np.bincount(labels[near], minlength=num_classes)

@@ -110,7 +110,7 @@ class ProgressWriter:
             f.write(json.dumps(event.to_dict()) + "\n")
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -209,7 +209,7 @@ class JobManager:
         proc = self._procs.get(job.id)
         if proc is not None:
             return proc.poll() is None
-        return _pid_alive(job.pid)
+        return pid_alive(job.pid)
 
     def _start(self, job: Job) -> None:
         folder = self.folder(job)

@@ -40,6 +40,12 @@ class BandData:
     class_names: list[str]
     metric: str
     centroid: str
+    ranks: tuple[np.ndarray, ...] | None = None  # within-class ranks, sorted once
+
+    def class_ranks(self) -> tuple[np.ndarray, ...]:
+        if self.ranks is None:
+            self.ranks = curate.class_ranks(self.distances, self.labels, len(self.class_names))
+        return self.ranks
 
 
 def band_data(project: Project, generation_ref: str, encoding_ref: str | None = None,
@@ -76,7 +82,8 @@ def band_data(project: Project, generation_ref: str, encoding_ref: str | None = 
 
 
 def band_mask(bd: BandData, band: BandConfig) -> np.ndarray:
-    return curate.band_mask(bd.distances, bd.labels, band, len(bd.class_names))
+    return curate.band_mask(bd.distances, bd.labels, band, len(bd.class_names),
+                            ranks=bd.class_ranks())
 
 
 def save_selection(project: Project, bd: BandData, band: BandConfig,
@@ -134,4 +141,5 @@ def _store(project: Project, gen: Generation, encoding_id: str, members: np.ndar
 
 
 def summary(bd: BandData, mask: np.ndarray) -> pd.DataFrame:
-    return curate.band_summary(bd.distances, bd.labels, mask, bd.class_names)
+    return curate.band_summary(bd.distances, bd.labels, mask, bd.class_names,
+                               ranks=bd.class_ranks())

@@ -1,0 +1,395 @@
+"""``rcdm-studio check``: is the project file consistent with its assets folder?
+
+The project has no foreign keys (see ``engine.project.schema``) and its bulk data lives in
+files, so a crash, a killed worker or a hand-edited assets folder can leave
+
+- rows that point at missing or broken files (``missing_file``, ``broken_file``),
+- rows that point at rows that are gone (``dangling_reference``),
+- jobs marked running whose process is gone (``stale_job``),
+- temp files of interrupted writes (``temp_file``),
+- top-level asset folders that no row and no job knows (``orphan_folder``).
+
+``check_project(project, repair=True)`` fixes only what is safe to fix: it reconciles the
+job table (``JobManager.reconcile``) and deletes temp files while no job is running. It never
+deletes rows, nor user data, nor orphan folders (they may be work in progress).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from engine.jobs import JobManager, pid_alive
+from engine.project import (Dataset, Encoding, Evaluation, Export, Generation, Job, Model,
+                            Project, Selection)
+
+log = logging.getLogger(__name__)
+
+# How many files of each dataset / generation are opened to check they decode (the first
+# and the last ``PNG_SAMPLE`` rows); existence is checked for every file.
+PNG_SAMPLE = 50
+# Problems of one kind for one dataset / generation listed one by one before summarising.
+MAX_LISTED = 50
+
+ASSET_KINDS = ("datasets", "encodings", "models", "generations")
+_TEMP_RE = re.compile(r"(\.tmp|\.tmp-\d+)$")
+
+
+@dataclass
+class CheckReport:
+    """The problems found. Each is ``{"kind", "row" or "path", "message", "repaired"}``."""
+
+    project: str
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    repair: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is left to fix (no problem, or every problem repaired)."""
+        return all(p["repaired"] for p in self.problems)
+
+    def add(self, kind: str, message: str, *, row: str | None = None,
+            path: str | None = None, repaired: bool = False) -> dict[str, Any]:
+        problem: dict[str, Any] = {"kind": kind}
+        if row is not None:
+            problem["row"] = row
+        if path is not None:
+            problem["path"] = path
+        problem.update(message=message, repaired=repaired)
+        self.problems.append(problem)
+        return problem
+
+    def to_dict(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for p in self.problems:
+            counts[p["kind"]] = counts.get(p["kind"], 0) + 1
+        return {"project": self.project, "ok": self.ok, "repair": self.repair,
+                "counts": counts, "repaired": sum(p["repaired"] for p in self.problems),
+                "problems": self.problems}
+
+
+def check_project(project: Project, repair: bool = False) -> CheckReport:
+    """Check rows, files, references, jobs and leftovers of ``project``.
+
+    Args:
+        project: an open, writable project (this process is its owner).
+        repair: reconcile stale jobs and delete temp files (never rows nor user data).
+    Returns:
+        the report; ``report.ok`` is True when nothing is left to fix.
+    """
+    report = CheckReport(project=str(project.path), repair=repair)
+    # 1. jobs first: reconciling may ingest finished work and so add rows and files
+    _check_jobs(project, report, repair)
+    # 2. rows -> rows
+    _check_references(project, report)
+    # 3. rows -> files (existence, then a bounded decode)
+    _check_images(project, report)
+    _check_encodings(project, report)
+    _check_models(project, report)
+    _check_generations(project, report)
+    _check_selections(project, report)
+    # 4. files -> rows: temp files and folders nobody knows
+    _check_temp_files(project, report, repair)
+    _check_orphan_folders(project, report)
+    log.info("check of %s: %d problem(s), %d repaired", project.path, len(report.problems),
+             sum(p["repaired"] for p in report.problems))
+    return report
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def _check_jobs(project: Project, report: CheckReport, repair: bool) -> None:
+    stale = [j for j in project.list(Job)
+             if j.status in ("running", "ingesting") and not pid_alive(j.pid)]
+    if not stale:
+        return
+    if repair:
+        JobManager(project).reconcile()
+    for job in stale:
+        now = project.get(Job, job.id).status if repair else job.status
+        fixed = repair and now not in ("running", "ingesting")
+        message = f"job {job.id} ({job.kind}) is {job.status} but its process {job.pid} is gone"
+        if fixed:
+            message += f"; reconciled to {now}"
+        report.add("stale_job", message, row=f"job:{job.id}", repaired=fixed)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _ids(project: Project, table: str) -> set[str]:
+    return set(project.query(f"SELECT id FROM {table}")["id"].tolist())
+
+
+def _check_references(project: Project, report: CheckReport) -> None:
+    datasets, generations = _ids(project, "dataset"), _ids(project, "generation")
+    encodings, models = _ids(project, "encoding"), _ids(project, "model")
+    selections = _ids(project, "selection")
+
+    # bulk tables: one problem per missing parent, with the count of rows pointing at it
+    for table, column, parents, parent_name in [("image", "dataset_id", datasets, "dataset"),
+                                                ("sample", "generation_id", generations,
+                                                 "generation")]:
+        counts = project.query(f"SELECT {column} AS ref, count(*) AS n FROM {table} "
+                               f"GROUP BY {column}")
+        for ref, n in zip(counts["ref"], counts["n"]):
+            if ref not in parents:
+                report.add("dangling_reference",
+                           f"{int(n)} {table} row(s) point at {parent_name} {ref!r}, which "
+                           f"does not exist", row=f"{table}:*{column}={ref}")
+
+    def need(row: str, what: str, ref: str, parents: set[str], optional: bool = True) -> None:
+        if (ref or not optional) and ref not in parents:
+            report.add("dangling_reference", f"{row} points at {what} {ref!r}, which does not "
+                                             f"exist", row=row)
+
+    for e in project.list(Encoding):
+        need(f"encoding:{e.id}", "dataset", e.dataset_id, datasets, optional=False)
+        if e.target == "generation":
+            need(f"encoding:{e.id}", "generation", e.target_id, generations)
+    for m in project.list(Model):
+        need(f"model:{m.id}", "dataset", m.dataset_id, datasets)
+        need(f"model:{m.id}", "encoding", m.encoding_id, encodings)
+    for g in project.list(Generation):
+        need(f"generation:{g.id}", "model", g.model_id, models)
+        need(f"generation:{g.id}", "dataset", g.dataset_id, datasets)
+    for s in project.list(Selection):
+        need(f"selection:{s.id}", "generation", s.generation_id, generations, optional=False)
+        need(f"selection:{s.id}", "encoding", s.encoding_id, encodings)
+    for ev in project.list(Evaluation):
+        need(f"evaluation:{ev.id}", "selection", ev.selection_id, selections)
+        need(f"evaluation:{ev.id}", "generation", ev.generation_id, generations)
+        need(f"evaluation:{ev.id}", "dataset", ev.dataset_id, datasets)
+    for x in project.list(Export):
+        need(f"export:{x.id}", "selection", x.selection_id, selections, optional=False)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _exists(project: Project, rel: str) -> bool:
+    return bool(rel) and (project.assets / rel).exists()
+
+
+def _report_missing(report: CheckReport, owner: str, missing: list[tuple[str, str]]) -> None:
+    """``missing``: (row, rel path) pairs of one dataset / generation."""
+    for row, rel in missing[:MAX_LISTED]:
+        report.add("missing_file", f"{row} names {rel!r}, which is missing", row=row, path=rel)
+    if len(missing) > MAX_LISTED:
+        report.add("missing_file", f"{len(missing) - MAX_LISTED} more missing file(s) of "
+                                   f"{owner}", row=owner)
+
+
+def _bounded(paths: list[Any]) -> Iterable[Any]:
+    """The first and the last ``PNG_SAMPLE`` items (each once)."""
+    if len(paths) <= 2 * PNG_SAMPLE:
+        return paths
+    return paths[:PNG_SAMPLE] + paths[-PNG_SAMPLE:]
+
+
+def _check_pngs(project: Project, report: CheckReport, rows: list[tuple[str, str]]) -> None:
+    """Open and verify a bounded sample of PNG files that exist."""
+    from PIL import Image as PILImage
+
+    for row, rel in _bounded(rows):
+        path = project.assets / rel
+        if not path.exists():
+            continue
+        try:
+            with PILImage.open(path) as img:
+                img.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+            report.add("broken_file", f"{row}: {rel!r} does not decode ({exc})", row=row,
+                       path=rel)
+
+
+def _check_images(project: Project, report: CheckReport) -> None:
+    for ds in project.list(Dataset):
+        frame = project.images(ds.id)
+        missing: list[tuple[str, str]] = []
+        pngs: list[tuple[str, str]] = []
+        for img_id, path, thumb in zip(frame["id"], frame["path"], frame["thumb"]):
+            row = f"image:{img_id}"
+            pngs.append((row, path))
+            for rel in (path, thumb):
+                if not _exists(project, rel):
+                    missing.append((row, rel))
+        _report_missing(report, f"dataset:{ds.id}", missing)
+        _check_pngs(project, report, pngs)
+        if len(frame) != ds.num_images:
+            report.add("broken_file", f"dataset {ds.name} has {len(frame)} image rows but "
+                                      f"records {ds.num_images}", row=f"dataset:{ds.id}")
+
+
+def _check_npy(project: Project, report: CheckReport, row: str, rel: str,
+               shape: tuple[int, ...]) -> None:
+    """The array exists, its header parses, and its data fits the file and ``shape``."""
+    if not _exists(project, rel):
+        report.add("missing_file", f"{row} names {rel!r}, which is missing", row=row, path=rel)
+        return
+    try:
+        arr = np.load(project.assets / rel, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - truncated files raise ValueError or OSError
+        report.add("broken_file", f"{row}: {rel!r} does not load ({exc})", row=row, path=rel)
+        return
+    if tuple(arr.shape) != shape:
+        report.add("broken_file", f"{row}: {rel!r} has shape {tuple(arr.shape)}, the row "
+                                  f"says {shape}", row=row, path=rel)
+
+
+def _check_encodings(project: Project, report: CheckReport) -> None:
+    for e in project.list(Encoding):
+        _check_npy(project, report, f"encoding:{e.id}", e.array_path, (e.count, e.dim))
+        if e.state_path and not _exists(project, e.state_path):
+            report.add("missing_file", f"encoding:{e.id} names encoder state {e.state_path!r},"
+                                       f" which is missing", row=f"encoding:{e.id}",
+                       path=e.state_path)
+
+
+def _check_models(project: Project, report: CheckReport) -> None:
+    trained = [m for m in project.list(Model) if m.status == "trained"]
+    if not trained:
+        return  # spare the import of diffusers
+    from engine.rcdm.model import META_FILE, UNET_DIR
+
+    for m in trained:
+        row = f"model:{m.id}"
+        if not _exists(project, m.checkpoint):
+            report.add("missing_file", f"{row} is trained but its checkpoint "
+                                       f"{m.checkpoint!r} is missing", row=row,
+                       path=m.checkpoint)
+            continue
+        folder = project.assets / m.checkpoint
+        for part in (META_FILE, UNET_DIR):
+            if not (folder / part).exists():
+                report.add("broken_file", f"{row}: checkpoint {m.checkpoint!r} has no {part}",
+                           row=row, path=f"{m.checkpoint}/{part}")
+
+
+def _check_generations(project: Project, report: CheckReport) -> None:
+    for g in project.list(Generation):
+        row = f"generation:{g.id}"
+        if not _exists(project, g.folder):
+            report.add("missing_file", f"{row} names folder {g.folder!r}, which is missing",
+                       row=row, path=g.folder)
+        frame = project.samples(g.id)
+        rows = [(f"sample:{i}", p) for i, p in zip(frame["id"], frame["path"])]
+        _report_missing(report, row, [(r, p) for r, p in rows if not _exists(project, p)])
+        _check_pngs(project, report, rows)
+        if len(frame) != g.count:
+            report.add("broken_file", f"generation {g.name} has {len(frame)} sample rows but "
+                                      f"records {g.count}", row=row)
+
+
+def _check_selections(project: Project, report: CheckReport) -> None:
+    for s in project.list(Selection):
+        _check_npy(project, report, f"selection:{s.id}", s.members_path, (s.count,))
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def _is_temp(path: Path, parent_kind: str | None) -> bool:
+    name = path.name
+    if _TEMP_RE.search(name):
+        return True
+    return parent_kind == "datasets" and name.startswith(".") and name.endswith(".partial")
+
+
+def _temp_paths(assets: Path) -> list[Path]:
+    """Temp files and folders anywhere in the assets (not descending into temp folders)."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(assets):
+        here = Path(root)
+        kind = here.name if here.parent == assets else None
+        for d in list(dirs):
+            if _is_temp(here / d, kind):
+                found.append(here / d)
+                dirs.remove(d)
+        found.extend(here / f for f in files if _is_temp(here / f, kind))
+    return sorted(found)
+
+
+def _check_temp_files(project: Project, report: CheckReport, repair: bool) -> None:
+    temps = _temp_paths(project.assets)
+    if not temps:
+        return
+    # A live worker may be writing one of these right now: only delete when none runs.
+    busy = [j.id for j in project.list(Job)
+            if j.status in ("running", "ingesting") and pid_alive(j.pid)]
+    for path in temps:
+        rel = project.rel(path)
+        message = f"leftover temp {'folder' if path.is_dir() else 'file'} {rel!r}"
+        fixed = False
+        if repair and not busy:
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                fixed = True
+                message += "; deleted"
+            except OSError as exc:
+                message += f"; cannot delete it ({exc})"
+        elif repair:
+            message += f"; kept while job(s) {', '.join(busy)} run"
+        report.add("temp_file", message, path=rel, repaired=fixed)
+
+
+def _known_folder_names(project: Project) -> set[str]:
+    """Top-level asset folder names (``kind/id``) referenced by a row."""
+    names: set[str] = set()
+    for table, columns in [(Dataset, ["root"]), (Encoding, ["array_path", "state_path"]),
+                           (Model, ["checkpoint"]), (Generation, ["folder"])]:
+        for row in project.list(table):
+            names.add(row.id)
+            for c in columns:
+                parts = Path(getattr(row, c) or "").parts
+                if len(parts) >= 2 and parts[0] in ASSET_KINDS:
+                    names.add(parts[1])
+    return names
+
+
+def _job_specs(project: Project) -> list[str]:
+    """spec.json texts of jobs not done: their folders belong to work that may come back."""
+    texts = []
+    for job in project.list(Job):
+        if job.status == "done":
+            continue
+        spec = project.assets / job.folder / "spec.json"
+        try:
+            texts.append(spec.read_text(encoding="utf-8"))
+        except OSError:
+            continue
+    return texts
+
+
+def _check_orphan_folders(project: Project, report: CheckReport) -> None:
+    known = _known_folder_names(project)
+    specs = None
+    for kind in ASSET_KINDS:
+        top = project.assets / kind
+        if not top.is_dir():
+            continue
+        for entry in sorted(top.iterdir()):
+            if not entry.is_dir() or entry.name in known or _is_temp(entry, kind):
+                continue
+            if entry.name.startswith((".", "_")):
+                continue
+            if specs is None:
+                specs = _job_specs(project)
+            if any(json.dumps(entry.name)[1:-1] in s for s in specs):
+                continue
+            report.add("orphan_folder", f"{kind}/{entry.name} belongs to no row and no "
+                                        f"pending job (kept: it may be work in progress; "
+                                        f"delete it by hand if it is not)",
+                       path=f"{kind}/{entry.name}")

@@ -1,0 +1,144 @@
+"""``rcdm-studio check``: a real tiny project, damaged on purpose, then checked and repaired."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.check import check_project
+from engine.cli import main
+from engine.config import EncodeConfig, ImportConfig
+from engine.jobs import JobManager
+from engine.project import Encoding, Image, Job
+
+
+@pytest.fixture
+def built(project, tiny_folder):
+    """A project with the tiny dataset (24 images) and a PCA encoding of it (24 x 4)."""
+    from engine import data
+    from engine.stages import encode
+
+    data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    JobManager(project).run_inline(encode.prepare(project, EncodeConfig(encoder="pca", dim=4,
+                                                                        image_size=8)))
+    return project
+
+
+def _kinds(report) -> list[str]:
+    return sorted(p["kind"] for p in report.problems)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_clean_project_is_ok(built):
+    report = check_project(built)
+    assert report.problems == [] and report.ok
+    assert report.to_dict()["ok"] is True
+
+
+def test_a_deleted_image_file_is_reported(built):
+    img = built.list(Image)[3]
+    (built.assets / img.path).unlink()
+    report = check_project(built, repair=True)
+    assert _kinds(report) == ["missing_file"] and not report.ok
+    (p,) = report.problems
+    assert (p["row"], p["path"], p["repaired"]) == (f"image:{img.id}", img.path, False)
+    assert (built.assets / img.thumb).exists()  # repair touches no user data
+
+
+def test_a_truncated_embeddings_array_is_reported(built):
+    enc = built.list(Encoding)[0]
+    path = built.assets / enc.array_path
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 40])  # header intact, the last rows cut off
+    report = check_project(built)
+    assert _kinds(report) == ["broken_file"]
+    assert report.problems[0]["row"] == f"encoding:{enc.id}"
+
+
+def test_an_embeddings_array_of_the_wrong_shape_is_reported(built):
+    import numpy as np
+
+    enc = built.list(Encoding)[0]
+    np.save(built.assets / enc.array_path, np.zeros((enc.count, enc.dim + 1), np.float32))
+    report = check_project(built)
+    assert _kinds(report) == ["broken_file"] and "shape" in report.problems[0]["message"]
+
+
+def test_a_stray_temp_file_is_removed_by_repair_and_orphans_are_kept(built):
+    stray = built.assets / "encodings" / "x.tmp"
+    stray.write_bytes(b"half")
+    orphan = built.assets / "generations" / "gen_deadbeef"
+    orphan.mkdir(parents=True)
+    report = check_project(built)
+    assert _kinds(report) == ["orphan_folder", "temp_file"] and not report.ok
+    report = check_project(built, repair=True)
+    by_kind = {p["kind"]: p for p in report.problems}
+    assert by_kind["temp_file"]["repaired"] and not stray.exists()
+    assert not by_kind["orphan_folder"]["repaired"] and orphan.is_dir()
+    assert by_kind["orphan_folder"]["path"] == "generations/gen_deadbeef"
+
+
+def test_a_dangling_reference_is_reported(built):
+    enc = built.list(Encoding)[0]
+    built.update(Encoding, enc.id, dataset_id="ds_gone")
+    report = check_project(built)
+    assert "dangling_reference" in _kinds(report)
+    assert any("ds_gone" in p["message"] for p in report.problems)
+
+
+def test_a_running_job_with_a_dead_pid_is_reconciled_to_interrupted(built):
+    from engine.stages import encode
+
+    jobs = JobManager(built)
+    job = jobs.create(encode.prepare(built, EncodeConfig(encoder="class")))
+    built.update(Job, job.id, status="running", pid=_dead_pid())
+    report = check_project(built)
+    assert _kinds(report) == ["stale_job"] and not report.ok
+    assert built.get(Job, job.id).status == "running"  # no repair, no change
+    report = check_project(built, repair=True)
+    assert _kinds(report) == ["stale_job"] and report.ok
+    assert report.problems[0]["repaired"] and "interrupted" in report.problems[0]["message"]
+    assert built.get(Job, job.id).status == "interrupted"
+    # its encodings/<id> folder belongs to a retryable job, not an orphan
+    assert check_project(built).problems == []
+
+
+def test_cli_exit_codes_and_json(built, capsys):
+    path = str(built.path)
+    built.close()  # the CLI opens the project itself (one writer per file)
+    assert main(["check", "--project", path]) == 0
+    assert "0 problem(s)" in capsys.readouterr().out
+    from engine.project import Project
+
+    with Project(path) as p:
+        (p.assets / "datasets" / "y.tmp").write_bytes(b"")
+    assert main(["check", "--project", path, "--json"]) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["ok"], out["counts"]) == (False, {"temp_file": 1})
+    assert out["problems"][0]["path"] == "datasets/y.tmp"
+    assert main(["check", "--project", path, "--repair"]) == 0
+    assert "1 repaired, 0 left" in capsys.readouterr().out
+    assert main(["check", "--project", path]) == 0
+
+
+def test_a_trained_model_without_its_unet_is_reported(built):
+    from engine.project import Dataset, Model, new_id
+
+    ds, enc = built.list(Dataset)[0], built.list(Encoding)[0]
+    model_id = new_id("mdl")
+    folder = built.new_folder("models", model_id) / "model"
+    folder.mkdir()
+    (folder / "rcdm.json").write_text("{}")
+    built.add(Model(id=model_id, name="m", dataset_id=ds.id, encoding_id=enc.id,
+                    status="trained", checkpoint=built.rel(folder)))
+    report = check_project(built)
+    assert _kinds(report) == ["broken_file"]
+    assert report.problems[0]["path"] == f"models/{model_id}/model/unet"
