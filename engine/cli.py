@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     _project_arg(p)
     p.add_argument("--quick", action="store_true", help="smaller run (a few minutes on a CPU)")
     p.add_argument("--export", metavar="DIR", help="export folder (default: in the assets)")
-    p.add_argument("--encoder", default="pca", help="offline encoder to condition on (pca)")
+    p.add_argument("--encoder", default="pca", choices=["pca"],
+                   help="offline image encoder to condition on (pca; the class baseline is "
+                        "always trained beside it)")
     _json_arg(p)
 
     p = sub.add_parser("import", help="import an ImageFolder (one sub-folder per class)")
@@ -220,9 +222,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import DemoConfig, results_table, run_demo
 
     config = DemoConfig.quick() if args.quick else DemoConfig()
-    if args.encoder != "pca":
-        config = DemoConfig(**{**config.__dict__, "encoder": args.encoder,
-                               "encode": config.encode.replace(encoder=args.encoder)})
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
     bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
@@ -423,6 +422,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from engine.jobs import JobManager
     from engine.project import Job
 
+    if args.action in ("cancel", "retry") and not args.job:
+        raise StudioError(f"jobs {args.action} needs a job id; `rcdm-studio jobs list` "
+                          f"shows them")
     with _open(args, create=False) as project:
         jobs = JobManager(project)
         if args.action == "cancel":

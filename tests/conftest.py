@@ -20,6 +20,17 @@ def _few_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models are overhead-bound: one thread is faster on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_tiny_folder(root: Path, classes: int = 3, per_class: int = 8, size: int = 12,
                       seed: int = 0) -> Path:
     """An ImageFolder of small coloured PNGs: class c is a bright blob at a class position."""

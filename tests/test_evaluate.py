@@ -18,13 +18,7 @@ from engine.progress import CancelToken
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny convolutions run several times faster on one thread on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(per_class: int, classes: int = 4, size: int = 16, seed: int = 0):

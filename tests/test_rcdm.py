@@ -27,13 +27,7 @@ TINY = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
                    checkpoint_every=1000, preview_every=1000, learning_rate=1e-3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models are overhead-bound; one thread is faster and deterministic on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_data(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -12,8 +11,8 @@ import pandas as pd
 
 from engine.config import EncodeConfig, TrainConfig
 from engine.errors import NotReadyError
-from engine.jobs import ACTIVE, read_progress
-from engine.project import Dataset, Encoding, Job, Model
+from engine.jobs import read_progress
+from engine.project import Encoding, Job, Model
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
