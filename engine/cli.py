@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                         default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port (default 7860)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    parser.add_argument("--auth", default=os.environ.get("RCDM_STUDIO_AUTH") or None,
+                        metavar="USER:PASSWORD",
+                        help="ask for this login (several: comma-separated); default "
+                             "$RCDM_STUDIO_AUTH. Use it whenever --host is not 127.0.0.1")
+    parser.add_argument("--max-upload", default=os.environ.get("RCDM_STUDIO_MAX_UPLOAD",
+                                                               "512mb"),
+                        help="largest file the studio accepts as an upload (default 512mb)")
     parser.add_argument("--demo", action="store_true",
                         help="import the bundled digits dataset when the project has no dataset")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -122,18 +129,60 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     _json_arg(p)
 
-    p = sub.add_parser("generate", help="generate seeded variations of real images")
+    p = sub.add_parser(
+        "generate", help="generate images: variations, interpolations, mix-ups, class samples",
+        description="Generate images with a trained RCDM. --mode picks the representations: "
+                    "variations of real images (the paper's), interpolate between two images "
+                    "(--images A B), mixup within a class, class_sample (new representations "
+                    "drawn from each class's Gaussian). With --shard K/P --out DIR it "
+                    "generates shard K (0..P-1) of the generation into DIR without writing "
+                    "to the project; `generate-merge` ingests the shards.")
     _project_arg(p)
     p.add_argument("--model", help="model name or id (default: the latest trained)")
-    p.add_argument("--variations", type=int, default=1, help="seeds per source image")
-    p.add_argument("--images", nargs="*", help="source image ids (default: the training split)")
-    p.add_argument("--sampler", default=GenerateConfig.sampler, choices=["ddpm", "ddim", "dpm++"])
+    p.add_argument("--variations", type=int, default=1,
+                   help="seeds per representation (per source image in variations mode)")
+    p.add_argument("--images", nargs="*",
+                   help="source image ids (default: the training split); two for interpolate")
+    p.add_argument("--mode", default=GenerateConfig.mode,
+                   choices=["variations", "interpolate", "mixup", "class_sample"])
+    p.add_argument("--points", type=int, default=GenerateConfig.points,
+                   help="interpolate: representations on the path, ends included")
+    p.add_argument("--per-class", type=int, default=GenerateConfig.per_class,
+                   help="mixup / class_sample: new representations per class")
+    p.add_argument("--mix-alpha", type=float, default=GenerateConfig.mix_alpha,
+                   help="mixup: weights ~ Beta(a, a) (1 = uniform)")
+    p.add_argument("--covariance", default=GenerateConfig.covariance,
+                   choices=["ledoit_wolf", "diagonal"], help="class_sample: covariance")
+    p.add_argument("--sampler", default=GenerateConfig.sampler,
+                   help="ddpm (default, 100 steps: the paper's), ddim, dpm++ or a diffusers "
+                        "scheduler class name, e.g. EulerDiscreteScheduler (see `samplers`)")
     p.add_argument("--steps", type=int, default=GenerateConfig.steps)
     p.add_argument("--guidance", type=float, default=GenerateConfig.guidance,
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--batch-size", type=int, default=GenerateConfig.batch_size)
     p.add_argument("--name", help="generation name")
+    p.add_argument("--shard", metavar="K/P",
+                   help="generate only shard K of P (0 <= K < P) into --out; the project is "
+                        "only read (or not opened at all when --out already holds the plan)")
+    p.add_argument("--out", metavar="DIR", help="shard output folder (with --shard)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="write the generation's plan into --out and stop (for workers that "
+                        "cannot read the project)")
+    p.add_argument("--model-dir", help="with --shard: the model folder on this machine")
     _device_arg(p)
+    _json_arg(p)
+
+    p = sub.add_parser("generate-merge", help="ingest sharded generation outputs",
+                       description="Check that the shard folders hold every shard 0..P-1 of "
+                                   "one generation, complete and from the same model and "
+                                   "options, and ingest them as one generation.")
+    _project_arg(p)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="shard output folders")
+    p.add_argument("--name", help="generation name")
+    _json_arg(p)
+
+    p = sub.add_parser("samplers", help="list the sampler names --sampler accepts")
     _json_arg(p)
 
     p = sub.add_parser("curate", help="keep a band of distances to the class centroid")
@@ -147,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--centroid", default="real", choices=["real", "generated", "both"])
     p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
     p.add_argument("--name", help="selection name")
+    p.add_argument("--mode", default="quantile", choices=["quantile", "distance"],
+                   help="--low/--high as within-class quantiles or as absolute distances")
+    p.add_argument("--class-band", action="append", default=[], metavar="CLASS=LOW:HIGH",
+                   help="per-class band override (repeatable), in --mode units")
+    p.add_argument("--outlier", default="none", choices=["none", "real", "zscore"],
+                   help="drop far outliers: beyond the --outlier-q quantile of the class's "
+                        "real images, or a robust z-score above --outlier-z")
+    p.add_argument("--outlier-q", type=float, default=0.99)
+    p.add_argument("--outlier-z", type=float, default=3.5)
+    p.add_argument("--target", type=int, default=0, help="keep at most N per class (0: off)")
+    p.add_argument("--target-pick", default="centre", choices=["centre", "random"])
+    p.add_argument("--target-seed", type=int, default=0)
+    p.add_argument("--encoding", help="judge by this re-encoding of the generation (a second "
+                                      "encoder); default: the latest")
+    p.add_argument("--metrics", action="store_true",
+                   help="also compute precision/recall/density/coverage, Frechet, copies")
     _json_arg(p)
 
     p = sub.add_parser("evaluate", help="train a classifier on a training mix (real test split)")
@@ -169,12 +234,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: in the project's assets)")
     p.add_argument("--include-real", action="store_true", help="add the real training images")
     p.add_argument("--link", action="store_true", help="hard-link files instead of copying")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="> 0: train/ and val/ folders, seeded and stratified per class")
+    p.add_argument("--split-seed", type=int, default=0)
     _json_arg(p)
 
     p = sub.add_parser("jobs", help="list, cancel or retry background jobs")
     _project_arg(p)
     p.add_argument("action", nargs="?", default="list", choices=["list", "cancel", "retry"])
     p.add_argument("job", nargs="?", help="job id (cancel, retry)")
+    _json_arg(p)
+
+    p = sub.add_parser(
+        "experiment", help="the paper's experiments: scaling, augmentation, filtering",
+        description="scaling: synthetic-only at 1x..4x per generation, with real only as a "
+                    "line; augmentation: real, real + AutoAugment / RandAugment / Mixup / "
+                    "CutMix, real + 1x and 2x synthetic; filtering: unfiltered 1x vs the "
+                    "middle band of 2x. Each configuration runs --seeds times; the jobs are "
+                    "queued in the project (a studio open on it runs them) or run now with "
+                    "--wait. `list` shows the experiments, `show ID` one table.")
+    _project_arg(p)
+    p.add_argument("action", choices=["scaling", "augmentation", "filtering", "list", "show"])
+    p.add_argument("ref", nargs="?", help="experiment id or name (show)")
+    p.add_argument("--generation", action="append", default=[],
+                   help="generation name or id with enough variations per image (repeat "
+                        "for one line per model in scaling)")
+    p.add_argument("--seeds", type=int, default=3, help="runs per configuration (default 3)")
+    p.add_argument("--arch", default=EvalConfig.arch,
+                   choices=["resnet_tiny", "resnet18", "resnet50"])
+    p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
+    p.add_argument("--augment", default=EvalConfig.augment,
+                   help="the base augmentation of every configuration (default crop)")
+    p.add_argument("--schedule", default=EvalConfig.schedule, choices=["cosine", "step"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="scaling: synthetic sizes in variations per image (default 1 2 3 4)")
+    p.add_argument("--keep", type=float, default=0.5,
+                   help="filtering: fraction of the 2x the middle band keeps (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--name", help="experiment name")
+    p.add_argument("--wait", action="store_true",
+                   help="run the queued jobs now in worker processes and wait for them")
+    p.add_argument("--max-running", type=int,
+                   help="workers at once with --wait (default: one per GPU, one on a CPU)")
+    p.add_argument("--csv", metavar="FILE", help="show: write the table as CSV")
+    p.add_argument("--markdown", metavar="FILE", help="show: write the table as Markdown")
+    _device_arg(p)
     _json_arg(p)
 
     p = sub.add_parser("check", help="check the project's rows, files, jobs and leftovers",
@@ -354,7 +459,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.stages import generate
 
     config = GenerateConfig(variations=args.variations, sampler=args.sampler, steps=args.steps,
-                            guidance=args.guidance, seed=args.seed, device=args.device)
+                            guidance=args.guidance, seed=args.seed, device=args.device,
+                            batch_size=args.batch_size, mode=args.mode, points=args.points,
+                            per_class=args.per_class, mix_alpha=args.mix_alpha,
+                            covariance=args.covariance)
+    if args.shard or args.plan_only:
+        return _generate_shard(args, config)
     with _open(args) as project:
         job = _run(project, generate.prepare(project, config, args.model, args.images,
                                              args.name), args)
@@ -364,25 +474,113 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
+    """--plan-only / --shard K/P: write the plan into --out, then generate one shard."""
+    from engine.errors import InvalidConfigError, ProjectLockedError, ProjectNotFoundError
+    from engine.project import Project
+    from engine.rcdm import shard
+    from engine.stages import generate
+
+    if not args.out:
+        raise InvalidConfigError("--shard and --plan-only need --out DIR")
+    out = Path(args.out)
+    k, p = shard.parse_shard(args.shard) if args.shard else (0, 1)
+    try:
+        with Project(args.project, create=False, read_only=True) as project:
+            params, plan = generate.plan_params(project, config, args.model, args.images)
+        written = shard.write_plan(out, params, plan.cond)
+    except (ProjectNotFoundError, ProjectLockedError) as exc:
+        if not (out / shard.PLAN_FILE).is_file():
+            raise
+        print(f"using the plan in {out} ({exc}); generation options given here are ignored",
+              file=sys.stderr)
+        written = shard.read_plan(out)[0]
+    if args.plan_only:
+        _emit(args, {"out": str(out), "total": written["total"],
+                     "fingerprint": written["fingerprint"]},
+              f"plan of {written['total']} images written to {out}")
+        return 0
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    try:
+        manifest = shard.run_shard(out, k, p, model_dir=args.model_dir, progress=bar,
+                                   cancel=cancel)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    _emit(args, {**manifest, "folder": str(out / shard.shard_name(k, p))},
+          f"shard {k}/{p}: {manifest['count']} of {manifest['total']} images in "
+          f"{out / shard.shard_name(k, p)}")
+    return 0
+
+
+def cmd_generate_merge(args: argparse.Namespace) -> int:
+    from engine.project import Generation
+    from engine.rcdm.shard import merge_shards
+
+    with _open(args, create=False) as project:
+        gen_id = merge_shards(project, [Path(d) for d in args.dirs], name=args.name)
+        g = project.get(Generation, gen_id)
+    _emit(args, {"id": g.id, "name": g.name, "count": g.count, "folder": g.folder},
+          f"generation {g.name} ({g.id}): {g.count} images merged into {g.folder}")
+    return 0
+
+
+def cmd_samplers(args: argparse.Namespace) -> int:
+    from engine.rcdm.sample import sampler_names
+
+    names = list(sampler_names())
+    if args.json:
+        print(json.dumps(names))
+    else:
+        print("\n".join(names))
+    return 0
+
+
 def cmd_curate(args: argparse.Namespace) -> int:
+    from engine.errors import InvalidConfigError
     from engine.stages import curate
 
+    per_class = []
+    for item in args.class_band:
+        name, _, rng = item.rpartition("=")
+        lo, _, hi = rng.partition(":")
+        try:
+            per_class.append((name, float(lo), float(hi)))
+        except ValueError:
+            raise InvalidConfigError(
+                f"--class-band must be CLASS=LOW:HIGH, got {item!r}") from None
+    extra = dict(mode=args.mode, per_class=tuple(per_class), outlier=args.outlier,
+                 outlier_q=args.outlier_q, outlier_z=args.outlier_z,
+                 target_per_class=args.target, target_pick=args.target_pick,
+                 target_seed=args.target_seed, centroid=args.centroid, metric=args.metric)
     if args.preset:
-        band = BandConfig.preset(args.preset, args.keep).replace(centroid=args.centroid,
-                                                                 metric=args.metric)
+        band = BandConfig.preset(args.preset, args.keep).replace(**extra)
     else:
         band = BandConfig(low=0.0 if args.low is None else args.low,
-                          high=1.0 if args.high is None else args.high,
-                          centroid=args.centroid, metric=args.metric)
+                          high=1.0 if args.high is None else args.high, **extra)
+    metrics = None
     with _open(args) as project:
-        bd = curate.band_data(project, args.generation, centroid=band.centroid,
+        bd = curate.band_data(project, args.generation, args.encoding, centroid=band.centroid,
                               metric=band.metric)
-        sel = curate.save_selection(project, bd, band, name=args.name)
-        table = curate.summary(bd, curate.band_mask(bd, band))
-    _emit(args, {"id": sel.id, "name": sel.name, "count": sel.count,
-                 "generated": int(len(bd.distances)), "band": band.to_dict()},
-          table.to_string(index=False) + f"\nselection {sel.name} ({sel.id}): kept "
-          f"{sel.count} of {len(bd.distances)}")
+        mask = curate.band_mask(bd, band)
+        sel = curate.save_selection(project, bd, band, name=args.name, mask=mask)
+        table = curate.summary(bd, mask)
+        if args.metrics:
+            metrics = curate.metrics(project, bd, mask)
+    obj = {"id": sel.id, "name": sel.name, "count": sel.count,
+           "generated": int(len(bd.distances)), "band": band.to_dict(),
+           "encoder": bd.encoding.encoder}
+    text = (table.to_string(index=False) + f"\nselection {sel.name} ({sel.id}): kept "
+            f"{sel.count} of {len(bd.distances)}, judged by {bd.encoding.encoder}")
+    if metrics is not None:
+        obj["metrics"] = metrics["overall"]
+        obj["per_class"] = metrics["per_class"].to_dict(orient="records")
+        text += "\n\n" + "\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+                                    for k, v in metrics["overall"].items())
+        text += "\n\n" + metrics["per_class"].to_string(index=False, float_format="%.3f")
+    _emit(args, obj, text)
     return 0
 
 
@@ -409,7 +607,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine.project import Export
     from engine.stages import export
 
-    config = ExportConfig(include_real=args.include_real, link=args.link)
+    config = ExportConfig(include_real=args.include_real, link=args.link,
+                          val_fraction=args.val_fraction, split_seed=args.split_seed)
     with _open(args) as project:
         job = _run(project, export.prepare(project, config, args.selection, args.out), args)
         x = project.get(Export, job.result_id)
@@ -469,15 +668,93 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from studio.app import launch
 
     launch(project_path=args.project, host=args.host, port=args.port,
-           open_browser=not args.no_browser, demo=args.demo)
+           open_browser=not args.no_browser, demo=args.demo, auth=args.auth,
+           max_file_size=args.max_upload)
     return 0
 
 
+def _wait_experiment(project, record: dict[str, Any], max_running: int | None) -> None:
+    """Run the experiment's queued jobs in workers and wait; Ctrl-C cancels them."""
+    import time
+
+    from engine import experiments
+    from engine.jobs import ACTIVE, JobManager
+    from engine.project import Evaluation, Job
+
+    jobs = JobManager(project, max_running=max_running)
+    jobs.reconcile()
+    ids = [project.get(Evaluation, m["evaluation_id"]).job_id for m in record["members"]]
+    last = None
+    try:
+        while True:
+            rows = {j.id: j for j in jobs.poll()}
+            st = experiments.status(project, record)
+            line = (st["done"], sum(rows[i].status == "running" for i in ids if i in rows))
+            if line != last:
+                print(f"{record['name']}: {st['done']}/{st['total']} evaluations done, "
+                      f"{line[1]} running", file=sys.stderr)
+                last = line
+            if not any(i in rows and rows[i].status in ACTIVE for i in ids):
+                return
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for i in ids:
+            if project.get(Job, i).status in ("queued", "running"):
+                jobs.cancel(i)
+        raise
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from engine import experiments
+    from engine.jobs import JobManager
+
+    with _open(args, create=args.action not in ("list", "show")) as project:
+        if args.action == "list":
+            table = experiments.summary_table(project)
+            _emit(args, {"experiments": table.to_dict(orient="records")},
+                  table.to_string(index=False) if len(table) else "no experiment yet")
+            return 0
+        if args.action == "show":
+            if not args.ref:
+                raise StudioError("experiment show needs an experiment id or name; "
+                                  "`rcdm-studio experiment list` shows them")
+            record = experiments.get(project, args.ref)
+        else:
+            config = EvalConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+                                augment=args.augment, schedule=args.schedule, seed=args.seed,
+                                device=args.device)
+            jobs = JobManager(project, max_running=args.max_running)
+            record = experiments.launch(
+                project, args.action, args.generation, config, submit=jobs.create,
+                seeds=args.seeds, name=args.name, **({"sizes": tuple(args.sizes)}
+                                                     if args.action == "scaling" else {}),
+                **({"keep_fraction": args.keep} if args.action == "filtering" else {}))
+            print(f"experiment {record['name']} ({record['id']}): {len(record['members'])} "
+                  f"evaluations queued", file=sys.stderr)
+        if args.wait:
+            _wait_experiment(project, record, args.max_running)
+        written = experiments.export(project, record,
+                                     csv=Path(args.csv) if args.csv else None,
+                                     md=Path(args.markdown) if args.markdown else None)
+        st = experiments.status(project, record)
+        table = experiments.table(project, record)
+        text = experiments.markdown(project, record)
+    if st["status"] in ("queued", "running") and not args.wait:
+        text += (f"\n{st['done']}/{st['total']} done; the jobs run while a studio is open on "
+                 f"the project, or now with `rcdm-studio experiment show {record['id']} "
+                 f"--wait`")
+    _emit(args, {"id": record["id"], "name": record["name"], "kind": record["kind"], **st,
+                 "table": json.loads(table.to_json(orient="records")), **written}, text)
+    return 0 if st["status"] != "incomplete" else 1
+
+
 COMMANDS = {
+    "experiment": cmd_experiment,
     "demo": cmd_demo, "import": cmd_import, "import-demo": cmd_import_demo,
     "status": cmd_status, "encoders": cmd_encoders, "encode": cmd_encode, "train": cmd_train,
     "generate": cmd_generate, "curate": cmd_curate, "evaluate": cmd_evaluate,
     "export": cmd_export, "jobs": cmd_jobs, "check": cmd_check,
+    "generate-merge": cmd_generate_merge, "samplers": cmd_samplers,
 }
 
 

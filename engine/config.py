@@ -81,12 +81,30 @@ class EncodeConfig(StageConfig):
     batch_size: int = 256
     device: str = "cpu"
     seed: int = 0
+    # pretrained encoders: "fp32", or "fp16" / "bf16" autocast on CUDA (fp32 on the CPU)
+    precision: str = "fp32"
+    chunk_size: int = 8192  # images per resumable chunk of the encode stage
+    read_threads: int = 1  # threads decoding image files for pretrained encoders
+    # the learned (simclr) encoder: self-supervised training on the training split
+    fit_epochs: int = 60
+    fit_batch_size: int = 256
+    fit_lr: float = 2e-3
+    temperature: float = 0.2  # NT-Xent temperature
 
     def validate(self) -> None:
         _check(bool(self.encoder), "encoder must be named")
         _check(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.image_size >= 4, f"image_size must be >= 4, got {self.image_size}")
+        _check(self.precision in ("fp32", "fp16", "bf16"),
+               f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        _check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        _check(self.read_threads >= 1, f"read_threads must be >= 1, got {self.read_threads}")
+        _check(self.fit_epochs >= 1, f"fit_epochs must be >= 1, got {self.fit_epochs}")
+        _check(self.fit_batch_size >= 2,
+               f"fit_batch_size must be >= 2, got {self.fit_batch_size}")
+        _check(self.fit_lr > 0, f"fit_lr must be > 0, got {self.fit_lr}")
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,28 @@ class TrainConfig(StageConfig):
     preview_every: int = 500
     seed: int = 0
     device: str = "cpu"
+    # "pixel": the U-Net denoises images (toy sizes); "latent": it denoises the latents of
+    # the AutoencoderKL ``vae_id`` (hub id or local folder); image_size stays the pixel size.
+    space: str = "pixel"
+    vae_id: str = "stabilityai/sd-vae-ft-mse"
+    latent_scale: float | None = None  # None: the VAE's config.scaling_factor
+    min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is usual); None: off
+    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler, CUDA)
+    grad_accum: int = 1  # micro-batches per optimiser step; batch_size is the whole step's batch
 
     def validate(self) -> None:
+        _check(self.space in ("pixel", "latent"),
+               f"space must be pixel or latent, got {self.space!r}")
+        _check(self.precision in ("fp32", "bf16", "fp16"),
+               f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        _check(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        _check(self.batch_size % self.grad_accum == 0,
+               f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+               f"min_snr_gamma must be > 0 or None, got {self.min_snr_gamma}")
+        _check(self.latent_scale is None or self.latent_scale > 0,
+               f"latent_scale must be > 0 or None, got {self.latent_scale}")
+        _check(self.space == "pixel" or bool(self.vae_id), "space='latent' needs a vae_id")
         _check(self.image_size >= 8 and self.image_size % 4 == 0,
                f"image_size must be a multiple of 4 and >= 8, got {self.image_size}")
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -129,25 +167,51 @@ class TrainConfig(StageConfig):
         _check(self.cond_tokens >= 1, f"cond_tokens must be >= 1, got {self.cond_tokens}")
 
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
+SAMPLERS = ("ddpm", "ddim", "dpm++")  # short names; diffusers class names work too
+GENERATE_MODES = ("variations", "interpolate", "mixup", "class_sample")
+COVARIANCES = ("ledoit_wolf", "diagonal")
 
 
 @dataclass(frozen=True)
 class GenerateConfig(StageConfig):
-    """Generation of seeded variations of real images with a trained RCDM."""
+    """Generation with a trained RCDM: which representations, how many seeds, which sampler.
+
+    ``mode`` picks the representations (engine.rcdm.conditions): "variations" of real images
+    (their own representations), "interpolate" between two images (``points`` on the path),
+    "mixup" of random pairs within a class (``per_class`` per class, weights
+    ~ Beta(``mix_alpha``, ``mix_alpha``)), "class_sample" (``per_class`` new representations
+    per class drawn from a Gaussian fitted to the class). Each representation gets
+    ``variations`` seeds. ``sampler`` is "ddpm" (100 steps: the paper's), "ddim", "dpm++"
+    or a diffusers scheduler class name.
+    """
 
     variations: int = 1  # seeds per source image
-    sampler: str = "ddim"
-    steps: int = 25
+    sampler: str = "ddpm"
+    steps: int = 100
     guidance: float = 1.0  # 1.0 = no classifier-free guidance
     seed: int = 0  # base seed; sample i of source j uses seed + j * variations + i
     batch_size: int = 256
     use_ema: bool = True
     device: str = "cpu"
+    mode: str = "variations"  # "variations", "interpolate", "mixup" or "class_sample"
+    points: int = 8  # interpolate: representations on the path, both ends included
+    per_class: int = 10  # mixup / class_sample: new representations per class
+    mix_alpha: float = 1.0  # mixup: weight of the partner ~ Beta(a, a); 1.0 = uniform
+    covariance: str = "ledoit_wolf"  # class_sample: "ledoit_wolf" or "diagonal" (+ eps)
 
     def validate(self) -> None:
         _check(self.variations >= 1, f"variations must be >= 1, got {self.variations}")
-        _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        # the full check (a diffusers class of the DDPM family) is engine.rcdm.sample's
+        _check(self.sampler in SAMPLERS or self.sampler.endswith("Scheduler"),
+               f"sampler must be one of {SAMPLERS} or a diffusers scheduler class name "
+               f"(e.g. 'EulerDiscreteScheduler'), got {self.sampler!r}")
+        _check(self.mode in GENERATE_MODES,
+               f"mode must be one of {GENERATE_MODES}, got {self.mode!r}")
+        _check(self.points >= 2, f"points must be >= 2, got {self.points}")
+        _check(self.per_class >= 1, f"per_class must be >= 1, got {self.per_class}")
+        _check(self.mix_alpha > 0, f"mix_alpha must be > 0, got {self.mix_alpha}")
+        _check(self.covariance in COVARIANCES,
+               f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
         _check(1 <= self.steps <= 1000, f"steps must be in [1, 1000], got {self.steps}")
         _check(0.0 <= self.guidance <= 20.0, f"guidance must be in [0, 20], got {self.guidance}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -158,7 +222,18 @@ BAND_PRESETS = ("middle", "all", "nearest", "farthest")
 
 @dataclass(frozen=True)
 class BandConfig(StageConfig):
-    """A band of distances to the class centroid, as quantiles in [0, 1] per class.
+    """A band of distances to the class centroid, per class.
+
+    ``mode="quantile"``: ``low``/``high`` are within-class quantiles in [0, 1];
+    ``mode="distance"``: they are absolute distances (kept when ``low <= d <= high``).
+    ``per_class`` overrides ``(low, high)`` for named classes: ``((class_name, low, high), ...)``
+    (a ``{name: (low, high)}`` dict is accepted too). Then, in this order: ``outlier`` removal
+    ("real": drop samples farther than the ``outlier_q`` quantile of the class's real images'
+    distances; "zscore": drop samples whose robust z-score of distance, (d - median) /
+    (1.4826 MAD) over the class's generated samples, exceeds ``outlier_z``; far side only), and
+    a ``target_per_class`` count (0 = off): keep at most k per class, the k nearest the centre
+    of what the band kept ("centre": the contiguous middle k by distance) or k drawn at random
+    with ``target_seed`` ("random").
 
     The paper's preset ("middle") keeps the middle ``keep_fraction`` of each class:
     with 2x generated and ``keep_fraction=0.5`` it drops the nearest 25 % and the farthest
@@ -169,10 +244,52 @@ class BandConfig(StageConfig):
     high: float = 0.75
     centroid: str = "real"  # "real", "generated" or "both"
     metric: str = "cosine"  # "cosine" or "euclidean"
+    mode: str = "quantile"  # "quantile" or "distance"
+    per_class: tuple[tuple[str, float, float], ...] = ()
+    outlier: str = "none"  # "none", "real" or "zscore"
+    outlier_q: float = 0.99
+    outlier_z: float = 3.5
+    target_per_class: int = 0
+    target_pick: str = "centre"  # "centre" or "random"
+    target_seed: int = 0
+
+    def __post_init__(self) -> None:
+        per = self.per_class
+        if isinstance(per, dict):
+            per = [(k, *v) for k, v in per.items()]
+        try:
+            per = tuple((str(c), float(lo), float(hi)) for c, lo, hi in (per or ()))
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigError(
+                f"per_class must be (class_name, low, high) triples, got {self.per_class!r}"
+            ) from exc
+        object.__setattr__(self, "per_class", per)
+        super().__post_init__()
+
+    def _check_range(self, low: float, high: float, what: str) -> None:
+        if self.mode == "quantile":
+            _check(0.0 <= low < high <= 1.0,
+                   f"{what} must satisfy 0 <= low < high <= 1, got low={low}, high={high}")
+        else:
+            _check(0.0 <= low < high < float("inf"),
+                   f"{what} (distances) must satisfy 0 <= low < high, got low={low}, high={high}")
 
     def validate(self) -> None:
-        _check(0.0 <= self.low < self.high <= 1.0,
-               f"band must satisfy 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+        _check(self.mode in ("quantile", "distance"),
+               f"mode must be quantile or distance, got {self.mode!r}")
+        self._check_range(self.low, self.high, "band")
+        for name, lo, hi in self.per_class:
+            self._check_range(lo, hi, f"band of class {name!r}")
+        _check(len({c for c, _, _ in self.per_class}) == len(self.per_class),
+               f"per_class names a class twice: {[c for c, _, _ in self.per_class]}")
+        _check(self.outlier in ("none", "real", "zscore"),
+               f"outlier must be none, real or zscore, got {self.outlier!r}")
+        _check(0.0 < self.outlier_q <= 1.0, f"outlier_q must be in (0, 1], got {self.outlier_q}")
+        _check(self.outlier_z > 0.0, f"outlier_z must be > 0, got {self.outlier_z}")
+        _check(self.target_per_class >= 0,
+               f"target_per_class must be >= 0, got {self.target_per_class}")
+        _check(self.target_pick in ("centre", "random"),
+               f"target_pick must be centre or random, got {self.target_pick!r}")
         _check(self.centroid in ("real", "generated", "both"),
                f"centroid must be real, generated or both, got {self.centroid!r}")
         _check(self.metric in ("cosine", "euclidean"),
@@ -195,6 +312,10 @@ class BandConfig(StageConfig):
 
 CLASSIFIERS = ("resnet_tiny", "resnet18", "resnet50")
 MIXES = ("real", "synthetic", "real+synthetic")
+# "crop" = random-resized crop (+ flip when hflip); the others add to that crop: a policy
+# on the uint8 images (autoaugment, randaugment) or a batch mix with soft targets (mixup, cutmix)
+AUGMENTS = ("none", "crop", "autoaugment", "randaugment", "mixup", "cutmix")
+SCHEDULES = ("cosine", "step")
 
 
 @dataclass(frozen=True)
@@ -210,18 +331,31 @@ class EvalConfig(StageConfig):
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     label_smoothing: float = 0.0
-    augment: str = "crop"  # "none" or "crop" (random-resized crop + flip off for digits)
+    augment: str = "crop"  # one of AUGMENTS; every one but "none" includes the crop
     seed: int = 0
     device: str = "cpu"
     crop_scale_min: float = 0.35  # smallest area fraction kept by the random-resized crop
     hflip: bool = False  # random horizontal flip with "crop" (off: digits are not mirror-symmetric)
+    schedule: str = "cosine"  # after warm-up: "cosine" to 0, or "step" (x0.1 at 1/3, 2/3, 8/9)
+    mixup_alpha: float = 0.2  # mixup: weight ~ Beta(a, a)
+    cutmix_alpha: float = 1.0  # cutmix: box area fraction ~ Beta(a, a)
+    randaugment_ops: int = 2  # randaugment: operations per image
+    randaugment_magnitude: int = 9  # randaugment: magnitude in [0, 30]
 
     def validate(self) -> None:
         _check(self.arch in CLASSIFIERS, f"arch must be one of {CLASSIFIERS}, got {self.arch!r}")
+        _check(self.schedule in SCHEDULES,
+               f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(self.mixup_alpha > 0 and self.cutmix_alpha > 0,
+               f"mixup_alpha and cutmix_alpha must be > 0, got {self.mixup_alpha}, "
+               f"{self.cutmix_alpha}")
+        _check(self.randaugment_ops >= 1 and 0 <= self.randaugment_magnitude <= 30,
+               f"randaugment needs ops >= 1 and magnitude in [0, 30], got "
+               f"{self.randaugment_ops}, {self.randaugment_magnitude}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        _check(self.augment in ("none", "crop"), f"augment must be none or crop, got {self.augment!r}")
+        _check(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         _check(0.0 < self.crop_scale_min <= 1.0,
                f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -235,6 +369,9 @@ class ExportConfig(StageConfig):
 
     include_real: bool = False
     link: bool = False  # hard-link instead of copy when possible
+    val_fraction: float = 0.0  # > 0: train/ and val/ folders, stratified per class and kind
+    split_seed: int = 0
 
     def validate(self) -> None:
-        pass
+        _check(0.0 <= self.val_fraction < 1.0,
+               f"val_fraction must be in [0, 1), got {self.val_fraction}")

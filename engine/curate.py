@@ -242,44 +242,184 @@ def _check_distances(distances: np.ndarray, labels: np.ndarray, num_classes: int
     return distances, labels
 
 
-def band_edges(counts: np.ndarray, band: BandConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Kept ranks ``[start, stop)`` per class for a band (see the module docstring).
+def class_limits(band: BandConfig, num_classes: int,
+                 class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class ``(low, high)`` of a band: ``band.low``/``band.high`` with the ``per_class``
+    overrides applied.
+
+    Args:
+        class_names: C names (index = label); needed when ``band.per_class`` is set.
+
+    Returns:
+        low, high: (C,) float64 (quantiles or distances, as ``band.mode`` says).
+    """
+    low = np.full(num_classes, float(band.low))
+    high = np.full(num_classes, float(band.high))
+    if band.per_class:
+        if class_names is None:
+            raise InvalidConfigError("per-class bands need the class names")
+        index = {str(c): i for i, c in enumerate(class_names)}
+        for name, lo, hi in band.per_class:
+            if name not in index:
+                raise InvalidConfigError(
+                    f"per-class band names an unknown class {name!r}; classes: "
+                    f"{list(index)[:20]}")
+            low[index[name]], high[index[name]] = lo, hi
+    return low, high
+
+
+def band_edges(counts: np.ndarray, band: BandConfig,
+               class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Kept ranks ``[start, stop)`` per class for a quantile band (see the module docstring).
 
     Args:
         counts: (C,) class sizes n.
+        class_names: C names, needed for ``band.per_class`` overrides.
     Returns:
         start, stop: (C,) int64 with ``start = floor(low n + 1/2)``, ``stop = floor(high n + 1/2)``.
     """
-    n = np.asarray(counts, dtype=np.float64)
-    start = np.floor(band.low * n + 0.5 + _ROUND_TOL).astype(np.int64)
-    stop = np.floor(band.high * n + 0.5 + _ROUND_TOL).astype(np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    low, high = class_limits(band, len(counts), class_names)
+    n = counts.astype(np.float64)
+    start = np.floor(low * n + 0.5 + _ROUND_TOL).astype(np.int64)
+    stop = np.floor(high * n + 0.5 + _ROUND_TOL).astype(np.int64)
     return np.minimum(start, counts), np.minimum(stop, counts)
 
 
-def band_mask(distances: np.ndarray, labels: np.ndarray, band: BandConfig,
-              num_classes: int, *, ranks: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
-    """Samples whose within-class distance rank lies in the band.
+def _class_quantile(sorted_d: np.ndarray, counts: np.ndarray, offsets: np.ndarray,
+                    p: float) -> np.ndarray:
+    """(C,) quantile ``p`` of each class (linear interpolation, as numpy's default) from values
+    sorted by (class, value); NaN for an empty class."""
+    has = counts > 0
+    pos = p * np.maximum(counts - 1, 0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(counts - 1, 0))
+    frac = pos - lo
+    val = np.full(len(counts), np.nan)
+    if len(sorted_d):
+        a = sorted_d[np.where(has, offsets + lo, 0)].astype(np.float64)
+        b = sorted_d[np.where(has, offsets + hi, 0)].astype(np.float64)
+        val[has] = (a * (1 - frac) + b * frac)[has]
+    return val
 
-    A class of n samples keeps ranks r (0-based, distance ascending, ties by index) with
-    ``floor(low n + 1/2) <= r < floor(high n + 1/2)``, i.e. midpoint quantile
+
+def robust_stats(distances: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                 ranks: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class median and MAD (median absolute deviation) of the distances.
+
+    Returns:
+        median, mad: (C,) float64, NaN for an empty class. Computed once per view (one extra
+        sort) and passed to ``band_mask`` as ``robust=`` for the "zscore" outlier rule.
+    """
+    distances, labels = _check_distances(distances, labels, num_classes)
+    _, counts, order, offsets = ranks if ranks is not None else \
+        _class_ranks(distances, labels, num_classes)
+    median = _class_quantile(distances[order], counts, offsets, 0.5)
+    dev = np.abs(distances.astype(np.float64) - np.nan_to_num(median)[labels])
+    dev_order = np.lexsort((dev, labels))
+    mad = _class_quantile(dev[dev_order], counts, offsets, 0.5)
+    return median, mad
+
+
+def outlier_thresholds(band: BandConfig, distances: np.ndarray, labels: np.ndarray,
+                       num_classes: int, *, ranks: tuple[np.ndarray, ...] | None = None,
+                       real_distances: np.ndarray | None = None,
+                       real_labels: np.ndarray | None = None,
+                       robust: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(C,) distance above which a sample is an outlier under ``band.outlier``.
+
+    "real": the ``band.outlier_q`` quantile of the class's real images' distances (needs
+    ``real_distances``/``real_labels``); "zscore": ``median + outlier_z * 1.4826 * MAD`` of the
+    class's generated distances. +inf where no rule applies (rule "none", a class with no real
+    image, or a MAD of 0).
+    """
+    out = np.full(num_classes, np.inf)
+    if band.outlier == "real":
+        if real_distances is None or real_labels is None:
+            raise InvalidConfigError("outlier removal 'real' needs the real images' distances")
+        rd, rl = _check_distances(real_distances, real_labels, num_classes)
+        _, rcounts, rorder, roffsets = _class_ranks(rd, rl, num_classes)
+        q = _class_quantile(rd[rorder], rcounts, roffsets, band.outlier_q)
+        out = np.where(np.isnan(q), np.inf, q)
+    elif band.outlier == "zscore":
+        median, mad = robust if robust is not None else \
+            robust_stats(distances, labels, num_classes, ranks=ranks)
+        ok = np.isfinite(median) & (mad > 0)
+        out[ok] = median[ok] + band.outlier_z * 1.4826 * mad[ok]
+    return out
+
+
+def _target(mask: np.ndarray, labels: np.ndarray, order: np.ndarray, num_classes: int,
+            band: BandConfig) -> np.ndarray:
+    """Keep at most ``band.target_per_class`` of the kept samples of each class."""
+    k = band.target_per_class
+    kept_sorted = order[mask[order]]  # kept samples by (class, distance)
+    lab = labels[kept_sorted]
+    m = np.bincount(lab, minlength=num_classes)
+    first = np.concatenate([[0], np.cumsum(m)[:-1]])
+    if band.target_pick == "random":
+        keys = np.random.default_rng(band.target_seed).random(len(labels))
+        kept_sorted = kept_sorted[np.lexsort((keys[kept_sorted], lab))]
+        pos = np.arange(len(kept_sorted)) - first[lab]
+        keep = pos < k
+    else:  # the contiguous middle k of the kept samples, by distance
+        pos = np.arange(len(kept_sorted)) - first[lab]
+        start = np.maximum((m - k) // 2, 0)
+        keep = (pos >= start[lab]) & (pos < start[lab] + k)
+    out = np.zeros_like(mask)
+    out[kept_sorted[keep]] = True
+    return out
+
+
+def band_mask(distances: np.ndarray, labels: np.ndarray, band: BandConfig,
+              num_classes: int, *, ranks: tuple[np.ndarray, ...] | None = None,
+              class_names: Sequence[str] | None = None,
+              real_distances: np.ndarray | None = None, real_labels: np.ndarray | None = None,
+              robust: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Samples kept by a band, its outlier rule and its target count.
+
+    Quantile mode: a class of n samples keeps ranks r (0-based, distance ascending, ties by
+    index) with ``floor(low n + 1/2) <= r < floor(high n + 1/2)``, i.e. midpoint quantile
     ``(r + 1/2) / n`` in ``(low, high]``. The "middle" preset keeps exactly n/2 for even n.
+    Distance mode: kept when ``low <= d <= high``. Per-class overrides replace (low, high) for
+    their class. Then outliers (``outlier_thresholds``) are dropped, then at most
+    ``target_per_class`` are kept per class (see ``BandConfig``).
 
     Args:
         distances: (N,) finite float distances to the class centroid.
         labels: (N,) int in ``[0, num_classes)``.
-        band: the quantile band (``low``, ``high``).
+        band: the band (``BandConfig``).
         ranks: ``class_ranks(distances, labels, num_classes)`` when already computed.
+        class_names: C names, needed for per-class overrides.
+        real_distances / real_labels: (M,) the real images', needed for outlier rule "real".
+        robust: ``robust_stats(...)`` when already computed (outlier rule "zscore").
 
     Returns:
         (N,) bool, True = kept.
     """
     labels = np.asarray(labels, dtype=np.int64)
+    distances = np.asarray(distances)
     if ranks is None:
         distances, labels = _check_distances(distances, labels, num_classes)
         ranks = _class_ranks(distances, labels, num_classes)
     rank, counts = ranks[0], ranks[1]
-    start, stop = band_edges(counts, band)
-    return (rank >= start[labels]) & (rank < stop[labels])
+    # 1. the band itself, per class
+    if band.mode == "quantile":
+        start, stop = band_edges(counts, band, class_names)
+        mask = (rank >= start[labels]) & (rank < stop[labels])
+    else:
+        low, high = class_limits(band, num_classes, class_names)
+        mask = (distances >= low[labels]) & (distances <= high[labels])
+    # 2. outliers (far side)
+    if band.outlier != "none":
+        thr = outlier_thresholds(band, distances, labels, num_classes, ranks=ranks,
+                                 real_distances=real_distances, real_labels=real_labels,
+                                 robust=robust)
+        mask &= distances <= thr[labels]
+    # 3. a target count per class
+    if band.target_per_class > 0:
+        mask = _target(mask, labels, ranks[2], num_classes, band)
+    return mask
 
 
 def _kept_range(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
@@ -418,19 +558,9 @@ def _box_stats(distances: np.ndarray, labels: np.ndarray, num_classes: int) -> p
     """Exact per-class box statistics (min, q1, median, q3, max, mean, n), vectorised."""
     _, counts, order, offsets = _class_ranks(distances, labels, num_classes)
     sorted_d = distances[order].astype(np.float64)
-    has = counts > 0
     cols: dict[str, np.ndarray] = {"n": counts}
     for name, p in (("min", 0.0), ("q1", 0.25), ("median", 0.5), ("q3", 0.75), ("max", 1.0)):
-        pos = p * np.maximum(counts - 1, 0)  # linear interpolation, as numpy's default
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, np.maximum(counts - 1, 0))
-        frac = pos - lo
-        val = np.full(num_classes, np.nan)
-        if len(sorted_d):
-            a = sorted_d[np.where(has, offsets + lo, 0)]
-            b = sorted_d[np.where(has, offsets + hi, 0)]
-            val[has] = (a * (1 - frac) + b * frac)[has]
-        cols[name] = val
+        cols[name] = _class_quantile(sorted_d, counts, offsets, p)
     sums = np.bincount(labels, weights=distances.astype(np.float64), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         cols["mean"] = sums / counts
@@ -634,3 +764,108 @@ def combine(a_idx: np.ndarray, b_idx: np.ndarray, op: str) -> np.ndarray:
     if op == "difference":
         return np.setdiff1d(a, b).astype(np.int64)
     raise InvalidConfigError(f"op must be one of {COMBINE_OPS}, got {op!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2-D map
+
+
+MAP_METHODS = ("pca", "tsne")
+
+
+def embedding_map(real: np.ndarray, real_labels: np.ndarray, syn: np.ndarray,
+                  syn_labels: np.ndarray, *, method: str = "pca", max_points: int = 5_000,
+                  seed: int = 0) -> pd.DataFrame:
+    """2-D coordinates of a stratified, seeded subsample of real + synthetic representations.
+
+    At most ``max_points`` rows in all, shared between real and synthetic in proportion to
+    their sizes and, inside each, between classes in proportion (``gen_metrics.subsample``), so
+    the map costs the same at 5,000 or 500,000 samples. Only the picked rows are read from the
+    (memory-mapped) arrays. "pca": the first two principal components of the picked rows
+    (L2-normalised first); "tsne": scikit-learn's t-SNE of them (slower: seconds per 1,000).
+    The coordinates do not depend on the band: compute once per (generation, encoding), then
+    colour by any mask with ``map_figure``.
+
+    Returns:
+        DataFrame with x, y, kind ("real" / "synthetic"), label, index (row in its own array).
+    """
+    from engine.gen_metrics import subsample
+
+    if method not in MAP_METHODS:
+        raise InvalidConfigError(f"method must be one of {MAP_METHODS}, got {method!r}")
+    if max_points < 2:
+        raise InvalidConfigError(f"max_points must be >= 2, got {max_points}")
+    _check_emb(real, "real")
+    _check_emb(syn, "syn")
+    n_real, n_syn = len(real), len(syn)
+    total = n_real + n_syn
+    take_real = min(n_real, int(round(max_points * n_real / max(total, 1))))
+    take_syn = min(n_syn, max_points - take_real)
+    ri = subsample(n_real, take_real, seed, real_labels)
+    si = subsample(n_syn, take_syn, seed + 1, syn_labels)
+    x = np.concatenate([np.asarray(real[ri], dtype=np.float32),
+                        np.asarray(syn[si], dtype=np.float32)])  # (P, D), P <= max_points
+    x = _normalise(x)
+    if method == "pca":
+        centred = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centred @ vt[:1].T,
+                                                                np.zeros(len(x))]
+    else:
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(n_components=2, init="pca", random_state=seed,
+                  perplexity=float(min(30, max(2, (len(x) - 1) // 3)))).fit_transform(x)
+    return pd.DataFrame({
+        "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32),
+        "kind": ["real"] * len(ri) + ["synthetic"] * len(si),
+        "label": np.concatenate([np.asarray(real_labels)[ri], np.asarray(syn_labels)[si]]
+                                ).astype(np.int64),
+        "index": np.concatenate([ri, si]).astype(np.int64)})
+
+
+def map_figure(points: pd.DataFrame, mask: np.ndarray, class_names: Sequence[str], *,
+               method: str = "pca"):
+    """Plotly scatter of an ``embedding_map``: colour = class, marker = real (circle), kept
+    synthetic (diamond) or dropped synthetic (x, faded).
+
+    Args:
+        points: ``embedding_map`` output; mask: (N_syn,) bool kept, indexed by ``index``.
+
+    Returns:
+        plotly.graph_objects.Figure (one WebGL trace per class and kind).
+    """
+    import plotly.express as px
+    import plotly.graph_objects as go
+
+    mask = np.asarray(mask, dtype=bool)
+    syn = (points["kind"] == "synthetic").to_numpy()
+    state = np.where(syn, "dropped", "real").astype(object)
+    kept = np.zeros(len(points), dtype=bool)
+    kept[syn] = mask[points["index"].to_numpy()[syn]]
+    state[kept] = "kept"
+    palette = px.colors.qualitative.Dark24
+    styles = {"real": dict(symbol="circle", size=5, opacity=0.45),
+              "kept": dict(symbol="diamond", size=7, opacity=0.9),
+              "dropped": dict(symbol="x", size=6, opacity=0.35)}
+    fig = go.Figure()
+    labels = points["label"].to_numpy()
+    for c in np.unique(labels):
+        for s, style in styles.items():
+            sel = (labels == c) & (state == s)
+            if not sel.any():
+                continue
+            fig.add_trace(go.Scattergl(
+                x=points["x"][sel], y=points["y"][sel], mode="markers",
+                name=f"{class_names[int(c)]} · {s}", legendgroup=str(c),
+                customdata=points["index"][sel],
+                marker=dict(color=palette[int(c) % len(palette)], **style),
+                hovertemplate=f"{class_names[int(c)]} ({s}) #%{{customdata}}<extra></extra>"))
+    n_syn = int(syn.sum())
+    fig.update_layout(
+        template="plotly_white", height=520,
+        title=dict(text=f"{method.upper()} map: {len(points) - n_syn:,} real, {n_syn:,} synthetic "
+                        f"points ({int(kept.sum()):,} kept)", x=0.01),
+        xaxis_title=f"{method} 1", yaxis_title=f"{method} 2",
+        margin=dict(l=50, r=20, t=60, b=50))
+    return fig

@@ -5,7 +5,13 @@ Layout written (loadable with ``torchvision.datasets.ImageFolder``)::
     OUT/CLASS/FILE.png     one folder per class (sanitised names), copies or hard links
     OUT/manifest.csv       one row per exported file: relative_path + every provenance column
     OUT/manifest.parquet   the same table (pyarrow)
+    OUT/metadata.csv       file_name + provenance, the Hugging Face ``imagefolder`` convention
     OUT/README.md          the dataset card: counts per class and how the data was made
+
+With ``ExportConfig.val_fraction > 0`` the images go to ``OUT/train/CLASS/FILE.png`` and
+``OUT/val/CLASS/FILE.png`` (seeded, stratified per class and kind) and each split folder holds
+its own ``metadata.csv``; ``ImageFolder("OUT/train")`` and
+``load_dataset("imagefolder", data_dir="OUT")`` (splits "train" and "validation") read it.
 
 The export is built in a hidden sibling folder and moved into place, so ``OUT`` is never seen
 half-written.
@@ -25,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from engine.config import ExportConfig
@@ -35,6 +42,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 MANIFEST_PARQUET = "manifest.parquet"
+HF_METADATA = "metadata.csv"  # the name the Hugging Face imagefolder loader looks for
+SPLITS = ("train", "val")
+# manifest columns copied into metadata.csv when present (file_name is added first)
+HF_COLUMNS = ("class_name", "kind", "sample_id", "source_image_id", "seed", "model", "encoder",
+              "sampler", "steps", "guidance", "distance", "band", "selection")
 CARD = "README.md"
 KINDS = ("synthetic", "real")
 REQUIRED_COLUMNS = ("path", "class_name", "kind")
@@ -123,8 +135,30 @@ def is_previous_export(folder: Path) -> bool:
 # export
 
 
-def _plan(rows: pd.DataFrame) -> pd.DataFrame:
-    """Add class_folder, file_name and relative_path columns (sanitised, collision-free)."""
+def split_rows(rows: pd.DataFrame, val_fraction: float, seed: int = 0) -> np.ndarray:
+    """(N,) "train" / "val" per row: seeded, stratified per (kind, class_name).
+
+    Each group of n rows sends ``floor(val_fraction n + 1/2)`` rows to "val", but always
+    keeps at least one in "train".
+    """
+    out = np.full(len(rows), "train", dtype=object)
+    if val_fraction <= 0 or len(rows) == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    groups = rows.groupby([rows["kind"].astype(str), rows["class_name"].astype(str)],
+                          sort=True).indices
+    for _, idx in sorted(groups.items()):
+        n = len(idx)
+        n_val = min(int(np.floor(val_fraction * n + 0.5)), n - 1)
+        if n_val > 0:
+            out[rng.permutation(idx)[:n_val]] = "val"
+    return out
+
+
+def _plan(rows: pd.DataFrame, config: ExportConfig | None = None) -> pd.DataFrame:
+    """Add split, class_folder, file_name and relative_path columns (sanitised,
+    collision-free)."""
+    config = config or ExportConfig()
     plan = rows.copy()
     # 1. one folder per distinct class name, in sorted order so suffixes are deterministic
     taken: set[str] = set()
@@ -142,7 +176,30 @@ def _plan(rows: pd.DataFrame) -> pd.DataFrame:
         files.append(_unique(stem, taken_in.setdefault(folder, set()), ext))
     plan["file_name"] = files
     plan["relative_path"] = plan["class_folder"] + "/" + plan["file_name"]
+    if config.val_fraction > 0:
+        plan["split"] = split_rows(plan, config.val_fraction, config.split_seed)
+        plan["relative_path"] = plan["split"] + "/" + plan["relative_path"]
     return plan
+
+
+def _write_hf_metadata(manifest: pd.DataFrame, folder: Path) -> None:
+    """metadata.csv per split folder (or at the root): ``file_name`` relative to it, then
+    ``label`` (the class folder: with a metadata file the loader infers no label itself) and
+    the provenance columns of ``HF_COLUMNS``."""
+    cols = [c for c in HF_COLUMNS if c in manifest.columns]
+    if "split" in manifest.columns:
+        for split in SPLITS:
+            part = manifest[manifest["split"] == split]
+            if len(part):
+                meta = part[cols].copy()
+                meta.insert(0, "label", part["class_folder"])
+                meta.insert(0, "file_name", part["class_folder"] + "/" + part["file_name"])
+                meta.to_csv(folder / split / HF_METADATA, index=False)
+    else:
+        meta = manifest[cols].copy()
+        meta.insert(0, "label", manifest["class_folder"])
+        meta.insert(0, "file_name", manifest["relative_path"])
+        meta.to_csv(folder / HF_METADATA, index=False)
 
 
 def _write_manifest(manifest: pd.DataFrame, folder: Path) -> None:
@@ -160,6 +217,7 @@ def _write_manifest(manifest: pd.DataFrame, folder: Path) -> None:
 def _card_text(manifest: pd.DataFrame, card: dict[str, Any] | None, config: ExportConfig,
                folder_name: str) -> str:
     card = dict(card or {})
+    split = "split" in manifest.columns
     title = str(card.pop("title", folder_name))
     description = card.pop("description", "")
     lines = [f"# {title}", ""]
@@ -170,7 +228,9 @@ def _card_text(manifest: pd.DataFrame, card: dict[str, Any] | None, config: Expo
     lines += [
         f"{n} images in {manifest['class_folder'].nunique()} classes "
         f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
-        "in torchvision ImageFolder layout.",
+        "in torchvision ImageFolder layout"
+        + (f" with train/ and val/ folders ({int((manifest['split'] == 'val').sum())} in val, "
+           f"seeded, stratified per class)." if split else "."),
         "",
         "## Classes",
         "",
@@ -204,11 +264,24 @@ def _card_text(manifest: pd.DataFrame, card: dict[str, Any] | None, config: Expo
         "`class_name`, `source_path` and every provenance column (seed, source image, model, "
         "sampler, steps, guidance, distance to the class centroid, ...).",
         "",
+        f"- `{HF_METADATA}`: `file_name` and the main provenance columns, the Hugging Face "
+        "`imagefolder` convention" + (" (one per split folder)." if split else "."),
+        "",
         "## Loading",
         "",
         "```python",
         "from torchvision.datasets import ImageFolder",
-        f'dataset = ImageFolder("{folder_name}")',
+    ]
+    if split:
+        lines += [f'train = ImageFolder("{folder_name}/train")',
+                  f'val = ImageFolder("{folder_name}/val")']
+    else:
+        lines.append(f'dataset = ImageFolder("{folder_name}")')
+    lines += [
+        "",
+        "from datasets import load_dataset  # Hugging Face",
+        f'ds = load_dataset("imagefolder", data_dir="{folder_name}")',
+        'ds = ds.class_encode_column("label")  # class names -> ClassLabel',
         "```",
         "",
     ]
@@ -281,7 +354,7 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
             replaced = True
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    plan = _plan(rows)
+    plan = _plan(rows, config)
     tmp = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     linked, old = 0, None
@@ -294,7 +367,7 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
             dst = tmp / rel
             if not _inside(tmp, dst):
                 raise InvalidConfigError(f"export path {rel!r} would leave the export folder")
-            dst.parent.mkdir(exist_ok=True)
+            dst.parent.mkdir(parents=True, exist_ok=True)
             if config.link:
                 try:
                     os.link(src, dst)
@@ -311,9 +384,10 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
         # 3. manifest and dataset card
         manifest = plan.rename(columns={"path": "source_path"})
         front = ["relative_path", "class_name", "kind", "class_folder", "file_name",
-                 "source_path"]
+                 "source_path"] + (["split"] if "split" in manifest.columns else [])
         manifest = manifest[front + [c for c in manifest.columns if c not in front]]
         _write_manifest(manifest, tmp)
+        _write_hf_metadata(manifest, tmp)
         (tmp / CARD).write_text(_card_text(manifest, card, config, out_dir.name),
                                 encoding="utf-8")
 
@@ -340,7 +414,9 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
              len(per_class), out_dir, linked)
     return {"folder": str(out_dir), "count": int(len(plan)), "per_class": per_class,
             "manifest": str(out_dir / MANIFEST), "folders": folders, "linked": linked,
-            "replaced": replaced}
+            "replaced": replaced,
+            "splits": ({k: int(v) for k, v in plan["split"].value_counts().items()}
+                       if "split" in plan.columns else {"train": int(len(plan))})}
 
 
 def zip_export(folder: Path, zip_path: Path) -> Path:

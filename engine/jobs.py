@@ -138,18 +138,48 @@ def _not_zombie(pid: int) -> bool:
 # ---------------------------------------------------------------------- the manager
 
 
+def visible_gpus() -> list[int]:
+    """Indices of the CUDA devices this process sees (empty without a GPU)."""
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:  # noqa: BLE001 - no torch, no driver: no GPU
+        return []
+
+
+def default_max_running() -> int:
+    """One worker per GPU; one on a machine without a GPU."""
+    return max(1, len(visible_gpus()))
+
+
 class JobManager:
     """Queue, start, watch, cancel and ingest jobs of one project (owner side).
 
+    Jobs wait in the project as ``queued`` rows; every ``poll()`` starts the oldest ones while
+    fewer than ``max_running`` workers run, so a queue left by a previous owner (a studio
+    restart) starts with the next owner's first poll.
+
     Args:
         project: the open project (this process is its writer).
-        max_running: how many worker processes may run at once (1 on a CPU machine).
+        max_running: how many worker processes may run at once; None = one per GPU, one on
+            a CPU machine (``default_max_running``).
+        gpus: with two or more, each worker is pinned to a GPU no other running worker of
+            this manager holds (``CUDA_VISIBLE_DEVICES``), so its "cuda" is that GPU. None =
+            the GPUs this process sees, unless ``CUDA_VISIBLE_DEVICES`` is already set.
     """
 
-    def __init__(self, project: Project, max_running: int = 1) -> None:
+    def __init__(self, project: Project, max_running: int | None = None,
+                 gpus: list[int] | None = None) -> None:
         self.project = project
-        self.max_running = max_running
+        self.max_running = default_max_running() if max_running is None else max_running
+        if self.max_running < 1:
+            raise JobError(f"max_running must be >= 1, got {self.max_running}")
+        if gpus is None:
+            gpus = [] if "CUDA_VISIBLE_DEVICES" in os.environ else visible_gpus()
+        self.gpus = list(gpus) if len(gpus) > 1 else []
         self._procs: dict[str, subprocess.Popen] = {}
+        self._gpu_of: dict[str, int] = {}  # running job id -> the GPU it was pinned to
 
     # -- submission
 
@@ -205,6 +235,14 @@ class JobManager:
                 changed.append(self.project.get(Job, job.id))
         return changed
 
+    def _free_gpu(self) -> int | None:
+        """The first GPU no running worker of this manager holds (None: no pinning)."""
+        if not self.gpus:
+            return None
+        held = {g for j, g in self._gpu_of.items() if j in self._procs}
+        free = [g for g in self.gpus if g not in held]
+        return free[0] if free else self.gpus[len(held) % len(self.gpus)]
+
     def _alive(self, job: Job) -> bool:
         proc = self._procs.get(job.id)
         if proc is not None:
@@ -218,6 +256,11 @@ class JobManager:
         logf = open(folder / "log.txt", "ab")
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        gpu = self._free_gpu()
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            logf.write(f"pinned to GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})\n".encode())
+            logf.flush()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "engine.worker", str(folder)],
@@ -230,6 +273,8 @@ class JobManager:
             return
         logf.close()
         self._procs[job.id] = proc
+        if gpu is not None:
+            self._gpu_of[job.id] = gpu
         self.project.update(Job, job.id, status="running", pid=proc.pid, started_at=utcnow(),
                             error="")
         self._on_start(job)
@@ -245,6 +290,7 @@ class JobManager:
     def _finish(self, job: Job) -> None:
         """The worker is gone: read its status and ingest, or mark the job."""
         self._procs.pop(job.id, None)
+        self._gpu_of.pop(job.id, None)
         folder = self.folder(job)
         status = read_status(folder)
         if status is None:

@@ -3,17 +3,49 @@
 SIGTERM (sent to the whole process group by cancel) sets the cancel token; the engine loop
 stops at its next step, saves what it can, and the worker exits with ``status.json`` saying
 ``cancelled``.
+
+Fault injection (tests only): with ``RCDM_STUDIO_FAULT_HOLD=N`` in its environment, the
+worker pauses at the first progress event with ``N <= step < total`` — in the middle of its
+work, with part of its outputs written — creates ``JOB_FOLDER/fault-hold`` and sleeps until
+it is cancelled or killed. The fault tests (``tests/faults``) kill it there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from engine.jobs import execute
-from engine.progress import CancelToken
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+
+FAULT_HOLD_ENV = "RCDM_STUDIO_FAULT_HOLD"
+FAULT_HOLD_FILE = "fault-hold"
+
+
+def _fault_hold(folder: Path, cancel: CancelToken) -> ProgressFn:
+    """The progress hook that pauses the worker mid-job when ``FAULT_HOLD_ENV`` is set."""
+    value = os.environ.get(FAULT_HOLD_ENV, "")
+    if not value:
+        return no_progress
+    at = int(value)
+    held = False
+
+    def hold(event: ProgressEvent) -> None:
+        nonlocal held
+        if held or not (at <= event.step < event.total):
+            return
+        held = True
+        logging.getLogger(__name__).warning("fault hold at %s step %d/%d", event.stage,
+                                            event.step, event.total)
+        (folder / FAULT_HOLD_FILE).write_text(f"{event.stage} {event.step} {os.getpid()}\n")
+        while not cancel.cancelled:
+            time.sleep(0.05)
+
+    return hold
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     cancel = CancelToken()
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
-    outcome = execute(folder, cancel=cancel)
+    outcome = execute(folder, progress=_fault_hold(folder, cancel), cancel=cancel)
     return 0 if outcome["status"] == "done" else 1
 
 

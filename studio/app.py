@@ -1,14 +1,17 @@
 """The studio: ``build_app(project) -> gr.Blocks`` and ``launch()`` (used by ``rcdm-studio``).
 
-Layout: a guided header (which steps are done, the next one), six tabs (Data, Train,
-Generate, Curate, Evaluate, Export) and the jobs panel under them. Handlers only turn
-widgets into engine configs and engine calls; long work is a background job, polled by a
-``gr.Timer``. All state lives in the project, so a reload shows everything again.
+Layout: a guided header (which steps are done, the next one), the tabs (Projects, then
+the pipeline Data, Train, Generate, Curate, Evaluate, Export, then Settings) and the jobs
+panel under them. Handlers only turn widgets into engine configs and engine calls; long work
+is a background job, polled by a ``gr.Timer``. All state lives in the project, so a reload
+shows everything again, on the tab the user left.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import webbrowser
 from pathlib import Path
 from typing import Any
@@ -16,23 +19,31 @@ from typing import Any
 import gradio as gr
 
 from engine.project import Dataset
+from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs import curate, data, evaluate, export, generate, header, jobs, train
+from studio.tabs import curate, data, evaluate, export, generate, header, jobs, projects, \
+    settings, train
 
 log = logging.getLogger(__name__)
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
 TABS = [("Data", data), ("Train", train), ("Generate", generate), ("Curate", curate),
         ("Evaluate", evaluate), ("Export", export)]
+LAST_TAB = "studio_last_tab"  # meta key: the tab the user left
+TAB_IDS = ["projects"] + [label.lower() for label, _ in TABS] + ["settings"]
+MAX_FILE_SIZE = "512mb"  # uploads (zip archives of an ImageFolder)
 
 
-def build_app(project_path: str | Path, demo: bool = False) -> gr.Blocks:
+def build_app(project_path: str | Path, demo: bool = False, restrict: bool = False
+              ) -> gr.Blocks:
     """Open the project and build its studio.
 
     Args:
         project_path: ``NAME`` or ``NAME.duckdb`` (created when missing).
         demo: import the bundled digits when the project has no dataset yet.
+        restrict: the studio is reachable from the network: the picker opens projects only
+            inside the projects folder.
 
     Returns:
         The Blocks; its ``studio`` attribute is the StudioContext (``.close()`` it when done).
@@ -47,7 +58,10 @@ def build_app(project_path: str | Path, demo: bool = False) -> gr.Blocks:
 
             ds = engine_data.import_demo(ctx.project, name="digits")
             log.info("imported the demo dataset %s (%d images)", ds.name, ds.num_images)
-        blocks = _layout(ctx)
+        settings.apply_environment(ctx)
+        ctx.on_switch.append(settings.apply_environment)
+        projects.remember(ctx.project.path)
+        blocks = _layout(ctx, restrict)
     except BaseException:
         ctx.close()
         raise
@@ -55,37 +69,132 @@ def build_app(project_path: str | Path, demo: bool = False) -> gr.Blocks:
     return blocks
 
 
-def _layout(ctx: StudioContext) -> gr.Blocks:
+def remember_tab(ctx: StudioContext, tab_id: str) -> None:
+    """Store the tab the user is on (reopened there next time)."""
+    try:
+        ctx.project.set_meta(LAST_TAB, tab_id)
+    except Exception:  # noqa: BLE001 - remembering a tab must never break the page
+        log.exception("cannot store the last tab")
+
+
+def first_tab(ctx: StudioContext) -> str:
+    """The tab to show on load: the one the user left, else Projects (no dataset) or Data."""
+    last = ctx.project.get_meta(LAST_TAB, "")
+    if last in TAB_IDS:
+        return last
+    return "data" if ctx.project.list(Dataset) else "projects"
+
+
+def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
     shared = Shared()
-    with gr.Blocks(title=f"RCDM Studio · {ctx.project.path.stem}") as blocks:
+    with gr.Blocks(title="RCDM Studio") as blocks:
         shared.revision = gr.State("")
+        shared.project = gr.State("")
         header.build(ctx, shared)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Projects", id="projects", elem_id="tab-projects") as t:
+                projects.build(ctx, shared, restrict=restrict)
+            t.select(functools.partial(remember_tab, ctx, "projects"), None, None,
+                     show_progress="hidden", queue=False)
             for label, module in TABS:
-                with gr.Tab(label, id=label.lower(), elem_id=f"tab-{label.lower()}"):
+                with gr.Tab(label, id=label.lower(), elem_id=f"tab-{label.lower()}") as t:
                     module.build(ctx, shared)
+                t.select(functools.partial(remember_tab, ctx, label.lower()), None, None,
+                         show_progress="hidden", queue=False)
+            with gr.Tab("Settings", id="settings", elem_id="tab-settings") as t:
+                settings.build(ctx, shared)
+            t.select(functools.partial(remember_tab, ctx, "settings"), None, None,
+                     show_progress="hidden", queue=False)
         jobs.build(ctx, shared)
         # Every list and view refreshes when the project's revision changes: on page load
         # (the state starts empty) and whenever the jobs timer sees a new row or status.
+        # Form defaults reload when the project (or its settings) changes.
+        shared.on_refresh(ctx.project_key, [], [shared.project])
         for r in shared.refreshers:
-            shared.revision.change(r.fn, r.inputs, r.outputs, show_progress="hidden")
-        blocks.load(ctx.revision, None, shared.revision, show_progress="hidden")
+            shared.revision.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
+                                   r.outputs, show_progress="hidden")
+        for r in shared.loaders:
+            shared.project.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
+                                  r.outputs, show_progress="hidden")
+        blocks.load(lambda: (ctx.revision(), gr.Tabs(selected=first_tab(ctx))), None,
+                    [shared.revision, tabs], show_progress="hidden")
     return blocks
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    """``"user:password[,user2:password2]"`` -> ``[(user, password), ...]`` (None if empty).
+
+    Raises:
+        InvalidConfigError: a pair without ``:``, an empty user or password.
+    """
+    from engine.errors import InvalidConfigError
+
+    if not text or not text.strip():
+        return None
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise InvalidConfigError("--auth / RCDM_STUDIO_AUTH must be user:password "
+                                     "(several separated by commas)")
+        pairs.append((user, password))
+    return pairs
+
+
+def exposure_warning(host: str, credentials: list[tuple[str, str]] | None,
+                     env: Any = os.environ) -> str | None:
+    """The warning to log when the studio is reachable from the network without a login
+    (None when bound to this machine, with a login, or on a Space: it has its own access
+    control)."""
+    if projects.is_local(host) or credentials or env.get("SPACE_ID"):
+        return None
+    return (f"the studio is reachable from the network on {host} without a login: anyone who "
+            f"can reach this port can use it and its files. Pass --auth user:password or set "
+            f"RCDM_STUDIO_AUTH.")
+
+
+def _served_folder(ctx: StudioContext) -> str:
+    assets = ctx.project.assets.resolve()
+    if assets == Path(assets.anchor):
+        raise ValueError(f"refusing to serve the filesystem root ({assets})")
+    return str(assets)
 
 
 def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
            open_browser: bool = True, demo: bool = False,
-           prevent_thread_lock: bool = False) -> gr.Blocks:
-    """Build and serve the studio. Files are served only from the project's assets folder.
+           prevent_thread_lock: bool = False, auth: str | None = None,
+           max_file_size: str | int = MAX_FILE_SIZE) -> gr.Blocks:
+    """Build and serve the studio. Files are served only from the open project's assets.
+
+    Args:
+        host: bind address; anything but 127.0.0.1 / localhost makes the picker open
+            projects only inside the projects folder, and asks for ``auth`` (a warning
+            without it, except on a Hugging Face Space, which has its own access control).
+        auth: ``user:password[,user:password]``: a login page in front of the studio.
+        max_file_size: the largest upload (e.g. ``"512mb"``).
 
     Blocks until the server stops unless ``prevent_thread_lock``; returns the Blocks.
+
+    Raises:
+        InvalidConfigError: a malformed ``auth``; ProjectLockedError (see ``build_app``).
     """
-    blocks = build_app(project_path, demo=demo)
+    credentials = parse_auth(auth)
+    restrict = not projects.is_local(host)
+    warning = exposure_warning(host, credentials)
+    if warning:
+        log.warning(warning)
+    blocks = build_app(project_path, demo=demo, restrict=restrict)
     ctx: StudioContext = blocks.studio  # type: ignore[attr-defined]
-    assets = ctx.project.assets.resolve()
-    if assets == Path(assets.anchor):
+    try:
+        assets = _served_folder(ctx)
+    except ValueError:
         ctx.close()
-        raise ValueError(f"refusing to serve the filesystem root ({assets})")
+        raise
+
+    def serve_new_assets(c: StudioContext) -> None:
+        blocks.allowed_paths = [_served_folder(c)]
+
+    ctx.on_switch.append(serve_new_assets)
     # System fonts only: the studio must work offline (no Google Fonts request).
     theme = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate",
                            font=[gr.themes.Font(f) for f in ("system-ui", "Segoe UI",
@@ -95,8 +204,10 @@ def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
     try:
         _, url, _ = blocks.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=port, prevent_thread_lock=True, inbrowser=False,
-            allowed_paths=[str(assets)], show_error=False, quiet=True, theme=theme,
-            css_paths=[str(CSS_PATH)], footer_links=[])
+            allowed_paths=[assets], show_error=False, quiet=True, theme=theme,
+            css_paths=[str(CSS_PATH)], footer_links=[], auth=credentials,
+            auth_message="RCDM Studio: log in with the user and password given to "
+                         "--auth / RCDM_STUDIO_AUTH.", max_file_size=max_file_size)
     except BaseException:
         ctx.close()
         raise

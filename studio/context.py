@@ -4,6 +4,9 @@ One ``StudioContext`` is created by ``build_app`` and captured by the handlers o
 (never module-level: two apps in one process stay separate). The project is the only writer
 of its file; every job-manager call goes through one lock so that two browser tabs polling
 at once never start the same queued job twice.
+
+``switch(path)`` replaces the open project in place (the handlers read ``ctx.project`` at
+call time, so every closure follows); the revision then changes and every view refreshes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.jobs import JobManager, JobSpec
 from engine.project import Dataset, Job, Project
@@ -28,20 +31,57 @@ class StudioContext:
 
     Args:
         project_path: ``NAME`` or ``NAME.duckdb`` (created when missing).
-        max_running: worker processes allowed at once.
+        max_running: worker processes allowed at once (None: one per GPU, one on a CPU).
 
     Raises:
         ProjectLockedError: another process holds the project file.
     """
 
-    def __init__(self, project_path: str | Path, max_running: int = 1) -> None:
+    def __init__(self, project_path: str | Path, max_running: int | None = None) -> None:
         self.project = Project(project_path, create=True)
+        self.max_running = max_running
         self.jobs = JobManager(self.project, max_running=max_running)
+        self.epoch = 0  # bumped by switch(): the revision differs even between twin projects
+        self.on_switch: list[Callable[["StudioContext"], None]] = []
         self._jobs_lock = threading.RLock()
         self._band_lock = threading.Lock()
         self._bands: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         with self._jobs_lock:
             self.jobs.reconcile()
+
+    # ------------------------------------------------------------------ project switch
+
+    def switch(self, project_path: str | Path, create: bool = True) -> Project:
+        """Close the open project and open ``project_path`` in its place.
+
+        The new project is opened first: when it cannot be (locked, newer schema, missing
+        and ``create`` false) the error propagates and the old project stays open. Jobs of
+        the old project keep running in their own processes; reopening it reconnects them.
+
+        Raises:
+            ProjectLockedError, ProjectNotFoundError, SchemaVersionError.
+        """
+        from engine.project import project_paths
+
+        db, _ = project_paths(project_path)
+        if db.resolve() == self.project.path.resolve():
+            return self.project
+        with self._jobs_lock:
+            new = Project(project_path, create=create)
+            old = self.project
+            self.project = new
+            self.jobs = JobManager(new, max_running=self.max_running)
+            self.epoch += 1
+            try:
+                self.jobs.reconcile()
+            finally:
+                old.close()
+        with self._band_lock:
+            self._bands.clear()
+        log.info("switched project: %s -> %s", old.path, new.path)
+        for fn in self.on_switch:
+            fn(self)
+        return new
 
     # ------------------------------------------------------------------ jobs
 
@@ -68,18 +108,23 @@ class StudioContext:
 
     # ------------------------------------------------------------------ curation cache
 
-    def band_data(self, generation_id: str, centroid: str, metric: str) -> Any:
-        """``curate.band_data`` cached per (generation, its latest encoding, centroid, metric)."""
+    def band_data(self, generation_id: str, centroid: str, metric: str,
+                  encoding_id: str | None = None) -> Any:
+        """``curate.band_data`` cached per (generation, encoding, centroid, metric); the
+        encoding is ``encoding_id`` (a second encoder) or the generation's latest."""
         from engine.project import Encoding
         from engine.stages import curate
 
-        encs = self.project.list(Encoding, target="generation", target_id=generation_id)
-        key = (generation_id, encs[-1].id if encs else "", centroid, metric)
+        if not encoding_id:
+            encs = self.project.list(Encoding, target="generation", target_id=generation_id)
+            encoding_id = encs[-1].id if encs else None
+        key = (generation_id, encoding_id or "", centroid, metric)
         with self._band_lock:
             if key in self._bands:
                 self._bands.move_to_end(key)
                 return self._bands[key]
-        bd = curate.band_data(self.project, generation_id, centroid=centroid, metric=metric)
+        bd = curate.band_data(self.project, generation_id, encoding_id, centroid=centroid,
+                              metric=metric)
         with self._band_lock:
             self._bands[key] = bd
             while len(self._bands) > _BAND_CACHE_SIZE:
@@ -98,7 +143,11 @@ class StudioContext:
             "(SELECT string_agg(id || status, ',' ORDER BY id) FROM evaluation), "
             "(SELECT count(*) FROM export), "
             "(SELECT string_agg(id || status, ',' ORDER BY id) FROM job)").iloc[0].tolist()
-        return json.dumps([str(v) for v in row])
+        return json.dumps([self.project_key()] + [str(v) for v in row])
+
+    def project_key(self) -> str:
+        """Which project is open and with which settings (form defaults reload on change)."""
+        return f"{self.project.path}#{self.epoch}#{self.project.get_meta('settings', '{}')}"
 
     def latest_dataset(self) -> Dataset | None:
         rows = self.project.list(Dataset)

@@ -24,11 +24,19 @@ class Shared:
         revision: signature of the project's rows; changes when a job finishes, a row is
             added, ... Every tab refreshes its lists on its ``change``.
         refreshers: registered by the tabs; run on page load and on every revision change.
+        project: key of the open project and its settings; changes on page load, when the
+            studio switches project and when settings are saved.
+        loaders: registered by the tabs; run when ``project`` changes (form defaults).
     """
 
     dataset: gr.Dropdown | None = None
     revision: gr.State | None = None
+    project: gr.State | None = None
     refreshers: list[Refresher] = field(default_factory=list)
+    loaders: list[Refresher] = field(default_factory=list)
 
     def on_refresh(self, fn: Callable[..., Any], inputs: list[Any], outputs: list[Any]) -> None:
         self.refreshers.append(Refresher(fn, list(inputs), list(outputs)))
+
+    def on_project(self, fn: Callable[..., Any], inputs: list[Any], outputs: list[Any]) -> None:
+        self.loaders.append(Refresher(fn, list(inputs), list(outputs)))

@@ -52,6 +52,26 @@ def guard(n_outputs: int, status: int = 0) -> Callable:
     return wrap
 
 
+def guard_refresh(fn: Callable, n_outputs: int) -> Callable:
+    """Wrap a refresh hook: an error is logged and shown as a toast, the views keep their
+    values (a refresh that fails, e.g. during a project switch, never breaks the page)."""
+
+    @functools.wraps(fn)
+    def inner(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - shown in the page, logged in full
+            if isinstance(exc, StudioError):
+                log.info("refresh %s: %s", getattr(fn, "__name__", fn), exc)
+            else:
+                log.exception("refresh %s failed", getattr(fn, "__name__", fn))
+            gr.Warning(error_text(exc))
+            out = [gr.skip()] * n_outputs
+            return out[0] if n_outputs == 1 else tuple(out)
+
+    return inner
+
+
 def error_md(exc: BaseException | str) -> str:
     text = exc if isinstance(exc, str) else error_text(exc)
     return f'<div class="status-error">⚠ {_escape(text)}</div>'

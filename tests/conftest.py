@@ -60,3 +60,38 @@ def project(tmp_path: Path):
     p = Project(tmp_path / "proj")
     yield p
     p.close()
+
+
+def tiny_generation_project(root: Path, dim: int = 5, classes: int = 3, per_class: int = 8):
+    """A closed project at ``root/gen`` with a tiny ImageFolder imported, a ``dim``-d PCA
+    encoding and an untrained 8x8 RCDM registered as the trained model "tiny-rcdm".
+
+    Returns the project path (pass it to ``Project``) and the model id.
+    """
+    import torch
+
+    from engine.config import EncodeConfig, ImportConfig, TrainConfig
+    from engine.data import import_image_folder
+    from engine.jobs import JobManager
+    from engine.project import Encoding, Model, Project
+    from engine.rcdm.model import build_rcdm, save_rcdm
+    from engine.stages import encode
+
+    folder = write_tiny_folder(root / "images", classes=classes, per_class=per_class)
+    config = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
+                         attention_head_dim=8, cond_tokens=1)
+    with Project(root / "gen") as project:
+        ds = import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
+        JobManager(project).run_inline(encode.prepare(
+            project, EncodeConfig(encoder="pca", dim=dim, image_size=8), dataset_ref=ds.id))
+        enc = project.list(Encoding, dataset_id=ds.id)[-1]
+        torch.manual_seed(0)
+        model = build_rcdm(config, dim).eval()
+        with torch.no_grad():
+            model.null_cond.normal_()
+        model_dir = save_rcdm(model, project.assets / "models" / "mdl_tiny" / "model",
+                              config, dim, {"encoder": "pca"})
+        project.add(Model(id="mdl_tiny", name="tiny-rcdm", dataset_id=ds.id,
+                          encoding_id=enc.id, encoder="pca", status="trained",
+                          checkpoint=project.rel(model_dir), config_json=config.to_json()))
+    return root / "gen", "mdl_tiny"

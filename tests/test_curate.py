@@ -254,3 +254,212 @@ def test_combine():
     assert combine([], [], "union").dtype == np.int64
     with pytest.raises(InvalidConfigError, match="op must be"):
         combine(a, b, "xor")
+
+
+# ---------------------------------------------------------------------------- band options
+
+
+def _two_classes():
+    # class 0: distances 0.0 .. 0.9, class 1: 1.0 .. 1.9 (10 each, interleaved)
+    d = np.concatenate([np.arange(10) * 0.1, 1.0 + np.arange(10) * 0.1])
+    labels = np.repeat([0, 1], 10)
+    perm = np.random.default_rng(0).permutation(20)
+    return d[perm], labels[perm], perm
+
+
+def test_band_by_distance_and_per_class_overrides():
+    d, labels, _ = _two_classes()
+    band = BandConfig(mode="distance", low=0.25, high=1.35)
+    kept = np.sort(d[band_mask(d, labels, band, 2)])
+    np.testing.assert_allclose(kept, [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3])
+    # per class: class "b" keeps its own window; quantile overrides work the same way
+    band = band.replace(per_class={"b": (1.55, 1.9)})
+    mask = band_mask(d, labels, band, 2, class_names=["a", "b"])
+    np.testing.assert_allclose(np.sort(d[mask & (labels == 1)]), [1.6, 1.7, 1.8, 1.9])
+    q = BandConfig(low=0.0, high=1.0, per_class=[("a", 0.0, 0.3)])
+    assert np.bincount(labels[band_mask(d, labels, q, 2, class_names=["a", "b"])]).tolist() \
+        == [3, 10]
+    with pytest.raises(InvalidConfigError):
+        band_mask(d, labels, q, 2, class_names=["x", "y"])  # unknown class
+    with pytest.raises(InvalidConfigError):
+        BandConfig(low=0.1, high=1.5)  # quantiles above 1
+    assert BandConfig.from_dict(q.to_dict()) == q  # JSON round trip of the overrides
+
+
+def test_outlier_removal_real_quantile_and_zscore():
+    d, labels, _ = _two_classes()
+    d = d.copy()
+    far = np.flatnonzero((labels == 0) & np.isclose(d, 0.9))[0]
+    d[far] = 50.0  # one far outlier in class 0
+    real_d = np.concatenate([np.linspace(0, 1.0, 11), np.linspace(1.0, 2.0, 11)])
+    real_l = np.repeat([0, 1], 11)
+    allb = BandConfig(low=0.0, high=1.0, outlier="real", outlier_q=1.0)
+    mask = band_mask(d, labels, allb, 2, real_distances=real_d, real_labels=real_l)
+    assert not mask[far] and mask.sum() == 19  # only the outlier is farther than every real
+    with pytest.raises(InvalidConfigError):
+        band_mask(d, labels, allb, 2)  # the "real" rule needs the real distances
+    z = BandConfig(low=0.0, high=1.0, outlier="zscore", outlier_z=3.5)
+    mask = band_mask(d, labels, z, 2)
+    assert not mask[far] and mask.sum() == 19
+
+
+def test_target_count_centre_and_random():
+    d, labels, _ = _two_classes()
+    centre = BandConfig(low=0.0, high=1.0, target_per_class=4)
+    mask = band_mask(d, labels, centre, 2)
+    np.testing.assert_allclose(np.sort(d[mask]), [0.3, 0.4, 0.5, 0.6, 1.3, 1.4, 1.5, 1.6])
+    rnd = centre.replace(target_pick="random", target_seed=1)
+    m1, m2 = band_mask(d, labels, rnd, 2), band_mask(d, labels, rnd, 2)
+    np.testing.assert_array_equal(m1, m2)  # seeded
+    assert np.bincount(labels[m1]).tolist() == [4, 4]
+    assert not np.array_equal(m1, band_mask(d, labels, rnd.replace(target_seed=2), 2))
+    # a target above what the band keeps changes nothing
+    mid = BandConfig(low=0.25, high=0.75)
+    np.testing.assert_array_equal(band_mask(d, labels, mid.replace(target_per_class=9), 2),
+                                  band_mask(d, labels, mid, 2))
+
+
+def test_embedding_map_stratified_and_figure():
+    from engine.curate import embedding_map, map_figure
+
+    emb, labels = _random(n=600, d=12, c=5)
+    real, rl = emb[:200], labels[:200]
+    syn, sl = emb[200:], labels[200:]
+    pts = embedding_map(real, rl, syn, sl, max_points=150, seed=0)
+    assert len(pts) <= 150 and (pts["kind"] == "real").sum() == pytest.approx(50, abs=3)
+    pd_counts = np.bincount(pts.loc[pts.kind == "synthetic", "label"], minlength=5)
+    np.testing.assert_allclose(pd_counts / pd_counts.sum(), np.bincount(sl) / len(sl),
+                               atol=0.03)
+    again = embedding_map(real, rl, syn, sl, max_points=150, seed=0)
+    np.testing.assert_allclose(pts[["x", "y"]], again[["x", "y"]])
+    mask = np.zeros(len(syn), bool)
+    mask[::2] = True
+    fig = map_figure(pts, mask, [f"c{i}" for i in range(5)])
+    names = {t.name.split(" · ")[1] for t in fig.data}
+    assert names == {"real", "kept", "dropped"}
+    kept_pts = sum(len(t.x) for t in fig.data if t.name.endswith("kept"))
+    assert kept_pts == int(mask[pts.loc[pts.kind == "synthetic", "index"]].sum())
+    tsne = embedding_map(real, rl, syn, sl, method="tsne", max_points=60, seed=0)
+    assert len(tsne) <= 60 and np.isfinite(tsne[["x", "y"]].to_numpy()).all()
+
+
+# ---------------------------------------------------------------------------- stage level
+
+
+@pytest.fixture
+def curated_project(tmp_path, one_thread):
+    """A real project: tiny dataset encoded twice (pca 8-d and pca 4-d), and a constructed
+    "generation" (2 noisy variations of every training image, sample 0 an exact copy of its
+    source) re-encoded by both encoders. No RCDM training: the curation stage only needs rows,
+    PNGs and embeddings."""
+    import pandas as pd
+    from PIL import Image as PILImage
+
+    from conftest import write_tiny_folder
+    from engine import data
+    from engine.config import EncodeConfig, ImportConfig
+    from engine.jobs import JobManager
+    from engine.project import Generation, Model, Project
+    from engine.stages import encode
+
+    project = Project(tmp_path / "proj")
+    jobs = JobManager(project)
+    ds = data.import_image_folder(project, write_tiny_folder(tmp_path / "tiny", per_class=8),
+                                  "tiny", ImportConfig(test_fraction=0.25))
+    enc8 = jobs.run_inline(encode.prepare(project, EncodeConfig(dim=8, image_size=12),
+                                          dataset_ref=ds.id)).result_id
+    enc4 = jobs.run_inline(encode.prepare(project, EncodeConfig(dim=4, image_size=12),
+                                          dataset_ref=ds.id)).result_id
+    project.add(Model(id="mdl-test", name="test-model", dataset_id=ds.id, encoding_id=enc8,
+                      encoder="pca", status="trained"))
+    images = project.images(ds.id, split="train")
+    folder = project.new_folder("generations", "gen-test")
+    rng = np.random.default_rng(0)
+    rows = []
+    for j, img in enumerate(images.itertuples()):
+        pixels = np.asarray(PILImage.open(project.abs(img.path)).convert("RGB"), dtype=np.int16)
+        for v in range(2):
+            noisy = pixels if (j, v) == (0, 0) else pixels + rng.integers(-40, 40, pixels.shape)
+            path = folder / f"{j:04d}_{v}.png"
+            PILImage.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path)
+            i = len(rows)
+            rows.append({"id": f"gen-test_{i:07d}", "generation_id": "gen-test", "idx": i,
+                         "path": project.rel(path), "source_image_id": img.id,
+                         "label": img.label, "class_name": img.class_name, "seed": 100 + i,
+                         "sampler": "ddim", "steps": 5, "guidance": 1.0})
+    project.add_generation(Generation(id="gen-test", name="gen", model_id="mdl-test",
+                                      dataset_id=ds.id, encoder="pca",
+                                      folder=project.rel(folder), count=len(rows),
+                                      config_json='{"variations": 2}'), pd.DataFrame(rows))
+    re8 = jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca"),
+                                         generation_ref="gen-test", encoding_ref=enc8)).result_id
+    re4 = jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca"),
+                                         generation_ref="gen-test", encoding_ref=enc4)).result_id
+    yield project, re8, re4
+    project.close()
+
+
+def test_stage_band_second_encoder_metrics_provenance_export(curated_project, tmp_path):
+    from engine.config import ExportConfig
+    from engine.jobs import JobManager
+    from engine.stages import curate as stage
+    from engine.stages import export as export_stage
+
+    project, re8, re4 = curated_project
+    assert [v for _, v in stage.encoding_choices(project, "gen")] == [re8, re4]
+    bd8 = stage.band_data(project, "gen", re8)
+    bd4 = stage.band_data(project, "gen", re4)  # judged by the second encoder
+    assert project.embeddings(bd4.encoding).shape[1] == 4
+    assert project.embeddings(bd4.real_encoding).shape[1] == 4  # real side: same encoder
+    assert len(bd8.distances) == len(bd4.distances) == 36
+    assert not np.allclose(bd8.distances, bd4.distances)
+    band = BandConfig(low=0.0, high=1.0, outlier="zscore", target_per_class=5)
+    mask = stage.band_mask(bd4, band)
+    assert np.bincount(bd4.labels[mask]).tolist() == [5, 5, 5]
+
+    m = stage.metrics(project, bd8, np.ones(36, bool), k=3)
+    assert m["overall"]["copies"] >= 1 and 0 in m["copies"]["sample"].tolist()
+    assert 0.0 <= m["overall"]["precision"] <= 1.0 and len(m["per_class"]) == 3
+    fid = stage.fidelity(project, bd8)
+    assert fid[0] == pytest.approx(1.0, abs=1e-5) and fid.shape == (36,)
+
+    pts = stage.embedding_map(project, bd4, max_points=30)
+    assert stage.embedding_map(project, bd4, max_points=30) is pts  # cached on the view
+    assert (pts["kind"] == "real").any() and (pts["kind"] == "synthetic").any()
+
+    info = stage.provenance(project, bd8, 3)
+    assert info["seed"] == 103 and info["model"] == "test-model" and info["sampler"] == "ddim"
+    assert info["source_path"] and 0 < info["class_quantile"] < 1
+
+    sel = stage.save_selection(project, bd4, band, name="z5")
+    spec = export_stage.prepare(project, ExportConfig(val_fraction=0.2), sel.id,
+                                tmp_path / "out")
+    JobManager(project).run_inline(spec)
+    import pandas as pd
+
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert len(manifest) == 15 and set(manifest["split"]) == {"train", "val"}
+    assert manifest["judged_by"].eq("pca").all() and manifest["band"].str.contains(
+        "target 5/class").all()
+    assert manifest["selection_id"].eq(sel.id).all() and manifest["distance"].notna().all()
+
+
+def test_cli_curate_options_metrics_and_export_split(curated_project, tmp_path, capsys):
+    import json
+
+    from engine.cli import main
+
+    project, re8, re4 = curated_project
+    path = str(project.path)
+    project.close()
+    assert main(["curate", "--project", path, "--generation", "gen", "--mode", "distance",
+                 "--low", "0", "--high", "2", "--class-band", "class_1=0:0.05",
+                 "--target", "4", "--encoding", re4, "--metrics", "--name", "cli",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["encoder"] == "pca" and out["band"]["per_class"] == [["class_1", 0.0, 0.05]]
+    assert out["count"] <= 12 and {"precision", "recall", "density", "coverage", "frechet",
+                                   "copies"} <= set(out["metrics"])
+    assert main(["export", "--project", path, "--selection", "cli", "--out",
+                 str(tmp_path / "exp"), "--val-fraction", "0.5", "--json"]) == 0
+    assert (tmp_path / "exp" / "val" / "metadata.csv").is_file()

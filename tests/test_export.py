@@ -165,3 +165,61 @@ def test_zip_export(tmp_path):
         assert zf.getinfo("ds/x/synthetic_0_0.png").compress_type == zipfile.ZIP_STORED
     with pytest.raises(InvalidConfigError):
         zip_export(out, out / "inside.zip")
+
+
+def test_export_train_val_split_seeded_stratified(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    syn = _rows(tmp_path, classes=["x", "y"], per_class=10)
+    real = _rows(tmp_path, classes=["x", "y"], per_class=4, kind="real")
+    rows = pd.concat([syn, real])
+    config = ExportConfig(include_real=True, val_fraction=0.25, split_seed=3)
+    result = export_imagefolder(rows, tmp_path / "split", config)
+    out = tmp_path / "split"
+    manifest = pd.read_csv(out / "manifest.csv")
+    # per (kind, class): 10 -> 2.5 rounds to 3 in val, 4 -> 1 in val
+    val = manifest[manifest["split"] == "val"].groupby(["kind", "class_name"]).size()
+    assert val.to_dict() == {("real", "x"): 1, ("real", "y"): 1, ("synthetic", "x"): 3,
+                             ("synthetic", "y"): 3}
+    assert result["splits"] == {"train": 20, "val": 8}
+    assert all(p.startswith(("train/", "val/")) for p in manifest["relative_path"])
+    train, valset = ImageFolder(str(out / "train")), ImageFolder(str(out / "val"))
+    assert len(train) == 20 and len(valset) == 8 and train.classes == valset.classes == ["x", "y"]
+    # seeded: the same seed gives the same split, another seed another one
+    again = export_imagefolder(rows, tmp_path / "again", config)
+    assert again["splits"] == result["splits"]
+    m2 = pd.read_csv(tmp_path / "again" / "manifest.csv")
+    assert m2["relative_path"].tolist() == manifest["relative_path"].tolist()
+    other = export_imagefolder(rows, tmp_path / "other", config.replace(split_seed=4))
+    m3 = pd.read_csv(tmp_path / "other" / "manifest.csv")
+    assert m3["relative_path"].tolist() != manifest["relative_path"].tolist()
+    assert other["count"] == 28
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert 'ImageFolder("split/train")' in card and "8 in val" in card
+    with pytest.raises(InvalidConfigError):
+        ExportConfig(val_fraction=1.0)
+
+
+def test_export_loads_with_hugging_face_imagefolder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+
+    rows = _rows(tmp_path, classes=["cat", "dog"], per_class=4)
+    flat = tmp_path / "flat"
+    export_imagefolder(rows, flat)
+    meta = pd.read_csv(flat / "metadata.csv")
+    assert meta.columns[0] == "file_name" and "seed" in meta.columns
+    ds = datasets.load_dataset("imagefolder", data_dir=str(flat),
+                               cache_dir=str(tmp_path / "hf-cache"))
+    train = ds["train"].class_encode_column("label")
+    assert len(train) == 8 and train.features["label"].names == ["cat", "dog"]
+    assert train["label"].count(0) == 4
+    assert sorted(train["seed"]) == sorted(rows["seed"].tolist())  # provenance came along
+    assert train[0]["image"].size == (4, 4)
+
+    split = tmp_path / "split"
+    export_imagefolder(rows, split, ExportConfig(val_fraction=0.25))
+    ds = datasets.load_dataset("imagefolder", data_dir=str(split),
+                               cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted(ds.keys()) == ["train", "validation"]
+    assert len(ds["train"]) == 6 and len(ds["validation"]) == 2
+    assert set(ds["validation"]["class_name"]) == {"cat", "dog"}

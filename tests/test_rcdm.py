@@ -270,7 +270,7 @@ def test_guidance():
 def test_generate_variations_writes_and_resumes(trained, tmp_path: Path):
     model_dir = Path(trained["result"]["model_dir"])
     cond = trained["cond"][:3]
-    config = GenerateConfig(variations=2, steps=3, seed=40, batch_size=4)
+    config = GenerateConfig(variations=2, sampler="ddim", steps=3, seed=40, batch_size=4)
     args = (model_dir, cond, ["a", "b", "c"], np.array([0, 2, 2]), ["zero", "one", "two"],
             config, tmp_path)
     rows = generate_variations(*args, model_id="mdl_x")

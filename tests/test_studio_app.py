@@ -57,6 +57,9 @@ def studio(tmp_path_factory):
     from studio.app import close, launch
 
     root = tmp_path_factory.mktemp("studio")
+    mp = pytest.MonkeyPatch()  # the recent list and new projects stay in the test folder
+    mp.setenv("RCDM_STUDIO_HOME", str(root / "home"))
+    mp.setenv("RCDM_STUDIO_PROJECTS", str(root / "projects"))
     path = root / "proj"
     gen_id = _prepare_project(path, write_tiny_folder(root / "tiny"))
     port = _free_port()
@@ -64,6 +67,7 @@ def studio(tmp_path_factory):
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     yield blocks, client, gen_id, path
     close(blocks)
+    mp.undo()
 
 
 def test_import_demo_then_list_datasets(studio):
@@ -139,3 +143,125 @@ def test_locked_project_names_its_holder(tmp_path):
             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "is open in" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_generation_pages_and_provenance(studio):
+    from studio.tabs import generate as gen_tab
+
+    blocks, _, gen_id, _ = studio
+    ctx = blocks.studio
+    items, text, ids, page = gen_tab.sample_page(ctx, gen_id, page=2, page_size=10)
+    assert page == 2 and len(items) == 10 and len(ids) == 10 and "page 2 of 4" in text
+    _, _, _, last = gen_tab.sample_page(ctx, gen_id, page=99, page_size=10)
+    assert last == 4  # clamped
+    path, md = gen_tab.sample_details(ctx, ids[0])
+    assert Path(path).is_file()
+    assert "variation of real image" in md and "model **" in md and "seed" in md
+
+
+def test_settings_kept_in_the_project(studio, monkeypatch):
+    from engine.errors import InvalidConfigError
+    from studio.app import first_tab, remember_tab
+    from studio.tabs import settings
+
+    blocks, _, _, _ = studio
+    ctx = blocks.studio
+    defaults = settings.machine_defaults(settings.machine_profile())
+    assert settings.effective(ctx)["train_steps"] == defaults["train_steps"]
+    cache = ctx.project.assets.parent / "models-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HOME", "unchanged")
+    monkeypatch.setenv("HF_HUB_CACHE", "unchanged")
+    before = ctx.project_key()
+    form = dict(defaults, device="cpu", model_folder=str(cache), train_steps=40,
+                train_batch=8, gen_steps=5)
+    settings.save(ctx, form)
+    assert settings.effective(ctx)["train_steps"] == 40 and settings.device(ctx) == "cpu"
+    assert ctx.project.settings()["model_folder"] == str(cache)
+    assert ctx.project_key() != before  # the forms reload their defaults
+    import os
+
+    assert os.environ["HF_HOME"] == str(cache)  # inherited by the workers it starts
+    assert os.environ["HF_HUB_CACHE"] == str(cache / "hub")
+    for bad in (dict(form, device="tpu"), dict(form, train_steps=0),
+                dict(form, model_folder=str(cache / "missing")),
+                dict(form, gen_sampler="euler??")):
+        with pytest.raises(InvalidConfigError):
+            settings.save(ctx, bad)
+    # a 40-step run gets previews, checkpoints and warm-up inside its 40 steps
+    from studio.tabs.train import train_config
+
+    cfg = train_config(ctx, 40, 8, 1e-3)
+    assert cfg.preview_every <= 40 and cfg.checkpoint_every <= 40 and cfg.warmup_steps <= 4
+    assert cfg.device == "cpu"
+    # the studio reopens on the tab the user left
+    assert first_tab(ctx) == "data"
+    remember_tab(ctx, "curate")
+    assert first_tab(ctx) == "curate"
+
+
+def test_gallery_page_is_fast_at_12k_images(tmp_path):
+    """Server time of one gallery page of a 12,000-image dataset (rows only: the page is
+    read with LIMIT, thumbnails are files the browser fetches)."""
+    import time
+
+    import pandas as pd
+
+    from engine.project import Dataset
+    from studio.context import StudioContext
+    from studio.tabs import data as data_tab
+
+    ctx = StudioContext(tmp_path / "big")
+    try:
+        n, classes = 12_000, 10
+        rows = pd.DataFrame({
+            "id": [f"img{i:05d}" for i in range(n)], "dataset_id": "big", "idx": range(n),
+            "path": [f"datasets/big/{i}.png" for i in range(n)],
+            "thumb": [f"datasets/big/t{i}.png" for i in range(n)],
+            "label": [i % classes for i in range(n)],
+            "class_name": [f"c{i % classes}" for i in range(n)],
+            "split": ["train" if i % 5 else "test" for i in range(n)],
+            "width": 16, "height": 16, "source_path": ""})
+        ctx.project.add_dataset(Dataset(id="big", name="big", num_classes=classes,
+                                        num_images=n, num_train=9600, num_test=2400,
+                                        classes_json="[]", skipped_json="[]",
+                                        config_json="{}"), rows)
+        data_tab.image_page(ctx, "big", None, "all", 1)  # warm-up
+        times = []
+        for page in (1, 57, 200):
+            t0 = time.perf_counter()
+            items, ids, p, pages = data_tab.image_page(ctx, "big", None, "all", page)
+            times.append(time.perf_counter() - t0)
+            assert pages == 200 and p == page and len(items) == 60
+        items, ids, _, _ = data_tab.image_page(ctx, "big", None, "all", 1)
+        assert {c for _, c in items} == {f"c{k}" for k in range(classes)}  # interleaved
+        assert ids[:3] == ["img00000", "img00001", "img00002"]
+        _, ids, _, pages = data_tab.image_page(ctx, "big", "c5", "test", 2)
+        assert pages == 20 and len(ids) == 60  # 1,200 test images of c5
+        assert all(int(i[3:]) % 10 == 5 for i in ids) and ids[0] == f"img{60 * 10 + 5:05d}"
+        print(f"gallery page at 12k images: {1000 * max(times):.1f} ms (worst of 3)")
+        assert max(times) < 0.5
+    finally:
+        ctx.close()
+
+
+def test_switch_project_in_the_running_app(studio):
+    """Create a project from the picker, then open the first one again; every view follows."""
+    from studio.tabs import projects
+
+    blocks, client, _, path = studio
+    ctx = blocks.studio
+    rev = ctx.revision()
+    status, recent = client.predict("second", api_name="/create_project")
+    assert "created second" in status
+    assert ctx.project.path == projects.projects_root() / "second.duckdb"
+    assert ctx.revision() != rev
+    assert blocks.allowed_paths == [str(ctx.project.assets.resolve())]
+    assert recent["value"] == str(ctx.project.path)
+    status, _ = client.predict("second", api_name="/create_project")
+    assert "already exists" in status
+    status, _ = client.predict(str(path), api_name="/open_project")
+    assert "opened proj" in status and ctx.project.path == Path(f"{path}.duckdb")
+    assert [p.stem for p in projects.recent_projects()][:2] == ["proj", "second"]
+    status, _ = client.predict("nope", api_name="/open_project")
+    assert "status-error" in status and "no project 'nope'" in status

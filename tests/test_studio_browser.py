@@ -55,19 +55,26 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """The studio as the user starts it: ``python -m engine.cli --project P --no-browser``."""
-    project = tmp_path_factory.mktemp("browser") / "studio"
+    """The studio as the user starts it: ``python -m engine.cli --project P --no-browser``
+    on a fresh, empty project; the projects folder and the recent list are in the test's
+    folder. Yields (url, projects folder)."""
+    root = tmp_path_factory.mktemp("browser")
+    project = root / "start"
+    projects = root / "projects"
     port = _free_port()
-    log = open(project.parent / "studio.log", "wb")
+    log = open(root / "studio.log", "wb")
     env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_OFFLINE="1")
+               HF_HUB_OFFLINE="1", RCDM_STUDIO_PROJECTS=str(projects),
+               RCDM_STUDIO_HOME=str(root / "home"))
+    t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--project", str(project),
                              "--no-browser", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_http(url, proc)
-        yield url
+        print(f"cold start to HTTP 200: {time.time() - t0:.1f} s")
+        yield url, projects
     finally:
         proc.terminate()
         try:
@@ -75,8 +82,10 @@ def studio(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        _stop_workers(project)
-        print((project.parent / "studio.log").read_text()[-3000:])
+        for p in (project, projects / "demo"):
+            if Path(f"{p}.duckdb").exists():
+                _stop_workers(p)
+        print((root / "studio.log").read_text()[-3000:])
 
 
 def _stop_workers(project: Path) -> None:
@@ -106,7 +115,7 @@ def page(studio):
         pg = context.new_page()
         pg.set_default_timeout(30_000)
         expect.set_options(timeout=20_000)  # the UI answers in ~1 s; CPU is shared
-        pg.goto(studio)
+        pg.goto(studio[0])
         yield pg
         context.close()
         browser.close()
@@ -127,22 +136,48 @@ def set_number(page, elem_id: str, value: float) -> None:
     box.press("Tab")
 
 
-def test_whole_pipeline_by_clicking(page, tmp_path):
-    t0 = time.time()
-    # 0. an empty project: the header suggests the first step
-    expect(page.locator("#steps")).to_contain_text("Next: import the demo digits")
-    shot(page, "00-empty-project")
+def _worker_pids(folder: Path) -> list[int]:
+    """Processes whose command line names ``folder`` (the job workers of a project)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "engine.worker" in cmd and str(folder) in cmd:
+            pids.append(int(proc.name))
+    return pids
 
-    # 1. Data: import the demo with one click; the gallery fills, a click shows details
-    page.locator("#import-demo").click()
-    expect(page.locator("#data-status")).to_contain_text("imported digits: 1,797 images",
-                                                         timeout=60_000)
+
+def test_whole_pipeline_by_clicking(page, studio, tmp_path):
+    t0 = time.time()
+    projects = studio[1]
+    # 0. a fresh start: the picker is shown, the header suggests the first step
+    expect(page.get_by_role("tab", name="Projects")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#steps")).to_contain_text("Next: import the demo digits")
+    expect(page.locator("#brand")).to_contain_text("start")
+    shot(page, "00-fresh-start")
+
+    # 1. Projects: the demo project is one click away (created, digits imported)
+    page.locator("#open-demo-project").click()
+    expect(page.locator("#projects-status")).to_contain_text(
+        "opened demo, imported digits (1,797 images)", timeout=90_000)
+    expect(page.locator("#brand")).to_contain_text("demo")
+    expect(page.locator("#current-project")).to_contain_text("Open project: demo")
+    expect(page.locator("#steps")).to_contain_text("Next: encode the dataset")
+    assert (projects / "demo.duckdb").is_file()
+    shot(page, "01-projects-demo-opened")
+
+    # 2. Data: the gallery pages through the digits; a click shows the image's details
+    tab(page, "Data")
     expect(page.locator("#dataset-summary")).to_contain_text("1,438 train")
     page.locator("#data-gallery .thumbnail-item").nth(3).click()
     expect(page.locator("#image-detail img")).to_be_visible()
-    shot(page, "01-data-imported")
+    shot(page, "02-data")
 
-    # 2. Train: encode with PCA, then train a tiny RCDM (60 steps)
+    # 3. Train: encode with PCA, then train a tiny RCDM (60 steps)
     tab(page, "Train")
     page.locator("#encode-pca").click()
     expect(page.locator("#steps")).to_contain_text("Next: train an RCDM", timeout=JOB_TIMEOUT)
@@ -151,12 +186,15 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
     set_number(page, "train-batch", 16)
     page.locator("#train-button").click()
     expect(page.locator("#train-status")).to_contain_text("Train rcdm-pca")
+    expect(page.locator("#jobs-table")).to_contain_text("Train rcdm-pca")
     expect(page.locator("#model-info")).to_contain_text("trained", timeout=JOB_TIMEOUT)
+    expect(page.locator("#model-info")).to_contain_text("60 / 60 steps")
     expect(page.locator("#train-preview img")).to_be_visible()
     expect(page.locator("#loss-plot .js-plotly-plot")).to_be_visible()
-    shot(page, "02-train-done")
+    shot(page, "03-train-done")
 
-    # 3. Generate: 4 real images picked by clicking, 2 variations each, 5 DDIM steps
+    # 4. Generate: 4 real images picked by clicking, 2 variations each, 5 steps; a click on
+    #    a generated image shows where it comes from
     tab(page, "Generate")
     thumbs = page.locator("#gen-picker .thumbnail-item")
     expect(thumbs.first).to_be_visible()
@@ -169,9 +207,12 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
     expect(page.locator("#gen-info")).to_contain_text("8 images", timeout=JOB_TIMEOUT)
     page.locator("#reencode-button").click()
     expect(page.locator("#gen-info")).to_contain_text("re-encoded ✓", timeout=JOB_TIMEOUT)
-    shot(page, "03-generate-reencoded")
+    page.locator("#gen-samples .thumbnail-item").nth(1).click()
+    expect(page.locator("#sample-provenance")).to_contain_text("variation of real image")
+    expect(page.locator("#sample-provenance")).to_contain_text("rcdm-pca")
+    shot(page, "04-generate-provenance")
 
-    # 4. Curate: the band chart, move the band with the presets, save a selection
+    # 5. Curate: the band chart, move the band with the presets, save a selection
     tab(page, "Curate")
     expect(page.locator("#band-plot .js-plotly-plot")).to_be_visible()
     expect(page.locator("#band-summary")).to_contain_text("of 8 generated images")
@@ -190,9 +231,9 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
     page.locator("#save-selection").click()
     expect(page.locator("#curate-status")).to_contain_text("saved selection browser-middle")
     expect(page.locator("#selections-table")).to_contain_text("browser-middle")
-    shot(page, "04-curate-saved")
+    shot(page, "05-curate-saved")
 
-    # 5. Evaluate: real + the selection, 2 epochs; the results table shows top-1
+    # 6. Evaluate: real + the selection, 2 epochs; the results table shows top-1
     tab(page, "Evaluate")
     expect(page.locator("#eval-selection input")).to_have_value(re.compile("browser-middle"))
     set_number(page, "eval-epochs", 2)
@@ -200,9 +241,9 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
     expect(page.locator("#eval-status")).to_contain_text("Evaluate")
     expect(page.locator("#eval-table")).to_contain_text("done", timeout=JOB_TIMEOUT)
     expect(page.locator("#eval-plot .js-plotly-plot")).to_be_visible()
-    shot(page, "05-evaluate-done")
+    shot(page, "06-evaluate-done")
 
-    # 6. Export the selection and download the zip
+    # 7. Export the selection and download the zip
     tab(page, "Export")
     expect(page.locator("#export-selection input")).to_have_value(re.compile("browser-middle"))
     page.locator("#export-button").click()
@@ -218,13 +259,40 @@ def test_whole_pipeline_by_clicking(page, tmp_path):
         names = zf.namelist()
     assert sum(n.endswith(".png") for n in names) == 4
     expect(page.locator("#steps")).to_contain_text("every step is done")
-    shot(page, "06-export-downloaded")
+    shot(page, "07-export-downloaded")
 
-    # 7. the same studio at 1920 x 1080, and the jobs panel after a reload
+    # 8. Jobs: a long training is cancelled from the panel and its process really stops
+    tab(page, "Train")
+    set_number(page, "train-steps", 100_000)
+    page.locator("#train-button").click()
+    expect(page.locator("#jobs-table")).to_contain_text("running", timeout=60_000)
+    jobs_folder = projects / "demo.assets" / "jobs"
+    deadline = time.time() + 60
+    while not _worker_pids(jobs_folder) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _worker_pids(jobs_folder), "the training worker did not start"
+    page.locator("#jobs-table").get_by_text("running").first.click()
+    page.get_by_role("button", name="Cancel job").click()
+    expect(page.locator("#jobs-table")).to_contain_text("cancelled", timeout=60_000)
+    deadline = time.time() + 30
+    while _worker_pids(jobs_folder) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _worker_pids(jobs_folder), "the cancelled worker is still running"
+    shot(page, "08-jobs-cancelled")
+
+    # 9. Settings, then a reload: the studio reopens on the tab the user left, at 1920x1080
+    tab(page, "Settings")
+    expect(page.locator("#machine-info")).to_contain_text("CPU")
+    shot(page, "09-settings")
+    tab(page, "Curate")
     page.set_viewport_size({"width": 1920, "height": 1080})
     page.reload()
-    tab(page, "Curate")
+    expect(page.get_by_role("tab", name="Curate")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#band-plot .js-plotly-plot")).to_be_visible()
     expect(page.locator("#jobs-table")).to_contain_text("Export browser-middle")
-    shot(page, "07-curate-1920x1080")
+    for name in ("Projects", "Data", "Train", "Generate", "Curate", "Evaluate", "Export",
+                 "Settings"):
+        tab(page, name)
+        page.wait_for_timeout(1200)
+        page.screenshot(path=str(SHOTS / f"1920-{name.lower()}.png"))
     print(f"browser pipeline: {time.time() - t0:.0f} s")

@@ -55,6 +55,7 @@ class Encoder(ABC):
     needs_fit: ClassVar[bool]
     needs_labels: ClassVar[bool]
     can_encode_images: ClassVar[bool] = True
+    reads_files: ClassVar[bool] = False  # True: the encode stage feeds ``read_images(paths)``
     description: ClassVar[str]
     version: ClassVar[int] = 1
 
@@ -71,15 +72,29 @@ class Encoder(ABC):
         return self.config.image_size
 
     @property
+    def load_size(self) -> int:
+        """Side (pixels) of the images ``read_images`` returns."""
+        return self.config.image_size
+
+    def read_images(self, paths: list[Path]) -> np.ndarray:
+        """Image files -> uint8 (N, load_size, load_size, 3) (centre square, resized)."""
+        from engine.data import load_pixels
+
+        return load_pixels([Path(p) for p in paths], self.load_size)
+
+    @property
     def is_fitted(self) -> bool:
         return True
 
-    def fit(self, pixels: np.ndarray, labels: np.ndarray) -> None:
+    def fit(self, pixels: np.ndarray, labels: np.ndarray | None = None,
+            progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> None:
         """Fit on the training images. A no-op for encoders that need no fit.
 
         Args:
             pixels: uint8 (N, H, W, 3).
-            labels: int (N,).
+            labels: int (N,) (unused by self-supervised and unsupervised encoders).
+            progress: receives ``ProgressEvent(stage="fit", ...)`` from long fits.
+            cancel: polled by long fits.
         """
 
     def encode(self, pixels: np.ndarray | None, labels: np.ndarray | None = None,

@@ -32,6 +32,7 @@ from engine.data import resize_pixels
 from engine.encoders.base import Encoder
 from engine.encoders.registry import register_encoder
 from engine.errors import InvalidConfigError
+from engine.progress import CancelToken, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class PCAEncoder(Encoder):
         px = resize_pixels(np.asarray(pixels), self.config.image_size)
         return px.reshape(px.shape[0], -1).astype(np.float64) / 255.0
 
-    def fit(self, pixels: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def fit(self, pixels: np.ndarray, labels: np.ndarray | None = None,
+            progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> None:
         """Fit the components on training images uint8 (N, H, W, 3); labels are ignored."""
         self._check_inputs(pixels, None)
         n = int(pixels.shape[0])

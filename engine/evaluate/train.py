@@ -8,7 +8,9 @@ split are compared.
 The images are decoded once: the whole mix becomes one uint8 tensor ``(N, 3, H, W)`` on the
 device, and every batch is converted to floats, augmented with tensor ops (a random-resized
 crop through ``F.affine_grid`` / ``F.grid_sample``, per sample, seeded) and normalised with the
-mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop.
+mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop. The
+classical augmentation baselines (AutoAugment, RandAugment, Mixup, CutMix) come on top of the
+crop from ``engine.evaluate.augment``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 
 from engine.config import EvalConfig
 from engine.errors import InvalidConfigError
+from engine.evaluate.augment import BatchAugment
 from engine.evaluate.classifier import build_classifier
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
@@ -39,6 +42,7 @@ CHECKPOINT_VERSION = 1
 STAGE = "evaluate"
 EVAL_BATCH = 512
 REPORTS_PER_EPOCH = 5  # progress reports inside an epoch (plus one at its end)
+STEP_FRACTIONS = (1 / 3, 2 / 3, 8 / 9)  # "step" schedule: x0.1 here (ImageNet: 30, 60, 80 of 90)
 
 
 def mix_arrays(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -167,14 +171,20 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, scale_min: 
 # Schedule, checkpoint
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine to 0.
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float,
+          schedule: str = "cosine") -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then the schedule.
 
-    During warm-up the rate climbs from ``peak / warmup_steps`` to ``peak``; after it, a
-    half cosine falls from ``peak`` (first step after warm-up) towards 0 (at ``total_steps``).
+    During warm-up the rate climbs from ``peak / warmup_steps`` to ``peak``; after it,
+    "cosine" is a half cosine from ``peak`` (first step after warm-up) towards 0 (at
+    ``total_steps``), and "step" is ``peak`` divided by 10 at each of ``STEP_FRACTIONS`` of
+    ``total_steps`` (the ImageNet recipe's epochs 30, 60 and 80 of 90).
     """
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
+    if schedule == "step":
+        drops = sum(step >= round(f * total_steps) for f in STEP_FRACTIONS)
+        return peak * 0.1 ** drops
     decay_steps = max(1, total_steps - warmup_steps)
     progress = (step - warmup_steps) / decay_steps
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -308,6 +318,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         lr=peak_lr, momentum=config.momentum, nesterov=config.momentum > 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)  # shuffles and crops, on the CPU
+    extra = BatchAugment(config, num_classes)  # policy / batch mix on top of the crop
 
     curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "test_loss": [],
                                       "test_top1": []}
@@ -339,16 +350,18 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
             idx = perm[i * batch:(i + 1) * batch]
             if idx.numel() < 2 and n > 1:
                 continue  # a lone last sample gives BatchNorm one value per channel
-            # 3a. batch: uint8 -> normalised floats -> augmented, (B, 3, S, S)
-            xb = _normalise(xs[idx], mean, std)
-            if config.augment == "crop":
+            # 3a. batch: uint8 -> (policy) -> normalised floats -> crop -> (mix), (B, 3, S, S)
+            xb = _normalise(extra.policy_batch(xs[idx], generator), mean, std)
+            yb = ys[idx]  # (B,) labels, or (B, C) soft targets after a mix
+            if config.augment != "none":
                 xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip)
+                xb, yb = extra.mix_batch(xb, yb, generator)
             # 3b. forward, loss, backward, SGD step at the scheduled rate
-            lr = lr_at(step, total_steps, warmup_steps, peak_lr)
+            lr = lr_at(step, total_steps, warmup_steps, peak_lr, config.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model(xb.contiguous(memory_format=torch.channels_last))  # (B, C)
-            loss = criterion(logits, ys[idx])
+            loss = criterion(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -14,9 +14,11 @@ A saved model is a folder::
 
     unet/                       UNet2DConditionModel.save_pretrained (safetensors)
     conditioner.safetensors     cond_norm, cond_proj, token_norm, null_cond
-    rcdm.json                   {format_version, train_config, cond_dim, extra}
+    rcdm.json                   {format_version, train_config, cond_dim, extra, vae}
 
-``unet/`` loads with plain ``UNet2DConditionModel.from_pretrained``.
+``unet/`` loads with plain ``UNet2DConditionModel.from_pretrained``. ``vae`` is null for a
+pixel-space model; for a latent one it names the ``AutoencoderKL`` (hub id or folder) and the
+scaling it was trained with, and ``load_rcdm`` attaches that VAE as ``model.codec``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class RCDM(nn.Module):
         self.cond_proj = nn.Linear(self.cond_dim, self.cond_tokens * width)
         self.token_norm = nn.LayerNorm(width)
         self.null_cond = nn.Parameter(torch.zeros(self.cond_dim))
+        # LatentCodec of a latent-space model (a plain object: the frozen VAE is not part of
+        # this module's parameters); None in pixel space.
+        self.codec = None
 
     def condition(self, cond: torch.Tensor, drop_mask: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +118,12 @@ class RCDM(nn.Module):
                 if not k.startswith("unet.")}
 
 
-def unet_kwargs(config: TrainConfig, cond_dim: int) -> dict[str, Any]:
+def unet_kwargs(config: TrainConfig, cond_dim: int,
+                sample_shape: tuple[int, int] | None = None) -> dict[str, Any]:
     """The ``UNet2DConditionModel`` arguments for a TrainConfig (pure function, no weights).
+
+    ``sample_shape`` = (channels, size) of what the U-Net denoises when it is not the image
+    itself (latent space: the VAE's latent channels and image_size / downsampling factor).
 
     The first resolution level is a plain ResNet block when there are several levels
     (self-attention over all pixels is the most expensive part at full resolution); every
@@ -132,10 +141,15 @@ def unet_kwargs(config: TrainConfig, cond_dim: int) -> dict[str, Any]:
     up = tuple("CrossAttnUpBlock2D" if b == "CrossAttnDownBlock2D" else "UpBlock2D"
                for b in reversed(down))
     groups = min(32, reduce(math.gcd, channels))
+    in_ch, size = sample_shape or (config.channels, config.image_size)
+    if size % (2 ** (n - 1)):
+        raise InvalidConfigError(
+            f"the U-Net input size {size} must be divisible by 2**(levels-1) for "
+            f"block_channels={channels}")
     return dict(
-        sample_size=config.image_size,
-        in_channels=config.channels,
-        out_channels=config.channels,
+        sample_size=int(size),
+        in_channels=int(in_ch),
+        out_channels=int(in_ch),
         down_block_types=down,
         up_block_types=up,
         mid_block_type="UNetMidBlock2DCrossAttn",
@@ -151,13 +165,13 @@ def unet_kwargs(config: TrainConfig, cond_dim: int) -> dict[str, Any]:
     )
 
 
-def build_rcdm(config: TrainConfig, cond_dim: int) -> RCDM:
-    """A freshly initialised RCDM for ``config`` and D=``cond_dim`` (seed the RNG before)."""
-    if config.image_size % (2 ** (len(config.block_channels) - 1)):
-        raise InvalidConfigError(
-            f"image_size={config.image_size} must be divisible by 2**(levels-1) for "
-            f"block_channels={tuple(config.block_channels)}")
-    unet = UNet2DConditionModel(**unet_kwargs(config, cond_dim))
+def build_rcdm(config: TrainConfig, cond_dim: int,
+               sample_shape: tuple[int, int] | None = None) -> RCDM:
+    """A freshly initialised RCDM for ``config`` and D=``cond_dim`` (seed the RNG before).
+
+    ``sample_shape``: (latent channels, latent size) for a latent-space model.
+    """
+    unet = UNet2DConditionModel(**unet_kwargs(config, cond_dim, sample_shape))
     return RCDM(unet, cond_dim, config)
 
 
@@ -180,6 +194,7 @@ def save_rcdm(model: RCDM, folder: Path, config: TrainConfig, cond_dim: int,
         "train_config": config.to_dict(),
         "cond_dim": int(cond_dim),
         "extra": dict(extra or {}),
+        "vae": dict(model.codec.info) if model.codec is not None else None,
     }
     with open(tmp / META_FILE, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
@@ -241,9 +256,13 @@ def read_rcdm_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def load_rcdm(folder: Path, device: str | torch.device = "cpu"
+def load_rcdm(folder: Path, device: str | torch.device = "cpu", load_vae: bool = True
               ) -> tuple[RCDM, TrainConfig, dict[str, Any]]:
-    """Load a folder written by ``save_rcdm``; returns (model in eval mode, config, extra)."""
+    """Load a folder written by ``save_rcdm``; returns (model in eval mode, config, extra).
+
+    A latent model gets its VAE (named in rcdm.json) attached as ``model.codec`` unless
+    ``load_vae`` is False; a missing VAE raises ``WeightsNotFoundError``.
+    """
     folder = Path(folder)
     meta = read_rcdm_meta(folder)
     config = TrainConfig.from_dict(meta["train_config"])
@@ -257,4 +276,8 @@ def load_rcdm(folder: Path, device: str | torch.device = "cpu"
             f"{folder / CONDITIONER_FILE} holds {sorted(state)}, expected {sorted(expected)}")
     model.load_state_dict(state, strict=False)
     model.to(device).eval()
+    if meta.get("vae") and load_vae:
+        from engine.rcdm.latent import LatentCodec
+
+        model.codec = LatentCodec.load(meta["vae"], device)
     return model, config, dict(meta.get("extra") or {})

@@ -1,24 +1,39 @@
-"""Training loop of a pixel-space RCDM, with EMA, previews, checkpoints and exact resume.
+"""Training loop of an RCDM (pixel or latent space), with EMA, previews, checkpoints, exact
+resume, min-SNR weighting, mixed precision, gradient accumulation and several processes.
 
-The whole dataset lives in memory as one float tensor in [-1, 1]; every step draws a random
-batch, random timesteps, noise, horizontal flips and the condition-dropout mask from one
-seeded ``torch.Generator`` on the CPU. The checkpoint stores that generator's state with the
-model, the EMA, the optimiser and the learning-rate schedule, so training N steps, stopping
-and resuming for N more gives the same weights as 2N steps in one go.
+The training data lives in memory as one float tensor: images in [-1, 1] (pixel space) or
+scaled VAE latents (latent space, cached by ``engine.rcdm.latent``). Every optimiser step
+draws its whole batch (``batch_size`` indices, flips, timesteps, noise, condition-dropout
+mask) from one seeded ``torch.Generator`` on the CPU. That batch is then split between the
+processes (rank r takes rows ``[r*B/W, (r+1)*B/W)``) and each share into ``grad_accum``
+micro-batches, so the same config gives the same update whatever the number of processes
+and micro-batches (up to float summation order). The checkpoint stores that generator's
+state with the model, the EMA, the optimiser, the learning-rate schedule and the fp16 grad
+scaler, so training N steps, stopping and resuming for N more gives the same weights as 2N
+steps in one go.
+
+Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
+``engine.rcdm.launch``), the loop uses ``accelerate.Accelerator`` for the process group and
+the device, wraps the model in DDP (gradients all-reduced), and only rank 0 writes
+checkpoints, previews and the model.
 
 ``out_dir`` layout::
 
     checkpoint/   model.safetensors, ema.safetensors, state.pt (optimiser, schedule, RNG,
-                  step, losses; torch.load(weights_only=True))
+                  step, losses, grad scaler; torch.load(weights_only=True))
     previews/     step_XXXXXX.png: top row real images, bottom row EMA samples of their
                   representations (DDIM, 10 steps)
+    latents/      latent cache when ``train_rcdm`` had to encode the images itself
     model/        the EMA model, ``save_rcdm`` format (written at the end)
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
@@ -48,8 +62,10 @@ REPORT_EVERY = 5  # steps between progress events
 PREVIEW_CONDITIONS = 8
 PREVIEW_SAMPLER = GenerateConfig(sampler="ddim", steps=10, guidance=1.0)
 # Options that may change between a checkpoint and its resumption; any other change is a
-# different run and is refused.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "preview_every", "device")
+# different run and is refused. grad_accum (and the number of processes) only change how
+# the same batch is split.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "preview_every", "device", "grad_accum")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -61,18 +77,92 @@ class _Progress:
     window: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [sum, count]
 
 
+class _Processes:
+    """One process, or this rank of several (``accelerate.Accelerator`` under torchrun or
+    ``accelerate launch``): device, DDP wrapping, collectives."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.accelerator = None
+        self.rank = 0
+        if self.world > 1:
+            from accelerate import Accelerator
+
+            # mixed precision is done by this loop (autocast + GradScaler), not by accelerate
+            self.accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision="no")
+            self.world = self.accelerator.num_processes
+            self.rank = self.accelerator.process_index
+            # a CPU process group's device may read "cpu:<rank>": one CPU is one device
+            self.device = (torch.device("cpu") if config.device == "cpu"
+                           else self.accelerator.device)
+        else:
+            self.device = torch.device(config.device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP around ``model`` when there are several processes (the parameters are shared)."""
+        if self.accelerator is None:
+            return model
+        return self.accelerator.prepare_model(model, device_placement=True)
+
+    def no_sync(self, wrapped: torch.nn.Module, sync: bool):
+        """Skip the gradient all-reduce of a micro-batch that is not the step's last."""
+        if self.accelerator is None or sync:
+            return contextlib.nullcontext()
+        return wrapped.no_sync()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.accelerator is None:
+            return value
+        return self.accelerator.reduce(value.to(self.device), reduction="mean")
+
+    def any(self, flag: bool) -> bool:
+        if self.accelerator is None:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None,
+                    prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weights (B,) of min-SNR-gamma weighting (Hang et al. 2023).
+
+    With snr = abar_t / (1 - abar_t): epsilon -> min(snr, g) / snr; v_prediction ->
+    min(snr, g) / (snr + 1); sample (x0) -> min(snr, g). ``gamma`` None -> all ones.
+    """
+    if gamma is None:
+        return torch.ones(t.shape, device=t.device)
+    abar = alphas_cumprod.to(t.device)[t].double()
+    snr = abar / (1.0 - abar).clamp_min(1e-20)
+    clipped = snr.clamp(max=float(gamma))
+    if prediction_type == "epsilon":
+        w = clipped / snr.clamp_min(1e-20)
+    elif prediction_type == "v_prediction":
+        w = clipped / (snr + 1.0)
+    else:  # "sample"
+        w = clipped
+    return w.float()
+
+
 def _check_inputs(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig) -> None:
     if config.channels != 3:
         raise InvalidConfigError(
-            f"pixel-space training needs channels=3 (RGB), got channels={config.channels}")
+            f"training images must be RGB (channels=3), got channels={config.channels}")
     size = config.image_size
-    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (size, size, 3):
         raise DatasetError(
             f"pixels must be uint8 of shape (N, {size}, {size}, 3), got {pixels.dtype} "
             f"{pixels.shape}")
@@ -85,13 +175,54 @@ def _check_inputs(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig) -> 
         raise DatasetError("cond contains NaN or inf values")
 
 
+def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, procs: _Processes,
+                   progress: ProgressFn, cancel: CancelToken | None):
+    """(x_all (N, C, h, w), x_flipped or None, codec or None) on the training device."""
+    device = procs.device
+    if config.space == "pixel":
+        return pixels_to_tensor(pixels).to(device), None, None
+    from engine.rcdm.latent import LatentCodec, cached_latents
+
+    if latents is None:  # encode here, cached in the run folder; rank 0 first
+        kwargs = dict(flip=config.hflip, latent_scale=config.latent_scale,
+                      device=str(device), cancel=cancel)
+        if procs.main:
+            latents = cached_latents(pixels, config.vae_id, out_dir / "latents",
+                                     progress=progress, **kwargs)
+        procs.barrier()
+        if not procs.main:
+            latents = cached_latents(pixels, config.vae_id, out_dir / "latents", **kwargs)
+    if len(latents.raw) != len(pixels):
+        raise DatasetError(f"got {len(latents.raw)} latents for {len(pixels)} images")
+    if config.hflip and latents.flipped is None:
+        raise DatasetError("hflip=True needs the latents of the flipped images too "
+                           "(cached_latents(..., flip=True))")
+    codec = latents.codec or LatentCodec.load(latents.info, device)
+    raw = torch.from_numpy(np.array(latents.raw, np.float32))  # (N, C, h, w), a copy
+    x_all = codec.to_model_space(raw).to(device)
+    x_flip = None
+    if config.hflip:
+        x_flip = codec.to_model_space(
+            torch.from_numpy(np.array(latents.flipped, np.float32))).to(device)
+    return x_all, x_flip, codec
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha1()
+    for v in model.state_dict().values():
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_dir: Path,
                progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-               resume: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               resume: bool = True, extra: dict[str, Any] | None = None,
+               latents=None) -> dict[str, Any]:
     """Train an RCDM on images and their representations.
 
     Args:
-        pixels: (N, H, W, 3) uint8 images, already at ``config.image_size``.
+        pixels: (N, H, W, 3) uint8 images, already at ``config.image_size`` (in latent
+            space only the preview rows are read, so a memory-mapped array is fine).
         cond: (N, D) float32 representations of those images.
         config: the TrainConfig.
         out_dir: run folder (checkpoint/, previews/, model/ are written there).
@@ -100,30 +231,46 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
         cancel: polled between steps; on cancel the checkpoint is saved, then ``Cancelled``.
         resume: continue from ``out_dir/checkpoint`` when it exists.
         extra: provenance stored in the saved model's rcdm.json (encoder, dataset id, ...).
+        latents: latent space only: a ``latent.LatentSet`` of these N images (e.g. from the
+            dataset's cache); None encodes them with ``config.vae_id`` into out_dir/latents.
 
     Returns:
         {"final_loss", "losses" ([[step, mean loss], ...] every LOSS_WINDOW steps),
-        "steps_done", "model_dir", "parameters", "seconds_per_step"}.
+        "steps_done", "model_dir", "parameters", "seconds_per_step", "images_per_second",
+        "world_size", "rank"} (+ "weights_digest" with several processes).
     """
     cond = np.asarray(cond, dtype=np.float32)
     _check_inputs(pixels, cond, config)
+    procs = _Processes(config)
+    device = procs.device
+    batch, world, accum = config.batch_size, procs.world, config.grad_accum
+    if batch % (world * accum):
+        raise InvalidConfigError(
+            f"batch_size={batch} must be a multiple of processes x grad_accum = "
+            f"{world} x {accum}")
+    if config.precision == "fp16" and device.type != "cuda":
+        raise InvalidConfigError(
+            f"precision='fp16' needs a CUDA device (got {device}); use 'bf16' or 'fp32'")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
     cond_dim = int(cond.shape[1])
 
-    # Data, in memory once: x0 (N, 3, H, W) in [-1, 1]; c (N, D)
-    x_all = pixels_to_tensor(pixels).to(device)
+    # Data, in memory once: x0 (N, C, h, w) (pixels in [-1, 1] or scaled latents); c (N, D)
+    x_all, x_flip, codec = _training_data(pixels, config, latents, out_dir, procs, progress,
+                                          cancel)
     c_all = torch.from_numpy(cond).to(device)
     n = len(x_all)
+    sample_shape = None if codec is None else (int(x_all.shape[1]), int(x_all.shape[-1]))
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
-        model = build_rcdm(config, cond_dim).to(device).train()
+        model = build_rcdm(config, cond_dim, sample_shape).to(device).train()
+    model.codec = codec
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
     noise_schedule = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
                                    beta_schedule=config.beta_schedule,
                                    prediction_type=config.prediction_type)
@@ -133,67 +280,93 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     ckpt = out_dir / "checkpoint"
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt, model, ema, optimizer, lr_schedule, gen, config,
-                                 cond_dim, n, device)
+                                 cond_dim, n, device, scaler)
         log.info("resumed training from %s at step %d", ckpt, state.step)
         progress(ProgressEvent(stage="train", step=state.step, total=config.steps,
                                message=f"resumed from the checkpoint at step {state.step}"))
+    wrapped = procs.wrap(model)  # DDP with several processes (same parameters), else model
 
     # Fixed preview conditions: evenly spaced training images, seeds 0..k-1
     k = min(PREVIEW_CONDITIONS, n)
     preview_idx = np.linspace(0, n - 1, k).round().astype(np.int64)
     params = count_parameters(model)
-    log.info("training RCDM: %d parameters, %d images, steps %d -> %d", params, n,
-             state.step, config.steps)
+    if procs.main:
+        log.info("training RCDM: %d parameters, %d images, steps %d -> %d, %d process(es)",
+                 params, n, state.step, config.steps, world)
 
     def checkpoint() -> None:
-        _save_checkpoint(ckpt, model, ema, optimizer, lr_schedule, gen, state, config,
-                         cond_dim, n)
+        if procs.main:
+            _save_checkpoint(ckpt, model, ema, optimizer, lr_schedule, gen, state, config,
+                             cond_dim, n, scaler, world)
 
+    autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[config.precision])
+                if config.precision in AUTOCAST_DTYPES else contextlib.nullcontext())
+    share, micro = batch // world, batch // world // accum
     t_start, step_start = time.perf_counter(), state.step
     preview_seconds = 0.0
     report_sum, report_n = 0.0, 0
     total = config.steps
     while state.step < total:
-        if cancel is not None and cancel.cancelled:
+        if procs.any(cancel is not None and cancel.cancelled):
             checkpoint()
             raise Cancelled(f"training cancelled at step {state.step}/{total}; "
                             f"checkpoint saved in {ckpt}")
-        # 1. random batch (and flips) from the seeded generator: x0 (B, 3, H, W), c (B, D)
-        b = config.batch_size
-        idx = torch.randint(0, n, (b,), generator=gen).to(device)
-        x0, c = x_all[idx], c_all[idx]
-        if config.hflip:
-            flip = (torch.rand(b, generator=gen) < 0.5).to(device)
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        # 2. timesteps, noise and the condition-dropout mask
-        t = torch.randint(0, config.num_train_timesteps, (b,), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        drop = (torch.rand(b, generator=gen) < config.cond_dropout).to(device)
-        # 3. forward diffusion x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, and the target
-        x_t = noise_schedule.add_noise(x0, noise, t)
-        if config.prediction_type == "epsilon":
-            target = noise
-        elif config.prediction_type == "v_prediction":
-            target = noise_schedule.get_velocity(x0, noise, t)
-        else:  # "sample"
-            target = x0
-        # 4. denoise, MSE, optimiser and schedule step, EMA update
-        pred = model(x_t, t, c, drop)  # (B, 3, H, W)
-        loss = F.mse_loss(pred, target)
-        loss_value = float(loss.item())
+        # 1. the step's whole batch from the seeded generator (same on every rank):
+        #    indices and flips (B,), timesteps (B,), noise (B, C, h, w), dropout mask (B,)
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        flip = torch.rand(batch, generator=gen) < 0.5 if config.hflip else None
+        t_all = torch.randint(0, config.num_train_timesteps, (batch,), generator=gen)
+        noise_all = torch.randn((batch,) + tuple(x_all.shape[1:]), generator=gen)
+        drop_all = torch.rand(batch, generator=gen) < config.cond_dropout
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=device)
+        for a in range(accum):
+            # 2. this rank's micro-batch a: rows [rank*B/W + a*m, rank*B/W + (a+1)*m)
+            rows = slice(procs.rank * share + a * micro, procs.rank * share + (a + 1) * micro)
+            i = idx[rows].to(device)
+            x0 = x_all[i]  # (m, C, h, w)
+            if flip is not None:
+                f = flip[rows].to(device).view(-1, 1, 1, 1)
+                x0 = torch.where(f, x0.flip(-1) if x_flip is None else x_flip[i], x0)
+            t = t_all[rows].to(device)
+            noise = noise_all[rows].to(device)
+            # 3. forward diffusion x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; the target
+            x_t = noise_schedule.add_noise(x0, noise, t)
+            if config.prediction_type == "epsilon":
+                target = noise
+            elif config.prediction_type == "v_prediction":
+                target = noise_schedule.get_velocity(x0, noise, t)
+            else:  # "sample"
+                target = x0
+            # 4. denoise; per-sample MSE (m,), min-SNR weights, mean over this rank's share
+            with procs.no_sync(wrapped, sync=a == accum - 1):
+                with autocast:
+                    pred = wrapped(x_t, t, c_all[i], drop_all[rows].to(device))
+                per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+                weights = min_snr_weights(noise_schedule.alphas_cumprod, t,
+                                          config.min_snr_gamma, config.prediction_type)
+                loss = (per_sample * weights).sum() / share
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            step_loss += loss.detach()
+        loss_value = float(procs.mean(step_loss).item())
         if not math.isfinite(loss_value):
             raise StudioError(
                 f"training loss became {loss_value} at step {state.step + 1}; try a lower "
                 f"learning_rate (now {config.learning_rate})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # 5. clip, optimiser and schedule step, EMA update (DDP has averaged the gradients)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         lr_schedule.step()
         ema.step(model.parameters())
         state.step += 1
 
-        # 5. bookkeeping: loss curve, progress, previews, checkpoints
+        # 6. bookkeeping: loss curve, progress, previews, checkpoints (rank 0 writes)
         state.window[0] += loss_value
         state.window[1] += 1
         if state.window[1] >= LOSS_WINDOW or state.step == total:
@@ -201,11 +374,13 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
             state.window = [0.0, 0.0]
         report_sum, report_n = report_sum + loss_value, report_n + 1
         preview_path = None
-        if state.step % max(1, config.preview_every) == 0 or state.step == total:
+        if procs.main and (state.step % max(1, config.preview_every) == 0
+                           or state.step == total):
             t0 = time.perf_counter()
-            preview_path = _write_preview(model, ema, cond[preview_idx], pixels[preview_idx],
+            preview_path = _write_preview(model, ema, cond[preview_idx],
+                                          np.asarray(pixels[preview_idx]),
                                           out_dir / "previews" / f"step_{state.step:06d}.png",
-                                          config.device)
+                                          str(device))
             preview_seconds += time.perf_counter() - t0
         if state.step % REPORT_EVERY == 0 or state.step == total or preview_path:
             progress(ProgressEvent(
@@ -223,17 +398,26 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     # The saved model is the EMA of the weights.
     ema.copy_to(model.parameters())
     final_loss = state.losses[-1][1] if state.losses else float("nan")
-    model_dir = save_rcdm(model, out_dir / "model", config, cond_dim, {
-        **(extra or {}), "steps_done": state.step, "final_loss": final_loss,
-        "num_images": n, "ema": True})
-    return {
+    model_dir = out_dir / "model"
+    if procs.main:
+        save_rcdm(model, model_dir, config, cond_dim, {
+            **(extra or {}), "steps_done": state.step, "final_loss": final_loss,
+            "num_images": n, "ema": True, "world_size": world})
+    result = {
         "final_loss": final_loss,
         "losses": [list(p) for p in state.losses],
         "steps_done": state.step,
         "model_dir": str(model_dir),
         "parameters": params,
         "seconds_per_step": elapsed / steps_run if steps_run else None,
+        "images_per_second": batch * steps_run / elapsed if steps_run and elapsed else None,
+        "world_size": world,
+        "rank": procs.rank,
     }
+    if world > 1:
+        result["weights_digest"] = _weights_digest(model)
+    procs.barrier()  # every rank returns once the model is saved
+    return result
 
 
 def _write_preview(model: RCDM, ema: EMAModel, cond: np.ndarray, real: np.ndarray,
@@ -261,7 +445,8 @@ def _write_preview(model: RCDM, ema: EMAModel, cond: np.ndarray, real: np.ndarra
 
 def _save_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.optim.Optimizer,
                      lr_schedule: Any, gen: torch.Generator, state: _Progress,
-                     config: TrainConfig, cond_dim: int, num_images: int) -> None:
+                     config: TrainConfig, cond_dim: int, num_images: int,
+                     scaler: Any = None, world_size: int = 1) -> None:
     """Write the exact training state to ``folder`` atomically."""
     tmp = temp_dir_for(folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
@@ -282,6 +467,8 @@ def _save_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
         "ema": ema_meta,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "world_size": world_size,
         "generator": gen.get_state(),
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -294,7 +481,8 @@ def _save_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.
 
 def _load_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.optim.Optimizer,
                      lr_schedule: Any, gen: torch.Generator, config: TrainConfig,
-                     cond_dim: int, num_images: int, device: torch.device) -> _Progress:
+                     cond_dim: int, num_images: int, device: torch.device,
+                     scaler: Any = None) -> _Progress:
     """Restore everything ``_save_checkpoint`` wrote; refuses a checkpoint of another run."""
     files = ("model.safetensors", "ema.safetensors", "state.pt")
     missing = [f for f in files if not (folder / f).is_file()]
@@ -315,12 +503,14 @@ def _load_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.
         raise InvalidConfigError(
             f"checkpoint {folder} was trained on {saved['num_images']} images with D="
             f"{saved['cond_dim']}, got {num_images} images with D={cond_dim}")
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-    shadow = load_file(str(folder / "ema.safetensors"), device=str(device))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    shadow = {k: v.to(device) for k, v in load_file(str(folder / "ema.safetensors")).items()}
     names = [name for name, _ in model.named_parameters()]
     ema.load_state_dict({**saved["ema"], "shadow_params": [shadow[name] for name in names]})
     optimizer.load_state_dict(saved["optimizer"])
     lr_schedule.load_state_dict(saved["lr_schedule"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
     gen.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     ns = saved["numpy_rng"]

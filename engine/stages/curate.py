@@ -7,7 +7,7 @@ studio recomputes a band as the user moves it; no job.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,11 +41,21 @@ class BandData:
     metric: str
     centroid: str
     ranks: tuple[np.ndarray, ...] | None = None  # within-class ranks, sorted once
+    real_encoding: Encoding | None = None  # the dataset encoding judged against
+    train_idx: np.ndarray | None = None  # (N_real,) dataset rows of the real training images
+    robust: tuple[np.ndarray, np.ndarray] | None = None  # per-class median / MAD, once
+    cache: dict[str, Any] = field(default_factory=dict)  # maps, metrics of this view
 
     def class_ranks(self) -> tuple[np.ndarray, ...]:
         if self.ranks is None:
             self.ranks = curate.class_ranks(self.distances, self.labels, len(self.class_names))
         return self.ranks
+
+    def robust_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.robust is None:
+            self.robust = curate.robust_stats(self.distances, self.labels,
+                                              len(self.class_names), ranks=self.class_ranks())
+        return self.robust
 
 
 def band_data(project: Project, generation_ref: str, encoding_ref: str | None = None,
@@ -78,12 +88,108 @@ def band_data(project: Project, generation_ref: str, encoding_ref: str | None = 
         labels=syn_labels,
         real_distances=curate.centroid_distances(real, real_labels, centroids, metric),
         real_labels=real_labels, class_names=common.class_names(ds), metric=metric,
-        centroid=centroid)
+        centroid=centroid, real_encoding=real_enc, train_idx=train_idx)
+
+
+def encoding_choices(project: Project, generation_ref: str) -> list[tuple[str, str]]:
+    """(label, encoding id) of every re-encoding of a generation, latest last: the encoders a
+    generation can be judged by (the conditioning one and any second encoder)."""
+    gen = project.get(Generation, generation_ref)
+    out = []
+    for e in project.list(Encoding, target="generation", target_id=gen.id):
+        extra = " (offline)" if e.offline else ""
+        out.append((f"{e.encoder}{extra} · {e.dim}-d · {e.id[-6:]}", e.id))
+    return out
 
 
 def band_mask(bd: BandData, band: BandConfig) -> np.ndarray:
+    """(N,) bool kept by ``band`` (cached ranks: fast enough to run on every slider move)."""
     return curate.band_mask(bd.distances, bd.labels, band, len(bd.class_names),
-                            ranks=bd.class_ranks())
+                            ranks=bd.class_ranks(), class_names=bd.class_names,
+                            real_distances=bd.real_distances, real_labels=bd.real_labels,
+                            robust=bd.robust_stats() if band.outlier == "zscore" else None)
+
+
+def _real_train(project: Project, bd: BandData) -> np.ndarray:
+    """(N_real, D) float32 real training representations in the judging encoder."""
+    return np.asarray(project.embeddings(bd.real_encoding)[bd.train_idx], dtype=np.float32)
+
+
+def embedding_map(project: Project, bd: BandData, method: str = "pca",
+                  max_points: int = 5_000, seed: int = 0) -> pd.DataFrame:
+    """``curate.embedding_map`` of this view, cached on ``bd`` per (method, max_points, seed)."""
+    key = f"map-{method}-{max_points}-{seed}"
+    if key not in bd.cache:
+        bd.cache[key] = curate.embedding_map(
+            _real_train(project, bd), bd.real_labels, project.embeddings(bd.encoding),
+            bd.labels, method=method, max_points=max_points, seed=seed)
+    return bd.cache[key]
+
+
+def fidelity(project: Project, bd: BandData) -> np.ndarray:
+    """(N,) cosine between each sample's source image and the sample, both in the judging
+    encoder (NaN where the source image is unknown)."""
+    samples = project.samples(bd.generation.id)
+    images = project.images(bd.generation.dataset_id)
+    row_of = dict(zip(images["id"], images["idx"]))
+    src = np.array([row_of.get(i, -1) for i in samples["source_image_id"]], dtype=np.int64)
+    out = np.full(len(src), np.nan, dtype=np.float32)
+    ok = src >= 0
+    if ok.any():
+        real = project.embeddings(bd.real_encoding)
+        syn = project.embeddings(bd.encoding)
+        out[ok] = curate.conditioning_fidelity(np.asarray(real[src[ok]], dtype=np.float32),
+                                               np.asarray(syn, dtype=np.float32)[ok])
+    return out
+
+
+def metrics(project: Project, bd: BandData, mask: np.ndarray, k: int = 5,
+            max_samples: int | None = 10_000, copy_factor: float = 0.5) -> dict[str, Any]:
+    """``gen_metrics.evaluate`` of the kept samples against the real training images.
+
+    Sample indices in "copies" / "duplicates" are rows of the generation (its ``idx``)."""
+    from engine import gen_metrics
+
+    fid = fidelity(project, bd)
+    return gen_metrics.evaluate(
+        _real_train(project, bd), bd.real_labels, project.embeddings(bd.encoding), bd.labels,
+        mask, bd.class_names, fidelity=None if np.isnan(fid).all() else np.nan_to_num(fid),
+        metric=bd.metric, k=k, max_samples=max_samples, copy_factor=copy_factor)
+
+
+def provenance(project: Project, bd: BandData, index: int) -> dict[str, Any]:
+    """Where one generated sample comes from and how far it lies: for the studio's details.
+
+    Returns:
+        {"sample", "path", "source_image_id", "source_path", "class", "seed", "model",
+        "sampler", "steps", "guidance", "distance", "class_quantile", "encoder"}.
+    """
+    from engine.project import Image, Model
+
+    samples = project.samples(bd.generation.id)
+    if not 0 <= index < len(samples):
+        raise InvalidConfigError(f"sample index {index} is outside 0..{len(samples) - 1}")
+    row = samples.iloc[index]
+    rank, counts = bd.class_ranks()[:2]
+    label = int(bd.labels[index])
+    out: dict[str, Any] = {
+        "sample": str(row["id"]), "path": str(project.abs(row["path"])),
+        "source_image_id": str(row["source_image_id"]), "source_path": "",
+        "class": bd.class_names[label], "seed": int(row["seed"]), "model": "",
+        "sampler": str(row["sampler"]), "steps": int(row["steps"]),
+        "guidance": float(row["guidance"]), "distance": float(bd.distances[index]),
+        "class_quantile": float((rank[index] + 0.5) / max(counts[label], 1)),
+        "encoder": bd.encoding.encoder, "metric": bd.metric, "centroid": bd.centroid}
+    try:
+        img = project.get(Image, str(row["source_image_id"]))
+        out["source_path"] = str(project.abs(img.thumb or img.path))
+    except Exception:  # noqa: BLE001 - a missing source is shown as such, not an error
+        pass
+    try:
+        out["model"] = project.get(Model, bd.generation.model_id).name
+    except Exception:  # noqa: BLE001
+        out["model"] = bd.generation.model_id
+    return out
 
 
 def save_selection(project: Project, bd: BandData, band: BandConfig,
@@ -95,7 +201,7 @@ def save_selection(project: Project, bd: BandData, band: BandConfig,
         raise InvalidConfigError("the band keeps no sample; widen it before saving")
     return _store(project, bd.generation, bd.encoding.id, members,
                   name or f"{bd.generation.name}-band-{band.low:.2f}-{band.high:.2f}",
-                  {"kind": "band", "band": band.to_dict()})
+                  {"kind": "band", "band": band.to_dict(), "encoder": bd.encoding.encoder})
 
 
 def save_all(project: Project, generation_ref: str, name: str | None = None,

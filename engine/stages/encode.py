@@ -3,11 +3,21 @@
 A dataset encoding fits the encoder on the training split when it needs fitting (PCA) and
 encodes every image; a generation is re-encoded with the encoder fitted for its dataset, so
 real and generated representations live in the same space.
+
+Encoding is resumable: embeddings go, chunk by chunk (``config.chunk_size`` images), into a
+memory-mapped ``embeddings.npy.partial`` beside a small marker ``embeddings.npy.progress.json``
+(images done, shape, encoder); the fitted (or loaded) encoder is saved first. A retried job
+(same folder, same params) loads that encoder and continues after the last finished chunk;
+the finished array is renamed to ``embeddings.npy``. Offline encoders read the dataset's
+cached pixel array; pretrained ones (``reads_files``) decode the image files chunk by chunk
+at their own resolution, so a large dataset is never held in memory.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +26,11 @@ import numpy as np
 from engine.config import EncodeConfig
 from engine.errors import InvalidConfigError
 from engine.jobs import JobSpec
-from engine.progress import CancelToken, ProgressFn
-from engine.project import Encoding, Generation, Project, new_id, save_array_atomic
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+from engine.project import Encoding, Generation, Project, new_id, write_json_atomic
 from engine.stages import common
+
+log = logging.getLogger(__name__)
 
 
 def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = None,
@@ -40,12 +52,18 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
     }
     if generation_ref is None:
         ds = common.dataset(project, dataset_ref)
-        encoders.create_encoder(config, num_classes=ds.num_classes)  # unknown names fail here
+        # unknown names fail here; missing pretrained weights too when the hub is offline
+        encoder = encoders.create_encoder(config, num_classes=ds.num_classes)
+        if isinstance(encoder, encoders.PretrainedEncoder):
+            encoder.check_available()
         train_idx, _, labels = common.split_indices(project, ds)
-        data.dataset_pixels(project, ds, config.image_size)  # decode once, cached
+        if encoder.reads_files:
+            params["paths"] = [str(project.abs(p)) for p in project.images(ds.id)["path"]]
+        else:
+            data.dataset_pixels(project, ds, config.image_size)  # decode once, cached
+            params["pixels_path"] = str(data.pixels_cache_path(project, ds, config.image_size))
         params.update(target="dataset", dataset_id=ds.id, target_id=ds.id,
                       num_classes=ds.num_classes,
-                      pixels_path=str(project.assets / ds.root / f"pixels_{config.image_size}.npy"),
                       labels=labels.tolist(), fit_idx=train_idx.tolist())
         title = f"Encode {ds.name} with {config.encoder}"
     else:
@@ -71,28 +89,107 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
-    from engine import data, encoders
+    from engine import encoders
 
     config = EncodeConfig.from_dict(params["config"])
     labels = np.asarray(params["labels"], dtype=np.int64)
-    if params["target"] == "dataset":
-        # 1. pixels of every image, decoded once by the owner (memory-mapped)
+    state_dir = Path(params["state_dir"])
+    pixels = None
+    if params["target"] == "dataset" and params.get("pixels_path"):
+        # the dataset's pixels, decoded once by the owner (memory-mapped)
         pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
+    # 1. the encoder: saved by an earlier attempt of this job, the dataset's fitted one
+    #    (re-encoding), or a new one, fitted on the training split (the test split stays unseen)
+    if (state_dir / encoders.MANIFEST).exists():
+        encoder = encoders.load_encoder(state_dir)
+    elif params["target"] == "generation":
+        encoder = encoders.load_encoder(Path(params["source_state_dir"]))
+    else:
         encoder = encoders.create_encoder(config, num_classes=params["num_classes"])
-        # 2. fit on the training split only (the test split stays unseen)
         if encoder.needs_fit:
             fit_idx = np.asarray(params["fit_idx"], dtype=np.int64)
-            encoder.fit(np.asarray(pixels[fit_idx]), labels[fit_idx])
-    else:
-        encoder = encoders.load_encoder(Path(params["source_state_dir"]))
-        pixels = data.load_pixels([Path(p) for p in params["paths"]], config.image_size)
+            fit_px = (np.asarray(pixels[fit_idx]) if pixels is not None else
+                      encoder.read_images([params["paths"][i] for i in fit_idx]))
+            encoder.fit(fit_px, labels[fit_idx], progress=progress, cancel=cancel)
     cancel.raise_if_cancelled()
-    # 3. encode everything, batched
-    emb = encoder.encode(np.asarray(pixels), labels, progress=progress, cancel=cancel)
-    save_array_atomic(Path(params["array_path"]), emb.astype(np.float32))
-    encoder.save(Path(params["state_dir"]))
+    encoder.save(state_dir)  # before encoding: a retry reuses it instead of refitting
+
+    # 2. where each chunk's pixels come from
+    paths = params.get("paths")
+    if pixels is not None:
+        def chunk_pixels(start: int, stop: int) -> np.ndarray | None:
+            return np.asarray(pixels[start:stop])
+    elif paths is not None:
+        def chunk_pixels(start: int, stop: int) -> np.ndarray | None:
+            return encoder.read_images([Path(p) for p in paths[start:stop]])
+    else:
+        raise InvalidConfigError("the encode job names neither pixels nor image paths")
+
+    # 3. encode chunk by chunk into a memory-mapped partial array (resumable)
+    emb = encode_chunks(encoder, chunk_pixels, labels, Path(params["array_path"]),
+                        config.chunk_size, progress=progress, cancel=cancel)
     return {"dim": int(emb.shape[1]), "count": int(emb.shape[0]), "encoder": encoder.name,
             "offline": bool(encoder.offline)}
+
+
+def encode_chunks(encoder: Any, chunk_pixels: Any, labels: np.ndarray, array_path: Path,
+                  chunk_size: int, progress: ProgressFn = no_progress,
+                  cancel: CancelToken | None = None) -> np.ndarray:
+    """Encode N images chunk by chunk into ``array_path`` (float32 (N, dim)), resumably.
+
+    Args:
+        encoder: a fitted Encoder.
+        chunk_pixels: ``(start, stop) -> uint8 (stop - start, H, W, 3)`` (or None for the
+            class encoder, which reads only labels).
+        labels: int (N,); N is the number of images.
+        array_path: the final ``.npy``; ``<name>.partial`` and ``<name>.progress.json`` sit
+            beside it while encoding.
+        chunk_size: images per chunk; the marker is updated after each chunk.
+
+    Returns:
+        the finished array, memory-mapped read-only.
+    """
+    n, dim = int(len(labels)), int(encoder.dim)
+    partial = array_path.with_name(array_path.name + ".partial")
+    marker = array_path.with_name(array_path.name + ".progress.json")
+    if array_path.exists() and not marker.exists():
+        done_arr = np.load(array_path, mmap_mode="r", allow_pickle=False)
+        if done_arr.shape == (n, dim):
+            return done_arr  # an earlier attempt finished the array
+    key = {"n": n, "dim": dim, "encoder": encoder.name, "chunk_size": int(chunk_size)}
+    done = 0
+    if partial.exists() and marker.exists():
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in key} == key:
+            done = int(saved.get("done", 0))
+            log.info("resuming encoding at image %d of %d", done, n)
+    if done == 0:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+    else:
+        out = np.load(partial, mmap_mode="r+", allow_pickle=False)
+    try:
+        for start in range(done, n, chunk_size):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            stop = min(start + chunk_size, n)
+
+            def shifted(event: ProgressEvent, start: int = start) -> None:
+                progress(ProgressEvent(stage="encode", step=start + event.step, total=n,
+                                       metrics=event.metrics))
+
+            out[start:stop] = encoder.encode(chunk_pixels(start, stop), labels[start:stop],
+                                             progress=shifted, cancel=cancel)  # (chunk, dim)
+            out.flush()
+            write_json_atomic(marker, {**key, "done": stop})
+        if n == 0:
+            progress(ProgressEvent(stage="encode", step=0, total=0))
+    finally:
+        del out
+    with open(partial, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, array_path)
+    marker.unlink(missing_ok=True)
+    return np.load(array_path, mmap_mode="r", allow_pickle=False)
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from engine.config import ExportConfig
@@ -13,6 +15,24 @@ from engine.jobs import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Export, Generation, Model, Project, Selection, new_id
 from engine.stages import common
+
+log = logging.getLogger(__name__)
+
+
+def band_text(how: dict[str, Any]) -> str:
+    """A short description of how a selection was made, for the manifest's ``band`` column."""
+    band = how.get("band")
+    if not band:
+        return str(how.get("kind", ""))
+    unit = "quantile" if band.get("mode", "quantile") == "quantile" else "distance"
+    text = f"{unit} {band.get('low', 0):g}-{band.get('high', 1):g}"
+    if band.get("per_class"):
+        text += f" ({len(band['per_class'])} per-class overrides)"
+    if band.get("outlier", "none") != "none":
+        text += f", outliers: {band['outlier']}"
+    if band.get("target_per_class", 0):
+        text += f", target {band['target_per_class']}/class ({band.get('target_pick')})"
+    return text
 
 
 def prepare(project: Project, config: ExportConfig, selection_ref: str,
@@ -37,7 +57,8 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
         "model_id": model.id, "model": model.name, "encoder": model.encoder,
         "sampler": samples["sampler"].to_numpy(), "steps": samples["steps"].to_numpy(),
         "guidance": samples["guidance"].to_numpy(),
-        "generation": gen.name, "selection": sel.name,
+        "generation": gen.name, "selection": sel.name, "selection_id": sel.id,
+        "band": band_text(json.loads(sel.config_json)),
     })
     if sel.encoding_id:
         try:
@@ -47,9 +68,16 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
             bd = curate_stage.band_data(project, gen.id, sel.encoding_id,
                                         centroid=band.get("centroid", "real"),
                                         metric=band.get("metric", "cosine"))
-            rows["distance"] = bd.distances[project.selection_members(sel)]
+            members = project.selection_members(sel)
+            rank, counts = bd.class_ranks()[:2]
+            rows["distance"] = bd.distances[members]
+            rows["class_quantile"] = (rank[members] + 0.5) / np.maximum(
+                counts[bd.labels[members]], 1)
+            rows["judged_by"] = bd.encoding.encoder
+            rows["distance_metric"] = bd.metric
+            rows["centroid"] = bd.centroid
         except Exception:  # noqa: BLE001 - distances are a nicety of the manifest
-            pass
+            log.info("export: no distances for selection %s", sel.name, exc_info=True)
     if config.include_real:
         images = project.images(ds.id, split="train")
         real = pd.DataFrame({"path": [str(project.abs(p)) for p in images["path"]],

@@ -1,8 +1,11 @@
-"""Generate: seeded variations of chosen real images with a trained RCDM.
+"""Generate: images from a trained RCDM on representations of the conditioning space.
 
-The condition of each variation is the source image's representation (from the encoding the
-model was trained on); variation ``v`` of source ``j`` uses seed ``seed + j * k + v``, so
-(model, representation, seed, sampler, steps, guidance) reproduces every image.
+``GenerateConfig.mode`` picks the representations (engine.rcdm.conditions): variations of
+real images (the paper's), interpolation between two images, mix-up within a class, or new
+draws from each class's distribution. Representation ``j`` of the plan gets seeds
+``seed + j * variations + v``, so (model, representation, seed, sampler, steps, guidance)
+reproduces every image; the plan's representations are kept in the generation folder
+(``source_cond.npy``) and each sample's provenance in ``samples.parquet``.
 """
 
 from __future__ import annotations
@@ -21,61 +24,134 @@ from engine.progress import CancelToken, ProgressFn
 from engine.project import Encoding, Generation, Project, new_id
 from engine.stages import common
 
+# per-sample weights go into the generation's config_json up to this many representations
+# (beyond, they are in samples.parquet only)
+MAX_INLINE_WEIGHTS = 1000
 
-def prepare(project: Project, config: GenerateConfig, model_ref: str | None = None,
-            image_ids: list[str] | None = None, name: str | None = None) -> JobSpec:
-    """Generate ``config.variations`` images per source image.
+
+def _pool(images: pd.DataFrame, image_ids: list[str] | None, config: GenerateConfig,
+          ds_name: str) -> pd.DataFrame:
+    """The real images the plan is built from, in the order the user gave them."""
+    if image_ids is None:
+        if config.mode == "interpolate":
+            raise InvalidConfigError("interpolation needs two source images (their ids)")
+        return images[images["split"] == "train"]
+    if len(image_ids) == 0:
+        raise InvalidConfigError("no source image chosen; select at least one real image")
+    by_id = images.set_index("id", drop=False)
+    missing = sorted(set(image_ids) - set(by_id.index))
+    if missing:
+        raise InvalidConfigError(f"unknown image id(s) for dataset {ds_name}: {missing[:5]}")
+    if config.mode == "interpolate":
+        if len(image_ids) != 2:
+            raise InvalidConfigError(f"interpolation needs exactly two source images, got "
+                                     f"{len(image_ids)}")
+        return by_id.loc[list(image_ids)].reset_index(drop=True)
+    return images[images["id"].isin(list(image_ids))]
+
+
+def plan_params(project: Project, config: GenerateConfig, model_ref: str | None = None,
+                image_ids: list[str] | None = None) -> tuple[dict[str, Any], Any]:
+    """Everything a generation needs, read from the project, and its ConditionPlan.
 
     Args:
-        image_ids: ids of real images to vary; None = every image of the training split.
+        image_ids: the pool of real images: the images to vary (variations), the two ends
+            in order (interpolate), the images to mix or fit per class (mixup,
+            class_sample); None = the training split.
+
+    Returns:
+        (params, plan): params holds the model, dataset, config and the plan's labels and
+        provenance (JSON); plan holds the (K, D) representations too.
     """
+    from engine.rcdm.conditions import build_plan
+    from engine.rcdm.sample import check_sampler
+
+    check_sampler(config.sampler)
     model = common.trained_model(project, model_ref)
     ds = common.dataset(project, model.dataset_id)
     enc = project.get(Encoding, model.encoding_id)
-    images = project.images(ds.id)
-    if image_ids is None:
-        chosen = images[images["split"] == "train"]
-    else:
-        if len(image_ids) == 0:
-            raise InvalidConfigError("no source image chosen; select at least one real image")
-        chosen = images[images["id"].isin(list(image_ids))]
-        missing = sorted(set(image_ids) - set(chosen["id"]))
-        if missing:
-            raise InvalidConfigError(f"unknown image id(s) for dataset {ds.name}: {missing[:5]}")
-    idx = chosen["idx"].to_numpy(np.int64)
-    cond = np.asarray(project.embeddings(enc)[idx], dtype=np.float32)
+    chosen = _pool(project.images(ds.id), image_ids, config, ds.name)
+    cond = np.asarray(project.embeddings(enc)[chosen["idx"].to_numpy(np.int64)],
+                      dtype=np.float32)
+    plan = build_plan(config, cond, chosen["id"].tolist(), chosen["label"].to_numpy(np.int64))
+    params = {
+        "model_id": model.id, "model_name": model.name, "dataset_id": ds.id,
+        "encoder": model.encoder, "config": config.to_dict(),
+        "model_dir": str(project.abs(model.checkpoint)), "mode": plan.mode,
+        "source_ids": list(plan.source_ids), "partner_ids": list(plan.partner_ids),
+        "weights": plan.weights.tolist(), "labels": plan.labels.astype(int).tolist(),
+        "class_names": common.class_names(ds), "pool_size": int(len(chosen)),
+    }
+    return params, plan
+
+
+def plan_from_params(params: dict[str, Any], cond: np.ndarray):
+    """The ConditionPlan of ``params`` (from ``plan_params``) and its (K, D) ``cond``."""
+    from engine.rcdm.conditions import ConditionPlan
+
+    k = len(params["labels"])
+    return ConditionPlan(
+        mode=params.get("mode", "variations"), cond=np.asarray(cond, dtype=np.float32),
+        labels=np.asarray(params["labels"], dtype=np.int64),
+        source_ids=list(params["source_ids"]),
+        partner_ids=list(params.get("partner_ids") or [""] * k),
+        weights=np.asarray(params.get("weights") or [0.0] * k, dtype=np.float64))
+
+
+def prepare(project: Project, config: GenerateConfig, model_ref: str | None = None,
+            image_ids: list[str] | None = None, name: str | None = None) -> JobSpec:
+    """Generate ``config.variations`` images per representation of ``config.mode``'s plan.
+
+    Args:
+        image_ids: see ``plan_params``; None = every image of the training split.
+    """
+    params, plan = plan_params(project, config, model_ref, image_ids)
     gen_id = new_id("gen")
     out = project.new_folder("generations", gen_id)
     cond_path = out / "source_cond.npy"
-    np.save(cond_path, cond, allow_pickle=False)
-    name = project.unique_name(Generation, name or f"{model.name}-x{config.variations}")
-    params = {
-        "generation_id": gen_id, "name": name, "model_id": model.id, "dataset_id": ds.id,
-        "encoder": model.encoder, "config": config.to_dict(),
-        "model_dir": str(project.abs(model.checkpoint)), "cond_path": str(cond_path),
-        "source_ids": chosen["id"].tolist(), "labels": chosen["label"].astype(int).tolist(),
-        "class_names": common.class_names(ds), "out_dir": str(out),
-    }
-    title = f"Generate {len(idx) * config.variations} images with {model.name}"
+    np.save(cond_path, plan.cond, allow_pickle=False)
+    suffix = f"x{config.variations}" if plan.mode == "variations" else plan.mode
+    name = project.unique_name(Generation, name or f"{params['model_name']}-{suffix}")
+    params.update(generation_id=gen_id, name=name, cond_path=str(cond_path),
+                  out_dir=str(out))
+    what = "" if plan.mode == "variations" else f" ({plan.mode})"
+    title = (f"Generate {len(plan) * config.variations} images{what} with "
+             f"{params['model_name']}")
     return JobSpec(kind="generate", title=title, params=params)
 
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
-    from engine.rcdm.generate import generate_variations
+    from engine.rcdm.generate import generate_plan
 
     config = GenerateConfig.from_dict(params["config"])
-    cond = np.load(params["cond_path"], allow_pickle=False)
+    plan = plan_from_params(params, np.load(params["cond_path"], allow_pickle=False))
     out_dir = Path(params["out_dir"])
-    rows = generate_variations(
-        Path(params["model_dir"]), cond, params["source_ids"],
-        np.asarray(params["labels"], dtype=np.int64), params["class_names"], config, out_dir,
-        model_id=params["model_id"], progress=progress, cancel=cancel)
+    rows = generate_plan(Path(params["model_dir"]), plan, params["class_names"], config,
+                         out_dir, model_id=params["model_id"], progress=progress,
+                         cancel=cancel)
     table = out_dir / "samples.parquet"
     tmp = table.with_name(table.name + ".tmp")
     rows.to_parquet(tmp, index=False)
     tmp.replace(table)
     return {"count": int(len(rows)), "samples": str(table)}
+
+
+def generation_config(params: dict[str, Any], project: Project,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The generation row's config_json: the GenerateConfig plus where the plan came from."""
+    k = len(params["labels"])
+    conditions: dict[str, Any] = {
+        "mode": params.get("mode", "variations"), "representations": k,
+        "pool_size": params.get("pool_size"),
+        "cond_file": project.rel(params["cond_path"]),
+        "samples_file": project.rel(Path(params["out_dir"]) / "samples.parquet"),
+    }
+    if conditions["mode"] == "interpolate" and k:
+        conditions["pair"] = [params["source_ids"][0], params["partner_ids"][0]]
+    if conditions["mode"] in ("interpolate", "mixup") and k <= MAX_INLINE_WEIGHTS:
+        conditions["weights"] = params["weights"]
+    return {**params["config"], "conditions": conditions, **(extra or {})}
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
@@ -94,10 +170,14 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
         "steps": rows["steps"].astype("int64"),
         "guidance": rows["guidance"].astype("float64"),
     })
+    if "cond_path" in params and "labels" in params:
+        config_json = generation_config(params, project, result.get("provenance"))
+    else:  # a job spec written before plans existed
+        config_json = params["config"]
     gen = Generation(id=gen_id, name=params["name"], model_id=params["model_id"],
                      dataset_id=params["dataset_id"], encoder=params["encoder"],
                      folder=project.rel(params["out_dir"]), count=len(samples),
-                     config_json=json.dumps(params["config"]))
+                     config_json=json.dumps(config_json))
     project.add_generation(gen, samples)
     return gen_id
 

@@ -47,17 +47,46 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
     return JobSpec(kind="train", title=f"Train {name} on {ds.name}", params=params)
 
 
+class _Rows:
+    """Rows ``idx`` of a (memory-mapped) array, read only when indexed: a latent run needs
+    the pixels of a few preview images, not the whole split in memory."""
+
+    def __init__(self, array: np.ndarray, idx: np.ndarray) -> None:
+        self.array, self.idx = array, idx
+        self.shape = (len(idx),) + tuple(array.shape[1:])
+        self.dtype, self.ndim = array.dtype, array.ndim
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[self.idx[key]])
+
+
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
     from engine.rcdm.train import train_rcdm
 
     config = TrainConfig.from_dict(params["config"])
     idx = np.asarray(params["train_idx"], dtype=np.int64)
-    pixels = np.asarray(np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)[idx])
+    all_pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
     cond = np.asarray(np.load(params["cond_path"], mmap_mode="r", allow_pickle=False)[idx],
                       dtype=np.float32)
+    latents = None
+    if config.space == "latent":
+        from engine.rcdm.latent import cached_latents
+
+        # latents of the whole dataset, cached beside its pixel cache and keyed by
+        # (VAE, image size): computed once, shared by every latent run on this dataset
+        latents = cached_latents(all_pixels, config.vae_id, Path(params["pixels_path"]).parent,
+                                 flip=config.hflip, latent_scale=config.latent_scale,
+                                 device=config.device, progress=progress,
+                                 cancel=cancel).subset(idx)
+        pixels = _Rows(all_pixels, idx)
+    else:
+        pixels = np.asarray(all_pixels[idx])
     out = train_rcdm(pixels, cond, config, Path(params["out_dir"]), progress=progress,
-                     cancel=cancel, resume=True, extra=params.get("extra"))
+                     cancel=cancel, resume=True, extra=params.get("extra"), latents=latents)
     return {"final_loss": out["final_loss"], "losses": out["losses"],
             "steps_done": out["steps_done"], "model_dir": out["model_dir"]}
 

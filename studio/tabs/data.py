@@ -1,9 +1,11 @@
-"""Data tab: import the demo or a folder, the dataset's summary, a paginated gallery."""
+"""Data tab: import the demo, a folder or a zip upload, the dataset's summary, a paginated
+gallery of thumbnails (one SQL page at a time: fast at tens of thousands of images)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 60
 ALL = "all classes"
+ZIP_MAX_BYTES = 8 * 1024 ** 3  # unpacked size of an uploaded zip
+ZIP_MAX_FILES = 1_000_000
 
 
 def dataset_choices(ctx: StudioContext) -> list[tuple[str, str]]:
@@ -63,22 +67,32 @@ def class_choices(ctx: StudioContext, dataset_id: str | None) -> list[str]:
 def image_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None,
                split: str | None, page: int, page_size: int = PAGE_SIZE
                ) -> tuple[list[tuple[str, str]], list[str], int, int]:
-    """One page of thumbnails.
+    """One page of thumbnails, read with one ``LIMIT`` query (the dataset is never loaded).
+
+    All classes are interleaved (rank within the class first, then the label) so that every
+    page shows all of them.
 
     Returns:
         (gallery items [(thumbnail path, caption)], their image ids, page (clamped), pages).
     """
     if not dataset_id:
         return [], [], 1, 1
-    images = ctx.project.images(dataset_id, split=None if split in (None, "all") else split)
+    where, params = ["dataset_id = ?"], [dataset_id]
+    if split not in (None, "all"):
+        where.append("split = ?")
+        params.append(split)
     if class_name and class_name != ALL:
-        images = images[images["class_name"] == class_name]
-    else:  # interleave the classes so that every page shows all of them
-        rank = images.groupby("label").cumcount()
-        images = images.assign(_rank=rank).sort_values(["_rank", "label"], kind="stable")
-    pages = max(1, -(-len(images) // page_size))
+        where.append("class_name = ?")
+        params.append(class_name)
+    cond = " AND ".join(where)
+    total = int(ctx.project.query(f"SELECT count(*) AS n FROM image WHERE {cond}",
+                                  params).iloc[0, 0])
+    pages = max(1, -(-total // page_size))
     page = min(max(int(page or 1), 1), pages)
-    rows = images.iloc[(page - 1) * page_size: page * page_size]
+    rows = ctx.project.query(
+        f"SELECT id, path, thumb, class_name FROM (SELECT id, path, thumb, class_name, label, "
+        f"row_number() OVER (PARTITION BY label ORDER BY idx) AS r FROM image WHERE {cond}) "
+        f"ORDER BY r, label LIMIT ? OFFSET ?", params + [page_size, (page - 1) * page_size])
     items = [(str(ctx.project.abs(r.thumb or r.path)), f"{r.class_name}") for r in
              rows.itertuples()]
     return items, rows["id"].tolist(), page, pages
@@ -113,6 +127,39 @@ def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: flo
                                     progress=_progress_adapter(progress))
 
 
+def import_zip(ctx: StudioContext, zip_path: str | None, name: str, test_fraction: float,
+               progress: Any = None) -> Dataset:
+    """Import an uploaded zip of an ImageFolder: extracted safely (``engine.safezip``) into a
+    temporary folder of the project's assets, imported, then removed.
+
+    Raises:
+        InvalidConfigError: no file; UnsafeArchiveError: traversal, links, a zip bomb;
+        DatasetError: no class folder with images.
+    """
+    from engine import data
+    from engine.safezip import extract_zip
+
+    if not zip_path:
+        raise InvalidConfigError("upload a .zip of an image folder first")
+    src = Path(zip_path)
+    if src.suffix.lower() != ".zip":
+        raise InvalidConfigError(f"{src.name} is not a .zip archive")
+    name = (name or "").strip() or src.stem
+    tmp_root = ctx.project.assets / "uploads"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_root, prefix="unzip-") as tmp:
+        root = extract_zip(src, Path(tmp) / "x", max_bytes=ZIP_MAX_BYTES,
+                           max_files=ZIP_MAX_FILES)
+        # a zip of the folder itself holds one top folder: the ImageFolder is inside it
+        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(entries) == 1 and entries[0].is_dir() and \
+                any(c.is_dir() for c in entries[0].iterdir()):
+            root = entries[0]
+        return data.import_image_folder(ctx.project, root, name,
+                                        ImportConfig(test_fraction=float(test_fraction)),
+                                        progress=_progress_adapter(progress))
+
+
 def _progress_adapter(progress: Any) -> Any:
     if progress is None:
         from engine.progress import no_progress
@@ -139,6 +186,13 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                     test_fraction = gr.Number(label="Test fraction", value=0.2, minimum=0.01,
                                               maximum=0.9, step=0.05)
                 folder_btn = gr.Button("Import folder")
+            with gr.Accordion("…or upload a .zip of an image folder", open=False):
+                upload = gr.File(label="Zip of an ImageFolder (one sub-folder per class)",
+                                 file_types=[".zip"], type="filepath", elem_id="upload-zip")
+                with gr.Row(elem_classes=["bottom-align"]):
+                    zip_name = gr.Textbox(label="Dataset name", placeholder="default: zip name",
+                                          scale=2)
+                    zip_btn = gr.Button("Import zip", scale=1, elem_id="import-zip")
             status = gr.HTML(elem_id="data-status")
             shared.dataset = gr.Dropdown(label="Dataset", choices=[], value=None,
                                          allow_custom_value=True,
@@ -189,6 +243,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     next_btn.click(lambda d, c, s, p: show_page(d, c, s, (p or 1) + 1), page_inputs,
                    page_outputs)
 
+    @ui.guard(2, status=1)
     def select(ids: list[str], evt: gr.SelectData) -> tuple[Any, Any]:
         if evt.index is None or evt.index >= len(ids):
             return gr.skip(), gr.skip()
@@ -209,6 +264,15 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
                          f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
 
+    @ui.guard(2)
+    def on_zip(zip_v: str | None, name_v: str, frac: float,
+               progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+        ds = import_zip(ctx, zip_v, name_v, frac, progress=progress)
+        return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
+                         f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
+
+    zip_btn.click(on_zip, [upload, zip_name, test_fraction], [status, dataset],
+                  concurrency_id="import", api_name="import_zip")
     demo_btn.click(on_demo, None, [status, dataset], concurrency_id="import",
                    api_name="import_demo")
     folder_btn.click(on_folder, [folder, name, test_fraction], [status, dataset],

@@ -1,4 +1,5 @@
-"""Evaluate tab: train a classifier on a training mix, compare top-1 / top-5 of every run."""
+"""Evaluate tab: train a classifier on a training mix, compare top-1 / top-5 of every run;
+launch the paper's experiments (scaling, augmentation, filtering) and read their tables."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from engine.config import CLASSIFIERS, MIXES, EvalConfig
+from engine import experiments
+from engine.config import AUGMENTS, CLASSIFIERS, MIXES, EvalConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import ACTIVE
-from engine.project import Evaluation, Job, Selection
+from engine.project import Evaluation, Generation, Job, Selection
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -28,7 +30,7 @@ def selection_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 
 
 def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id: str | None,
-             arch: str, epochs: int, name: str | None) -> Job:
+             arch: str, epochs: int, name: str | None, augment: str = EvalConfig.augment) -> Job:
     from engine.stages import evaluate as evaluate_stage
 
     if mix not in MIXES:
@@ -38,7 +40,7 @@ def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id:
                             f"Curate tab")
     if mix == "real" and not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
-    config = EvalConfig(arch=arch, epochs=int(epochs))
+    config = EvalConfig(arch=arch, epochs=int(epochs), augment=augment or EvalConfig.augment)
     return ctx.submit(evaluate_stage.prepare(
         ctx.project, config, mix=mix, dataset_ref=dataset_id if mix == "real" else None,
         selection_ref=selection_id if mix != "real" else None,
@@ -91,6 +93,117 @@ def running_text(ctx: StudioContext) -> str:
     return "\n".join(lines) if lines else "<small>No evaluation running.</small>"
 
 
+EXPERIMENT_LABELS = {
+    "scaling": "Scaling: synthetic only at 1x..4x, real only as a line (Fig. 2)",
+    "augmentation": "Augmentation vs synthetic: real + AutoAugment / RandAugment / Mixup / "
+                    "CutMix vs real + 1x, 2x synthetic (Table 2)",
+    "filtering": "Filtering: unfiltered 1x vs the middle band of 2x (Table 1)"}
+
+
+def generation_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    out = []
+    for g in ctx.project.list(Generation):
+        k = ui.loads(g.config_json).get("variations", 1)
+        out.append((f"{g.name} · {g.count:,} images · {k} per image", g.id))
+    return out
+
+
+def experiment_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{r['name']} · {r['kind']}", r["id"])
+            for r in experiments.list_experiments(ctx.project)]
+
+
+def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] | None,
+                      seeds: int, arch: str, epochs: int, name: str | None) -> dict[str, Any]:
+    """Plan the experiment, record it in the project and queue its evaluations."""
+    if kind not in experiments.KINDS:
+        raise InvalidConfigError(f"pick an experiment: one of {experiments.KINDS}")
+    config = EvalConfig(arch=arch, epochs=int(epochs))
+    return experiments.launch(ctx.project, kind, list(generation_ids or []), config,
+                              submit=ctx.submit, seeds=int(seeds),
+                              name=(name or "").strip() or None)
+
+
+def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, Any, Any]:
+    """(table, figure, CSV path, Markdown path) of an experiment; empty without one."""
+    if not exp_id:
+        empty = pd.DataFrame(columns=["training data", "images", "seeds", "top-1 %", "top-5 %"])
+        return empty, None, gr.update(value=None, visible=False), \
+            gr.update(value=None, visible=False)
+    record = experiments.get(ctx.project, exp_id)
+    paths = experiments.export(ctx.project, record)
+    return (experiments.formatted_table(ctx.project, record),
+            experiments.figure(ctx.project, record),
+            gr.update(value=paths["csv"], visible=True),
+            gr.update(value=paths["markdown"], visible=True))
+
+
+def build_experiments(ctx: StudioContext, shared: Shared) -> None:
+    gr.Markdown("### Experiments\n<small>The paper's comparisons, one click each: every "
+                "configuration is trained with the same recipe, once per seed, as queued "
+                "background evaluations (live progress in the Jobs panel). The table shows "
+                "top-1 / top-5 as mean ± std over seeds.</small>")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            kind = gr.Radio([(v, k) for k, v in EXPERIMENT_LABELS.items()], value="scaling",
+                            label="Experiment", elem_id="exp-kind")
+            gens = gr.Dropdown(label="Generation(s): scaling takes one per model; the others "
+                                     "one (2 or more variations per image)",
+                               choices=[], value=[], multiselect=True, elem_id="exp-generations")
+            with gr.Row():
+                seeds = gr.Number(label="Seeds", value=3, precision=0, minimum=1,
+                                  elem_id="exp-seeds")
+                arch = gr.Dropdown(list(CLASSIFIERS), value=EvalConfig.arch, label="Classifier")
+                epochs = gr.Number(label="Epochs", value=EvalConfig.epochs, precision=0,
+                                   minimum=1, elem_id="exp-epochs")
+            name = gr.Textbox(label="Experiment name", placeholder="default: the kind")
+            launch_btn = gr.Button("Launch experiment", variant="primary",
+                                   elem_id="exp-button")
+            status = gr.HTML(elem_id="exp-status")
+        with gr.Column(scale=2):
+            listing = gr.Dataframe(value=experiments.summary_table(ctx.project),
+                                   interactive=False, max_height=200, label="Experiments",
+                                   elem_id="exp-list", wrap=True)
+            with gr.Row(elem_classes=["bottom-align"]):
+                chosen = gr.Dropdown(label="Show experiment", choices=[], value=None,
+                                     allow_custom_value=True, scale=3, elem_id="exp-choice")
+                csv_btn = gr.DownloadButton("CSV", visible=False, scale=1,
+                                            elem_id="exp-csv")
+                md_btn = gr.DownloadButton("Markdown", visible=False, scale=1,
+                                           elem_id="exp-md")
+            exp_table = gr.Dataframe(interactive=False, max_height=300, label="Results",
+                                     elem_id="exp-table", wrap=True)
+            exp_plot = gr.Plot(show_label=False, elem_id="exp-plot")
+
+    @ui.guard(3)
+    def on_launch(kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v):
+        record = launch_experiment(ctx, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v)
+        return (ui.ok_md(f"experiment {record['name']}: {len(record['members'])} evaluations "
+                         f"queued (progress in the Jobs panel)"),
+                experiments.summary_table(ctx.project),
+                ui.dropdown(experiment_choices(ctx), record["id"]))
+
+    launch_btn.click(on_launch, [kind, gens, seeds, arch, epochs, name],
+                     [status, listing, chosen], api_name="experiment")
+
+    view = ui.guard_refresh(lambda exp_id: experiment_view(ctx, exp_id), 4)
+    chosen.change(view, chosen, [exp_table, exp_plot, csv_btn, md_btn], show_progress="hidden")
+
+    def refresh(gens_v, exp_id):
+        choices = experiment_choices(ctx)
+        current = exp_id if exp_id in [v for _, v in choices] else \
+            (choices[-1][1] if choices else None)
+        gen_ids = [v for _, v in generation_choices(ctx)]
+        return (gr.update(choices=generation_choices(ctx),
+                          value=[g for g in (gens_v or []) if g in gen_ids]),
+                experiments.summary_table(ctx.project),
+                gr.update(choices=choices, value=current),
+                *experiment_view(ctx, current))
+
+    shared.on_refresh(refresh, [gens, chosen],
+                      [gens, listing, chosen, exp_table, exp_plot, csv_btn, md_btn])
+
+
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
@@ -103,6 +216,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 arch = gr.Dropdown(list(CLASSIFIERS), value=EvalConfig.arch, label="Classifier")
                 epochs = gr.Number(label="Epochs", value=EvalConfig.epochs, precision=0,
                                    minimum=1, elem_id="eval-epochs")
+                augment = gr.Dropdown(list(AUGMENTS), value=EvalConfig.augment,
+                                      label="Augmentation", elem_id="eval-augment")
             name = gr.Textbox(label="Evaluation name", placeholder="default: the mix")
             run_btn = gr.Button("Launch evaluation", variant="primary", elem_id="eval-button")
             status = gr.HTML(elem_id="eval-status")
@@ -117,12 +232,13 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                                 "9%", "17%"])
 
     @ui.guard(2)
-    def on_run(mix_v, dataset_id, sel, arch_v, epochs_v, name_v) -> tuple[str, Any]:
-        job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v)
+    def on_run(mix_v, dataset_id, sel, arch_v, epochs_v, name_v,
+               augment_v=EvalConfig.augment) -> tuple[str, Any]:
+        job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v)
         return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
 
-    run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name], [status, table],
-                  api_name="evaluate")
+    run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name, augment],
+                  [status, table], api_name="evaluate")
 
     def live() -> Any:
         if not any(j.status in ACTIVE for j in ctx.project.list(Job, kind="evaluate")):
@@ -136,3 +252,4 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 results_figure(ctx), running_text(ctx))
 
     shared.on_refresh(refresh, [selection], [selection, table, plot, running])
+    build_experiments(ctx, shared)

@@ -54,8 +54,10 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
 
     if not model_id:
         raise NotReadyError("the project has no trained model yet; train one in the Train tab")
+    from studio.tabs.settings import device
+
     config = GenerateConfig(variations=int(variations), sampler=sampler, steps=int(steps),
-                            guidance=float(guidance), seed=int(seed))
+                            guidance=float(guidance), seed=int(seed), device=device(ctx))
     ids = source_ids(ctx, model_id, source, selected, per_class)
     return ctx.submit(generate_stage.prepare(ctx.project, config, model_id, ids,
                                              (name or "").strip() or None))
@@ -69,19 +71,30 @@ def reencode(ctx: StudioContext, generation_id: str | None) -> Job:
         raise NotReadyError("generate images first, then re-encode them")
     gen = ctx.project.get(Generation, generation_id)
     encoder = gen.encoder if gen.encoder and gen.encoder != "class" else "pca"
-    return ctx.submit(encode_stage.prepare(ctx.project, EncodeConfig(encoder=encoder),
+    from studio.tabs.settings import device
+
+    return ctx.submit(encode_stage.prepare(ctx.project,
+                                           EncodeConfig(encoder=encoder, device=device(ctx)),
                                            generation_ref=gen.id))
 
 
-def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1
-                ) -> tuple[list[tuple[str, str]], str]:
+def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
+                page_size: int = SAMPLE_PAGE) -> tuple[list[tuple[str, str]], str, list[str], int]:
+    """One page of a generation's samples, read with one ``LIMIT`` query.
+
+    Returns:
+        (gallery items [(path, caption)], markdown, their sample ids, page (clamped)).
+    """
     if not generation_id:
-        return [], "No generation yet."
+        return [], "No generation yet.", [], 1
     gen = ctx.project.get(Generation, generation_id)
-    samples = ctx.project.samples(gen.id)
-    pages = max(1, -(-len(samples) // SAMPLE_PAGE))
-    page = min(max(int(page), 1), pages)
-    rows = samples.iloc[(page - 1) * SAMPLE_PAGE: page * SAMPLE_PAGE]
+    total = int(ctx.project.query("SELECT count(*) FROM sample WHERE generation_id = ?",
+                                  [gen.id]).iloc[0, 0])
+    pages = max(1, -(-total // page_size))
+    page = min(max(int(page or 1), 1), pages)
+    rows = ctx.project.query(
+        "SELECT id, path, class_name, seed FROM sample WHERE generation_id = ? ORDER BY idx "
+        "LIMIT ? OFFSET ?", [gen.id, page_size, (page - 1) * page_size])
     items = [(str(ctx.project.abs(r.path)), f"{r.class_name} · seed {r.seed}")
              for r in rows.itertuples()]
     cfg = ui.loads(gen.config_json)
@@ -91,7 +104,29 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1
             f"{cfg.get('guidance', '?')} · "
             + ("re-encoded ✓" if reencoded else "**not re-encoded yet** (needed to curate)")
             + f" · page {page} of {pages}")
-    return items, text
+    return items, text, rows["id"].tolist(), page
+
+
+def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
+    """(path of the generated image, markdown provenance: source image, model, seed...)."""
+    from engine.project import Image, Sample
+
+    s = ctx.project.get(Sample, sample_id)
+    gen = ctx.project.get(Generation, s.generation_id)
+    model = ctx.project.get(Model, gen.model_id) if getattr(gen, "model_id", "") else None
+    lines = [f"**{s.class_name}** · seed {s.seed} · {s.sampler} {s.steps} steps · "
+             f"guidance {s.guidance:g}",
+             f"generation **{gen.name}**" + (f" · model **{model.name}** ({model.encoder})"
+                                              if model else "")]
+    if s.source_image_id:
+        try:
+            src = ctx.project.get(Image, s.source_image_id)
+            lines.append(f"variation of real image {src.id} ({src.class_name}, "
+                         f"{src.source_path or src.path})")
+        except Exception:  # noqa: BLE001 - a vanished source still shows the rest
+            lines.append(f"source image {s.source_image_id} (no longer in the project)")
+    lines.append(f"<small>sample {s.id}<br>file {s.path}</small>")
+    return str(ctx.project.abs(s.path)), "  \n".join(lines)
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
@@ -142,15 +177,25 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         generation = gr.Dropdown(label="Generation", choices=[], value=None, scale=3,
                                  allow_custom_value=True,
                                  elem_id="gen-choice")
+        gen_prev = gr.Button("◀", size="sm", scale=0, min_width=40, elem_id="gen-prev")
         gen_page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=0,
-                             min_width=80)
+                             min_width=80, elem_id="gen-page")
+        gen_next = gr.Button("▶", size="sm", scale=0, min_width=40, elem_id="gen-next")
         reencode_btn = gr.Button("Re-encode for curation", variant="primary", scale=1,
                                  elem_id="reencode-button")
     gen_info = gr.Markdown(elem_id="gen-info")
-    samples = gr.Gallery(show_label=False, columns=12, height=330, object_fit="contain",
-                         fit_columns=False, elem_id="gen-samples")
+    with gr.Row():
+        samples = gr.Gallery(show_label=False, columns=12, height=330, object_fit="contain",
+                             allow_preview=False, fit_columns=False, elem_id="gen-samples",
+                             scale=4)
+        with gr.Column(scale=1, min_width=220):
+            sample_img = gr.Image(label="Selected sample", height=160, interactive=False,
+                                  elem_id="sample-detail")
+            sample_txt = gr.Markdown("Click a generated image for its provenance.",
+                                     elem_id="sample-provenance")
 
     page_ids = gr.State([])
+    sample_ids = gr.State([])
     selected = gr.State([])
 
     def model_dataset(model_id: str | None) -> str | None:
@@ -209,23 +254,42 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     reencode_btn.click(on_reencode, generation, status, api_name="reencode")
 
-    def show_samples(generation_id: str | None, page_v: float | None) -> tuple[Any, str]:
-        try:
-            return sample_page(ctx, generation_id, int(page_v or 1))
-        except Exception as exc:  # noqa: BLE001
-            log.exception("generation view failed")
-            return gr.skip(), ui.error_md(exc)
+    @ui.guard(4, status=1)
+    def show_samples(generation_id: str | None, page_v: float | None) -> tuple[Any, ...]:
+        return sample_page(ctx, generation_id, int(page_v or 1))
 
-    generation.change(lambda g: show_samples(g, 1), generation, [samples, gen_info])
-    gen_page.submit(show_samples, [generation, gen_page], [samples, gen_info])
+    sample_out = [samples, gen_info, sample_ids, gen_page]
+    generation.change(lambda g: show_samples(g, 1), generation, sample_out)
+    gen_page.submit(show_samples, [generation, gen_page], sample_out)
+    gen_prev.click(lambda g, p: show_samples(g, (p or 1) - 1), [generation, gen_page],
+                   sample_out)
+    gen_next.click(lambda g, p: show_samples(g, (p or 1) + 1), [generation, gen_page],
+                   sample_out)
 
-    def refresh(model_id, generation_id):
+    @ui.guard(2, status=1)
+    def pick_sample(ids: list[str], evt: gr.SelectData) -> tuple[Any, Any]:
+        if evt.index is None or evt.index >= len(ids):
+            return gr.skip(), gr.skip()
+        return sample_details(ctx, ids[evt.index])
+
+    samples.select(pick_sample, sample_ids, [sample_img, sample_txt])
+
+    def refresh(model_id, generation_id, page_v):
         gens = generation_choices(ctx)
         gen_value = generation_id if generation_id in [v for _, v in gens] else \
             (gens[-1][1] if gens else None)
-        items, text = sample_page(ctx, gen_value, 1) if gen_value == generation_id else \
-            (gr.skip(), gr.skip())
+        # same generation: redraw its page (its info line may say re-encoded now)
+        view = sample_page(ctx, gen_value, int(page_v or 1)) if gen_value == generation_id \
+            else (gr.skip(),) * 4
         return (ui.dropdown(model_choices(ctx, True), model_id),
-                gr.update(choices=gens, value=gen_value), items, text)
+                gr.update(choices=gens, value=gen_value), *view)
 
-    shared.on_refresh(refresh, [model, generation], [model, generation, samples, gen_info])
+    shared.on_refresh(refresh, [model, generation, gen_page], [model, generation, *sample_out])
+
+    def defaults() -> tuple[Any, ...]:
+        from studio.tabs.settings import effective
+
+        eff = effective(ctx)
+        return int(eff["gen_steps"]), int(eff["gen_variations"]), eff["gen_sampler"]
+
+    shared.on_project(defaults, [], [steps, variations, sampler])

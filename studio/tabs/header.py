@@ -1,4 +1,5 @@
-"""The guided header: which steps of the pipeline are done, and the next one."""
+"""The guided header: the open project, which steps of the pipeline are done, the next one
+and what it needs, and the machine the defaults are sized for."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from engine.project import Dataset, Encoding, Evaluation, Export, Generation, Jo
 from studio.context import StudioContext
 from studio.shared import Shared
 
-# (key, label, job kind that produces it, hint for the next step)
+# (key, label, job kind that produces it, hint for the next step: what it needs, where)
 STEPS = [
-    ("dataset", "Dataset", None, "import the demo digits or an image folder in the Data tab"),
-    ("encoding", "Encoding", "encode", "encode the dataset with PCA in the Train tab"),
-    ("model", "Model", "train", "train an RCDM in the Train tab"),
-    ("generation", "Generation", "generate", "generate variations in the Generate tab"),
-    ("reencoded", "Re-encoded", "encode", "re-encode the generation (Generate tab)"),
-    ("selection", "Selection", None, "keep a band and save a selection in the Curate tab"),
-    ("evaluation", "Evaluation", "evaluate", "evaluate training mixes in the Evaluate tab"),
+    ("dataset", "Data", None, "import the demo digits (Data tab, or Projects → Open the demo "
+                              "project) or an image folder"),
+    ("encoding", "Encode", "encode", "encode the dataset with PCA in the Train tab (a minute "
+                                     "on a CPU)"),
+    ("model", "Train", "train", "train an RCDM in the Train tab, conditioned on the encoding"),
+    ("generation", "Generate", "generate", "pick real images in the Generate tab and generate "
+                                           "variations of them"),
+    ("reencoded", "Re-encode", "encode", "re-encode the generation in the Generate tab (the "
+                                         "band needs its representations)"),
+    ("selection", "Curate", None, "keep a band and save a selection in the Curate tab"),
+    ("evaluation", "Evaluate", "evaluate", "evaluate a training mix with the selection in the "
+                                           "Evaluate tab"),
     ("export", "Export", "export", "export the selection in the Export tab"),
 ]
 
@@ -60,13 +66,22 @@ def header_html(ctx: StudioContext) -> str:
             f'<div class="next-step">Next: {next_hint}</div>')
 
 
+def brand_html(ctx: StudioContext) -> str:
+    from studio.tabs.settings import machine_profile
+
+    name = ctx.project.path.stem.replace("&", "&amp;").replace("<", "&lt;")
+    prof = machine_profile()
+    machine = (f"GPU · {prof['gpu']}" if prof["cuda"] else f"CPU · {prof['cpus']} cores")
+    return (f'<div class="brand"><span class="logo">◆</span> RCDM Studio'
+            f'<span class="project" title="{ctx.project.path}">{name}</span></div>'
+            f'<div class="machine">{machine.replace("<", "&lt;")}</div>')
+
+
 def build(ctx: StudioContext, shared: Shared) -> gr.HTML:
     with gr.Row(elem_classes=["studio-header"]):
-        name = ctx.project.path.name.replace("&", "&amp;").replace("<", "&lt;")
         with gr.Column(scale=0, min_width=300):
-            gr.HTML(f'<div class="brand"><span class="logo">◆</span> RCDM Studio'
-                    f'<span class="project">{name}</span></div>')
+            brand = gr.HTML(elem_id="brand")
         with gr.Column(scale=1):
             steps = gr.HTML(elem_id="steps")
-    shared.on_refresh(lambda: header_html(ctx), [], [steps])
+    shared.on_refresh(lambda: (brand_html(ctx), header_html(ctx)), [], [brand, steps])
     return steps

@@ -91,14 +91,14 @@ def tick(ctx: StudioContext, last_table: str | None, job_id: str | None
     log)."""
     try:
         jobs = ctx.poll()
-    except Exception:  # noqa: BLE001 - a failed poll must not stop the timer
-        log.exception("job poll failed")
+        table = jobs_table(ctx, jobs)
+        sig = table.to_json()
+        active = any(j.id == job_id and j.status in ACTIVE for j in jobs)
+        return (table if sig != last_table else gr.skip(), sig, ctx.revision(),
+                log_text(ctx, job_id) if active else gr.skip())
+    except Exception:  # noqa: BLE001 - a failed poll (e.g. mid project switch) must not
+        log.exception("job poll failed")  # stop the timer: the next tick tries again
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    table = jobs_table(ctx, jobs)
-    sig = table.to_json()
-    active = any(j.id == job_id and j.status in ACTIVE for j in jobs)
-    return (table if sig != last_table else gr.skip(), sig, ctx.revision(),
-            log_text(ctx, job_id) if active else gr.skip())
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:

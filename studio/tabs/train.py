@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -10,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from engine.config import EncodeConfig, TrainConfig
-from engine.errors import NotReadyError
+from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import read_progress
 from engine.project import Encoding, Job, Model
 from studio import ui
@@ -134,12 +135,35 @@ def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]
 def encode(ctx: StudioContext, dataset_id: str | None, encoder: str,
            image_size: int = TrainConfig.image_size) -> Job:
     from engine.stages import encode as encode_stage
+    from studio.tabs.settings import device
 
     if not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
     return ctx.submit(encode_stage.prepare(
-        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size),
+        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size, device=device(ctx)),
         dataset_ref=dataset_id))
+
+
+def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float) -> TrainConfig:
+    """The studio's training config: the form's values, the project's device and precision,
+    previews / checkpoints / warm-up scaled to the run (a 60-step run is fine)."""
+    from studio.tabs.settings import device, effective
+
+    steps = int(steps or 0)
+    if steps < 1:
+        raise InvalidConfigError(f"steps must be >= 1, got {steps}")
+    extra: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    dev = device(ctx)
+    if "precision" in names:  # fp16/bf16 autocast needs a GPU here; CPU runs stay fp32
+        prec = str(effective(ctx).get("precision") or "fp32")
+        extra["precision"] = prec if dev.startswith("cuda") else "fp32"
+    return TrainConfig(steps=steps, batch_size=int(batch_size), learning_rate=float(lr),
+                       preview_every=max(1, min(TrainConfig.preview_every, steps // 5 or 1)),
+                       checkpoint_every=max(1, min(TrainConfig.checkpoint_every,
+                                                   steps // 3 or 1)),
+                       warmup_steps=min(TrainConfig.warmup_steps, max(1, steps // 10)),
+                       device=dev, **extra)
 
 
 def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps: int,
@@ -150,10 +174,7 @@ def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps
         raise NotReadyError("import a dataset first (Data tab)")
     if not encoder:
         raise NotReadyError("encode the dataset first (PCA button above)")
-    steps = int(steps)
-    config = TrainConfig(steps=steps, batch_size=int(batch_size), learning_rate=float(lr),
-                         preview_every=max(100, steps // 5),
-                         checkpoint_every=max(50, min(500, steps // 3)))
+    config = train_config(ctx, steps, batch_size, lr)
     spec = train_stage.prepare(ctx.project, config, dataset_id, encoder=encoder,
                                name=(name or "").strip() or None)
     job = ctx.submit(spec)
@@ -247,5 +268,13 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     shared.on_refresh(refresh, [dataset, encoder, model], [encs, encoder, model, plot, preview,
                                                            info])
+
+    def defaults() -> tuple[int, int]:
+        from studio.tabs.settings import effective
+
+        eff = effective(ctx)
+        return int(eff["train_steps"]), int(eff["train_batch"])
+
+    shared.on_project(defaults, [], [steps, batch])
     dataset.change(lambda d, e, m: refresh(d, e, m), [dataset, encoder, model],
                    [encs, encoder, model, plot, preview, info])

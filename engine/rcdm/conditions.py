@@ -1,0 +1,240 @@
+"""The conditioning space: which representations a generation samples from.
+
+An RCDM turns any representation into images, so a generation is a list of K
+representations (a ``ConditionPlan``) times ``variations`` seeds each. The plan is built
+here, from the representations of a pool of real images, in one of four modes:
+
+* ``variations``: the pool's own representations (the paper's setting);
+* ``interpolate``: ``points`` representations on the path between two images (spherical
+  for L2-normalised representations, straight otherwise), both ends included;
+* ``mixup``: per class, ``per_class`` mixes ``(1 - w) * a + w * b`` of random pairs of the
+  class's images, ``w ~ Beta(alpha, alpha)`` (alpha = 1: uniform);
+* ``class_sample``: per class, ``per_class`` new representations drawn from a Gaussian with
+  the class mean and a shrunk covariance (Ledoit-Wolf, or the diagonal plus eps), to
+  generate beyond the real set.
+
+Everything random is seeded per class (``np.random.default_rng([seed, label])``), so a
+class's plan does not depend on which other classes are in the pool. Normalised pools give
+normalised plans.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import GenerateConfig
+from engine.errors import DatasetError, InvalidConfigError
+
+log = logging.getLogger(__name__)
+
+UNIT_NORM_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class ConditionPlan:
+    """K representations to generate from, and where each one came from.
+
+    Attributes:
+        mode: the GenerateConfig mode that made the plan.
+        cond: (K, D) float32 representations.
+        labels: (K,) int64 class index of each.
+        source_ids: K image ids: the source (variations), the first end (interpolate),
+            the first of the pair (mixup); "" for class samples.
+        partner_ids: K image ids of the second image ("" when there is none).
+        weights: (K,) float64 weight of the partner: t on the path (interpolate), w
+            (mixup); 0 otherwise.
+    """
+
+    mode: str
+    cond: np.ndarray
+    labels: np.ndarray
+    source_ids: list[str]
+    partner_ids: list[str]
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        k = len(self.cond)
+        if self.cond.ndim != 2:
+            raise InvalidConfigError(f"cond must be (K, D), got shape {self.cond.shape}")
+        if not (len(self.labels) == len(self.source_ids) == len(self.partner_ids)
+                == len(self.weights) == k):
+            raise InvalidConfigError(
+                f"a plan of {k} representations needs {k} labels, source ids, partner ids "
+                f"and weights; got {len(self.labels)}, {len(self.source_ids)}, "
+                f"{len(self.partner_ids)}, {len(self.weights)}")
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+
+def is_unit_norm(x: np.ndarray, tol: float = UNIT_NORM_TOL) -> bool:
+    """True when every row of (N, D) ``x`` has L2 norm 1 within ``tol``."""
+    norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1)
+    return bool(len(norms)) and bool(np.all(np.abs(norms - 1.0) <= tol))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(D,), (D,), (P,) -> (P, D): ``(1 - t) * a + t * b``."""
+    t = np.asarray(t, dtype=np.float64).reshape(-1, 1)
+    return (1.0 - t) * np.asarray(a, np.float64) + t * np.asarray(b, np.float64)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(D,), (D,), (P,) -> (P, D) unit vectors on the great circle from a to b.
+
+    ``a`` and ``b`` are normalised first; (nearly) parallel ends fall back to a normalised
+    lerp. Antipodal ends have no unique great circle: the lerp's normalisation then
+    passes through whatever direction rounding gives, so avoid them.
+    """
+    a, b = _unit(np.asarray(a, np.float64)), _unit(np.asarray(b, np.float64))
+    t = np.asarray(t, dtype=np.float64).reshape(-1, 1)
+    omega = np.arccos(np.clip(float(a @ b), -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return _unit(lerp(a, b, t))
+    out = (np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+    return _unit(out)
+
+
+def _pool(cond: np.ndarray, ids: list[str], labels: np.ndarray
+          ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    cond = np.asarray(cond, dtype=np.float32)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if cond.ndim != 2:
+        raise InvalidConfigError(f"representations must be (M, D), got shape {cond.shape}")
+    if not (len(cond) == len(ids) == len(labels)):
+        raise DatasetError(f"got {len(cond)} representations, {len(ids)} image ids and "
+                           f"{len(labels)} labels; they must match")
+    if len(cond) == 0:
+        raise DatasetError("the pool of real images is empty")
+    return cond, [str(i) for i in ids], labels
+
+
+def variations_plan(cond: np.ndarray, ids: list[str], labels: np.ndarray) -> ConditionPlan:
+    """Each pool image's own representation: (M, D) -> a plan of M."""
+    cond, ids, labels = _pool(cond, ids, labels)
+    m = len(cond)
+    return ConditionPlan("variations", cond, labels, ids, [""] * m, np.zeros(m))
+
+
+def interpolation_plan(cond: np.ndarray, ids: list[str], labels: np.ndarray,
+                       points: int) -> ConditionPlan:
+    """``points`` representations from image 0 to image 1 of a pool of exactly two.
+
+    t = linspace(0, 1, points); slerp when both ends are unit vectors, lerp otherwise.
+    Each point takes the class of its nearer end (t <= 0.5: the first image's).
+    """
+    cond, ids, labels = _pool(cond, ids, labels)
+    if len(cond) != 2:
+        raise InvalidConfigError(f"interpolation needs exactly two source images, got "
+                                 f"{len(cond)}")
+    if points < 2:
+        raise InvalidConfigError(f"points must be >= 2, got {points}")
+    t = np.linspace(0.0, 1.0, points)
+    path = slerp(cond[0], cond[1], t) if is_unit_norm(cond) else lerp(cond[0], cond[1], t)
+    lab = np.where(t <= 0.5, labels[0], labels[1]).astype(np.int64)
+    return ConditionPlan("interpolate", path.astype(np.float32), lab, [ids[0]] * points,
+                         [ids[1]] * points, t)
+
+
+def _by_class(labels: np.ndarray, need: int, mode: str) -> dict[int, np.ndarray]:
+    groups = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+    small = {c: len(g) for c, g in groups.items() if len(g) < need}
+    if small:
+        raise DatasetError(f"{mode} needs at least {need} images per class in the pool; "
+                           f"class(es) {sorted(small)} have {sorted(set(small.values()))}")
+    return groups
+
+
+def mixup_plan(cond: np.ndarray, ids: list[str], labels: np.ndarray, per_class: int,
+               alpha: float, seed: int) -> ConditionPlan:
+    """Per class, ``per_class`` mixes of random pairs (i != j) of the class's images.
+
+    The mix is ``(1 - w) * a + w * b`` with ``w ~ Beta(alpha, alpha)``, or its spherical
+    version when the pool is L2-normalised. Classes come in label order.
+    """
+    cond, ids, labels = _pool(cond, ids, labels)
+    mix = slerp if is_unit_norm(cond) else lerp
+    out, lab, src, partner, weights = [], [], [], [], []
+    for c, members in _by_class(labels, 2, "mixup").items():
+        rng = np.random.default_rng([seed, c])
+        first = rng.choice(members, size=per_class)
+        # the partner: any other member of the class (offset in 1..n-1, so never itself)
+        pos = np.searchsorted(members, first)
+        offset = rng.integers(1, len(members), size=per_class)
+        second = members[(pos + offset) % len(members)]
+        w = rng.beta(alpha, alpha, size=per_class)
+        for i, j, wk in zip(first, second, w):
+            out.append(mix(cond[i], cond[j], np.array([wk]))[0])
+            src.append(ids[i])
+            partner.append(ids[j])
+        lab.extend([c] * per_class)
+        weights.extend(w.tolist())
+    return ConditionPlan("mixup", np.asarray(out, np.float32), np.asarray(lab, np.int64),
+                         src, partner, np.asarray(weights, np.float64))
+
+
+def class_gaussian(x: np.ndarray, covariance: str = "ledoit_wolf",
+                   eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(n, D) samples of one class -> (mean (D,), covariance (D, D)), float64.
+
+    "ledoit_wolf": sklearn's Ledoit-Wolf shrinkage towards a scaled identity;
+    "diagonal": the per-dimension variances. Both get ``eps`` times the mean variance
+    added to the diagonal, so that the covariance stays positive definite.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    if covariance == "ledoit_wolf":
+        from sklearn.covariance import ledoit_wolf
+
+        cov, _ = ledoit_wolf(x)
+    elif covariance == "diagonal":
+        cov = np.diag(x.var(axis=0))
+    else:
+        raise InvalidConfigError(f"covariance must be 'ledoit_wolf' or 'diagonal', got "
+                                 f"{covariance!r}")
+    scale = max(float(np.trace(cov)) / len(mean), 1e-12)
+    return mean, cov + eps * scale * np.eye(len(mean))
+
+
+def class_sample_plan(cond: np.ndarray, labels: np.ndarray, per_class: int,
+                      covariance: str, seed: int) -> ConditionPlan:
+    """Per class, ``per_class`` draws from N(class mean, shrunk class covariance).
+
+    Draws of an L2-normalised pool are normalised. Classes come in label order.
+    """
+    cond, _, labels = _pool(cond, [""] * len(cond), labels)
+    unit = is_unit_norm(cond)
+    out, lab = [], []
+    for c, members in _by_class(labels, 2, "class_sample").items():
+        mean, cov = class_gaussian(cond[members], covariance)
+        w, v = np.linalg.eigh(cov)  # cov = v diag(w) v^T; a square root is v diag(sqrt w)
+        root = v * np.sqrt(np.clip(w, 0.0, None))  # (D, D)
+        z = np.random.default_rng([seed, c]).standard_normal((per_class, len(mean)))
+        draws = mean + z @ root.T  # (per_class, D)
+        out.append(_unit(draws) if unit else draws)
+        lab.extend([c] * per_class)
+    k = len(lab)
+    return ConditionPlan("class_sample", np.concatenate(out).astype(np.float32),
+                         np.asarray(lab, np.int64), [""] * k, [""] * k, np.zeros(k))
+
+
+def build_plan(config: GenerateConfig, cond: np.ndarray, ids: list[str],
+               labels: np.ndarray) -> ConditionPlan:
+    """The plan of ``config.mode`` from a pool: (M, D) representations, M ids, (M,) labels."""
+    if config.mode == "variations":
+        return variations_plan(cond, ids, labels)
+    if config.mode == "interpolate":
+        return interpolation_plan(cond, ids, labels, config.points)
+    if config.mode == "mixup":
+        return mixup_plan(cond, ids, labels, config.per_class, config.mix_alpha, config.seed)
+    if config.mode == "class_sample":
+        return class_sample_plan(cond, labels, config.per_class, config.covariance,
+                                 config.seed)
+    raise InvalidConfigError(f"unknown generation mode {config.mode!r}")

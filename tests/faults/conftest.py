@@ -1,0 +1,118 @@
+"""Shared pieces of the fault-injection suite: tiny built projects, snapshots, final checks.
+
+Every fault test ends with ``assert_repairable(project)``: ``engine.check`` with repair must
+leave nothing to fix (or only the kinds a test names and explains).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import write_tiny_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLES = ("dataset", "image", "encoding", "model", "generation", "sample", "selection",
+          "evaluation", "export", "job", "meta")
+
+
+def snapshot(project) -> dict[str, Any]:
+    """Row counts of every table and (path, size, sha1) of every asset file."""
+    counts = {t: int(project.query(f"SELECT count(*) AS n FROM {t}")["n"][0]) for t in TABLES}
+    files = {}
+    if project.assets.exists():
+        for p in sorted(project.assets.rglob("*")):
+            if p.is_file():
+                files[p.relative_to(project.assets).as_posix()] = (
+                    p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
+    return {"rows": counts, "files": files}
+
+
+def assert_repairable(project, allow: tuple[str, ...] = ()) -> Any:
+    """Run check + repair; every problem left must be of a kind in ``allow``."""
+    from engine.check import check_project
+
+    report = check_project(project, repair=True)
+    left = [p for p in report.problems if not p["repaired"] and p["kind"] not in allow]
+    assert left == [], left
+    return report
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition",
+             interval: float = 0.1) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a worker's process group and wait until the process is gone."""
+    from engine.jobs import pid_alive
+
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    wait_for(lambda: not pid_alive(pid), 30, f"pid {pid} to die")
+
+
+def child(code: str, *args: str) -> subprocess.Popen:
+    """A Python child process (the 'studio' that will be killed) running ``code``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=str(ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+TRAIN = dict(image_size=8, block_channels=(8, 16), cross_attention_dim=16, attention_head_dim=8,
+             batch_size=4, warmup_steps=1, preview_every=10_000)
+
+
+@pytest.fixture(scope="session")
+def built_base(tmp_path_factory) -> Path:
+    """A closed project: tiny dataset (3 classes x 8, 18 train / 6 test), a PCA encoding
+    (dim 4, 8 px) and a trained tiny RCDM (3 steps). Copied by ``built``; never opened."""
+    import torch
+
+    from engine import data
+    from engine.config import EncodeConfig, ImportConfig, TrainConfig
+    from engine.jobs import JobManager
+    from engine.project import Project
+    from engine.stages import encode, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("faults_base")
+    folder = write_tiny_folder(root / "tiny")
+    with Project(root / "base") as project:
+        jobs = JobManager(project)
+        data.import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
+        jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca", dim=4,
+                                                             image_size=8)))
+        jobs.run_inline(train.prepare(project, TrainConfig(steps=3, checkpoint_every=100,
+                                                           **TRAIN), encoder="pca",
+                                      name="tiny-model"))
+    return root / "base.duckdb"
+
+
+@pytest.fixture
+def built(built_base, tmp_path):
+    """A fresh, open copy of ``built_base`` (this test may break it at will)."""
+    from engine.project import Project
+
+    dst = tmp_path / "p.duckdb"
+    shutil.copy2(built_base, dst)
+    shutil.copytree(built_base.with_name("base.assets"), tmp_path / "p.assets", symlinks=True)
+    project = Project(dst)
+    yield project
+    project.close()
