@@ -1,4 +1,6 @@
 # RCDM Studio as a Hugging Face Space (sdk: docker, app_port: 7860).
+# Build and run anywhere: docker build -t rcdm-studio . &&
+#   docker run -p 7860:7860 -v rcdm-data:/data -e RCDM_STUDIO_AUTH=me:secret rcdm-studio
 FROM python:3.11-slim
 
 # Spaces run the container as uid 1000 with a writable home.
@@ -17,11 +19,13 @@ RUN pip install --no-cache-dir "torch>=2.4" "torchvision>=0.19" \
     --index-url https://download.pytorch.org/whl/cpu
 
 COPY --chown=user:user . /home/user/app
-RUN pip install --no-cache-dir /home/user/app && mkdir -p /home/user/app/projects \
-    && chown -R user:user /home/user/app
+RUN pip install --no-cache-dir /home/user/app && mkdir -p /home/user/app/projects /data \
+    && chown -R user:user /home/user/app /data
 
-USER user
+# Projects go to /data/projects when a persistent volume is mounted on /data (Spaces
+# "persistent storage"), else to /home/user/app/projects (lost with the container).
+USER 1000
 EXPOSE 7860
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)" || exit 1
+HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
 CMD ["/home/user/app/scripts/space-start.sh"]

@@ -13,8 +13,8 @@ epoch:
 Prints both rates, then one JSON line: ratio = engine images/s / plain images/s; the goal is
 >= 0.95 (the engine's data path never makes training slower than the textbook one).
 
-Usage: python benchmarks/eval_throughput.py [--n 4096] [--size 16] [--arch resnet_tiny]
-       [--epochs 2] [--batch 128] [--workers 0] [--device cpu]
+Usage: python benchmarks/eval_throughput.py [--n 1024] [--size 16] [--arch resnet_tiny]
+       [--epochs 1] [--batch 128] [--workers 0] [--device cpu]
 """
 
 from __future__ import annotations
@@ -101,13 +101,13 @@ def plain_loop(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, cla
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=4096, help="training images")
+    ap.add_argument("--n", type=int, default=1024, help="training images")
     ap.add_argument("--test", type=int, default=256, help="test images")
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--arch", default="resnet_tiny", choices=["resnet_tiny", "resnet18",
                                                               "resnet50"])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (plain loop)")
     ap.add_argument("--device", default="cpu")

@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     _project_arg(p)
     p.add_argument("--quick", action="store_true", help="smaller run (a few minutes on a CPU)")
     p.add_argument("--export", metavar="DIR", help="export folder (default: in the assets)")
-    p.add_argument("--encoder", default="pca", choices=["pca"],
-                   help="offline image encoder to condition on (pca; the class baseline is "
-                        "always trained beside it)")
+    p.add_argument("--encoder", default="pca", choices=["pca", "simclr"],
+                   help="offline image encoder to condition on (pca or simclr; the class "
+                        "baseline is always trained beside it)")
     _json_arg(p)
 
     p = sub.add_parser("import", help="import an ImageFolder (one sub-folder per class)")
@@ -103,9 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name or id (default: the only one)")
     p.add_argument("--generation", help="re-encode this generation instead of a dataset")
     p.add_argument("--encoder", default="pca", help="encoder name (see `encoders`)")
-    p.add_argument("--dim", type=int, default=EncodeConfig.dim, help="dimension (pca)")
+    p.add_argument("--dim", type=int, default=EncodeConfig.dim,
+                   help="dimension (pca, simclr)")
     p.add_argument("--image-size", type=int, default=EncodeConfig.image_size,
                    help="resolution offline encoders look at")
+    p.add_argument("--model-id", default=None,
+                   help="pretrained encoders: hub id, local folder, or variant (dinov2: s/b/l/g; "
+                        "dinov3: s/b/l; clip: NAME[:TAG|:FILE]); default: the paper's model")
+    p.add_argument("--precision", default=EncodeConfig.precision,
+                   choices=["fp32", "fp16", "bf16"], help="autocast on CUDA (fp32 on the CPU)")
+    p.add_argument("--batch-size", type=int, default=EncodeConfig.batch_size,
+                   help="images per forward pass")
+    p.add_argument("--chunk-size", type=int, default=EncodeConfig.chunk_size,
+                   help="images per resumable chunk")
+    p.add_argument("--read-threads", type=int, default=EncodeConfig.read_threads,
+                   help="threads decoding image files (pretrained encoders)")
+    p.add_argument("--fit-epochs", type=int, default=EncodeConfig.fit_epochs,
+                   help="training epochs of the simclr encoder")
     _device_arg(p)
     _json_arg(p)
 
@@ -119,14 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="condition on the dataset's encoding with this encoder "
                         "(class = the class-conditioned baseline)")
     p.add_argument("--name", help="model name")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.learning_rate)
-    p.add_argument("--image-size", type=int, default=TrainConfig.image_size)
-    p.add_argument("--cond-dropout", type=float, default=TrainConfig.cond_dropout,
+    p.add_argument("--preset", default="tiny-cpu", choices=["tiny-cpu", "imagenet256"],
+                   help="starting TrainConfig (imagenet256: the paper's 256 px latent RCDM, "
+                        "125 epochs of the dataset at batch 16); the options below override it")
+    p.add_argument("--steps", type=int, help=f"optimiser steps (tiny-cpu: {TrainConfig.steps})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per optimiser step (tiny-cpu: {TrainConfig.batch_size})")
+    p.add_argument("--lr", type=float, help=f"learning rate (tiny-cpu: {TrainConfig.learning_rate})")
+    p.add_argument("--image-size", type=int,
+                   help=f"training image size in pixels (tiny-cpu: {TrainConfig.image_size})")
+    p.add_argument("--cond-dropout", type=float,
                    help="probability of dropping the representation (classifier-free guidance)")
+    p.add_argument("--space", choices=["pixel", "latent"],
+                   help="denoise pixels (toy sizes) or the latents of a VAE")
+    p.add_argument("--vae", help="AutoencoderKL hub id or local folder for --space latent "
+                                 f"(default {TrainConfig.vae_id})")
+    p.add_argument("--min-snr-gamma", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (fp16 needs CUDA)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
     p.add_argument("--seed", type=int, default=0)
-    _device_arg(p)
+    p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default: cpu; "
+                                    "imagenet256: cuda)")
     _json_arg(p)
 
     p = sub.add_parser(
@@ -326,7 +354,7 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import DemoConfig, results_table, run_demo
 
-    config = DemoConfig.quick() if args.quick else DemoConfig()
+    config = (DemoConfig.quick() if args.quick else DemoConfig()).with_encoder(args.encoder)
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
     bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
@@ -426,7 +454,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from engine.stages import encode
 
     config = EncodeConfig(encoder=args.encoder, dim=args.dim, image_size=args.image_size,
-                          device=args.device)
+                          device=args.device, model_id=args.model_id, precision=args.precision,
+                          batch_size=args.batch_size, chunk_size=args.chunk_size,
+                          read_threads=args.read_threads, fit_epochs=args.fit_epochs)
     with _open(args) as project:
         job = _run(project, encode.prepare(project, config, dataset_ref=args.dataset,
                                            generation_ref=args.generation), args)
@@ -442,10 +472,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.project import Model
     from engine.stages import train
 
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size,
-                         learning_rate=args.lr, image_size=args.image_size,
-                         cond_dropout=args.cond_dropout, seed=args.seed, device=args.device)
+    from engine.rcdm.presets import preset_config
+    from engine.stages import common
+
+    given = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
+             "image_size": args.image_size, "cond_dropout": args.cond_dropout,
+             "space": args.space, "vae_id": args.vae, "min_snr_gamma": args.min_snr_gamma,
+             "precision": args.precision, "grad_accum": args.grad_accum, "device": args.device}
+    overrides = {k: v for k, v in given.items() if v is not None}
     with _open(args) as project:
+        num_train = common.dataset(project, args.dataset).num_train
+        config = preset_config(args.preset, num_images=num_train, seed=args.seed, **overrides)
         job = _run(project, train.prepare(project, config, args.dataset, encoder=args.encoder,
                                           name=args.name), args)
         m = project.get(Model, job.result_id)

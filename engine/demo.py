@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from engine.config import BandConfig, EncodeConfig, EvalConfig, ExportConfig, GenerateConfig, \
     TrainConfig
+from engine.errors import InvalidConfigError
 from engine.jobs import JobManager
 from engine.progress import CancelToken, ProgressFn, no_progress
 from engine.project import Dataset, Evaluation, Project
@@ -27,6 +28,9 @@ from engine.stages import curate as curate_stage
 from engine.stages import encode, evaluate, export, generate, train
 
 log = logging.getLogger(__name__)
+
+
+DEMO_ENCODERS = ("pca", "simclr")  # offline: the demo needs no download
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,13 @@ class DemoConfig:
                                      checkpoint_every=200, preview_every=200),
                    generate=GenerateConfig(variations=2, sampler="ddim", steps=10),
                    evaluate=EvalConfig(epochs=8))
+
+    def with_encoder(self, name: str) -> "DemoConfig":
+        """The same sizes, conditioned on the offline encoder ``name`` (pca or simclr)."""
+        if name not in DEMO_ENCODERS:
+            raise InvalidConfigError(
+                f"the demo runs offline encoders only ({', '.join(DEMO_ENCODERS)}), got {name!r}")
+        return replace(self, encoder=name, encode=self.encode.replace(encoder=name))
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "encode": self.encode.to_dict(),

@@ -1,14 +1,23 @@
 #!/bin/sh
-# Start command of the Docker image (Hugging Face Spaces style): the project lives on the
-# persistent volume /data when the Space has one, else in the app folder.
+# Start command of the Docker image (Hugging Face Spaces style). Projects live on the
+# persistent volume /data when the Space has one (/data/projects), else in the app folder;
+# the studio opens the demo project (the digits are imported at its first start).
+# Environment: RCDM_STUDIO_PROJECTS (projects folder), RCDM_STUDIO_PROJECT (the project to
+# open), RCDM_STUDIO_AUTH (user:password login), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 set -e
-if [ -n "${RCDM_STUDIO_PROJECT:-}" ]; then
-  project="$RCDM_STUDIO_PROJECT"
-elif [ -d /data ] && [ -w /data ]; then
-  project=/data/rcdm-studio
-else
-  project="${HOME:-/tmp}/app/projects/rcdm-studio"
+if [ -z "${RCDM_STUDIO_PROJECTS:-}" ]; then
+  if [ -d /data ] && [ -w /data ]; then
+    RCDM_STUDIO_PROJECTS=/data/projects
+  else
+    RCDM_STUDIO_PROJECTS="${HOME:-/tmp}/app/projects"
+  fi
 fi
-mkdir -p "$(dirname "$project")"
+if [ -z "${RCDM_STUDIO_HOME:-}" ] && [ -d /data ] && [ -w /data ]; then
+  RCDM_STUDIO_HOME=/data/.rcdm-studio  # the recent projects list survives restarts
+  export RCDM_STUDIO_HOME
+fi
+export RCDM_STUDIO_PROJECTS
+project="${RCDM_STUDIO_PROJECT:-$RCDM_STUDIO_PROJECTS/demo}"
+mkdir -p "$RCDM_STUDIO_PROJECTS" "$(dirname "$project")"
 exec rcdm-studio --project "$project" --host "${GRADIO_SERVER_NAME:-0.0.0.0}" \
   --port "${GRADIO_SERVER_PORT:-7860}" --no-browser --demo "$@"

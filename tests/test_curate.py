@@ -463,3 +463,41 @@ def test_cli_curate_options_metrics_and_export_split(curated_project, tmp_path, 
     assert main(["export", "--project", path, "--selection", "cli", "--out",
                  str(tmp_path / "exp"), "--val-fraction", "0.5", "--json"]) == 0
     assert (tmp_path / "exp" / "val" / "metadata.csv").is_file()
+
+
+def test_studio_curate_view_functions(curated_project):
+    """The curate tab's functions on a real StudioContext (no server): band options, a second
+    encoder, provenance, map, metrics, save and combine."""
+    from engine.stages import curate as stage
+    from studio.context import StudioContext
+    from studio.tabs import curate as tab
+
+    project, re8, re4 = curated_project
+    path = project.path
+    project.close()
+    ctx = StudioContext(path)
+    try:
+        v = tab.band_view(ctx, "gen-test", 0.25, 0.75, "real", "cosine")
+        assert v["kept"] == 18 and "judged by pca" in v["text"]
+        v4 = tab.band_view(ctx, "gen-test", 0.0, 1.0, "real", "cosine", re4, target=3,
+                           per_class="class_0=0:0.5", outlier="zscore")
+        assert v4["bd"].encoding.id == re4 and v4["counts"]["kept"].tolist()[1:] == [3, 3]
+        assert "drop other" in v4["counts"].columns and "target 3/class" in v4["text"]
+        # an encoding of another generation falls back to this generation's latest
+        assert tab.band_view(ctx, "gen-test", 0.2, 0.8, "real", "cosine",
+                             "enc-nope")["bd"].encoding.id == re4
+        with pytest.raises(InvalidConfigError):
+            tab.make_band(0.1, 0.9, "real", "cosine", per_class="class_0 0.1")
+        i = int(v["edge_idx"]["farthest_kept"][0])
+        info = stage.provenance(ctx.project, v["bd"], i)
+        assert "seed" in tab.provenance_md(info) and info["path"].endswith(".png")
+        overall, per_class, fig, text = tab.metrics_view(ctx, v)
+        assert {"precision", "recall", "density", "coverage", "frechet"} <= set(overall["metric"])
+        assert len(per_class) == 3 and fig.data and "kept samples" in text
+        a = tab.save(ctx, "gen-test", 0.0, 0.5, "real", "cosine", "near")
+        b = tab.save(ctx, "gen-test", 0.25, 0.75, "real", "cosine", "mid")
+        both = stage.combine(ctx.project, a.id, b.id, "intersection", "both")
+        assert both.count == 9  # ranks 0..5 and 3..8 of 12 per class share 3..5
+        assert "quantile 0-0.5" in tab.selections_table(ctx)["how"].tolist()
+    finally:
+        ctx.close()

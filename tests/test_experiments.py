@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pandas as pd
@@ -263,3 +262,19 @@ def test_studio_experiments_section(lab):
             tab.launch_experiment(ctx, "filtering", [], 1, "resnet_tiny", 1, None)
     finally:
         ctx.close()
+
+
+def test_workers_are_pinned_one_per_gpu(lab):
+    """With two GPUs (given explicitly here), two workers run at once, one on each."""
+    from engine.stages import encode
+
+    path, _ = lab
+    with Project(path) as project:
+        jobs = JobManager(project, max_running=2, gpus=[0, 1])
+        a = jobs.submit(encode.prepare(project, EncodeConfig(encoder="class")))
+        b = jobs.submit(encode.prepare(project, EncodeConfig(encoder="class")))
+        assert {project.get(Job, a.id).status, project.get(Job, b.id).status} == {"running"}
+        logs = [(jobs.folder(j) / "log.txt").read_text() for j in (a, b)]
+        assert "CUDA_VISIBLE_DEVICES=0" in logs[0] and "CUDA_VISIBLE_DEVICES=1" in logs[1]
+        assert jobs.wait(a.id, timeout=120).status == "done"
+        assert jobs.wait(b.id, timeout=120).status == "done"

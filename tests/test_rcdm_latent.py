@@ -151,3 +151,19 @@ def test_imagenet256_preset_builds_on_meta_device():
     params = preset_parameters("imagenet256")
     assert 150e6 < params < 1.5e9, params
     assert preset_parameters("tiny-cpu", cond_dim=32) < 2e6
+
+
+def test_gpu_check_smoke_and_refusal(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--smoke"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["smoke"] is True and last["train_images_per_s"] > 0
+    assert last["sampling"]["ddpm2"]["shape"] == [2, 16, 16, 3]
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--device", "cuda"]) == 2
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is True

@@ -65,6 +65,7 @@ def studio(tmp_path_factory):
     log = open(root / "studio.log", "wb")
     env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False",
                HF_HUB_OFFLINE="1", RCDM_STUDIO_PROJECTS=str(projects),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",  # workers on a shared 2-core CPU
                RCDM_STUDIO_HOME=str(root / "home"))
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--project", str(project),
@@ -177,18 +178,18 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     expect(page.locator("#image-detail img")).to_be_visible()
     shot(page, "02-data")
 
-    # 3. Train: encode with PCA, then train a tiny RCDM (60 steps)
+    # 3. Train: encode with PCA, then train a tiny RCDM (30 steps)
     tab(page, "Train")
     page.locator("#encode-pca").click()
     expect(page.locator("#steps")).to_contain_text("Next: train an RCDM", timeout=JOB_TIMEOUT)
     expect(page.locator("#train-encoder input")).to_have_value(re.compile("PCA"))
-    set_number(page, "train-steps", 60)
+    set_number(page, "train-steps", 30)
     set_number(page, "train-batch", 16)
     page.locator("#train-button").click()
     expect(page.locator("#train-status")).to_contain_text("Train rcdm-pca")
     expect(page.locator("#jobs-table")).to_contain_text("Train rcdm-pca")
     expect(page.locator("#model-info")).to_contain_text("trained", timeout=JOB_TIMEOUT)
-    expect(page.locator("#model-info")).to_contain_text("60 / 60 steps")
+    expect(page.locator("#model-info")).to_contain_text("30 / 30 steps")
     expect(page.locator("#train-preview img")).to_be_visible()
     expect(page.locator("#loss-plot .js-plotly-plot")).to_be_visible()
     shot(page, "03-train-done")

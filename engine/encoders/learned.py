@@ -133,7 +133,8 @@ class SimCLREncoder(Encoder):
         import torch
 
         px = resize_pixels(np.asarray(pixels), self.config.image_size)
-        return torch.from_numpy(np.ascontiguousarray(px)).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(np.array(px, dtype=np.uint8))  # a writable copy (B, S, S, 3)
+        return x.permute(0, 3, 1, 2).float() / 255.0
 
     def fit(self, pixels: np.ndarray, labels: np.ndarray | None = None,
             progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> None:

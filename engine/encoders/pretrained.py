@@ -115,7 +115,7 @@ class Preprocess:
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+        x = torch.from_numpy(np.array(pixels, dtype=np.uint8)).to(device)  # writable copy
         x = x.permute(0, 3, 1, 2).float()  # (B, 3, H, W), 0..255
         h, w = x.shape[-2:]
         if min(h, w) != self.resize:
@@ -134,7 +134,7 @@ class Preprocess:
         return (x - mean) / std
 
     def read(self, path: Path) -> np.ndarray:
-        """One image file -> uint8 (resize, resize, 3): shorter side resized (PIL), centre square."""
+        """Image file -> uint8 (resize, resize, 3): shorter side resized (PIL), centre square."""
         from PIL import Image
 
         resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,

@@ -4,11 +4,13 @@ The measure of a synthetic selection's training value: train the same classifier
 real, synthetic and real + synthetic mixes and compare top-1 on the same real test images.
 """
 
+from engine.evaluate.augment import BatchAugment
 from engine.evaluate.classifier import build_classifier, count_parameters
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from engine.evaluate.train import mix_arrays, train_classifier
 
 __all__ = [
+    "BatchAugment",
     "build_classifier",
     "confusion_matrix",
     "count_parameters",

@@ -1,15 +1,18 @@
-"""Curate tab: distances to class centroids, a band per class, the band's edges, selections."""
+"""Curate tab: distances to class centroids, a band per class, the band's edges, a 2-D map,
+metrics of the kept samples, selections (save, combine)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from engine.config import BandConfig
-from engine.errors import NotReadyError
+from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Encoding, Generation, Selection
 from studio import ui
 from studio.context import StudioContext
@@ -25,27 +28,69 @@ EDGES = [("nearest_dropped", "Dropped · nearest (near-prototypes)"),
          ("farthest_dropped", "Dropped · farthest (outliers)")]
 PRESETS = [("Paper middle (2x → 1x)", "middle"), ("Keep all", "all"),
            ("Nearest half", "nearest"), ("Farthest half", "farthest")]
+MAP_POINTS = 5_000
+
+
+def parse_class_bands(text: str | None) -> tuple[tuple[str, float, float], ...]:
+    """``CLASS=LOW:HIGH`` entries, one per line (or separated by ";") -> per-class overrides."""
+    out = []
+    for item in (text or "").replace(";", "\n").splitlines():
+        item = item.strip()
+        if not item:
+            continue
+        name, _, rng = item.rpartition("=")
+        lo, _, hi = rng.partition(":")
+        try:
+            out.append((name.strip(), float(lo), float(hi)))
+        except ValueError:
+            raise InvalidConfigError(
+                f"a per-class band must read CLASS=LOW:HIGH, got {item!r}") from None
+    return tuple(out)
+
+
+def make_band(low: float, high: float, centroid: str, metric: str, mode: str = "quantile",
+              per_class: str | None = "", outlier: str = "none", outlier_q: float = 0.99,
+              outlier_z: float = 3.5, target: float | None = 0,
+              target_pick: str = "centre") -> BandConfig:
+    """The widgets' values as a ``BandConfig`` (raises ``InvalidConfigError`` when invalid)."""
+    return BandConfig(low=float(low), high=float(high), centroid=centroid, metric=metric,
+                      mode=mode or "quantile", per_class=parse_class_bands(per_class),
+                      outlier=outlier or "none", outlier_q=float(outlier_q or 0.99),
+                      outlier_z=float(outlier_z or 3.5),
+                      target_per_class=int(target or 0), target_pick=target_pick or "centre")
+
+
+def _view(ctx: StudioContext, generation_id: str | None, centroid: str, metric: str,
+          encoding_id: str | None):
+    if not generation_id:
+        raise NotReadyError("generate images and re-encode them first (Generate tab)")
+    encs = [e.id for e in ctx.project.list(Encoding, target="generation",
+                                           target_id=generation_id)]
+    # an encoding left over from another generation falls back to this one's latest
+    return ctx.band_data(generation_id, centroid, metric,
+                         encoding_id if encoding_id in encs else None)
 
 
 def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: float,
-              centroid: str, metric: str) -> dict[str, Any]:
-    """Everything the tab shows for one band.
+              centroid: str, metric: str, encoding_id: str | None = None,
+              **options: Any) -> dict[str, Any]:
+    """Everything the tab shows for one band (``options``: the other ``make_band`` fields).
 
     Returns:
-        {"figure", "counts" (DataFrame), "edges" ({key: [(path, caption)]}), "text",
-         "kept", "total"}.
+        {"figure", "counts" (DataFrame), "edges" ({key: [(path, caption)]}), "edge_idx"
+         ({key: sample indices}), "text", "kept", "total", "mask", "bd"}.
     """
     from engine import curate
     from engine.stages import curate as curate_stage
 
-    if not generation_id:
-        raise NotReadyError("generate images and re-encode them first (Generate tab)")
-    band = BandConfig(low=float(low), high=float(high), centroid=centroid, metric=metric)
-    bd = ctx.band_data(generation_id, centroid, metric)
+    band = make_band(low, high, centroid, metric, **options)
+    bd = _view(ctx, generation_id, centroid, metric, encoding_id)
     mask = curate_stage.band_mask(bd, band)
     table = curate_stage.summary(bd, mask)
     counts = table[["class", "total", "kept", "dropped_near", "dropped_far"]].rename(
         columns={"dropped_near": "drop near", "dropped_far": "drop far"})
+    if band.outlier != "none" or band.target_per_class:
+        counts["drop other"] = table["dropped_inside"]
     counts["kept distances"] = [
         "" if pd.isna(a) else f"{a:.3f} – {b:.3f}"
         for a, b in zip(table["low_distance"], table["high_distance"])]
@@ -53,39 +98,46 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
                              bd.real_labels, metric=metric)
     fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
     samples = ctx.project.samples(bd.generation.id)
-    edges = {}
+    edges, edge_idx = {}, {}
     for key, idx in curate.edge_samples(bd.distances, bd.labels, mask, EDGE_K).items():
+        edge_idx[key] = idx
         edges[key] = [(str(ctx.project.abs(samples["path"].iat[i])),
                        f"{bd.distances[i]:.2f}")
                       for i in idx.tolist()]
     kept, total = int(mask.sum()), int(len(mask))
+    unit = "of each class's distance ranks" if band.mode == "quantile" else "distance"
+    extra = "".join([
+        f" · {len(band.per_class)} per-class override(s)" if band.per_class else "",
+        f" · outliers: {band.outlier}" if band.outlier != "none" else "",
+        f" · target {band.target_per_class}/class ({band.target_pick})"
+        if band.target_per_class else ""])
     text = (f"Keeping **{kept:,}** of {total:,} generated images "
             f"({100.0 * kept / max(total, 1):.0f} %) · band {band.low:.2f} – {band.high:.2f} "
-            f"of each class's distance ranks · centroid: {centroid} · {metric}")
-    return {"figure": fig, "counts": counts, "edges": edges, "text": text, "kept": kept,
-            "total": total}
+            f"{unit} · centroid: {centroid} · {metric} · judged by {bd.encoding.encoder}"
+            f"{extra}")
+    return {"figure": fig, "counts": counts, "edges": edges, "edge_idx": edge_idx, "text": text,
+            "kept": kept, "total": total, "mask": mask, "bd": bd}
 
 
 def save(ctx: StudioContext, generation_id: str | None, low: float, high: float,
-         centroid: str, metric: str, name: str | None) -> Selection:
+         centroid: str, metric: str, name: str | None, encoding_id: str | None = None,
+         **options: Any) -> Selection:
     from engine.stages import curate as curate_stage
 
-    if not generation_id:
-        raise NotReadyError("generate images and re-encode them first (Generate tab)")
-    band = BandConfig(low=float(low), high=float(high), centroid=centroid, metric=metric)
-    bd = ctx.band_data(generation_id, centroid, metric)
-    return curate_stage.save_selection(ctx.project, bd, band, name=(name or "").strip() or None)
+    band = make_band(low, high, centroid, metric, **options)
+    bd = _view(ctx, generation_id, centroid, metric, encoding_id)
+    return curate_stage.save_selection(ctx.project, bd, band, name=(name or "").strip() or None,
+                                       mask=curate_stage.band_mask(bd, band))
 
 
 def selections_table(ctx: StudioContext) -> pd.DataFrame:
+    from engine.stages.export import band_text
+
     rows = []
     gens = {g.id: g.name for g in ctx.project.list(Generation)}
     for s in ctx.project.list(Selection):
-        how = ui.loads(s.config_json)
-        band = how.get("band") or {}
-        desc = f"band {band.get('low', 0):.2f}–{band.get('high', 1):.2f}" if band else \
-            how.get("kind", "")
-        rows.append([s.name, gens.get(s.generation_id, s.generation_id), s.count, desc, s.id])
+        rows.append([s.name, gens.get(s.generation_id, s.generation_id), s.count,
+                     band_text(ui.loads(s.config_json)), s.id])
     return pd.DataFrame(rows, columns=["selection", "generation", "images", "how", "id"])
 
 
@@ -95,14 +147,80 @@ def curatable_choices(ctx: StudioContext) -> list[tuple[str, str]]:
     return sorted(choices, key=lambda c: c[0].endswith("re-encoded"))
 
 
+def encoding_choices(ctx: StudioContext, generation_id: str | None) -> list[tuple[str, str]]:
+    from engine.stages import curate as curate_stage
+
+    if not generation_id:
+        return []
+    return curate_stage.encoding_choices(ctx.project, generation_id)
+
+
+def provenance_md(info: dict[str, Any]) -> str:
+    """The details of one sample as markdown (seed, model, sampler, guidance, distances)."""
+    return "\n".join([
+        f"**{info['class']}** · sample `{info['sample']}`",
+        "",
+        f"- source image: `{info['source_image_id']}`",
+        f"- model: {info['model']} · seed {info['seed']}",
+        f"- sampler: {info['sampler']}, {info['steps']} steps, guidance {info['guidance']:g}",
+        f"- distance to the {info['centroid']} centroid ({info['metric']}, "
+        f"{info['encoder']}): {info['distance']:.4f}",
+        f"- within-class quantile: {info['class_quantile']:.3f}",
+    ])
+
+
+def metrics_view(ctx: StudioContext, v: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                   Any, str]:
+    """(overall table, per-class table, dashboard figure, copies/duplicates text)."""
+    from engine import gen_metrics
+    from engine.stages import curate as curate_stage
+
+    bd, mask = v["bd"], v["mask"]
+    k = 5 if mask.sum() > 20 else 3
+    m = curate_stage.metrics(ctx.project, bd, mask, k=k)
+    o = m["overall"]
+    names = [("precision", "share of kept samples on the real manifold"),
+             ("recall", "share of real images on the kept samples' manifold"),
+             ("density", "real neighbourhoods per kept sample / k (1 = like real)"),
+             ("coverage", "share of real neighbourhoods with a kept sample"),
+             ("frechet", "Fréchet distance, real vs kept (representation space)"),
+             ("fidelity", "mean cosine source image ↔ sample"),
+             ("copies", "kept samples flagged as near-copies of a training image"),
+             ("duplicate_pairs", "near-duplicate pairs among kept samples")]
+    overall = pd.DataFrame([[n, f"{o[n]:.4g}" if isinstance(o[n], float) else str(o[n]), what]
+                            for n, what in names if n in o],
+                           columns=["metric", "value", "meaning"])
+    per_class = m["per_class"].round(4)
+    fig = gen_metrics.dashboard_figure(m["per_class"])
+    samples = ctx.project.samples(bd.generation.id)
+    copies = m["copies"].head(5)
+    lines = [f"{o['kept']:,} kept samples vs the real training images (k = {o['k']}, "
+             f"{o['n_real']:,} real / {o['n_fake']:,} kept used for the k-NN metrics); "
+             f"near-copy threshold {o['copy_threshold']:.4f} "
+             f"(0.5 x median real-real neighbour distance)."]
+    for r in copies.itertuples():
+        lines.append(f"- copy? `{samples['id'].iat[int(r.sample)]}` "
+                     f"at {r.distance:.4f} of its nearest training image")
+    return overall, per_class, fig, "\n".join(lines)
+
+
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
         with gr.Column(scale=2, min_width=360):
-            generation = gr.Dropdown(label="Generation (re-encoded)", choices=[], value=None,
-                                     allow_custom_value=True, elem_id="curate-gen")
-            centroid = gr.Radio(["real", "generated", "both"], value="real",
-                                label="Class centroid of")
-            metric = gr.Radio(["cosine", "euclidean"], value="cosine", label="Distance")
+            with gr.Row():
+                generation = gr.Dropdown(label="Generation (re-encoded)", choices=[],
+                                         value=None, allow_custom_value=True,
+                                         elem_id="curate-gen", scale=3)
+                encoding = gr.Dropdown(label="Judged by (encoding)", choices=[], value=None,
+                                       allow_custom_value=True, elem_id="curate-encoding",
+                                       scale=2)
+            with gr.Row():
+                centroid = gr.Radio(["real", "generated", "both"], value="real",
+                                    label="Class centroid of", elem_id="curate-centroid")
+                metric = gr.Radio(["cosine", "euclidean"], value="cosine", label="Distance",
+                                  elem_id="curate-metric")
+            mode = gr.Radio(["quantile", "distance"], value="quantile", label="Band by",
+                            elem_id="band-mode")
             low = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Band low (quantile)",
                             elem_id="band-low")
             high = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Band high (quantile)",
@@ -111,14 +229,39 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 presets = [gr.Button(label, size="sm", min_width=150,
                                      variant="primary" if key == "middle" else "secondary",
                                      elem_id=f"preset-{key}") for label, key in PRESETS]
+            with gr.Accordion("Per class, outliers, target count", open=False,
+                              elem_id="band-options"):
+                per_class = gr.Textbox(label="Per-class bands (CLASS=LOW:HIGH, one per line)",
+                                       lines=2, value="", placeholder="e.g. 7=0.1:0.6",
+                                       elem_id="band-per-class")
+                with gr.Row():
+                    outlier = gr.Radio(["none", "real", "zscore"], value="none",
+                                       label="Outlier removal", elem_id="band-outlier")
+                    outlier_q = gr.Number(value=0.99, label="real: quantile q", minimum=0.5,
+                                          maximum=1.0, step=0.01, elem_id="band-outlier-q")
+                    outlier_z = gr.Number(value=3.5, label="zscore: z", minimum=0.5,
+                                          step=0.5, elem_id="band-outlier-z")
+                with gr.Row():
+                    target = gr.Number(value=0, label="Target per class (0: off)", minimum=0,
+                                       precision=0, elem_id="band-target")
+                    target_pick = gr.Radio(["centre", "random"], value="centre",
+                                           label="Keep", elem_id="band-target-pick")
             summary_md = gr.Markdown(elem_id="band-summary")
         with gr.Column(scale=5):
             plot = gr.Plot(show_label=False, elem_id="band-plot")
     with gr.Row():
         galleries = {key: gr.Gallery(label=label, columns=4, height=170, object_fit="contain",
                                      allow_preview=True, fit_columns=False,
+                                     elem_id=f"edge-{key.replace('_', '-')}",
                                      elem_classes=["edge-gallery"])
                      for key, label in EDGES}
+    with gr.Row(elem_id="provenance"):
+        prov_sample = gr.Image(label="Sample", height=150, interactive=False,
+                               elem_id="provenance-sample")
+        prov_source = gr.Image(label="Source image", height=150, interactive=False,
+                               elem_id="provenance-source")
+        prov_text = gr.Markdown("Click a sample in a gallery to see where it comes from.",
+                                elem_id="provenance-text")
     with gr.Row():
         with gr.Column(scale=3):
             counts = gr.Dataframe(label="Per class", interactive=False, max_height=300,
@@ -133,12 +276,52 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             status = gr.HTML(elem_id="curate-status")
             selections = gr.Dataframe(label="Selections", interactive=False, max_height=220,
                                       value=selections_table(ctx), elem_id="selections-table")
+            with gr.Row(elem_classes=["bottom-align"]):
+                comb_a = gr.Dropdown(label="A", choices=[], value=None, elem_id="combine-a")
+                comb_op = gr.Dropdown(["union", "intersection", "difference"],
+                                      value="union", label="op", elem_id="combine-op")
+                comb_b = gr.Dropdown(label="B", choices=[], value=None, elem_id="combine-b")
+            with gr.Row(elem_classes=["bottom-align"]):
+                comb_name = gr.Textbox(label="Combined selection name", scale=2,
+                                       elem_id="combine-name")
+                comb_btn = gr.Button("Combine", scale=1, elem_id="combine-button")
+    with gr.Accordion("2-D map of the representations", open=False, elem_id="map-panel"):
+        with gr.Row():
+            map_method = gr.Radio(["pca", "tsne"], value="pca", label="Projection",
+                                  elem_id="map-method")
+            map_btn = gr.Button("Draw map", elem_id="map-button")
+        map_shown = gr.State(False)
+        map_plot = gr.Plot(show_label=False, elem_id="band-map")
+    with gr.Accordion("Metrics of the kept samples", open=False, elem_id="metrics-panel"):
+        metrics_btn = gr.Button("Compute metrics", variant="primary", elem_id="metrics-button")
+        metrics_text = gr.Markdown(elem_id="metrics-text")
+        with gr.Row():
+            metrics_table = gr.Dataframe(label="Overall", interactive=False,
+                                         elem_id="metrics-table")
+        metrics_dash = gr.Plot(show_label=False, elem_id="metrics-dashboard")
+        metrics_class = gr.Dataframe(label="Per class", interactive=False, max_height=300,
+                                     elem_id="metrics-per-class")
 
-    inputs = [generation, low, high, centroid, metric]
+    # the first five inputs are the original /band API (clients may pass only those)
+    options = [mode, per_class, outlier, outlier_q, outlier_z, target, target_pick, encoding]
+    inputs = [generation, low, high, centroid, metric, *options]
     outputs = [plot, counts, summary_md, *galleries.values()]
 
+    def _opts(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v) -> dict[str, Any]:
+        return dict(mode=mode_v, per_class=per_v, outlier=out_v, outlier_q=q_v,
+                    outlier_z=z_v, target=t_v, target_pick=pick_v)
+
+    def _current(generation_id, low_v, high_v, centroid_v, metric_v, mode_v="quantile",
+                 per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0, pick_v="centre",
+                 enc_v=None) -> dict[str, Any]:
+        return band_view(ctx, generation_id, low_v, high_v, centroid_v, metric_v, enc_v,
+                         **_opts(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
+
     @ui.guard(len(outputs), status=2)
-    def update(generation_id, low_v, high_v, centroid_v, metric_v) -> tuple[Any, ...]:
+    def update(generation_id, low_v, high_v, centroid_v, metric_v, mode_v="quantile",
+               per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0, pick_v="centre",
+               enc_v=None) -> tuple[Any, ...]:
+        rest = (mode_v, per_v, out_v, q_v, z_v, t_v, pick_v, enc_v)
         if not generation_id:
             return (gr.skip(), gr.skip(),
                     ui.info_md("Generate images and re-encode them (Generate tab) to curate "
@@ -152,34 +335,147 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             return (gr.skip(), gr.skip(),
                     ui.error_md(f"band low ({low_v:.2f}) must be below high ({high_v:.2f})"),
                     *[gr.skip()] * len(galleries))
-        v = band_view(ctx, generation_id, low_v, high_v, centroid_v, metric_v)
+        v = _current(generation_id, low_v, high_v, centroid_v, metric_v, *rest)
         return (v["figure"], v["counts"], v["text"], *[v["edges"][k] for k, _ in EDGES])
 
     # One listener for every input: a preset sets both sliders, the band is drawn once.
-    gr.on([generation.change, centroid.change, metric.change, low.change, high.change],
-          update, inputs, outputs, show_progress="minimal", trigger_mode="always_last",
-          api_name="band")
+    band_inputs = [generation, centroid, metric, low, high, mode, per_class, outlier,
+                   outlier_q, outlier_z, target, target_pick, encoding]
+    triggers = [c.change for c in band_inputs if c is not per_class] + [per_class.submit,
+                                                                      per_class.blur]
+    gr.on(triggers, update, inputs, outputs, show_progress="minimal",
+          trigger_mode="always_last", api_name="band")
     for (_, key), btn in zip(PRESETS, presets):
         band = BandConfig.preset(key, 0.5)
-        btn.click(lambda b=band: (b.low, b.high), None, [low, high])
+        btn.click(lambda b=band: ("quantile", b.low, b.high), None, [mode, low, high])
+
+    def on_generation(generation_id, enc_v):
+        choices = encoding_choices(ctx, generation_id)
+        values = [v for _, v in choices]
+        return ui.dropdown(choices, enc_v if enc_v in values else (values[-1] if values
+                                                                    else None))
+
+    generation.change(on_generation, [generation, encoding], encoding)
+
+    def on_mode(mode_v, generation_id, centroid_v, metric_v, enc_v):
+        if mode_v != "distance":
+            return (gr.update(maximum=1.0, step=0.01, value=0.25, label="Band low (quantile)"),
+                    gr.update(maximum=1.0, step=0.01, value=0.75,
+                              label="Band high (quantile)"))
+        try:
+            bd = _view(ctx, generation_id, centroid_v, metric_v, enc_v)
+        except Exception as exc:  # noqa: BLE001 - no view yet: keep a generic range
+            log.info("band mode: %s", exc)
+            return (gr.update(maximum=2.0, step=0.01, label="Band low (distance)"),
+                    gr.update(maximum=2.0, step=0.01, label="Band high (distance)"))
+        top = float(np.max(bd.distances)) if len(bd.distances) else 1.0
+        top = math.ceil(top * 100) / 100 or 1.0
+        q1, q3 = np.quantile(bd.distances, [0.25, 0.75]) if len(bd.distances) else (0, top)
+        step = max(top / 500, 1e-4)
+        return (gr.update(maximum=top, step=step, value=float(q1), label="Band low (distance)"),
+                gr.update(maximum=top, step=step, value=float(q3),
+                          label="Band high (distance)"))
+
+    mode.input(on_mode, [mode, generation, centroid, metric, encoding], [low, high])
+
+    # gallery click -> provenance of that sample
+    def make_select(key: str):
+        def on_select(evt: gr.SelectData, *values):
+            try:
+                v = _current(*values)
+                i = int(v["edge_idx"][key][evt.index])
+                from engine.stages import curate as curate_stage
+
+                info = curate_stage.provenance(ctx.project, v["bd"], i)
+                return info["path"], info["source_path"] or None, provenance_md(info)
+            except Exception as exc:  # noqa: BLE001 - shown in the panel
+                log.info("provenance: %s", exc)
+                return gr.skip(), gr.skip(), ui.error_md(exc)
+        return on_select
+
+    for key, gallery in galleries.items():
+        gallery.select(make_select(key), inputs, [prov_sample, prov_source, prov_text])
+
+    # the 2-D map: drawn on demand, then recoloured as the band moves
+    @ui.guard(2, status=1)
+    def draw_map(method_v, *values):
+        from engine import curate
+        from engine.stages import curate as curate_stage
+
+        v = _current(*values)
+        pts = curate_stage.embedding_map(ctx.project, v["bd"], method_v, MAP_POINTS)
+        return curate.map_figure(pts, v["mask"], v["bd"].class_names, method=method_v), True
+
+    map_btn.click(draw_map, [map_method, *inputs], [map_plot, map_shown], api_name="band_map")
+
+    def recolour(shown, method_v, *values):
+        if not shown or not values[0]:
+            return gr.skip()
+        try:
+            return draw_map.__wrapped__(method_v, *values)[0]
+        except Exception as exc:  # noqa: BLE001 - the band view shows the error
+            log.info("map: %s", exc)
+            return gr.skip()
+
+    gr.on(triggers, recolour, [map_shown, map_method, *inputs], map_plot,
+          show_progress="hidden", trigger_mode="always_last")
+
+    @ui.guard(4, status=0)
+    def on_metrics(*values):
+        v = _current(*values)
+        overall, per_class_t, fig, text = metrics_view(ctx, v)
+        return text, overall, fig, per_class_t
+
+    metrics_btn.click(on_metrics, inputs, [metrics_text, metrics_table, metrics_dash,
+                                           metrics_class], api_name="metrics")
+
+    def sel_choices():
+        from studio.tabs.evaluate import selection_choices
+
+        return selection_choices(ctx)
 
     @ui.guard(3)
-    def on_save(generation_id, low_v, high_v, centroid_v, metric_v, name_v):
-        sel = save(ctx, generation_id, low_v, high_v, centroid_v, metric_v, name_v)
+    def on_save(generation_id, low_v, high_v, centroid_v, metric_v, name_v, mode_v="quantile",
+                per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0, pick_v="centre",
+                enc_v=None):
+        sel = save(ctx, generation_id, low_v, high_v, centroid_v, metric_v, name_v, enc_v,
+                   **_opts(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
         return (ui.ok_md(f"saved selection {sel.name}: {sel.count:,} images"),
                 selections_table(ctx), "")
 
-    save_btn.click(on_save, [*inputs, name], [status, selections, name],
-                   api_name="save_selection")
+    def combine_choices(a, b):
+        choices = sel_choices()
+        return ui.dropdown(choices, a), ui.dropdown(choices, b)
 
-    def refresh(generation_id, low_v, high_v, centroid_v, metric_v):
+    save_btn.click(on_save, [generation, low, high, centroid, metric, name, *options],
+                   [status, selections, name], api_name="save_selection").then(
+        combine_choices, [comb_a, comb_b], [comb_a, comb_b], api_visibility="private")
+
+    @ui.guard(5)
+    def on_combine(a, op, b, name_v):
+        from engine.stages import curate as curate_stage
+
+        if not a or not b:
+            raise NotReadyError("choose two selections to combine")
+        sel = curate_stage.combine(ctx.project, a, b, op,
+                                   (name_v or "").strip() or f"{op}-selection")
+        choices = sel_choices()
+        return (ui.ok_md(f"saved selection {sel.name}: {sel.count:,} images ({op})"),
+                selections_table(ctx), "", ui.dropdown(choices, a), ui.dropdown(choices, b))
+
+    comb_btn.click(on_combine, [comb_a, comb_op, comb_b, comb_name],
+                   [status, selections, comb_name, comb_a, comb_b], api_name="combine")
+
+    def refresh(generation_id, low_v, high_v, centroid_v, metric_v, *rest):
         choices = curatable_choices(ctx)
         values = [v for _, v in choices]
         if generation_id and generation_id in values:
             # same generation: redraw (it may just have been re-encoded)
-            band = update(generation_id, low_v, high_v, centroid_v, metric_v)
+            band = update(generation_id, low_v, high_v, centroid_v, metric_v, *rest)
         else:  # a new value: its change event draws the band
             band = (gr.skip(),) * len(outputs)
-        return (ui.dropdown(choices, generation_id), selections_table(ctx), *band)
+        sels = sel_choices()
+        return (ui.dropdown(choices, generation_id), selections_table(ctx),
+                gr.update(choices=sels), gr.update(choices=sels), *band)
 
-    shared.on_refresh(refresh, inputs, [generation, selections, *outputs])
+    shared.on_refresh(refresh, inputs, [generation, selections, comb_a, comb_b, *outputs])

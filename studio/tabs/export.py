@@ -22,13 +22,16 @@ ZIP_MAX_IMAGES = 50_000  # larger exports are used from their folder, not zipped
 
 
 def export(ctx: StudioContext, selection_id: str | None, include_real: bool,
-           out_dir: str | None) -> Job:
+           out_dir: str | None, link: bool = False, val_fraction: float = 0.0,
+           split_seed: int = 0) -> Job:
     from engine.stages import export as export_stage
 
     if not selection_id:
         raise NotReadyError("save a selection in the Curate tab first")
-    return ctx.submit(export_stage.prepare(ctx.project, ExportConfig(include_real=include_real),
-                                           selection_id, (out_dir or "").strip() or None))
+    config = ExportConfig(include_real=bool(include_real), link=bool(link),
+                          val_fraction=float(val_fraction or 0.0), split_seed=int(split_seed or 0))
+    return ctx.submit(export_stage.prepare(ctx.project, config, selection_id,
+                                           (out_dir or "").strip() or None))
 
 
 def export_choices(ctx: StudioContext) -> list[tuple[str, str]]:
@@ -39,7 +42,9 @@ def export_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 def exports_table(ctx: StudioContext) -> pd.DataFrame:
     sels = {s.id: s.name for s in ctx.project.list(Selection)}
     rows = [[sels.get(x.selection_id, x.selection_id), x.count,
-             "yes" if ui.loads(x.config_json).get("include_real") else "no",
+             ("yes" if ui.loads(x.config_json).get("include_real") else "no")
+             + (f" · val {ui.loads(x.config_json)['val_fraction']:.0%}"
+                if ui.loads(x.config_json).get("val_fraction") else ""),
              x.created_at.strftime("%Y-%m-%d %H:%M") if x.created_at else "", x.folder]
             for x in ctx.project.list(Export)]
     return pd.DataFrame(rows, columns=["selection", "images", "with real", "created", "folder"])
@@ -68,7 +73,17 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             selection = gr.Dropdown(label="Selection", choices=[], value=None,
                                     allow_custom_value=True,
                                     elem_id="export-selection")
-            include_real = gr.Checkbox(label="Include the real training images", value=False)
+            include_real = gr.Checkbox(label="Include the real training images", value=False,
+                                       elem_id="export-include-real")
+            link = gr.Checkbox(label="Hard-link files instead of copying (falls back to copy)",
+                               value=False, elem_id="export-link")
+            with gr.Row():
+                val_fraction = gr.Slider(0.0, 0.5, value=0.0, step=0.05,
+                                         label="Validation split (0: none; train/ and val/ "
+                                               "folders, stratified)",
+                                         elem_id="export-val-fraction")
+                split_seed = gr.Number(value=0, precision=0, label="Split seed", minimum=0,
+                                       elem_id="export-split-seed")
             out_dir = gr.Textbox(label="Folder (optional)",
                                  placeholder="default: inside the project's assets")
             export_btn = gr.Button("Export ImageFolder", variant="primary",
@@ -88,12 +103,12 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             zip_status = gr.HTML(elem_id="zip-status")
 
     @ui.guard(2)
-    def on_export(sel, real, out):
-        job = export(ctx, sel, bool(real), out)
+    def on_export(sel, real, out, link_v=False, val_v=0.0, seed_v=0):
+        job = export(ctx, sel, bool(real), out, bool(link_v), val_v, seed_v)
         return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), gr.skip()
 
-    export_btn.click(on_export, [selection, include_real, out_dir], [status, table],
-                     api_name="export")
+    export_btn.click(on_export, [selection, include_real, out_dir, link, val_fraction,
+                                 split_seed], [status, table], api_name="export")
 
     @ui.guard(2)
     def on_zip(export_id):

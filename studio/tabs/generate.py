@@ -293,3 +293,5 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         return int(eff["gen_steps"]), int(eff["gen_variations"]), eff["gen_sampler"]
 
     shared.on_project(defaults, [], [steps, variations, sampler])
+    # images picked in another project mean nothing here
+    shared.on_project(lambda: ([], [], "0 images selected"), [], [selected, picked, picked_info])

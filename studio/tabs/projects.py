@@ -116,9 +116,11 @@ def recent_choices(restrict: bool = False, root: Path | None = None) -> list[tup
     root = (root or projects_root()).resolve()
     out = []
     for p in recent_projects():
+        inside = p.resolve().parent == root
         if restrict and root not in p.resolve().parents:
             continue
-        out.append((f"{p.stem}  ·  {p.parent}", str(p)))
+        # projects of the projects folder by name; others with their folder's name
+        out.append((p.stem if inside else f"{p.stem}  ({p.parent.name}/)", str(p)))
     return out
 
 
@@ -198,7 +200,7 @@ def build(ctx: StudioContext, shared: Shared, restrict: bool = False) -> None:
                 open_recent = gr.Button("Open", scale=1, min_width=90, elem_id="open-recent")
             with gr.Row(elem_classes=["bottom-align"]):
                 path = gr.Textbox(label="Project name or path (NAME.duckdb)", scale=3,
-                                  placeholder=str(root / "NAME.duckdb"),
+                                  placeholder="NAME, or /path/to/NAME.duckdb",
                                   elem_id="open-project-path")
                 open_btn = gr.Button("Open", scale=1, min_width=90, elem_id="open-project")
             where = ("only projects inside it can be opened from this page"

@@ -159,9 +159,12 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float) -> 
         prec = str(effective(ctx).get("precision") or "fp32")
         extra["precision"] = prec if dev.startswith("cuda") else "fp32"
     return TrainConfig(steps=steps, batch_size=int(batch_size), learning_rate=float(lr),
-                       preview_every=max(1, min(TrainConfig.preview_every, steps // 5 or 1)),
-                       checkpoint_every=max(1, min(TrainConfig.checkpoint_every,
-                                                   steps // 3 or 1)),
+                       # a preview grid every fifth of the run (at least 100 steps apart:
+                       # each one samples), a checkpoint every third; both within the run
+                       preview_every=min(TrainConfig.preview_every,
+                                         max(min(100, steps), steps // 5)),
+                       checkpoint_every=min(TrainConfig.checkpoint_every,
+                                            max(min(50, steps), steps // 3)),
                        warmup_steps=min(TrainConfig.warmup_steps, max(1, steps // 10)),
                        device=dev, **extra)
 
