@@ -73,9 +73,15 @@ def pr_benchmark(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(1)
     real = rng.standard_normal((args.pr_n, args.dim), dtype=np.float32)
     fake = (0.9 * rng.standard_normal((args.pr_n, args.dim), dtype=np.float32) + 0.05)
+    # warm up both sides (imports, thread pools) on a slice, so only the work is timed
+    gen_metrics.prdc(real[:200], fake[:200], args.k, max_samples=None)
+    sklearn_prdc(real[:200], fake[:200], args.k)
     ours, t_ours = _timed(lambda: gen_metrics.prdc(real, fake, args.k, max_samples=None))
     base, t_base = _timed(lambda: sklearn_prdc(real, fake, args.k))
-    same = all(abs(ours[key] - base[key]) <= 2.0 / args.pr_n for key in base)
+    # shares may differ by a sample or two at float32 ties; density (a mean count) relatively
+    same = all(abs(ours[key] - base[key]) <= 2.0 / args.pr_n
+               for key in ("precision", "recall", "coverage")) and \
+        abs(ours["density"] - base["density"]) <= 1e-4 * max(1.0, base["density"])
     print(f"precision/recall/density/coverage, {args.pr_n:,} real + {args.pr_n:,} generated "
           f"x {args.dim}, k={args.k}")
     print(f"ours (faiss)         {t_ours:7.3f} s   {ours['precision']:.4f} {ours['recall']:.4f} "

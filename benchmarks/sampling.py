@@ -15,7 +15,7 @@ trained here on the bundled digits for ``--train-steps`` steps in a temporary pr
 Goal (issue 7): ratio >= 4 with the DPM-Solver++ distance within 10 % of DDPM's (not more
 than 1.10 x). Prints a table, then one JSON line {"claim", "ratio", "goal", "met", ...}.
 
-Usage: python benchmarks/sampling.py [--project P] [--n 256] [--train-steps 400]
+Usage: python benchmarks/sampling.py [--project P] [--n 256] [--train-steps 400] [--threads 1]
 """
 
 from __future__ import annotations
@@ -117,8 +117,11 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=256, help="images per sampler")
     ap.add_argument("--train-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1 is fastest for this model on a busy machine)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.project) if args.project else Path(tmp) / "bench"
         with Project(path, create=not args.project) as project:

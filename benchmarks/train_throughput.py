@@ -6,8 +6,10 @@ representations + latents against encoding every batch.
    ``train_rcdm`` (EMA, warm-up + cosine schedule, seeded batches, loss curve; previews and
    checkpoints pushed past the end so that only the step loop is timed) against the loop of
    diffusers' training examples written out (AdamW, cosine schedule, ``EMAModel``,
-   ``DDPMScheduler.add_noise``, MSE, clip, step). ratio = engine images/s / plain images/s,
-   goal >= 0.95 (median of the repeats).
+   ``DDPMScheduler.add_noise``, MSE, clip, step). Both are timed in chunks of CHUNK steps
+   (the engine through its progress events), the first chunk (warm-up) dropped; a run's
+   speed is its fastest chunk, the least disturbed by other work on the machine.
+   ratio = engine images/s / plain images/s (medians over runs), goal >= 0.95.
 2. A latent RCDM fed from caches (latents of a tiny ``AutoencoderKL``, CLS tokens of a tiny
    DINOv2 built from a config: stand-ins, no downloads) against the same loop encoding every
    batch with both. cache_ratio = cached images/s / encode-every-batch images/s; the goal
@@ -40,7 +42,15 @@ from diffusers.training_utils import EMAModel
 from engine.config import TrainConfig
 from engine.rcdm.latent import LatentCodec, encode_pixels, vae_info
 from engine.rcdm.model import build_rcdm
-from engine.rcdm.train import pixels_to_tensor, train_rcdm
+from engine.rcdm.train import REPORT_EVERY, pixels_to_tensor, train_rcdm
+
+CHUNK = REPORT_EVERY  # steps per timed chunk (the engine reports every REPORT_EVERY steps)
+
+
+def chunk_speed(times: list[float], batch: int) -> float:
+    """images/s of the fastest chunk; ``times`` = clock at the end of chunks 1, 2, ..."""
+    durations = np.diff(times)  # chunk 1 (warm-up) has no start: dropped
+    return batch * CHUNK / float(durations.min())
 
 
 def plain_loop(x_all: torch.Tensor, c_all: torch.Tensor, config: TrainConfig, steps: int,
@@ -60,8 +70,8 @@ def plain_loop(x_all: torch.Tensor, c_all: torch.Tensor, config: TrainConfig, st
                                 beta_schedule=config.beta_schedule,
                                 prediction_type=config.prediction_type)
     n, b = len(c_all), config.batch_size
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    times = []
+    for step in range(1, steps + 1):
         idx = torch.randint(0, n, (b,))
         if encode is not None:
             with torch.no_grad():
@@ -81,17 +91,26 @@ def plain_loop(x_all: torch.Tensor, c_all: torch.Tensor, config: TrainConfig, st
         sched.step()
         ema.step(model.parameters())
         loss.item()
-    return b * steps / (time.perf_counter() - t0)
+        if step % CHUNK == 0:
+            times.append(time.perf_counter())
+    return chunk_speed(times, b)
 
 
 def engine_loop(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, tmp: Path,
                 latents=None) -> float:
-    never = config.steps + 1
+    """train_rcdm for config.steps + 1 steps (the last one writes a preview: not timed)."""
+    never = config.steps + 2
+    times: list[float] = []
+
+    def progress(event) -> None:
+        if event.stage == "train" and event.step % CHUNK == 0 and event.step <= config.steps:
+            times.append(time.perf_counter())
+
     with tempfile.TemporaryDirectory(dir=tmp) as run:
-        out = train_rcdm(pixels, cond, config.replace(preview_every=never,
-                                                      checkpoint_every=never),
-                         Path(run), resume=False, latents=latents)
-    return float(out["images_per_second"])
+        train_rcdm(pixels, cond, config.replace(steps=config.steps + 1, preview_every=never,
+                                                checkpoint_every=never),
+                   Path(run), progress=progress, resume=False, latents=latents)
+    return chunk_speed(times, config.batch_size)
 
 
 def tiny_encoders(image_size: int):
@@ -119,8 +138,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = args.steps or (40 if args.full else 12)
-    repeats = args.repeats or (5 if args.full else 3)
+    steps = args.steps or (40 if args.full else 20)  # multiple of CHUNK, >= 2 chunks
+    steps = max(2 * CHUNK, steps - steps % CHUNK)
+    repeats = args.repeats or (5 if args.full else 2)
     rng = np.random.default_rng(0)
 
     # 1. engine vs plain loop, pixel space at the demo's size
@@ -166,7 +186,7 @@ def main() -> int:
                              batch_size=32, steps=steps, warmup_steps=2)
     shape = (int(z_all.shape[1]), int(z_all.shape[-1]))
     cached_ips, encoded_ips = [], []
-    for _ in range(max(2, repeats - 1)):
+    for _ in range(repeats):
         cached_ips.append(plain_loop(z_all, reps, lat_config, steps, shape))
         encoded_ips.append(plain_loop(z_all, reps, lat_config, steps, shape, encode=encode,
                                       pixels=px_t))

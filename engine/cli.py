@@ -251,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=EvalConfig.arch, choices=["resnet_tiny", "resnet18",
                                                                "resnet50"])
     p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
+    p.add_argument("--augment", default=EvalConfig.augment,
+                   choices=["none", "crop", "autoaugment", "randaugment", "mixup", "cutmix"],
+                   help="augmentation (every one but none includes the crop; default crop)")
+    p.add_argument("--schedule", default=EvalConfig.schedule, choices=["cosine", "step"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="evaluation name")
     _device_arg(p)
@@ -625,7 +629,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.project import Evaluation
     from engine.stages import evaluate
 
-    config = EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed, device=args.device)
+    config = EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed, device=args.device,
+                        augment=args.augment, schedule=args.schedule)
     with _open(args) as project:
         job = _run(project, evaluate.prepare(project, config, mix=args.mix,
                                              dataset_ref=args.dataset,

@@ -380,7 +380,9 @@ def figure(project: Project, record: dict[str, Any]) -> Any:
                           annotation_text=f"real only {mean:.1f}"
                           + (f" ± {std:.1f}" if not math.isnan(std) else ""),
                           annotation_position="bottom right")
-        fig.update_xaxes(title="synthetic images (x the real training set)")
+        sizes = sorted({float(v) for v in t.loc[t["series"] != "real", "size (x real)"]})
+        fig.update_xaxes(title="synthetic images (x the real training set)", tickvals=sizes,
+                         ticktext=[f"{v:g}x" for v in sizes])
     else:
         colors = {"real": "#DD8452", "classical": "#8172B3", "synthetic": "#55A868",
                   "unfiltered": "#4C72B0", "filtered": "#55A868"}

@@ -301,7 +301,9 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
             ``config.include_real`` is set.
         out_dir: the export folder.
         config: ``ExportConfig``; ``link=True`` hard-links files instead of copying them when the
-            filesystem allows (else copies, per file).
+            filesystem allows (else copies, per file); ``val_fraction > 0`` writes train/ and
+            val/ folders (``split_rows``: seeded by ``split_seed``, stratified per class and
+            kind).
         card: free-form fields for the dataset card ("title", "description", and any
             ``key: value`` shown under "How it was made").
 
@@ -314,7 +316,7 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
     Returns:
         {"folder": str, "count": int, "per_class": {class_name: count}, "manifest": str path of
         manifest.csv, "folders": {class_name: folder name}, "linked": int files hard-linked,
-        "replaced": bool}.
+        "replaced": bool, "splits": {"train": int, "val": int}}.
     """
     config = config or ExportConfig()
     out_dir = Path(out_dir).absolute()

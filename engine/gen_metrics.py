@@ -123,19 +123,22 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, *, max_samples: int | N
         raise InvalidConfigError(f"prdc needs more than k={k} samples per set, got "
                                  f"{len(r)} real and {len(f)} generated")
     # 1. ball radii: the k-th nearest neighbour inside each set (faiss)
-    rr2 = knn_radii(r, k).astype(np.float64) ** 2  # (N,)
-    fr2 = knn_radii(f, k).astype(np.float64) ** 2  # (M,)
+    rr2 = knn_radii(r, k) ** 2  # (N,) float32, like the distance matrix (no upcast)
+    fr2 = knn_radii(f, k) ** 2  # (M,)
     # 2. one pass over the (M, N) squared-distance matrix, in row chunks
     r_sq = np.einsum("ij,ij->i", r, r)
     f_sq = np.einsum("ij,ij->i", f, f)
     in_real = np.zeros(len(f), dtype=bool)  # fake inside some real ball  -> precision
     in_fake = np.zeros(len(r), dtype=bool)  # real inside some fake ball  -> recall
-    nearest_fake = np.full(len(r), np.inf)  # per real: nearest fake      -> coverage
+    nearest_fake = np.full(len(r), np.inf, dtype=np.float32)  # per real  -> coverage
     density = 0
     step = max(1, CHUNK_ELEMENTS // len(r))
     for s in range(0, len(f), step):
         fb = f[s:s + step]
-        d2 = f_sq[s:s + step, None] + r_sq[None, :] - 2.0 * (fb @ r.T)  # (b, N)
+        d2 = fb @ r.T  # (b, N), then in place: |f|^2 + |r|^2 - 2 f.r
+        d2 *= -2.0
+        d2 += f_sq[s:s + step, None]
+        d2 += r_sq[None, :]
         np.maximum(d2, 0.0, out=d2)
         inside = d2 <= rr2[None, :]  # (b, N): fake i in the ball of real j
         in_real[s:s + step] = inside.any(axis=1)

@@ -272,7 +272,8 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     while not _worker_pids(jobs_folder) and time.time() < deadline:
         time.sleep(0.5)
     assert _worker_pids(jobs_folder), "the training worker did not start"
-    page.locator("#jobs-table").get_by_text("running").first.click()
+    # the panel follows the newest active job: it is the chosen one
+    expect(page.locator("#job-choice input")).to_have_value(re.compile(r"\(running\)"))
     page.get_by_role("button", name="Cancel job").click()
     expect(page.locator("#jobs-table")).to_contain_text("cancelled", timeout=60_000)
     deadline = time.time() + 30

@@ -2,8 +2,11 @@
 
     model     RCDM (UNet2DConditionModel + conditioner), build/save/load
     train     train_rcdm: EMA, previews, checkpoints with exact resume
-    sample    make_scheduler, sample_images (DDPM / DDIM / DPM-Solver++, seeded per sample, CFG)
-    generate  generate_variations: seeded variations of real images written as PNGs
+    sample    make_scheduler, sample_images (any diffusers scheduler of the DDPM family by
+              name: ddpm, ddim, dpm++, EulerDiscreteScheduler, ...; seeded per sample, CFG)
+    conditions  the conditioning space: variations, interpolation, mix-up, class samples
+    generate  generate_plan / generate_variations: seeded images written as PNGs
+    shard     sharded generation: shard K of P of a plan, merged back into the project
 """
 
 from engine.rcdm.generate import generate_variations

@@ -214,8 +214,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                      object_fit="contain", show_label=False, scale=4,
                                      elem_id="data-gallery")
                 with gr.Column(scale=1, min_width=200):
-                    detail_img = gr.Image(label="Selected image", height=200, interactive=False,
-                                          elem_id="image-detail")
+                    gr.Markdown("Selected image", elem_classes=["image-caption"])
+                    detail_img = gr.Image(show_label=False, height=200, interactive=False,
+                                          buttons=[], elem_id="image-detail")
                     detail_txt = gr.Markdown("Click a thumbnail for its details.")
     page_ids = gr.State([])
     dataset = shared.dataset

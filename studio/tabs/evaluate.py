@@ -54,7 +54,9 @@ def results_table(ctx: StudioContext) -> pd.DataFrame:
         cfg = ui.loads(e.config_json)
         rows.append([e.name, MIX_LABELS.get(e.mix, e.mix).split(" (")[0],
                      sels.get(e.selection_id, ""), ui.pct(e.top1), ui.pct(e.top5), e.status,
-                     e.num_train, f"{cfg.get('arch', '')}, {cfg.get('epochs', '')} ep"])
+                     e.num_train, f"{cfg.get('arch', '')}, {cfg.get('epochs', '')} ep"
+                     + (f", {cfg['augment']}" if cfg.get("augment", "crop") != "crop" else "")
+                     + (f", seed {cfg['seed']}" if cfg.get("seed") else "")])
     return pd.DataFrame(rows, columns=["evaluation", "mix", "selection", "top-1 %", "top-5 %",
                                        "status", "images", "classifier"])
 

@@ -95,8 +95,7 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     rows = ctx.project.query(
         "SELECT id, path, class_name, seed FROM sample WHERE generation_id = ? ORDER BY idx "
         "LIMIT ? OFFSET ?", [gen.id, page_size, (page - 1) * page_size])
-    items = [(str(ctx.project.abs(r.path)), f"{r.class_name} · seed {r.seed}")
-             for r in rows.itertuples()]
+    items = [(str(ctx.project.abs(r.path)), f"{r.class_name}") for r in rows.itertuples()]
     cfg = ui.loads(gen.config_json)
     reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
     text = (f"**{gen.name}** · {gen.count:,} images · {cfg.get('variations', '?')} per source · "
@@ -154,7 +153,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             with gr.Row(elem_classes=["bottom-align"]):
                 picked_info = gr.Markdown("0 images selected", elem_id="gen-picked-info")
                 clear_btn = gr.Button("Clear selection", size="sm", scale=0, min_width=120)
-            picked = gr.Gallery(show_label=False, columns=12, height=90, allow_preview=False,
+            picked = gr.Gallery(show_label=False, columns=12, height=112, allow_preview=False,
                                 object_fit="contain", fit_columns=False, elem_id="gen-picked")
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("#### 2 · Sampling", elem_classes=["section-title"])
@@ -189,8 +188,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                              allow_preview=False, fit_columns=False, elem_id="gen-samples",
                              scale=4)
         with gr.Column(scale=1, min_width=220):
-            sample_img = gr.Image(label="Selected sample", height=160, interactive=False,
-                                  elem_id="sample-detail")
+            gr.Markdown("Selected sample", elem_classes=["image-caption"])
+            sample_img = gr.Image(show_label=False, height=160, interactive=False,
+                                  buttons=[], elem_id="sample-detail")
             sample_txt = gr.Markdown("Click a generated image for its provenance.",
                                      elem_id="sample-provenance")
 
@@ -242,7 +242,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                     name_v) -> tuple[str, Any]:
         job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
                        seed_v, name_v)
-        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), gr.skip()
+        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
+                         f"panel below"), gr.skip())
 
     gen_btn.click(on_generate, [model, source, selected, per_class, variations, sampler, steps,
                                 guidance, seed, name], [status, generation], api_name="generate")
@@ -250,7 +251,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(1)
     def on_reencode(generation_id: str | None) -> str:
         job = reencode(ctx, generation_id)
-        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)")
+        return ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel "
+                        f"below")
 
     reencode_btn.click(on_reencode, generation, status, api_name="reencode")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.config import SAMPLERS, EvalConfig, GenerateConfig, TrainConfig
+from engine.config import SAMPLERS, EvalConfig, TrainConfig
 from engine.errors import InvalidConfigError
 from studio import ui
 from studio.context import StudioContext

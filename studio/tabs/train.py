@@ -217,13 +217,15 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                 elem_id="model-choice")
             info = gr.Markdown(elem_id="model-info")
             plot = gr.Plot(show_label=False, elem_id="loss-plot")
-            preview = gr.Image(label="Latest preview", height=170, interactive=False,
-                               elem_id="train-preview")
+            gr.Markdown("Latest preview", elem_classes=["image-caption"])
+            preview = gr.Image(show_label=False, height=170, interactive=False,
+                               buttons=["fullscreen"], elem_id="train-preview")
 
     @ui.guard(2)
     def on_encode(dataset_id: str | None, which: str) -> tuple[str, Any]:
         job = encode(ctx, dataset_id, which)
-        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), encodings_table(ctx, dataset_id)
+        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel "
+                         f"below"), encodings_table(ctx, dataset_id))
 
     enc_pca.click(lambda d: on_encode(d, "pca"), dataset, [status, encs])
     enc_cls.click(lambda d: on_encode(d, "class"), dataset, [status, encs])
@@ -231,7 +233,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(2)
     def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v) -> tuple[str, Any]:
         job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v)
-        return (ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"),
+        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
+                         f"panel below"),
                 ui.dropdown(model_choices(ctx), m.id))
 
     train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name], [status, model],

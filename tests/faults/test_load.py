@@ -91,6 +91,7 @@ def test_100k_samples_ingest_and_repeated_queries_do_not_grow_memory(big_generat
     # settle at a few MB (measured: +30 MB over 120 rounds of samples(), flattening out).
     assert growth < 40, f"RSS grew by {growth:.0f} MB over 10 rounds: {seen}"
     report = assert_repairable(project, allow=("missing_file", "orphan_folder"))
-    # the fake paths are missing files (listed up to a bound, then summarised)
-    missing = [p for p in report.problems if p["kind"] == "missing_file"]
-    assert 0 < len(missing) <= 51 and "more missing file" in missing[-1]["message"]
+    # the fake folder and paths are missing: 50 listed, then one line for the rest
+    missing = [p["message"] for p in report.problems if p["kind"] == "missing_file"]
+    assert len(missing) == 52 and "names folder" in missing[0]
+    assert missing[-1].startswith(f"{N - 50} more missing file(s)")
