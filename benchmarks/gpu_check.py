@@ -50,13 +50,20 @@ def _vae_folder(requested: str | None, smoke: bool, tmp: Path) -> tuple[str, str
     """(vae_id to train with, description): the real VAE if loadable, else a random one."""
     from diffusers import AutoencoderKL
 
+    if requested and not smoke:
+        load_vae(requested)  # WeightsNotFoundError says what to download
+        return requested, requested
     if not smoke:
-        try:
-            load_vae(requested or DEFAULT_VAE)
-            return requested or DEFAULT_VAE, requested or DEFAULT_VAE
-        except WeightsNotFoundError:
-            if requested:
-                raise
+        from huggingface_hub import try_to_load_from_cache
+
+        # only the hub cache: the GPU machine may have no network, and a hub request
+        # would wait for its timeouts before failing
+        if isinstance(try_to_load_from_cache(DEFAULT_VAE, "config.json"), str):
+            try:
+                load_vae(DEFAULT_VAE)
+                return DEFAULT_VAE, DEFAULT_VAE
+            except WeightsNotFoundError:
+                pass
     torch.manual_seed(0)
     vae = AutoencoderKL(**(TINY_VAE_CONFIG if smoke else SD_VAE_CONFIG))
     vae.save_pretrained(tmp / "vae")

@@ -69,8 +69,11 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
     return blocks
 
 
-def remember_tab(ctx: StudioContext, tab_id: str) -> None:
-    """Store the tab the user is on (reopened there next time)."""
+def remember_tab(ctx: StudioContext, tab_id: str, loaded: bool = True) -> None:
+    """Store the tab the user is on (reopened there next time). ``loaded`` is false while
+    the page is still starting: the first tab reports a select then, not the user."""
+    if not loaded:
+        return
     try:
         ctx.project.set_meta(LAST_TAB, tab_id)
     except Exception:  # noqa: BLE001 - remembering a tab must never break the page
@@ -90,20 +93,21 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
     with gr.Blocks(title="RCDM Studio") as blocks:
         shared.revision = gr.State("")
         shared.project = gr.State("")
+        loaded = gr.State(False)  # true once the load event has chosen the tab
         header.build(ctx, shared)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Projects", id="projects", elem_id="tab-projects") as t:
                 projects.build(ctx, shared, restrict=restrict)
-            t.select(functools.partial(remember_tab, ctx, "projects"), None, None,
+            t.select(functools.partial(remember_tab, ctx, "projects"), loaded, None,
                      show_progress="hidden", queue=False)
             for label, module in TABS:
                 with gr.Tab(label, id=label.lower(), elem_id=f"tab-{label.lower()}") as t:
                     module.build(ctx, shared)
-                t.select(functools.partial(remember_tab, ctx, label.lower()), None, None,
+                t.select(functools.partial(remember_tab, ctx, label.lower()), loaded, None,
                          show_progress="hidden", queue=False)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings") as t:
                 settings.build(ctx, shared)
-            t.select(functools.partial(remember_tab, ctx, "settings"), None, None,
+            t.select(functools.partial(remember_tab, ctx, "settings"), loaded, None,
                      show_progress="hidden", queue=False)
         jobs.build(ctx, shared)
         # Every list and view refreshes when the project's revision changes: on page load
@@ -116,8 +120,8 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         for r in shared.loaders:
             shared.project.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
                                   r.outputs, show_progress="hidden")
-        blocks.load(lambda: (ctx.revision(), gr.Tabs(selected=first_tab(ctx))), None,
-                    [shared.revision, tabs], show_progress="hidden")
+        blocks.load(lambda: (ctx.revision(), gr.Tabs(selected=first_tab(ctx)), True), None,
+                    [shared.revision, tabs, loaded], show_progress="hidden")
     return blocks
 
 

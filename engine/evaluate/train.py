@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import EvalConfig
-from engine.errors import InvalidConfigError
+from engine.errors import InvalidConfigError, StudioError
 from engine.evaluate.augment import BatchAugment
 from engine.evaluate.classifier import build_classifier
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
@@ -213,7 +213,12 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_checkpoint(path: Path, config: EvalConfig, fingerprint: str) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # cut short or damaged: torch's own error names no file
+        raise InvalidConfigError(
+            f"classifier checkpoint {path} is unreadable (cut short or damaged: "
+            f"{type(exc).__name__}); delete it to start this evaluation over") from exc
     if state.get("version") != CHECKPOINT_VERSION:
         raise InvalidConfigError(
             f"{path} is a classifier checkpoint of version {state.get('version')!r}, "
@@ -362,6 +367,10 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
                 group["lr"] = lr
             logits = model(xb.contiguous(memory_format=torch.channels_last))  # (B, C)
             loss = criterion(logits, yb)
+            if not torch.isfinite(loss):
+                raise StudioError(
+                    f"classifier loss became {float(loss)} at step {step + 1}; try a lower "
+                    f"learning_rate (now {config.learning_rate})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

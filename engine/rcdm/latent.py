@@ -132,7 +132,7 @@ def encode_pixels(vae, pixels: np.ndarray, batch_size: int = ENCODE_BATCH, flip:
     for start in range(0, n, batch_size):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        chunk = np.ascontiguousarray(pixels[start:start + batch_size])
+        chunk = np.array(pixels[start:start + batch_size])  # a writable copy
         x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (b, 3, H, W)
         if flip:
             x = x.flip(-1)

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -479,6 +480,16 @@ def _save_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.
     log.info("checkpoint at step %d written to %s", state.step, folder)
 
 
+def _read_checkpoint_file(folder: Path, name: str, read: Callable[[Path], Any]) -> Any:
+    """``read(folder / name)``, with a cut-short or damaged file named in a NotReadyError."""
+    try:
+        return read(folder / name)
+    except Exception as exc:  # torch / safetensors errors do not name the file
+        raise NotReadyError(
+            f"checkpoint {folder} is unreadable ({name} is cut short or damaged: "
+            f"{type(exc).__name__}); delete the folder to start this training over") from exc
+
+
 def _load_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.optim.Optimizer,
                      lr_schedule: Any, gen: torch.Generator, config: TrainConfig,
                      cond_dim: int, num_images: int, device: torch.device,
@@ -488,7 +499,8 @@ def _load_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise NotReadyError(f"checkpoint {folder} is incomplete: missing {missing}")
-    saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    saved = _read_checkpoint_file(folder, "state.pt", lambda f: torch.load(
+        f, map_location="cpu", weights_only=True))
     if saved.get("version") != CHECKPOINT_VERSION:
         raise NotReadyError(f"checkpoint {folder} has version {saved.get('version')!r}, "
                             f"expected {CHECKPOINT_VERSION}")
@@ -503,8 +515,10 @@ def _load_checkpoint(folder: Path, model: RCDM, ema: EMAModel, optimizer: torch.
         raise InvalidConfigError(
             f"checkpoint {folder} was trained on {saved['num_images']} images with D="
             f"{saved['cond_dim']}, got {num_images} images with D={cond_dim}")
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    shadow = {k: v.to(device) for k, v in load_file(str(folder / "ema.safetensors")).items()}
+    model.load_state_dict(_read_checkpoint_file(folder, "model.safetensors",
+                                                lambda f: load_file(str(f))))
+    shadow = {k: v.to(device) for k, v in
+              _read_checkpoint_file(folder, "ema.safetensors", lambda f: load_file(str(f))).items()}
     names = [name for name, _ in model.named_parameters()]
     ema.load_state_dict({**saved["ema"], "shadow_params": [shadow[name] for name in names]})
     optimizer.load_state_dict(saved["optimizer"])

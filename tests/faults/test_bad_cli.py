@@ -100,7 +100,7 @@ def test_a_model_from_another_project_is_refused(cli_project):
 
 @pytest.mark.parametrize("argv", [["generate", "--variations", "many"],
                                   ["train", "--steps", "1e9.5"],
-                                  ["generate", "--sampler", "euler"],
+                                  ["jobs", "explode"],
                                   ["curate", "--generation", "g", "--metric", "l7"]])
 def test_malformed_arguments_get_argparse_usage_not_a_traceback(cli_project, argv):
     root, _ = cli_project

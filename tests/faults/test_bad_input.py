@@ -24,8 +24,7 @@ from PIL import Image
 
 from engine.config import ImportConfig
 from engine.data import import_image_folder, validate_image
-from engine.errors import DatasetError, StudioError
-from engine.project import Dataset
+from engine.errors import DatasetError
 
 from .conftest import ROOT, assert_repairable, snapshot
 from test_data import _png_with_header_size
@@ -260,7 +259,3 @@ def test_symlink_loops_dangling_links_and_links_outside(project, tmp_path):
     assert per_class == {"a": 5, "b": 5}
     assert ds.num_images == 10
     assert check_clean(project)
-
-
-def test_errors_are_studio_errors():
-    assert issubclass(DatasetError, StudioError)

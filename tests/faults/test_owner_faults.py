@@ -9,7 +9,6 @@ settles it, and that the work can be done again.
 
 from __future__ import annotations
 
-import os
 import signal
 import textwrap
 

@@ -2,9 +2,7 @@
 
 A NaN must stop training with a named error that says what to change; a checkpoint file cut
 short must be refused with a message naming it (or skipped to start over), never end in a
-library's internal error. The loops belong to engine/rcdm/train.py and
-engine/evaluate/train.py; where the check is missing the test is a strict xfail (see
-docs/RELIABILITY.md for the lines to add).
+library's internal error (engine/rcdm/train.py and engine/evaluate/train.py).
 """
 
 from __future__ import annotations
@@ -47,8 +45,6 @@ def test_nan_in_the_condition_is_refused_before_training(tmp_path, one_thread):
         train_rcdm(PIXELS, cond, TrainConfig(steps=2, **TRAIN), tmp_path / "run")
 
 
-@pytest.mark.xfail(strict=True, reason="engine/evaluate/train.py has no NaN/inf check on the "
-                                       "loss: training runs on and reports chance accuracy")
 def test_nan_loss_stops_classifier_training_with_a_clear_error(tmp_path, one_thread):
     from engine.evaluate.train import train_classifier
 
@@ -58,8 +54,6 @@ def test_nan_loss_stops_classifier_training_with_a_clear_error(tmp_path, one_thr
                          out_dir=tmp_path / "ev")
 
 
-@pytest.mark.xfail(strict=True, reason="engine/rcdm/train.py _load_checkpoint lets torch's / "
-                                       "safetensors' internal error through")
 @pytest.mark.parametrize("part", ["state.pt", "model.safetensors", "ema.safetensors"])
 def test_a_cut_rcdm_checkpoint_is_refused_clearly(tmp_path, one_thread, part):
     from engine.rcdm.train import train_rcdm
@@ -71,8 +65,6 @@ def test_a_cut_rcdm_checkpoint_is_refused_clearly(tmp_path, one_thread, part):
         train_rcdm(PIXELS, COND, config.replace(steps=6), tmp_path / "run")
 
 
-@pytest.mark.xfail(strict=True, reason="engine/evaluate/train.py _load_checkpoint lets torch's "
-                                       "internal error through")
 def test_a_cut_classifier_checkpoint_is_refused_clearly(tmp_path, one_thread):
     from engine.evaluate.train import train_classifier
 
