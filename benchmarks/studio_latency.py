@@ -8,7 +8,8 @@ Measures, on this machine:
   rows (default 20,000), worst of pages 1 / middle / last;
 - band change: a ``/band`` call of the running studio over HTTP (gradio_client round trip:
   queue + handler + JSON) on a tiny real pipeline (import, encode, 3 training steps,
-  generate, re-encode), median of ``--repeats``.
+  generate, re-encode), median of ``--repeats``, beside a trivial call over HTTP (the
+  round trip's floor: queue, SSE, JSON).
 
 Prints a table, then one JSON line. ratio = 10 s / cold start (>= 1 meets the goal).
 
@@ -115,8 +116,9 @@ def _tiny_folder(root: Path, classes: int = 3, per_class: int = 8) -> Path:
     return root
 
 
-def band_change(tmp: Path, repeats: int) -> float:
-    """Median seconds of a ``/band`` call over HTTP on a tiny real pipeline."""
+def band_change(tmp: Path, repeats: int) -> tuple[float, float]:
+    """Median seconds of a ``/band`` call over HTTP on a tiny real pipeline, and of a
+    trivial call (``/open_project`` of a missing project: the round trip's floor)."""
     from gradio_client import Client
 
     from engine import data
@@ -149,7 +151,13 @@ def band_change(tmp: Path, repeats: int) -> float:
             t0 = time.perf_counter()
             client.predict(gen, low, low + 0.5, "real", "cosine", api_name="/band")
             times.append(time.perf_counter() - t0)
-        return statistics.median(times[1:])  # the first call fills the cache
+        floor = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            client.predict("missing", api_name="/open_project")
+            floor.append(time.perf_counter() - t0)
+        # the first band call fills the cache
+        return statistics.median(times[1:]), statistics.median(floor)
     finally:
         close(blocks)
 
@@ -167,15 +175,17 @@ def main() -> int:
         os.environ["RCDM_STUDIO_PROJECTS"] = str(tmp / "projects")
         start = cold_start(tmp)
         page = gallery_page(tmp, args.images)
-        band = band_change(tmp, args.repeats)
+        band, floor = band_change(tmp, args.repeats)
     rows = [("cold start to HTTP 200", f"{start:.2f} s", "goal < 10 s"),
             (f"gallery page ({args.images:,} images)", f"{1000 * page:.1f} ms", "server time"),
-            ("band change (/band over HTTP)", f"{1000 * band:.1f} ms", "median round trip")]
+            ("band change (/band over HTTP)", f"{1000 * band:.1f} ms", "median round trip"),
+            ("trivial call over HTTP", f"{1000 * floor:.1f} ms", "round-trip floor")]
     for name, value, note in rows:
         print(f"{name:<34} {value:>10}  {note}")
     print(json.dumps({"benchmark": "studio_latency", "cold_start_s": round(start, 3),
                       "gallery_page_ms": round(1000 * page, 2), "images": args.images,
-                      "band_change_ms": round(1000 * band, 2), "cpus": os.cpu_count(),
+                      "band_change_ms": round(1000 * band, 2),
+                      "http_floor_ms": round(1000 * floor, 2), "cpus": os.cpu_count(),
                       "ratio": round(10.0 / start, 3)}))
     return 0
 

@@ -32,7 +32,7 @@ from engine.config import AUGMENTS, BandConfig, EvalConfig
 from engine.errors import InvalidConfigError, NotFoundError
 from engine.jobs import JobSpec
 from engine.project import Evaluation, Generation, Job, Meta, Model, Project, Selection, \
-    new_id, utcnow
+    free_name, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -258,13 +258,7 @@ def _save(project: Project, record: dict[str, Any]) -> None:
 
 
 def _unique_name(project: Project, base: str) -> str:
-    names = {r["name"] for r in list_experiments(project)}
-    if base not in names:
-        return base
-    i = 2
-    while f"{base}-{i}" in names:
-        i += 1
-    return f"{base}-{i}"
+    return free_name({r["name"] for r in list_experiments(project)}, base)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -114,12 +114,14 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         # (the state starts empty) and whenever the jobs timer sees a new row or status.
         # Form defaults reload when the project (or its settings) changes.
         shared.on_refresh(ctx.project_key, [], [shared.project])
+        # Refreshers only read the project (under its lock): they run concurrently, so ten
+        # open tabs do not wait in one queue behind each other.
         for r in shared.refreshers:
             shared.revision.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
-                                   r.outputs, show_progress="hidden")
+                                   r.outputs, show_progress="hidden", concurrency_limit=None)
         for r in shared.loaders:
             shared.project.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
-                                  r.outputs, show_progress="hidden")
+                                  r.outputs, show_progress="hidden", concurrency_limit=None)
         blocks.load(lambda: (ctx.revision(), gr.Tabs(selected=first_tab(ctx)), True), None,
                     [shared.revision, tabs, loaded], show_progress="hidden")
     return blocks

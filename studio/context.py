@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from engine.project import Dataset, Job, Project
 log = logging.getLogger(__name__)
 
 _BAND_CACHE_SIZE = 8
+POLL_REUSE_S = 0.5  # polls closer than this share one job-manager poll
 
 
 class StudioContext:
@@ -46,6 +48,7 @@ class StudioContext:
         self._jobs_lock = threading.RLock()
         self._band_lock = threading.Lock()
         self._bands: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._last_poll: tuple[float, Any, list[Job]] | None = None
         with self._jobs_lock:
             self.jobs.reconcile()
 
@@ -86,21 +89,32 @@ class StudioContext:
     # ------------------------------------------------------------------ jobs
 
     def poll(self) -> list[Job]:
+        """Poll the job manager; several browser tabs polling within ``POLL_REUSE_S`` share
+        one poll (the jobs panel's timer fires in every open tab)."""
         with self._jobs_lock:
-            return self.jobs.poll()
+            now = time.monotonic()
+            last = self._last_poll
+            if last is not None and now - last[0] < POLL_REUSE_S and last[1] == self.epoch:
+                return list(last[2])
+            jobs = self.jobs.poll()
+            self._last_poll = (now, self.epoch, jobs)
+            return jobs
 
     def submit(self, spec: JobSpec) -> Job:
         with self._jobs_lock:
+            self._last_poll = None
             job = self.jobs.submit(spec)
         log.info("submitted job %s: %s", job.id, job.title)
         return job
 
     def cancel(self, job_id: str) -> Job:
         with self._jobs_lock:
+            self._last_poll = None
             return self.jobs.cancel(job_id)
 
     def retry(self, job_id: str) -> Job:
         with self._jobs_lock:
+            self._last_poll = None
             return self.jobs.retry(job_id)
 
     def job_folder(self, job: Job) -> Path:

@@ -1,7 +1,12 @@
-"""The studio in a real browser: the whole pipeline on the demo digits, by clicking only.
+"""The studio in a real browser: from a fresh start, the whole pipeline by clicking only.
 
-Opt-in tier marker ``browser``; skipped when Debian's chromium or Playwright is missing.
-Screenshots of every step go to ``artifacts/screenshots/`` (repo-relative, git-ignored).
+Projects tab -> "Open the demo project" (digits imported), Data gallery and details, encode,
+train (30 steps), pick 4 real images and generate, provenance of a generated image, move
+the band and save a selection, an evaluation, export + zip download, a long training
+cancelled from the jobs panel (its process is checked gone), Settings, and a reload that
+reopens the tab the user left. Opt-in tier marker ``browser``; skipped when Debian's
+chromium or Playwright is missing. A screenshot per step (1280x800, full page) and of every
+tab at 1920x1080 go to ``artifacts/screenshots/`` (repo-relative, git-ignored).
 Run: ``.venv/bin/pytest -m browser tests/test_studio_browser.py``.
 """
 

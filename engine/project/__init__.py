@@ -18,6 +18,7 @@ from engine.project.schema import (
 )
 from engine.project.store import (
     Project,
+    free_name,
     project_paths,
     save_array_atomic,
     write_json_atomic,
@@ -26,5 +27,5 @@ from engine.project.store import (
 __all__ = [
     "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Export", "Generation", "Image",
     "Job", "Meta", "Model", "Sample", "Selection", "new_id", "utcnow", "Project",
-    "project_paths", "save_array_atomic", "write_json_atomic",
+    "free_name", "project_paths", "save_array_atomic", "write_json_atomic",
 ]

@@ -71,6 +71,16 @@ def _locked_message(path: Path, exc: Exception) -> str:
             f"(DuckDB allows one writer per project file)")
 
 
+def free_name(names: set[str], base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... whichever is not in ``names``."""
+    if base not in names:
+        return base
+    i = 2
+    while f"{base}-{i}" in names:
+        i += 1
+    return f"{base}-{i}"
+
+
 class Project:
     """An open project. Use as a context manager or call ``close()``.
 
@@ -248,13 +258,7 @@ class Project:
             return list(s.exec(q).all())
 
     def unique_name(self, row_type: type[RowT], base: str) -> str:
-        names = {r.name for r in self.list(row_type)}
-        if base not in names:
-            return base
-        i = 2
-        while f"{base}-{i}" in names:
-            i += 1
-        return f"{base}-{i}"
+        return free_name({r.name for r in self.list(row_type)}, base)
 
     # ---------------------------------------------------------------- bulk rows
 

@@ -470,12 +470,21 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         choices = curatable_choices(ctx)
         values = [v for _, v in choices]
         if generation_id and generation_id in values:
-            # same generation: redraw (it may just have been re-encoded)
-            band = update(generation_id, low_v, high_v, centroid_v, metric_v, *rest)
-        else:  # a new value: its change event draws the band
+            # same generation: redraw (it may just have been re-encoded: a new encoding to
+            # judge by appears in the list)
+            enc_choices = encoding_choices(ctx, generation_id)
+            enc_values = [v for _, v in enc_choices]
+            enc_v = rest[-1] if rest and rest[-1] in enc_values else \
+                (enc_values[-1] if enc_values else None)
+            band = update(generation_id, low_v, high_v, centroid_v, metric_v, *rest[:-1],
+                          enc_v)
+            enc_update = ui.dropdown(enc_choices, enc_v)
+        else:  # a new value: its change event draws the band and fills the encodings
             band = (gr.skip(),) * len(outputs)
+            enc_update = gr.skip()
         sels = sel_choices()
         return (ui.dropdown(choices, generation_id), selections_table(ctx),
-                gr.update(choices=sels), gr.update(choices=sels), *band)
+                gr.update(choices=sels), gr.update(choices=sels), enc_update, *band)
 
-    shared.on_refresh(refresh, inputs, [generation, selections, comb_a, comb_b, *outputs])
+    shared.on_refresh(refresh, inputs,
+                      [generation, selections, comb_a, comb_b, encoding, *outputs])

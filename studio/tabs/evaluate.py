@@ -17,6 +17,7 @@ from engine.project import Evaluation, Generation, Job, Selection
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
+from studio.tabs import settings
 from studio.tabs.jobs import job_progress
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id:
                             f"Curate tab")
     if mix == "real" and not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
-    config = EvalConfig(arch=arch, epochs=int(epochs), augment=augment or EvalConfig.augment)
+    config = EvalConfig(arch=arch, epochs=int(epochs), augment=augment or EvalConfig.augment,
+                        device=settings.device(ctx))
     return ctx.submit(evaluate_stage.prepare(
         ctx.project, config, mix=mix, dataset_ref=dataset_id if mix == "real" else None,
         selection_ref=selection_id if mix != "real" else None,
@@ -120,7 +122,7 @@ def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] |
     """Plan the experiment, record it in the project and queue its evaluations."""
     if kind not in experiments.KINDS:
         raise InvalidConfigError(f"pick an experiment: one of {experiments.KINDS}")
-    config = EvalConfig(arch=arch, epochs=int(epochs))
+    config = EvalConfig(arch=arch, epochs=int(epochs), device=settings.device(ctx))
     return experiments.launch(ctx.project, kind, list(generation_ids or []), config,
                               submit=ctx.submit, seeds=int(seeds),
                               name=(name or "").strip() or None)
@@ -239,6 +241,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v)
         return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
 
+    shared.on_project(lambda: int(settings.effective(ctx)["eval_epochs"]), [], [epochs])
     run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name, augment],
                   [status, table], api_name="evaluate")
 

@@ -121,14 +121,15 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     timer = gr.Timer(POLL_SECONDS)
     timer.tick(lambda s, j: tick(ctx, s, j), [table_sig, chosen],
                [table, table_sig, shared.revision, logbox], show_progress="hidden",
-               queue=True)
+               queue=True, concurrency_limit=None)  # read-mostly: tabs must not queue
 
     def pick_row(evt: gr.SelectData) -> Any:
         row = evt.row_value or []
         return row[-1] if row else gr.skip()
 
     table.select(pick_row, None, chosen, show_progress="hidden")
-    chosen.change(lambda j: log_text(ctx, j), chosen, logbox, show_progress="hidden")
+    chosen.change(lambda j: log_text(ctx, j), chosen, logbox, show_progress="hidden",
+                  concurrency_limit=None)
 
     @ui.guard(2)
     def do_cancel(job_id: str | None) -> tuple[str, Any]:
