@@ -147,12 +147,14 @@ def main() -> int:
     print(f"{'engine':<8} {min(engine_s):>8.2f} {engine_rate:>10.0f}")
     print(f"{'plain':<8} {min(plain_s):>8.2f} {plain_rate:>10.0f}   "
           f"(DataLoader, {args.workers} worker(s), v2.RandomResizedCrop)")
-    print(json.dumps({"benchmark": "eval_throughput", "arch": args.arch, "size": args.size,
+    print(json.dumps({"claim": "the engine's classifier loop trains at least 0.95x as fast "
+                               "as a plain torchvision DataLoader loop on the same data",
+                      "ratio": round(ratio, 3), "goal": 0.95, "met": ratio >= 0.95,
+                      "benchmark": "eval_throughput", "arch": args.arch, "size": args.size,
                       "n": args.n, "epochs": args.epochs, "batch": args.batch,
                       "device": args.device, "workers": args.workers,
                       "engine_images_per_s": round(engine_rate, 1),
-                      "plain_images_per_s": round(plain_rate, 1),
-                      "ratio": round(ratio, 3), "goal": 0.95, "met": ratio >= 0.95}))
+                      "plain_images_per_s": round(plain_rate, 1)}))
     return 0
 
 

@@ -182,11 +182,12 @@ def main() -> int:
             ("trivial call over HTTP", f"{1000 * floor:.1f} ms", "round-trip floor")]
     for name, value, note in rows:
         print(f"{name:<34} {value:>10}  {note}")
-    print(json.dumps({"benchmark": "studio_latency", "cold_start_s": round(start, 3),
+    print(json.dumps({"claim": "rcdm-studio answers HTTP within 10 s of a cold start",
+                      "ratio": round(10.0 / start, 3), "goal": 1.0, "met": start < 10.0,
+                      "benchmark": "studio_latency", "cold_start_s": round(start, 3),
                       "gallery_page_ms": round(1000 * page, 2), "images": args.images,
                       "band_change_ms": round(1000 * band, 2),
-                      "http_floor_ms": round(1000 * floor, 2), "cpus": os.cpu_count(),
-                      "ratio": round(10.0 / start, 3)}))
+                      "http_floor_ms": round(1000 * floor, 2), "cpus": os.cpu_count()}))
     return 0
 
 

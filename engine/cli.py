@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation (every one but none includes the crop; default crop)")
     p.add_argument("--schedule", default=EvalConfig.schedule, choices=["cosine", "step"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--processes", type=int, default=EvalConfig.processes,
+                   help="data-parallel processes under torchrun (one per GPU; default 1)")
     p.add_argument("--name", help="evaluation name")
     _device_arg(p)
     _json_arg(p)
@@ -630,7 +632,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.stages import evaluate
 
     config = EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed, device=args.device,
-                        augment=args.augment, schedule=args.schedule)
+                        augment=args.augment, schedule=args.schedule,
+                        processes=args.processes)
     with _open(args) as project:
         job = _run(project, evaluate.prepare(project, config, mix=args.mix,
                                              dataset_ref=args.dataset,

@@ -341,8 +341,12 @@ class EvalConfig(StageConfig):
     cutmix_alpha: float = 1.0  # cutmix: box area fraction ~ Beta(a, a)
     randaugment_ops: int = 2  # randaugment: operations per image
     randaugment_magnitude: int = 9  # randaugment: magnitude in [0, 30]
+    # > 1: the evaluate job trains under torchrun with this many data-parallel processes
+    # (one per GPU; gloo processes on the CPU); train_classifier itself follows WORLD_SIZE
+    processes: int = 1
 
     def validate(self) -> None:
+        _check(self.processes >= 1, f"processes must be >= 1, got {self.processes}")
         _check(self.arch in CLASSIFIERS, f"arch must be one of {CLASSIFIERS}, got {self.arch!r}")
         _check(self.schedule in SCHEDULES,
                f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")

@@ -93,9 +93,10 @@ class TqdmProgress:
             bar = tqdm(total=event.total, desc=event.stage, leave=True, disable=self._disable,
                        dynamic_ncols=True)
             self._bars[event.stage] = bar
-        bar.n = event.step
         if event.metrics:
             bar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()}, refresh=False)
+        if event.step != bar.n:  # through update(): tqdm derives the rate from increments
+            bar.update(event.step - bar.n)
         if event.step >= event.total:
             bar.close()  # prints the final state once
             self._bars.pop(event.stage, None)

@@ -50,9 +50,18 @@ def main() -> int:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(url)
             page.wait_for_timeout(4000)
-            for tab in ("Data", "Train", "Generate", "Curate", "Evaluate", "Export"):
+            for tab in ("Projects", "Data", "Train", "Generate", "Curate", "Evaluate",
+                        "Export", "Settings"):
                 page.get_by_role("tab", name=tab).click()
                 page.wait_for_timeout(3500)
+                if tab == "Curate":  # open the 2-D map and the metrics of the kept samples
+                    page.locator("#map-panel").get_by_text("2-D map").first.click()
+                    page.locator("#map-button").click()
+                    page.locator("#metrics-panel").get_by_text("Metrics of the kept").first.click()
+                    page.locator("#metrics-button").click()
+                    page.locator("#metrics-table").get_by_text("precision").first.wait_for(
+                        timeout=120_000)
+                    page.wait_for_timeout(2000)
                 page.screenshot(path=str(out / f"{tab.lower()}{args.suffix}.png"),
                                 full_page=args.full)
             browser.close()

@@ -229,10 +229,26 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     low.press("Enter")
     expect(page.locator("#band-summary")).to_contain_text("band 0.50 – 1.00")
     expect(page.locator("#band-summary")).to_contain_text("Keeping 4 of 8")
+    # the edge galleries follow the band: with the lower half dropped, the "dropped ·
+    # nearest" gallery holds 4 samples; with everything kept it is empty
+    expect(page.locator("#edge-nearest-dropped .thumbnail-item")).to_have_count(4)
+    page.locator("#preset-all").click()
+    expect(page.locator("#band-summary")).to_contain_text("Keeping 8 of 8")
+    expect(page.locator("#edge-nearest-dropped .thumbnail-item")).to_have_count(0)
     page.locator("#preset-middle").click()
     expect(page.locator("#band-summary")).to_contain_text("band 0.25 – 0.75")
     expect(page.locator("#band-summary")).to_contain_text("Keeping 4 of 8")
     expect(page.locator("#band-counts")).to_contain_text("drop near")
+    # the 2-D map and the metrics of the kept samples
+    page.locator("#map-panel").get_by_text("2-D map").first.click()
+    page.locator("#map-button").click()
+    expect(page.locator("#band-map .js-plotly-plot")).to_be_visible(timeout=60_000)
+    page.locator("#metrics-panel").get_by_text("Metrics of the kept samples").first.click()
+    page.locator("#metrics-button").click()
+    expect(page.locator("#metrics-text")).to_contain_text("kept samples vs the real training",
+                                                          timeout=60_000)
+    expect(page.locator("#metrics-table")).to_contain_text("precision")
+    shot(page, "05a-curate-map-metrics")
     page.locator("#selection-name input, #selection-name textarea").first.fill("browser-middle")
     page.locator("#save-selection").click()
     expect(page.locator("#curate-status")).to_contain_text("saved selection browser-middle")
@@ -266,6 +282,21 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     assert sum(n.endswith(".png") for n in names) == 4
     expect(page.locator("#steps")).to_contain_text("every step is done")
     shot(page, "07-export-downloaded")
+
+    # 7b. Experiments: the paper's filtering experiment on the 2x generation, 1 seed, 1 epoch
+    tab(page, "Evaluate")
+    page.locator("#exp-kind").get_by_text("Filtering").click()
+    page.locator("#exp-generations input").click()
+    page.get_by_role("option", name=re.compile("rcdm-pca-x2")).click()
+    set_number(page, "exp-seeds", 1)
+    set_number(page, "exp-epochs", 1)
+    page.locator("#exp-button").click()
+    expect(page.locator("#exp-status")).to_contain_text("2 evaluations queued")
+    expect(page.locator("#exp-list")).to_contain_text("done", timeout=JOB_TIMEOUT)
+    expect(page.locator("#exp-table")).to_contain_text("middle band of 2x")
+    expect(page.locator("#exp-table")).to_contain_text("unfiltered 1x")
+    expect(page.locator("#exp-plot .js-plotly-plot")).to_be_visible()
+    shot(page, "07b-experiment-filtering")
 
     # 8. Jobs: a long training is cancelled from the panel and its process really stops
     tab(page, "Train")

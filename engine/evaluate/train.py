@@ -11,11 +11,25 @@ crop through ``F.affine_grid`` / ``F.grid_sample``, per sample, seeded) and norm
 mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop. The
 classical augmentation baselines (AutoAugment, RandAugment, Mixup, CutMix) come on top of the
 crop from ``engine.evaluate.augment``.
+
+Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
+``engine.evaluate.launch``), training is data-parallel. Every rank draws the same global batch
+from the seeded generator (``config.batch_size`` indices, crop parameters, policy / mix seeds)
+and takes its slice of it (rank r: rows ``[r*B/W, (r+1)*B/W)``); the model is wrapped in DDP
+(gloo on the CPU, nccl on ``cuda:LOCAL_RANK``) so gradients are averaged, and BatchNorm uses the
+statistics of the whole global batch (``SyncBatchNorm`` on CUDA, ``GlobalBatchNorm`` below on
+the CPU). One step is therefore the same update as in one process, up to float summation
+order. AutoAugment / RandAugment and Mixup / CutMix draw through the whole batch, so with them
+every rank augments the whole batch and keeps its slice (the crop alone is drawn for the whole
+batch and applied to the slice only). Rank 0 alone tests, reports progress and writes the
+checkpoint, whose format does not depend on the number of processes: a run started with one
+process resumes with several and the other way round.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -25,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,6 +48,7 @@ from engine.errors import InvalidConfigError, StudioError
 from engine.evaluate.augment import BatchAugment
 from engine.evaluate.classifier import build_classifier
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
+from engine.errors import Cancelled
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -132,7 +148,8 @@ def _normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
 
 
 def random_resized_crop(x: torch.Tensor, generator: torch.Generator, scale_min: float,
-                        hflip: bool, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+                        hflip: bool, ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        total: int | None = None, rows: slice | None = None) -> torch.Tensor:
     """Random-resized crop of each image of a batch, resized back to the input size.
 
     Per sample: an area fraction ``s ~ U(scale_min, 1)`` and an aspect ratio
@@ -144,12 +161,16 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, scale_min: 
         x: (B, C, H, W) float images.
         generator: CPU generator; the parameters are drawn on the CPU, so a run is
             reproducible whatever the device.
+        total, rows: several processes: the parameters are drawn for a whole batch of
+            ``total`` images and ``x`` holds its ``rows`` (this rank's slice).
 
     Returns:
         (B, C, H, W) float images.
     """
     b = x.shape[0]
-    u = torch.rand(b, 5, generator=generator)  # (B, 5): scale, ratio, cx, cy, flip
+    u = torch.rand(b if total is None else total, 5, generator=generator)  # scale, ratio, cx, cy, flip
+    if rows is not None:
+        u = u[rows]  # (B, 5): this rank's rows of the whole batch's draws
     s = scale_min + (1.0 - scale_min) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     r = log_r.exp()
@@ -201,8 +222,11 @@ def _fingerprint(train_y: np.ndarray, train_shape: tuple[int, ...], test_y: np.n
 
 
 def _config_key(config: EvalConfig) -> str:
-    """The config as stored in a checkpoint; the device may change between runs."""
-    return config.replace(device="cpu").to_json()
+    """The config as stored in a checkpoint; the device and the number of processes may
+    change between runs (a checkpoint does not depend on them)."""
+    values = config.replace(device="cpu").to_dict()
+    values.pop("processes", None)
+    return json.dumps(values, sort_keys=True)
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -232,6 +256,139 @@ def _load_checkpoint(path: Path, config: EvalConfig, fingerprint: str) -> dict[s
             f"{path} was written for another training mix or test split; "
             f"delete it or use another folder")
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient: d(sum_r x_r)/dx_r = 1."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the whole batch over all ranks.
+
+    ``SyncBatchNorm`` needs CUDA; this is its CPU counterpart for gloo process groups. Each
+    forward all-reduces per-channel sums (float64) through an autograd-aware collective, so
+    the backward pass sums the statistics' gradients over the ranks too. In eval mode it is
+    plain BatchNorm with the running statistics (no collective).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (b, C, H, W), this rank's share of the batch -> (b, C, H, W)
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        c = x.shape[1]
+        xd = x.double()
+        local = torch.cat([xd.sum(dim=(0, 2, 3)), (xd * xd).sum(dim=(0, 2, 3)),
+                           xd.new_tensor([x.shape[0] * x.shape[2] * x.shape[3]])])  # (2C + 1,)
+        total = _SumOverRanks.apply(local)  # sums over the ranks, gradients summed back
+        count = total[-1]
+        mean = total[:c] / count  # (C,)
+        var = (total[c:2 * c] / count - mean * mean).clamp_min(0.0)  # (C,) biased
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                unbiased = var * count / (count - 1).clamp_min(1.0)
+                self.running_mean.mul_(1 - m).add_(m * mean.float())
+                self.running_var.mul_(1 - m).add_(m * unbiased.float())
+        scale = (var + self.eps).rsqrt().float()  # (C,)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -mean.float() * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+
+
+def _global_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm2d replaced by a GlobalBatchNorm that shares its
+    parameters and buffers (so an optimiser built on ``module`` still holds them)."""
+    if type(module) is nn.BatchNorm2d:
+        bn = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
+        bn.weight, bn.bias = module.weight, module.bias
+        bn.running_mean, bn.running_var = module.running_mean, module.running_var
+        bn.num_batches_tracked = module.num_batches_tracked
+        return bn
+    for name, child in module.named_children():
+        module.add_module(name, _global_batchnorm(child))
+    return module
+
+
+class _Ranks:
+    """One process, or this rank of several started by torchrun / ``accelerate launch``
+    (``WORLD_SIZE`` > 1): process group, device, DDP wrapping, collectives."""
+
+    def __init__(self, config: EvalConfig) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0")) if self.world > 1 else 0
+        self.device = torch.device(config.device)
+        if self.world == 1:
+            return
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+            backend = "nccl"
+        elif self.device.type == "cpu":
+            backend = "gloo"
+        else:
+            raise InvalidConfigError(
+                f"several processes need device 'cpu' or 'cuda', got {config.device!r}")
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, b: int) -> slice:
+        """This rank's rows of a batch of ``b``: ``[r*b//W, (r+1)*b//W)``."""
+        return slice(self.rank * b // self.world, (self.rank + 1) * b // self.world)
+
+    def wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """Global-batch BatchNorm, then DDP (gradients averaged over the ranks).
+
+        Returns the model (its state dict is the one of a single process) and its DDP
+        wrapper (used for the training forward passes)."""
+        if self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            model = _global_batchnorm(model)
+        model.to(device=self.device, memory_format=torch.channels_last)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of ``values`` over the ranks (float64)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-1 of the model's state (parameters and buffers, in order), to compare ranks."""
+    h = hashlib.sha1()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,17 +426,23 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         progress: receives stage "evaluate" events, step = optimiser steps done, with
             ``loss`` (running mean of the epoch) and, at epoch ends, ``top1`` on the test split.
         cancel: polled between batches; on cancel the last end-of-epoch checkpoint is kept
-            and ``Cancelled`` is raised.
+            and ``Cancelled`` is raised. With several processes, a cancel on any rank stops
+            them all after the current step.
 
     Returns:
         ``top1``, ``top5`` (percent; top5 is top-min(5, C)), ``per_class`` (C percents, NaN
         for a class without test image), ``confusion`` (C x C ints, row = true class),
         ``curves`` {"epoch", "train_loss", "test_loss", "test_top1"}, ``num_train``,
-        ``num_test``, ``num_params``, ``seconds`` (training time, including before a resume).
+        ``num_test``, ``num_params``, ``seconds`` (training time, including before a resume),
+        ``world_size``, ``rank``. With several processes (``WORLD_SIZE`` > 1) only rank 0
+        tests and returns all of this; every rank adds ``weights_digest`` (same on all ranks
+        when they agree), and the other ranks return only ``world_size``, ``rank``,
+        ``weights_digest``, ``curves`` (train loss) and ``num_train``.
 
     Raises:
         InvalidConfigError: an empty training mix or test split, labels outside [0, C),
-            images not at ``config.image_size``, or a checkpoint from another config or data.
+            images not at ``config.image_size``, a checkpoint from another config or data, or
+            a batch smaller than the number of processes.
         Cancelled: when ``cancel`` is set.
     """
     started = time.perf_counter()
@@ -295,7 +458,10 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         raise InvalidConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     _check_split("training", train_x, train_y, num_classes, config.image_size)
     _check_split("test", test_x, test_y, num_classes, config.image_size)
-    device = torch.device(config.device)
+    ranks = _Ranks(config)
+    device = ranks.device
+    if not ranks.main:
+        progress = no_progress  # rank 0 reports for all
 
     # 1. decode once: uint8 tensors on the device, normalisation from the training mix
     xs = _to_tensor(train_x, device)  # (N, 3, S, S) uint8
@@ -309,6 +475,9 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = config.warmup_epochs * steps_per_epoch
     peak_lr = config.learning_rate * batch / 256.0
+    if batch < ranks.world:
+        raise InvalidConfigError(
+            f"a batch of {batch} images cannot be split between {ranks.world} processes")
 
     # 2. model (seeded without touching the global RNG), optimiser, data generator
     with torch.random.fork_rng(devices=[]):
@@ -322,6 +491,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
          {"params": no_decay, "weight_decay": 0.0}],
         lr=peak_lr, momentum=config.momentum, nesterov=config.momentum > 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion_sum = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")
     generator = torch.Generator().manual_seed(config.seed)  # shuffles and crops, on the CPU
     extra = BatchAugment(config, num_classes)  # policy / batch mix on top of the crop
 
@@ -340,6 +510,11 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         start_epoch = int(state["epoch"])
         seconds_before = float(state["seconds"])
         log.info("resuming classifier training from %s at epoch %d", ckpt_path, start_epoch)
+    wrapped = model
+    if ranks.world > 1:
+        model, wrapped = ranks.wrap(model)  # same parameters, all ranks start from rank 0's
+        log.info("rank %d of %d on %s", ranks.rank, ranks.world, device)
+    whole_batch = extra.policy is not None or extra.mix is not None  # draws through the batch
 
     report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
     for epoch in range(start_epoch, config.epochs):
@@ -349,32 +524,55 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for i in range(steps_per_epoch):
-            if cancel is not None:
+            if cancel is not None and ranks.world == 1:
                 cancel.raise_if_cancelled()
             step = epoch * steps_per_epoch + i
             idx = perm[i * batch:(i + 1) * batch]
-            if idx.numel() < 2 and n > 1:
+            if idx.numel() < max(2, ranks.world) and n > 1:
                 continue  # a lone last sample gives BatchNorm one value per channel
-            # 3a. batch: uint8 -> (policy) -> normalised floats -> crop -> (mix), (B, 3, S, S)
-            xb = _normalise(extra.policy_batch(xs[idx], generator), mean, std)
-            yb = ys[idx]  # (B,) labels, or (B, C) soft targets after a mix
-            if config.augment != "none":
-                xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip)
-                xb, yb = extra.mix_batch(xb, yb, generator)
+            # 3a. batch: uint8 -> (policy) -> normalised floats -> crop -> (mix), (B, 3, S, S);
+            #     several processes: this rank's rows of it, (b, 3, S, S)
+            rows = ranks.rows(idx.numel()) if ranks.world > 1 else slice(None)
+            if ranks.world == 1 or whole_batch:
+                xb = _normalise(extra.policy_batch(xs[idx], generator), mean, std)
+                yb = ys[idx]  # (B,) labels, or (B, C) soft targets after a mix
+                if config.augment != "none":
+                    xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip)
+                    xb, yb = extra.mix_batch(xb, yb, generator)
+                xb, yb = xb[rows], yb[rows]
+            else:  # the crop's parameters are drawn for the whole batch, applied to the rows
+                xb = _normalise(xs[idx[rows]], mean, std)
+                yb = ys[idx[rows]]
+                if config.augment != "none":
+                    xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip,
+                                             total=idx.numel(), rows=rows)
             # 3b. forward, loss, backward, SGD step at the scheduled rate
             lr = lr_at(step, total_steps, warmup_steps, peak_lr, config.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(xb.contiguous(memory_format=torch.channels_last))  # (B, C)
-            loss = criterion(logits, yb)
-            if not torch.isfinite(loss):
+            logits = wrapped(xb.contiguous(memory_format=torch.channels_last))  # (b, C)
+            if ranks.world == 1:
+                loss = criterion(logits, yb)
+                batch_loss = loss.detach() * idx.numel()
+            else:
+                # sum over this rank's rows x W / B: DDP's mean over the ranks is then the
+                # mean over the whole batch. One collective: the batch's loss and any cancel.
+                local = criterion_sum(logits, yb)
+                loss = local * (ranks.world / idx.numel())
+                summed, stop = ranks.sum([float(local),
+                                          float(cancel is not None and cancel.cancelled)])
+                if stop:
+                    raise Cancelled(f"cancelled at step {step + 1}; the checkpoint of epoch "
+                                    f"{epoch} is kept")
+                batch_loss = torch.tensor(summed, device=device)
+            if not torch.isfinite(batch_loss):
                 raise StudioError(
-                    f"classifier loss became {float(loss)} at step {step + 1}; try a lower "
-                    f"learning_rate (now {config.learning_rate})")
+                    f"classifier loss became {float(batch_loss) / idx.numel()} at step "
+                    f"{step + 1}; try a lower learning_rate (now {config.learning_rate})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * idx.numel()
+            loss_sum += batch_loss
             seen += idx.numel()
             if (i + 1) % report_every == 0 and i + 1 < steps_per_epoch:
                 progress(ProgressEvent(
@@ -382,16 +580,18 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
                     metrics={"loss": float(loss_sum) / max(1, seen), "lr": lr},
                     message=f"epoch {epoch + 1}/{config.epochs}"))
 
-        # 4. test on the held-out split
-        logits_t = _predict(model, xt, mean, std)  # (M, C)
-        test_loss = float(F.cross_entropy(logits_t, yt))
-        top1 = topk_accuracy(logits_t, yt, ks=(1,))["top1"]
+        # 4. test on the held-out split (rank 0 only with several processes)
         train_loss = float(loss_sum) / max(1, seen)
         curves["epoch"].append(epoch + 1)
         curves["train_loss"].append(train_loss)
+        elapsed = seconds_before + time.perf_counter() - started
+        if not ranks.main:
+            continue
+        logits_t = _predict(model, xt, mean, std)  # (M, C)
+        test_loss = float(F.cross_entropy(logits_t, yt))
+        top1 = topk_accuracy(logits_t, yt, ks=(1,))["top1"]
         curves["test_loss"].append(test_loss)
         curves["test_top1"].append(top1)
-        elapsed = seconds_before + time.perf_counter() - started
         log.info("epoch %d/%d: train loss %.4f, test loss %.4f, test top-1 %.2f %% (%.1f s)",
                  epoch + 1, config.epochs, train_loss, test_loss, top1, elapsed)
 
@@ -413,10 +613,17 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
             metrics={"loss": train_loss, "test_loss": test_loss, "top1": top1},
             message=f"epoch {epoch + 1}/{config.epochs}"))
 
-    # 6. final metrics on the test split
+    # 6. final metrics on the test split (rank 0)
+    parallel: dict[str, Any] = {"world_size": ranks.world, "rank": ranks.rank}
+    if ranks.world > 1:
+        parallel["weights_digest"] = weights_digest(model)
+        if not ranks.main:
+            return {**parallel, "curves": {"epoch": curves["epoch"],
+                                           "train_loss": curves["train_loss"]},
+                    "num_train": int(n)}
     logits_t = _predict(model, xt, mean, std)
     acc = topk_accuracy(logits_t, yt, ks=(1, 5))
-    return {
+    return {**parallel,
         "top1": acc["top1"],
         "top5": acc["top5"],
         "per_class": per_class_accuracy(logits_t, yt, num_classes),

@@ -65,6 +65,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
                            config_json=config.to_json()))
     params = {
         "evaluation_id": eval_id, "mix": mix, "config": config.to_dict(),
+        "processes": config.processes,  # worker processes (GPUs) this job uses at once
         "num_classes": ds.num_classes,
         "pixels_path": str(project.assets / ds.root / f"pixels_{config.image_size}.npy"),
         "train_idx": train_idx.tolist() if mix != "synthetic" else [],
@@ -94,7 +95,13 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         syn = data.load_pixels([Path(p) for p in params["synthetic_paths"]], config.image_size)
         parts.append((syn, np.asarray(params["synthetic_labels"], dtype=np.int64)))
     train_x, train_y = mix_arrays(parts)
-    # 2. train, test on the real held-out split
+    # 2. train, test on the real held-out split (several processes: torchrun, rank 0's result)
+    if config.processes > 1:
+        from engine.evaluate.launch import run_processes
+
+        return run_processes(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
+                             params["num_classes"], config, Path(params["out_dir"]),
+                             progress=progress, cancel=cancel)
     result = train_classifier(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
                               params["num_classes"], config, out_dir=Path(params["out_dir"]),
                               progress=progress, cancel=cancel)

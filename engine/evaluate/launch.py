@@ -1,0 +1,233 @@
+"""One evaluation on several processes: ``train_classifier`` under torchrun / ``accelerate launch``.
+
+Each process runs this module; ``train_classifier`` sees ``WORLD_SIZE`` and trains
+data-parallel (each rank takes its slice of every global batch, DDP averages the gradients,
+BatchNorm uses the whole batch's statistics); rank 0 tests, writes the checkpoint and the
+result. Re-running the same command resumes from ``OUT/checkpoint.pt``, whatever the number
+of processes that wrote it::
+
+    torchrun --standalone --nproc_per_node 8 -m engine.evaluate.launch \\
+        --train-x train_x.npy --train-y train_y.npy --test-x test_x.npy --test-y test_y.npy \\
+        --out runs/eval --set arch=resnet50 --set image_size=64 --set device=cuda
+    accelerate launch --multi_gpu --num_processes 8 -m engine.evaluate.launch ...
+
+``--train-x`` / ``--test-x`` are (N, S, S, 3) uint8 ``.npy`` images, ``--train-y`` /
+``--test-y`` (N,) int labels. Rank 0 writes ``OUT/result.json`` (the dict of
+``train_classifier``) and, with ``--progress FILE``, one ProgressEvent JSON per line to FILE;
+every rank writes ``OUT/ranks/rank_<r>.json`` (rank, world size, weights digest) when done.
+
+``run_processes`` is what the evaluate job stage calls when ``config.processes`` > 1: it
+writes the arrays, runs torchrun with that many processes, forwards rank 0's progress and
+cancels them on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import EvalConfig
+from engine.errors import Cancelled, InvalidConfigError, StudioError
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+
+log = logging.getLogger("engine.evaluate.launch")
+
+RESULT = "result.json"
+LAUNCH_DIR = "launch"  # run_processes: arrays, config, progress and log of the torchrun run
+ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_config(config_file: str | None, sets: list[str]) -> EvalConfig:
+    """EvalConfig defaults, then a JSON file of EvalConfig fields, then ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(json.loads(Path(config_file).read_text(encoding="utf-8")))
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidConfigError(f"--set expects key=value, got {item!r}")
+        values[key.strip().replace("-", "_")] = _parse_value(value)
+    return EvalConfig.from_dict(values)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="train and test a classifier, one process per device")
+    ap.add_argument("--train-x", required=True, help="(N, S, S, 3) uint8 .npy training mix")
+    ap.add_argument("--train-y", required=True, help="(N,) int .npy labels")
+    ap.add_argument("--test-x", required=True, help="(M, S, S, 3) uint8 .npy real test images")
+    ap.add_argument("--test-y", required=True, help="(M,) int .npy labels")
+    ap.add_argument("--out", required=True, help="run folder (checkpoint, result)")
+    ap.add_argument("--num-classes", type=int,
+                    help="C (default: the largest label + 1)")
+    ap.add_argument("--config", help="JSON file of EvalConfig fields")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one EvalConfig field (JSON value), repeatable")
+    ap.add_argument("--progress", help="rank 0 appends progress events (JSON lines) here")
+    args = ap.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
+    cancel = CancelToken()
+    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    from engine.evaluate.train import train_classifier
+
+    out = Path(args.out)
+    progress: ProgressFn = no_progress
+    if args.progress and rank == 0:
+        progress_path = Path(args.progress)
+
+        def progress(event: ProgressEvent) -> None:
+            with open(progress_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event.to_dict()) + "\n")
+
+    try:
+        config = build_config(args.config, args.set)
+        train_x, train_y, test_x, test_y = (
+            np.load(getattr(args, name), allow_pickle=False) for name in ARRAYS)
+        num_classes = args.num_classes or int(max(train_y.max(initial=0),
+                                                  test_y.max(initial=0))) + 1
+        result = train_classifier(train_x, train_y, test_x, test_y, num_classes, config,
+                                  out_dir=out, progress=progress, cancel=cancel)
+    except Cancelled as exc:
+        log.warning("%s", exc)
+        return 3
+    except StudioError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result["rank"] == 0:
+        _write_json(out / RESULT, result)
+    _write_json(out / "ranks" / f"rank_{result['rank']}.json",
+                {k: result[k] for k in ("rank", "world_size") if k in result}
+                | {"weights_digest": result.get("weights_digest"),
+                   "train_loss": result["curves"]["train_loss"]})
+    return 0
+
+
+def _forward_progress(path: Path, offset: int, progress: ProgressFn) -> int:
+    """Send the complete lines of ``path`` after byte ``offset`` to ``progress``; new offset."""
+    if not path.exists():
+        return offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    for line in data[:end].splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        d.pop("time", None)
+        progress(ProgressEvent(**d))
+    return offset + end
+
+
+def run_processes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                  test_y: np.ndarray, num_classes: int, config: EvalConfig, out_dir: Path,
+                  progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+                  poll_seconds: float = 0.5) -> dict[str, Any]:
+    """``train_classifier`` in ``config.processes`` processes started by torchrun.
+
+    The arrays are written to ``out_dir/launch/`` (removed after success), the processes
+    share ``out_dir`` as their run folder (so a second call resumes from its checkpoint,
+    also one written by a single process), their output goes to ``out_dir/launch/log.txt``.
+
+    Args:
+        train_x, train_y, test_x, test_y, num_classes, config: as for ``train_classifier``.
+        out_dir: the run folder.
+        progress: receives rank 0's events (forwarded every ``poll_seconds``).
+        cancel: when set, the processes get SIGTERM, stop after their current step and
+            ``Cancelled`` is raised (the last end-of-epoch checkpoint is kept).
+
+    Returns:
+        rank 0's result (see ``train_classifier``), with ``world_size`` = ``config.processes``.
+
+    Raises:
+        Cancelled: when ``cancel`` is set.
+        StudioError: the processes failed; the message ends with the tail of their log.
+    """
+    out_dir = Path(out_dir)
+    work = out_dir / LAUNCH_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    # 1. the arrays and the config, for every process to read
+    arrays = dict(zip(ARRAYS, (np.asarray(train_x, np.uint8), np.asarray(train_y, np.int64),
+                               np.asarray(test_x, np.uint8), np.asarray(test_y, np.int64))))
+    for name, value in arrays.items():
+        np.save(work / f"{name}.npy", value)
+    (work / "config.json").write_text(config.to_json(), encoding="utf-8")
+    progress_path = work / "progress.jsonl"
+    progress_path.unlink(missing_ok=True)
+    (out_dir / RESULT).unlink(missing_ok=True)
+    # 2. torchrun, in this process group (a job's cancel signals the whole group)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(config.processes), "-m", "engine.evaluate.launch",
+           *(a for name in ARRAYS for a in (f"--{name.replace('_', '-')}",
+                                            str(work / f"{name}.npy"))),
+           "--out", str(out_dir), "--num-classes", str(num_classes),
+           "--config", str(work / "config.json"), "--progress", str(progress_path)]
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the engine package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.processes)))
+    log.info("evaluation on %d processes: %s", config.processes, " ".join(cmd))
+    with open(work / "log.txt", "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=str(out_dir))
+        offset = 0
+        signalled = False
+        try:
+            while proc.poll() is None:
+                offset = _forward_progress(progress_path, offset, progress)
+                if cancel is not None and cancel.cancelled and not signalled:
+                    proc.send_signal(signal.SIGTERM)  # torchrun passes it to the ranks
+                    signalled = True
+                time.sleep(poll_seconds)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    _forward_progress(progress_path, offset, progress)
+    # 3. rank 0's result
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled(f"evaluation on {config.processes} processes cancelled; its last "
+                        f"checkpoint is in {out_dir}")
+    result_path = out_dir / RESULT
+    if proc.returncode != 0 or not result_path.exists():
+        tail = (work / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise StudioError(f"the evaluation on {config.processes} processes failed (torchrun "
+                          f"exit code {proc.returncode}); end of {work / 'log.txt'}:\n{tail}")
+    for name in ARRAYS:
+        (work / f"{name}.npy").unlink(missing_ok=True)
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

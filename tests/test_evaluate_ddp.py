@@ -1,0 +1,144 @@
+"""One evaluation on several processes: torchrun, 2 gloo ranks on the CPU, tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import EvalConfig
+from engine.errors import Cancelled, InvalidConfigError
+from engine.evaluate.launch import run_processes
+from engine.evaluate.train import GlobalBatchNorm, train_classifier
+from engine.progress import CancelToken, ProgressEvent
+
+CONFIG = EvalConfig(arch="resnet_tiny", image_size=8, epochs=2, batch_size=16, warmup_epochs=1,
+                    learning_rate=0.4, seed=0)
+
+
+def tiny_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 8, 8, 3) uint8 images of 4 classes (a bright 3x3 patch at a class position)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 4
+    x = rng.integers(0, 60, size=(n, 8, 8, 3), dtype=np.uint8)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 2)
+        x[i, 1 + 4 * r:4 + 4 * r, 1 + 4 * q:4 + 4 * q, c % 3] = 220
+    return x, y
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_two_processes_match_one(tmp_path: Path, one_thread):
+    """Epoch 1 in this process (cancelled at its end), epoch 2 in two torchrun processes that
+    resume its checkpoint, each taking half of every batch: the same weights (within 1e-5) and
+    the same accuracy as two epochs in one process; both ranks agree; rank 0 alone writes."""
+    train_x, train_y = tiny_split(64, seed=0)
+    test_x, test_y = tiny_split(32, seed=1)
+    args = (train_x, train_y, test_x, test_y, 4)
+    reference = train_classifier(*args, CONFIG, out_dir=tmp_path / "single")
+
+    cancel = CancelToken()
+
+    def stop_after_epoch_1(event: ProgressEvent) -> None:
+        if "top1" in event.metrics:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        train_classifier(*args, CONFIG, out_dir=tmp_path / "ddp", progress=stop_after_epoch_1,
+                         cancel=cancel)
+    events: list[ProgressEvent] = []
+    result = run_processes(*args, CONFIG.replace(processes=2), tmp_path / "ddp",
+                           progress=events.append, poll_seconds=0.2)
+
+    log = (tmp_path / "ddp" / "launch" / "log.txt").read_text()
+    assert "resuming classifier training" in log and "at epoch 1" in log
+    ranks = [json.loads((tmp_path / "ddp" / "ranks" / f"rank_{r}.json").read_text())
+             for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
+    assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"] == result["weights_digest"]
+    assert ranks[0]["train_loss"] == ranks[1]["train_loss"]  # the global batch's loss
+    # rank 0 alone tests and writes: one result, the arrays passed to torchrun are gone
+    assert result["world_size"] == 2 and result["rank"] == 0
+    assert sorted(p.name for p in (tmp_path / "ddp").glob("*.json")) == ["result.json"]
+    assert not list((tmp_path / "ddp" / "launch").glob("*.npy"))
+    # rank 0's progress reached this process: epoch 2's end, with its test accuracy
+    assert events and events[-1].step == events[-1].total == 8
+    assert events[-1].metrics["top1"] == result["top1"]
+
+    # what was compared: every weight and BN statistic after the last step, the curves
+    single, ddp = _state(tmp_path / "single"), _state(tmp_path / "ddp")
+    assert single.keys() == ddp.keys()
+    worst = max(float((single[k].double() - ddp[k].double()).abs().max()) for k in single)
+    assert worst < 1e-5, worst
+    assert result["top1"] == reference["top1"] and result["top5"] == reference["top5"]
+    assert result["confusion"] == reference["confusion"]
+    assert result["curves"]["test_top1"] == reference["curves"]["test_top1"]
+    np.testing.assert_allclose(result["curves"]["train_loss"], reference["curves"]["train_loss"],
+                               rtol=1e-5)
+    assert result["top1"] > 25.0  # 4 classes: it learned something in 2 epochs
+
+    # and back: one process reads the two-process checkpoint (its last epoch: nothing to do)
+    again = train_classifier(*args, CONFIG, out_dir=tmp_path / "ddp")
+    assert again["top1"] == result["top1"] and again["curves"] == result["curves"]
+
+
+def test_global_batchnorm_is_batchnorm_in_one_process(tmp_path: Path, one_thread):
+    """With a process group of one, GlobalBatchNorm gives BatchNorm2d's outputs, gradients
+    and running statistics (within float error)."""
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 4, 4) * 3 + 1
+    bn = torch.nn.BatchNorm2d(5)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    gbn = GlobalBatchNorm(5)
+    gbn.load_state_dict(bn.state_dict())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        outs = []
+        for module in (bn, gbn):
+            xi = x.clone().requires_grad_(True)
+            y = module(xi)
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            outs.append((y.detach(), xi.grad, module.weight.grad, module.running_var.clone()))
+    finally:
+        dist.destroy_process_group()
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    gbn.eval()
+    torch.testing.assert_close(gbn(x), bn.eval()(x))
+
+
+def test_processes_option_is_validated():
+    with pytest.raises(InvalidConfigError, match="processes"):
+        EvalConfig(processes=0)
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "--project", "p", "--processes", "2"])
+    assert args.processes == 2
+
+
+def test_two_processes_match_one_with_mixup(tmp_path: Path, one_thread):
+    """Mixup draws through the whole batch: every rank mixes the whole batch and keeps its
+    half; the weights still match one process (within 1e-5)."""
+    train_x, train_y = tiny_split(48, seed=2)
+    test_x, test_y = tiny_split(16, seed=3)
+    config = CONFIG.replace(augment="mixup", epochs=1, batch_size=12)
+    args = (train_x, train_y, test_x, test_y, 4)
+    reference = train_classifier(*args, config, out_dir=tmp_path / "single")
+    result = run_processes(*args, config.replace(processes=2), tmp_path / "ddp")
+    single, ddp = _state(tmp_path / "single"), _state(tmp_path / "ddp")
+    worst = max(float((single[k].double() - ddp[k].double()).abs().max()) for k in single)
+    assert worst < 1e-5, worst
+    assert result["world_size"] == 2 and result["top1"] == reference["top1"]
+    np.testing.assert_allclose(result["curves"]["train_loss"], reference["curves"]["train_loss"],
+                               rtol=1e-5)
