@@ -179,7 +179,7 @@ class JobManager:
             gpus = [] if "CUDA_VISIBLE_DEVICES" in os.environ else visible_gpus()
         self.gpus = list(gpus) if len(gpus) > 1 else []
         self._procs: dict[str, subprocess.Popen] = {}
-        self._gpu_of: dict[str, int] = {}  # running job id -> the GPU it was pinned to
+        self._gpu_of: dict[str, list[int]] = {}  # running job id -> the GPUs it was pinned to
 
     # -- submission
 
@@ -210,21 +210,30 @@ class JobManager:
     def poll(self) -> list[Job]:
         """Notice finished workers, ingest their results, start queued jobs. Returns all jobs."""
         jobs = self.project.list(Job)
-        running = 0
+        running = 0  # slots in use: a job of several processes holds one slot per process
         for job in jobs:
             if job.status == "running":
                 if self._alive(job):
-                    running += 1
+                    running += self._slots(job)
                 else:
                     self._finish(job)
             elif job.status == "ingesting":
                 self._finish(job)
         for job in self.project.list(Job, status="queued"):
-            if running >= self.max_running:
+            slots = self._slots(job)
+            # a job wider than the limit still runs, alone, rather than waiting forever
+            if running > 0 and running + slots > self.max_running:
                 break
             self._start(job)
-            running += 1
+            running += slots
         return self.project.list(Job)
+
+    def _slots(self, job: Job) -> int:
+        """How many processes (GPUs) the job runs: its ``processes`` parameter, else 1."""
+        try:
+            return max(1, int(self._spec(job)["params"].get("processes", 1) or 1))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1
 
     def reconcile(self) -> list[Job]:
         """At start-up: settle jobs left by a previous owner (crash, restart, kill)."""
@@ -235,13 +244,14 @@ class JobManager:
                 changed.append(self.project.get(Job, job.id))
         return changed
 
-    def _free_gpu(self) -> int | None:
-        """The first GPU no running worker of this manager holds (None: no pinning)."""
+    def _free_gpus(self, n: int = 1) -> list[int]:
+        """``n`` GPUs, those no running worker of this manager holds first ([]: no pinning)."""
         if not self.gpus:
-            return None
-        held = {g for j, g in self._gpu_of.items() if j in self._procs}
+            return []
+        held = [g for j, gs in self._gpu_of.items() if j in self._procs for g in gs]
         free = [g for g in self.gpus if g not in held]
-        return free[0] if free else self.gpus[len(held) % len(self.gpus)]
+        busy = sorted(set(self.gpus) - set(free), key=held.count)
+        return (free + busy)[:max(1, min(n, len(self.gpus)))]
 
     def _alive(self, job: Job) -> bool:
         proc = self._procs.get(job.id)
@@ -256,10 +266,11 @@ class JobManager:
         logf = open(folder / "log.txt", "ab")
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        gpu = self._free_gpu()
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-            logf.write(f"pinned to GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})\n".encode())
+        gpus = self._free_gpus(self._slots(job))
+        if gpus:
+            pin = ",".join(str(g) for g in gpus)
+            env["CUDA_VISIBLE_DEVICES"] = pin
+            logf.write(f"pinned to GPU {pin} (CUDA_VISIBLE_DEVICES={pin})\n".encode())
             logf.flush()
         try:
             proc = subprocess.Popen(
@@ -273,8 +284,8 @@ class JobManager:
             return
         logf.close()
         self._procs[job.id] = proc
-        if gpu is not None:
-            self._gpu_of[job.id] = gpu
+        if gpus:
+            self._gpu_of[job.id] = gpus
         self.project.update(Job, job.id, status="running", pid=proc.pid, started_at=utcnow(),
                             error="")
         self._on_start(job)

@@ -127,18 +127,28 @@ def test_processes_option_is_validated():
     assert args.processes == 2
 
 
-def test_two_processes_match_one_with_mixup(tmp_path: Path, one_thread):
-    """Mixup draws through the whole batch: every rank mixes the whole batch and keeps its
-    half; the weights still match one process (within 1e-5)."""
+def test_evaluate_stage_runs_two_processes_with_mixup(tmp_path: Path, one_thread):
+    """The job stage with ``processes=2`` runs torchrun on its prepared arrays and returns
+    rank 0's result. Mixup draws through the whole batch, so every rank mixes the whole
+    batch and keeps its half: the weights still match one process (within 1e-5)."""
+    from engine.stages import evaluate
+
     train_x, train_y = tiny_split(48, seed=2)
     test_x, test_y = tiny_split(16, seed=3)
     config = CONFIG.replace(augment="mixup", epochs=1, batch_size=12)
-    args = (train_x, train_y, test_x, test_y, 4)
-    reference = train_classifier(*args, config, out_dir=tmp_path / "single")
-    result = run_processes(*args, config.replace(processes=2), tmp_path / "ddp")
+    reference = train_classifier(train_x, train_y, test_x, test_y, 4, config,
+                                 out_dir=tmp_path / "single")
+    np.save(tmp_path / "pixels.npy", np.concatenate([train_x, test_x]))
+    params = {"config": config.replace(processes=2).to_dict(), "num_classes": 4,
+              "pixels_path": str(tmp_path / "pixels.npy"),
+              "labels": np.concatenate([train_y, test_y]).tolist(),
+              "train_idx": list(range(48)), "test_idx": list(range(48, 64)),
+              "synthetic_paths": [], "synthetic_labels": [], "out_dir": str(tmp_path / "ddp")}
+    result = evaluate.run(params, tmp_path, progress=lambda e: None, cancel=CancelToken())
     single, ddp = _state(tmp_path / "single"), _state(tmp_path / "ddp")
     worst = max(float((single[k].double() - ddp[k].double()).abs().max()) for k in single)
     assert worst < 1e-5, worst
     assert result["world_size"] == 2 and result["top1"] == reference["top1"]
+    assert result["num_train"] == 48 and result["num_test"] == 16
     np.testing.assert_allclose(result["curves"]["train_loss"], reference["curves"]["train_loss"],
                                rtol=1e-5)

@@ -278,3 +278,23 @@ def test_workers_are_pinned_one_per_gpu(lab):
         assert "CUDA_VISIBLE_DEVICES=0" in logs[0] and "CUDA_VISIBLE_DEVICES=1" in logs[1]
         assert jobs.wait(a.id, timeout=120).status == "done"
         assert jobs.wait(b.id, timeout=120).status == "done"
+
+
+def test_a_job_of_several_processes_holds_that_many_gpus(lab):
+    """A job with ``processes=2`` is pinned to both GPUs and fills both slots: the next job
+    waits for it."""
+    from engine.stages import encode
+
+    path, _ = lab
+    with Project(path) as project:
+        jobs = JobManager(project, max_running=2, gpus=[0, 1])
+        wide = encode.prepare(project, EncodeConfig(encoder="class"))
+        wide.params["processes"] = 2
+        a = jobs.submit(wide)
+        b = jobs.submit(encode.prepare(project, EncodeConfig(encoder="class")))
+        assert project.get(Job, a.id).status == "running"
+        assert project.get(Job, b.id).status == "queued"
+        assert "CUDA_VISIBLE_DEVICES=0,1" in (jobs.folder(a) / "log.txt").read_text()
+        assert jobs.wait(a.id, timeout=120).status == "done"
+        assert jobs.wait(b.id, timeout=120).status == "done"
+        assert "CUDA_VISIBLE_DEVICES=0)" in (jobs.folder(b) / "log.txt").read_text()

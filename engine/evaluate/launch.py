@@ -96,11 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine.evaluate.train import train_classifier
 
     out = Path(args.out)
-    progress: ProgressFn = no_progress
-    if args.progress and rank == 0:
-        progress_path = Path(args.progress)
+    progress_path = Path(args.progress) if args.progress and rank == 0 else None
 
-        def progress(event: ProgressEvent) -> None:
+    def progress(event: ProgressEvent) -> None:
+        if progress_path is not None:
             with open(progress_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(event.to_dict()) + "\n")
 

@@ -168,9 +168,10 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, scale_min: 
         (B, C, H, W) float images.
     """
     b = x.shape[0]
-    u = torch.rand(b if total is None else total, 5, generator=generator)  # scale, ratio, cx, cy, flip
+    u = torch.rand(b if total is None else total, 5, generator=generator)
     if rows is not None:
-        u = u[rows]  # (B, 5): this rank's rows of the whole batch's draws
+        u = u[rows]  # this rank's rows of the whole batch's draws
+    # u: (B, 5): scale, ratio, cx, cy, flip
     s = scale_min + (1.0 - scale_min) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     r = log_r.exp()
@@ -466,7 +467,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     # 1. decode once: uint8 tensors on the device, normalisation from the training mix
     xs = _to_tensor(train_x, device)  # (N, 3, S, S) uint8
     ys = torch.from_numpy(train_y).to(device)  # (N,)
-    xt = _to_tensor(test_x, device)  # (M, 3, S, S) uint8
+    xt = _to_tensor(test_x if ranks.main else test_x[:0], device)  # (M, 3, S, S) uint8, rank 0
     yt = torch.from_numpy(test_y)  # (M,) on the CPU, for the metrics
     mean, std = channel_stats(xs)
     n = xs.shape[0]
