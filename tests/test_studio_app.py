@@ -133,6 +133,21 @@ def test_errors_reach_the_page_as_a_message(studio):
     assert "keeps no sample" in status
 
 
+def test_pretrained_encoder_without_weights_says_what_to_download(studio, tmp_path,
+                                                                  monkeypatch):
+    from engine.project import Dataset, Job
+
+    blocks, client, _, _ = studio
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
+    jobs_before = len(blocks.studio.project.list(Job))
+    ds = blocks.studio.project.list(Dataset)[0]
+    status, _ = client.predict(ds.id, "dinov2", "", api_name="/encode_other")
+    assert "status-error" in status and "facebook/dinov2-base" in status
+    assert "download" in status and "Traceback" not in status
+    assert len(blocks.studio.project.list(Job)) == jobs_before  # nothing was queued
+
+
 def test_locked_project_names_its_holder(tmp_path):
     from engine.project import Project
 

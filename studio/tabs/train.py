@@ -133,15 +133,26 @@ def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]
 
 
 def encode(ctx: StudioContext, dataset_id: str | None, encoder: str,
-           image_size: int = TrainConfig.image_size) -> Job:
+           image_size: int = TrainConfig.image_size, model_id: str | None = None) -> Job:
     from engine.stages import encode as encode_stage
     from studio.tabs.settings import device
 
     if not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
+    if not encoder:
+        raise NotReadyError("choose an encoder")
     return ctx.submit(encode_stage.prepare(
-        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size, device=device(ctx)),
+        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size, device=device(ctx),
+                                  model_id=(model_id or "").strip() or None),
         dataset_ref=dataset_id))
+
+
+def other_encoder_choices() -> list[tuple[str, str]]:
+    """The registry's encoders beyond the two buttons (PCA, class labels)."""
+    from engine.encoders import available_encoders
+
+    return [(f"{e['name']} · {'offline' if e['offline'] else 'pretrained weights'}", e["name"])
+            for e in available_encoders() if e["name"] not in ("pca", "class")]
 
 
 def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float) -> TrainConfig:
@@ -197,6 +208,22 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 enc_cls = gr.Button("Encode class labels", elem_id="encode-class")
             gr.Markdown("<small>PCA of pixels is the offline encoder (no download); class "
                         "labels give the class-conditioned baseline.</small>")
+            with gr.Accordion("Other encoders: learned offline (simclr), DINOv2, DINOv3, CLIP",
+                              open=False, elem_id="encode-other-panel"):
+                others = other_encoder_choices()
+                names = [v for _, v in others]
+                with gr.Row(elem_classes=["bottom-align"]):
+                    other = gr.Dropdown(label="Encoder", choices=others,
+                                        value="simclr" if "simclr" in names else None,
+                                        scale=2, elem_id="encode-other-name")
+                    model_id = gr.Textbox(label="Weights: hub id or local folder",
+                                          placeholder="empty: the paper's model", scale=3,
+                                          elem_id="encode-model-id")
+                    enc_other = gr.Button("Encode", scale=1, elem_id="encode-other")
+                gr.Markdown("<small>Pretrained weights come from the hub cache (the model "
+                            "folder in Settings); offline, download them first and give "
+                            "their folder. simclr trains a small encoder on your images "
+                            "(about a minute per 1,000 images on a CPU).</small>")
             encs = gr.Dataframe(label="Encodings", interactive=False, max_height=180)
             gr.Markdown("#### 2 · Train an RCDM", elem_classes=["section-title"])
             encoder = gr.Dropdown(label="Condition on", choices=[], value=None,
@@ -229,6 +256,16 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     enc_pca.click(lambda d: on_encode(d, "pca"), dataset, [status, encs])
     enc_cls.click(lambda d: on_encode(d, "class"), dataset, [status, encs])
+
+    @ui.guard(2)
+    def on_encode_other(dataset_id: str | None, which: str | None,
+                        model_id_v: str | None) -> tuple[str, Any]:
+        job = encode(ctx, dataset_id, which or "", model_id=model_id_v)
+        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel "
+                         f"below"), encodings_table(ctx, dataset_id))
+
+    enc_other.click(on_encode_other, [dataset, other, model_id], [status, encs],
+                    api_name="encode_other")
 
     @ui.guard(2)
     def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v) -> tuple[str, Any]:
