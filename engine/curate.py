@@ -623,21 +623,20 @@ def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence
         add_box(real, "real", "#DD8452")
 
     # kept band: one rectangle per class between its low and high edges
+    # (all shapes set at once: one add_shape per class re-validates the layout each time,
+    # which took seconds at 100 classes)
     edges = _kept_range(distances, labels, mask, num_classes)
-    for c in shown:
-        lo, hi = edges[c]
-        if np.isnan(lo):
-            continue
-        j = position[int(c)]
-        fig.add_shape(type="rect", xref="x", yref="y", x0=j - 0.45, x1=j + 0.45, y0=lo, y1=hi,
-                      fillcolor="rgba(44, 160, 44, 0.18)", line_width=0, layer="below")
+    shapes = [dict(type="rect", xref="x", yref="y", x0=position[int(c)] - 0.45,
+                   x1=position[int(c)] + 0.45, y0=float(edges[c][0]), y1=float(edges[c][1]),
+                   fillcolor="rgba(44, 160, 44, 0.18)", line=dict(width=0), layer="below")
+              for c in shown if not np.isnan(edges[c][0])]
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="kept band",
                              marker=dict(symbol="square", size=14,
                                          color="rgba(44, 160, 44, 0.35)")))
     kept, total = int(mask.sum()), int(len(mask))
     axis = "cosine distance (1 - cos)" if metric == "cosine" else "euclidean distance"
     fig.update_layout(
-        template="plotly_white", boxmode="group", height=600,
+        template="plotly_white", boxmode="group", height=600, shapes=shapes,
         title=dict(text=f"Distance to the class centroid per class: kept band shaded "
                         f"({kept:,} of {total:,} synthetic samples kept)", x=0.01),
         xaxis_title="class", yaxis_title=f"{axis} to the class centroid",
@@ -848,19 +847,33 @@ def map_figure(points: pd.DataFrame, mask: np.ndarray, class_names: Sequence[str
     styles = {"real": dict(symbol="circle", size=5, opacity=0.45),
               "kept": dict(symbol="diamond", size=7, opacity=0.9),
               "dropped": dict(symbol="x", size=6, opacity=0.35)}
-    fig = go.Figure()
     labels = points["label"].to_numpy()
-    for c in np.unique(labels):
+    classes = np.unique(labels)
+    traces = []
+    if len(classes) <= len(palette):  # one trace per class and kind: a legend per class
+        for c in classes:
+            for s, style in styles.items():
+                sel = (labels == c) & (state == s)
+                if not sel.any():
+                    continue
+                traces.append(go.Scattergl(
+                    x=points["x"][sel], y=points["y"][sel], mode="markers",
+                    name=f"{class_names[int(c)]} · {s}", legendgroup=str(c),
+                    customdata=points["index"][sel],
+                    marker=dict(color=palette[int(c) % len(palette)], **style),
+                    hovertemplate=f"{class_names[int(c)]} ({s}) #%{{customdata}}<extra></extra>"))
+    else:  # many classes: one trace per kind, the class as a colour scale and in the hover
+        names = np.asarray([str(class_names[int(c)]) for c in labels], dtype=object)
         for s, style in styles.items():
-            sel = (labels == c) & (state == s)
+            sel = state == s
             if not sel.any():
                 continue
-            fig.add_trace(go.Scattergl(
-                x=points["x"][sel], y=points["y"][sel], mode="markers",
-                name=f"{class_names[int(c)]} · {s}", legendgroup=str(c),
-                customdata=points["index"][sel],
-                marker=dict(color=palette[int(c) % len(palette)], **style),
-                hovertemplate=f"{class_names[int(c)]} ({s}) #%{{customdata}}<extra></extra>"))
+            traces.append(go.Scattergl(
+                x=points["x"][sel], y=points["y"][sel], mode="markers", name=s,
+                customdata=np.stack([points["index"][sel].to_numpy(), names[sel]], axis=1),
+                marker=dict(color=labels[sel], colorscale="Turbo", **style),
+                hovertemplate=f"%{{customdata[1]}} ({s}) #%{{customdata[0]}}<extra></extra>"))
+    fig = go.Figure(data=traces)  # all traces at once: add_trace per trace re-validates
     n_syn = int(syn.sum())
     fig.update_layout(
         template="plotly_white", height=520,
