@@ -144,7 +144,9 @@ def band_change(tmp: Path, repeats: int) -> tuple[float, float]:
     port = _free_port()
     blocks = launch(path, port=port, open_browser=False, prevent_thread_lock=True)
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        # download_files=False: the server-side round trip, not the client fetching the
+        # 32 gallery images of every answer (the browser loads those lazily, cached)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
         times = []
         for i in range(repeats + 1):
             low = 0.1 + 0.05 * (i % 5)

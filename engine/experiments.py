@@ -386,9 +386,12 @@ def figure(project: Project, record: dict[str, Any]) -> Any:
             error_y=dict(type="data", array=t["top-1 std"].fillna(0.0).tolist()),
             text=[f"{v:.1f}" if not math.isnan(v) else "" for v in t["top-1 mean"]],
             textposition="outside", showlegend=False))
+    # zoom on the results (accuracies near 100 % would otherwise look all alike)
+    lows = (t["top-1 mean"] - t["top-1 std"].fillna(0.0)).dropna()
+    low = max(0.0, math.floor(float(lows.min())) - 2.0) if len(lows) else 0.0
     fig.update_layout(template="plotly_white", height=360,
                       title=dict(text=f"{record['name']}: {TITLES[record['kind']]}", x=0.01),
-                      yaxis=dict(title="top-1 % (mean ± std over seeds)"),
+                      yaxis=dict(title="top-1 % (mean ± std over seeds)", range=[low, 101.5]),
                       margin=dict(l=60, r=20, t=50, b=60))
     return fig
 

@@ -63,10 +63,20 @@ def results_table(ctx: StudioContext) -> pd.DataFrame:
                                        "status", "images", "classifier"])
 
 
+SHOWN_BARS = 20  # single evaluations drawn in the top-1 chart
+
+
 def results_figure(ctx: StudioContext) -> Any:
     import plotly.graph_objects as go
 
     done = [e for e in ctx.project.list(Evaluation) if e.status == "done" and e.top1 is not None]
+    # experiments have their own chart below: this one shows the single evaluations, the
+    # latest SHOWN_BARS of them
+    members = {m["evaluation_id"] for r in experiments.list_experiments(ctx.project)
+               for m in r.get("members", [])}
+    done = [e for e in done if e.id not in members][-SHOWN_BARS:]
+    lowest = min((e.top1 for e in done), default=0.0)
+    floor = max(0.0, (lowest - 5.0) // 5 * 5)  # zoom: accuracies near 100 % look alike
     fig = go.Figure()
     colors = {"real": "#DD8452", "synthetic": "#4C72B0", "real+synthetic": "#55A868"}
     for mix in MIXES:
@@ -79,7 +89,7 @@ def results_figure(ctx: StudioContext) -> Any:
     fig.update_layout(template="plotly_white", height=320,
                       title=dict(text="Top-1 accuracy on the held-out real test split"
                                  if done else "No finished evaluation yet", x=0.01),
-                      yaxis=dict(title="top-1 %", range=[0, 114]),
+                      yaxis=dict(title="top-1 %", range=[floor, 104]),
                       margin=dict(l=60, r=20, t=50, b=60), barmode="group",
                       legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     return fig
