@@ -13,7 +13,8 @@ batch, alternated:
   depend on them).
 
 ratio = (step + encoding) / step: how many times faster one cached step is than one step
-that encodes its batch. The issue's goal is "several times faster"; a ratio near 1 means
+that encodes its batch. The issue's goal is "several times faster", read here as >= 3; a
+ratio near 1 means
 the U-Net dominates and caching saves little per step (it still saves the encoders' memory
 and makes every epoch identical).
 
@@ -118,8 +119,8 @@ def main() -> int:
     print(f"a step that encodes its batch takes {ratio:.2f}x a cached step")
     print(json.dumps({"claim": "cached latents + representations make a training step of the "
                                "paper's latent RCDM several times faster than encoding every "
-                               "batch", "ratio": round(ratio, 3), "goal": 2.0,
-                      "met": ratio >= 2.0, "step_s": round(s, 3), "encode_s": round(e, 3),
+                               "batch", "ratio": round(ratio, 3), "goal": 3.0,
+                      "met": ratio >= 3.0, "step_s": round(s, 3), "encode_s": round(e, 3),
                       "batch": b, "device": str(device), "unet_parameters": params,
                       "repeats": args.repeats}))
     return 0
