@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import gradio as gr
@@ -128,3 +130,34 @@ def first(values: Iterable[Any], default: Any = None) -> Any:
     for v in values:
         return v
     return default
+
+
+GALLERY_THUMB = 128  # longer side of the images galleries show
+
+
+def gallery_path(path: str | os.PathLike[str], size: int = GALLERY_THUMB) -> str:
+    """What a gallery should load for the image at ``path``: the file itself when it is small,
+    else a thumbnail cached beside it in ``.thumbs/`` (made once, atomically), so a page of
+    256 px generated images does not send full PNGs. Unreadable images are returned as they
+    are (the gallery shows them broken; check reports them)."""
+    from PIL import Image
+
+    from engine.data import make_thumbnail
+
+    src = Path(path)
+    thumb = src.parent / ".thumbs" / f"{src.stem}.png"
+    if thumb.exists():
+        return str(thumb)
+    try:
+        with Image.open(src) as img:
+            if max(img.size) <= size:
+                return str(src)
+            small = make_thumbnail(img.convert("RGB"), size)
+        thumb.parent.mkdir(exist_ok=True)
+        tmp = thumb.with_name(f"{thumb.stem}.{os.getpid()}.tmp.png")
+        small.save(tmp)
+        os.replace(tmp, thumb)
+        return str(thumb)
+    except OSError as exc:
+        log.info("no thumbnail for %s: %s", src, exc)
+        return str(src)

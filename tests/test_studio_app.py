@@ -280,3 +280,23 @@ def test_switch_project_in_the_running_app(studio):
     assert [p.stem for p in projects.recent_projects()][:2] == ["proj", "second"]
     status, _ = client.predict("nope", api_name="/open_project")
     assert "status-error" in status and "no project 'nope'" in status
+
+
+def test_galleries_get_thumbnails_of_large_images(tmp_path):
+    from PIL import Image
+
+    from studio.ui import GALLERY_THUMB, gallery_path
+
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.new("RGB", (512, 384), (200, 10, 10)).save(big)
+    Image.new("RGB", (16, 16), (10, 10, 200)).save(small)
+    assert gallery_path(small) == str(small)  # small images are shown as they are
+    thumb = gallery_path(big)
+    assert thumb == str(tmp_path / ".thumbs" / "big.png")
+    with Image.open(thumb) as img:
+        assert max(img.size) == GALLERY_THUMB and img.size[0] > img.size[1]
+    mtime = Path(thumb).stat().st_mtime_ns
+    assert gallery_path(big) == thumb and Path(thumb).stat().st_mtime_ns == mtime  # reused
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert gallery_path(broken) == str(broken)

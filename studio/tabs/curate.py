@@ -101,7 +101,7 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     edges, edge_idx = {}, {}
     for key, idx in curate.edge_samples(bd.distances, bd.labels, mask, EDGE_K).items():
         edge_idx[key] = idx
-        edges[key] = [(str(ctx.project.abs(samples["path"].iat[i])),
+        edges[key] = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
                        f"{bd.distances[i]:.2f}")
                       for i in idx.tolist()]
     kept, total = int(mask.sum()), int(len(mask))

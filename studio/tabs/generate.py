@@ -95,7 +95,8 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     rows = ctx.project.query(
         "SELECT id, path, class_name, seed FROM sample WHERE generation_id = ? ORDER BY idx "
         "LIMIT ? OFFSET ?", [gen.id, page_size, (page - 1) * page_size])
-    items = [(str(ctx.project.abs(r.path)), f"{r.class_name}") for r in rows.itertuples()]
+    items = [(ui.gallery_path(ctx.project.abs(r.path)), f"{r.class_name}")
+             for r in rows.itertuples()]
     cfg = ui.loads(gen.config_json)
     reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
     text = (f"**{gen.name}** · {gen.count:,} images · {cfg.get('variations', '?')} per source · "
