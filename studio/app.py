@@ -61,6 +61,7 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
         settings.apply_environment(ctx)
         ctx.on_switch.append(settings.apply_environment)
         projects.remember(ctx.project.path)
+        ctx.restrict = restrict
         blocks = _layout(ctx, restrict)
     except BaseException:
         ctx.close()

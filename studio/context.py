@@ -44,6 +44,7 @@ class StudioContext:
         self.max_running = max_running
         self.jobs = JobManager(self.project, max_running=max_running)
         self.epoch = 0  # bumped by switch(): the revision differs even between twin projects
+        self.restrict = False  # reachable from the network: server paths only in the projects folder
         self.on_switch: list[Callable[["StudioContext"], None]] = []
         self._jobs_lock = threading.RLock()
         self._band_lock = threading.Lock()

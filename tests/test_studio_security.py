@@ -163,3 +163,27 @@ def test_auth_parsing_and_exposure_warning():
     assert "without a login" in exposure_warning("0.0.0.0", None, {})
     assert exposure_warning("0.0.0.0", [("a", "b")], {}) is None
     assert exposure_warning("0.0.0.0", None, {"SPACE_ID": "me/studio"}) is None
+
+
+def test_folder_import_stays_inside_the_projects_folder_when_exposed(tmp_path, monkeypatch):
+    """Bound to the network, the Data tab's folder box cannot read the server's disk."""
+    from engine.errors import InvalidConfigError
+    from engine.project import Dataset
+    from studio.context import StudioContext
+    from studio.tabs.data import import_folder
+    from tests.conftest import write_tiny_folder
+
+    monkeypatch.setenv("RCDM_STUDIO_PROJECTS", str(tmp_path / "projects"))
+    outside = write_tiny_folder(tmp_path / "outside")
+    inside = write_tiny_folder(tmp_path / "projects" / "uploads" / "tiny")
+    ctx = StudioContext(tmp_path / "projects" / "p")
+    try:
+        ctx.restrict = True
+        with pytest.raises(InvalidConfigError, match="upload a zip"):
+            import_folder(ctx, str(outside), "out", 0.25)
+        assert ctx.project.list(Dataset) == []
+        assert import_folder(ctx, str(inside), "in", 0.25).num_images > 0
+        ctx.restrict = False  # a local studio reads any folder
+        assert import_folder(ctx, str(outside), "out", 0.25).name == "out"
+    finally:
+        ctx.close()

@@ -121,6 +121,14 @@ def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: flo
     if not folder or not folder.strip():
         raise InvalidConfigError("type the path of an image folder (one sub-folder per class)")
     path = Path(folder.strip()).expanduser()
+    if ctx.restrict:  # reachable from the network: no browsing of the server's disk
+        from studio.tabs.projects import projects_root
+
+        root = projects_root().resolve()
+        if root not in path.resolve().parents:
+            raise InvalidConfigError(
+                f"this studio is reachable from the network: it imports folders only from "
+                f"inside the projects folder {root}; upload a zip of the ImageFolder instead")
     name = (name or "").strip() or path.name
     return data.import_image_folder(ctx.project, path, name,
                                     ImportConfig(test_fraction=float(test_fraction)),
