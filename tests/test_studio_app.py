@@ -300,3 +300,21 @@ def test_galleries_get_thumbnails_of_large_images(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     assert gallery_path(broken) == str(broken)
+
+
+def test_preview_history_lists_every_grid_by_step(tmp_path):
+    from studio.context import StudioContext
+    from studio.tabs.train import preview_history
+
+    ctx = StudioContext(tmp_path / "p")
+    try:
+        assert preview_history(ctx, None) == []
+        folder = ctx.project.assets / "models" / "mdl_x" / "previews"
+        folder.mkdir(parents=True)
+        for step in (400, 200, 1200):
+            (folder / f"step_{step:06d}.png").write_bytes(b"png")
+        (folder / "notes.txt").write_text("ignored")
+        assert [c for _, c in preview_history(ctx, "mdl_x")] == ["step 200", "step 400",
+                                                                  "step 1,200"]
+    finally:
+        ctx.close()

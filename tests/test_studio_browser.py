@@ -196,6 +196,8 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     expect(page.locator("#model-info")).to_contain_text("trained", timeout=JOB_TIMEOUT)
     expect(page.locator("#model-info")).to_contain_text("30 / 30 steps")
     expect(page.locator("#train-preview img")).to_be_visible()
+    page.locator("#train-previews-panel").get_by_text("Previews over training").first.click()
+    expect(page.locator("#train-previews .thumbnail-item").first).to_be_visible()
     expect(page.locator("#loss-plot .js-plotly-plot")).to_be_visible()
     shot(page, "03-train-done")
 

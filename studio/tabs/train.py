@@ -95,6 +95,16 @@ def latest_preview(ctx: StudioContext, model: Model) -> str | None:
     return str(files[-1]) if files else None
 
 
+def preview_history(ctx: StudioContext, model_id: str | None) -> list[tuple[str, str]]:
+    """Every preview grid of a model, oldest first, captioned with its training step."""
+    if not model_id:
+        return []
+    folder = ctx.project.assets / "models" / model_id / "previews"
+    files = sorted(folder.glob("step_*.png")) if folder.is_dir() else []
+    return [(str(f), f"step {int(f.stem.split('_')[-1]):,}") for f in files
+            if f.stem.split("_")[-1].isdigit()]
+
+
 def loss_figure(points: list[tuple[float, float]], title: str) -> Any:
     import plotly.graph_objects as go
 
@@ -247,6 +257,11 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             gr.Markdown("Latest preview", elem_classes=["image-caption"])
             preview = gr.Image(show_label=False, height=170, interactive=False,
                                buttons=["fullscreen"], elem_id="train-preview")
+            with gr.Accordion("Previews over training", open=False,
+                              elem_id="train-previews-panel"):
+                history = gr.Gallery(show_label=False, columns=1, height="auto",
+                                     object_fit="contain", elem_id="train-previews",
+                                     elem_classes=["preview-history"])
 
     @ui.guard(2)
     def on_encode(dataset_id: str | None, which: str) -> tuple[str, Any]:
@@ -285,6 +300,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             return gr.skip(), gr.skip(), ui.error_md(exc)
 
     model.change(show_model, model, [plot, preview, info], show_progress="hidden")
+    # a new preview grid (or another model) redraws the history of grids
+    preview.change(lambda m: preview_history(ctx, m), model, history, show_progress="hidden")
 
     def live(model_id: str | None) -> tuple[Any, Any, Any]:
         if not model_id:
