@@ -414,3 +414,14 @@ def test_cli_encode_with_a_local_model_and_the_offline_message(tmp_path, tiny_fo
     assert (out["encoder"], out["count"], out["dim"]) == ("dinov2", 24, 32)
     assert main(["encode", "--project", proj, "--encoder", "clip"]) == 2
     assert "hf download timm/vit_base_patch32_clip_224.openai" in capsys.readouterr().err
+
+
+def test_encode_prepare_fails_early_on_a_missing_local_folder(tiny_project, tmp_path):
+    """Online too: a mistyped folder is refused before any job row is written."""
+    from engine.project import Job
+    from engine.stages import encode
+
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        encode.prepare(tiny_project, EncodeConfig(encoder="dinov2",
+                                                  model_id=str(tmp_path / "nowhere")))
+    assert tiny_project.list(Job) == []

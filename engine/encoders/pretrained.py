@@ -299,12 +299,14 @@ class PretrainedEncoder(Encoder):
     def check_available(self) -> None:
         """Raise WeightsNotFoundError now when the weights are missing and offline (cheap).
 
-        Called by the encode stage before a job is queued; online, a missing model is
-        downloaded by the job itself.
+        Called by the encode stage before a job is queued; online, a missing hub model is
+        downloaded by the job itself. A local folder is checked now either way (no download
+        is involved), so a mistyped path fails before any job row is written.
         """
-        from engine.encoders.weights import hub_offline
+        from engine.encoders.weights import hub_offline, is_path
 
-        if hub_offline():
+        model_id = self.config.model_id
+        if hub_offline() or (model_id and is_path(model_id)):
             self._resolve()
 
     def _resolve(self) -> WeightsSource:
