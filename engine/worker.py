@@ -8,6 +8,10 @@ Fault injection (tests only): with ``RCDM_STUDIO_FAULT_HOLD=N`` in its environme
 worker pauses at the first progress event with ``N <= step < total`` — in the middle of its
 work, with part of its outputs written — creates ``JOB_FOLDER/fault-hold`` and sleeps until
 it is cancelled or killed. The fault tests (``tests/faults``) kill it there.
+
+Priority: a worker lowers its own CPU priority by ``RCDM_STUDIO_WORKER_NICE`` (default 10;
+``0`` keeps it) before it imports anything heavy, so that a job using every core never
+makes the studio's page slow to answer. GPU work is unaffected.
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 
 FAULT_HOLD_ENV = "RCDM_STUDIO_FAULT_HOLD"
 FAULT_HOLD_FILE = "fault-hold"
+NICE_ENV = "RCDM_STUDIO_WORKER_NICE"
+DEFAULT_NICE = 10
+
+
+def lower_priority() -> int:
+    """Raise this process's niceness by ``$RCDM_STUDIO_WORKER_NICE`` (default 10); returns
+    the niceness now in force. Threads started afterwards (torch's) inherit it."""
+    value = os.environ.get(NICE_ENV, str(DEFAULT_NICE)).strip() or "0"
+    try:
+        step = max(0, int(value))
+    except ValueError:
+        logging.getLogger(__name__).warning("%s=%r is not an integer; priority kept",
+                                            NICE_ENV, value)
+        step = 0
+    if not hasattr(os, "nice"):  # not POSIX
+        return 0
+    return os.nice(step)
 
 
 def _fault_hold(folder: Path, cancel: CancelToken) -> ProgressFn:
@@ -56,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(argv[0])
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    niceness = lower_priority()
+    logging.getLogger(__name__).info("worker pid %d at niceness %d", os.getpid(), niceness)
     cancel = CancelToken()
     signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     signal.signal(signal.SIGINT, lambda *_: cancel.cancel())

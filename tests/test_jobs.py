@@ -79,6 +79,8 @@ def test_cancel_stops_the_worker_and_keeps_the_rows_consistent(tiny_project):
     jobs, spec = _long_training(tiny_project)
     job = jobs.submit(spec)
     _wait_for_progress(jobs, job)
+    # the worker runs below the studio's CPU priority, so the page stays responsive
+    assert os.getpriority(os.PRIO_PROCESS, job.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
     jobs.cancel(job.id)
     job = jobs.wait(job.id, timeout=60)
     assert job.status == "cancelled"
@@ -120,3 +122,18 @@ def test_failed_worker_reports_the_error(tiny_project, tmp_path):
     job = jobs.wait(jobs.submit(spec).id, timeout=120)
     assert job.status == "failed" and job.error
     assert json.loads((jobs.folder(job) / "status.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("value, step", [(None, 10), ("3", 3), ("0", 0), ("", 0), ("x", 0)])
+def test_worker_priority_follows_the_environment(value, step):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RCDM_STUDIO_WORKER_NICE"}
+    if value is not None:
+        env["RCDM_STUDIO_WORKER_NICE"] = value
+    out = subprocess.run([sys.executable, "-c",
+                          "from engine.worker import lower_priority; print(lower_priority())"],
+                         capture_output=True, text=True, env=env, check=True, timeout=60)
+    assert int(out.stdout) == os.getpriority(os.PRIO_PROCESS, 0) + step
+    assert ("not an integer" in out.stderr) == (value == "x")
