@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "resnet50"])
     p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
     p.add_argument("--augment", default=EvalConfig.augment,
-                   choices=["none", "crop", "autoaugment", "randaugment", "mixup", "cutmix"],
+                   choices=["none", "crop", "autoaugment", "randaugment", "mixup", "cutmix",
+                            "meada"],
                    help="augmentation (every one but none includes the crop; default crop)")
     p.add_argument("--schedule", default=EvalConfig.schedule, choices=["cosine", "step"])
     p.add_argument("--seed", type=int, default=0)

@@ -313,8 +313,9 @@ class BandConfig(StageConfig):
 CLASSIFIERS = ("resnet_tiny", "resnet18", "resnet50")
 MIXES = ("real", "synthetic", "real+synthetic")
 # "crop" = random-resized crop (+ flip when hflip); the others add to that crop: a policy
-# on the uint8 images (autoaugment, randaugment) or a batch mix with soft targets (mixup, cutmix)
-AUGMENTS = ("none", "crop", "autoaugment", "randaugment", "mixup", "cutmix")
+# on the uint8 images (autoaugment, randaugment) or a batch mix with soft targets (mixup, cutmix);
+# "meada" grows the training set with adversarial images (engine/evaluate/meada.py)
+AUGMENTS = ("none", "crop", "autoaugment", "randaugment", "mixup", "cutmix", "meada")
 SCHEDULES = ("cosine", "step")
 
 
@@ -344,9 +345,34 @@ class EvalConfig(StageConfig):
     # > 1: the evaluate job trains under torchrun with this many data-parallel processes
     # (one per GPU; gloo processes on the CPU); train_classifier itself follows WORLD_SIZE
     processes: int = 1
+    # meada (ME-ADA, engine/evaluate/meada.py): K maximisation phases, one every T_min epochs
+    meada_phases: int = 2  # K
+    meada_every: int = 0  # T_min in epochs; 0: epochs // (K + 1), the phases spread evenly
+    meada_adv_steps: int = 15  # T_adv, gradient-ascent steps per phase
+    meada_adv_lr: float = 1.0  # ascent step per image, on normalised pixels (see meada.py)
+    meada_gamma: float = 1.0  # weight of the penultimate-feature distance (semantic constraint)
+    meada_eta: float = 1.0  # weight of the prediction entropy (the "maximum entropy" term)
+    meada_batch: int = 10000  # images perturbed per phase: the whole current set up to this cap
 
     def validate(self) -> None:
         _check(self.processes >= 1, f"processes must be >= 1, got {self.processes}")
+        _check(self.meada_phases >= 1 and self.meada_every >= 0 and self.meada_adv_steps >= 1
+               and self.meada_batch >= 1,
+               f"meada needs meada_phases >= 1, meada_every >= 0, meada_adv_steps >= 1 and "
+               f"meada_batch >= 1, got {self.meada_phases}, {self.meada_every}, "
+               f"{self.meada_adv_steps}, {self.meada_batch}")
+        _check(self.meada_adv_lr > 0 and self.meada_gamma >= 0 and self.meada_eta >= 0,
+               f"meada needs meada_adv_lr > 0, meada_gamma >= 0 and meada_eta >= 0, got "
+               f"{self.meada_adv_lr}, {self.meada_gamma}, {self.meada_eta}")
+        if self.augment == "meada":
+            _check(self.processes == 1,
+                   f"meada runs on one process (the growing training set is not shared "
+                   f"between processes), got processes={self.processes}")
+            every = self.meada_every or max(1, self.epochs // (self.meada_phases + 1))
+            _check(self.meada_phases * every < self.epochs,
+                   f"meada's last phase starts after meada_phases x meada_every = "
+                   f"{self.meada_phases} x {every} epochs, so it needs more epochs than that, "
+                   f"got epochs={self.epochs}")
         _check(self.arch in CLASSIFIERS, f"arch must be one of {CLASSIFIERS}, got {self.arch!r}")
         _check(self.schedule in SCHEDULES,
                f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")

@@ -121,7 +121,7 @@ def middle_band_of_2x(project: Project, gen: Generation, keep_fraction: float = 
 
 def plan(project: Project, kind: str, generations: list[str], eval_config: EvalConfig,
          sizes: tuple[int, ...] = (1, 2, 3, 4),
-         augmentations: tuple[str, ...] = CLASSICAL,
+         augmentations: tuple[str, ...] = tuple(a for a in CLASSICAL if a != "meada"),
          keep_fraction: float = 0.5) -> tuple[str, list[Run]]:
     """The configurations of an experiment; saves the selections they need.
 

@@ -174,6 +174,98 @@ def test_generation_pages_and_provenance(studio):
     assert "variation of real image" in md and "model **" in md and "seed" in md
 
 
+def test_generate_tab_interpolates_and_draws_from_class_distributions(studio):
+    import json
+
+    from engine.project import Generation, Job, Model, Sample
+    from studio.tabs import generate as gen_tab
+
+    blocks, client, _, _ = studio
+    ctx = blocks.studio
+    model = next(m for m in ctx.project.list(Model) if m.status == "trained")
+    train = ctx.project.images(model.dataset_id, split="train")
+    a, b = train["id"].iloc[0], train["id"].iloc[-1]
+    # interpolation needs exactly two selected images (the picker's state, not an API
+    # input): refused with a sentence otherwise
+    with pytest.raises(Exception, match="exactly two selected images"):
+        gen_tab.generate(ctx, model.id, "selected images", [a], 1, 1, "ddim", 2, 1.0, 0, "",
+                         "interpolate", 3)
+    job = gen_tab.generate(ctx, model.id, "selected images", [a, b], 1, 1, "ddim", 2, 1.0, 0,
+                           "path", "interpolate", 3)
+    assert job.status in ("queued", "running")
+    # over HTTP as the page sends it: the mode and its fields follow the sampling inputs
+    status, _ = client.predict(model.id, "N per class", 3, 2, "ddim", 2, 1.0, 0, "drawn",
+                               "class_sample", 3, 2, 1.0, "diagonal", api_name="/generate")
+    assert "submitted" in status, status
+    for job in ctx.project.list(Job):
+        if job.status in ("queued", "running", "ingesting"):
+            assert ctx.jobs.wait(job.id, timeout=180).status == "done"
+    path = ctx.project.get(Generation, "path")
+    drawn = ctx.project.get(Generation, "drawn")
+    assert path.count == 3 and drawn.count == 3 * 2 * 2  # 3 classes x 2 new x k=2
+    cfg = json.loads(path.config_json)
+    assert cfg["mode"] == "interpolate" and cfg["conditions"]["pair"] == [a, b]
+    assert json.loads(drawn.config_json)["covariance"] == "diagonal"
+    _, text, ids, _ = gen_tab.sample_page(ctx, path.id)
+    assert "interpolation between two selected images" in text and len(ids) == 3
+    _, md = gen_tab.sample_details(ctx, ids[1])
+    assert "interpolation at t = 0.500" in md and a in md and b in md
+    _, text, ids, _ = gen_tab.sample_page(ctx, drawn.id)
+    assert "new draws from each class" in text
+    _, md = gen_tab.sample_details(ctx, ids[0])
+    first = ctx.project.get(Sample, ids[0])
+    assert f"drawn from the distribution of class {first.class_name}" in md
+
+
+def test_train_tab_advanced_options_latent_space_and_presets(studio, tmp_path):
+    import json
+    import math
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from engine.errors import InvalidConfigError, WeightsNotFoundError
+    from engine.project import Dataset, Job, Model
+    from studio.tabs import train as train_tab
+
+    blocks, client, _, _ = studio
+    ctx = blocks.studio
+    ds = next(d for d in ctx.project.list(Dataset) if d.name == "tiny")
+    # the paper's preset fills the form from the dataset's size (125 epochs at batch 16)
+    form = train_tab.preset_form("imagenet256", num_images=1000)
+    assert (form["steps"], form["batch_size"], form["space"], form["image_size"],
+            form["min_snr_gamma"]) == (math.ceil(125 * 1000 / 16), 16, "latent", 256, 5.0)
+    # ... and is refused on a CPU, before anything is queued
+    jobs_before = len(ctx.project.list(Job))
+    with pytest.raises(InvalidConfigError, match="sized for a GPU"):
+        train_tab.train(ctx, ds.id, "pca", 10, 16, 1e-4, "", train_tab.Advanced(
+            preset="imagenet256", space="latent", image_size=256))
+    # a latent run whose VAE folder is missing is refused with what to do, nothing queued
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        train_tab.train(ctx, ds.id, "pca", 2, 8, 1e-3, "", train_tab.Advanced(
+            space="latent", vae_id=str(tmp_path / "no-vae")))
+    assert len(ctx.project.list(Job)) == jobs_before
+    # a tiny VAE saved like a hub folder: latent training with min-SNR and accumulation
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, sample_size=16,
+                  down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                  layers_per_block=1, scaling_factor=0.5).save_pretrained(tmp_path / "vae")
+    status, _ = client.predict(ds.id, "pca", 2, 8, 1e-3, "latent-run", "tiny-cpu", "latent",
+                               16, str(tmp_path / "vae"), 5.0, 0.2, 2, api_name="/train")
+    assert "submitted" in status, status
+    model = ctx.project.get(Model, "latent-run")
+    job = next(j for j in ctx.project.list(Job) if j.kind == "train" and
+               j.status in ("queued", "running", "ingesting"))
+    assert ctx.jobs.wait(job.id, timeout=300).status == "done"
+    model = ctx.project.get(Model, model.id)
+    cfg = json.loads(model.config_json)
+    assert model.status == "trained"
+    assert (cfg["space"], cfg["min_snr_gamma"], cfg["cond_dropout"], cfg["grad_accum"]) == \
+        ("latent", 5.0, 0.2, 2)
+    assert cfg["vae_id"] == str(tmp_path / "vae")
+
+
 def test_settings_kept_in_the_project(studio, monkeypatch):
     from engine.errors import InvalidConfigError
     from studio.app import first_tab, remember_tab

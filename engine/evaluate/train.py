@@ -10,7 +10,8 @@ device, and every batch is converted to floats, augmented with tensor ops (a ran
 crop through ``F.affine_grid`` / ``F.grid_sample``, per sample, seeded) and normalised with the
 mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop. The
 classical augmentation baselines (AutoAugment, RandAugment, Mixup, CutMix) come on top of the
-crop from ``engine.evaluate.augment``.
+crop from ``engine.evaluate.augment``; ME-ADA (``engine.evaluate.meada``) grows the training
+tensor with adversarial images at the start of some epochs and keeps them in the checkpoint.
 
 Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
 ``engine.evaluate.launch``), training is data-parallel. Every rank draws the same global batch
@@ -46,6 +47,7 @@ from torch import nn
 from engine.config import EvalConfig
 from engine.errors import InvalidConfigError, StudioError
 from engine.evaluate.augment import BatchAugment
+from engine.evaluate import meada
 from engine.evaluate.classifier import build_classifier
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from engine.errors import Cancelled
@@ -227,6 +229,8 @@ def _config_key(config: EvalConfig) -> str:
     change between runs (a checkpoint does not depend on them)."""
     values = config.replace(device="cpu").to_dict()
     values.pop("processes", None)
+    if config.augment != meada.KIND:  # options that change nothing: older checkpoints resume
+        values = {k: v for k, v in values.items() if not k.startswith("meada_")}
     return json.dumps(values, sort_keys=True)
 
 
@@ -435,9 +439,10 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         for a class without test image), ``confusion`` (C x C ints, row = true class),
         ``curves`` {"epoch", "train_loss", "test_loss", "test_top1"}, ``num_train``,
         ``num_test``, ``num_params``, ``seconds`` (training time, including before a resume),
-        ``world_size``, ``rank``. With several processes (``WORLD_SIZE`` > 1) only rank 0
-        tests and returns all of this; every rank adds ``weights_digest`` (same on all ranks
-        when they agree), and the other ranks return only ``world_size``, ``rank``,
+        ``world_size``, ``rank``; with meada, ``meada_images`` (adversarial images appended,
+        ``num_train`` staying the mix's size). With several processes (``WORLD_SIZE`` > 1)
+        only rank 0 tests and returns all of this; every rank adds ``weights_digest`` (same
+        on all ranks when they agree), and the other ranks return only ``world_size``, ``rank``,
         ``weights_digest``, ``curves`` (train loss) and ``num_train``.
 
     Raises:
@@ -459,6 +464,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         raise InvalidConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     _check_split("training", train_x, train_y, num_classes, config.image_size)
     _check_split("test", test_x, test_y, num_classes, config.image_size)
+    meada.check_one_process(config)  # before any process group
     ranks = _Ranks(config)
     device = ranks.device
     if not ranks.main:
@@ -470,7 +476,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     xt = _to_tensor(test_x if ranks.main else test_x[:0], device)  # (M, 3, S, S) uint8, rank 0
     yt = torch.from_numpy(test_y)  # (M,) on the CPU, for the metrics
     mean, std = channel_stats(xs)
-    n = xs.shape[0]
+    n = xs.shape[0]  # the mix's size: the schedule's, even when meada grows xs
     batch = min(config.batch_size, n)
     steps_per_epoch = math.ceil(n / batch)
     total_steps = config.epochs * steps_per_epoch
@@ -510,6 +516,9 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         curves = {k: list(v) for k, v in state["curves"].items()}
         start_epoch = int(state["epoch"])
         seconds_before = float(state["seconds"])
+        if "meada_x" in state:  # the images of the phases run so far
+            xs = torch.cat([xs, state["meada_x"].to(device)])
+            ys = torch.cat([ys, state["meada_y"].to(device)])
         log.info("resuming classifier training from %s at epoch %d", ckpt_path, start_epoch)
     wrapped = model
     if ranks.world > 1:
@@ -519,9 +528,22 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
 
     report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
     for epoch in range(start_epoch, config.epochs):
-        # 3. one epoch over a fresh permutation
+        # 3. one epoch over a fresh permutation. meada: a maximisation phase may first append
+        #    adversarial images to xs; an epoch stays steps_per_epoch batches of B images,
+        #    drawn without replacement from the grown set (the schedule is the mix's)
+        phase = meada.phase_at(config, epoch)
+        if phase:
+            progress(ProgressEvent(
+                stage=STAGE, step=epoch * steps_per_epoch, total=total_steps,
+                message=f"ME-ADA phase {phase}/{config.meada_phases}: "
+                        f"{min(config.meada_batch, xs.shape[0])} images"))
+            x_adv, y_adv = meada.maximisation_phase(model, xs, ys, mean, std, config,
+                                                    generator, cancel)
+            xs, ys = torch.cat([xs, x_adv]), torch.cat([ys, y_adv])
+            log.info("ME-ADA phase %d/%d: %d images appended, %d in the training set",
+                     phase, config.meada_phases, x_adv.shape[0], xs.shape[0])
         model.train()
-        perm = torch.randperm(n, generator=generator).to(device)
+        perm = torch.randperm(xs.shape[0], generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for i in range(steps_per_epoch):
@@ -608,6 +630,8 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
                 "rng": generator.get_state(),
                 "curves": curves,
                 "seconds": elapsed,
+                **({"meada_x": xs[n:].cpu(), "meada_y": ys[n:].cpu()}
+                   if config.augment == meada.KIND else {}),
             })
         progress(ProgressEvent(
             stage=STAGE, step=(epoch + 1) * steps_per_epoch, total=total_steps,
@@ -634,4 +658,5 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         "num_test": int(xt.shape[0]),
         "num_params": sum(p.numel() for p in model.parameters()),
         "seconds": seconds_before + time.perf_counter() - started,
+        **({"meada_images": int(xs.shape[0] - n)} if config.augment == meada.KIND else {}),
     }

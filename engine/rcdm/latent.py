@@ -35,6 +35,38 @@ DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 ENCODE_BATCH = 32
 
 
+def check_vae(vae_id: str) -> str:
+    """Say, without loading it, whether ``load_vae(vae_id)`` can find the VAE: a local folder
+    with ``config.json`` (or ``vae/config.json``), or a hub id already in the hub cache or
+    fetchable (not offline). Returns where it is ("local folder", "hub cache", "hub").
+
+    Raises:
+        WeightsNotFoundError: the folder is missing or incomplete, or the id is not cached
+            and ``HF_HUB_OFFLINE`` is set; the message says what to download.
+    """
+    path = Path(vae_id).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or (path / "vae" / "config.json").is_file():
+            return "local folder"
+        raise WeightsNotFoundError(
+            f"VAE folder {vae_id!r} has no config.json (nor vae/config.json): save the VAE "
+            f"there with AutoencoderKL.save_pretrained, or download one, e.g. "
+            f"`huggingface-cli download {DEFAULT_VAE} --local-dir ./vae`")
+    if path.exists() or vae_id.startswith((".", "/", "~")):
+        raise WeightsNotFoundError(f"VAE folder {vae_id!r} does not exist or is not a folder")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(vae_id, "config.json")
+    if isinstance(cached, str):
+        return "hub cache"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise WeightsNotFoundError(
+            f"the VAE {vae_id!r} is not in the hub cache and HF_HUB_OFFLINE is set: download "
+            f"it on a machine with internet, e.g. `huggingface-cli download {vae_id} "
+            f"--local-dir ./vae`, copy the folder here and give its path as the VAE")
+    return "hub"
+
+
 def load_vae(vae_id: str, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32):
     """``AutoencoderKL`` from a local folder (or its ``vae/`` subfolder) or a hub id.

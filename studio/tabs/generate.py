@@ -1,4 +1,9 @@
-"""Generate tab: pick a model and real images, generate seeded variations, re-encode them."""
+"""Generate tab: pick a model and real images, generate from their representations, re-encode.
+
+The representations are the chosen images' own (seeded variations: the paper's), points on
+the path between two chosen images, mix-ups within each class, or new draws from each
+class's fitted distribution (``GenerateConfig.mode``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.config import SAMPLERS, EncodeConfig, GenerateConfig
+from engine.config import COVARIANCES, SAMPLERS, EncodeConfig, GenerateConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Encoding, Generation, Job, Model
 from studio import ui
@@ -21,6 +26,23 @@ log = logging.getLogger(__name__)
 PICK_PAGE = 40
 SAMPLE_PAGE = 48
 SOURCES = ["selected images", "N per class", "all training images"]
+# (label, GenerateConfig.mode): what the model is conditioned on
+MODES = [("variations of each image (the paper's)", "variations"),
+         ("interpolation between two selected images", "interpolate"),
+         ("mix-ups of two images of a class", "mixup"),
+         ("new draws from each class's distribution", "class_sample")]
+MODE_HINTS = {
+    "variations": "Each source image's own representation, with <b>k</b> seeds each.",
+    "interpolate": "Select exactly <b>two</b> images (in order): <b>points</b> "
+                   "representations on the path between theirs (spherical when they are unit "
+                   "vectors), <b>k</b> seeds each.",
+    "mixup": "Pairs of images of the same class from the source images, mixed with a weight "
+             "~ Beta(a, a): <b>new per class</b> representations per class, <b>k</b> seeds "
+             "each.",
+    "class_sample": "A Gaussian fitted to each class's representations among the source "
+                    "images: <b>new per class</b> draws per class, <b>k</b> seeds each. Goes "
+                    "beyond the real images.",
+}
 
 
 def generation_choices(ctx: StudioContext) -> list[tuple[str, str]]:
@@ -49,16 +71,26 @@ def source_ids(ctx: StudioContext, model_id: str, source: str, selected: list[st
 
 def generate(ctx: StudioContext, model_id: str | None, source: str, selected: list[str],
              per_class: int, variations: int, sampler: str, steps: int, guidance: float,
-             seed: int, name: str | None) -> Job:
+             seed: int, name: str | None, mode: str = "variations", points: int = 8,
+             new_per_class: int = 10, mix_alpha: float = 1.0,
+             covariance: str = "ledoit_wolf") -> Job:
     from engine.stages import generate as generate_stage
 
     if not model_id:
         raise NotReadyError("the project has no trained model yet; train one in the Train tab")
     from studio.tabs.settings import device
 
+    mode = mode or "variations"
+    if mode == "interpolate" and len(selected or []) != 2:
+        raise InvalidConfigError(f"interpolation needs exactly two selected images (click two "
+                                 f"in the picker); {len(selected or [])} selected")
     config = GenerateConfig(variations=int(variations), sampler=sampler, steps=int(steps),
-                            guidance=float(guidance), seed=int(seed), device=device(ctx))
-    ids = source_ids(ctx, model_id, source, selected, per_class)
+                            guidance=float(guidance), seed=int(seed), device=device(ctx),
+                            mode=mode, points=int(points or 0),
+                            per_class=int(new_per_class or 0), mix_alpha=float(mix_alpha or 0),
+                            covariance=covariance or "ledoit_wolf")
+    ids = list(selected) if mode == "interpolate" else \
+        source_ids(ctx, model_id, source, selected, per_class)
     return ctx.submit(generate_stage.prepare(ctx.project, config, model_id, ids,
                                              (name or "").strip() or None))
 
@@ -99,12 +131,30 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
              for r in rows.itertuples()]
     cfg = ui.loads(gen.config_json)
     reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
-    text = (f"**{gen.name}** · {gen.count:,} images · {cfg.get('variations', '?')} per source · "
+    mode = (cfg.get("conditions") or {}).get("mode", cfg.get("mode", "variations"))
+    what = "" if mode == "variations" else f"{dict((v, k) for k, v in MODES).get(mode, mode)} · "
+    text = (f"**{gen.name}** · {gen.count:,} images · {what}{cfg.get('variations', '?')} "
+            f"seeds per representation · "
             f"{cfg.get('sampler', '?')} {cfg.get('steps', '?')} steps · guidance "
             f"{cfg.get('guidance', '?')} · "
             + ("re-encoded ✓" if reencoded else "**not re-encoded yet** (needed to curate)")
             + f" · page {page} of {pages}")
     return items, text, rows["id"].tolist(), page
+
+
+def _plan_row(ctx: StudioContext, gen: Generation, idx: int) -> dict[str, Any]:
+    """The plan columns (mode, cond_index, partner_image_id, weight) of sample ``idx``, read
+    from the generation's ``samples.parquet``; {} for generations written before plans."""
+    path = ctx.project.abs(gen.folder) / "samples.parquet"
+    if not path.exists():
+        return {}
+    try:
+        rows = ctx.project.query(
+            "SELECT * FROM read_parquet(?) WHERE idx = ? LIMIT 1", [str(path), int(idx)])
+    except Exception:  # noqa: BLE001 - provenance is a courtesy; the rest still shows
+        log.exception("cannot read %s", path)
+        return {}
+    return rows.iloc[0].to_dict() if len(rows) else {}
 
 
 def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
@@ -118,13 +168,28 @@ def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
              f"guidance {s.guidance:g}",
              f"generation **{gen.name}**" + (f" · model **{model.name}** ({model.encoder})"
                                               if model else "")]
-    if s.source_image_id:
+    plan = _plan_row(ctx, gen, s.idx)
+    mode = plan.get("mode", "variations")
+
+    def describe(image_id: str) -> str:
         try:
-            src = ctx.project.get(Image, s.source_image_id)
-            lines.append(f"variation of real image {src.id} ({src.class_name}, "
-                         f"{src.source_path or src.path})")
+            img = ctx.project.get(Image, image_id)
+            return f"{img.id} ({img.class_name}, {img.source_path or img.path})"
         except Exception:  # noqa: BLE001 - a vanished source still shows the rest
-            lines.append(f"source image {s.source_image_id} (no longer in the project)")
+            return f"{image_id} (no longer in the project)"
+
+    partner, weight = plan.get("partner_image_id") or "", float(plan.get("weight") or 0.0)
+    if mode == "interpolate":
+        lines.append(f"interpolation at t = {weight:.3f} from real image "
+                     f"{describe(s.source_image_id)} to {describe(partner)}")
+    elif mode == "mixup":
+        lines.append(f"mix-up of real images {describe(s.source_image_id)} and "
+                     f"{describe(partner)}, weight {weight:.3f} on the second")
+    elif mode == "class_sample":
+        lines.append(f"new representation drawn from the distribution of class "
+                     f"{s.class_name} (representation {plan.get('cond_index', '?')})")
+    elif s.source_image_id:
+        lines.append(f"variation of real image {describe(s.source_image_id)}")
     lines.append(f"<small>sample {s.id}<br>file {s.path}</small>")
     return str(ctx.project.abs(s.path)), "  \n".join(lines)
 
@@ -157,10 +222,26 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             picked = gr.Gallery(show_label=False, columns=12, height=112, allow_preview=False,
                                 object_fit="contain", fit_columns=False, elem_id="gen-picked")
         with gr.Column(scale=2, min_width=320):
-            gr.Markdown("#### 2 · Sampling", elem_classes=["section-title"])
+            gr.Markdown("#### 2 · Representations and sampling",
+                        elem_classes=["section-title"])
+            mode = gr.Dropdown(MODES, value="variations", label="Condition on",
+                               elem_id="gen-mode")
+            mode_hint = gr.HTML(f"<small>{MODE_HINTS['variations']}</small>",
+                                elem_id="gen-mode-hint")
+            with gr.Row(visible=False) as mode_row:
+                points = gr.Number(label="Points on the path", value=GenerateConfig.points,
+                                   precision=0, minimum=2, visible=False, elem_id="gen-points")
+                new_per_class = gr.Number(label="New per class", value=GenerateConfig.per_class,
+                                          precision=0, minimum=1, visible=False,
+                                          elem_id="gen-new-per-class")
+                mix_alpha = gr.Number(label="Mix-up a", value=GenerateConfig.mix_alpha,
+                                      minimum=0.01, visible=False, elem_id="gen-mix-alpha")
+                covariance = gr.Dropdown(list(COVARIANCES), value=GenerateConfig.covariance,
+                                         label="Covariance", visible=False,
+                                         elem_id="gen-covariance")
             with gr.Row():
-                variations = gr.Number(label="Variations per image", value=2, precision=0,
-                                       minimum=1, elem_id="gen-variations")
+                variations = gr.Number(label="Seeds per representation (k)", value=2,
+                                       precision=0, minimum=1, elem_id="gen-variations")
                 seed = gr.Number(label="Base seed", value=0, precision=0)
             with gr.Row():
                 sampler = gr.Dropdown(list(SAMPLERS), value=GenerateConfig.sampler,
@@ -238,16 +319,29 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     clear_btn.click(lambda: ([], [], "0 images selected"), None,
                     [selected, picked, picked_info])
 
+    def show_mode(mode_v: str | None) -> tuple[Any, ...]:
+        m = mode_v or "variations"
+        return (f"<small>{MODE_HINTS.get(m, '')}</small>", gr.update(visible=m != "variations"),
+                gr.update(visible=m == "interpolate"),
+                gr.update(visible=m in ("mixup", "class_sample")),
+                gr.update(visible=m == "mixup"), gr.update(visible=m == "class_sample"))
+
+    mode.change(show_mode, mode, [mode_hint, mode_row, points, new_per_class, mix_alpha,
+                                  covariance], show_progress="hidden")
+
     @ui.guard(2)
     def on_generate(model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v, seed_v,
-                    name_v) -> tuple[str, Any]:
+                    name_v, mode_v="variations", points_v=GenerateConfig.points,
+                    new_v=GenerateConfig.per_class, alpha_v=GenerateConfig.mix_alpha,
+                    cov_v=GenerateConfig.covariance) -> tuple[str, Any]:
         job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
-                       seed_v, name_v)
+                       seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v)
         return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
                          f"panel below"), gr.skip())
 
     gen_btn.click(on_generate, [model, source, selected, per_class, variations, sampler, steps,
-                                guidance, seed, name], [status, generation], api_name="generate")
+                                guidance, seed, name, mode, points, new_per_class, mix_alpha,
+                                covariance], [status, generation], api_name="generate")
 
     @ui.guard(1)
     def on_reencode(generation_id: str | None) -> str:

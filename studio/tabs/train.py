@@ -165,40 +165,91 @@ def other_encoder_choices() -> list[tuple[str, str]]:
             for e in available_encoders() if e["name"] not in ("pca", "class")]
 
 
-def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float) -> TrainConfig:
-    """The studio's training config: the form's values, the project's device and precision,
-    previews / checkpoints / warm-up scaled to the run (a 60-step run is fine)."""
+PRESET_LABELS = [("tiny-cpu · small pixel-space U-Net, minutes on a CPU", "tiny-cpu"),
+                 ("imagenet256 · the paper's 256 px latent RCDM (414M, a GPU)", "imagenet256")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Advanced:
+    """The Train tab's advanced options (the form's accordion)."""
+
+    preset: str = "tiny-cpu"
+    space: str = "pixel"  # "pixel" or "latent"
+    vae_id: str = TrainConfig.vae_id
+    image_size: int = TrainConfig.image_size
+    min_snr_gamma: float = 0.0  # 0 = off
+    cond_dropout: float = TrainConfig.cond_dropout
+    grad_accum: int = 1
+
+
+def preset_form(name: str, num_images: int | None = None) -> dict[str, Any]:
+    """The form values preset ``name`` fills in: steps, batch, lr and the advanced fields."""
+    from engine.rcdm.presets import preset_config
+
+    c = preset_config(name or "tiny-cpu", num_images=num_images)
+    return {"steps": c.steps, "batch_size": c.batch_size, "learning_rate": c.learning_rate,
+            "space": c.space, "vae_id": c.vae_id, "image_size": c.image_size,
+            "min_snr_gamma": c.min_snr_gamma or 0.0, "cond_dropout": c.cond_dropout,
+            "grad_accum": c.grad_accum}
+
+
+def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
+                 advanced: Advanced | None = None, num_images: int | None = None) -> TrainConfig:
+    """The studio's training config: the preset's architecture, the form's values over it,
+    the project's device and precision, previews / checkpoints / warm-up scaled to the run
+    (a 60-step run is fine).
+
+    Raises:
+        InvalidConfigError: bad values, or the GPU-sized preset on a CPU.
+    """
+    from engine.rcdm.presets import preset_config
     from studio.tabs.settings import device, effective
 
+    adv = advanced or Advanced()
     steps = int(steps or 0)
     if steps < 1:
         raise InvalidConfigError(f"steps must be >= 1, got {steps}")
-    extra: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
     dev = device(ctx)
-    if "precision" in names:  # fp16/bf16 autocast needs a GPU here; CPU runs stay fp32
-        prec = str(effective(ctx).get("precision") or "fp32")
-        extra["precision"] = prec if dev.startswith("cuda") else "fp32"
-    return TrainConfig(steps=steps, batch_size=int(batch_size), learning_rate=float(lr),
-                       # a preview grid every fifth of the run (at least 100 steps apart:
-                       # each one samples), a checkpoint every third; both within the run
-                       preview_every=min(TrainConfig.preview_every,
-                                         max(min(100, steps), steps // 5)),
-                       checkpoint_every=min(TrainConfig.checkpoint_every,
-                                            max(min(50, steps), steps // 3)),
-                       warmup_steps=min(TrainConfig.warmup_steps, max(1, steps // 10)),
-                       device=dev, **extra)
+    if adv.preset == "imagenet256" and not dev.startswith("cuda"):
+        raise InvalidConfigError(
+            "the imagenet256 preset is a 414M-parameter latent RCDM sized for a GPU; choose a "
+            "CUDA device in Settings, or the tiny-cpu preset on this machine")
+    extra: dict[str, Any] = {}
+    prec = str(effective(ctx).get("precision") or "fp32")
+    # fp16/bf16 autocast needs a GPU here; CPU runs stay fp32
+    extra["precision"] = prec if dev.startswith("cuda") else "fp32"
+    if adv.space == "latent":
+        from engine.rcdm.latent import check_vae
+
+        check_vae((adv.vae_id or "").strip() or TrainConfig.vae_id)
+    base = preset_config(adv.preset or "tiny-cpu", num_images=num_images)
+    gamma = float(adv.min_snr_gamma or 0.0)
+    scaled = {} if adv.preset == "imagenet256" else dict(
+        # a preview grid every fifth of the run (at least 100 steps apart: each one
+        # samples), a checkpoint every third; both within the run
+        preview_every=min(TrainConfig.preview_every, max(min(100, steps), steps // 5)),
+        checkpoint_every=min(TrainConfig.checkpoint_every, max(min(50, steps), steps // 3)),
+        warmup_steps=min(TrainConfig.warmup_steps, max(1, steps // 10)))
+    return base.replace(
+        steps=steps, batch_size=int(batch_size), learning_rate=float(lr), device=dev,
+        space=adv.space or "pixel", vae_id=(adv.vae_id or "").strip() or TrainConfig.vae_id,
+        image_size=int(adv.image_size or 0), min_snr_gamma=gamma if gamma > 0 else None,
+        cond_dropout=float(adv.cond_dropout), grad_accum=int(adv.grad_accum or 0),
+        **scaled, **extra)
 
 
 def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps: int,
-          batch_size: int, lr: float, name: str | None) -> tuple[Job, Model]:
+          batch_size: int, lr: float, name: str | None,
+          advanced: Advanced | None = None) -> tuple[Job, Model]:
+    from engine.project import Dataset
     from engine.stages import train as train_stage
 
     if not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
     if not encoder:
         raise NotReadyError("encode the dataset first (PCA button above)")
-    config = train_config(ctx, steps, batch_size, lr)
+    ds = ctx.project.get(Dataset, dataset_id)
+    config = train_config(ctx, steps, batch_size, lr, advanced, num_images=ds.num_train)
     spec = train_stage.prepare(ctx.project, config, dataset_id, encoder=encoder,
                                name=(name or "").strip() or None)
     job = ctx.submit(spec)
@@ -246,6 +297,29 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                   minimum=1, elem_id="train-batch")
                 lr = gr.Number(label="Learning rate", value=TrainConfig.learning_rate,
                                minimum=1e-6)
+            with gr.Accordion("Advanced: preset, latent space, loss", open=False,
+                              elem_id="train-advanced"):
+                preset = gr.Dropdown(PRESET_LABELS, value="tiny-cpu", label="Preset",
+                                     elem_id="train-preset")
+                with gr.Row():
+                    space = gr.Radio([("pixels", "pixel"), ("VAE latents", "latent")],
+                                     value="pixel", label="Denoise", elem_id="train-space")
+                    image_size = gr.Number(label="Image size (px)", value=TrainConfig.image_size,
+                                           precision=0, minimum=8, elem_id="train-image-size")
+                vae = gr.Textbox(label="VAE: hub id or local folder (latent space)",
+                                 value=TrainConfig.vae_id, elem_id="train-vae")
+                with gr.Row():
+                    min_snr = gr.Number(label="Min-SNR γ (0 = off)", value=0.0, minimum=0.0,
+                                        elem_id="train-min-snr")
+                    dropout = gr.Number(label="Condition dropout (for guidance)",
+                                        value=TrainConfig.cond_dropout, minimum=0.0,
+                                        maximum=0.99, elem_id="train-cond-dropout")
+                    accum = gr.Number(label="Gradient accumulation", value=1, precision=0,
+                                      minimum=1, elem_id="train-grad-accum")
+                gr.Markdown("<small>Latent space needs a diffusers AutoencoderKL (the Stable "
+                            "Diffusion VAE by default: a hub id in the cache, or its folder); "
+                            "its latents are computed once and cached. The batch is the whole "
+                            "step's batch, split into accumulation micro-batches.</small>")
             name = gr.Textbox(label="Model name", placeholder="default: rcdm-<encoder>")
             train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
             status = gr.HTML(elem_id="train-status")
@@ -283,14 +357,33 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                     api_name="encode_other")
 
     @ui.guard(2)
-    def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v) -> tuple[str, Any]:
-        job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v)
+    def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v, preset_v="tiny-cpu",
+                 space_v="pixel", size_v=TrainConfig.image_size, vae_v=TrainConfig.vae_id,
+                 snr_v=0.0, dropout_v=TrainConfig.cond_dropout, accum_v=1) -> tuple[str, Any]:
+        adv = Advanced(preset=preset_v or "tiny-cpu", space=space_v or "pixel",
+                       vae_id=vae_v or "", image_size=int(size_v or 0),
+                       min_snr_gamma=float(snr_v or 0.0), cond_dropout=float(dropout_v or 0.0),
+                       grad_accum=int(accum_v or 0))
+        job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v, adv)
         return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
                          f"panel below"),
                 ui.dropdown(model_choices(ctx), m.id))
 
-    train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name], [status, model],
+    train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name, preset, space,
+                               image_size, vae, min_snr, dropout, accum], [status, model],
                     api_name="train")
+
+    def on_preset(name_v: str | None, dataset_id: str | None) -> tuple[Any, ...]:
+        from engine.project import Dataset
+
+        n = ctx.project.get(Dataset, dataset_id).num_train if dataset_id else None
+        f = preset_form(name_v or "tiny-cpu", n)
+        return (f["steps"], f["batch_size"], f["learning_rate"], f["space"], f["image_size"],
+                f["vae_id"], f["min_snr_gamma"], f["cond_dropout"], f["grad_accum"])
+
+    preset.input(on_preset, [preset, dataset], [steps, batch, lr, space, image_size, vae,
+                                                min_snr, dropout, accum],
+                 show_progress="hidden")
 
     def show_model(model_id: str | None) -> tuple[Any, Any, str]:
         try:
