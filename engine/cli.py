@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision (fp16 needs CUDA)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--processes", type=int,
+                   help="data-parallel processes (one per GPU; gloo processes on the CPU): "
+                        "the job runs torchrun and holds that many job slots (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default: cpu; "
                                     "imagenet256: cuda)")
@@ -306,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scaling: synthetic sizes in variations per image (default 1 2 3 4)")
     p.add_argument("--keep", type=float, default=0.5,
                    help="filtering: fraction of the 2x the middle band keeps (default 0.5)")
+    p.add_argument("--augmentations", nargs="+",
+                   choices=["autoaugment", "randaugment", "mixup", "cutmix", "meada"],
+                   help="augmentation: the classical baselines to run (default autoaugment "
+                        "randaugment mixup cutmix; meada, the slowest, on request)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--name", help="experiment name")
     p.add_argument("--wait", action="store_true",
@@ -485,7 +492,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
              "image_size": args.image_size, "cond_dropout": args.cond_dropout,
              "space": args.space, "vae_id": args.vae, "min_snr_gamma": args.min_snr_gamma,
-             "precision": args.precision, "grad_accum": args.grad_accum, "device": args.device}
+             "precision": args.precision, "grad_accum": args.grad_accum, "device": args.device,
+             "processes": args.processes}
     overrides = {k: v for k, v in given.items() if v is not None}
     with _open(args) as project:
         num_train = common.dataset(project, args.dataset).num_train
@@ -774,7 +782,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                 project, args.action, args.generation, config, submit=jobs.create,
                 seeds=args.seeds, name=args.name, **({"sizes": tuple(args.sizes)}
                                                      if args.action == "scaling" else {}),
-                **({"keep_fraction": args.keep} if args.action == "filtering" else {}))
+                **({"keep_fraction": args.keep} if args.action == "filtering" else {}),
+                **({"augmentations": tuple(args.augmentations)}
+                   if args.action == "augmentation" and args.augmentations else {}))
             print(f"experiment {record['name']} ({record['id']}): {len(record['members'])} "
                   f"evaluations queued", file=sys.stderr)
         if args.wait:

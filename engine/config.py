@@ -141,6 +141,9 @@ class TrainConfig(StageConfig):
     min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is usual); None: off
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler, CUDA)
     grad_accum: int = 1  # micro-batches per optimiser step; batch_size is the whole step's batch
+    # > 1: the train job runs train_rcdm under torchrun with this many data-parallel processes
+    # (one per GPU; gloo processes on the CPU); train_rcdm itself follows WORLD_SIZE
+    processes: int = 1
 
     def validate(self) -> None:
         _check(self.space in ("pixel", "latent"),
@@ -150,6 +153,10 @@ class TrainConfig(StageConfig):
         _check(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         _check(self.batch_size % self.grad_accum == 0,
                f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}")
+        _check(self.processes >= 1, f"processes must be >= 1, got {self.processes}")
+        _check(self.batch_size % (self.processes * self.grad_accum) == 0,
+               f"batch_size={self.batch_size} must be a multiple of processes x grad_accum "
+               f"= {self.processes} x {self.grad_accum}")
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
                f"min_snr_gamma must be > 0 or None, got {self.min_snr_gamma}")
         _check(self.latent_scale is None or self.latent_scale > 0,

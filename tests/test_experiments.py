@@ -231,6 +231,26 @@ def test_cli_queues_lists_and_shows(lab, tmp_path, capsys):
         assert len(jobs) == 4 and {j.status for j in jobs} == {"queued"}
 
 
+def test_cli_augmentation_runs_the_chosen_baselines(lab, capsys):
+    from engine.cli import main
+
+    path, gen = lab
+    args = ["--project", str(path), "--json"]
+    assert main(["experiment", "augmentation", "--generation", gen, "--seeds", "1",
+                 "--epochs", "3", "--augmentations", "meada", "mixup", "--name", "adv"]
+                + args) == 0
+    queued = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["training data"] for r in queued["table"]] == [
+        "real (crop)", "real + meada", "real + mixup", "real + noisy-x4 1x",
+        "real + noisy-x4 2x"]
+    with Project(path) as project:
+        evals = {e.id: e for e in project.list(Evaluation)}
+        record = experiments.get(project, "adv")
+        augments = [json.loads(evals[m["evaluation_id"]].config_json)["augment"]
+                    for m in record["members"]]
+    assert augments == ["crop", "meada", "mixup", "crop", "crop"]
+
+
 def test_default_concurrency_is_one_per_gpu_or_one(project):
     from engine.jobs import default_max_running, visible_gpus
 

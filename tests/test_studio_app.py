@@ -245,6 +245,12 @@ def test_train_tab_advanced_options_latent_space_and_presets(studio, tmp_path):
         train_tab.train(ctx, ds.id, "pca", 2, 8, 1e-3, "", train_tab.Advanced(
             space="latent", vae_id=str(tmp_path / "no-vae")))
     assert len(ctx.project.list(Job)) == jobs_before
+    # several processes: the job will run torchrun with that many ranks and hold that many
+    # slots of the queue (the run itself: tests/test_rcdm_train_processes.py)
+    cfg2 = train_tab.train_config(ctx, 4, 8, 1e-3, train_tab.Advanced(processes=2))
+    assert (cfg2.processes, cfg2.batch_size) == (2, 8)
+    with pytest.raises(InvalidConfigError, match="batch_size"):
+        train_tab.train_config(ctx, 4, 9, 1e-3, train_tab.Advanced(processes=2))
     # a tiny VAE saved like a hub folder: latent training with min-SNR and accumulation
     torch.manual_seed(0)
     AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, sample_size=16,

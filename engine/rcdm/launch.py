@@ -8,9 +8,17 @@ model. Re-running the same command resumes from ``OUT/checkpoint``::
         --pixels pixels_256.npy --cond dinov2.npy --out runs/in100 --preset imagenet256
     torchrun --standalone --nproc_per_node 2 -m engine.rcdm.launch ...   # CPU: --set device=cpu
 
-``--pixels`` is a (N, H, W, 3) uint8 ``.npy`` and ``--cond`` a (N, D) float ``.npy``; with a
-latent preset the latents are cached next to ``--pixels`` (computed once, by rank 0).
-Every rank writes ``OUT/ranks/rank_<r>.json`` (its result, weight digest included) when done.
+``--pixels`` is a (N, H, W, 3) uint8 ``.npy`` and ``--cond`` a (N, D) float ``.npy``;
+``--index`` an (n,) int64 ``.npy`` of the rows to train on (default: all N), applied to both.
+With a latent preset the latents of all N images are cached next to ``--pixels`` (computed
+once, by rank 0) and the rows are taken from that cache. With ``--progress FILE`` rank 0
+appends one ProgressEvent JSON per line to FILE; SIGTERM stops every rank after its current
+step (checkpoint saved, exit code 3). Every rank writes ``OUT/ranks/rank_<r>.json`` (its
+result, weight digest included) when done.
+
+``run_processes`` is what the train job stage calls when ``config.processes`` > 1: it runs
+torchrun with that many processes on the job's inputs, forwards rank 0's progress, cancels
+them on request and returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -19,16 +27,23 @@ import argparse
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from engine.config import TrainConfig
-from engine.errors import StudioError
-from engine.progress import ProgressEvent
+from engine.errors import Cancelled, DatasetError, StudioError
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 
 log = logging.getLogger("engine.rcdm.launch")
+
+LAUNCH_DIR = "launch"  # run_processes: index, config, provenance, progress and log of torchrun
+RANKS_DIR = "ranks"
 
 
 def _parse_value(text: str):
@@ -57,55 +72,212 @@ def build_config(preset: str | None, config_file: str | None, sets: list[str],
     return preset_config(preset or "tiny-cpu", num_images=num_images, **values)
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _rows(index_path: str | None, n: int) -> np.ndarray:
+    """(n_rows,) int64 row numbers from ``index_path``, or all ``n`` rows; checked in range."""
+    if not index_path:
+        return np.arange(n, dtype=np.int64)
+    idx = np.asarray(np.load(index_path, allow_pickle=False))
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise DatasetError(f"--index must be a 1-d integer array, got {idx.dtype} {idx.shape}")
+    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        raise DatasetError(f"--index has rows outside [0, {n}): min {idx.min()}, "
+                           f"max {idx.max()}")
+    return idx.astype(np.int64)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="train an RCDM, one process per device")
     ap.add_argument("--pixels", required=True, help="(N, H, W, 3) uint8 .npy")
     ap.add_argument("--cond", required=True, help="(N, D) float .npy representations")
     ap.add_argument("--out", required=True, help="run folder")
+    ap.add_argument("--index", help="(n,) int64 .npy: train on these rows of --pixels and "
+                                    "--cond (default: all rows)")
     ap.add_argument("--preset", help="tiny-cpu (default) or imagenet256")
     ap.add_argument("--config", help="JSON file of TrainConfig fields")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one TrainConfig field (JSON value), repeatable")
+    ap.add_argument("--progress", help="rank 0 appends progress events (JSON lines) here")
+    ap.add_argument("--extra", help="JSON file of provenance for the saved model's rcdm.json")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
+                        format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")
+    cancel = CancelToken()
+    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     from engine.rcdm.latent import cached_latents
     from engine.rcdm.train import _Processes, train_rcdm
 
+    progress_path = Path(args.progress) if args.progress and rank == 0 else None
+
+    def progress(event: ProgressEvent) -> None:
+        if rank != 0:
+            return
+        if event.stage == "train":
+            log.info("step %d/%d %s", event.step, event.total,
+                     " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items()))
+        if progress_path is not None:
+            with open(progress_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event.to_dict()) + "\n")
+
     try:
-        pixels = np.load(args.pixels, mmap_mode="r", allow_pickle=False)
-        cond = np.load(args.cond, allow_pickle=False)
-        config = build_config(args.preset, args.config, args.set, len(pixels))
+        all_pixels = np.load(args.pixels, mmap_mode="r", allow_pickle=False)
+        all_cond = np.load(args.cond, mmap_mode="r", allow_pickle=False)
+        if len(all_cond) != len(all_pixels):
+            raise DatasetError(f"--cond has {len(all_cond)} rows, --pixels {len(all_pixels)}")
+        idx = _rows(args.index, len(all_pixels))
+        cond = np.asarray(all_cond[idx], dtype=np.float32)  # (n, D), aligned with the rows
+        config = build_config(args.preset, args.config, args.set, len(idx))
+        extra = {"launcher": "engine.rcdm.launch"}
+        if args.extra:
+            extra = json.loads(Path(args.extra).read_text(encoding="utf-8")) | extra
         latents = None
         if config.space == "latent":
-            # cached next to the pixels, shared by every run on them; rank 0 encodes
+            from engine.stages.train import _Rows  # lazy row view: only previews are read
+
+            # latents of all N images, cached next to the pixels and shared by every run
+            # on them (as the single-process stage does); rank 0 encodes, then the rows
             procs = _Processes(config)
             kw = dict(flip=config.hflip, latent_scale=config.latent_scale,
                       device=str(procs.device))
+            cache = Path(args.pixels).parent
             if procs.main:
-                latents = cached_latents(pixels, config.vae_id, Path(args.pixels).parent, **kw)
+                latents = cached_latents(all_pixels, config.vae_id, cache, progress=progress,
+                                         cancel=cancel, **kw)
             procs.barrier()
             if not procs.main:
-                latents = cached_latents(pixels, config.vae_id, Path(args.pixels).parent, **kw)
-
-        def progress(event: ProgressEvent) -> None:
-            if rank == 0 and event.stage == "train":
-                log.info("step %d/%d %s", event.step, event.total,
-                         " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items()))
-
-        result = train_rcdm(pixels if config.space == "latent" else np.asarray(pixels), cond,
-                            config, Path(args.out), progress=progress,
-                            resume=not args.no_resume, latents=latents,
-                            extra={"launcher": "engine.rcdm.launch"})
+                latents = cached_latents(all_pixels, config.vae_id, cache, **kw)
+            latents = latents.subset(idx)
+            pixels = _Rows(all_pixels, idx)
+        else:
+            pixels = np.asarray(all_pixels[idx])
+        result = train_rcdm(pixels, cond, config, Path(args.out), progress=progress,
+                            cancel=cancel, resume=not args.no_resume, latents=latents,
+                            extra=extra)
+    except Cancelled as exc:
+        log.warning("%s", exc)
+        return 3
     except StudioError as exc:
         log.error("%s", exc)
         return 2
-    marker = Path(args.out) / "ranks" / f"rank_{result['rank']}.json"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(result), encoding="utf-8")
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _write_json(Path(args.out) / RANKS_DIR / f"rank_{result['rank']}.json", result)
     return 0
+
+
+def _rank_errors(log_text: str) -> str:
+    """The distinct error messages the ranks logged (``[rank r] ... ERROR name: message``),
+    joined by "; " (torchrun's own report follows them and fills the log's end)."""
+    said: list[str] = []
+    for line in log_text.splitlines():
+        head, sep, message = line.partition(": ")
+        if sep and line.startswith("[rank ") and " ERROR " in head and message not in said:
+            said.append(message)
+    return "; ".join(said)
+
+
+def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainConfig,
+                  out_dir: Path, index: np.ndarray | None = None,
+                  extra: dict[str, Any] | None = None, progress: ProgressFn = no_progress,
+                  cancel: CancelToken | None = None,
+                  poll_seconds: float = 0.5) -> dict[str, Any]:
+    """``train_rcdm`` in ``config.processes`` processes started by torchrun.
+
+    Nothing large is copied: the processes read the (N, H, W, 3) uint8 pixel cache and the
+    (N, D) representations themselves and take the rows ``index``; the latent cache of a
+    latent run stays beside the pixel cache. ``out_dir`` is their run folder, so a second
+    call resumes from ``out_dir/checkpoint``. Their config, index, progress and log
+    (``log.txt``) are in ``out_dir/launch/``.
+
+    Args:
+        pixels_path, cond_path: ``.npy`` files of N images and their representations.
+        config: the TrainConfig; ``config.processes`` processes, ``cpus // processes``
+            OpenMP threads each (unless ``OMP_NUM_THREADS`` is set).
+        out_dir: the run folder (checkpoint/, previews/, model/).
+        index: (n,) int rows to train on (the training split); None = all N.
+        extra: provenance stored in the saved model's rcdm.json.
+        progress: receives rank 0's events (forwarded every ``poll_seconds``).
+        cancel: when set, the processes get SIGTERM, save the checkpoint after their current
+            step and stop; ``Cancelled`` is raised.
+
+    Returns:
+        rank 0's result (see ``train_rcdm``: "final_loss", "losses", "steps_done",
+        "model_dir", ..., "world_size" = ``config.processes``).
+
+    Raises:
+        Cancelled: when ``cancel`` is set.
+        StudioError: the processes failed; the message ends with the tail of their log.
+    """
+    from engine.evaluate.launch import _forward_progress
+
+    out_dir = Path(out_dir)
+    work = out_dir / LAUNCH_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    # 1. config, rows and provenance for every process to read; no stale rank results
+    (work / "config.json").write_text(config.to_json(), encoding="utf-8")
+    args = ["--pixels", str(Path(pixels_path).resolve()), "--cond",
+            str(Path(cond_path).resolve()), "--out", str(out_dir.resolve()),
+            "--config", str(work / "config.json")]
+    if index is not None:
+        np.save(work / "index.npy", np.asarray(index, dtype=np.int64))
+        args += ["--index", str(work / "index.npy")]
+    if extra:
+        _write_json(work / "extra.json", extra)
+        args += ["--extra", str(work / "extra.json")]
+    progress_path = work / "progress.jsonl"
+    progress_path.unlink(missing_ok=True)
+    for old in (out_dir / RANKS_DIR).glob("rank_*.json"):
+        old.unlink()
+    # 2. torchrun, in this process group (a job's cancel signals the whole group)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(config.processes), "-m", "engine.rcdm.launch", *args,
+           "--progress", str(progress_path.resolve())]
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the engine package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.processes)))
+    log.info("training on %d processes: %s", config.processes, " ".join(cmd))
+    with open(work / "log.txt", "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=str(out_dir))
+        offset = 0
+        signalled = False
+        try:
+            while proc.poll() is None:
+                offset = _forward_progress(progress_path, offset, progress)
+                if cancel is not None and cancel.cancelled and not signalled:
+                    proc.send_signal(signal.SIGTERM)  # torchrun passes it to the ranks
+                    signalled = True
+                time.sleep(poll_seconds)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    _forward_progress(progress_path, offset, progress)
+    # 3. rank 0's result
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled(f"training on {config.processes} processes cancelled; its last "
+                        f"checkpoint is in {out_dir / 'checkpoint'}")
+    result_path = out_dir / RANKS_DIR / "rank_0.json"
+    if proc.returncode != 0 or not result_path.exists():
+        text = (work / "log.txt").read_text(encoding="utf-8", errors="replace")
+        said = _rank_errors(text)
+        raise StudioError(f"the training on {config.processes} processes failed (torchrun "
+                          f"exit code {proc.returncode})" + (f": {said}" if said else "")
+                          + f"; end of {work / 'log.txt'}:\n{text[-2000:]}")
+    (work / "index.npy").unlink(missing_ok=True)
+    return json.loads(result_path.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
     params = {
         "model_id": model_id,
         "config": config.to_dict(),
+        "processes": config.processes,  # worker processes (GPUs) this job uses at once
         "pixels_path": str(project.assets / ds.root / f"pixels_{config.image_size}.npy"),
         "cond_path": str(project.abs(enc.array_path)),
         "train_idx": train_idx.tolist(),
@@ -69,6 +70,16 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
 
     config = TrainConfig.from_dict(params["config"])
     idx = np.asarray(params["train_idx"], dtype=np.int64)
+    if config.processes > 1:
+        # torchrun: the processes read the pixel cache and the encoding rows idx themselves
+        # (latents cached beside the pixel cache, as below); rank 0's result
+        from engine.rcdm.launch import run_processes
+
+        out = run_processes(params["pixels_path"], params["cond_path"], config,
+                            Path(params["out_dir"]), index=idx, extra=params.get("extra"),
+                            progress=progress, cancel=cancel)
+        return {"final_loss": out["final_loss"], "losses": out["losses"],
+                "steps_done": out["steps_done"], "model_dir": out["model_dir"]}
     all_pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
     cond = np.asarray(np.load(params["cond_path"], mmap_mode="r", allow_pickle=False)[idx],
                       dtype=np.float32)

@@ -224,7 +224,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("#### 2 · Representations and sampling",
                         elem_classes=["section-title"])
-            mode = gr.Dropdown(MODES, value="variations", label="Condition on",
+            mode = gr.Dropdown(MODES, value="variations", label="Representations",
                                elem_id="gen-mode")
             mode_hint = gr.HTML(f"<small>{MODE_HINTS['variations']}</small>",
                                 elem_id="gen-mode-hint")
@@ -234,7 +234,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 new_per_class = gr.Number(label="New per class", value=GenerateConfig.per_class,
                                           precision=0, minimum=1, visible=False,
                                           elem_id="gen-new-per-class")
-                mix_alpha = gr.Number(label="Mix-up a", value=GenerateConfig.mix_alpha,
+                mix_alpha = gr.Number(label="Mix-up α", value=GenerateConfig.mix_alpha,
                                       minimum=0.01, visible=False, elem_id="gen-mix-alpha")
                 covariance = gr.Dropdown(list(COVARIANCES), value=GenerateConfig.covariance,
                                          label="Covariance", visible=False,

@@ -180,6 +180,7 @@ class Advanced:
     min_snr_gamma: float = 0.0  # 0 = off
     cond_dropout: float = TrainConfig.cond_dropout
     grad_accum: int = 1
+    processes: int = 1  # data-parallel processes (one per GPU), torchrun under the job
 
 
 def preset_form(name: str, num_images: int | None = None) -> dict[str, Any]:
@@ -235,7 +236,7 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
         space=adv.space or "pixel", vae_id=(adv.vae_id or "").strip() or TrainConfig.vae_id,
         image_size=int(adv.image_size or 0), min_snr_gamma=gamma if gamma > 0 else None,
         cond_dropout=float(adv.cond_dropout), grad_accum=int(adv.grad_accum or 0),
-        **scaled, **extra)
+        processes=int(adv.processes or 0), **scaled, **extra)
 
 
 def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps: int,
@@ -316,10 +317,14 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                         maximum=0.99, elem_id="train-cond-dropout")
                     accum = gr.Number(label="Gradient accumulation", value=1, precision=0,
                                       minimum=1, elem_id="train-grad-accum")
+                    procs = gr.Number(label="Processes (GPUs)", value=1, precision=0,
+                                      minimum=1, elem_id="train-processes")
                 gr.Markdown("<small>Latent space needs a diffusers AutoencoderKL (the Stable "
                             "Diffusion VAE by default: a hub id in the cache, or its folder); "
                             "its latents are computed once and cached. The batch is the whole "
-                            "step's batch, split into accumulation micro-batches.</small>")
+                            "step's batch, split into processes and accumulation micro-batches; "
+                            "with several processes the job runs them under torchrun and "
+                            "holds that many GPUs of the queue.</small>")
             name = gr.Textbox(label="Model name", placeholder="default: rcdm-<encoder>")
             train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
             status = gr.HTML(elem_id="train-status")
@@ -359,18 +364,20 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(2)
     def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v, preset_v="tiny-cpu",
                  space_v="pixel", size_v=TrainConfig.image_size, vae_v=TrainConfig.vae_id,
-                 snr_v=0.0, dropout_v=TrainConfig.cond_dropout, accum_v=1) -> tuple[str, Any]:
+                 snr_v=0.0, dropout_v=TrainConfig.cond_dropout, accum_v=1,
+                 procs_v=1) -> tuple[str, Any]:
         adv = Advanced(preset=preset_v or "tiny-cpu", space=space_v or "pixel",
                        vae_id=vae_v or "", image_size=int(size_v or 0),
                        min_snr_gamma=float(snr_v or 0.0), cond_dropout=float(dropout_v or 0.0),
-                       grad_accum=int(accum_v or 0))
+                       grad_accum=int(accum_v or 0), processes=int(procs_v or 0))
         job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v, adv)
         return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
                          f"panel below"),
                 ui.dropdown(model_choices(ctx), m.id))
 
     train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name, preset, space,
-                               image_size, vae, min_snr, dropout, accum], [status, model],
+                               image_size, vae, min_snr, dropout, accum, procs],
+                    [status, model],
                     api_name="train")
 
     def on_preset(name_v: str | None, dataset_id: str | None) -> tuple[Any, ...]:
@@ -381,7 +388,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         return (f["steps"], f["batch_size"], f["learning_rate"], f["space"], f["image_size"],
                 f["vae_id"], f["min_snr_gamma"], f["cond_dropout"], f["grad_accum"])
 
-    preset.input(on_preset, [preset, dataset], [steps, batch, lr, space, image_size, vae,
+    preset.change(on_preset, [preset, dataset], [steps, batch, lr, space, image_size, vae,
                                                 min_snr, dropout, accum],
                  show_progress="hidden")
 
