@@ -37,7 +37,7 @@ MODE_HINTS = {
                    "representations on the path between theirs (spherical when they are unit "
                    "vectors), <b>k</b> seeds each.",
     "mixup": "Pairs of images of the same class from the source images, mixed with a weight "
-             "~ Beta(a, a): <b>new per class</b> representations per class, <b>k</b> seeds "
+             "~ Beta(α, α): <b>new per class</b> representations per class, <b>k</b> seeds "
              "each.",
     "class_sample": "A Gaussian fitted to each class's representations among the source "
                     "images: <b>new per class</b> draws per class, <b>k</b> seeds each. Goes "
