@@ -28,9 +28,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import numpy as np
 from engine.config import EvalConfig
 from engine.errors import Cancelled, InvalidConfigError, StudioError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+from engine.torchrun import log_tail, run_module
 
 log = logging.getLogger("engine.evaluate.launch")
 
@@ -131,24 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _forward_progress(path: Path, offset: int, progress: ProgressFn) -> int:
-    """Send the complete lines of ``path`` after byte ``offset`` to ``progress``; new offset."""
-    if not path.exists():
-        return offset
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read()
-    end = data.rfind(b"\n") + 1
-    for line in data[:end].splitlines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        d.pop("time", None)
-        progress(ProgressEvent(**d))
-    return offset + end
-
-
 def run_processes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                   test_y: np.ndarray, num_classes: int, config: EvalConfig, out_dir: Path,
                   progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
@@ -173,7 +154,7 @@ def run_processes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
         Cancelled: when ``cancel`` is set.
         StudioError: the processes failed; the message ends with the tail of their log.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # the processes run in it: paths must not be relative
     work = out_dir / LAUNCH_DIR
     work.mkdir(parents=True, exist_ok=True)
     # 1. the arrays and the config, for every process to read
@@ -182,47 +163,22 @@ def run_processes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     for name, value in arrays.items():
         np.save(work / f"{name}.npy", value)
     (work / "config.json").write_text(config.to_json(), encoding="utf-8")
-    progress_path = work / "progress.jsonl"
-    progress_path.unlink(missing_ok=True)
     (out_dir / RESULT).unlink(missing_ok=True)
     # 2. torchrun, in this process group (a job's cancel signals the whole group)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node", str(config.processes), "-m", "engine.evaluate.launch",
-           *(a for name in ARRAYS for a in (f"--{name.replace('_', '-')}",
-                                            str(work / f"{name}.npy"))),
-           "--out", str(out_dir), "--num-classes", str(num_classes),
-           "--config", str(work / "config.json"), "--progress", str(progress_path)]
-    root = str(Path(__file__).resolve().parents[2])  # the folder holding the engine package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.processes)))
-    log.info("evaluation on %d processes: %s", config.processes, " ".join(cmd))
-    with open(work / "log.txt", "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=str(out_dir))
-        offset = 0
-        signalled = False
-        try:
-            while proc.poll() is None:
-                offset = _forward_progress(progress_path, offset, progress)
-                if cancel is not None and cancel.cancelled and not signalled:
-                    proc.send_signal(signal.SIGTERM)  # torchrun passes it to the ranks
-                    signalled = True
-                time.sleep(poll_seconds)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    _forward_progress(progress_path, offset, progress)
+    args = [*(a for name in ARRAYS for a in (f"--{name.replace('_', '-')}",
+                                             str(work / f"{name}.npy"))),
+            "--out", str(out_dir), "--num-classes", str(num_classes),
+            "--config", str(work / "config.json")]
+    code = run_module("engine.evaluate.launch", args, config.processes, work, out_dir,
+                      progress, cancel, poll_seconds)
     # 3. rank 0's result
     if cancel is not None and cancel.cancelled:
         raise Cancelled(f"evaluation on {config.processes} processes cancelled; its last "
                         f"checkpoint is in {out_dir}")
     result_path = out_dir / RESULT
-    if proc.returncode != 0 or not result_path.exists():
-        tail = (work / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
+    if code != 0 or not result_path.exists():
         raise StudioError(f"the evaluation on {config.processes} processes failed (torchrun "
-                          f"exit code {proc.returncode}); end of {work / 'log.txt'}:\n{tail}")
+                          f"exit code {code}); end of {work / 'log.txt'}:\n{log_tail(work)}")
     for name in ARRAYS:
         (work / f"{name}.npy").unlink(missing_ok=True)
     return json.loads(result_path.read_text(encoding="utf-8"))

@@ -28,9 +28,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +217,7 @@ def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainC
         Cancelled: when ``cancel`` is set.
         StudioError: the processes failed; the message ends with the tail of their log.
     """
-    from engine.evaluate.launch import _forward_progress
+    from engine.torchrun import log_tail, run_module
 
     out_dir = Path(out_dir)
     work = out_dir / LAUNCH_DIR
@@ -235,47 +233,21 @@ def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainC
     if extra:
         _write_json(work / "extra.json", extra)
         args += ["--extra", str(work / "extra.json")]
-    progress_path = work / "progress.jsonl"
-    progress_path.unlink(missing_ok=True)
     for old in (out_dir / RANKS_DIR).glob("rank_*.json"):
         old.unlink()
     # 2. torchrun, in this process group (a job's cancel signals the whole group)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node", str(config.processes), "-m", "engine.rcdm.launch", *args,
-           "--progress", str(progress_path.resolve())]
-    root = str(Path(__file__).resolve().parents[2])  # the folder holding the engine package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.processes)))
-    log.info("training on %d processes: %s", config.processes, " ".join(cmd))
-    with open(work / "log.txt", "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=str(out_dir))
-        offset = 0
-        signalled = False
-        try:
-            while proc.poll() is None:
-                offset = _forward_progress(progress_path, offset, progress)
-                if cancel is not None and cancel.cancelled and not signalled:
-                    proc.send_signal(signal.SIGTERM)  # torchrun passes it to the ranks
-                    signalled = True
-                time.sleep(poll_seconds)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    _forward_progress(progress_path, offset, progress)
+    code = run_module("engine.rcdm.launch", args, config.processes, work, out_dir, progress,
+                      cancel, poll_seconds)
     # 3. rank 0's result
     if cancel is not None and cancel.cancelled:
         raise Cancelled(f"training on {config.processes} processes cancelled; its last "
                         f"checkpoint is in {out_dir / 'checkpoint'}")
     result_path = out_dir / RANKS_DIR / "rank_0.json"
-    if proc.returncode != 0 or not result_path.exists():
-        text = (work / "log.txt").read_text(encoding="utf-8", errors="replace")
-        said = _rank_errors(text)
+    if code != 0 or not result_path.exists():
+        said = _rank_errors(log_tail(work, chars=10 ** 9))
         raise StudioError(f"the training on {config.processes} processes failed (torchrun "
-                          f"exit code {proc.returncode})" + (f": {said}" if said else "")
-                          + f"; end of {work / 'log.txt'}:\n{text[-2000:]}")
+                          f"exit code {code})" + (f": {said}" if said else "")
+                          + f"; end of {work / 'log.txt'}:\n{log_tail(work)}")
     (work / "index.npy").unlink(missing_ok=True)
     return json.loads(result_path.read_text(encoding="utf-8"))
 
