@@ -300,6 +300,29 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     expect(page.locator("#exp-plot .js-plotly-plot")).to_be_visible()
     shot(page, "07b-experiment-filtering")
 
+    # 7c. Generate on the path between two selected images; the new generation shows by
+    #     itself, and a click on an image says where on the path it lies
+    tab(page, "Generate")
+    page.get_by_role("button", name="Clear selection").click()
+    expect(page.locator("#gen-picked-info")).to_contain_text("0 images selected")
+    thumbs = page.locator("#gen-picker .thumbnail-item")
+    for i in (0, 5):
+        thumbs.nth(i).click()
+    expect(page.locator("#gen-picked-info")).to_contain_text("2 image(s) selected")
+    page.locator("#gen-mode input").click()
+    page.get_by_role("option", name="interpolation between two selected images").click()
+    expect(page.locator("#gen-mode-hint")).to_contain_text("exactly two")
+    expect(page.locator("#gen-points")).to_be_visible()
+    set_number(page, "gen-points", 3)
+    set_number(page, "gen-variations", 1)
+    page.locator("#gen-button").click()
+    expect(page.locator("#gen-status")).to_contain_text("Generate 3 images")
+    expect(page.locator("#gen-info")).to_contain_text("interpolation between two selected",
+                                                      timeout=JOB_TIMEOUT)
+    page.locator("#gen-samples .thumbnail-item").nth(1).click()
+    expect(page.locator("#sample-provenance")).to_contain_text("interpolation at t = 0.500")
+    shot(page, "07c-generate-interpolation")
+
     # 8. Jobs: a long training is cancelled from the panel and its process really stops
     tab(page, "Train")
     set_number(page, "train-steps", 100_000)

@@ -133,8 +133,9 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
     mode = (cfg.get("conditions") or {}).get("mode", cfg.get("mode", "variations"))
     what = "" if mode == "variations" else f"{dict((v, k) for k, v in MODES).get(mode, mode)} · "
-    text = (f"**{gen.name}** · {gen.count:,} images · {what}{cfg.get('variations', '?')} "
-            f"seeds per representation · "
+    k = cfg.get("variations", "?")
+    text = (f"**{gen.name}** · {gen.count:,} images · {what}{k} "
+            f"seed{'' if k == 1 else 's'} per representation · "
             f"{cfg.get('sampler', '?')} {cfg.get('steps', '?')} steps · guidance "
             f"{cfg.get('guidance', '?')} · "
             + ("re-encoded ✓" if reencoded else "**not re-encoded yet** (needed to curate)")
@@ -371,17 +372,26 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     samples.select(pick_sample, sample_ids, [sample_img, sample_txt])
 
-    def refresh(model_id, generation_id, page_v):
+    known = gr.State(None)  # generation ids this page has seen (None: not loaded yet)
+
+    def refresh(model_id, generation_id, page_v, seen):
         gens = generation_choices(ctx)
-        gen_value = generation_id if generation_id in [v for _, v in gens] else \
-            (gens[-1][1] if gens else None)
+        ids = [v for _, v in gens]
+        new = [g for g in ids if seen is not None and g not in seen]
+        if new:  # a generation just finished: show it
+            gen_value = new[-1]
+        elif generation_id in ids:
+            gen_value = generation_id
+        else:
+            gen_value = ids[-1] if ids else None
         # same generation: redraw its page (its info line may say re-encoded now)
         view = sample_page(ctx, gen_value, int(page_v or 1)) if gen_value == generation_id \
             else (gr.skip(),) * 4
         return (ui.dropdown(model_choices(ctx, True), model_id),
-                gr.update(choices=gens, value=gen_value), *view)
+                gr.update(choices=gens, value=gen_value), *view, ids)
 
-    shared.on_refresh(refresh, [model, generation, gen_page], [model, generation, *sample_out])
+    shared.on_refresh(refresh, [model, generation, gen_page, known],
+                      [model, generation, *sample_out, known])
 
     def defaults() -> tuple[Any, ...]:
         from studio.tabs.settings import effective
@@ -391,4 +401,5 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     shared.on_project(defaults, [], [steps, variations, sampler])
     # images picked in another project mean nothing here
-    shared.on_project(lambda: ([], [], "0 images selected"), [], [selected, picked, picked_info])
+    shared.on_project(lambda: ([], [], "0 images selected", None), [],
+                      [selected, picked, picked_info, known])
