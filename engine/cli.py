@@ -42,6 +42,40 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
 
 
+def _set_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help=f"any other {what} option, e.g. meada_adv_lr=0.25 (a JSON value or a "
+                        f"string; repeatable; applied last)")
+
+
+def _with_sets(config: Any, sets: list[str]) -> Any:
+    """``config`` with the ``--set KEY=VALUE`` overrides (JSON values, else strings).
+
+    Raises:
+        InvalidConfigError: not ``KEY=VALUE``, an unknown key, or a value the config refuses.
+    """
+    import dataclasses
+
+    from engine.errors import InvalidConfigError
+
+    names = [f.name for f in dataclasses.fields(config)]
+    changes: dict[str, Any] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InvalidConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in names:
+            raise InvalidConfigError(f"{type(config).__name__} has no option {key!r}; its "
+                                     f"options: {', '.join(names)}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    return config.replace(**changes) if changes else config
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rcdm-studio",
@@ -263,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=EvalConfig.processes,
                    help="data-parallel processes under torchrun (one per GPU; default 1)")
     p.add_argument("--name", help="evaluation name")
+    _set_arg(p, "EvalConfig")
     _device_arg(p)
     _json_arg(p)
 
@@ -321,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workers at once with --wait (default: one per GPU, one on a CPU)")
     p.add_argument("--csv", metavar="FILE", help="show: write the table as CSV")
     p.add_argument("--markdown", metavar="FILE", help="show: write the table as Markdown")
+    _set_arg(p, "EvalConfig (every configuration)")
     _device_arg(p)
     _json_arg(p)
 
@@ -640,9 +676,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.project import Evaluation
     from engine.stages import evaluate
 
-    config = EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed, device=args.device,
-                        augment=args.augment, schedule=args.schedule,
-                        processes=args.processes)
+    config = _with_sets(EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed,
+                                   device=args.device, augment=args.augment,
+                                   schedule=args.schedule, processes=args.processes), args.sets)
     with _open(args) as project:
         job = _run(project, evaluate.prepare(project, config, mix=args.mix,
                                              dataset_ref=args.dataset,
@@ -774,9 +810,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                                   "`rcdm-studio experiment list` shows them")
             record = experiments.get(project, args.ref)
         else:
-            config = EvalConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-                                augment=args.augment, schedule=args.schedule, seed=args.seed,
-                                device=args.device)
+            config = _with_sets(EvalConfig(
+                arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+                augment=args.augment, schedule=args.schedule, seed=args.seed,
+                device=args.device), args.sets)
             jobs = JobManager(project, max_running=args.max_running)
             record = experiments.launch(
                 project, args.action, args.generation, config, submit=jobs.create,

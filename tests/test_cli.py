@@ -53,3 +53,31 @@ def test_encoders_lists_offline_ones(capsys):
     rows = json.loads(capsys.readouterr().out)
     names = {r["name"]: r for r in rows}
     assert names["pca"]["offline"] and "class" in names
+
+
+def test_set_overrides_any_option_and_refuses_unknown_ones(tmp_path, tiny_folder, capsys):
+    from engine.cli import _with_sets
+    from engine.config import EvalConfig
+    from engine.project import Evaluation, Project
+
+    cfg = _with_sets(EvalConfig(), ["meada_adv_lr=0.25", "augment=meada", "hflip=true",
+                                    "label-smoothing=0.1"])
+    assert (cfg.meada_adv_lr, cfg.augment, cfg.hflip, cfg.label_smoothing) == \
+        (0.25, "meada", True, 0.1)
+    proj = str(tmp_path / "sets")
+    assert main(["import", "--project", proj, "--name", "tiny", str(tiny_folder)]) == 0
+    capsys.readouterr()
+    # an unknown option names the known ones; a refused value says why; nothing is queued
+    assert main(["evaluate", "--project", proj, "--set", "meada_lr=0.2"]) == 2
+    assert "EvalConfig has no option 'meada_lr'" in capsys.readouterr().err
+    assert main(["evaluate", "--project", proj, "--set", "epochs=0"]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
+    assert main(["evaluate", "--project", proj, "--set", "epochs"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    # applied to the run: the evaluation row records it
+    assert main(["evaluate", "--project", proj, "--epochs", "1", "--set",
+                 "label_smoothing=0.1", "--set", "image_size=8", "--json"]) == 0
+    with Project(tmp_path / "sets") as p:
+        (e,) = p.list(Evaluation)
+        recorded = json.loads(e.config_json)
+    assert (recorded["label_smoothing"], recorded["image_size"]) == (0.1, 8)
