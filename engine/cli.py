@@ -49,31 +49,10 @@ def _set_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _with_sets(config: Any, sets: list[str]) -> Any:
-    """``config`` with the ``--set KEY=VALUE`` overrides (JSON values, else strings).
+    """``config`` with the ``--set KEY=VALUE`` overrides (``engine.config.with_overrides``)."""
+    from engine.config import with_overrides
 
-    Raises:
-        InvalidConfigError: not ``KEY=VALUE``, an unknown key, or a value the config refuses.
-    """
-    import dataclasses
-
-    from engine.errors import InvalidConfigError
-
-    names = [f.name for f in dataclasses.fields(config)]
-    changes: dict[str, Any] = {}
-    for item in sets:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise InvalidConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        if key not in names:
-            raise InvalidConfigError(f"{type(config).__name__} has no option {key!r}; its "
-                                     f"options: {', '.join(names)}")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        changes[key] = tuple(value) if isinstance(value, list) else value
-    return config.replace(**changes) if changes else config
+    return with_overrides(config, sets)
 
 
 def build_parser() -> argparse.ArgumentParser:

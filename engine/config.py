@@ -48,6 +48,36 @@ class StageConfig:
         return dataclasses.replace(self, **changes)
 
 
+def with_overrides(config: T, items: list[str]) -> T:
+    """``config`` with ``KEY=VALUE`` overrides (``--set`` on the command line, the studio's
+    recipe options): values are JSON (``0.25``, ``true``, ``[1, 2]``), else strings;
+    ``-`` in a key reads as ``_``; blank items and ``#`` comments are skipped.
+
+    Raises:
+        InvalidConfigError: not ``KEY=VALUE``, an unknown key (the message lists the known
+            ones), or a value the config's ``validate`` refuses.
+    """
+    names = [f.name for f in dataclasses.fields(config)]
+    changes: dict[str, Any] = {}
+    for item in items:
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InvalidConfigError(f"expected KEY=VALUE, got {item!r}")
+        if key not in names:
+            raise InvalidConfigError(f"{type(config).__name__} has no option {key!r}; its "
+                                     f"options: {', '.join(names)}")
+        try:
+            value = json.loads(text.strip())
+        except ValueError:
+            value = text.strip()
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    return config.replace(**changes) if changes else config
+
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise InvalidConfigError(message)

@@ -273,6 +273,7 @@ def test_studio_experiments_section(lab):
         (label, exp_id), = tab.experiment_choices(ctx)
         assert label == "filtering · filtering"
         assert [v for _, v in tab.generation_choices(ctx)] == ["gen_noisy-x4"]
+        gen_id = "gen_noisy-x4"
         table, fig, csv, md = tab.experiment_view(ctx, exp_id)
         assert list(table.columns) == ["training data", "images", "seeds", "top-1 %", "top-5 %"]
         assert len(table) == 2 and fig.data[0].type == "bar"
@@ -280,6 +281,23 @@ def test_studio_experiments_section(lab):
         assert md["value"].endswith("table.md")
         with pytest.raises(InvalidConfigError, match="needs a generation"):
             tab.launch_experiment(ctx, "filtering", [], 1, "resnet_tiny", 1, None)
+        # recipe options from the page, the same KEY=VALUE lines as --set on the CLI
+        cfg = tab.recipe(ctx, "resnet_tiny", 3, "meada",
+                         "# a comment\nmeada_adv_lr=0.25\n\nlabel-smoothing = 0.1\n")
+        assert (cfg.augment, cfg.meada_adv_lr, cfg.label_smoothing) == ("meada", 0.25, 0.1)
+        with pytest.raises(InvalidConfigError, match="no option 'adv_lr'"):
+            tab.recipe(ctx, "resnet_tiny", 3, "crop", "adv_lr=1")
+        # the augmentation experiment with ME-ADA on request, and the options in every run
+        record = tab.launch_experiment(ctx, "augmentation", [gen_id], 1, "resnet_tiny", 3,
+                                       "aug", "label_smoothing=0.1", with_meada=True)
+        evals = {e.id: json.loads(e.config_json) for e in ctx.project.list(Evaluation)}
+        configs = [evals[m["evaluation_id"]] for m in record["members"]]
+        assert [c["augment"] for c in configs] == [
+            "crop", "autoaugment", "randaugment", "mixup", "cutmix", "meada", "crop", "crop"]
+        assert {c["label_smoothing"] for c in configs} == {0.1}
+        plain = tab.launch_experiment(ctx, "augmentation", [gen_id], 1, "resnet_tiny", 3,
+                                      "aug2")
+        assert len(plain["members"]) == 7  # no ME-ADA unless asked
     finally:
         ctx.close()
 

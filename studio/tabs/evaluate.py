@@ -30,8 +30,26 @@ def selection_choices(ctx: StudioContext) -> list[tuple[str, str]]:
     return [(f"{s.name} · {s.count:,} images", s.id) for s in ctx.project.list(Selection)]
 
 
+OPTIONS_HELP = ("<small>Any other recipe option, one <code>KEY=VALUE</code> per line, e.g. "
+                "<code>batch_size=128</code>, <code>label_smoothing=0.1</code>, "
+                "<code>meada_adv_lr=0.25</code>, <code>processes=2</code> (one per GPU). "
+                "The same as <code>--set</code> on the command line.</small>")
+
+
+def recipe(ctx: StudioContext, arch: str, epochs: int, augment: str = EvalConfig.augment,
+           options: str | None = "") -> EvalConfig:
+    """The form's recipe: classifier, epochs, augmentation, the project's device, then the
+    ``KEY=VALUE`` lines of ``options`` (``engine.config.with_overrides``)."""
+    from engine.config import with_overrides
+
+    config = EvalConfig(arch=arch, epochs=int(epochs), augment=augment or EvalConfig.augment,
+                        device=settings.device(ctx))
+    return with_overrides(config, (options or "").splitlines())
+
+
 def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id: str | None,
-             arch: str, epochs: int, name: str | None, augment: str = EvalConfig.augment) -> Job:
+             arch: str, epochs: int, name: str | None, augment: str = EvalConfig.augment,
+             options: str | None = "") -> Job:
     from engine.stages import evaluate as evaluate_stage
 
     if mix not in MIXES:
@@ -41,8 +59,7 @@ def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id:
                             f"Curate tab")
     if mix == "real" and not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
-    config = EvalConfig(arch=arch, epochs=int(epochs), augment=augment or EvalConfig.augment,
-                        device=settings.device(ctx))
+    config = recipe(ctx, arch, epochs, augment, options)
     return ctx.submit(evaluate_stage.prepare(
         ctx.project, config, mix=mix, dataset_ref=dataset_id if mix == "real" else None,
         selection_ref=selection_id if mix != "real" else None,
@@ -128,14 +145,21 @@ def experiment_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 
 
 def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] | None,
-                      seeds: int, arch: str, epochs: int, name: str | None) -> dict[str, Any]:
-    """Plan the experiment, record it in the project and queue its evaluations."""
+                      seeds: int, arch: str, epochs: int, name: str | None,
+                      options: str | None = "", with_meada: bool = False) -> dict[str, Any]:
+    """Plan the experiment, record it in the project and queue its evaluations.
+
+    ``with_meada`` adds ME-ADA to the augmentation experiment's classical baselines (it is
+    left out by default: it costs about as much again as a plain run)."""
     if kind not in experiments.KINDS:
         raise InvalidConfigError(f"pick an experiment: one of {experiments.KINDS}")
-    config = EvalConfig(arch=arch, epochs=int(epochs), device=settings.device(ctx))
+    config = recipe(ctx, arch, epochs, EvalConfig.augment, options)
+    extra: dict[str, Any] = {}
+    if kind == "augmentation" and with_meada:
+        extra["augmentations"] = experiments.CLASSICAL
     return experiments.launch(ctx.project, kind, list(generation_ids or []), config,
                               submit=ctx.submit, seeds=int(seeds),
-                              name=(name or "").strip() or None)
+                              name=(name or "").strip() or None, **extra)
 
 
 def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, Any, Any]:
@@ -170,6 +194,13 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> None:
                 arch = gr.Dropdown(list(CLASSIFIERS), value=EvalConfig.arch, label="Classifier")
                 epochs = gr.Number(label="Epochs", value=EvalConfig.epochs, precision=0,
                                    minimum=1, elem_id="exp-epochs")
+            with gr.Accordion("Recipe options", open=False, elem_id="exp-options-panel"):
+                with_meada = gr.Checkbox(label="Augmentation: also ME-ADA (slower)",
+                                         value=False, elem_id="exp-meada")
+                exp_options = gr.Textbox(label="KEY=VALUE lines", lines=3, value="",
+                                         placeholder="label_smoothing=0.1",
+                                         elem_id="exp-options")
+                gr.HTML(OPTIONS_HELP)
             name = gr.Textbox(label="Experiment name", placeholder="default: the kind")
             launch_btn = gr.Button("Launch experiment", variant="primary",
                                    elem_id="exp-button")
@@ -190,15 +221,17 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> None:
             exp_plot = gr.Plot(show_label=False, elem_id="exp-plot")
 
     @ui.guard(3)
-    def on_launch(kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v):
-        record = launch_experiment(ctx, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v)
+    def on_launch(kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v, options_v="",
+                  meada_v=False):
+        record = launch_experiment(ctx, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v,
+                                   options_v, bool(meada_v))
         return (ui.ok_md(f"experiment {record['name']}: {len(record['members'])} evaluations "
                          f"queued (progress in the Jobs panel)"),
                 experiments.summary_table(ctx.project),
                 ui.dropdown(experiment_choices(ctx), record["id"]))
 
-    launch_btn.click(on_launch, [kind, gens, seeds, arch, epochs, name],
-                     [status, listing, chosen], api_name="experiment")
+    launch_btn.click(on_launch, [kind, gens, seeds, arch, epochs, name, exp_options,
+                                 with_meada], [status, listing, chosen], api_name="experiment")
 
     view = ui.guard_refresh(lambda exp_id: experiment_view(ctx, exp_id), 4)
     chosen.change(view, chosen, [exp_table, exp_plot, csv_btn, md_btn], show_progress="hidden")
@@ -232,6 +265,10 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                    minimum=1, elem_id="eval-epochs")
                 augment = gr.Dropdown(list(AUGMENTS), value=EvalConfig.augment,
                                       label="Augmentation", elem_id="eval-augment")
+            with gr.Accordion("Recipe options", open=False, elem_id="eval-options-panel"):
+                options = gr.Textbox(label="KEY=VALUE lines", lines=3, value="",
+                                     placeholder="batch_size=128", elem_id="eval-options")
+                gr.HTML(OPTIONS_HELP)
             name = gr.Textbox(label="Evaluation name", placeholder="default: the mix")
             run_btn = gr.Button("Launch evaluation", variant="primary", elem_id="eval-button")
             status = gr.HTML(elem_id="eval-status")
@@ -247,13 +284,14 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     @ui.guard(2)
     def on_run(mix_v, dataset_id, sel, arch_v, epochs_v, name_v,
-               augment_v=EvalConfig.augment) -> tuple[str, Any]:
-        job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v)
+               augment_v=EvalConfig.augment, options_v="") -> tuple[str, Any]:
+        job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v,
+                       options_v)
         return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
 
     shared.on_project(lambda: int(settings.effective(ctx)["eval_epochs"]), [], [epochs])
-    run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name, augment],
-                  [status, table], api_name="evaluate")
+    run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name, augment,
+                           options], [status, table], api_name="evaluate")
 
     def live() -> Any:
         if not any(j.status in ACTIVE for j in ctx.project.list(Job, kind="evaluate")):
