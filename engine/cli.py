@@ -18,7 +18,7 @@ from typing import Any
 from engine.config import BandConfig, EncodeConfig, EvalConfig, ExportConfig, GenerateConfig, \
     ImportConfig, TrainConfig
 from engine.errors import StudioError
-from engine.progress import CancelToken, TqdmProgress
+from engine.progress import CancelToken, console_progress
 
 log = logging.getLogger("rcdm_studio")
 
@@ -364,7 +364,7 @@ def _run(project, spec, args) -> Any:
 
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
-    bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    bar = console_progress()
     try:
         print(f"-> {spec.title}", file=sys.stderr)
         return JobManager(project).run_inline(spec, progress=bar, cancel=cancel)
@@ -386,7 +386,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = (DemoConfig.quick() if args.quick else DemoConfig()).with_encoder(args.encoder)
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
-    bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    bar = console_progress()
     try:
         with _open(args) as project:
             results = run_demo(project, config, Path(args.export) if args.export else None,
@@ -406,7 +406,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     config = ImportConfig(test_fraction=args.test_fraction, split_seed=args.seed)
     with _open(args) as project:
-        bar = TqdmProgress()
+        bar = console_progress()
         ds = data.import_image_folder(project, Path(args.folder), args.name, config,
                                       progress=bar)
         bar.close()
@@ -569,7 +569,7 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
         return 0
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
-    bar = TqdmProgress(disable=not sys.stderr.isatty() and bool(os.environ.get("CI")))
+    bar = console_progress()
     try:
         manifest = shard.run_shard(out, k, p, model_dir=args.model_dir, progress=bar,
                                    cancel=cancel)

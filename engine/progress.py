@@ -111,6 +111,42 @@ class TqdmProgress:
         self._bars.clear()
 
 
+class LineProgress:
+    """A ProgressFn for a log file or a pipe: one plain line per stage at each tenth of its
+    work (and at its end), instead of a bar redrawn with carriage returns."""
+
+    def __init__(self, stream: Any = None, parts: int = 10) -> None:
+        self._stream = stream
+        self._parts = parts
+        self._last: dict[str, int] = {}  # stage -> last tenth printed
+
+    def __call__(self, event: ProgressEvent) -> None:
+        import sys
+
+        total = max(1, event.total)
+        part = min(self._parts, event.step * self._parts // total)
+        if self._last.get(event.stage, -1) >= part and event.step < total:
+            return
+        if event.step >= total and self._last.get(event.stage) == self._parts + 1:
+            return  # a repeated final report
+        self._last[event.stage] = self._parts + 1 if event.step >= total else part
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items())
+        line = f"{event.stage}: {event.step}/{event.total} ({100 * event.step // total} %)"
+        line += f" {metrics}" if metrics else ""
+        line += f" {event.message}" if event.message else ""
+        print(line, file=self._stream or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._last.clear()
+
+
+def console_progress() -> TqdmProgress | LineProgress:
+    """Bars on a terminal; plain lines when stderr is a file or a pipe."""
+    import sys
+
+    return TqdmProgress() if sys.stderr.isatty() else LineProgress()
+
+
 def every(n_steps: int, total: int, step: int) -> bool:
     """True when ``step`` should be reported: every ``n_steps`` and on the last step."""
     return step == total or step % max(1, n_steps) == 0
