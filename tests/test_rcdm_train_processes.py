@@ -187,3 +187,22 @@ def test_latent_rows_and_cache_beside_the_pixels(tmp_path: Path):
     ddp_dir, single_dir = tmp_path / "ddp" / "model", tmp_path / "single" / "model"
     for name in ("model.safetensors", "ema.safetensors"):
         assert _max_diff(_weights(ddp_dir, name), _weights(single_dir, name)) < 1e-6
+
+
+def test_a_one_process_checkpoint_resumes_on_two(project, dataset, tmp_path):
+    """More GPUs later: a run checkpointed by one process continues on two (the same
+    recipe, the batch split differently), from its step, to the new end."""
+    from engine.stages.train import run
+
+    jobs = JobManager(project)
+    spec = train.prepare(project, TINY.replace(steps=2), dataset.id, encoder="pca",
+                         name="grow")
+    assert jobs.run_inline(spec).status == "done"
+    params = dict(spec.params, config=TINY.replace(steps=4, processes=2).to_dict(),
+                  processes=2)
+    out = run(params, tmp_path, lambda e: None, CancelToken())
+    assert out["steps_done"] == 4 and np.isfinite(out["final_loss"])
+    log = (Path(params["out_dir"]) / "launch" / "log.txt").read_text()
+    assert "resumed training" in log and "at step 2" in log
+    state = torch.load(Path(params["out_dir"]) / "checkpoint" / "state.pt", weights_only=True)
+    assert (state["step"], state["world_size"]) == (4, 2)

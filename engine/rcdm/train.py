@@ -63,9 +63,11 @@ REPORT_EVERY = 5  # steps between progress events
 PREVIEW_CONDITIONS = 8
 PREVIEW_SAMPLER = GenerateConfig(sampler="ddim", steps=10, guidance=1.0)
 # Options that may change between a checkpoint and its resumption; any other change is a
-# different run and is refused. grad_accum (and the number of processes) only change how
-# the same batch is split.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "preview_every", "device", "grad_accum")
+# different run and is refused. grad_accum and processes only change how the same batch is
+# split (the same recipe; the noise drawn per micro-batch differs, so the continuation is not
+# bit-identical to an uninterrupted run with the old split).
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "preview_every", "device", "grad_accum",
+                     "processes")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
