@@ -48,16 +48,17 @@ class StageConfig:
         return dataclasses.replace(self, **changes)
 
 
-def with_overrides(config: T, items: list[str]) -> T:
-    """``config`` with ``KEY=VALUE`` overrides (``--set`` on the command line, the studio's
-    recipe options): values are JSON (``0.25``, ``true``, ``[1, 2]``), else strings;
-    ``-`` in a key reads as ``_``; blank items and ``#`` comments are skipped.
+def parse_overrides(cls: type, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items -> {field: value} for the config class ``cls`` (``--set`` on the
+    command line and in the launchers, the studio's recipe options): values are JSON
+    (``0.25``, ``true``, ``[1, 2]`` -> a tuple), else strings; ``-`` in a key reads as ``_``;
+    blank items and ``#`` comments are skipped.
 
     Raises:
-        InvalidConfigError: not ``KEY=VALUE``, an unknown key (the message lists the known
-            ones), or a value the config's ``validate`` refuses.
+        InvalidConfigError: not ``KEY=VALUE``, or an unknown key (the message lists the known
+            ones).
     """
-    names = [f.name for f in dataclasses.fields(config)]
+    names = [f.name for f in dataclasses.fields(cls)]
     changes: dict[str, Any] = {}
     for item in items:
         item = item.strip()
@@ -68,13 +69,24 @@ def with_overrides(config: T, items: list[str]) -> T:
         if not sep or not key:
             raise InvalidConfigError(f"expected KEY=VALUE, got {item!r}")
         if key not in names:
-            raise InvalidConfigError(f"{type(config).__name__} has no option {key!r}; its "
+            raise InvalidConfigError(f"{cls.__name__} has no option {key!r}; its "
                                      f"options: {', '.join(names)}")
         try:
             value = json.loads(text.strip())
         except ValueError:
             value = text.strip()
         changes[key] = tuple(value) if isinstance(value, list) else value
+    return changes
+
+
+def with_overrides(config: T, items: list[str]) -> T:
+    """``config`` with the ``KEY=VALUE`` overrides of ``items`` (see ``parse_overrides``).
+
+    Raises:
+        InvalidConfigError: a bad item, an unknown key, or a value the config's ``validate``
+            refuses.
+    """
+    changes = parse_overrides(type(config), items)
     return config.replace(**changes) if changes else config
 
 

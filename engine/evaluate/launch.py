@@ -26,18 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.config import EvalConfig
-from engine.errors import Cancelled, InvalidConfigError, StudioError
-from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
-from engine.torchrun import log_tail, run_module
+from engine.config import EvalConfig, parse_overrides
+from engine.errors import Cancelled, StudioError
+from engine.progress import CancelToken, ProgressFn, no_progress
+from engine.torchrun import (log_tail, progress_writer, rank_setup, run_module,
+                             run_rank, write_json)
 
 log = logging.getLogger("engine.evaluate.launch")
 
@@ -46,31 +45,13 @@ LAUNCH_DIR = "launch"  # run_processes: arrays, config, progress and log of the 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def build_config(config_file: str | None, sets: list[str]) -> EvalConfig:
     """EvalConfig defaults, then a JSON file of EvalConfig fields, then ``key=value`` overrides."""
     values: dict[str, Any] = {}
     if config_file:
         values.update(json.loads(Path(config_file).read_text(encoding="utf-8")))
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidConfigError(f"--set expects key=value, got {item!r}")
-        values[key.strip().replace("-", "_")] = _parse_value(value)
+    values.update(parse_overrides(EvalConfig, sets))
     return EvalConfig.from_dict(values)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,43 +68,27 @@ def main(argv: list[str] | None = None) -> int:
                     help="override one EvalConfig field (JSON value), repeatable")
     ap.add_argument("--progress", help="rank 0 appends progress events (JSON lines) here")
     args = ap.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
-    cancel = CancelToken()
-    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    rank, cancel = rank_setup()
     from engine.evaluate.train import train_classifier
 
     out = Path(args.out)
-    progress_path = Path(args.progress) if args.progress and rank == 0 else None
+    progress = progress_writer(args.progress, rank)
 
-    def progress(event: ProgressEvent) -> None:
-        if progress_path is not None:
-            with open(progress_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event.to_dict()) + "\n")
-
-    try:
+    def body() -> dict[str, Any]:
         config = build_config(args.config, args.set)
         train_x, train_y, test_x, test_y = (
             np.load(getattr(args, name), allow_pickle=False) for name in ARRAYS)
         num_classes = args.num_classes or int(max(train_y.max(initial=0),
                                                   test_y.max(initial=0))) + 1
-        result = train_classifier(train_x, train_y, test_x, test_y, num_classes, config,
-                                  out_dir=out, progress=progress, cancel=cancel)
-    except Cancelled as exc:
-        log.warning("%s", exc)
-        return 3
-    except StudioError as exc:
-        log.error("%s", exc)
-        return 2
-    finally:
-        import torch.distributed as dist
+        return train_classifier(train_x, train_y, test_x, test_y, num_classes, config,
+                                out_dir=out, progress=progress, cancel=cancel)
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    code, result = run_rank(body)
+    if code:
+        return code
     if result["rank"] == 0:
-        _write_json(out / RESULT, result)
-    _write_json(out / "ranks" / f"rank_{result['rank']}.json",
+        write_json(out / RESULT, result)
+    write_json(out / "ranks" / f"rank_{result['rank']}.json",
                 {k: result[k] for k in ("rank", "world_size") if k in result}
                 | {"weights_digest": result.get("weights_digest"),
                    "train_loss": result["curves"]["train_loss"]})

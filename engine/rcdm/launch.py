@@ -26,29 +26,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.config import TrainConfig
+from engine.config import TrainConfig, parse_overrides
 from engine.errors import Cancelled, DatasetError, StudioError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+from engine.torchrun import (log_tail, progress_writer, rank_setup, run_module, run_rank,
+                             write_json)
 
 log = logging.getLogger("engine.rcdm.launch")
 
 LAUNCH_DIR = "launch"  # run_processes: index, config, provenance, progress and log of torchrun
 RANKS_DIR = "ranks"
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def build_config(preset: str | None, config_file: str | None, sets: list[str],
@@ -59,22 +52,11 @@ def build_config(preset: str | None, config_file: str | None, sets: list[str],
     values: dict = {}
     if config_file:
         values.update(json.loads(Path(config_file).read_text(encoding="utf-8")))
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise StudioError(f"--set expects key=value, got {item!r}")
-        values[key.strip().replace("-", "_")] = _parse_value(value)
     for k, v in values.items():
         if isinstance(v, list):
             values[k] = tuple(v)
+    values.update(parse_overrides(TrainConfig, sets))
     return preset_config(preset or "tiny-cpu", num_images=num_images, **values)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _rows(index_path: str | None, n: int) -> np.ndarray:
@@ -105,15 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", help="JSON file of provenance for the saved model's rcdm.json")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")
-    cancel = CancelToken()
-    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    rank, cancel = rank_setup()
     from engine.rcdm.latent import cached_latents
     from engine.rcdm.train import _Processes, train_rcdm
 
-    progress_path = Path(args.progress) if args.progress and rank == 0 else None
+    write = progress_writer(args.progress, rank)
 
     def progress(event: ProgressEvent) -> None:
         if rank != 0:
@@ -121,11 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         if event.stage == "train":
             log.info("step %d/%d %s", event.step, event.total,
                      " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items()))
-        if progress_path is not None:
-            with open(progress_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event.to_dict()) + "\n")
+        write(event)
 
-    try:
+    def body() -> dict[str, Any]:
         all_pixels = np.load(args.pixels, mmap_mode="r", allow_pickle=False)
         all_cond = np.load(args.cond, mmap_mode="r", allow_pickle=False)
         if len(all_cond) != len(all_pixels):
@@ -156,21 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             pixels = _Rows(all_pixels, idx)
         else:
             pixels = np.asarray(all_pixels[idx])
-        result = train_rcdm(pixels, cond, config, Path(args.out), progress=progress,
-                            cancel=cancel, resume=not args.no_resume, latents=latents,
-                            extra=extra)
-    except Cancelled as exc:
-        log.warning("%s", exc)
-        return 3
-    except StudioError as exc:
-        log.error("%s", exc)
-        return 2
-    finally:
-        import torch.distributed as dist
+        return train_rcdm(pixels, cond, config, Path(args.out), progress=progress,
+                          cancel=cancel, resume=not args.no_resume, latents=latents,
+                          extra=extra)
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    _write_json(Path(args.out) / RANKS_DIR / f"rank_{result['rank']}.json", result)
+    code, result = run_rank(body)
+    if code:
+        return code
+    write_json(Path(args.out) / RANKS_DIR / f"rank_{result['rank']}.json", result)
     return 0
 
 
@@ -217,8 +186,6 @@ def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainC
         Cancelled: when ``cancel`` is set.
         StudioError: the processes failed; the message ends with the tail of their log.
     """
-    from engine.torchrun import log_tail, run_module
-
     out_dir = Path(out_dir)
     work = out_dir / LAUNCH_DIR
     work.mkdir(parents=True, exist_ok=True)
@@ -231,7 +198,7 @@ def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainC
         np.save(work / "index.npy", np.asarray(index, dtype=np.int64))
         args += ["--index", str(work / "index.npy")]
     if extra:
-        _write_json(work / "extra.json", extra)
+        write_json(work / "extra.json", extra)
         args += ["--extra", str(work / "extra.json")]
     for old in (out_dir / RANKS_DIR).glob("rank_*.json"):
         old.unlink()

@@ -203,7 +203,7 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
     Raises:
         InvalidConfigError: bad values, or the GPU-sized preset on a CPU.
     """
-    from engine.rcdm.presets import preset_config
+    from engine.rcdm.presets import EPOCHS, preset_config
     from studio.tabs.settings import device, effective
 
     adv = advanced or Advanced()
@@ -211,10 +211,12 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
     if steps < 1:
         raise InvalidConfigError(f"steps must be >= 1, got {steps}")
     dev = device(ctx)
-    if adv.preset == "imagenet256" and not dev.startswith("cuda"):
+    preset = adv.preset or "tiny-cpu"
+    base = preset_config(preset, num_images=num_images)  # refuses an unknown preset
+    if base.device.startswith("cuda") and not dev.startswith("cuda"):
         raise InvalidConfigError(
-            "the imagenet256 preset is a 414M-parameter latent RCDM sized for a GPU; choose a "
-            "CUDA device in Settings, or the tiny-cpu preset on this machine")
+            f"the {preset} preset is sized for a GPU; choose a CUDA device in Settings, or "
+            f"the tiny-cpu preset on this machine")
     extra: dict[str, Any] = {}
     prec = str(effective(ctx).get("precision") or "fp32")
     # fp16/bf16 autocast needs a GPU here; CPU runs stay fp32
@@ -223,9 +225,9 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
         from engine.rcdm.latent import check_vae
 
         check_vae((adv.vae_id or "").strip() or TrainConfig.vae_id)
-    base = preset_config(adv.preset or "tiny-cpu", num_images=num_images)
     gamma = float(adv.min_snr_gamma or 0.0)
-    scaled = {} if adv.preset == "imagenet256" else dict(
+    # a preset of its own schedule (sized in epochs) keeps it; a short CPU run gets its own
+    scaled = {} if preset in EPOCHS else dict(
         # a preview grid every fifth of the run (at least 100 steps apart: each one
         # samples), a checkpoint every third; both within the run
         preview_every=min(TrainConfig.preview_every, max(min(100, steps), steps // 5)),
