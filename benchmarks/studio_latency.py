@@ -116,31 +116,54 @@ def _tiny_folder(root: Path, classes: int = 3, per_class: int = 8) -> Path:
     return root
 
 
+def isolated_env(tmp: Path) -> None:
+    """Offline, no analytics, and the recent list / projects folder inside ``tmp``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["RCDM_STUDIO_HOME"] = str(tmp / "home")
+    os.environ["RCDM_STUDIO_PROJECTS"] = str(tmp / "projects")
+
+
+def tiny_trained_project(tmp: Path, name: str) -> tuple[Path, str]:
+    """``tmp/name``: a tiny imported folder, its PCA encoding and an RCDM trained 3 steps;
+    returns (project path, model id)."""
+    from engine import data
+    from engine.config import EncodeConfig, ImportConfig, TrainConfig
+    from engine.jobs import JobManager
+    from engine.project import Project
+    from engine.stages import encode, train
+
+    path = tmp / name
+    with Project(path) as p:
+        jobs = JobManager(p)
+        ds = data.import_image_folder(p, _tiny_folder(tmp / f"{name}-images"), "tiny",
+                                      ImportConfig(test_fraction=0.25))
+        jobs.run_inline(encode.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
+                                       dataset_ref=ds.id))
+        cfg = TrainConfig(steps=3, batch_size=8, block_channels=(8, 16), cross_attention_dim=16,
+                          attention_head_dim=8, warmup_steps=1)
+        model = jobs.run_inline(train.prepare(p, cfg, ds.id, encoder="pca")).result_id
+    return path, model
+
+
 def band_change(tmp: Path, repeats: int) -> tuple[float, float]:
     """Median seconds of a ``/band`` call over HTTP on a tiny real pipeline, and of a
     trivial call (``/open_project`` of a missing project: the round trip's floor)."""
     from gradio_client import Client
 
-    from engine import data
-    from engine.config import EncodeConfig, GenerateConfig, ImportConfig, TrainConfig
+    from engine.config import EncodeConfig, GenerateConfig
     from engine.jobs import JobManager
     from engine.project import Project
-    from engine.stages import encode, generate, train
+    from engine.stages import encode, generate
     from studio.app import close, launch
 
-    path = tmp / "band"
+    path, model = tiny_trained_project(tmp, "band")
     with Project(path) as p:
         jobs = JobManager(p)
-        ds = data.import_image_folder(p, _tiny_folder(tmp / "tiny"), "tiny",
-                                      ImportConfig(test_fraction=0.25))
-        enc = EncodeConfig(encoder="pca", dim=8, image_size=16)
-        jobs.run_inline(encode.prepare(p, enc, dataset_ref=ds.id))
-        cfg = TrainConfig(steps=3, batch_size=8, block_channels=(8, 16), cross_attention_dim=16,
-                          attention_head_dim=8, warmup_steps=1)
-        model = jobs.run_inline(train.prepare(p, cfg, ds.id, encoder="pca")).result_id
         gen = jobs.run_inline(generate.prepare(p, GenerateConfig(variations=2, steps=2),
                                                model)).result_id
-        jobs.run_inline(encode.prepare(p, enc, generation_ref=gen))
+        jobs.run_inline(encode.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
+                                       generation_ref=gen))
     port = _free_port()
     blocks = launch(path, port=port, open_browser=False, prevent_thread_lock=True)
     try:
@@ -169,12 +192,9 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        os.environ["RCDM_STUDIO_HOME"] = str(tmp / "home")
-        os.environ["RCDM_STUDIO_PROJECTS"] = str(tmp / "projects")
+        isolated_env(tmp)
         start = cold_start(tmp)
         page = gallery_page(tmp, args.images)
         band, floor = band_change(tmp, args.repeats)

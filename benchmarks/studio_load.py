@@ -31,28 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from studio_latency import _free_port, _tiny_folder  # noqa: E402
-
-
-def build(tmp: Path) -> tuple[Path, str]:
-    """A tiny project with a trained model; returns (project path, model id)."""
-    from engine import data
-    from engine.config import EncodeConfig, ImportConfig, TrainConfig
-    from engine.jobs import JobManager
-    from engine.project import Project
-    from engine.stages import encode, train
-
-    path = tmp / "load"
-    with Project(path) as p:
-        jobs = JobManager(p)
-        ds = data.import_image_folder(p, _tiny_folder(tmp / "tiny"), "tiny",
-                                      ImportConfig(test_fraction=0.25))
-        jobs.run_inline(encode.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
-                                       dataset_ref=ds.id))
-        cfg = TrainConfig(steps=3, batch_size=8, block_channels=(8, 16), cross_attention_dim=16,
-                          attention_head_dim=8, warmup_steps=1)
-        model = jobs.run_inline(train.prepare(p, cfg, ds.id, encoder="pca")).result_id
-    return path, model
+from studio_latency import _free_port, isolated_env, tiny_trained_project  # noqa: E402
 
 
 def _jobs_panel_api(blocks) -> str:
@@ -121,15 +100,12 @@ def main() -> int:
     ap.add_argument("--variations", type=int, default=400,
                     help="generation size: enough to outlast the polling")
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from studio.app import close, launch
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        os.environ["RCDM_STUDIO_HOME"] = str(tmp / "home")
-        os.environ["RCDM_STUDIO_PROJECTS"] = str(tmp / "projects")
-        path, model = build(tmp)
+        isolated_env(tmp)
+        path, model = tiny_trained_project(tmp, "load")
         port = _free_port()
         blocks = launch(path, port=port, open_browser=False, prevent_thread_lock=True)
         try:
