@@ -119,11 +119,16 @@ class LineProgress:
         self._stream = stream
         self._parts = parts
         self._last: dict[str, int] = {}  # stage -> last tenth printed
+        self._step: dict[str, tuple[int, int]] = {}  # stage -> (step, total) last seen
 
     def __call__(self, event: ProgressEvent) -> None:
         import sys
 
         total = max(1, event.total)
+        seen = self._step.get(event.stage)
+        if seen is not None and (event.step < seen[0] or event.total != seen[1]):
+            self._last.pop(event.stage, None)  # the stage runs again (the next job's loop)
+        self._step[event.stage] = (event.step, event.total)
         part = min(self._parts, event.step * self._parts // total)
         if self._last.get(event.stage, -1) >= part and event.step < total:
             return
@@ -138,6 +143,7 @@ class LineProgress:
 
     def close(self) -> None:
         self._last.clear()
+        self._step.clear()
 
 
 def console_progress() -> TqdmProgress | LineProgress:

@@ -34,3 +34,13 @@ def test_a_pipe_gets_lines_and_a_terminal_bars():
     assert out.stdout.strip() == "LineProgress"
     assert out.stderr.splitlines() == [f"encode: {s}/4 ({25 * s} %)" for s in range(5)]
     assert isinstance(console_progress(), (TqdmProgress, LineProgress))
+
+
+def test_a_stage_that_runs_again_gets_its_lines_again():
+    out = io.StringIO()
+    lines = LineProgress(stream=out)
+    for _ in range(2):  # e.g. the demo trains two models: two "train" loops
+        for step in range(0, 5):
+            lines(ProgressEvent(stage="train", step=step, total=4))
+    text = out.getvalue().splitlines()
+    assert text == [f"train: {s}/4 ({25 * s} %)" for s in range(5)] * 2
