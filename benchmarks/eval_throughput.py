@@ -30,7 +30,7 @@ from torch import nn
 
 from engine.config import EvalConfig
 from engine.evaluate import build_classifier, train_classifier
-from engine.evaluate.train import channel_stats, lr_at
+from engine.evaluate.classifier_training import channel_stats, lr_at
 
 
 class UInt8Images(torch.utils.data.Dataset):

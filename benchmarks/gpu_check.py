@@ -34,7 +34,7 @@ from engine.rcdm.latent import DEFAULT_VAE, cached_latents, load_vae
 from engine.rcdm.model import load_rcdm
 from engine.rcdm.presets import preset_config
 from engine.rcdm.sample import sample_images
-from engine.rcdm.train import train_rcdm
+from engine.rcdm.training import train_rcdm
 
 SD_VAE_CONFIG = dict(block_out_channels=(128, 256, 512, 512), latent_channels=4,
                      layers_per_block=2, sample_size=256, scaling_factor=0.18215,

@@ -37,7 +37,7 @@ from engine.jobs import JobManager
 from engine.project import Dataset, Encoding, Model, Project
 from engine.rcdm.model import load_rcdm
 from engine.rcdm.sample import sample_images
-from engine.stages import common, encode, train
+from engine.stages import common, encode_stage, train_stage
 
 SAMPLERS = (("ddpm", 100), ("dpm++", 20))
 GOAL_RATIO = 4.0
@@ -52,13 +52,13 @@ def _train_demo_model(project: Project, steps: int) -> Model:
     """Import the digits, encode them with PCA, train a small RCDM (the quick demo's size)."""
     ds = data.import_demo(project, name="digits")
     jobs = JobManager(project)
-    jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca", dim=32,
+    jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=32,
                                                          image_size=16), dataset_ref=ds.id))
     config = TrainConfig(block_channels=(16, 32), steps=steps, batch_size=64,
                          warmup_steps=min(100, steps // 4), checkpoint_every=steps,
                          preview_every=steps)
     t0 = time.perf_counter()
-    job = jobs.run_inline(train.prepare(project, config, ds.id, encoder="pca",
+    job = jobs.run_inline(train_stage.prepare(project, config, ds.id, encoder="pca",
                                         name="bench-rcdm"))
     _say(f"trained {steps} steps in {time.perf_counter() - t0:.0f} s")
     return project.get(Model, job.result_id)

@@ -2,7 +2,7 @@
 
 Measures, on this machine:
 
-- cold start: ``python -m engine.cli --project P --no-browser`` from process start to the
+- cold start: ``python -m studio.cli --project P --no-browser`` from process start to the
   first HTTP 200 (the issue's goal: under 10 s);
 - gallery page: server time of one Data-tab page (60 thumbnails) of a dataset of ``--images``
   rows (default 20,000), worst of pages 1 / middle / last;
@@ -62,7 +62,7 @@ def cold_start(tmp: Path) -> float:
                HF_HUB_OFFLINE="1", RCDM_STUDIO_HOME=str(tmp / "home"),
                RCDM_STUDIO_PROJECTS=str(tmp / "projects"))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--project",
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "--project",
                              str(tmp / "cold"), "--no-browser", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -80,7 +80,7 @@ def gallery_page(tmp: Path, n: int, classes: int = 100) -> float:
 
     from engine.project import Dataset
     from studio.context import StudioContext
-    from studio.tabs import data as data_tab
+    from studio.tabs import data_tab
 
     ctx = StudioContext(tmp / "gallery")
     try:
@@ -131,18 +131,18 @@ def tiny_trained_project(tmp: Path, name: str) -> tuple[Path, str]:
     from engine.config import EncodeConfig, ImportConfig, TrainConfig
     from engine.jobs import JobManager
     from engine.project import Project
-    from engine.stages import encode, train
+    from engine.stages import encode_stage, train_stage
 
     path = tmp / name
     with Project(path) as p:
         jobs = JobManager(p)
         ds = data.import_image_folder(p, _tiny_folder(tmp / f"{name}-images"), "tiny",
                                       ImportConfig(test_fraction=0.25))
-        jobs.run_inline(encode.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
+        jobs.run_inline(encode_stage.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
                                        dataset_ref=ds.id))
         cfg = TrainConfig(steps=3, batch_size=8, block_channels=(8, 16), cross_attention_dim=16,
                           attention_head_dim=8, warmup_steps=1)
-        model = jobs.run_inline(train.prepare(p, cfg, ds.id, encoder="pca")).result_id
+        model = jobs.run_inline(train_stage.prepare(p, cfg, ds.id, encoder="pca")).result_id
     return path, model
 
 
@@ -154,15 +154,15 @@ def band_change(tmp: Path, repeats: int) -> tuple[float, float]:
     from engine.config import EncodeConfig, GenerateConfig
     from engine.jobs import JobManager
     from engine.project import Project
-    from engine.stages import encode, generate
+    from engine.stages import encode_stage, generate_stage
     from studio.app import close, launch
 
     path, model = tiny_trained_project(tmp, "band")
     with Project(path) as p:
         jobs = JobManager(p)
-        gen = jobs.run_inline(generate.prepare(p, GenerateConfig(variations=2, steps=2),
+        gen = jobs.run_inline(generate_stage.prepare(p, GenerateConfig(variations=2, steps=2),
                                                model)).result_id
-        jobs.run_inline(encode.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
+        jobs.run_inline(encode_stage.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
                                        generation_ref=gen))
     port = _free_port()
     blocks = launch(path, port=port, open_browser=False, prevent_thread_lock=True)

@@ -49,12 +49,12 @@ def poll_during_generation(blocks, url: str, model: str, nice: int, clients: int
 
     from engine.config import GenerateConfig
     from engine.project import Job
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     ctx = blocks.studio
     api = _jobs_panel_api(blocks)
     os.environ["RCDM_STUDIO_WORKER_NICE"] = str(nice)  # the worker inherits the environment
-    job = ctx.submit(generate.prepare(ctx.project, GenerateConfig(variations=variations,
+    job = ctx.submit(generate_stage.prepare(ctx.project, GenerateConfig(variations=variations,
                                                                   steps=8), model))
     folder = ctx.jobs.folder(job)
     deadline = time.time() + 120

@@ -42,7 +42,7 @@ from diffusers.training_utils import EMAModel
 from engine.config import TrainConfig
 from engine.rcdm.latent import LatentCodec, encode_pixels, vae_info
 from engine.rcdm.model import build_rcdm
-from engine.rcdm.train import REPORT_EVERY, pixels_to_tensor, train_rcdm
+from engine.rcdm.training import REPORT_EVERY, pixels_to_tensor, train_rcdm
 
 CHUNK = REPORT_EVERY  # steps per timed chunk (the engine reports every REPORT_EVERY steps)
 

@@ -24,8 +24,8 @@ from engine.errors import InvalidConfigError
 from engine.jobs import JobManager
 from engine.progress import CancelToken, ProgressFn, no_progress
 from engine.project import Dataset, Evaluation, Project
-from engine.stages import curate as curate_stage
-from engine.stages import encode, evaluate, export, generate, train
+from engine.stages import curate_stage
+from engine.stages import encode_stage, evaluate_stage, export_stage, generate_stage, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,19 @@ def run_demo(project: Project, config: DemoConfig, export_dir: Path | None = Non
         f"{ds.num_train} train / {ds.num_test} test")
     # 2. representations: the offline encoder, and the class label for the baseline
     enc_cfg = config.encode.replace(image_size=config.train.image_size)
-    run(encode.prepare(project, enc_cfg, dataset_ref=ds.id))
-    run(encode.prepare(project, EncodeConfig(encoder="class"), dataset_ref=ds.id))
+    run(encode_stage.prepare(project, enc_cfg, dataset_ref=ds.id))
+    run(encode_stage.prepare(project, EncodeConfig(encoder="class"), dataset_ref=ds.id))
     # 3. two RCDMs, same recipe: conditioned on the representation / on the class
-    rcdm = run(train.prepare(project, config.train, ds.id, encoder=config.encoder,
+    rcdm = run(train_stage.prepare(project, config.train, ds.id, encoder=config.encoder,
                              name=f"rcdm-{config.encoder}")).result_id
-    cond_ldm = run(train.prepare(project, config.train, ds.id, encoder="class",
+    cond_ldm = run(train_stage.prepare(project, config.train, ds.id, encoder="class",
                                  name="class-conditioned")).result_id
     # 4. generate: k variations per training image (RCDM), 1x for the baseline
-    gen = run(generate.prepare(project, config.generate, rcdm)).result_id
-    gen_cls = run(generate.prepare(project, config.generate.replace(variations=1),
+    gen = run(generate_stage.prepare(project, config.generate, rcdm)).result_id
+    gen_cls = run(generate_stage.prepare(project, config.generate.replace(variations=1),
                                    cond_ldm)).result_id
     # 5. re-encode the generated images with the conditioning encoder
-    run(encode.prepare(project, enc_cfg, generation_ref=gen))
+    run(encode_stage.prepare(project, enc_cfg, generation_ref=gen))
     # 6. keep the middle band of each class (2x -> 1x, the paper's filter); the unfiltered
     #    1x (first variation of each source) and the whole 2x for comparison
     bd = curate_stage.band_data(project, gen, centroid=config.band.centroid,
@@ -120,12 +120,12 @@ def run_demo(project: Project, config: DemoConfig, export_dir: Path | None = Non
             ("synthetic_2x", "synthetic", None, gen),
             ("class_conditioned", "synthetic", baseline.id, None),
             ("real_plus_synthetic", "real+synthetic", None, gen)]:
-        eid = run(evaluate.prepare(project, config.evaluate, mix=mix, dataset_ref=ds.id,
+        eid = run(evaluate_stage.prepare(project, config.evaluate, mix=mix, dataset_ref=ds.id,
                                    selection_ref=sel, generation_ref=whole,
                                    name=f"demo-{key}")).result_id
         evals[key] = project.get(Evaluation, eid)
     # 8. export the curated selection
-    exp = run(export.prepare(project, config.export, selection.id, out_dir=export_dir))
+    exp = run(export_stage.prepare(project, config.export, selection.id, out_dir=export_dir))
     folder = json.loads((project.abs(exp.folder) / "result.json").read_text())["folder"]
     results: dict[str, Any] = {
         key: {"top1": round(e.top1, 2), "top5": round(e.top5, 2), "train_images": e.num_train}

@@ -30,7 +30,7 @@ import pandas as pd
 
 from engine.config import AUGMENTS, BandConfig, EvalConfig
 from engine.errors import InvalidConfigError, NotFoundError
-from engine.jobs import JobSpec
+from engine.stages import JobSpec
 from engine.project import Evaluation, Generation, Job, Meta, Model, Project, Selection, \
     free_name, new_id, utcnow
 
@@ -50,7 +50,7 @@ class Run:
         label: the row of the table ("real + mixup", "rcdm-pca 2x", ...).
         series: the line of the chart / the group of the table ("real", a model's name).
         x: the synthetic size in multiples of the real training set (0 for real only).
-        mix, selection_id: the training mix of ``engine.stages.evaluate``.
+        mix, selection_id: the training mix of ``engine.stages.evaluate_stage``.
         augment: the recipe's augmentation for this configuration.
     """
 
@@ -78,7 +78,7 @@ def _series_name(project: Project, gen: Generation) -> str:
 
 def first_variations(project: Project, gen: Generation, k: int) -> Selection:
     """The selection of the first ``k`` variations of every source image (reused if saved)."""
-    from engine.stages import curate as curate_stage
+    from engine.stages import curate_stage
 
     if k > _variations(gen):
         raise InvalidConfigError(
@@ -96,7 +96,7 @@ def middle_band_of_2x(project: Project, gen: Generation, keep_fraction: float = 
     """The middle ``keep_fraction`` band (per class, around the real class centroid) of the
     first two variations of every image: the paper's filter, 2x -> 1x. Reused if saved."""
     from engine import curate
-    from engine.stages import curate as curate_stage
+    from engine.stages import curate_stage
 
     if _variations(gen) < 2:
         raise InvalidConfigError(
@@ -219,7 +219,7 @@ def launch(project: Project, kind: str, generations: list[str], eval_config: Eva
     Returns:
         The experiment's record (``get`` reads it back).
     """
-    from engine.stages import evaluate
+    from engine.stages import evaluate_stage
 
     if seeds < 1:
         raise InvalidConfigError(f"seeds must be >= 1, got {seeds}")
@@ -231,7 +231,7 @@ def launch(project: Project, kind: str, generations: list[str], eval_config: Eva
     for i, run in enumerate(runs):
         for s in range(seeds):
             config = eval_config.replace(seed=eval_config.seed + s, augment=run.augment)
-            spec = evaluate.prepare(project, config, mix=run.mix, dataset_ref=dataset_id,
+            spec = evaluate_stage.prepare(project, config, mix=run.mix, dataset_ref=dataset_id,
                                     selection_ref=run.selection_id,
                                     name=f"{name}/{run.label}/seed{config.seed}")
             members.append({"evaluation_id": spec.params["evaluation_id"], "run": i,

@@ -25,27 +25,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import Cancelled, JobError, StudioError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Job, Project, new_id, utcnow, write_json_atomic
+from engine.stages import JobSpec
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running", "ingesting")
 FINISHED = ("done", "failed", "cancelled", "interrupted")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a worker needs: the stage ``kind`` and JSON-able ``params``."""
-
-    kind: str
-    title: str
-    params: dict[str, Any]
 
 
 # ---------------------------------------------------------------------- files of a job

@@ -1,6 +1,6 @@
 """Run an engine module under torchrun from inside a job.
 
-Training (``engine.rcdm.launch``) and evaluation (``engine.evaluate.launch``) both run their
+Training (``engine.rcdm.training_ranks``) and evaluation (``engine.evaluate.classifier_ranks``) both run their
 job on several processes the same way: torchrun starts ``processes`` ranks in the job's
 process group (a job's cancel signals the whole group), rank 0 appends its ProgressEvents as
 JSON lines to a file that is forwarded to the job's progress, and a cancel sends SIGTERM to

@@ -33,7 +33,7 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--project", args.project,
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "--project", args.project,
                              "--no-browser", "--port", str(port)])
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -22,14 +22,14 @@ from engine.project import Dataset
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs import curate, data, evaluate, export, generate, header, jobs, projects, \
-    settings, train
+from studio.tabs import (curate_tab, data_tab, evaluate_tab, export_tab, generate_tab, header_tab,
+                         jobs_tab, projects_tab, settings_tab, train_tab)
 
 log = logging.getLogger(__name__)
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
-TABS = [("Data", data), ("Train", train), ("Generate", generate), ("Curate", curate),
-        ("Evaluate", evaluate), ("Export", export)]
+TABS = [("Data", data_tab), ("Train", train_tab), ("Generate", generate_tab),
+        ("Curate", curate_tab), ("Evaluate", evaluate_tab), ("Export", export_tab)]
 LAST_TAB = "studio_last_tab"  # meta key: the tab the user left
 TAB_IDS = ["projects"] + [label.lower() for label, _ in TABS] + ["settings"]
 MAX_FILE_SIZE = "512mb"  # uploads (zip archives of an ImageFolder)
@@ -58,9 +58,9 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
 
             ds = engine_data.import_demo(ctx.project, name="digits")
             log.info("imported the demo dataset %s (%d images)", ds.name, ds.num_images)
-        settings.apply_environment(ctx)
-        ctx.on_switch.append(settings.apply_environment)
-        projects.remember(ctx.project.path)
+        settings_tab.apply_environment(ctx)
+        ctx.on_switch.append(settings_tab.apply_environment)
+        projects_tab.remember(ctx.project.path)
         ctx.restrict = restrict
         blocks = _layout(ctx, restrict)
     except BaseException:
@@ -95,10 +95,10 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         shared.revision = gr.State("")
         shared.project = gr.State("")
         loaded = gr.State(False)  # true once the load event has chosen the tab
-        header.build(ctx, shared)
+        header_tab.build(ctx, shared)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Projects", id="projects", elem_id="tab-projects") as t:
-                projects.build(ctx, shared, restrict=restrict)
+                projects_tab.build(ctx, shared, restrict=restrict)
             t.select(functools.partial(remember_tab, ctx, "projects"), loaded, None,
                      show_progress="hidden", queue=False)
             for label, module in TABS:
@@ -107,10 +107,10 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
                 t.select(functools.partial(remember_tab, ctx, label.lower()), loaded, None,
                          show_progress="hidden", queue=False)
             with gr.Tab("Settings", id="settings", elem_id="tab-settings") as t:
-                settings.build(ctx, shared)
+                settings_tab.build(ctx, shared)
             t.select(functools.partial(remember_tab, ctx, "settings"), loaded, None,
                      show_progress="hidden", queue=False)
-        jobs.build(ctx, shared)
+        jobs_tab.build(ctx, shared)
         # Every list and view refreshes when the project's revision changes: on page load
         # (the state starts empty) and whenever the jobs timer sees a new row or status.
         # Form defaults reload when the project (or its settings) changes.
@@ -153,7 +153,7 @@ def exposure_warning(host: str, credentials: list[tuple[str, str]] | None,
     """The warning to log when the studio is reachable from the network without a login
     (None when bound to this machine, with a login, or on a Space: it has its own access
     control)."""
-    if projects.is_local(host) or credentials or env.get("SPACE_ID"):
+    if projects_tab.is_local(host) or credentials or env.get("SPACE_ID"):
         return None
     return (f"the studio is reachable from the network on {host} without a login: anyone who "
             f"can reach this port can use it and its files. Pass --auth user:password or set "
@@ -186,7 +186,7 @@ def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
         InvalidConfigError: a malformed ``auth``; ProjectLockedError (see ``build_app``).
     """
     credentials = parse_auth(auth)
-    restrict = not projects.is_local(host)
+    restrict = not projects_tab.is_local(host)
     warning = exposure_warning(host, credentials)
     if warning:
         log.warning(warning)

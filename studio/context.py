@@ -19,7 +19,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.jobs import JobManager, JobSpec
+from engine.jobs import JobManager
+from engine.stages import JobSpec
 from engine.project import Dataset, Job, Project
 
 log = logging.getLogger(__name__)
@@ -125,10 +126,10 @@ class StudioContext:
 
     def band_data(self, generation_id: str, centroid: str, metric: str,
                   encoding_id: str | None = None) -> Any:
-        """``curate.band_data`` cached per (generation, encoding, centroid, metric); the
+        """``curate_stage.band_data`` cached per (generation, encoding, centroid, metric); the
         encoding is ``encoding_id`` (a second encoder) or the generation's latest."""
         from engine.project import Encoding
-        from engine.stages import curate
+        from engine.stages import curate_stage
 
         if not encoding_id:
             encs = self.project.list(Encoding, target="generation", target_id=generation_id)
@@ -138,7 +139,7 @@ class StudioContext:
             if key in self._bands:
                 self._bands.move_to_end(key)
                 return self._bands[key]
-        bd = curate.band_data(self.project, generation_id, encoding_id, centroid=centroid,
+        bd = curate_stage.band_data(self.project, generation_id, encoding_id, centroid=centroid,
                               metric=metric)
         with self._band_lock:
             self._bands[key] = bd

@@ -75,14 +75,14 @@ def tiny_generation_project(root: Path, dim: int = 5, classes: int = 3, per_clas
     from engine.jobs import JobManager
     from engine.project import Encoding, Model, Project
     from engine.rcdm.model import build_rcdm, save_rcdm
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     folder = write_tiny_folder(root / "images", classes=classes, per_class=per_class)
     config = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
                          attention_head_dim=8, cond_tokens=1)
     with Project(root / "gen") as project:
         ds = import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
-        JobManager(project).run_inline(encode.prepare(
+        JobManager(project).run_inline(encode_stage.prepare(
             project, EncodeConfig(encoder="pca", dim=dim, image_size=8), dataset_ref=ds.id))
         enc = project.list(Encoding, dataset_id=ds.id)[-1]
         torch.manual_seed(0)

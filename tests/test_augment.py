@@ -10,7 +10,7 @@ from engine.config import AUGMENTS, EvalConfig
 from engine.errors import InvalidConfigError
 from engine.evaluate import train_classifier
 from engine.evaluate.augment import BatchAugment
-from engine.evaluate.train import lr_at
+from engine.evaluate.classifier_training import lr_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from engine.check import check_project
-from engine.cli import main
+from studio.cli import main
 from engine.config import EncodeConfig, ImportConfig
 from engine.jobs import JobManager
 from engine.project import Encoding, Image, Job
@@ -19,10 +19,10 @@ from engine.project import Encoding, Image, Job
 def built(project, tiny_folder):
     """A project with the tiny dataset (24 images) and a PCA encoding of it (24 x 4)."""
     from engine import data
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
-    JobManager(project).run_inline(encode.prepare(project, EncodeConfig(encoder="pca", dim=4,
+    JobManager(project).run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4,
                                                                         image_size=8)))
     return project
 
@@ -95,10 +95,10 @@ def test_a_dangling_reference_is_reported(built):
 
 
 def test_a_running_job_with_a_dead_pid_is_reconciled_to_interrupted(built):
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     jobs = JobManager(built)
-    job = jobs.create(encode.prepare(built, EncodeConfig(encoder="class")))
+    job = jobs.create(encode_stage.prepare(built, EncodeConfig(encoder="class")))
     built.update(Job, job.id, status="running", pid=_dead_pid())
     report = check_project(built)
     assert _kinds(report) == ["stale_job"] and not report.ok

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.cli import COMMANDS, build_parser, main
+from studio.cli import COMMANDS, build_parser, main
 
 
 def test_every_subcommand_has_help(capsys):
@@ -56,7 +56,7 @@ def test_encoders_lists_offline_ones(capsys):
 
 
 def test_set_overrides_any_option_and_refuses_unknown_ones(tmp_path, tiny_folder, capsys):
-    from engine.cli import _with_sets
+    from studio.cli import _with_sets
     from engine.config import EvalConfig
     from engine.project import Evaluation, Project
 

@@ -360,15 +360,15 @@ def curated_project(tmp_path, one_thread):
     from engine.config import EncodeConfig, ImportConfig
     from engine.jobs import JobManager
     from engine.project import Generation, Model, Project
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     project = Project(tmp_path / "proj")
     jobs = JobManager(project)
     ds = data.import_image_folder(project, write_tiny_folder(tmp_path / "tiny", per_class=8),
                                   "tiny", ImportConfig(test_fraction=0.25))
-    enc8 = jobs.run_inline(encode.prepare(project, EncodeConfig(dim=8, image_size=12),
+    enc8 = jobs.run_inline(encode_stage.prepare(project, EncodeConfig(dim=8, image_size=12),
                                           dataset_ref=ds.id)).result_id
-    enc4 = jobs.run_inline(encode.prepare(project, EncodeConfig(dim=4, image_size=12),
+    enc4 = jobs.run_inline(encode_stage.prepare(project, EncodeConfig(dim=4, image_size=12),
                                           dataset_ref=ds.id)).result_id
     project.add(Model(id="mdl-test", name="test-model", dataset_id=ds.id, encoding_id=enc8,
                       encoder="pca", status="trained"))
@@ -391,9 +391,9 @@ def curated_project(tmp_path, one_thread):
                                       dataset_id=ds.id, encoder="pca",
                                       folder=project.rel(folder), count=len(rows),
                                       config_json='{"variations": 2}'), pd.DataFrame(rows))
-    re8 = jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca"),
+    re8 = jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca"),
                                          generation_ref="gen-test", encoding_ref=enc8)).result_id
-    re4 = jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca"),
+    re4 = jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca"),
                                          generation_ref="gen-test", encoding_ref=enc4)).result_id
     yield project, re8, re4
     project.close()
@@ -402,36 +402,36 @@ def curated_project(tmp_path, one_thread):
 def test_stage_band_second_encoder_metrics_provenance_export(curated_project, tmp_path):
     from engine.config import ExportConfig
     from engine.jobs import JobManager
-    from engine.stages import curate as stage
-    from engine.stages import export as export_stage
+    from engine.stages import curate_stage
+    from engine.stages import export_stage
 
     project, re8, re4 = curated_project
-    assert [v for _, v in stage.encoding_choices(project, "gen")] == [re8, re4]
-    bd8 = stage.band_data(project, "gen", re8)
-    bd4 = stage.band_data(project, "gen", re4)  # judged by the second encoder
+    assert [v for _, v in curate_stage.encoding_choices(project, "gen")] == [re8, re4]
+    bd8 = curate_stage.band_data(project, "gen", re8)
+    bd4 = curate_stage.band_data(project, "gen", re4)  # judged by the second encoder
     assert project.embeddings(bd4.encoding).shape[1] == 4
     assert project.embeddings(bd4.real_encoding).shape[1] == 4  # real side: same encoder
     assert len(bd8.distances) == len(bd4.distances) == 36
     assert not np.allclose(bd8.distances, bd4.distances)
     band = BandConfig(low=0.0, high=1.0, outlier="zscore", target_per_class=5)
-    mask = stage.band_mask(bd4, band)
+    mask = curate_stage.band_mask(bd4, band)
     assert np.bincount(bd4.labels[mask]).tolist() == [5, 5, 5]
 
-    m = stage.metrics(project, bd8, np.ones(36, bool), k=3)
+    m = curate_stage.metrics(project, bd8, np.ones(36, bool), k=3)
     assert m["overall"]["copies"] >= 1 and 0 in m["copies"]["sample"].tolist()
     assert 0.0 <= m["overall"]["precision"] <= 1.0 and len(m["per_class"]) == 3
-    fid = stage.fidelity(project, bd8)
+    fid = curate_stage.fidelity(project, bd8)
     assert fid[0] == pytest.approx(1.0, abs=1e-5) and fid.shape == (36,)
 
-    pts = stage.embedding_map(project, bd4, max_points=30)
-    assert stage.embedding_map(project, bd4, max_points=30) is pts  # cached on the view
+    pts = curate_stage.embedding_map(project, bd4, max_points=30)
+    assert curate_stage.embedding_map(project, bd4, max_points=30) is pts  # cached on the view
     assert (pts["kind"] == "real").any() and (pts["kind"] == "synthetic").any()
 
-    info = stage.provenance(project, bd8, 3)
+    info = curate_stage.provenance(project, bd8, 3)
     assert info["seed"] == 103 and info["model"] == "test-model" and info["sampler"] == "ddim"
     assert info["source_path"] and 0 < info["class_quantile"] < 1
 
-    sel = stage.save_selection(project, bd4, band, name="z5")
+    sel = curate_stage.save_selection(project, bd4, band, name="z5")
     spec = export_stage.prepare(project, ExportConfig(val_fraction=0.2), sel.id,
                                 tmp_path / "out")
     JobManager(project).run_inline(spec)
@@ -447,7 +447,7 @@ def test_stage_band_second_encoder_metrics_provenance_export(curated_project, tm
 def test_cli_curate_options_metrics_and_export_split(curated_project, tmp_path, capsys):
     import json
 
-    from engine.cli import main
+    from studio.cli import main
 
     project, re8, re4 = curated_project
     path = str(project.path)
@@ -468,36 +468,36 @@ def test_cli_curate_options_metrics_and_export_split(curated_project, tmp_path, 
 def test_studio_curate_view_functions(curated_project):
     """The curate tab's functions on a real StudioContext (no server): band options, a second
     encoder, provenance, map, metrics, save and combine."""
-    from engine.stages import curate as stage
+    from engine.stages import curate_stage
     from studio.context import StudioContext
-    from studio.tabs import curate as tab
+    from studio.tabs import curate_tab
 
     project, re8, re4 = curated_project
     path = project.path
     project.close()
     ctx = StudioContext(path)
     try:
-        v = tab.band_view(ctx, "gen-test", 0.25, 0.75, "real", "cosine")
+        v = curate_tab.band_view(ctx, "gen-test", 0.25, 0.75, "real", "cosine")
         assert v["kept"] == 18 and "judged by pca" in v["text"]
-        v4 = tab.band_view(ctx, "gen-test", 0.0, 1.0, "real", "cosine", re4, target=3,
+        v4 = curate_tab.band_view(ctx, "gen-test", 0.0, 1.0, "real", "cosine", re4, target=3,
                            per_class="class_0=0:0.5", outlier="zscore")
         assert v4["bd"].encoding.id == re4 and v4["counts"]["kept"].tolist()[1:] == [3, 3]
         assert "drop other" in v4["counts"].columns and "target 3/class" in v4["text"]
         # an encoding of another generation falls back to this generation's latest
-        assert tab.band_view(ctx, "gen-test", 0.2, 0.8, "real", "cosine",
+        assert curate_tab.band_view(ctx, "gen-test", 0.2, 0.8, "real", "cosine",
                              "enc-nope")["bd"].encoding.id == re4
         with pytest.raises(InvalidConfigError):
-            tab.make_band(0.1, 0.9, "real", "cosine", per_class="class_0 0.1")
+            curate_tab.make_band(0.1, 0.9, "real", "cosine", per_class="class_0 0.1")
         i = int(v["edge_idx"]["farthest_kept"][0])
-        info = stage.provenance(ctx.project, v["bd"], i)
-        assert "seed" in tab.provenance_md(info) and info["path"].endswith(".png")
-        overall, per_class, fig, text = tab.metrics_view(ctx, v)
+        info = curate_stage.provenance(ctx.project, v["bd"], i)
+        assert "seed" in curate_tab.provenance_md(info) and info["path"].endswith(".png")
+        overall, per_class, fig, text = curate_tab.metrics_view(ctx, v)
         assert {"precision", "recall", "density", "coverage", "frechet"} <= set(overall["metric"])
         assert len(per_class) == 3 and fig.data and "kept samples" in text
-        a = tab.save(ctx, "gen-test", 0.0, 0.5, "real", "cosine", "near")
-        b = tab.save(ctx, "gen-test", 0.25, 0.75, "real", "cosine", "mid")
-        both = stage.combine(ctx.project, a.id, b.id, "intersection", "both")
+        a = curate_tab.save(ctx, "gen-test", 0.0, 0.5, "real", "cosine", "near")
+        b = curate_tab.save(ctx, "gen-test", 0.25, 0.75, "real", "cosine", "mid")
+        both = curate_stage.combine(ctx.project, a.id, b.id, "intersection", "both")
         assert both.count == 9  # ranks 0..5 and 3..8 of 12 per class share 3..5
-        assert "quantile 0-0.5" in tab.selections_table(ctx)["how"].tolist()
+        assert "quantile 0-0.5" in curate_tab.selections_table(ctx)["how"].tolist()
     finally:
         ctx.close()

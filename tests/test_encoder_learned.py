@@ -112,12 +112,12 @@ def test_encode_job_fits_on_the_training_split(project, tiny_folder):
     from engine import data
     from engine.jobs import JobManager, read_progress
     from engine.project import Encoding
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     ds = data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     cfg = EncodeConfig(encoder="simclr", dim=8, image_size=12, fit_epochs=2, fit_batch_size=9)
     jobs = JobManager(project)
-    job = jobs.run_inline(encode.prepare(project, cfg, dataset_ref=ds.id))
+    job = jobs.run_inline(encode_stage.prepare(project, cfg, dataset_ref=ds.id))
     row = project.get(Encoding, job.result_id)
     assert (row.count, row.dim, row.encoder, row.offline) == (24, 8, "simclr", True)
     stages = {e["stage"] for e in read_progress(jobs.folder(job))}

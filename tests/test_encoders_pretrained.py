@@ -312,10 +312,10 @@ def tiny_project(project, tiny_folder):
 def test_encode_job_with_tiny_dinov2(tiny_project, tiny_dinov2):
     from engine.jobs import JobManager
     from engine.project import Encoding
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     cfg = EncodeConfig(encoder="dinov2", model_id=str(tiny_dinov2), batch_size=5, chunk_size=10)
-    job = JobManager(tiny_project).run_inline(encode.prepare(tiny_project, cfg))
+    job = JobManager(tiny_project).run_inline(encode_stage.prepare(tiny_project, cfg))
     row = tiny_project.get(Encoding, job.result_id)
     assert (row.count, row.dim, row.encoder, row.offline) == (24, 32, "dinov2", False)
     emb = np.asarray(tiny_project.embeddings(row))
@@ -328,10 +328,10 @@ def test_encode_job_with_tiny_dinov2(tiny_project, tiny_dinov2):
 def test_encode_prepare_fails_early_when_offline_weights_are_missing(tiny_project,
                                                                      empty_offline_hub):
     from engine.project import Job
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     with pytest.raises(WeightsNotFoundError, match="hf download facebook/dinov2-small"):
-        encode.prepare(tiny_project, EncodeConfig(encoder="dinov2", model_id="s"))
+        encode_stage.prepare(tiny_project, EncodeConfig(encoder="dinov2", model_id="s"))
     assert tiny_project.list(Job) == []
 
 
@@ -341,11 +341,11 @@ def test_encode_job_resumes_after_a_cancel(tiny_project):
     the same for every encoder.)"""
     from engine.jobs import JobManager, read_progress
     from engine.project import Encoding, Job
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     jobs = JobManager(tiny_project)
     cfg = EncodeConfig(encoder="pca", dim=4, image_size=8, batch_size=4, chunk_size=8)
-    whole = jobs.run_inline(encode.prepare(tiny_project, cfg))
+    whole = jobs.run_inline(encode_stage.prepare(tiny_project, cfg))
     expected = np.asarray(tiny_project.embeddings(tiny_project.get(Encoding, whole.result_id)))
 
     token = CancelToken()
@@ -354,7 +354,7 @@ def test_encode_job_resumes_after_a_cancel(tiny_project):
         if event.stage == "encode" and event.step >= 8:
             token.cancel()
 
-    spec = encode.prepare(tiny_project, cfg)
+    spec = encode_stage.prepare(tiny_project, cfg)
     with pytest.raises(Cancelled):
         jobs.run_inline(spec, progress=stop_after_first_chunk, cancel=token)
     job = [j for j in tiny_project.list(Job) if j.status == "cancelled"][0]
@@ -373,7 +373,7 @@ def test_encode_job_resumes_after_a_cancel(tiny_project):
 
 def test_encode_chunks_resume_in_process(tmp_path):
     """The chunk loop itself: interrupted at chunk 2 of 4, resumed, equals one pass (PCA)."""
-    from engine.stages.encode import encode_chunks
+    from engine.stages.encode_stage import encode_chunks
 
     px = _pixels(30, 4, 4, seed=6)
     labels = np.zeros(30, dtype=np.int64)
@@ -403,7 +403,7 @@ def test_encode_chunks_resume_in_process(tmp_path):
 def test_cli_encode_with_a_local_model_and_the_offline_message(tmp_path, tiny_folder,
                                                                tiny_dinov2, empty_offline_hub,
                                                                capsys):
-    from engine.cli import main
+    from studio.cli import main
 
     proj = str(tmp_path / "cli")
     assert main(["import", "--project", proj, "--name", "tiny", str(tiny_folder)]) == 0
@@ -419,9 +419,9 @@ def test_cli_encode_with_a_local_model_and_the_offline_message(tmp_path, tiny_fo
 def test_encode_prepare_fails_early_on_a_missing_local_folder(tiny_project, tmp_path):
     """Online too: a mistyped folder is refused before any job row is written."""
     from engine.project import Job
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
-        encode.prepare(tiny_project, EncodeConfig(encoder="dinov2",
+        encode_stage.prepare(tiny_project, EncodeConfig(encoder="dinov2",
                                                   model_id=str(tmp_path / "nowhere")))
     assert tiny_project.list(Job) == []

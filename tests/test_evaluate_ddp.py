@@ -11,8 +11,8 @@ import torch
 
 from engine.config import EvalConfig
 from engine.errors import Cancelled, InvalidConfigError
-from engine.evaluate.launch import run_processes
-from engine.evaluate.train import GlobalBatchNorm, train_classifier
+from engine.evaluate.classifier_ranks import run_processes
+from engine.evaluate.classifier_training import GlobalBatchNorm, train_classifier
 from engine.progress import CancelToken, ProgressEvent
 
 CONFIG = EvalConfig(arch="resnet_tiny", image_size=8, epochs=2, batch_size=16, warmup_epochs=1,
@@ -121,7 +121,7 @@ def test_global_batchnorm_is_batchnorm_in_one_process(tmp_path: Path, one_thread
 def test_processes_option_is_validated():
     with pytest.raises(InvalidConfigError, match="processes"):
         EvalConfig(processes=0)
-    from engine.cli import build_parser
+    from studio.cli import build_parser
 
     args = build_parser().parse_args(["evaluate", "--project", "p", "--processes", "2"])
     assert args.processes == 2
@@ -131,7 +131,7 @@ def test_evaluate_stage_runs_two_processes_with_mixup(tmp_path: Path, one_thread
     """The job stage with ``processes=2`` runs torchrun on its prepared arrays and returns
     rank 0's result. Mixup draws through the whole batch, so every rank mixes the whole
     batch and keeps its half: the weights still match one process (within 1e-5)."""
-    from engine.stages import evaluate
+    from engine.stages import evaluate_stage
 
     train_x, train_y = tiny_split(48, seed=2)
     test_x, test_y = tiny_split(16, seed=3)
@@ -144,7 +144,7 @@ def test_evaluate_stage_runs_two_processes_with_mixup(tmp_path: Path, one_thread
               "labels": np.concatenate([train_y, test_y]).tolist(),
               "train_idx": list(range(48)), "test_idx": list(range(48, 64)),
               "synthetic_paths": [], "synthetic_labels": [], "out_dir": str(tmp_path / "ddp")}
-    result = evaluate.run(params, tmp_path, progress=lambda e: None, cancel=CancelToken())
+    result = evaluate_stage.run(params, tmp_path, progress=lambda e: None, cancel=CancelToken())
     single, ddp = _state(tmp_path / "single"), _state(tmp_path / "ddp")
     worst = max(float((single[k].double() - ddp[k].double()).abs().max()) for k in single)
     assert worst < 1e-5, worst

@@ -57,17 +57,17 @@ def add_noisy_generation(project: Project, dataset_id: str, k: int, name: str) -
 def lab(tmp_path, tiny_folder):
     """(project path, generation name): dataset, PCA encoding, a re-encoded 4x generation."""
     from engine import data
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     path = tmp_path / "lab"
     with Project(path) as project:
         ds = data.import_image_folder(project, tiny_folder, "tiny",
                                       ImportConfig(test_fraction=0.25))
         jobs = JobManager(project, max_running=1)
-        jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca", dim=4,
+        jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4,
                                                              image_size=8), dataset_ref=ds.id))
         gen = add_noisy_generation(project, ds.id, VARIATIONS, "noisy-x4")
-        jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca"),
+        jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca"),
                                        generation_ref=gen.id))
     return path, "noisy-x4"
 
@@ -181,7 +181,7 @@ def test_queue_limit_and_restart_with_real_workers(lab, tmp_path, capsys):
     the command line (a new owner) picks them up and finishes the experiment."""
     import re
 
-    from engine.cli import main
+    from studio.cli import main
 
     path, gen = lab
     project = Project(path)
@@ -210,7 +210,7 @@ def test_queue_limit_and_restart_with_real_workers(lab, tmp_path, capsys):
 
 
 def test_cli_queues_lists_and_shows(lab, tmp_path, capsys):
-    from engine.cli import main
+    from studio.cli import main
 
     path, gen = lab
     args = ["--project", str(path), "--json"]
@@ -232,7 +232,7 @@ def test_cli_queues_lists_and_shows(lab, tmp_path, capsys):
 
 
 def test_cli_augmentation_runs_the_chosen_baselines(lab, capsys):
-    from engine.cli import main
+    from studio.cli import main
 
     path, gen = lab
     args = ["--project", str(path), "--json"]
@@ -262,7 +262,7 @@ def test_default_concurrency_is_one_per_gpu_or_one(project):
 def test_studio_experiments_section(lab):
     """The Evaluate tab builds with its Experiments section and shows a recorded experiment."""
     from studio.app import build_app
-    from studio.tabs import evaluate as tab
+    from studio.tabs import evaluate_tab
 
     path, gen = lab
     run_experiment(path, "filtering", gen)
@@ -270,32 +270,32 @@ def test_studio_experiments_section(lab):
     ctx = blocks.studio
     try:
         assert any(getattr(b, "elem_id", None) == "exp-plot" for b in blocks.blocks.values())
-        (label, exp_id), = tab.experiment_choices(ctx)
+        (label, exp_id), = evaluate_tab.experiment_choices(ctx)
         assert label == "filtering · filtering"
-        assert [v for _, v in tab.generation_choices(ctx)] == ["gen_noisy-x4"]
+        assert [v for _, v in evaluate_tab.generation_choices(ctx)] == ["gen_noisy-x4"]
         gen_id = "gen_noisy-x4"
-        table, fig, csv, md = tab.experiment_view(ctx, exp_id)
+        table, fig, csv, md = evaluate_tab.experiment_view(ctx, exp_id)
         assert list(table.columns) == ["training data", "images", "seeds", "top-1 %", "top-5 %"]
         assert len(table) == 2 and fig.data[0].type == "bar"
         assert csv["visible"] and str(ctx.project.assets) in csv["value"]
         assert md["value"].endswith("table.md")
         with pytest.raises(InvalidConfigError, match="needs a generation"):
-            tab.launch_experiment(ctx, "filtering", [], 1, "resnet_tiny", 1, None)
+            evaluate_tab.launch_experiment(ctx, "filtering", [], 1, "resnet_tiny", 1, None)
         # recipe options from the page, the same KEY=VALUE lines as --set on the CLI
-        cfg = tab.recipe(ctx, "resnet_tiny", 3, "meada",
+        cfg = evaluate_tab.recipe(ctx, "resnet_tiny", 3, "meada",
                          "# a comment\nmeada_adv_lr=0.25\n\nlabel-smoothing = 0.1\n")
         assert (cfg.augment, cfg.meada_adv_lr, cfg.label_smoothing) == ("meada", 0.25, 0.1)
         with pytest.raises(InvalidConfigError, match="no option 'adv_lr'"):
-            tab.recipe(ctx, "resnet_tiny", 3, "crop", "adv_lr=1")
+            evaluate_tab.recipe(ctx, "resnet_tiny", 3, "crop", "adv_lr=1")
         # the augmentation experiment with ME-ADA on request, and the options in every run
-        record = tab.launch_experiment(ctx, "augmentation", [gen_id], 1, "resnet_tiny", 3,
+        record = evaluate_tab.launch_experiment(ctx, "augmentation", [gen_id], 1, "resnet_tiny", 3,
                                        "aug", "label_smoothing=0.1", with_meada=True)
         evals = {e.id: json.loads(e.config_json) for e in ctx.project.list(Evaluation)}
         configs = [evals[m["evaluation_id"]] for m in record["members"]]
         assert [c["augment"] for c in configs] == [
             "crop", "autoaugment", "randaugment", "mixup", "cutmix", "meada", "crop", "crop"]
         assert {c["label_smoothing"] for c in configs} == {0.1}
-        plain = tab.launch_experiment(ctx, "augmentation", [gen_id], 1, "resnet_tiny", 3,
+        plain = evaluate_tab.launch_experiment(ctx, "augmentation", [gen_id], 1, "resnet_tiny", 3,
                                       "aug2")
         assert len(plain["members"]) == 7  # no ME-ADA unless asked
     finally:
@@ -304,13 +304,13 @@ def test_studio_experiments_section(lab):
 
 def test_workers_are_pinned_one_per_gpu(lab):
     """With two GPUs (given explicitly here), two workers run at once, one on each."""
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     path, _ = lab
     with Project(path) as project:
         jobs = JobManager(project, max_running=2, gpus=[0, 1])
-        a = jobs.submit(encode.prepare(project, EncodeConfig(encoder="class")))
-        b = jobs.submit(encode.prepare(project, EncodeConfig(encoder="class")))
+        a = jobs.submit(encode_stage.prepare(project, EncodeConfig(encoder="class")))
+        b = jobs.submit(encode_stage.prepare(project, EncodeConfig(encoder="class")))
         assert {project.get(Job, a.id).status, project.get(Job, b.id).status} == {"running"}
         logs = [(jobs.folder(j) / "log.txt").read_text() for j in (a, b)]
         assert "CUDA_VISIBLE_DEVICES=0" in logs[0] and "CUDA_VISIBLE_DEVICES=1" in logs[1]
@@ -321,15 +321,15 @@ def test_workers_are_pinned_one_per_gpu(lab):
 def test_a_job_of_several_processes_holds_that_many_gpus(lab):
     """A job with ``processes=2`` is pinned to both GPUs and fills both slots: the next job
     waits for it."""
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     path, _ = lab
     with Project(path) as project:
         jobs = JobManager(project, max_running=2, gpus=[0, 1])
-        wide = encode.prepare(project, EncodeConfig(encoder="class"))
+        wide = encode_stage.prepare(project, EncodeConfig(encoder="class"))
         wide.params["processes"] = 2
         a = jobs.submit(wide)
-        b = jobs.submit(encode.prepare(project, EncodeConfig(encoder="class")))
+        b = jobs.submit(encode_stage.prepare(project, EncodeConfig(encoder="class")))
         assert project.get(Job, a.id).status == "running"
         assert project.get(Job, b.id).status == "queued"
         assert "CUDA_VISIBLE_DEVICES=0,1" in (jobs.folder(a) / "log.txt").read_text()

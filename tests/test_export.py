@@ -13,7 +13,7 @@ from PIL import Image
 
 from engine.config import ExportConfig
 from engine.errors import Cancelled, DatasetError, InvalidConfigError
-from engine.export import export_imagefolder, is_previous_export, sanitize_name, zip_export
+from engine.imagefolder import export_imagefolder, is_previous_export, sanitize_name, zip_export
 from engine.progress import CancelToken
 
 CLASSES = ["golden retriever", "café", ".hidden", "../evil", "a/b", "a_b", "CON", ""]

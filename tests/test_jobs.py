@@ -24,10 +24,10 @@ def tiny_project(project, tiny_folder):
 
 
 def test_encode_job_runs_in_a_worker_process_and_is_ingested(tiny_project):
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     jobs = JobManager(tiny_project)
-    job = jobs.submit(encode.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4,
+    job = jobs.submit(encode_stage.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4,
                                                                 image_size=8)))
     assert job.status == "running" and job.pid and job.pid != os.getpid()
     job = jobs.wait(job.id, timeout=120)
@@ -44,25 +44,25 @@ def test_encode_job_runs_in_a_worker_process_and_is_ingested(tiny_project):
 
 
 def test_queue_respects_the_concurrency_limit(tiny_project):
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     jobs = JobManager(tiny_project, max_running=1)
-    a = jobs.submit(encode.prepare(tiny_project, EncodeConfig(encoder="pca", dim=3, image_size=8)))
-    b = jobs.submit(encode.prepare(tiny_project, EncodeConfig(encoder="class")))
+    a = jobs.submit(encode_stage.prepare(tiny_project, EncodeConfig(encoder="pca", dim=3, image_size=8)))
+    b = jobs.submit(encode_stage.prepare(tiny_project, EncodeConfig(encoder="class")))
     assert tiny_project.get(Job, b.id).status == "queued"
     assert jobs.wait(a.id, timeout=120).status == "done"
     assert jobs.wait(b.id, timeout=120).status == "done"
 
 
 def _long_training(project, steps: int = 100_000):
-    from engine.stages import encode, train
+    from engine.stages import encode_stage, train_stage
 
     jobs = JobManager(project)
-    jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="class")))
+    jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="class")))
     config = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
                          attention_head_dim=8, batch_size=4, steps=steps,
                          checkpoint_every=5, preview_every=10_000, warmup_steps=1)
-    return jobs, train.prepare(project, config, encoder="class", name="long")
+    return jobs, train_stage.prepare(project, config, encoder="class", name="long")
 
 
 def _wait_for_progress(jobs, job, min_step: int = 6, timeout: float = 120) -> None:
@@ -114,10 +114,10 @@ def test_killed_worker_becomes_interrupted_and_retry_resumes(tiny_project):
 
 
 def test_failed_worker_reports_the_error(tiny_project, tmp_path):
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     jobs = JobManager(tiny_project)
-    spec = encode.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4, image_size=8))
+    spec = encode_stage.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4, image_size=8))
     os.remove(spec.params["pixels_path"])  # the input disappears before the worker runs
     job = jobs.wait(jobs.submit(spec).id, timeout=120)
     assert job.status == "failed" and job.error

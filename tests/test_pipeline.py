@@ -90,29 +90,29 @@ def test_export_loads_with_torchvision(demo_run):
 def test_bad_requests_are_refused_and_change_nothing(demo_run):
     from engine.config import EvalConfig, ExportConfig, GenerateConfig
     from engine.errors import InvalidConfigError, NotFoundError
-    from engine.stages import curate, evaluate, export, generate
+    from engine.stages import curate_stage, evaluate_stage, export_stage, generate_stage
 
     project, _, _ = demo_run
     tables = (Evaluation, Export, Generation, Model)
     before = {t.__name__: len(project.list(t)) for t in tables}
     with pytest.raises(InvalidConfigError, match="is empty; nothing was saved"):
-        curate.combine(project, "demo-middle", "demo-middle", "difference", "empty")
+        curate_stage.combine(project, "demo-middle", "demo-middle", "difference", "empty")
     # an empty selection (as an older project could hold) is refused downstream
     gen = project.get(Generation, "rcdm-pca-x2")
-    empty = curate._store(project, gen, "", np.zeros(0, np.int64), "empty", {"kind": "test"})
+    empty = curate_stage._store(project, gen, "", np.zeros(0, np.int64), "empty", {"kind": "test"})
     with pytest.raises(InvalidConfigError, match="empty"):
-        evaluate.prepare(project, EvalConfig(), mix="synthetic", selection_ref=empty.id)
+        evaluate_stage.prepare(project, EvalConfig(), mix="synthetic", selection_ref=empty.id)
     with pytest.raises(InvalidConfigError, match="nothing to export"):
-        export.prepare(project, ExportConfig(), empty.id)
+        export_stage.prepare(project, ExportConfig(), empty.id)
     with pytest.raises(InvalidConfigError, match="no source image"):
-        generate.prepare(project, GenerateConfig(), "rcdm-pca", image_ids=[])
+        generate_stage.prepare(project, GenerateConfig(), "rcdm-pca", image_ids=[])
     with pytest.raises(NotFoundError, match="no model 'mdl_from_elsewhere'"):
-        generate.prepare(project, GenerateConfig(), "mdl_from_elsewhere")
+        generate_stage.prepare(project, GenerateConfig(), "mdl_from_elsewhere")
     with pytest.raises(InvalidConfigError, match="cannot re-encode"):
         from engine.config import EncodeConfig
-        from engine.stages import encode
+        from engine.stages import encode_stage
 
-        encode.prepare(project, EncodeConfig(encoder="class"),
+        encode_stage.prepare(project, EncodeConfig(encoder="class"),
                        generation_ref="rcdm-pca-x2")
     after = {t.__name__: len(project.list(t)) for t in tables}
     assert before == after

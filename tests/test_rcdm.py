@@ -16,10 +16,10 @@ from engine.config import GenerateConfig, TrainConfig
 from engine.errors import (Cancelled, DatasetError, InvalidConfigError, NotReadyError,
                            StudioError)
 from engine.progress import CancelToken
-from engine.rcdm.generate import generate_variations
+from engine.rcdm.generation import generate_variations
 from engine.rcdm.model import build_rcdm, load_rcdm, save_rcdm
 from engine.rcdm.sample import guided_eps, make_scheduler, sample_images, to_uint8
-from engine.rcdm.train import pixels_to_tensor, train_rcdm
+from engine.rcdm.training import pixels_to_tensor, train_rcdm
 
 D = 5
 TINY = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,

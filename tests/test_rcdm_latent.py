@@ -20,7 +20,7 @@ from engine.rcdm.model import load_rcdm, unet_kwargs
 from engine.rcdm.presets import (IMAGENET100_TRAIN_IMAGES, preset_config,
                                  preset_parameters)
 from engine.rcdm.sample import sample_images
-from engine.rcdm.train import train_rcdm
+from engine.rcdm.training import train_rcdm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,7 +117,7 @@ def test_missing_vae_says_what_to_download(monkeypatch, tmp_path: Path):
 
 def test_latent_stage_caches_beside_the_pixels(vae_dir: Path, tmp_path: Path):
     from engine.progress import CancelToken
-    from engine.stages import train as stage
+    from engine.stages import train_stage
 
     pixels, cond = tiny_data(9)
     np.save(tmp_path / "pixels_16.npy", pixels)
@@ -126,7 +126,7 @@ def test_latent_stage_caches_beside_the_pixels(vae_dir: Path, tmp_path: Path):
     params = {"config": config.to_dict(), "pixels_path": str(tmp_path / "pixels_16.npy"),
               "cond_path": str(tmp_path / "cond.npy"), "train_idx": [0, 2, 4, 6, 8],
               "out_dir": str(tmp_path / "run"), "extra": {}}
-    out = stage.run(params, tmp_path, lambda e: None, CancelToken())
+    out = train_stage.run(params, tmp_path, lambda e: None, CancelToken())
     assert out["steps_done"] == 2
     cache = np.load(tmp_path / cache_name(str(vae_dir), 16))
     assert cache.shape == (9, 4, 8, 8)  # the whole dataset, reused by later runs

@@ -18,7 +18,7 @@ from engine.config import TrainConfig
 from engine.errors import Cancelled, InvalidConfigError
 from engine.progress import CancelToken
 from engine.rcdm.model import load_rcdm
-from engine.rcdm.train import min_snr_weights, train_rcdm
+from engine.rcdm.training import min_snr_weights, train_rcdm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,7 +143,7 @@ def test_two_processes_match_one(tmp_path: Path):
     _run(tmp_path / "ddp", config.replace(steps=2))
     (tmp_path / "config.json").write_text(json.dumps(config.replace(grad_accum=1).to_dict()))
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "engine.rcdm.launch",
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "engine.rcdm.training_ranks",
            "--pixels", str(tmp_path / "pixels.npy"), "--cond", str(tmp_path / "cond.npy"),
            "--out", str(tmp_path / "ddp"), "--config", str(tmp_path / "config.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.cli import build_parser
+from studio.cli import build_parser
 from engine.config import EncodeConfig, ImportConfig, TrainConfig
 from engine.errors import Cancelled, InvalidConfigError, JobError
 from engine.jobs import JobManager
 from engine.progress import CancelToken
 from engine.project import Job, Model
 from engine.rcdm.model import load_rcdm
-from engine.stages import encode, train
+from engine.stages import encode_stage, train_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +41,7 @@ def dataset(project, tiny_folder):
     from engine.data import import_image_folder
 
     ds = import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
-    JobManager(project).run_inline(encode.prepare(
+    JobManager(project).run_inline(encode_stage.prepare(
         project, EncodeConfig(encoder="pca", dim=5, image_size=8), dataset_ref=ds.id))
     return ds
 
@@ -60,9 +60,9 @@ def test_two_process_job_matches_one(project, dataset):
     the weights of a one-process job whose batch is split the same way (2 micro-batches)."""
     jobs = JobManager(project)
     events = []
-    ddp_job = jobs.run_inline(train.prepare(project, TINY.replace(processes=2), dataset.id,
+    ddp_job = jobs.run_inline(train_stage.prepare(project, TINY.replace(processes=2), dataset.id,
                                             encoder="pca", name="ddp"), progress=events.append)
-    single_job = jobs.run_inline(train.prepare(project, TINY.replace(grad_accum=2), dataset.id,
+    single_job = jobs.run_inline(train_stage.prepare(project, TINY.replace(grad_accum=2), dataset.id,
                                                encoder="pca", name="single"))
     assert ddp_job.status == single_job.status == "done"
     ddp, single = project.get(Model, "ddp"), project.get(Model, "single")
@@ -73,7 +73,7 @@ def test_two_process_job_matches_one(project, dataset):
         assert _max_diff(_weights(ddp_dir, name), _weights(single_dir, name)) < 1e-6
     _, _, extra = load_rcdm(ddp_dir)
     assert extra["world_size"] == 2 and extra["num_images"] == dataset.num_train
-    assert extra["model_id"] == ddp.id and extra["launcher"] == "engine.rcdm.launch"
+    assert extra["model_id"] == ddp.id and extra["launcher"] == "engine.rcdm.training_ranks"
     # rank 0's loss curve and previews reached the job's progress
     train_events = [e for e in events if e.stage == "train"]
     assert [e.step for e in train_events if e.step == 4] == [4]
@@ -87,12 +87,12 @@ def test_two_process_job_matches_one(project, dataset):
 def test_job_params_hold_two_slots(project, dataset):
     """A processes=2 job holds 2 of max_running=2 slots: a 1-process job waits behind it."""
     jobs = JobManager(project, max_running=2)
-    wide = jobs.create(train.prepare(project, TINY.replace(processes=2), dataset.id,
+    wide = jobs.create(train_stage.prepare(project, TINY.replace(processes=2), dataset.id,
                                      encoder="pca", name="wide"))
     assert json.loads((jobs.folder(wide) / "spec.json").read_text())["params"]["processes"] == 2
     # mark it running in a live process (this one) without starting a worker
     project.update(Job, wide.id, status="running", pid=os.getpid())
-    narrow = jobs.create(train.prepare(project, TINY, dataset.id, encoder="pca", name="narrow"))
+    narrow = jobs.create(train_stage.prepare(project, TINY, dataset.id, encoder="pca", name="narrow"))
     jobs.poll()
     assert project.get(Job, narrow.id).status == "queued"
     assert jobs._slots(project.get(Job, wide.id)) == 2 and jobs._slots(narrow) == 1
@@ -110,7 +110,7 @@ def test_processes_option_is_validated():
 def test_failing_processes_report_the_log_tail(project, dataset):
     """Ranks that fail (NaN representations) make the job fail with their log's end; the
     model row is marked failed."""
-    spec = train.prepare(project, TINY.replace(processes=2), dataset.id, encoder="pca",
+    spec = train_stage.prepare(project, TINY.replace(processes=2), dataset.id, encoder="pca",
                          name="bad")
     cond_path = Path(spec.params["cond_path"])
     cond = np.load(cond_path)
@@ -128,7 +128,7 @@ def test_cancel_then_resume(project, dataset):
     """Cancel stops both ranks after a step (checkpoint kept, model row cancelled); the
     same job run again resumes from that checkpoint and finishes."""
     config = TINY.replace(processes=2, steps=80, preview_every=1000)  # ~0.1 s a step
-    spec = train.prepare(project, config, dataset.id, encoder="pca", name="stop")
+    spec = train_stage.prepare(project, config, dataset.id, encoder="pca", name="stop")
     jobs = JobManager(project)
     cancel = CancelToken()
 
@@ -156,8 +156,8 @@ def test_latent_rows_and_cache_beside_the_pixels(tmp_path: Path):
     from diffusers import AutoencoderKL
 
     from engine.rcdm.latent import cached_latents
-    from engine.rcdm.launch import run_processes
-    from engine.rcdm.train import train_rcdm
+    from engine.rcdm.training_ranks import run_processes
+    from engine.rcdm.training import train_rcdm
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, sample_size=16,
@@ -192,10 +192,10 @@ def test_latent_rows_and_cache_beside_the_pixels(tmp_path: Path):
 def test_a_one_process_checkpoint_resumes_on_two(project, dataset, tmp_path):
     """More GPUs later: a run checkpointed by one process continues on two (the same
     recipe, the batch split differently), from its step, to the new end."""
-    from engine.stages.train import run
+    from engine.stages.train_stage import run
 
     jobs = JobManager(project)
-    spec = train.prepare(project, TINY.replace(steps=2), dataset.id, encoder="pca",
+    spec = train_stage.prepare(project, TINY.replace(steps=2), dataset.id, encoder="pca",
                          name="grow")
     assert jobs.run_inline(spec).status == "done"
     params = dict(spec.params, config=TINY.replace(steps=4, processes=2).to_dict(),

@@ -216,11 +216,11 @@ def gen_project(tmp_path_factory):
 def _run_stage(path, config, image_ids=None, name=None):
     from engine.jobs import JobManager
     from engine.project import Generation, Project
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     with Project(path) as project:
         job = JobManager(project).run_inline(
-            generate.prepare(project, config, "tiny-rcdm", image_ids, name))
+            generate_stage.prepare(project, config, "tiny-rcdm", image_ids, name))
         gen = project.get(Generation, job.result_id)
         return gen, project.samples(gen.id), project.images(gen.dataset_id), \
             [project.abs(p) for p in project.samples(gen.id)["path"]]
@@ -268,15 +268,15 @@ def test_stage_modes_record_provenance(gen_project):
 
 def test_stage_mode_errors(gen_project):
     from engine.project import Dataset, Project
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     path, _ = gen_project
     with Project(path) as project:
         with pytest.raises(InvalidConfigError, match="two source images"):
-            generate.prepare(project, GenerateConfig(mode="interpolate"), "tiny-rcdm")
+            generate_stage.prepare(project, GenerateConfig(mode="interpolate"), "tiny-rcdm")
         ids = project.images(project.list(Dataset)[0].id)["id"].tolist()
         with pytest.raises(InvalidConfigError, match="exactly two"):
-            generate.prepare(project, GenerateConfig(mode="interpolate"), "tiny-rcdm",
+            generate_stage.prepare(project, GenerateConfig(mode="interpolate"), "tiny-rcdm",
                              ids[:3])
         with pytest.raises(InvalidConfigError, match="valid samplers"):
-            generate.prepare(project, GenerateConfig(sampler="FooScheduler"), "tiny-rcdm")
+            generate_stage.prepare(project, GenerateConfig(sampler="FooScheduler"), "tiny-rcdm")

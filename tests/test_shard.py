@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
+from studio.cli import main
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.rcdm.shard import collect_shards, parse_shard, shard_indices, shard_name
@@ -47,7 +47,7 @@ def sharded(tmp_path_factory):
 
     from engine.jobs import JobManager
     from engine.project import Project
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     root = tmp_path_factory.mktemp("shard")
     path, _ = tiny_generation_project(root)
@@ -56,7 +56,7 @@ def sharded(tmp_path_factory):
            "PYTHONPATH": str(ROOT)}
     # two workers at once, each opening the project read-only and writing its own shard
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "generate", "--project", str(path), *OPTIONS,
+        [sys.executable, "-m", "studio.cli", "generate", "--project", str(path), *OPTIONS,
          "--shard", f"{k}/2", "--out", str(out), "--json"], cwd=root, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
@@ -65,7 +65,7 @@ def sharded(tmp_path_factory):
     manifests = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in results]
     config = GenerateConfig(variations=2, sampler="ddpm", steps=3, seed=5, batch_size=4)
     with Project(path) as project:
-        job = JobManager(project).run_inline(generate.prepare(project, config, "tiny-rcdm"))
+        job = JobManager(project).run_inline(generate_stage.prepare(project, config, "tiny-rcdm"))
         whole = job.result_id
     return {"path": path, "out": out, "manifests": manifests, "whole": whole, "root": root}
 

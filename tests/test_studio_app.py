@@ -33,20 +33,20 @@ def _prepare_project(path: Path, folder: Path) -> str:
     from engine.config import ImportConfig
     from engine.jobs import JobManager
     from engine.project import Project
-    from engine.stages import encode, generate, train
+    from engine.stages import encode_stage, generate_stage, train_stage
 
     with Project(path) as project:
         jobs = JobManager(project)
         ds = data.import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
         enc = EncodeConfig(encoder="pca", dim=8, image_size=16)
-        jobs.run_inline(encode.prepare(project, enc, dataset_ref=ds.id))
+        jobs.run_inline(encode_stage.prepare(project, enc, dataset_ref=ds.id))
         cfg = TrainConfig(steps=3, batch_size=8, block_channels=(8, 16), cross_attention_dim=16,
                           attention_head_dim=8, checkpoint_every=100, preview_every=100,
                           warmup_steps=1)
-        model = jobs.run_inline(train.prepare(project, cfg, ds.id, encoder="pca")).result_id
-        gen = jobs.run_inline(generate.prepare(
+        model = jobs.run_inline(train_stage.prepare(project, cfg, ds.id, encoder="pca")).result_id
+        gen = jobs.run_inline(generate_stage.prepare(
             project, GenerateConfig(variations=2, steps=2), model)).result_id
-        jobs.run_inline(encode.prepare(project, enc, generation_ref=gen))
+        jobs.run_inline(encode_stage.prepare(project, enc, generation_ref=gen))
         return gen
 
 
@@ -71,7 +71,7 @@ def studio(tmp_path_factory):
 
 
 def test_import_demo_then_list_datasets(studio):
-    from studio.tabs import data as data_tab
+    from studio.tabs import data_tab
 
     blocks, client, _, _ = studio
     status, dataset = client.predict(api_name="/import_demo")
@@ -153,7 +153,7 @@ def test_locked_project_names_its_holder(tmp_path):
 
     with Project(tmp_path / "held"):
         out = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "--project", str(tmp_path / "held"),
+            [sys.executable, "-m", "studio.cli", "--project", str(tmp_path / "held"),
              "--no-browser", "--port", str(_free_port())],
             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
@@ -161,15 +161,15 @@ def test_locked_project_names_its_holder(tmp_path):
 
 
 def test_generation_pages_and_provenance(studio):
-    from studio.tabs import generate as gen_tab
+    from studio.tabs import generate_tab
 
     blocks, _, gen_id, _ = studio
     ctx = blocks.studio
-    items, text, ids, page = gen_tab.sample_page(ctx, gen_id, page=2, page_size=10)
+    items, text, ids, page = generate_tab.sample_page(ctx, gen_id, page=2, page_size=10)
     assert page == 2 and len(items) == 10 and len(ids) == 10 and "page 2 of 4" in text
-    _, _, _, last = gen_tab.sample_page(ctx, gen_id, page=99, page_size=10)
+    _, _, _, last = generate_tab.sample_page(ctx, gen_id, page=99, page_size=10)
     assert last == 4  # clamped
-    path, md = gen_tab.sample_details(ctx, ids[0])
+    path, md = generate_tab.sample_details(ctx, ids[0])
     assert Path(path).is_file()
     assert "variation of real image" in md and "model **" in md and "seed" in md
 
@@ -178,7 +178,7 @@ def test_generate_tab_interpolates_and_draws_from_class_distributions(studio):
     import json
 
     from engine.project import Generation, Job, Model, Sample
-    from studio.tabs import generate as gen_tab
+    from studio.tabs import generate_tab
 
     blocks, client, _, _ = studio
     ctx = blocks.studio
@@ -188,9 +188,9 @@ def test_generate_tab_interpolates_and_draws_from_class_distributions(studio):
     # interpolation needs exactly two selected images (the picker's state, not an API
     # input): refused with a sentence otherwise
     with pytest.raises(Exception, match="exactly two selected images"):
-        gen_tab.generate(ctx, model.id, "selected images", [a], 1, 1, "ddim", 2, 1.0, 0, "",
+        generate_tab.generate(ctx, model.id, "selected images", [a], 1, 1, "ddim", 2, 1.0, 0, "",
                          "interpolate", 3)
-    job = gen_tab.generate(ctx, model.id, "selected images", [a, b], 1, 1, "ddim", 2, 1.0, 0,
+    job = generate_tab.generate(ctx, model.id, "selected images", [a, b], 1, 1, "ddim", 2, 1.0, 0,
                            "path", "interpolate", 3)
     assert job.status in ("queued", "running")
     # over HTTP as the page sends it: the mode and its fields follow the sampling inputs
@@ -206,13 +206,13 @@ def test_generate_tab_interpolates_and_draws_from_class_distributions(studio):
     cfg = json.loads(path.config_json)
     assert cfg["mode"] == "interpolate" and cfg["conditions"]["pair"] == [a, b]
     assert json.loads(drawn.config_json)["covariance"] == "diagonal"
-    _, text, ids, _ = gen_tab.sample_page(ctx, path.id)
+    _, text, ids, _ = generate_tab.sample_page(ctx, path.id)
     assert "interpolation between two selected images" in text and len(ids) == 3
-    _, md = gen_tab.sample_details(ctx, ids[1])
+    _, md = generate_tab.sample_details(ctx, ids[1])
     assert "interpolation at t = 0.500" in md and a in md and b in md
-    _, text, ids, _ = gen_tab.sample_page(ctx, drawn.id)
+    _, text, ids, _ = generate_tab.sample_page(ctx, drawn.id)
     assert "new draws from each class" in text
-    _, md = gen_tab.sample_details(ctx, ids[0])
+    _, md = generate_tab.sample_details(ctx, ids[0])
     first = ctx.project.get(Sample, ids[0])
     assert f"drawn from the distribution of class {first.class_name}" in md
 
@@ -226,7 +226,7 @@ def test_train_tab_advanced_options_latent_space_and_presets(studio, tmp_path):
 
     from engine.errors import InvalidConfigError, WeightsNotFoundError
     from engine.project import Dataset, Job, Model
-    from studio.tabs import train as train_tab
+    from studio.tabs import train_tab
 
     blocks, client, _, _ = studio
     ctx = blocks.studio
@@ -275,12 +275,12 @@ def test_train_tab_advanced_options_latent_space_and_presets(studio, tmp_path):
 def test_settings_kept_in_the_project(studio, monkeypatch):
     from engine.errors import InvalidConfigError
     from studio.app import first_tab, remember_tab
-    from studio.tabs import settings
+    from studio.tabs import settings_tab
 
     blocks, _, _, _ = studio
     ctx = blocks.studio
-    defaults = settings.machine_defaults(settings.machine_profile())
-    assert settings.effective(ctx)["train_steps"] == defaults["train_steps"]
+    defaults = settings_tab.machine_defaults(settings_tab.machine_profile())
+    assert settings_tab.effective(ctx)["train_steps"] == defaults["train_steps"]
     cache = ctx.project.assets.parent / "models-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HOME", "unchanged")
@@ -288,8 +288,8 @@ def test_settings_kept_in_the_project(studio, monkeypatch):
     before = ctx.project_key()
     form = dict(defaults, device="cpu", model_folder=str(cache), train_steps=40,
                 train_batch=8, gen_steps=5)
-    settings.save(ctx, form)
-    assert settings.effective(ctx)["train_steps"] == 40 and settings.device(ctx) == "cpu"
+    settings_tab.save(ctx, form)
+    assert settings_tab.effective(ctx)["train_steps"] == 40 and settings_tab.device(ctx) == "cpu"
     assert ctx.project.settings()["model_folder"] == str(cache)
     assert ctx.project_key() != before  # the forms reload their defaults
     import os
@@ -300,9 +300,9 @@ def test_settings_kept_in_the_project(studio, monkeypatch):
                 dict(form, model_folder=str(cache / "missing")),
                 dict(form, gen_sampler="euler??")):
         with pytest.raises(InvalidConfigError):
-            settings.save(ctx, bad)
+            settings_tab.save(ctx, bad)
     # a 40-step run gets previews, checkpoints and warm-up inside its 40 steps
-    from studio.tabs.train import train_config
+    from studio.tabs.train_tab import train_config
 
     cfg = train_config(ctx, 40, 8, 1e-3)
     assert cfg.preview_every <= 40 and cfg.checkpoint_every <= 40 and cfg.warmup_steps <= 4
@@ -322,7 +322,7 @@ def test_gallery_page_is_fast_at_12k_images(tmp_path):
 
     from engine.project import Dataset
     from studio.context import StudioContext
-    from studio.tabs import data as data_tab
+    from studio.tabs import data_tab
 
     ctx = StudioContext(tmp_path / "big")
     try:
@@ -360,14 +360,14 @@ def test_gallery_page_is_fast_at_12k_images(tmp_path):
 
 def test_switch_project_in_the_running_app(studio):
     """Create a project from the picker, then open the first one again; every view follows."""
-    from studio.tabs import projects
+    from studio.tabs import projects_tab
 
     blocks, client, _, path = studio
     ctx = blocks.studio
     rev = ctx.revision()
     status, recent = client.predict("second", api_name="/create_project")
     assert "created second" in status
-    assert ctx.project.path == projects.projects_root() / "second.duckdb"
+    assert ctx.project.path == projects_tab.projects_root() / "second.duckdb"
     assert ctx.revision() != rev
     assert blocks.allowed_paths == [str(ctx.project.assets.resolve())]
     assert recent["value"] == str(ctx.project.path)
@@ -375,7 +375,7 @@ def test_switch_project_in_the_running_app(studio):
     assert "already exists" in status
     status, _ = client.predict(str(path), api_name="/open_project")
     assert "opened proj" in status and ctx.project.path == Path(f"{path}.duckdb")
-    assert [p.stem for p in projects.recent_projects()][:2] == ["proj", "second"]
+    assert [p.stem for p in projects_tab.recent_projects()][:2] == ["proj", "second"]
     status, _ = client.predict("nope", api_name="/open_project")
     assert "status-error" in status and "no project 'nope'" in status
 
@@ -402,7 +402,7 @@ def test_galleries_get_thumbnails_of_large_images(tmp_path):
 
 def test_preview_history_lists_every_grid_by_step(tmp_path):
     from studio.context import StudioContext
-    from studio.tabs.train import preview_history
+    from studio.tabs.train_tab import preview_history
 
     ctx = StudioContext(tmp_path / "p")
     try:

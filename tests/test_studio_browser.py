@@ -60,7 +60,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """The studio as the user starts it: ``python -m engine.cli --project P --no-browser``
+    """The studio as the user starts it: ``python -m studio.cli --project P --no-browser``
     on a fresh, empty project; the projects folder and the recent list are in the test's
     folder. Yields (url, projects folder)."""
     root = tmp_path_factory.mktemp("browser")
@@ -73,7 +73,7 @@ def studio(tmp_path_factory):
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",  # workers on a shared 2-core CPU
                RCDM_STUDIO_HOME=str(root / "home"))
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--project", str(project),
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "--project", str(project),
                              "--no-browser", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

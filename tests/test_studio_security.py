@@ -134,7 +134,7 @@ def test_zip_upload_imports_and_traversal_is_refused(server, tmp_path):
 
 def test_projects_outside_the_folder_are_refused_when_exposed(tmp_path, monkeypatch):
     from engine.errors import InvalidConfigError
-    from studio.tabs.projects import resolve_project
+    from studio.tabs.projects_tab import resolve_project
 
     monkeypatch.setenv("RCDM_STUDIO_PROJECTS", str(tmp_path / "projects"))
     assert resolve_project("flowers") == tmp_path / "projects" / "flowers.duckdb"
@@ -170,7 +170,7 @@ def test_folder_import_stays_inside_the_projects_folder_when_exposed(tmp_path, m
     from engine.errors import InvalidConfigError
     from engine.project import Dataset
     from studio.context import StudioContext
-    from studio.tabs.data import import_folder
+    from studio.tabs.data_tab import import_folder
     from tests.conftest import write_tiny_folder
 
     monkeypatch.setenv("RCDM_STUDIO_PROJECTS", str(tmp_path / "projects"))

@@ -9,10 +9,10 @@
     shard     sharded generation: shard K of P of a plan, merged back into the project
 """
 
-from engine.rcdm.generate import generate_variations
+from engine.rcdm.generation import generate_variations
 from engine.rcdm.model import RCDM, build_rcdm, load_rcdm, save_rcdm
 from engine.rcdm.sample import make_scheduler, sample_images
-from engine.rcdm.train import train_rcdm
+from engine.rcdm.training import train_rcdm
 
 __all__ = ["RCDM", "build_rcdm", "load_rcdm", "save_rcdm", "train_rcdm", "make_scheduler",
            "sample_images", "generate_variations"]

@@ -182,8 +182,8 @@ def run_shard(out_dir: Path, k: int, p: int, model_dir: Path | None = None,
 
     A rerun skips the images already written, and rewrites the manifest last.
     """
-    from engine.rcdm.generate import generate_plan
-    from engine.stages.generate import plan_from_params
+    from engine.rcdm.generation import generate_plan
+    from engine.stages.generate_stage import plan_from_params
 
     out_dir = Path(out_dir)
     plan, cond = read_plan(out_dir)
@@ -301,7 +301,7 @@ def merge_shards(project, dirs: list[Path], name: str | None = None,
     """
     from engine.progress import ProgressEvent
     from engine.project import Dataset, Generation, Model, new_id
-    from engine.stages import generate as stage
+    from engine.stages import generate_stage
 
     plan, cond, rows = collect_shards(list(dirs))
     params = dict(plan["params"])
@@ -330,4 +330,4 @@ def merge_shards(project, dirs: list[Path], name: str | None = None,
     provenance = {"shards": {"num_shards": plan["num_shards"],
                              "folders": [str(Path(d).resolve()) for d in dirs],
                              "fingerprint": plan["fingerprint"]}}
-    return stage.ingest(project, params, {"samples": str(table), "provenance": provenance})
+    return generate_stage.ingest(project, params, {"samples": str(table), "provenance": provenance})

@@ -10,9 +10,20 @@ Curation (``curate``) is fast enough to run in the owner and has no job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from engine.errors import JobError
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a worker needs: the stage ``kind`` and JSON-able ``params`` (``prepare`` returns one)."""
+
+    kind: str
+    title: str
+    params: dict[str, Any]
+
 
 KINDS = ("encode", "train", "generate", "evaluate", "export")
 
@@ -23,4 +34,4 @@ def get(kind: str) -> ModuleType:
         raise JobError(f"unknown job kind {kind!r}; known kinds: {', '.join(KINDS)}")
     import importlib
 
-    return importlib.import_module(f"engine.stages.{kind}")
+    return importlib.import_module(f"engine.stages.{kind}_stage")

@@ -89,7 +89,7 @@ def built_base(tmp_path_factory) -> Path:
     from engine.config import EncodeConfig, ImportConfig, TrainConfig
     from engine.jobs import JobManager
     from engine.project import Project
-    from engine.stages import encode, train
+    from engine.stages import encode_stage, train_stage
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("faults_base")
@@ -97,9 +97,9 @@ def built_base(tmp_path_factory) -> Path:
     with Project(root / "base") as project:
         jobs = JobManager(project)
         data.import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
-        jobs.run_inline(encode.prepare(project, EncodeConfig(encoder="pca", dim=4,
+        jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4,
                                                              image_size=8)))
-        jobs.run_inline(train.prepare(project, TrainConfig(steps=3, checkpoint_every=100,
+        jobs.run_inline(train_stage.prepare(project, TrainConfig(steps=3, checkpoint_every=100,
                                                            **TRAIN), encoder="pca",
                                       name="tiny-model"))
     return root / "base.duckdb"

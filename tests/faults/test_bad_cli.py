@@ -15,8 +15,8 @@ from .conftest import snapshot
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``engine.cli.main`` in this process: (exit code, stdout, stderr)."""
-    from engine.cli import main
+    """``studio.cli.main`` in this process: (exit code, stdout, stderr)."""
+    from studio.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -61,7 +61,7 @@ def big_generation(built):
 
 def test_100k_samples_ingest_and_repeated_queries_do_not_grow_memory(big_generation):
     from engine.config import BandConfig
-    from engine.stages import curate
+    from engine.stages import curate_stage
 
     project, gen, ingest_s = big_generation
     print(f"bulk insert of {N} rows: {ingest_s:.1f} s")
@@ -73,8 +73,8 @@ def test_100k_samples_ingest_and_repeated_queries_do_not_grow_memory(big_generat
         assert len(frame) == N
         page = project.query(page_sql, [gen.id, (i * 977) % (N - 48)])
         assert len(page) == 48
-        bd = curate.band_data(project, gen.id)
-        mask = curate.band_mask(bd, BandConfig())
+        bd = curate_stage.band_data(project, gen.id)
+        mask = curate_stage.band_mask(bd, BandConfig())
         assert len(bd.distances) == N and 0.45 * N < mask.sum() < 0.55 * N
         del frame, page, bd, mask
 

@@ -67,11 +67,11 @@ def _kill_child_at_marker(proc, marker) -> None:
 def test_sigkill_of_the_owner_inside_the_ingest_transaction(built, tmp_path):
     """The worker finished; the owner dies between inserting the sample rows and the
     generation row. Reopened: no sample and no generation; repair finishes the ingest."""
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     before = snapshot(built)
     jobs = JobManager(built)
-    spec = generate.prepare(built, GenerateConfig(variations=2, steps=1), "tiny-model")
+    spec = generate_stage.prepare(built, GenerateConfig(variations=2, steps=1), "tiny-model")
     job = jobs.create(spec)
     assert execute(jobs.folder(job))["status"] == "done"  # the worker's body, to the end
     built.update(Job, job.id, status="running", pid=2 ** 22 + 7)  # its process is gone

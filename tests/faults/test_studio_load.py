@@ -66,12 +66,12 @@ def _call(client: httpx.Client, url: str, api: str) -> str:
 
 
 def test_ten_clients_poll_the_jobs_panel_during_a_generation(studio):
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     blocks, url = studio
     ctx = blocks.studio
     api = _jobs_panel_api(blocks)
-    job = ctx.submit(generate.prepare(ctx.project, GenerateConfig(variations=20, steps=8),
+    job = ctx.submit(generate_stage.prepare(ctx.project, GenerateConfig(variations=20, steps=8),
                                       "tiny-model"))
     assert ctx.project.get(Job, job.id).status == "running"
     latencies: list[float] = []
@@ -126,7 +126,7 @@ def test_only_the_projects_assets_are_served(studio):
 def test_the_default_bind_is_localhost(studio):
     import inspect
 
-    from engine.cli import build_parser
+    from studio.cli import build_parser
     from studio.app import launch
 
     blocks, _ = studio

@@ -2,7 +2,7 @@
 
 A NaN must stop training with a named error that says what to change; a checkpoint file cut
 short must be refused with a message naming it (or skipped to start over), never end in a
-library's internal error (engine/rcdm/train.py and engine/evaluate/train.py).
+library's internal error (engine/rcdm/training.py and engine/evaluate/classifier_training.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _cut(path) -> None:
 
 
 def test_nan_loss_stops_rcdm_training_with_a_clear_error(tmp_path, one_thread):
-    from engine.rcdm.train import train_rcdm
+    from engine.rcdm.training import train_rcdm
 
     # an absurd learning rate blows the weights up within a few steps
     with pytest.raises(StudioError, match=r"training loss became (nan|inf).*learning_rate"):
@@ -37,7 +37,7 @@ def test_nan_loss_stops_rcdm_training_with_a_clear_error(tmp_path, one_thread):
 
 
 def test_nan_in_the_condition_is_refused_before_training(tmp_path, one_thread):
-    from engine.rcdm.train import train_rcdm
+    from engine.rcdm.training import train_rcdm
 
     cond = COND.copy()
     cond[3, 1] = np.nan
@@ -46,7 +46,7 @@ def test_nan_in_the_condition_is_refused_before_training(tmp_path, one_thread):
 
 
 def test_nan_loss_stops_classifier_training_with_a_clear_error(tmp_path, one_thread):
-    from engine.evaluate.train import train_classifier
+    from engine.evaluate.classifier_training import train_classifier
 
     with pytest.raises(StudioError, match="nan|inf"):
         train_classifier(PIXELS, LABELS, PIXELS, LABELS, 3,
@@ -56,7 +56,7 @@ def test_nan_loss_stops_classifier_training_with_a_clear_error(tmp_path, one_thr
 
 @pytest.mark.parametrize("part", ["state.pt", "model.safetensors", "ema.safetensors"])
 def test_a_cut_rcdm_checkpoint_is_refused_clearly(tmp_path, one_thread, part):
-    from engine.rcdm.train import train_rcdm
+    from engine.rcdm.training import train_rcdm
 
     config = TrainConfig(steps=4, checkpoint_every=2, **TRAIN)
     train_rcdm(PIXELS, COND, config, tmp_path / "run")
@@ -66,7 +66,7 @@ def test_a_cut_rcdm_checkpoint_is_refused_clearly(tmp_path, one_thread, part):
 
 
 def test_a_cut_classifier_checkpoint_is_refused_clearly(tmp_path, one_thread):
-    from engine.evaluate.train import train_classifier
+    from engine.evaluate.classifier_training import train_classifier
 
     config = EvalConfig(epochs=1, batch_size=4, image_size=8)
     train_classifier(PIXELS, LABELS, PIXELS, LABELS, 3, config, out_dir=tmp_path / "ev")
@@ -79,7 +79,7 @@ def test_a_cut_classifier_checkpoint_is_refused_clearly(tmp_path, one_thread):
 def test_a_half_written_checkpoint_folder_is_ignored_on_resume(tmp_path, one_thread):
     """A kill during a checkpoint write leaves ``checkpoint.tmp-PID`` beside the last whole
     checkpoint (written atomically): resume uses the whole one."""
-    from engine.rcdm.train import train_rcdm
+    from engine.rcdm.training import train_rcdm
 
     config = TrainConfig(steps=4, checkpoint_every=2, **TRAIN)
     train_rcdm(PIXELS, COND, config, tmp_path / "run")

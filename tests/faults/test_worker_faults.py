@@ -52,10 +52,10 @@ def _retry(project, fresh: JobManager, job: Job) -> Job:
 
 
 def test_sigkill_during_encoding_then_retry(built, monkeypatch):
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     before = snapshot(built)
-    spec = encode.prepare(built, EncodeConfig(encoder="pca", dim=3, image_size=8, batch_size=8))
+    spec = encode_stage.prepare(built, EncodeConfig(encoder="pca", dim=3, image_size=8, batch_size=8))
     job, fresh = _kill_mid_job(built, spec, monkeypatch, hold_at=8)  # 8 of 24 encoded
     assert len(built.list(Encoding)) == before["rows"]["encoding"]  # nothing half-ingested
     assert_repairable(built)
@@ -68,10 +68,10 @@ def test_sigkill_during_encoding_then_retry(built, monkeypatch):
 
 
 def test_sigkill_during_generation_resumes_without_redoing_written_images(built, monkeypatch):
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     before = snapshot(built)
-    spec = generate.prepare(built, GenerateConfig(variations=2, steps=2, batch_size=4),
+    spec = generate_stage.prepare(built, GenerateConfig(variations=2, steps=2, batch_size=4),
                             "tiny-model")
     job, fresh = _kill_mid_job(built, spec, monkeypatch, hold_at=4)  # first 4 of 36 written
     assert built.list(Generation) == [] and snapshot(built)["rows"]["sample"] == 0
@@ -88,10 +88,10 @@ def test_sigkill_during_generation_resumes_without_redoing_written_images(built,
 
 
 def test_sigkill_during_evaluation_resumes_from_its_epoch_checkpoint(built, monkeypatch):
-    from engine.stages import evaluate
+    from engine.stages import evaluate_stage
 
     config = EvalConfig(epochs=3, batch_size=8, image_size=8, warmup_epochs=0)
-    spec = evaluate.prepare(built, config, mix="real")
+    spec = evaluate_stage.prepare(built, config, mix="real")
     # 18 training images, batch 8: 3 steps an epoch; step 3 = the end of epoch 1 (checkpointed)
     job, fresh = _kill_mid_job(built, spec, monkeypatch, hold_at=3)
     ev = built.get(Evaluation, spec.params["evaluation_id"])
@@ -108,14 +108,14 @@ def test_sigkill_during_evaluation_resumes_from_its_epoch_checkpoint(built, monk
 def test_reboot_mid_training_with_a_queued_job(built, monkeypatch):
     """All processes die at once (worker and owner); the project reopens, check repairs it,
     the training resumes from its last checkpoint and the queued job still runs."""
-    from engine.stages import encode, train
+    from engine.stages import encode_stage, train_stage
 
     config = TrainConfig(steps=20, checkpoint_every=3, **TRAIN)
-    spec = train.prepare(built, config, encoder="pca", name="rebooted")
+    spec = train_stage.prepare(built, config, encoder="pca", name="rebooted")
     monkeypatch.setenv(FAULT_HOLD_ENV, "10")
     jobs = JobManager(built)
     job = jobs.submit(spec)
-    queued = jobs.submit(encode.prepare(built, EncodeConfig(encoder="class")))
+    queued = jobs.submit(encode_stage.prepare(built, EncodeConfig(encoder="class")))
     assert built.get(Job, queued.id).status == "queued"
     folder = jobs.folder(job)
     wait_for(lambda: (folder / FAULT_HOLD_FILE).exists(), 180, "the training to reach step 10")
@@ -155,10 +155,10 @@ def tiny_tmpfs(tmp_path):
 def test_disk_full_in_a_worker_fails_clearly_and_retry_works(built, tiny_tmpfs):
     """The generation folder sits on a 64 KiB tmpfs: the worker hits ENOSPC while writing
     its images; the job fails with the OS's message; with space again, a retry finishes."""
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     before = snapshot(built)
-    spec = generate.prepare(built, GenerateConfig(variations=4, steps=1, batch_size=64),
+    spec = generate_stage.prepare(built, GenerateConfig(variations=4, steps=1, batch_size=64),
                             "tiny-model")
     out = built.abs(f"generations/{spec.params['generation_id']}")
     # move the generation's folder onto the small disk, leaving a link in its place

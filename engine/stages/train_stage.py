@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import TrainConfig
-from engine.jobs import JobSpec
+from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Model, Project, new_id
 from engine.stages import common
@@ -66,14 +66,14 @@ class _Rows:
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
-    from engine.rcdm.train import train_rcdm
+    from engine.rcdm.training import train_rcdm
 
     config = TrainConfig.from_dict(params["config"])
     idx = np.asarray(params["train_idx"], dtype=np.int64)
     if config.processes > 1:
         # torchrun: the processes read the pixel cache and the encoding rows idx themselves
         # (latents cached beside the pixel cache, as below); rank 0's result
-        from engine.rcdm.launch import run_processes
+        from engine.rcdm.training_ranks import run_processes
 
         out = run_processes(params["pixels_path"], params["cond_path"], config,
                             Path(params["out_dir"]), index=idx, extra=params.get("extra"),

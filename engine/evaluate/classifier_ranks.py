@@ -6,10 +6,10 @@ BatchNorm uses the whole batch's statistics); rank 0 tests, writes the checkpoin
 result. Re-running the same command resumes from ``OUT/checkpoint.pt``, whatever the number
 of processes that wrote it::
 
-    torchrun --standalone --nproc_per_node 8 -m engine.evaluate.launch \\
+    torchrun --standalone --nproc_per_node 8 -m engine.evaluate.classifier_ranks \\
         --train-x train_x.npy --train-y train_y.npy --test-x test_x.npy --test-y test_y.npy \\
         --out runs/eval --set arch=resnet50 --set image_size=64 --set device=cuda
-    accelerate launch --multi_gpu --num_processes 8 -m engine.evaluate.launch ...
+    accelerate launch --multi_gpu --num_processes 8 -m engine.evaluate.classifier_ranks ...
 
 ``--train-x`` / ``--test-x`` are (N, S, S, 3) uint8 ``.npy`` images, ``--train-y`` /
 ``--test-y`` (N,) int labels. Rank 0 writes ``OUT/result.json`` (the dict of
@@ -38,7 +38,7 @@ from engine.progress import CancelToken, ProgressFn, no_progress
 from engine.torchrun import (log_tail, progress_writer, rank_setup, run_module,
                              run_rank, write_json)
 
-log = logging.getLogger("engine.evaluate.launch")
+log = logging.getLogger("engine.evaluate.classifier_ranks")
 
 RESULT = "result.json"
 LAUNCH_DIR = "launch"  # run_processes: arrays, config, progress and log of the torchrun run
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", help="rank 0 appends progress events (JSON lines) here")
     args = ap.parse_args(argv)
     rank, cancel = rank_setup()
-    from engine.evaluate.train import train_classifier
+    from engine.evaluate.classifier_training import train_classifier
 
     out = Path(args.out)
     progress = progress_writer(args.progress, rank)
@@ -134,7 +134,7 @@ def run_processes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                                              str(work / f"{name}.npy"))),
             "--out", str(out_dir), "--num-classes", str(num_classes),
             "--config", str(work / "config.json")]
-    code = run_module("engine.evaluate.launch", args, config.processes, work, out_dir,
+    code = run_module("engine.evaluate.classifier_ranks", args, config.processes, work, out_dir,
                       progress, cancel, poll_seconds)
     # 3. rank 0's result
     if cancel is not None and cancel.cancelled:

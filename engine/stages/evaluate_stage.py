@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.config import MIXES, EvalConfig
 from engine.errors import InvalidConfigError, NotReadyError
-from engine.jobs import JobSpec
+from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Evaluation, Generation, Project, Selection, new_id
 from engine.stages import common
@@ -80,7 +80,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
     from engine import data
-    from engine.evaluate.train import mix_arrays, train_classifier
+    from engine.evaluate.classifier_training import mix_arrays, train_classifier
 
     config = EvalConfig.from_dict(params["config"])
     pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
@@ -97,7 +97,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     train_x, train_y = mix_arrays(parts)
     # 2. train, test on the real held-out split (several processes: torchrun, rank 0's result)
     if config.processes > 1:
-        from engine.evaluate.launch import run_processes
+        from engine.evaluate.classifier_ranks import run_processes
 
         return run_processes(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
                              params["num_classes"], config, Path(params["out_dir"]),

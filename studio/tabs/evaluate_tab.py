@@ -17,8 +17,8 @@ from engine.project import Evaluation, Generation, Job, Selection
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs import settings
-from studio.tabs.jobs import job_progress
+from studio.tabs import settings_tab
+from studio.tabs.jobs_tab import job_progress
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ def recipe(ctx: StudioContext, arch: str, epochs: int, augment: str = EvalConfig
     from engine.config import with_overrides
 
     config = EvalConfig(arch=arch, epochs=int(epochs), augment=augment or EvalConfig.augment,
-                        device=settings.device(ctx))
+                        device=settings_tab.device(ctx))
     return with_overrides(config, (options or "").splitlines())
 
 
 def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id: str | None,
              arch: str, epochs: int, name: str | None, augment: str = EvalConfig.augment,
              options: str | None = "") -> Job:
-    from engine.stages import evaluate as evaluate_stage
+    from engine.stages import evaluate_stage
 
     if mix not in MIXES:
         raise InvalidConfigError(f"mix must be one of {MIXES}, got {mix!r}")
@@ -289,7 +289,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                        options_v)
         return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
 
-    shared.on_project(lambda: int(settings.effective(ctx)["eval_epochs"]), [], [epochs])
+    shared.on_project(lambda: int(settings_tab.effective(ctx)["eval_epochs"]), [], [epochs])
     run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name, augment,
                            options], [status, table], api_name="evaluate")
 

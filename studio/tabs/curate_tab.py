@@ -17,7 +17,7 @@ from engine.project import Encoding, Generation, Selection
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs.generate import generation_choices
+from studio.tabs.generate_tab import generation_choices
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
          ({key: sample indices}), "text", "kept", "total", "mask", "bd"}.
     """
     from engine import curate
-    from engine.stages import curate as curate_stage
+    from engine.stages import curate_stage
 
     band = make_band(low, high, centroid, metric, **options)
     bd = _view(ctx, generation_id, centroid, metric, encoding_id)
@@ -122,7 +122,7 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
 def save(ctx: StudioContext, generation_id: str | None, low: float, high: float,
          centroid: str, metric: str, name: str | None, encoding_id: str | None = None,
          **options: Any) -> Selection:
-    from engine.stages import curate as curate_stage
+    from engine.stages import curate_stage
 
     band = make_band(low, high, centroid, metric, **options)
     bd = _view(ctx, generation_id, centroid, metric, encoding_id)
@@ -131,7 +131,7 @@ def save(ctx: StudioContext, generation_id: str | None, low: float, high: float,
 
 
 def selections_table(ctx: StudioContext) -> pd.DataFrame:
-    from engine.stages.export import band_text
+    from engine.stages.export_stage import band_text
 
     rows = []
     gens = {g.id: g.name for g in ctx.project.list(Generation)}
@@ -148,7 +148,7 @@ def curatable_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 
 
 def encoding_choices(ctx: StudioContext, generation_id: str | None) -> list[tuple[str, str]]:
-    from engine.stages import curate as curate_stage
+    from engine.stages import curate_stage
 
     if not generation_id:
         return []
@@ -173,7 +173,7 @@ def metrics_view(ctx: StudioContext, v: dict[str, Any]) -> tuple[pd.DataFrame, p
                                                                    Any, str]:
     """(overall table, per-class table, dashboard figure, copies/duplicates text)."""
     from engine import gen_metrics
-    from engine.stages import curate as curate_stage
+    from engine.stages import curate_stage
 
     bd, mask = v["bd"], v["mask"]
     k = 5 if mask.sum() > 20 else 3
@@ -384,7 +384,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             try:
                 v = _current(*values)
                 i = int(v["edge_idx"][key][evt.index])
-                from engine.stages import curate as curate_stage
+                from engine.stages import curate_stage
 
                 info = curate_stage.provenance(ctx.project, v["bd"], i)
                 return info["path"], info["source_path"] or None, provenance_md(info)
@@ -400,7 +400,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     @ui.guard(2, status=1)
     def draw_map(method_v, *values):
         from engine import curate
-        from engine.stages import curate as curate_stage
+        from engine.stages import curate_stage
 
         v = _current(*values)
         pts = curate_stage.embedding_map(ctx.project, v["bd"], method_v, MAP_POINTS)
@@ -430,7 +430,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                            metrics_class], api_name="metrics")
 
     def sel_choices():
-        from studio.tabs.evaluate import selection_choices
+        from studio.tabs.evaluate_tab import selection_choices
 
         return selection_choices(ctx)
 
@@ -453,7 +453,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     @ui.guard(5)
     def on_combine(a, op, b, name_v):
-        from engine.stages import curate as curate_stage
+        from engine.stages import curate_stage
 
         if not a or not b:
             raise NotReadyError("choose two selections to combine")

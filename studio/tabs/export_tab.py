@@ -14,7 +14,7 @@ from engine.project import Export, Job, Selection
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs.evaluate import selection_choices
+from studio.tabs.evaluate_tab import selection_choices
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ ZIP_MAX_IMAGES = 50_000  # larger exports are used from their folder, not zipped
 def export(ctx: StudioContext, selection_id: str | None, include_real: bool,
            out_dir: str | None, link: bool = False, val_fraction: float = 0.0,
            split_seed: int = 0) -> Job:
-    from engine.stages import export as export_stage
+    from engine.stages import export_stage
 
     if not selection_id:
         raise NotReadyError("save a selection in the Curate tab first")
@@ -52,7 +52,7 @@ def exports_table(ctx: StudioContext) -> pd.DataFrame:
 
 def make_zip(ctx: StudioContext, export_id: str | None) -> Path:
     """Zip an export into the project's assets (``exports/zips/``) for download."""
-    from engine.export import zip_export
+    from engine.imagefolder import zip_export
 
     if not export_id:
         raise NotReadyError("export a selection first")

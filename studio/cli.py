@@ -480,14 +480,14 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from engine.stages import encode
+    from engine.stages import encode_stage
 
     config = EncodeConfig(encoder=args.encoder, dim=args.dim, image_size=args.image_size,
                           device=args.device, model_id=args.model_id, precision=args.precision,
                           batch_size=args.batch_size, chunk_size=args.chunk_size,
                           read_threads=args.read_threads, fit_epochs=args.fit_epochs)
     with _open(args) as project:
-        job = _run(project, encode.prepare(project, config, dataset_ref=args.dataset,
+        job = _run(project, encode_stage.prepare(project, config, dataset_ref=args.dataset,
                                            generation_ref=args.generation), args)
         from engine.project import Encoding
 
@@ -499,7 +499,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.project import Model
-    from engine.stages import train
+    from engine.stages import train_stage
 
     from engine.rcdm.presets import preset_config
     from engine.stages import common
@@ -513,7 +513,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _open(args) as project:
         num_train = common.dataset(project, args.dataset).num_train
         config = preset_config(args.preset, num_images=num_train, seed=args.seed, **overrides)
-        job = _run(project, train.prepare(project, config, args.dataset, encoder=args.encoder,
+        job = _run(project, train_stage.prepare(project, config, args.dataset, encoder=args.encoder,
                                           name=args.name), args)
         m = project.get(Model, job.result_id)
     _emit(args, {"id": m.id, "name": m.name, "steps": m.steps_done, "final_loss": m.final_loss},
@@ -523,7 +523,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from engine.project import Generation
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     config = GenerateConfig(variations=args.variations, sampler=args.sampler, steps=args.steps,
                             guidance=args.guidance, seed=args.seed, device=args.device,
@@ -533,7 +533,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.shard or args.plan_only:
         return _generate_shard(args, config)
     with _open(args) as project:
-        job = _run(project, generate.prepare(project, config, args.model, args.images,
+        job = _run(project, generate_stage.prepare(project, config, args.model, args.images,
                                              args.name), args)
         g = project.get(Generation, job.result_id)
     _emit(args, {"id": g.id, "name": g.name, "count": g.count},
@@ -546,7 +546,7 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
     from engine.errors import InvalidConfigError, ProjectLockedError, ProjectNotFoundError
     from engine.project import Project
     from engine.rcdm import shard
-    from engine.stages import generate
+    from engine.stages import generate_stage
 
     if not args.out:
         raise InvalidConfigError("--shard and --plan-only need --out DIR")
@@ -554,7 +554,7 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
     k, p = shard.parse_shard(args.shard) if args.shard else (0, 1)
     try:
         with Project(args.project, create=False, read_only=True) as project:
-            params, plan = generate.plan_params(project, config, args.model, args.images)
+            params, plan = generate_stage.plan_params(project, config, args.model, args.images)
         written = shard.write_plan(out, params, plan.cond)
     except (ProjectNotFoundError, ProjectLockedError) as exc:
         if not (out / shard.PLAN_FILE).is_file():
@@ -607,7 +607,7 @@ def cmd_samplers(args: argparse.Namespace) -> int:
 
 def cmd_curate(args: argparse.Namespace) -> int:
     from engine.errors import InvalidConfigError
-    from engine.stages import curate
+    from engine.stages import curate_stage
 
     per_class = []
     for item in args.class_band:
@@ -629,13 +629,13 @@ def cmd_curate(args: argparse.Namespace) -> int:
                           high=1.0 if args.high is None else args.high, **extra)
     metrics = None
     with _open(args) as project:
-        bd = curate.band_data(project, args.generation, args.encoding, centroid=band.centroid,
+        bd = curate_stage.band_data(project, args.generation, args.encoding, centroid=band.centroid,
                               metric=band.metric)
-        mask = curate.band_mask(bd, band)
-        sel = curate.save_selection(project, bd, band, name=args.name, mask=mask)
-        table = curate.summary(bd, mask)
+        mask = curate_stage.band_mask(bd, band)
+        sel = curate_stage.save_selection(project, bd, band, name=args.name, mask=mask)
+        table = curate_stage.summary(bd, mask)
         if args.metrics:
-            metrics = curate.metrics(project, bd, mask)
+            metrics = curate_stage.metrics(project, bd, mask)
     obj = {"id": sel.id, "name": sel.name, "count": sel.count,
            "generated": int(len(bd.distances)), "band": band.to_dict(),
            "encoder": bd.encoding.encoder}
@@ -653,13 +653,13 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.project import Evaluation
-    from engine.stages import evaluate
+    from engine.stages import evaluate_stage
 
     config = _with_sets(EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed,
                                    device=args.device, augment=args.augment,
                                    schedule=args.schedule, processes=args.processes), args.sets)
     with _open(args) as project:
-        job = _run(project, evaluate.prepare(project, config, mix=args.mix,
+        job = _run(project, evaluate_stage.prepare(project, config, mix=args.mix,
                                              dataset_ref=args.dataset,
                                              selection_ref=args.selection,
                                              generation_ref=args.generation, name=args.name),
@@ -674,12 +674,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.project import Export
-    from engine.stages import export
+    from engine.stages import export_stage
 
     config = ExportConfig(include_real=args.include_real, link=args.link,
                           val_fraction=args.val_fraction, split_seed=args.split_seed)
     with _open(args) as project:
-        job = _run(project, export.prepare(project, config, args.selection, args.out), args)
+        job = _run(project, export_stage.prepare(project, config, args.selection, args.out), args)
         x = project.get(Export, job.result_id)
     _emit(args, {"id": x.id, "folder": x.folder, "count": x.count, "manifest": x.manifest},
           f"exported {x.count} images to {x.folder}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.config import EncodeConfig
 from engine.errors import InvalidConfigError
-from engine.jobs import JobSpec
+from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Encoding, Generation, Project, new_id, write_json_atomic
 from engine.stages import common

@@ -122,7 +122,7 @@ def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: flo
         raise InvalidConfigError("type the path of an image folder (one sub-folder per class)")
     path = Path(folder.strip()).expanduser()
     if ctx.restrict:  # reachable from the network: no browsing of the server's disk
-        from studio.tabs.projects import projects_root
+        from studio.tabs.projects_tab import projects_root
 
         root = projects_root().resolve()
         if root not in path.resolve().parents:

@@ -18,8 +18,8 @@ from engine.project import Encoding, Generation, Job, Model
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs import data as data_tab
-from studio.tabs.train import model_choices
+from studio.tabs import data_tab
+from studio.tabs.train_tab import model_choices
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,11 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
              seed: int, name: str | None, mode: str = "variations", points: int = 8,
              new_per_class: int = 10, mix_alpha: float = 1.0,
              covariance: str = "ledoit_wolf") -> Job:
-    from engine.stages import generate as generate_stage
+    from engine.stages import generate_stage
 
     if not model_id:
         raise NotReadyError("the project has no trained model yet; train one in the Train tab")
-    from studio.tabs.settings import device
+    from studio.tabs.settings_tab import device
 
     mode = mode or "variations"
     if mode == "interpolate" and len(selected or []) != 2:
@@ -97,13 +97,13 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
 
 def reencode(ctx: StudioContext, generation_id: str | None) -> Job:
     """Re-encode a generation with its model's encoder (PCA for the class baseline)."""
-    from engine.stages import encode as encode_stage
+    from engine.stages import encode_stage
 
     if not generation_id:
         raise NotReadyError("generate images first, then re-encode them")
     gen = ctx.project.get(Generation, generation_id)
     encoder = gen.encoder if gen.encoder and gen.encoder != "class" else "pca"
-    from studio.tabs.settings import device
+    from studio.tabs.settings_tab import device
 
     return ctx.submit(encode_stage.prepare(ctx.project,
                                            EncodeConfig(encoder=encoder, device=device(ctx)),
@@ -394,7 +394,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                       [model, generation, *sample_out, known])
 
     def defaults() -> tuple[Any, ...]:
-        from studio.tabs.settings import effective
+        from studio.tabs.settings_tab import effective
 
         eff = effective(ctx)
         return int(eff["gen_steps"]), int(eff["gen_variations"]), eff["gen_sampler"]

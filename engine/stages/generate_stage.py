@@ -19,7 +19,7 @@ import pandas as pd
 
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError
-from engine.jobs import JobSpec
+from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Encoding, Generation, Project, new_id
 from engine.stages import common
@@ -122,7 +122,7 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
-    from engine.rcdm.generate import generate_plan
+    from engine.rcdm.generation import generate_plan
 
     config = GenerateConfig.from_dict(params["config"])
     plan = plan_from_params(params, np.load(params["cond_path"], allow_pickle=False))

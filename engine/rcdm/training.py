@@ -13,7 +13,7 @@ scaler, so training N steps, stopping and resuming for N more gives the same wei
 steps in one go.
 
 Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
-``engine.rcdm.launch``), the loop uses ``accelerate.Accelerator`` for the process group and
+``engine.rcdm.training_ranks``), the loop uses ``accelerate.Accelerator`` for the process group and
 the device, wraps the model in DDP (gradients all-reduced), and only rank 0 writes
 checkpoints, previews and the model.
 

@@ -14,7 +14,7 @@ crop from ``engine.evaluate.augment``; ME-ADA (``engine.evaluate.meada``) grows 
 tensor with adversarial images at the start of some epochs and keeps them in the checkpoint.
 
 Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
-``engine.evaluate.launch``), training is data-parallel. Every rank draws the same global batch
+``engine.evaluate.classifier_ranks``), training is data-parallel. Every rank draws the same global batch
 from the seeded generator (``config.batch_size`` indices, crop parameters, policy / mix seeds)
 and takes its slice of it (rank r: rows ``[r*B/W, (r+1)*B/W)``); the model is wrapped in DDP
 (gloo on the CPU, nccl on ``cuda:LOCAL_RANK``) so gradients are averaged, and BatchNorm uses the

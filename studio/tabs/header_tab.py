@@ -67,7 +67,7 @@ def header_html(ctx: StudioContext) -> str:
 
 
 def brand_html(ctx: StudioContext) -> str:
-    from studio.tabs.settings import machine_profile
+    from studio.tabs.settings_tab import machine_profile
 
     name = ctx.project.path.stem.replace("&", "&amp;").replace("<", "&lt;")
     prof = machine_profile()

@@ -152,7 +152,7 @@ def open_demo(ctx: StudioContext, progress: Any = None) -> tuple[Path, Dataset |
     Returns:
         (the project path, the imported dataset or None when it had one already).
     """
-    from studio.tabs.data import import_demo
+    from studio.tabs.data_tab import import_demo
 
     db = project_paths(projects_root() / DEMO_NAME)[0]
     db.parent.mkdir(parents=True, exist_ok=True)

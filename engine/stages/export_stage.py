@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import ExportConfig
-from engine.jobs import JobSpec
+from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Export, Generation, Model, Project, Selection, new_id
 from engine.stages import common
@@ -62,7 +62,7 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
     })
     if sel.encoding_id:
         try:
-            from engine.stages import curate as curate_stage
+            from engine.stages import curate_stage
 
             band = json.loads(sel.config_json).get("band", {})
             bd = curate_stage.band_data(project, gen.id, sel.encoding_id,
@@ -101,7 +101,7 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
-    from engine.export import export_imagefolder
+    from engine.imagefolder import export_imagefolder
 
     rows = pd.read_parquet(params["rows_path"])
     out = export_imagefolder(rows, Path(params["out_dir"]),

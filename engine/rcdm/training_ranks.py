@@ -4,9 +4,9 @@ Each process runs this module; ``train_rcdm`` sees ``WORLD_SIZE`` and splits eve
 between the ranks (DDP, gradients all-reduced); rank 0 writes checkpoints, previews and the
 model. Re-running the same command resumes from ``OUT/checkpoint``::
 
-    accelerate launch --multi_gpu --num_processes 8 -m engine.rcdm.launch \\
+    accelerate launch --multi_gpu --num_processes 8 -m engine.rcdm.training_ranks \\
         --pixels pixels_256.npy --cond dinov2.npy --out runs/in100 --preset imagenet256
-    torchrun --standalone --nproc_per_node 2 -m engine.rcdm.launch ...   # CPU: --set device=cpu
+    torchrun --standalone --nproc_per_node 2 -m engine.rcdm.training_ranks ...   # CPU: --set device=cpu
 
 ``--pixels`` is a (N, H, W, 3) uint8 ``.npy`` and ``--cond`` a (N, D) float ``.npy``;
 ``--index`` an (n,) int64 ``.npy`` of the rows to train on (default: all N), applied to both.
@@ -38,7 +38,7 @@ from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.torchrun import (log_tail, progress_writer, rank_setup, run_module, run_rank,
                              write_json)
 
-log = logging.getLogger("engine.rcdm.launch")
+log = logging.getLogger("engine.rcdm.training_ranks")
 
 LAUNCH_DIR = "launch"  # run_processes: index, config, provenance, progress and log of torchrun
 RANKS_DIR = "ranks"
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rank, cancel = rank_setup()
     from engine.rcdm.latent import cached_latents
-    from engine.rcdm.train import _Processes, train_rcdm
+    from engine.rcdm.training import _Processes, train_rcdm
 
     write = progress_writer(args.progress, rank)
 
@@ -109,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         idx = _rows(args.index, len(all_pixels))
         cond = np.asarray(all_cond[idx], dtype=np.float32)  # (n, D), aligned with the rows
         config = build_config(args.preset, args.config, args.set, len(idx))
-        extra = {"launcher": "engine.rcdm.launch"}
+        extra = {"launcher": "engine.rcdm.training_ranks"}
         if args.extra:
             extra = json.loads(Path(args.extra).read_text(encoding="utf-8")) | extra
         latents = None
         if config.space == "latent":
-            from engine.stages.train import _Rows  # lazy row view: only previews are read
+            from engine.stages.train_stage import _Rows  # lazy row view: only previews are read
 
             # latents of all N images, cached next to the pixels and shared by every run
             # on them (as the single-process stage does); rank 0 encodes, then the rows
@@ -203,7 +203,7 @@ def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainC
     for old in (out_dir / RANKS_DIR).glob("rank_*.json"):
         old.unlink()
     # 2. torchrun, in this process group (a job's cancel signals the whole group)
-    code = run_module("engine.rcdm.launch", args, config.processes, work, out_dir, progress,
+    code = run_module("engine.rcdm.training_ranks", args, config.processes, work, out_dir, progress,
                       cancel, poll_seconds)
     # 3. rank 0's result
     if cancel is not None and cancel.cancelled:

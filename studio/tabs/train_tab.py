@@ -144,8 +144,8 @@ def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]
 
 def encode(ctx: StudioContext, dataset_id: str | None, encoder: str,
            image_size: int = TrainConfig.image_size, model_id: str | None = None) -> Job:
-    from engine.stages import encode as encode_stage
-    from studio.tabs.settings import device
+    from engine.stages import encode_stage
+    from studio.tabs.settings_tab import device
 
     if not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
@@ -204,7 +204,7 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
         InvalidConfigError: bad values, or the GPU-sized preset on a CPU.
     """
     from engine.rcdm.presets import EPOCHS, preset_config
-    from studio.tabs.settings import device, effective
+    from studio.tabs.settings_tab import device, effective
 
     adv = advanced or Advanced()
     steps = int(steps or 0)
@@ -245,7 +245,7 @@ def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps
           batch_size: int, lr: float, name: str | None,
           advanced: Advanced | None = None) -> tuple[Job, Model]:
     from engine.project import Dataset
-    from engine.stages import train as train_stage
+    from engine.stages import train_stage
 
     if not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
@@ -432,7 +432,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                                            info])
 
     def defaults() -> tuple[int, int]:
-        from studio.tabs.settings import effective
+        from studio.tabs.settings_tab import effective
 
         eff = effective(ctx)
         return int(eff["train_steps"]), int(eff["train_batch"])
