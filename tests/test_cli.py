@@ -56,11 +56,11 @@ def test_encoders_lists_offline_ones(capsys):
 
 
 def test_set_overrides_any_option_and_refuses_unknown_ones(tmp_path, tiny_folder, capsys):
-    from studio.cli import _with_sets
     from engine.config import EvalConfig
     from engine.project import Evaluation, Project
+    from studio.cli.console import with_sets
 
-    cfg = _with_sets(EvalConfig(), ["meada_adv_lr=0.25", "augment=meada", "hflip=true",
+    cfg = with_sets(EvalConfig(), ["meada_adv_lr=0.25", "augment=meada", "hflip=true",
                                     "label-smoothing=0.1"])
     assert (cfg.meada_adv_lr, cfg.augment, cfg.hflip, cfg.label_smoothing) == \
         (0.25, "meada", True, 0.1)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.config import GenerateConfig, TrainConfig
 from engine.errors import DatasetError, InvalidConfigError
-from engine.rcdm import conditions as C
+from engine.rcdm import conditions
 from engine.rcdm.model import build_rcdm
 from engine.rcdm.sample import check_sampler, make_scheduler, sample_images, sampler_names
 
@@ -111,19 +111,19 @@ def test_broken_scheduler_schedule_is_a_clear_error(model):
 
 def test_slerp_and_lerp_fixed_numbers():
     a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
-    path = C.slerp(a, b, np.array([0.0, 0.5, 1.0]))
+    path = conditions.slerp(a, b, np.array([0.0, 0.5, 1.0]))
     assert path == pytest.approx(np.array([[1, 0], [0.70710678, 0.70710678], [0, 1]]))
-    third = C.slerp(a, b, np.array([1 / 3]))[0]
+    third = conditions.slerp(a, b, np.array([1 / 3]))[0]
     assert third == pytest.approx([np.cos(np.pi / 6), np.sin(np.pi / 6)])
-    assert C.lerp(np.array([2.0, 0.0]), np.array([0.0, 4.0]), np.array([0.25])) == \
+    assert conditions.lerp(np.array([2.0, 0.0]), np.array([0.0, 4.0]), np.array([0.25])) == \
         pytest.approx(np.array([[1.5, 1.0]]))
-    assert C.is_unit_norm(path) and not C.is_unit_norm(np.array([[2.0, 0.0]]))
+    assert conditions.is_unit_norm(path) and not conditions.is_unit_norm(np.array([[2.0, 0.0]]))
 
 
 def test_interpolation_plan():
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(2, D)).astype(np.float32)
-    plan = C.interpolation_plan(raw, ["a", "b"], np.array([0, 2]), points=5)
+    plan = conditions.interpolation_plan(raw, ["a", "b"], np.array([0, 2]), points=5)
     assert plan.mode == "interpolate" and plan.cond.shape == (5, D)
     assert np.allclose(plan.cond[0], raw[0]) and np.allclose(plan.cond[-1], raw[1])
     assert np.allclose(plan.cond[2], (raw[0] + raw[1]) / 2, atol=1e-6)  # lerp: not normalised
@@ -131,13 +131,13 @@ def test_interpolation_plan():
     assert plan.labels.tolist() == [0, 0, 0, 2, 2]  # the nearer end's class
     assert plan.source_ids == ["a"] * 5 and plan.partner_ids == ["b"] * 5
     unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-    splan = C.interpolation_plan(unit, ["a", "b"], np.array([0, 2]), points=5)
+    splan = conditions.interpolation_plan(unit, ["a", "b"], np.array([0, 2]), points=5)
     assert np.allclose(np.linalg.norm(splan.cond, axis=1), 1.0, atol=1e-6)  # slerp
     omega = np.arccos(unit[0] @ unit[1])
     assert np.arccos(np.clip(splan.cond[1] @ unit[0], -1, 1)) == pytest.approx(omega / 4,
                                                                               abs=1e-5)
     with pytest.raises(InvalidConfigError, match="exactly two"):
-        C.interpolation_plan(raw[:1], ["a"], np.array([0]), points=3)
+        conditions.interpolation_plan(raw[:1], ["a"], np.array([0]), points=3)
 
 
 def _pool(n_per_class=(4, 5, 3), unit=False, seed=0):
@@ -152,54 +152,54 @@ def _pool(n_per_class=(4, 5, 3), unit=False, seed=0):
 
 def test_mixup_plan_pairs_within_class_and_is_seeded():
     cond, ids, labels = _pool()
-    plan = C.mixup_plan(cond, ids, labels, per_class=6, alpha=0.4, seed=3)
+    plan = conditions.mixup_plan(cond, ids, labels, per_class=6, alpha=0.4, seed=3)
     assert plan.cond.shape == (18, D) and plan.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
     index = {x: i for i, x in enumerate(ids)}
     for k in range(len(plan)):
         i, j, w = index[plan.source_ids[k]], index[plan.partner_ids[k]], plan.weights[k]
         assert i != j and labels[i] == labels[j] == plan.labels[k] and 0.0 <= w <= 1.0
         assert np.allclose(plan.cond[k], (1 - w) * cond[i] + w * cond[j], atol=1e-5)
-    again = C.mixup_plan(cond, ids, labels, per_class=6, alpha=0.4, seed=3)
+    again = conditions.mixup_plan(cond, ids, labels, per_class=6, alpha=0.4, seed=3)
     assert np.array_equal(plan.cond, again.cond) and plan.source_ids == again.source_ids
-    other = C.mixup_plan(cond, ids, labels, per_class=6, alpha=0.4, seed=4)
+    other = conditions.mixup_plan(cond, ids, labels, per_class=6, alpha=0.4, seed=4)
     assert not np.array_equal(plan.cond, other.cond)
     # a class's mixes do not depend on the other classes of the pool
-    only1 = C.mixup_plan(cond[labels == 1], [x for x, y in zip(ids, labels) if y == 1],
+    only1 = conditions.mixup_plan(cond[labels == 1], [x for x, y in zip(ids, labels) if y == 1],
                          labels[labels == 1], per_class=6, alpha=0.4, seed=3)
     assert np.array_equal(only1.cond, plan.cond[6:12])
     # a normalised pool gives normalised mixes
     ucond, _, _ = _pool(unit=True)
-    uplan = C.mixup_plan(ucond, ids, labels, per_class=4, alpha=1.0, seed=0)
+    uplan = conditions.mixup_plan(ucond, ids, labels, per_class=4, alpha=1.0, seed=0)
     assert np.allclose(np.linalg.norm(uplan.cond, axis=1), 1.0, atol=1e-5)
     with pytest.raises(DatasetError, match=r"class\(es\) \[1\]"):
-        C.mixup_plan(cond[:5], ids[:5], labels[:5], per_class=2, alpha=1.0, seed=0)
+        conditions.mixup_plan(cond[:5], ids[:5], labels[:5], per_class=2, alpha=1.0, seed=0)
 
 
 def test_class_sample_plan_draws_from_the_class_gaussian():
     cond, ids, labels = _pool(n_per_class=(40, 40, 40))
-    mean0, cov0 = C.class_gaussian(cond[labels == 0], "ledoit_wolf")
+    mean0, cov0 = conditions.class_gaussian(cond[labels == 0], "ledoit_wolf")
     from sklearn.covariance import ledoit_wolf
 
     lw, _ = ledoit_wolf(cond[labels == 0].astype(np.float64))
     assert np.allclose(cov0, lw, atol=1e-5)  # only eps * mean variance added
     assert np.allclose(mean0, cond[labels == 0].mean(0), atol=1e-6)
-    plan = C.class_sample_plan(cond, labels, per_class=3000, covariance="ledoit_wolf", seed=1)
+    plan = conditions.class_sample_plan(cond, labels, per_class=3000, covariance="ledoit_wolf", seed=1)
     assert plan.cond.shape == (9000, D) and plan.source_ids[0] == ""
     for c in range(3):
         draws = plan.cond[plan.labels == c].astype(np.float64)
-        mean, cov = C.class_gaussian(cond[labels == c], "ledoit_wolf")
+        mean, cov = conditions.class_gaussian(cond[labels == c], "ledoit_wolf")
         assert np.abs(draws.mean(0) - mean).max() < 0.1
         assert np.abs(np.cov(draws.T) - cov).max() < 0.15
-    diag = C.class_sample_plan(cond, labels, per_class=3000, covariance="diagonal", seed=1)
+    diag = conditions.class_sample_plan(cond, labels, per_class=3000, covariance="diagonal", seed=1)
     d0 = diag.cond[diag.labels == 0].astype(np.float64)
     assert np.abs(np.corrcoef(d0.T) - np.eye(D)).max() < 0.1  # independent dimensions
-    again = C.class_sample_plan(cond, labels, per_class=3000, covariance="diagonal", seed=1)
+    again = conditions.class_sample_plan(cond, labels, per_class=3000, covariance="diagonal", seed=1)
     assert np.array_equal(diag.cond, again.cond)
     ucond, _, _ = _pool(n_per_class=(6, 6, 6), unit=True)
-    uplan = C.class_sample_plan(ucond, np.repeat([0, 1, 2], 6), 5, "ledoit_wolf", seed=0)
+    uplan = conditions.class_sample_plan(ucond, np.repeat([0, 1, 2], 6), 5, "ledoit_wolf", seed=0)
     assert np.allclose(np.linalg.norm(uplan.cond, axis=1), 1.0, atol=1e-5)
     with pytest.raises(DatasetError, match="at least 2"):
-        C.class_sample_plan(cond[:41], labels[:41], 2, "ledoit_wolf", seed=0)
+        conditions.class_sample_plan(cond[:41], labels[:41], 2, "ledoit_wolf", seed=0)
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -1,0 +1,222 @@
+"""Training value: evaluate one mix, the paper's experiments, the whole demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import (
+    EvalConfig,
+)
+from engine.errors import StudioError
+from studio.cli.console import (
+    device_arg,
+    emit,
+    interruptible,
+    json_arg,
+    open_project,
+    project_arg,
+    run_job,
+    set_arg,
+    with_sets,
+)
+
+
+def add_parsers(sub: Any) -> None:
+    """Add this group's sub-commands to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("evaluate", help="train a classifier on a training mix (real test split)")
+    project_arg(p)
+    p.add_argument("--mix", default="real", choices=["real", "synthetic", "real+synthetic"])
+    p.add_argument("--selection", help="synthetic part: a selection")
+    p.add_argument("--generation", help="synthetic part: a whole generation")
+    p.add_argument("--dataset", help="dataset name or id")
+    p.add_argument("--arch", default=EvalConfig.arch, choices=["resnet_tiny", "resnet18",
+                                                               "resnet50"])
+    p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
+    p.add_argument("--augment", default=EvalConfig.augment,
+                   choices=["none", "crop", "autoaugment", "randaugment", "mixup", "cutmix",
+                            "meada"],
+                   help="augmentation (every one but none includes the crop; default crop)")
+    p.add_argument("--schedule", default=EvalConfig.schedule, choices=["cosine", "step"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--processes", type=int, default=EvalConfig.processes,
+                   help="data-parallel processes under torchrun (one per GPU; default 1)")
+    p.add_argument("--name", help="evaluation name")
+    set_arg(p, "EvalConfig")
+    device_arg(p)
+    json_arg(p)
+
+    p = sub.add_parser(
+        "experiment", help="the paper's experiments: scaling, augmentation, filtering",
+        description="scaling: synthetic-only at 1x..4x per generation, with real only as a "
+                    "line; augmentation: real, real + AutoAugment / RandAugment / Mixup / "
+                    "CutMix, real + 1x and 2x synthetic; filtering: unfiltered 1x vs the "
+                    "middle band of 2x. Each configuration runs --seeds times; the jobs are "
+                    "queued in the project (a studio open on it runs them) or run now with "
+                    "--wait. `list` shows the experiments, `show ID` one table.")
+    project_arg(p)
+    p.add_argument("action", choices=["scaling", "augmentation", "filtering", "list", "show"])
+    p.add_argument("ref", nargs="?", help="experiment id or name (show)")
+    p.add_argument("--generation", action="append", default=[],
+                   help="generation name or id with enough variations per image (repeat "
+                        "for one line per model in scaling)")
+    p.add_argument("--seeds", type=int, default=3, help="runs per configuration (default 3)")
+    p.add_argument("--arch", default=EvalConfig.arch,
+                   choices=["resnet_tiny", "resnet18", "resnet50"])
+    p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
+    p.add_argument("--augment", default=EvalConfig.augment,
+                   help="the base augmentation of every configuration (default crop)")
+    p.add_argument("--schedule", default=EvalConfig.schedule, choices=["cosine", "step"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="scaling: synthetic sizes in variations per image (default 1 2 3 4)")
+    p.add_argument("--keep", type=float, default=0.5,
+                   help="filtering: fraction of the 2x the middle band keeps (default 0.5)")
+    p.add_argument("--augmentations", nargs="+",
+                   choices=["autoaugment", "randaugment", "mixup", "cutmix", "meada"],
+                   help="augmentation: the classical baselines to run (default autoaugment "
+                        "randaugment mixup cutmix; meada, the slowest, on request)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--name", help="experiment name")
+    p.add_argument("--wait", action="store_true",
+                   help="run the queued jobs now in worker processes and wait for them")
+    p.add_argument("--max-running", type=int,
+                   help="workers at once with --wait (default: one per GPU, one on a CPU)")
+    p.add_argument("--csv", metavar="FILE", help="show: write the table as CSV")
+    p.add_argument("--markdown", metavar="FILE", help="show: write the table as Markdown")
+    set_arg(p, "EvalConfig (every configuration)")
+    device_arg(p)
+    json_arg(p)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the bundled digits dataset",
+                       description="Import the digits, encode, train an RCDM and the "
+                                   "class-conditioned baseline, generate, re-encode, keep the "
+                                   "middle band, evaluate four training mixes, export.")
+    project_arg(p)
+    p.add_argument("--quick", action="store_true", help="smaller run (a few minutes on a CPU)")
+    p.add_argument("--export", metavar="DIR", help="export folder (default: in the assets)")
+    p.add_argument("--encoder", default="pca", choices=["pca", "simclr"],
+                   help="offline image encoder to condition on (pca or simclr; the class "
+                        "baseline is always trained beside it)")
+    json_arg(p)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.project import Evaluation
+    from engine.stages import evaluate_stage
+
+    config = with_sets(EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed,
+                                   device=args.device, augment=args.augment,
+                                   schedule=args.schedule, processes=args.processes), args.sets)
+    with open_project(args) as project:
+        job = run_job(project, evaluate_stage.prepare(project, config, mix=args.mix,
+                                             dataset_ref=args.dataset,
+                                             selection_ref=args.selection,
+                                             generation_ref=args.generation, name=args.name))
+        e = project.get(Evaluation, job.result_id)
+    emit(args, {"id": e.id, "name": e.name, "mix": e.mix, "top1": e.top1, "top5": e.top5,
+                 "train_images": e.num_train, "test_images": e.num_test},
+          f"evaluation {e.name}: {e.mix} ({e.num_train} images), top-1 {e.top1:.2f} %, "
+          f"top-5 {e.top5:.2f} % on {e.num_test} real test images")
+    return 0
+
+
+def _wait_experiment(project, record: dict[str, Any], max_running: int | None) -> None:
+    """Run the experiment's queued jobs in workers and wait; Ctrl-C cancels them."""
+    import time
+
+    from engine import experiments
+    from engine.jobs import ACTIVE, JobManager
+    from engine.project import Evaluation, Job
+
+    jobs = JobManager(project, max_running=max_running)
+    jobs.reconcile()
+    ids = [project.get(Evaluation, m["evaluation_id"]).job_id for m in record["members"]]
+    last = None
+    try:
+        while True:
+            rows = {j.id: j for j in jobs.poll()}
+            st = experiments.status(project, record)
+            line = (st["done"], sum(rows[i].status == "running" for i in ids if i in rows))
+            if line != last:
+                print(f"{record['name']}: {st['done']}/{st['total']} evaluations done, "
+                      f"{line[1]} running", file=sys.stderr)
+                last = line
+            if not any(i in rows and rows[i].status in ACTIVE for i in ids):
+                return
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for i in ids:
+            if project.get(Job, i).status in ("queued", "running"):
+                jobs.cancel(i)
+        raise
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from engine import experiments
+    from engine.jobs import JobManager
+
+    with open_project(args, create=args.action not in ("list", "show")) as project:
+        if args.action == "list":
+            table = experiments.summary_table(project)
+            emit(args, {"experiments": table.to_dict(orient="records")},
+                  table.to_string(index=False) if len(table) else "no experiment yet")
+            return 0
+        if args.action == "show":
+            if not args.ref:
+                raise StudioError("experiment show needs an experiment id or name; "
+                                  "`rcdm-studio experiment list` shows them")
+            record = experiments.get(project, args.ref)
+        else:
+            config = with_sets(EvalConfig(
+                arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+                augment=args.augment, schedule=args.schedule, seed=args.seed,
+                device=args.device), args.sets)
+            jobs = JobManager(project, max_running=args.max_running)
+            record = experiments.launch(
+                project, args.action, args.generation, config, submit=jobs.create,
+                seeds=args.seeds, name=args.name, **({"sizes": tuple(args.sizes)}
+                                                     if args.action == "scaling" else {}),
+                **({"keep_fraction": args.keep} if args.action == "filtering" else {}),
+                **({"augmentations": tuple(args.augmentations)}
+                   if args.action == "augmentation" and args.augmentations else {}))
+            print(f"experiment {record['name']} ({record['id']}): {len(record['members'])} "
+                  f"evaluations queued", file=sys.stderr)
+        if args.wait:
+            _wait_experiment(project, record, args.max_running)
+        written = experiments.export(project, record,
+                                     csv=Path(args.csv) if args.csv else None,
+                                     md=Path(args.markdown) if args.markdown else None)
+        st = experiments.status(project, record)
+        table = experiments.table(project, record)
+        text = experiments.markdown(project, record)
+    if st["status"] in ("queued", "running") and not args.wait:
+        text += (f"\n{st['done']}/{st['total']} done; the jobs run while a studio is open on "
+                 f"the project, or now with `rcdm-studio experiment show {record['id']} "
+                 f"--wait`")
+    emit(args, {"id": record["id"], "name": record["name"], "kind": record["kind"], **st,
+                 "table": json.loads(table.to_json(orient="records")), **written}, text)
+    return 0 if st["status"] != "incomplete" else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import DemoConfig, results_table, run_demo
+
+    config = (DemoConfig.quick() if args.quick else DemoConfig()).with_encoder(args.encoder)
+    with interruptible() as (bar, cancel), open_project(args) as project:
+        results = run_demo(project, config, Path(args.export) if args.export else None,
+                           progress=bar, cancel=cancel, say=lambda m: print(m, file=sys.stderr))
+    print(results_table(results))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+COMMANDS = {
+    "evaluate": cmd_evaluate,
+    "experiment": cmd_experiment,
+    "demo": cmd_demo,
+}

@@ -1,0 +1,224 @@
+"""RCDMs: train, generate (also sharded over machines), merge shards, samplers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import (
+    GenerateConfig,
+    TrainConfig,
+)
+from studio.cli.console import (
+    device_arg,
+    emit,
+    interruptible,
+    json_arg,
+    open_project,
+    project_arg,
+    run_job,
+)
+
+
+def add_parsers(sub: Any) -> None:
+    """Add this group's sub-commands to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("train", help="train an RCDM conditioned on an encoding")
+    project_arg(p)
+    p.add_argument("--dataset", help="dataset name or id")
+    p.add_argument("--encoder", default="pca",
+                   help="condition on the dataset's encoding with this encoder "
+                        "(class = the class-conditioned baseline)")
+    p.add_argument("--name", help="model name")
+    p.add_argument("--preset", default="tiny-cpu", choices=["tiny-cpu", "imagenet256"],
+                   help="starting TrainConfig (imagenet256: the paper's 256 px latent RCDM, "
+                        "125 epochs of the dataset at batch 16); the options below override it")
+    p.add_argument("--steps", type=int, help=f"optimiser steps (tiny-cpu: {TrainConfig.steps})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per optimiser step (tiny-cpu: {TrainConfig.batch_size})")
+    p.add_argument("--lr", type=float, help=f"learning rate (tiny-cpu: {TrainConfig.learning_rate})")
+    p.add_argument("--image-size", type=int,
+                   help=f"training image size in pixels (tiny-cpu: {TrainConfig.image_size})")
+    p.add_argument("--cond-dropout", type=float,
+                   help="probability of dropping the representation (classifier-free guidance)")
+    p.add_argument("--space", choices=["pixel", "latent"],
+                   help="denoise pixels (toy sizes) or the latents of a VAE")
+    p.add_argument("--vae", help="AutoencoderKL hub id or local folder for --space latent "
+                                 f"(default {TrainConfig.vae_id})")
+    p.add_argument("--min-snr-gamma", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (fp16 needs CUDA)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--processes", type=int,
+                   help="data-parallel processes (one per GPU; gloo processes on the CPU): "
+                        "the job runs torchrun and holds that many job slots (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default: cpu; "
+                                    "imagenet256: cuda)")
+    json_arg(p)
+
+    p = sub.add_parser(
+        "generate", help="generate images: variations, interpolations, mix-ups, class samples",
+        description="Generate images with a trained RCDM. --mode picks the representations: "
+                    "variations of real images (the paper's), interpolate between two images "
+                    "(--images A B), mixup within a class, class_sample (new representations "
+                    "drawn from each class's Gaussian). With --shard K/P --out DIR it "
+                    "generates shard K (0..P-1) of the generation into DIR without writing "
+                    "to the project; `generate-merge` ingests the shards.")
+    project_arg(p)
+    p.add_argument("--model", help="model name or id (default: the latest trained)")
+    p.add_argument("--variations", type=int, default=1,
+                   help="seeds per representation (per source image in variations mode)")
+    p.add_argument("--images", nargs="*",
+                   help="source image ids (default: the training split); two for interpolate")
+    p.add_argument("--mode", default=GenerateConfig.mode,
+                   choices=["variations", "interpolate", "mixup", "class_sample"])
+    p.add_argument("--points", type=int, default=GenerateConfig.points,
+                   help="interpolate: representations on the path, ends included")
+    p.add_argument("--per-class", type=int, default=GenerateConfig.per_class,
+                   help="mixup / class_sample: new representations per class")
+    p.add_argument("--mix-alpha", type=float, default=GenerateConfig.mix_alpha,
+                   help="mixup: weights ~ Beta(a, a) (1 = uniform)")
+    p.add_argument("--covariance", default=GenerateConfig.covariance,
+                   choices=["ledoit_wolf", "diagonal"], help="class_sample: covariance")
+    p.add_argument("--sampler", default=GenerateConfig.sampler,
+                   help="ddpm (default, 100 steps: the paper's), ddim, dpm++ or a diffusers "
+                        "scheduler class name, e.g. EulerDiscreteScheduler (see `samplers`)")
+    p.add_argument("--steps", type=int, default=GenerateConfig.steps)
+    p.add_argument("--guidance", type=float, default=GenerateConfig.guidance,
+                   help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--batch-size", type=int, default=GenerateConfig.batch_size)
+    p.add_argument("--name", help="generation name")
+    p.add_argument("--shard", metavar="K/P",
+                   help="generate only shard K of P (0 <= K < P) into --out; the project is "
+                        "only read (or not opened at all when --out already holds the plan)")
+    p.add_argument("--out", metavar="DIR", help="shard output folder (with --shard)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="write the generation's plan into --out and stop (for workers that "
+                        "cannot read the project)")
+    p.add_argument("--model-dir", help="with --shard: the model folder on this machine")
+    device_arg(p)
+    json_arg(p)
+
+    p = sub.add_parser("generate-merge", help="ingest sharded generation outputs",
+                       description="Check that the shard folders hold every shard 0..P-1 of "
+                                   "one generation, complete and from the same model and "
+                                   "options, and ingest them as one generation.")
+    project_arg(p)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="shard output folders")
+    p.add_argument("--name", help="generation name")
+    json_arg(p)
+
+    p = sub.add_parser("samplers", help="list the sampler names --sampler accepts")
+    json_arg(p)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.project import Model
+    from engine.rcdm.presets import preset_config
+    from engine.stages import common, train_stage
+
+    given = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
+             "image_size": args.image_size, "cond_dropout": args.cond_dropout,
+             "space": args.space, "vae_id": args.vae, "min_snr_gamma": args.min_snr_gamma,
+             "precision": args.precision, "grad_accum": args.grad_accum, "device": args.device,
+             "processes": args.processes}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    with open_project(args) as project:
+        num_train = common.dataset(project, args.dataset).num_train
+        config = preset_config(args.preset, num_images=num_train, seed=args.seed, **overrides)
+        job = run_job(project, train_stage.prepare(project, config, args.dataset, encoder=args.encoder,
+                                          name=args.name))
+        m = project.get(Model, job.result_id)
+    emit(args, {"id": m.id, "name": m.name, "steps": m.steps_done, "final_loss": m.final_loss},
+          f"model {m.name} ({m.id}): {m.steps_done} steps, final loss {m.final_loss:.4f}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from engine.project import Generation
+    from engine.stages import generate_stage
+
+    config = GenerateConfig(variations=args.variations, sampler=args.sampler, steps=args.steps,
+                            guidance=args.guidance, seed=args.seed, device=args.device,
+                            batch_size=args.batch_size, mode=args.mode, points=args.points,
+                            per_class=args.per_class, mix_alpha=args.mix_alpha,
+                            covariance=args.covariance)
+    if args.shard or args.plan_only:
+        return _generate_shard(args, config)
+    with open_project(args) as project:
+        job = run_job(project, generate_stage.prepare(project, config, args.model, args.images,
+                                             args.name))
+        g = project.get(Generation, job.result_id)
+    emit(args, {"id": g.id, "name": g.name, "count": g.count},
+          f"generation {g.name} ({g.id}): {g.count} images in {g.folder}")
+    return 0
+
+
+def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
+    """--plan-only / --shard K/P: write the plan into --out, then generate one shard."""
+    from engine.errors import InvalidConfigError, ProjectLockedError, ProjectNotFoundError
+    from engine.project import Project
+    from engine.rcdm import shard
+    from engine.stages import generate_stage
+
+    if not args.out:
+        raise InvalidConfigError("--shard and --plan-only need --out DIR")
+    out = Path(args.out)
+    k, p = shard.parse_shard(args.shard) if args.shard else (0, 1)
+    try:
+        with Project(args.project, create=False, read_only=True) as project:
+            params, plan = generate_stage.plan_params(project, config, args.model, args.images)
+        written = shard.write_plan(out, params, plan.cond)
+    except (ProjectNotFoundError, ProjectLockedError) as exc:
+        if not (out / shard.PLAN_FILE).is_file():
+            raise
+        print(f"using the plan in {out} ({exc}); generation options given here are ignored",
+              file=sys.stderr)
+        written = shard.read_plan(out)[0]
+    if args.plan_only:
+        emit(args, {"out": str(out), "total": written["total"],
+                     "fingerprint": written["fingerprint"]},
+              f"plan of {written['total']} images written to {out}")
+        return 0
+    with interruptible() as (bar, cancel):
+        manifest = shard.run_shard(out, k, p, model_dir=args.model_dir, progress=bar,
+                                   cancel=cancel)
+    emit(args, {**manifest, "folder": str(out / shard.shard_name(k, p))},
+          f"shard {k}/{p}: {manifest['count']} of {manifest['total']} images in "
+          f"{out / shard.shard_name(k, p)}")
+    return 0
+
+
+def cmd_generate_merge(args: argparse.Namespace) -> int:
+    from engine.project import Generation
+    from engine.rcdm.shard import merge_shards
+
+    with open_project(args, create=False) as project:
+        gen_id = merge_shards(project, [Path(d) for d in args.dirs], name=args.name)
+        g = project.get(Generation, gen_id)
+    emit(args, {"id": g.id, "name": g.name, "count": g.count, "folder": g.folder},
+          f"generation {g.name} ({g.id}): {g.count} images merged into {g.folder}")
+    return 0
+
+
+def cmd_samplers(args: argparse.Namespace) -> int:
+    from engine.rcdm.sample import sampler_names
+
+    names = list(sampler_names())
+    if args.json:
+        print(json.dumps(names))
+    else:
+        print("\n".join(names))
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "generate-merge": cmd_generate_merge,
+    "samplers": cmd_samplers,
+}
