@@ -4,10 +4,10 @@ Builds a random float32 array of that size, memory-mapped from disk (100 classes
 measures side by side in one run:
 
 - reading the whole array once (the floor: every method must read it at least once);
-- the engine's class centroids + distances + middle-band mask (``engine.curate``);
+- the engine's class centroids + distances + middle-band mask (``engine.curation.bands``);
 - a band change as the studio does it (distances and within-class ranks cached: mask +
   per-class summary);
-- precision / recall / density / coverage (``engine.gen_metrics.prdc``: faiss k-NN radii +
+- precision / recall / density / coverage (``engine.curation.prdc``: faiss k-NN radii +
   one chunked pass over the cross distances) against a plain scikit-learn baseline
   (``NearestNeighbors(algorithm="brute")`` radii + ``pairwise_distances_chunked``) on a
   ``--pr-n`` x ``--dim`` subsample per set (default 10,000 x 768: these metrics are quadratic
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import curate
+from engine import curation
 from engine.config import BandConfig
 
 
@@ -68,15 +68,13 @@ def sklearn_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]
 
 def pr_benchmark(args: argparse.Namespace) -> None:
     """Precision/recall with faiss (ours) vs scikit-learn, side by side, same data."""
-    from engine import gen_metrics
-
     rng = np.random.default_rng(1)
     real = rng.standard_normal((args.pr_n, args.dim), dtype=np.float32)
     fake = (0.9 * rng.standard_normal((args.pr_n, args.dim), dtype=np.float32) + 0.05)
     # warm up both sides (imports, thread pools) on a slice, so only the work is timed
-    gen_metrics.prdc(real[:200], fake[:200], args.k, max_samples=None)
+    curation.prdc(real[:200], fake[:200], args.k, max_samples=None)
     sklearn_prdc(real[:200], fake[:200], args.k)
-    ours, t_ours = _timed(lambda: gen_metrics.prdc(real, fake, args.k, max_samples=None))
+    ours, t_ours = _timed(lambda: curation.prdc(real, fake, args.k, max_samples=None))
     base, t_base = _timed(lambda: sklearn_prdc(real, fake, args.k))
     # shares may differ by a sample or two at float32 ties; density (a mean count) relatively
     same = all(abs(ours[key] - base[key]) <= 2.0 / args.pr_n
@@ -138,20 +136,20 @@ def main() -> int:
         band = BandConfig.preset("middle", 0.5)
 
         def ours():
-            c = curate.class_centroids(emb, labels, args.classes, args.metric)
-            d = curate.centroid_distances(emb, labels, c, args.metric)
-            return d, curate.band_mask(d, labels, band, args.classes)
+            c = curation.class_centroids(emb, labels, args.classes, args.metric)
+            d = curation.centroid_distances(emb, labels, c, args.metric)
+            return d, curation.band_mask(d, labels, band, args.classes)
 
         (dist, mask), t_ours = _timed(ours)
 
         # 4. a band change as the studio does it: distances cached, new mask + summary
         names = [str(i) for i in range(args.classes)]
-        ranks = curate.class_ranks(dist, labels, args.classes)  # sorted once per view
+        ranks = curation.class_ranks(dist, labels, args.classes)  # sorted once per view
 
         def band_change():
-            m = curate.band_mask(dist, labels, BandConfig(low=0.1, high=0.8), args.classes,
-                                 ranks=ranks)
-            return curate.band_summary(dist, labels, m, names, ranks=ranks)
+            m = curation.band_mask(dist, labels, BandConfig(low=0.1, high=0.8), args.classes,
+                                   ranks=ranks)
+            return curation.band_summary(dist, labels, m, names, ranks=ranks)
 
         band_change()
         _, t_band = _timed(band_change)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import curate, data, encoders
+from engine import curation, data, encoders
 from engine.config import EncodeConfig, GenerateConfig, TrainConfig
 from engine.jobs import JobManager
 from engine.project import Dataset, Encoding, Model, Project
@@ -79,7 +79,7 @@ def run(project: Project, n: int, train_steps: int, seed: int) -> dict:
     chosen = np.sort(rng.choice(train_idx, size=min(n, len(train_idx)), replace=False))
     cond = np.asarray(project.embeddings(enc)[chosen], dtype=np.float32)  # (n, D)
     seeds = np.arange(len(chosen)) + seed
-    floor = curate.frechet_distance(encoder.encode(np.asarray(pixels[chosen])), real_test)
+    floor = curation.frechet_distance(encoder.encode(np.asarray(pixels[chosen])), real_test)
 
     rows = {}
     for sampler, steps in SAMPLERS:
@@ -88,7 +88,7 @@ def run(project: Project, n: int, train_steps: int, seed: int) -> dict:
         t0 = time.perf_counter()
         images = sample_images(model, cond, seeds, config)  # (n, S, S, 3) uint8
         seconds = time.perf_counter() - t0
-        fd = curate.frechet_distance(encoder.encode(images), real_test)
+        fd = curation.frechet_distance(encoder.encode(images), real_test)
         rows[sampler] = {"steps": steps, "seconds": round(seconds, 2),
                          "images_per_s": round(len(images) / seconds, 1),
                          "frechet": round(float(fd), 4)}

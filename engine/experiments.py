@@ -95,7 +95,7 @@ def first_variations(project: Project, gen: Generation, k: int) -> Selection:
 def middle_band_of_2x(project: Project, gen: Generation, keep_fraction: float = 0.5) -> Selection:
     """The middle ``keep_fraction`` band (per class, around the real class centroid) of the
     first two variations of every image: the paper's filter, 2x -> 1x. Reused if saved."""
-    from engine import curate
+    from engine import curation
     from engine.stages import curate_stage
 
     if _variations(gen) < 2:
@@ -110,8 +110,8 @@ def middle_band_of_2x(project: Project, gen: Generation, keep_fraction: float = 
     bd = curate_stage.band_data(project, gen.id, centroid=band.centroid, metric=band.metric)
     idx = project.samples(gen.id)["idx"].to_numpy(np.int64)
     first_two = np.flatnonzero(idx % _variations(gen) < 2)  # rows of the 2x
-    kept = curate.band_mask(bd.distances[first_two], bd.labels[first_two], band,
-                            len(bd.class_names))
+    kept = curation.band_mask(bd.distances[first_two], bd.labels[first_two], band,
+                              len(bd.class_names))
     mask = np.zeros(len(idx), dtype=bool)
     mask[first_two[kept]] = True
     sel = curate_stage.save_selection(project, bd, band, name=f"{gen.name}-middle-of-2x",
@@ -346,54 +346,6 @@ def table(project: Project, record: dict[str, Any]) -> pd.DataFrame:
             "top-5 std": _std(done["top5"]),
         })
     return pd.DataFrame(rows)
-
-
-TITLES = {"scaling": "Synthetic-only training at 1x..4x the real set (paper Fig. 2)",
-          "augmentation": "Real + classical augmentation vs real + synthetic (paper Table 2)",
-          "filtering": "Unfiltered 1x vs the middle band of 2x (paper Table 1)"}
-
-
-def figure(project: Project, record: dict[str, Any]) -> Any:
-    """A plotly figure of the experiment: lines over the synthetic size (scaling) or bars,
-    top-1 mean with the std over seeds as error bars."""
-    import plotly.graph_objects as go
-
-    t = table(project, record)
-    fig = go.Figure()
-    if record["kind"] == "scaling":
-        real = t[t["series"] == "real"]
-        for series in [s for s in dict.fromkeys(t["series"]) if s != "real"]:
-            r = t[t["series"] == series]
-            fig.add_trace(go.Scatter(
-                x=r["size (x real)"], y=r["top-1 mean"], name=f"{series} (synthetic only)",
-                mode="lines+markers",
-                error_y=dict(type="data", array=r["top-1 std"].fillna(0.0).tolist())))
-        if len(real) and not math.isnan(real["top-1 mean"].iloc[0]):
-            mean, std = real["top-1 mean"].iloc[0], real["top-1 std"].iloc[0]
-            fig.add_hline(y=mean, line_dash="dash", line_color="#DD8452",
-                          annotation_text=f"real only {mean:.1f}"
-                          + (f" ± {std:.1f}" if not math.isnan(std) else ""),
-                          annotation_position="bottom right")
-        sizes = sorted({float(v) for v in t.loc[t["series"] != "real", "size (x real)"]})
-        fig.update_xaxes(title="synthetic images (x the real training set)", tickvals=sizes,
-                         ticktext=[f"{v:g}x" for v in sizes])
-    else:
-        colors = {"real": "#DD8452", "classical": "#8172B3", "synthetic": "#55A868",
-                  "unfiltered": "#4C72B0", "filtered": "#55A868"}
-        fig.add_trace(go.Bar(
-            x=t["training data"], y=t["top-1 mean"],
-            marker_color=[colors.get(s, "#4C72B0") for s in t["series"]],
-            error_y=dict(type="data", array=t["top-1 std"].fillna(0.0).tolist()),
-            text=[f"{v:.1f}" if not math.isnan(v) else "" for v in t["top-1 mean"]],
-            textposition="outside", showlegend=False))
-    # zoom on the results (accuracies near 100 % would otherwise look all alike)
-    lows = (t["top-1 mean"] - t["top-1 std"].fillna(0.0)).dropna()
-    low = max(0.0, math.floor(float(lows.min())) - 2.0) if len(lows) else 0.0
-    fig.update_layout(template="plotly_white", height=360,
-                      title=dict(text=f"{record['name']}: {TITLES[record['kind']]}", x=0.01),
-                      yaxis=dict(title="top-1 % (mean ± std over seeds)", range=[low, 101.5]),
-                      margin=dict(l=60, r=20, t=50, b=60))
-    return fig
 
 
 def _fmt(mean: float, std: float) -> str:

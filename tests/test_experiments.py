@@ -20,6 +20,7 @@ from engine.config import EncodeConfig, EvalConfig, ImportConfig
 from engine.errors import InvalidConfigError, NotFoundError
 from engine.jobs import JobManager
 from engine.project import Evaluation, Generation, Job, Project, Selection
+from studio.figures import experiment_figure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,7 +98,7 @@ def test_scaling_experiment_table_figure_exports_and_reopen(lab, tmp_path):
         assert again["id"] == record["id"]
         pd.testing.assert_frame_equal(experiments.table(project, again), table)
         assert experiments.status(project, again) == {"status": "done", "done": 5, "total": 5}
-        fig = experiments.figure(project, again)
+        fig = experiment_figure(experiments.table(project, again), again)
         assert [t.type for t in fig.data] == ["scatter"]
         assert list(fig.data[0].x) == [1.0, 2.0, 3.0, 4.0]
         assert len(fig.layout.shapes) == 1  # the real-only line
@@ -127,7 +128,7 @@ def test_augmentation_experiment_rows_and_recipes(lab):
         evals = {e.id: e for e in project.list(Evaluation)}
         augments = [json.loads(evals[m["evaluation_id"]].config_json)["augment"]
                     for m in record["members"]]
-        fig = experiments.figure(project, record)
+        fig = experiment_figure(experiments.table(project, record), record)
         assert fig.data[0].type == "bar" and len(fig.data[0].x) == 7
         assert "| real + mixup | 18 | 1/1 |" in experiments.markdown(project, record)
     assert augments == ["crop", "autoaugment", "randaugment", "mixup", "cutmix", "crop", "crop"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine import curate
+from engine import curation
 from engine.config import BandConfig
 from engine.errors import InvalidConfigError
 from engine.project import Encoding, Generation, Project, Selection, new_id
@@ -48,13 +48,13 @@ class BandData:
 
     def class_ranks(self) -> tuple[np.ndarray, ...]:
         if self.ranks is None:
-            self.ranks = curate.class_ranks(self.distances, self.labels, len(self.class_names))
+            self.ranks = curation.class_ranks(self.distances, self.labels, len(self.class_names))
         return self.ranks
 
     def robust_stats(self) -> tuple[np.ndarray, np.ndarray]:
         if self.robust is None:
-            self.robust = curate.robust_stats(self.distances, self.labels,
-                                              len(self.class_names), ranks=self.class_ranks())
+            self.robust = curation.robust_stats(self.distances, self.labels,
+                                                len(self.class_names), ranks=self.class_ranks())
         return self.robust
 
 
@@ -74,19 +74,19 @@ def band_data(project: Project, generation_ref: str, encoding_ref: str | None = 
     syn_labels = project.samples(gen.id)["label"].to_numpy(np.int64)
     c = ds.num_classes
     if centroid == "real":
-        centroids = curate.class_centroids(real, real_labels, c, metric)
+        centroids = curation.class_centroids(real, real_labels, c, metric)
     elif centroid == "generated":
-        centroids = curate.class_centroids(syn, syn_labels, c, metric)
+        centroids = curation.class_centroids(syn, syn_labels, c, metric)
     elif centroid == "both":
-        centroids = curate.class_centroids(np.concatenate([real, np.asarray(syn)]),
-                                           np.concatenate([real_labels, syn_labels]), c, metric)
+        centroids = curation.class_centroids(np.concatenate([real, np.asarray(syn)]),
+                                             np.concatenate([real_labels, syn_labels]), c, metric)
     else:
         raise InvalidConfigError(f"centroid must be real, generated or both, got {centroid!r}")
     return BandData(
         generation=gen, encoding=enc,
-        distances=curate.centroid_distances(syn, syn_labels, centroids, metric),
+        distances=curation.centroid_distances(syn, syn_labels, centroids, metric),
         labels=syn_labels,
-        real_distances=curate.centroid_distances(real, real_labels, centroids, metric),
+        real_distances=curation.centroid_distances(real, real_labels, centroids, metric),
         real_labels=real_labels, class_names=common.class_names(ds), metric=metric,
         centroid=centroid, real_encoding=real_enc, train_idx=train_idx)
 
@@ -104,10 +104,10 @@ def encoding_choices(project: Project, generation_ref: str) -> list[tuple[str, s
 
 def band_mask(bd: BandData, band: BandConfig) -> np.ndarray:
     """(N,) bool kept by ``band`` (cached ranks: fast enough to run on every slider move)."""
-    return curate.band_mask(bd.distances, bd.labels, band, len(bd.class_names),
-                            ranks=bd.class_ranks(), class_names=bd.class_names,
-                            real_distances=bd.real_distances, real_labels=bd.real_labels,
-                            robust=bd.robust_stats() if band.outlier == "zscore" else None)
+    return curation.band_mask(bd.distances, bd.labels, band, len(bd.class_names),
+                              ranks=bd.class_ranks(), class_names=bd.class_names,
+                              real_distances=bd.real_distances, real_labels=bd.real_labels,
+                              robust=bd.robust_stats() if band.outlier == "zscore" else None)
 
 
 def _real_train(project: Project, bd: BandData) -> np.ndarray:
@@ -117,10 +117,10 @@ def _real_train(project: Project, bd: BandData) -> np.ndarray:
 
 def embedding_map(project: Project, bd: BandData, method: str = "pca",
                   max_points: int = 5_000, seed: int = 0) -> pd.DataFrame:
-    """``curate.embedding_map`` of this view, cached on ``bd`` per (method, max_points, seed)."""
+    """``curation.embedding_map`` of this view, cached on ``bd`` per (method, max_points, seed)."""
     key = f"map-{method}-{max_points}-{seed}"
     if key not in bd.cache:
-        bd.cache[key] = curate.embedding_map(
+        bd.cache[key] = curation.embedding_map(
             _real_train(project, bd), bd.real_labels, project.embeddings(bd.encoding),
             bd.labels, method=method, max_points=max_points, seed=seed)
     return bd.cache[key]
@@ -138,20 +138,18 @@ def fidelity(project: Project, bd: BandData) -> np.ndarray:
     if ok.any():
         real = project.embeddings(bd.real_encoding)
         syn = project.embeddings(bd.encoding)
-        out[ok] = curate.conditioning_fidelity(np.asarray(real[src[ok]], dtype=np.float32),
-                                               np.asarray(syn, dtype=np.float32)[ok])
+        out[ok] = curation.conditioning_fidelity(np.asarray(real[src[ok]], dtype=np.float32),
+                                                 np.asarray(syn, dtype=np.float32)[ok])
     return out
 
 
 def metrics(project: Project, bd: BandData, mask: np.ndarray, k: int = 5,
             max_samples: int | None = 10_000, copy_factor: float = 0.5) -> dict[str, Any]:
-    """``gen_metrics.evaluate`` of the kept samples against the real training images.
+    """``curation.evaluate`` of the kept samples against the real training images.
 
     Sample indices in "copies" / "duplicates" are rows of the generation (its ``idx``)."""
-    from engine import gen_metrics
-
     fid = fidelity(project, bd)
-    return gen_metrics.evaluate(
+    return curation.evaluate(
         _real_train(project, bd), bd.real_labels, project.embeddings(bd.encoding), bd.labels,
         mask, bd.class_names, fidelity=None if np.isnan(fid).all() else np.nan_to_num(fid),
         metric=bd.metric, k=k, max_samples=max_samples, copy_factor=copy_factor)
@@ -226,7 +224,7 @@ def combine(project: Project, a_ref: str, b_ref: str, op: str, name: str) -> Sel
     if a.generation_id != b.generation_id:
         raise InvalidConfigError(f"selections {a.name} and {b.name} come from different "
                                  f"generations and cannot be combined")
-    members = curate.combine(project.selection_members(a), project.selection_members(b), op)
+    members = curation.combine(project.selection_members(a), project.selection_members(b), op)
     if len(members) == 0:
         raise InvalidConfigError(f"the {op} of {a.name} and {b.name} is empty; "
                                  f"nothing was saved")
@@ -247,5 +245,5 @@ def _store(project: Project, gen: Generation, encoding_id: str, members: np.ndar
 
 
 def summary(bd: BandData, mask: np.ndarray) -> pd.DataFrame:
-    return curate.band_summary(bd.distances, bd.labels, mask, bd.class_names,
-                               ranks=bd.class_ranks())
+    return curation.band_summary(bd.distances, bd.labels, mask, bd.class_names,
+                                 ranks=bd.class_ranks())

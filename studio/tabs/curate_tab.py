@@ -80,8 +80,9 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
         {"figure", "counts" (DataFrame), "edges" ({key: [(path, caption)]}), "edge_idx"
          ({key: sample indices}), "text", "kept", "total", "mask", "bd"}.
     """
-    from engine import curate
+    from engine.curation import edge_samples
     from engine.stages import curate_stage
+    from studio import figures
 
     band = make_band(low, high, centroid, metric, **options)
     bd = _view(ctx, generation_id, centroid, metric, encoding_id)
@@ -94,12 +95,12 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     counts["kept distances"] = [
         "" if pd.isna(a) else f"{a:.3f} – {b:.3f}"
         for a, b in zip(table["low_distance"], table["high_distance"])]
-    fig = curate.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
-                             bd.real_labels, metric=metric)
+    fig = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
+                              bd.real_labels, metric=metric)
     fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
     samples = ctx.project.samples(bd.generation.id)
     edges, edge_idx = {}, {}
-    for key, idx in curate.edge_samples(bd.distances, bd.labels, mask, EDGE_K).items():
+    for key, idx in edge_samples(bd.distances, bd.labels, mask, EDGE_K).items():
         edge_idx[key] = idx
         edges[key] = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
                        f"{bd.distances[i]:.2f}")
@@ -172,8 +173,8 @@ def provenance_md(info: dict[str, Any]) -> str:
 def metrics_view(ctx: StudioContext, v: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                    Any, str]:
     """(overall table, per-class table, dashboard figure, copies/duplicates text)."""
-    from engine import gen_metrics
     from engine.stages import curate_stage
+    from studio import figures
 
     bd, mask = v["bd"], v["mask"]
     k = 5 if mask.sum() > 20 else 3
@@ -191,7 +192,7 @@ def metrics_view(ctx: StudioContext, v: dict[str, Any]) -> tuple[pd.DataFrame, p
                             for n, what in names if n in o],
                            columns=["metric", "value", "meaning"])
     per_class = m["per_class"].round(4)
-    fig = gen_metrics.dashboard_figure(m["per_class"])
+    fig = figures.dashboard_figure(m["per_class"])
     samples = ctx.project.samples(bd.generation.id)
     copies = m["copies"].head(5)
     lines = [f"{o['kept']:,} kept samples vs the real training images (k = {o['k']}, "
@@ -399,12 +400,12 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     # the 2-D map: drawn on demand, then recoloured as the band moves
     @ui.guard(2, status=1)
     def draw_map(method_v, *values):
-        from engine import curate
         from engine.stages import curate_stage
+        from studio import figures
 
         v = _current(*values)
         pts = curate_stage.embedding_map(ctx.project, v["bd"], method_v, MAP_POINTS)
-        return curate.map_figure(pts, v["mask"], v["bd"].class_names, method=method_v), True
+        return figures.map_figure(pts, v["mask"], v["bd"].class_names, method=method_v), True
 
     map_btn.click(draw_map, [map_method, *inputs], [map_plot, map_shown], api_name="band_map")
 

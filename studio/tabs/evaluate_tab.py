@@ -164,6 +164,8 @@ def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] |
 
 def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, Any, Any]:
     """(table, figure, CSV path, Markdown path) of an experiment; empty without one."""
+    from studio import figures
+
     if not exp_id:
         empty = pd.DataFrame(columns=["training data", "images", "seeds", "top-1 %", "top-5 %"])
         return empty, None, gr.update(value=None, visible=False), \
@@ -171,7 +173,7 @@ def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, A
     record = experiments.get(ctx.project, exp_id)
     paths = experiments.export(ctx.project, record)
     return (experiments.formatted_table(ctx.project, record),
-            experiments.figure(ctx.project, record),
+            figures.experiment_figure(experiments.table(ctx.project, record), record),
             gr.update(value=paths["csv"], visible=True),
             gr.update(value=paths["markdown"], visible=True))
 

@@ -1,11 +1,13 @@
-"""Synthetic-data metrics on constructed data: PRDC, memorisation, duplicates, dashboard."""
+"""Generative metrics on constructed data: k-NN, PRDC, memorisation, duplicates, Fréchet
+distance, conditioning fidelity, the per-class dashboard."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine import gen_metrics as gm
+from engine.curation import generative_metrics
+from engine.curation.generative_metrics import conditioning_fidelity, frechet_distance
 from engine.errors import InvalidConfigError
 
 
@@ -18,12 +20,12 @@ def test_faiss_nearest_equals_sklearn():
     from sklearn.neighbors import NearestNeighbors
 
     base, query = _blobs(300, 16, 0), _blobs(50, 16, 1)
-    d, idx = gm.nearest(query, base, 4)
+    d, idx = generative_metrics.nearest(query, base, 4)
     ref_d, ref_idx = NearestNeighbors(n_neighbors=4, algorithm="brute").fit(base).kneighbors(query)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(d, ref_d, rtol=1e-4, atol=1e-4)
     # self-excluded radii equal sklearn's kneighbors() without a query (which skips self)
-    r = gm.knn_radii(base, 3)
+    r = generative_metrics.knn_radii(base, 3)
     ref = NearestNeighbors(n_neighbors=3, algorithm="brute").fit(base).kneighbors()[0][:, -1]
     np.testing.assert_allclose(r, ref, rtol=1e-4, atol=1e-4)
 
@@ -44,14 +46,14 @@ def _prdc_bruteforce(real, fake, k):
 
 def test_prdc_identical_disjoint_and_bruteforce(monkeypatch):
     real = _blobs(150, 6, 0)
-    same = gm.prdc(real, real.copy(), k=3)
+    same = generative_metrics.prdc(real, real.copy(), k=3)
     assert same["precision"] == same["recall"] == same["coverage"] == 1.0
-    far = gm.prdc(real, _blobs(150, 6, 1, shift=100.0), k=3)
+    far = generative_metrics.prdc(real, _blobs(150, 6, 1, shift=100.0), k=3)
     assert far["precision"] == far["recall"] == far["coverage"] == far["density"] == 0.0
     # a half-overlapping set, computed in small chunks, equals the written-out definitions
     fake = np.concatenate([_blobs(60, 6, 2), _blobs(60, 6, 3, shift=4.0)])
-    monkeypatch.setattr(gm, "CHUNK_ELEMENTS", 1000)
-    got = gm.prdc(real, fake, k=3)
+    monkeypatch.setattr(generative_metrics, "CHUNK_ELEMENTS", 1000)
+    got = generative_metrics.prdc(real, fake, k=3)
     ref = _prdc_bruteforce(real.astype(np.float64), fake.astype(np.float64), 3)
     for key in ref:
         assert got[key] == pytest.approx(ref[key], abs=1e-9), key
@@ -60,10 +62,10 @@ def test_prdc_identical_disjoint_and_bruteforce(monkeypatch):
 
 def test_prdc_subsamples_and_rejects_tiny_sets():
     real = _blobs(500, 4, 0)
-    out = gm.prdc(real, _blobs(400, 4, 1), k=3, max_samples=100)
+    out = generative_metrics.prdc(real, _blobs(400, 4, 1), k=3, max_samples=100)
     assert out["n_real"] == out["n_fake"] == 100
     with pytest.raises(InvalidConfigError):
-        gm.prdc(real[:3], real[:3], k=3)
+        generative_metrics.prdc(real[:3], real[:3], k=3)
 
 
 def test_memorisation_flags_a_copy_and_duplicates():
@@ -71,20 +73,20 @@ def test_memorisation_flags_a_copy_and_duplicates():
     fake = _blobs(20, 8, 1)
     fake[5] = real[42] + 1e-4  # a near-copy of a training image
     fake[7] = fake[3]  # a duplicate pair among the generated samples
-    mem = gm.memorisation(fake, real, copy_factor=0.5)
+    mem = generative_metrics.memorisation(fake, real, copy_factor=0.5)
     assert mem["copy"].tolist() == [i == 5 for i in range(20)]
     assert mem.loc[5, "nearest_real"] == 42 and mem.loc[5, "ratio"] < 0.01
-    thr, ref = gm.copy_threshold(real, 0.5)
-    dup = gm.near_duplicates(fake, thr)
+    thr, ref = generative_metrics.copy_threshold(real, 0.5)
+    dup = generative_metrics.near_duplicates(fake, thr)
     assert dup[["a", "b"]].values.tolist() == [[3, 7]] and dup["distance"].iloc[0] < 1e-6
 
 
 def test_subsample_stratified_and_seeded():
     labels = np.repeat([0, 1, 2], [100, 50, 10])
-    idx = gm.subsample(160, 80, seed=3, labels=labels)
+    idx = generative_metrics.subsample(160, 80, seed=3, labels=labels)
     assert np.bincount(labels[idx]).tolist() == [50, 25, 5]
-    np.testing.assert_array_equal(idx, gm.subsample(160, 80, seed=3, labels=labels))
-    assert len(gm.subsample(10, 80)) == 10
+    np.testing.assert_array_equal(idx, generative_metrics.subsample(160, 80, seed=3, labels=labels))
+    assert len(generative_metrics.subsample(10, 80)) == 10
 
 
 def test_dashboard_and_evaluate():
@@ -97,17 +99,47 @@ def test_dashboard_and_evaluate():
     mask = np.ones(80, bool)
     mask[:10] = False
     fid = np.linspace(0, 1, 80)
-    table = gm.class_dashboard(fake, fake_labels, mask, real, real_labels, ["a", "b"],
+    table = generative_metrics.class_dashboard(fake, fake_labels, mask, real, real_labels, ["a", "b"],
                                fidelity=fid, metric="euclidean")
     assert table["acceptance"].tolist() == [0.75, 1.0]
     # class b was generated with a tenth of the spread: far less diverse than its real images
     assert table.loc[1, "diversity"] < 0.2 * table.loc[1, "real_diversity"]
     assert table.loc[0, "diversity"] == pytest.approx(table.loc[0, "real_diversity"], rel=0.3)
     np.testing.assert_allclose(table["fidelity"], [fid[:40].mean(), fid[40:].mean()])
-    out = gm.evaluate(real, real_labels, fake, fake_labels, mask, ["a", "b"], fidelity=fid,
+    out = generative_metrics.evaluate(real, real_labels, fake, fake_labels, mask, ["a", "b"], fidelity=fid,
                       metric="euclidean", k=3)
     assert out["overall"]["kept"] == 70 and 0 <= out["overall"]["precision"] <= 1
     assert list(out["per_class"].columns[-2:]) == ["frechet", "copies"]
     assert out["per_class"]["frechet"].notna().all()
-    fig = gm.dashboard_figure(out["per_class"])
-    assert fig.data[0].type == "heatmap" and "acceptance" in fig.data[0].y
+
+
+def _random(n=600, d=12, c=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    emb = (rng.normal(size=(n, d)) + labels[:, None] * 0.5).astype(np.float32)
+    return emb, labels
+
+
+def test_frechet_distance_pinned_and_identical():
+    a = np.array([0.0, 1.0, 2.0, 3.0])
+    b = 2 * a + 1  # mean 4 vs 1.5; std doubles -> (2.5)^2 + (s - 2s)^2 with s^2 = 5/3
+    assert frechet_distance(a, b) == pytest.approx(95 / 12, rel=1e-9)
+    emb, _ = _random(n=300, d=8)
+    assert frechet_distance(emb, emb) == pytest.approx(0.0, abs=1e-6)
+    # diagonal Gaussians: ||dmu||^2 + sum (s1 - s2)^2
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
+    y = x * np.array([1.0, 0.5]) + 3.0
+    s1 = np.sqrt(np.var(x, axis=0, ddof=1))
+    s2 = np.sqrt(np.var(y, axis=0, ddof=1))
+    expected = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.sum((s1 - s2) ** 2)
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-7)
+    with pytest.raises(InvalidConfigError):
+        frechet_distance(a[:1], b)
+
+
+def test_conditioning_fidelity():
+    s = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)
+    g = np.array([[2, 0], [0, -3], [1, 0], [1, 1]], dtype=np.float32)
+    np.testing.assert_allclose(conditioning_fidelity(s, g), [1, -1, 2 ** -0.5, 0], atol=1e-6)
+    with pytest.raises(InvalidConfigError):
+        conditioning_fidelity(s, g[:3])

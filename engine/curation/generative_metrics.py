@@ -9,8 +9,9 @@
 - Memorisation: each generated sample's nearest real *training* image; a sample closer to it
   than ``copy_factor`` times the median real-real nearest-neighbour distance is flagged as a
   near-copy. Near-duplicates: pairs of generated samples closer than that same threshold.
-- Fréchet distance overall and per class, and a per-class dashboard (acceptance under a band,
-  diversity, conditioning fidelity, drift).
+- Fréchet distance overall and per class, conditioning fidelity (cosine between each source
+  representation and its generated re-encoding), and a per-class dashboard (acceptance under a
+  band, diversity, conditioning fidelity, drift).
 
 Nearest neighbours are exact (faiss ``IndexFlatL2``, squared L2, square-rooted here). The
 ball-membership pass reads the (generated x real) distance matrix in row chunks of bounded
@@ -26,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.curate import _check_emb, _normalise, frechet_distance
+from engine.curation.arrays import DEFAULT_CHUNK, check_emb, normalise
+from engine.curation.bands import class_centroids
 from engine.errors import InvalidConfigError
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,8 @@ def nearest(query: np.ndarray, base: np.ndarray, k: int = 1, *,
     """
     import faiss
 
-    _check_emb(query, "query")
-    _check_emb(base, "base")
+    check_emb(query, "query")
+    check_emb(base, "base")
     if query.shape[1] != base.shape[1]:
         raise InvalidConfigError(f"dimensions differ: {query.shape[1]} vs {base.shape[1]}")
     extra = 1 if exclude_self else 0
@@ -115,8 +117,8 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, *, max_samples: int | N
         {"precision", "recall", "density", "coverage"} (density may exceed 1), and
         "n_real", "n_fake" (rows used), "k".
     """
-    _check_emb(real, "real")
-    _check_emb(fake, "fake")
+    check_emb(real, "real")
+    check_emb(fake, "fake")
     r = _f32(real[subsample(len(real), max_samples, seed)])
     f = _f32(fake[subsample(len(fake), max_samples, seed + 1)])
     if min(len(r), len(f)) <= k:
@@ -198,6 +200,94 @@ def near_duplicates(fake: np.ndarray, threshold: float) -> pd.DataFrame:
     return out.sort_values("distance", kind="stable").reset_index(drop=True)
 
 
+def _mean_cov(x: np.ndarray, chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) in float64, reading (N, D) in chunks."""
+    n, d = x.shape
+    s = np.zeros(d)
+    ss = np.zeros((d, d))
+    # shift by the first row for numerical stability of the sum of squares
+    shift = np.asarray(x[0], dtype=np.float64)
+    for start in range(0, n, chunk_size):
+        b = np.asarray(x[start:start + chunk_size], dtype=np.float64) - shift
+        s += b.sum(axis=0)
+        ss += b.T @ b
+    mean_shifted = s / n
+    cov = (ss - n * np.outer(mean_shifted, mean_shifted)) / (n - 1)
+    return mean_shifted + shift, cov
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two embedding sets.
+
+    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` with unbiased covariances.
+
+    Args:
+        a: (N, D) float, N >= 2; b: (M, D) float, M >= 2 (memmaps allowed).
+
+    Returns:
+        float >= 0 (tiny negative round-off is clipped to 0).
+    """
+    import scipy.linalg
+
+    a = a if isinstance(a, np.ndarray) else np.asarray(a)  # keeps memmaps as they are
+    b = b if isinstance(b, np.ndarray) else np.asarray(b)
+    if a.ndim == 1:
+        a = a[:, None]
+    if b.ndim == 1:
+        b = b[:, None]
+    check_emb(a, "a")
+    check_emb(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise InvalidConfigError(f"dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise InvalidConfigError(
+            f"frechet_distance needs at least 2 samples per set, got {a.shape[0]} and {b.shape[0]}")
+    mu1, s1 = _mean_cov(a)
+    mu2, s2 = _mean_cov(b)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        # singular product (N < D): regularise, as pytorch-fid does
+        offset = np.eye(s1.shape[0]) * 1e-6
+        log.warning("frechet_distance: singular covariance product, adding %g to the diagonal",
+                    1e-6)
+        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        imag = np.max(np.abs(np.diagonal(covmean).imag))
+        if imag > 1e-3 * max(1.0, np.max(np.abs(covmean.real))):
+            log.warning("frechet_distance: sqrtm has an imaginary part of %g; using its real part",
+                        imag)
+        covmean = covmean.real
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return max(value, 0.0)
+
+
+def conditioning_fidelity(source_emb: np.ndarray, generated_emb: np.ndarray,
+                          *, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Cosine similarity between each source representation and its generated re-encoding.
+
+    Args:
+        source_emb: (N, D) the representation each sample was conditioned on (row i = sample i).
+        generated_emb: (N, D) the generated image re-encoded with the same encoder.
+
+    Returns:
+        (N,) float32 in [-1, 1] (0 where either vector is zero).
+    """
+    check_emb(source_emb, "source_emb")
+    check_emb(generated_emb, "generated_emb")
+    if source_emb.shape != generated_emb.shape:
+        raise InvalidConfigError(
+            f"source and generated embeddings must have the same shape, got {source_emb.shape} "
+            f"and {generated_emb.shape}")
+    n = source_emb.shape[0]
+    out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, chunk_size):
+        s = normalise(np.asarray(source_emb[start:start + chunk_size], dtype=np.float32))
+        g = normalise(np.asarray(generated_emb[start:start + chunk_size], dtype=np.float32))
+        out[start:start + len(s)] = np.einsum("ij,ij->i", s, g)
+    return out
+
+
 def frechet_per_class(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray,
                       fake_labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C,) Fréchet distance per class; NaN for a class with fewer than 2 samples on a side."""
@@ -216,7 +306,7 @@ def _pairwise_mean(x: np.ndarray, metric: str) -> float:
     if n < 2:
         return float("nan")
     if metric == "cosine":
-        u = _normalise(x.astype(np.float64))
+        u = normalise(x.astype(np.float64))
         sims = u @ u.T
         return float((n * n - sims.sum()) / (n * (n - 1)))  # mean of 1 - cos over i != j
     sq = np.einsum("ij,ij->i", x, x)
@@ -243,8 +333,6 @@ def class_dashboard(fake: np.ndarray, fake_labels: np.ndarray, mask: np.ndarray,
         real images), fidelity (mean conditioning cosine), drift (distance between the
         generated and the real centroid).
     """
-    from engine.curate import class_centroids
-
     c = len(class_names)
     fl = np.asarray(fake_labels, dtype=np.int64)
     rl = np.asarray(real_labels, dtype=np.int64)
@@ -277,32 +365,6 @@ def class_dashboard(fake: np.ndarray, fake_labels: np.ndarray, mask: np.ndarray,
     return pd.DataFrame({"class": [str(n) for n in class_names], "generated": total,
                          "kept": kept, "acceptance": acceptance, "diversity": div,
                          "real_diversity": rdiv, "fidelity": fid, "drift": drift})
-
-
-def dashboard_figure(table: pd.DataFrame, columns: Sequence[str] = (
-        "acceptance", "diversity", "fidelity", "drift", "frechet")):
-    """Plotly heatmap of the per-class dashboard: one row per metric, one column per class.
-
-    Colours are each metric scaled to [0, 1] over the classes (so weak classes stand out
-    whatever the units); the cell text is the value itself.
-    """
-    import plotly.graph_objects as go
-
-    cols = [c for c in columns if c in table.columns and table[c].notna().any()]
-    values = table[cols].to_numpy(dtype=np.float64).T  # (metrics, C)
-    lo = np.nanmin(values, axis=1, keepdims=True)
-    span = np.nanmax(values, axis=1, keepdims=True) - lo
-    scaled = np.where(span > 0, (values - lo) / np.where(span > 0, span, 1.0), 0.5)
-    text = [[("" if np.isnan(v) else f"{v:.3g}") for v in row] for row in values]
-    fig = go.Figure(go.Heatmap(z=scaled, x=table["class"].astype(str).tolist(), y=cols,
-                               text=text, texttemplate="%{text}", colorscale="Viridis",
-                               showscale=False, hovertemplate="%{y} · %{x}: %{text}"
-                                                              "<extra></extra>"))
-    fig.update_layout(template="plotly_white", height=120 + 45 * len(cols),
-                      title=dict(text="Per-class dashboard (colour: scaled per metric)", x=0.01),
-                      margin=dict(l=90, r=20, t=50, b=60))
-    fig.update_xaxes(type="category")
-    return fig
 
 
 def evaluate(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray,

@@ -1,0 +1,236 @@
+"""Plotly figures of engine results: the band, the 2-D map, the per-class dashboard, experiments.
+
+The engine computes (``engine.curation``, ``engine.experiments``); these functions only draw
+what it returns. Every figure uses the "plotly_white" template and reads well at 1280 x 800.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from engine.curation.arrays import check_distances
+from engine.curation.bands import box_stats, kept_range
+from engine.errors import InvalidConfigError
+
+EXPERIMENT_TITLES = {
+    "scaling": "Synthetic-only training at 1x..4x the real set (paper Fig. 2)",
+    "augmentation": "Real + classical augmentation vs real + synthetic (paper Table 2)",
+    "filtering": "Unfiltered 1x vs the middle band of 2x (paper Table 1)",
+}
+
+
+def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                mask: np.ndarray, real_distances: np.ndarray | None = None,
+                real_labels: np.ndarray | None = None, *, metric: str = "cosine") -> go.Figure:
+    """Per-class distance distributions with the kept band shaded.
+
+    One box per class for the synthetic samples (and one beside it for the real images when
+    ``real_distances`` / ``real_labels`` are given). The box statistics (whiskers = min and max,
+    box = quartiles, dashed line = mean) are computed exactly in numpy, so only a few numbers per
+    class reach the browser whatever N is: no point downsampling is needed. A shaded rectangle
+    per class spans the distances of its kept synthetic samples (low to high edge).
+
+    Args:
+        distances: (N,) synthetic distances; labels: (N,) int; mask: (N,) bool kept;
+        class_names: C names; real_distances / real_labels: (M,) optional;
+        metric: only used to label the y axis.
+
+    Returns:
+        plotly.graph_objects.Figure (template "plotly_white"), readable at 1280 x 800.
+    """
+    names = [str(c) for c in class_names]
+    num_classes = len(names)
+    distances, labels = check_distances(distances, labels, num_classes)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != distances.shape:
+        raise InvalidConfigError(f"mask must have shape {distances.shape}, got {mask.shape}")
+    syn = box_stats(distances, labels, num_classes)
+    real = None
+    if real_distances is not None and real_labels is not None:
+        rd, rl = check_distances(real_distances, real_labels, num_classes)
+        real = box_stats(rd, rl, num_classes)
+    present = syn["n"].to_numpy() > 0
+    if real is not None:
+        present |= real["n"].to_numpy() > 0
+    shown = np.flatnonzero(present)
+    x_names = [names[i] for i in shown]
+    position = {int(c): j for j, c in enumerate(shown)}
+
+    fig = go.Figure()
+
+    def add_box(stats: pd.DataFrame, label: str, color: str) -> None:
+        rows = stats.iloc[shown]
+        ok = rows["n"].to_numpy() > 0
+        fig.add_trace(go.Box(
+            name=label, x=[x for x, o in zip(x_names, ok) if o],
+            lowerfence=rows["min"][ok], q1=rows["q1"][ok], median=rows["median"][ok],
+            q3=rows["q3"][ok], upperfence=rows["max"][ok], mean=rows["mean"][ok],
+            boxmean=True, marker_color=color, offsetgroup=label, boxpoints=False,
+        ))
+
+    add_box(syn, "synthetic", "#4C72B0")
+    if real is not None:
+        add_box(real, "real", "#DD8452")
+
+    # kept band: one rectangle per class between its low and high edges
+    # (all shapes set at once: one add_shape per class re-validates the layout each time,
+    # which took seconds at 100 classes)
+    edges = kept_range(distances, labels, mask, num_classes)
+    shapes = [dict(type="rect", xref="x", yref="y", x0=position[int(c)] - 0.45,
+                   x1=position[int(c)] + 0.45, y0=float(edges[c][0]), y1=float(edges[c][1]),
+                   fillcolor="rgba(44, 160, 44, 0.18)", line=dict(width=0), layer="below")
+              for c in shown if not np.isnan(edges[c][0])]
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="kept band",
+                             marker=dict(symbol="square", size=14,
+                                         color="rgba(44, 160, 44, 0.35)")))
+    kept, total = int(mask.sum()), int(len(mask))
+    axis = "cosine distance (1 - cos)" if metric == "cosine" else "euclidean distance"
+    fig.update_layout(
+        template="plotly_white", boxmode="group", height=600, shapes=shapes,
+        title=dict(text=f"Distance to the class centroid per class: kept band shaded "
+                        f"({kept:,} of {total:,} synthetic samples kept)", x=0.01),
+        xaxis_title="class", yaxis_title=f"{axis} to the class centroid",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        margin=dict(l=70, r=20, t=80, b=90),
+    )
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=x_names,
+                     tickangle=-45 if len(x_names) > 12 else 0)
+    return fig
+
+
+def map_figure(points: pd.DataFrame, mask: np.ndarray, class_names: Sequence[str], *,
+               method: str = "pca") -> go.Figure:
+    """Plotly scatter of an ``engine.curation.embedding_map``: colour = class, marker = real
+    (circle), kept synthetic (diamond) or dropped synthetic (x, faded).
+
+    Args:
+        points: ``embedding_map`` output; mask: (N_syn,) bool kept, indexed by ``index``.
+
+    Returns:
+        plotly.graph_objects.Figure (one WebGL trace per class and kind).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    syn = (points["kind"] == "synthetic").to_numpy()
+    state = np.where(syn, "dropped", "real").astype(object)
+    kept = np.zeros(len(points), dtype=bool)
+    kept[syn] = mask[points["index"].to_numpy()[syn]]
+    state[kept] = "kept"
+    palette = px.colors.qualitative.Dark24
+    styles = {"real": dict(symbol="circle", size=5, opacity=0.45),
+              "kept": dict(symbol="diamond", size=7, opacity=0.9),
+              "dropped": dict(symbol="x", size=6, opacity=0.35)}
+    labels = points["label"].to_numpy()
+    classes = np.unique(labels)
+    traces = []
+    if len(classes) <= len(palette):  # one trace per class and kind: a legend per class
+        for c in classes:
+            for s, style in styles.items():
+                sel = (labels == c) & (state == s)
+                if not sel.any():
+                    continue
+                traces.append(go.Scattergl(
+                    x=points["x"][sel], y=points["y"][sel], mode="markers",
+                    name=f"{class_names[int(c)]} · {s}", legendgroup=str(c),
+                    customdata=points["index"][sel],
+                    marker=dict(color=palette[int(c) % len(palette)], **style),
+                    hovertemplate=f"{class_names[int(c)]} ({s}) #%{{customdata}}<extra></extra>"))
+    else:  # many classes: one trace per kind, the class as a colour scale and in the hover
+        names = np.asarray([str(class_names[int(c)]) for c in labels], dtype=object)
+        for s, style in styles.items():
+            sel = state == s
+            if not sel.any():
+                continue
+            traces.append(go.Scattergl(
+                x=points["x"][sel], y=points["y"][sel], mode="markers", name=s,
+                customdata=np.stack([points["index"][sel].to_numpy(), names[sel]], axis=1),
+                marker=dict(color=labels[sel], colorscale="Turbo", **style),
+                hovertemplate=f"%{{customdata[1]}} ({s}) #%{{customdata[0]}}<extra></extra>"))
+    fig = go.Figure(data=traces)  # all traces at once: add_trace per trace re-validates
+    n_syn = int(syn.sum())
+    fig.update_layout(
+        template="plotly_white", height=520,
+        title=dict(text=f"{method.upper()} map: {len(points) - n_syn:,} real, {n_syn:,} synthetic "
+                        f"points ({int(kept.sum()):,} kept)", x=0.01),
+        xaxis_title=f"{method} 1", yaxis_title=f"{method} 2",
+        margin=dict(l=50, r=20, t=60, b=50))
+    return fig
+
+
+def dashboard_figure(table: pd.DataFrame, columns: Sequence[str] = (
+        "acceptance", "diversity", "fidelity", "drift", "frechet")) -> go.Figure:
+    """Plotly heatmap of the per-class dashboard: one row per metric, one column per class.
+
+    Colours are each metric scaled to [0, 1] over the classes (so weak classes stand out
+    whatever the units); the cell text is the value itself.
+
+    Args:
+        table: ``engine.curation.class_dashboard`` (or ``evaluate``'s "per_class"): a "class"
+            column and one column per metric; columns absent or all NaN are left out.
+    """
+    cols = [c for c in columns if c in table.columns and table[c].notna().any()]
+    values = table[cols].to_numpy(dtype=np.float64).T  # (metrics, C)
+    lo = np.nanmin(values, axis=1, keepdims=True)
+    span = np.nanmax(values, axis=1, keepdims=True) - lo
+    scaled = np.where(span > 0, (values - lo) / np.where(span > 0, span, 1.0), 0.5)
+    text = [[("" if np.isnan(v) else f"{v:.3g}") for v in row] for row in values]
+    fig = go.Figure(go.Heatmap(z=scaled, x=table["class"].astype(str).tolist(), y=cols,
+                               text=text, texttemplate="%{text}", colorscale="Viridis",
+                               showscale=False, hovertemplate="%{y} · %{x}: %{text}"
+                                                              "<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=120 + 45 * len(cols),
+                      title=dict(text="Per-class dashboard (colour: scaled per metric)", x=0.01),
+                      margin=dict(l=90, r=20, t=50, b=60))
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def experiment_figure(t: pd.DataFrame, record: dict[str, Any]) -> go.Figure:
+    """A plotly figure of an experiment: lines over the synthetic size (scaling) or bars,
+    top-1 mean with the std over seeds as error bars.
+
+    Args:
+        t: ``engine.experiments.table(project, record)``: one row per training data, with
+            series, size (x real), top-1 mean and top-1 std.
+        record: the experiment (``engine.experiments.get``): its kind and name.
+    """
+    fig = go.Figure()
+    if record["kind"] == "scaling":
+        real = t[t["series"] == "real"]
+        for series in [s for s in dict.fromkeys(t["series"]) if s != "real"]:
+            r = t[t["series"] == series]
+            fig.add_trace(go.Scatter(
+                x=r["size (x real)"], y=r["top-1 mean"], name=f"{series} (synthetic only)",
+                mode="lines+markers",
+                error_y=dict(type="data", array=r["top-1 std"].fillna(0.0).tolist())))
+        if len(real) and not math.isnan(real["top-1 mean"].iloc[0]):
+            mean, std = real["top-1 mean"].iloc[0], real["top-1 std"].iloc[0]
+            fig.add_hline(y=mean, line_dash="dash", line_color="#DD8452",
+                          annotation_text=f"real only {mean:.1f}"
+                          + (f" ± {std:.1f}" if not math.isnan(std) else ""),
+                          annotation_position="bottom right")
+        sizes = sorted({float(v) for v in t.loc[t["series"] != "real", "size (x real)"]})
+        fig.update_xaxes(title="synthetic images (x the real training set)", tickvals=sizes,
+                         ticktext=[f"{v:g}x" for v in sizes])
+    else:
+        colors = {"real": "#DD8452", "classical": "#8172B3", "synthetic": "#55A868",
+                  "unfiltered": "#4C72B0", "filtered": "#55A868"}
+        fig.add_trace(go.Bar(
+            x=t["training data"], y=t["top-1 mean"],
+            marker_color=[colors.get(s, "#4C72B0") for s in t["series"]],
+            error_y=dict(type="data", array=t["top-1 std"].fillna(0.0).tolist()),
+            text=[f"{v:.1f}" if not math.isnan(v) else "" for v in t["top-1 mean"]],
+            textposition="outside", showlegend=False))
+    # zoom on the results (accuracies near 100 % would otherwise look all alike)
+    lows = (t["top-1 mean"] - t["top-1 std"].fillna(0.0)).dropna()
+    low = max(0.0, math.floor(float(lows.min())) - 2.0) if len(lows) else 0.0
+    fig.update_layout(template="plotly_white", height=360,
+                      title=dict(text=f"{record['name']}: {EXPERIMENT_TITLES[record['kind']]}", x=0.01),
+                      yaxis=dict(title="top-1 % (mean ± std over seeds)", range=[low, 101.5]),
+                      margin=dict(l=60, r=20, t=50, b=60))
+    return fig
