@@ -205,7 +205,7 @@ def build(ctx: StudioContext, shared: Shared, restrict: bool = False) -> None:
                 open_btn = gr.Button("Open", scale=1, min_width=90, elem_id="open-project")
             where = ("only projects inside it open from this page" if restrict
                      else "projects elsewhere open by their path")
-            gr.Markdown(f"<small>Projects folder: <code>{ui._escape(str(root))}</code> "
+            gr.Markdown(f"<small>Projects folder: <code>{ui.escape(str(root))}</code> "
                         f"({where}). A project is <code>NAME.duckdb</code> plus "
                         f"<code>NAME.assets/</code>; back it up by copying both while no job "
                         f"runs.</small>", elem_classes=["muted"])
