@@ -23,19 +23,19 @@ from engine.errors import StudioError
 log = logging.getLogger(__name__)
 
 
-def bind(fn: Callable, ctx: Any) -> Callable:
-    """``fn`` with its first argument (the studio context) bound, for wiring a module-level
-    handler ``fn(ctx, ...)`` to an event. Unlike ``functools.partial`` the result keeps
-    ``fn``'s signature (less ``ctx``) and type hints, which Gradio reads to pass
-    ``gr.SelectData`` and ``gr.Progress``."""
+def bind(fn: Callable, *args: Any) -> Callable:
+    """``fn`` with its first arguments bound (the studio context, maybe more), for wiring a
+    module-level handler ``fn(ctx, ...)`` to an event. Unlike ``functools.partial`` the
+    result keeps ``fn``'s signature (less the bound parameters) and type hints, which Gradio
+    reads to pass ``gr.SelectData`` and ``gr.Progress``."""
 
     @functools.wraps(fn)
-    def bound(*args: Any, **kwargs: Any) -> Any:
-        return fn(ctx, *args, **kwargs)
+    def bound(*rest: Any, **kwargs: Any) -> Any:
+        return fn(*args, *rest, **kwargs)
 
     sig = inspect.signature(fn)
     bound.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=list(sig.parameters.values())[1:])
+        parameters=list(sig.parameters.values())[len(args):])
     return bound
 
 
