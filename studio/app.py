@@ -105,6 +105,11 @@ def first_tab(ctx: StudioContext) -> str:
     return "data" if ctx.project.list(Dataset) else "projects"
 
 
+def on_load(ctx: StudioContext) -> tuple[str, Any, bool]:
+    """Page load: the project's revision (every view refreshes), the tab the user left."""
+    return ctx.revision(), gr.Tabs(selected=first_tab(ctx)), True
+
+
 def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
     shared = Shared()
     with gr.Blocks(title="RCDM Studio") as blocks:
@@ -139,7 +144,7 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         for r in shared.loaders:
             shared.project.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
                                   r.outputs, show_progress="hidden", concurrency_limit=None)
-        blocks.load(lambda: (ctx.revision(), gr.Tabs(selected=first_tab(ctx)), True), None,
+        blocks.load(ui.bind(on_load, ctx), None,
                     [shared.revision, tabs, loaded], show_progress="hidden")
     return blocks
 

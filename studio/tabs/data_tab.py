@@ -21,7 +21,6 @@ from engine.project import Dataset, Image
 from studio import ui
 from studio.choices import (
     ALL,
-    PAGE_SIZE,
     class_choices,
     dataset_choices,
     image_page,
@@ -34,8 +33,6 @@ from studio.shared import Shared
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ALL", "PAGE_SIZE", "build", "class_choices", "dataset_choices", "image_details",
-           "image_page", "import_demo", "import_folder", "import_zip", "summary"]
 ZIP_MAX_BYTES = 8 * 1024 ** 3  # unpacked size of an uploaded zip
 ZIP_MAX_FILES = 1_000_000
 
