@@ -6,7 +6,7 @@ of its file; every job-manager call goes through one lock so that two browser ta
 at once never start the same queued job twice.
 
 ``switch(path)`` replaces the open project in place (the handlers read ``ctx.project`` at
-call time, so every closure follows); the revision then changes and every view refreshes.
+call time, so every handler follows); the revision then changes and every view refreshes.
 """
 
 from __future__ import annotations
