@@ -1,0 +1,135 @@
+"""A project's settings: device, precision, model folder and per-stage defaults.
+
+Defaults come from the machine (``machine_profile``: CUDA or not, GPU and main memory) and
+are overridden by what the user saved in the project (``Project.settings()``), so a project
+reopened on another machine keeps its choices. The studio's Settings tab and the command
+line read the same values through ``effective`` / ``device``.
+
+The functions take the open project (anything with ``settings()`` and
+``update_settings(**values)``, i.e. ``engine.project.Project``); this module sits below the
+project layer and imports nothing from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.config import SAMPLERS, EvalConfig, TrainConfig
+from engine.errors import InvalidConfigError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ["auto", "cpu", "cuda"]
+PRECISIONS = ["fp32", "bf16", "fp16"]
+# the settings keys a project stores (all optional in the project)
+KEYS = ("device", "precision", "model_folder", "train_steps", "train_batch", "gen_sampler",
+        "gen_steps", "gen_variations", "eval_epochs")
+
+
+class SettingsStore(Protocol):
+    """What the settings functions need of a project (``engine.project.Project`` has it)."""
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def update_settings(self, **values: Any) -> dict[str, Any]: ...
+
+
+@functools.lru_cache(maxsize=1)
+def machine_profile() -> dict[str, Any]:
+    """What this machine offers: ``{"cuda", "gpu", "gpu_mem_gb", "ram_gb", "cpus"}``."""
+    import torch
+
+    prof: dict[str, Any] = {"cuda": bool(torch.cuda.is_available()), "gpu": "",
+                            "gpu_mem_gb": 0.0, "cpus": os.cpu_count() or 1, "ram_gb": 0.0}
+    try:
+        prof["ram_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError, AttributeError):
+        pass
+    if prof["cuda"]:
+        props = torch.cuda.get_device_properties(0)
+        prof["gpu"], prof["gpu_mem_gb"] = props.name, props.total_memory / 2 ** 30
+    return prof
+
+
+def machine_defaults(prof: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-stage defaults sized for the machine (the engine's CPU-sized defaults on a CPU)."""
+    prof = prof or machine_profile()
+    d = {"device": "auto", "precision": "fp32", "model_folder": "",
+         "train_steps": TrainConfig.steps, "train_batch": TrainConfig.batch_size,
+         # a CPU samples with 25 DDIM steps; a GPU affords the paper's 100 DDPM steps
+         "gen_sampler": "ddim", "gen_steps": 25, "gen_variations": 2,
+         "eval_epochs": EvalConfig.epochs}
+    if prof["cuda"]:
+        mem = prof["gpu_mem_gb"]
+        d["precision"] = "bf16"
+        d["train_batch"] = 256 if mem >= 20 else 128
+        d["train_steps"] = max(TrainConfig.steps, 5000)
+        d["gen_sampler"], d["gen_steps"] = "ddpm", 100
+    return d
+
+
+def effective(project: SettingsStore) -> dict[str, Any]:
+    """Machine defaults overridden by the project's saved settings."""
+    out = machine_defaults()
+    saved = project.settings()
+    out.update({k: v for k, v in saved.items() if k in KEYS and v not in (None, "")})
+    return out
+
+
+def device(project: SettingsStore) -> str:
+    """The torch device jobs run on: the setting, ``auto`` -> cuda when available."""
+    d = str(effective(project).get("device") or "auto")
+    if d == "auto":
+        return "cuda" if machine_profile()["cuda"] else "cpu"
+    return d
+
+
+def apply_environment(project: SettingsStore) -> None:
+    """Point the hub cache at the project's model folder (``HF_HOME`` / ``HF_HUB_CACHE`` of
+    this process, inherited by every worker it starts)."""
+    folder = str(effective(project).get("model_folder") or "").strip()
+    if folder:
+        os.environ["HF_HOME"] = folder
+        os.environ["HF_HUB_CACHE"] = str(Path(folder) / "hub")
+
+
+def save(project: SettingsStore, values: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``values`` (one per key of ``KEYS``), store them in the project and apply the
+    model folder to the environment. Returns the stored settings.
+
+    Raises:
+        InvalidConfigError: an unknown device / precision / sampler, a non-positive number,
+            a model folder that is not a writable directory.
+    """
+    v = dict(values)
+    if v.get("device") not in DEVICES and not str(v.get("device", "")).startswith("cuda:"):
+        raise InvalidConfigError(f"device must be one of {DEVICES} or cuda:N, got "
+                                 f"{v.get('device')!r}")
+    if v["device"] != "auto" and v["device"].startswith("cuda") and \
+            not machine_profile()["cuda"]:
+        raise InvalidConfigError(f"device {v['device']!r}: this machine has no CUDA GPU")
+    if v.get("precision") not in PRECISIONS:
+        raise InvalidConfigError(f"precision must be one of {PRECISIONS}, got "
+                                 f"{v.get('precision')!r}")
+    if v.get("gen_sampler") not in SAMPLERS:
+        raise InvalidConfigError(f"sampler must be one of {list(SAMPLERS)}, got "
+                                 f"{v.get('gen_sampler')!r}")
+    for key in ("train_steps", "train_batch", "gen_steps", "gen_variations", "eval_epochs"):
+        n = int(v.get(key) or 0)
+        if n < 1:
+            raise InvalidConfigError(f"{key.replace('_', ' ')} must be >= 1, got {n}")
+        v[key] = n
+    folder = str(v.get("model_folder") or "").strip()
+    if folder:
+        p = Path(folder).expanduser()
+        if not p.is_dir() or not os.access(p, os.W_OK):
+            raise InvalidConfigError(f"model folder {folder!r} is not a writable directory")
+        folder = str(p.absolute())
+    v["model_folder"] = folder
+    stored = project.update_settings(**{k: v[k] for k in KEYS})
+    apply_environment(project)
+    return stored

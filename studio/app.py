@@ -18,12 +18,23 @@ from typing import Any
 
 import gradio as gr
 
+from engine import settings
 from engine.project import Dataset
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs import (curate_tab, data_tab, evaluate_tab, export_tab, generate_tab, header_tab,
-                         jobs_tab, projects_tab, settings_tab, train_tab)
+from studio.tabs import (
+    curate_tab,
+    data_tab,
+    evaluate_tab,
+    export_tab,
+    generate_tab,
+    header_tab,
+    jobs_tab,
+    projects_tab,
+    settings_tab,
+    train_tab,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +65,12 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
     ctx = StudioContext(project_path)
     try:
         if demo and not ctx.project.list(Dataset):
-            from engine import data as engine_data
+            from engine import data
 
-            ds = engine_data.import_demo(ctx.project, name="digits")
+            ds = data.import_demo(ctx.project, name="digits")
             log.info("imported the demo dataset %s (%d images)", ds.name, ds.num_images)
-        settings_tab.apply_environment(ctx)
-        ctx.on_switch.append(settings_tab.apply_environment)
+        settings.apply_environment(ctx.project)
+        ctx.on_switch.append(apply_settings)
         projects_tab.remember(ctx.project.path)
         ctx.restrict = restrict
         blocks = _layout(ctx, restrict)
@@ -68,6 +79,11 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
         raise
     blocks.studio = ctx  # type: ignore[attr-defined]
     return blocks
+
+
+def apply_settings(ctx: StudioContext) -> None:
+    """Apply the open project's settings to this process (after a project switch)."""
+    settings.apply_environment(ctx.project)
 
 
 def remember_tab(ctx: StudioContext, tab_id: str, loaded: bool = True) -> None:
@@ -87,6 +103,11 @@ def first_tab(ctx: StudioContext) -> str:
     if last in TAB_IDS:
         return last
     return "data" if ctx.project.list(Dataset) else "projects"
+
+
+def on_load(ctx: StudioContext) -> tuple[str, Any, bool]:
+    """Page load: the project's revision (every view refreshes), the tab the user left."""
+    return ctx.revision(), gr.Tabs(selected=first_tab(ctx)), True
 
 
 def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
@@ -123,7 +144,7 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         for r in shared.loaders:
             shared.project.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
                                   r.outputs, show_progress="hidden", concurrency_limit=None)
-        blocks.load(lambda: (ctx.revision(), gr.Tabs(selected=first_tab(ctx)), True), None,
+        blocks.load(ui.bind(on_load, ctx), None,
                     [shared.revision, tabs, loaded], show_progress="hidden")
     return blocks
 
@@ -219,7 +240,7 @@ def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
         ctx.close()
         raise
     log.info("RCDM Studio on %s (project %s)", url, ctx.project.path)
-    print(f"RCDM Studio: {url} (project {ctx.project.path})", flush=True)
+    print(f"RCDM Studio: {url} (project {ctx.project.path})", flush=True)  # noqa: T201 - for the terminal
     if open_browser:
         webbrowser.open(url)
     if not prevent_thread_lock:

@@ -6,7 +6,7 @@ of its file; every job-manager call goes through one lock so that two browser ta
 at once never start the same queued job twice.
 
 ``switch(path)`` replaces the open project in place (the handlers read ``ctx.project`` at
-call time, so every closure follows); the revision then changes and every view refreshes.
+call time, so every handler follows); the revision then changes and every view refreshes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.jobs import JobManager
+from engine.project import Dataset, Job, Project, reads
 from engine.stages import JobSpec
-from engine.project import Dataset, Job, Project
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,7 @@ class StudioContext:
     def revision(self) -> str:
         """A short signature of the project's rows; it changes when anything is added or a
         job / model / evaluation changes status (the UI refreshes its lists then)."""
-        row = self.project.query(
-            "SELECT (SELECT count(*) FROM dataset), (SELECT count(*) FROM encoding), "
-            "(SELECT string_agg(id || status, ',' ORDER BY id) FROM model), "
-            "(SELECT count(*) FROM generation), (SELECT count(*) FROM selection), "
-            "(SELECT string_agg(id || status, ',' ORDER BY id) FROM evaluation), "
-            "(SELECT count(*) FROM export), "
-            "(SELECT string_agg(id || status, ',' ORDER BY id) FROM job)").iloc[0].tolist()
-        return json.dumps([self.project_key()] + [str(v) for v in row])
+        return json.dumps([self.project_key()] + reads.revision(self.project))
 
     def project_key(self) -> str:
         """Which project is open and with which settings (form defaults reload on change)."""

@@ -8,6 +8,7 @@ short line that points to the log, never as a stack trace.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
@@ -20,6 +21,22 @@ import gradio as gr
 from engine.errors import StudioError
 
 log = logging.getLogger(__name__)
+
+
+def bind(fn: Callable, *args: Any) -> Callable:
+    """``fn`` with its first arguments bound (the studio context, maybe more), for wiring a
+    module-level handler ``fn(ctx, ...)`` to an event. Unlike ``functools.partial`` the
+    result keeps ``fn``'s signature (less the bound parameters) and type hints, which Gradio
+    reads to pass ``gr.SelectData`` and ``gr.Progress``."""
+
+    @functools.wraps(fn)
+    def bound(*rest: Any, **kwargs: Any) -> Any:
+        return fn(*args, *rest, **kwargs)
+
+    sig = inspect.signature(fn)
+    bound.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=list(sig.parameters.values())[len(args):])
+    return bound
 
 
 def error_text(exc: BaseException) -> str:
@@ -76,18 +93,18 @@ def guard_refresh(fn: Callable, n_outputs: int) -> Callable:
 
 def error_md(exc: BaseException | str) -> str:
     text = exc if isinstance(exc, str) else error_text(exc)
-    return f'<div class="status-error">⚠ {_escape(text)}</div>'
+    return f'<div class="status-error">⚠ {escape(text)}</div>'
 
 
 def ok_md(text: str) -> str:
-    return f'<div class="status-ok">✓ {_escape(text)}</div>'
+    return f'<div class="status-ok">✓ {escape(text)}</div>'
 
 
 def info_md(text: str) -> str:
-    return f'<div class="status-info">{_escape(text)}</div>'
+    return f'<div class="status-info">{escape(text)}</div>'
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
     return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 

@@ -13,6 +13,18 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _studio_home(tmp_path_factory):
+    """The studio's home folder (recent projects) is a temporary one for the whole session,
+    through the environment, so that worker and CLI subprocesses use it too: tests never
+    write the user's ``~/.config/rcdm-studio``."""
+    home = tmp_path_factory.mktemp("studio-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RCDM_STUDIO_HOME", str(home))
+    yield home
+    mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _few_threads():
     import torch
 

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_folder
 
 from engine.config import EncodeConfig, GenerateConfig, TrainConfig
-from conftest import write_tiny_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,14 +273,14 @@ def test_train_tab_advanced_options_latent_space_and_presets(studio, tmp_path):
 
 
 def test_settings_kept_in_the_project(studio, monkeypatch):
+    from engine import settings
     from engine.errors import InvalidConfigError
     from studio.app import first_tab, remember_tab
-    from studio.tabs import settings_tab
 
     blocks, _, _, _ = studio
     ctx = blocks.studio
-    defaults = settings_tab.machine_defaults(settings_tab.machine_profile())
-    assert settings_tab.effective(ctx)["train_steps"] == defaults["train_steps"]
+    defaults = settings.machine_defaults(settings.machine_profile())
+    assert settings.effective(ctx.project)["train_steps"] == defaults["train_steps"]
     cache = ctx.project.assets.parent / "models-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HOME", "unchanged")
@@ -288,8 +288,9 @@ def test_settings_kept_in_the_project(studio, monkeypatch):
     before = ctx.project_key()
     form = dict(defaults, device="cpu", model_folder=str(cache), train_steps=40,
                 train_batch=8, gen_steps=5)
-    settings_tab.save(ctx, form)
-    assert settings_tab.effective(ctx)["train_steps"] == 40 and settings_tab.device(ctx) == "cpu"
+    settings.save(ctx.project, form)
+    assert settings.effective(ctx.project)["train_steps"] == 40
+    assert settings.device(ctx.project) == "cpu"
     assert ctx.project.settings()["model_folder"] == str(cache)
     assert ctx.project_key() != before  # the forms reload their defaults
     import os
@@ -300,7 +301,7 @@ def test_settings_kept_in_the_project(studio, monkeypatch):
                 dict(form, model_folder=str(cache / "missing")),
                 dict(form, gen_sampler="euler??")):
         with pytest.raises(InvalidConfigError):
-            settings_tab.save(ctx, bad)
+            settings.save(ctx.project, bad)
     # a 40-step run gets previews, checkpoints and warm-up inside its 40 steps
     from studio.tabs.train_tab import train_config
 

@@ -1,5 +1,7 @@
-"""The project file: DuckDB through SQLModel plus an assets folder. See ``store.Project``."""
+"""The project file: DuckDB through SQLModel plus an assets folder. See ``store.Project``;
+the paged reads the studio needs are in ``reads``."""
 
+from engine.project.reads import Page, image_page, revision, sample_page, sample_plan
 from engine.project.schema import (
     SCHEMA_VERSION,
     Dataset,
@@ -28,4 +30,5 @@ __all__ = [
     "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Export", "Generation", "Image",
     "Job", "Meta", "Model", "Sample", "Selection", "new_id", "utcnow", "Project",
     "free_name", "project_paths", "save_array_atomic", "write_json_atomic",
+    "Page", "image_page", "sample_page", "sample_plan", "revision",
 ]

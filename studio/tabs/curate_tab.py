@@ -1,8 +1,14 @@
 """Curate tab: distances to class centroids, a band per class, the band's edges, a 2-D map,
-metrics of the kept samples, selections (save, combine)."""
+metrics of the kept samples, selections (save, combine).
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event. The band handlers take the band's widgets in the order of
+``BAND_INPUTS``: generation, low, high, centroid, metric, mode, per-class bands, outlier
+removal, its q and z, target per class, target pick, encoding."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
@@ -15,9 +21,9 @@ from engine.config import BandConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Encoding, Generation, Selection
 from studio import ui
+from studio.choices import generation_choices, selection_choices
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs.generate_tab import generation_choices
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +211,182 @@ def metrics_view(ctx: StudioContext, v: dict[str, Any]) -> tuple[pd.DataFrame, p
     return overall, per_class, fig, "\n".join(lines)
 
 
+# ---------------------------------------------------------------------- event handlers
+
+
+def band_options(mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0,
+                 pick_v="centre") -> dict[str, Any]:
+    """The option widgets' values as ``make_band`` keyword arguments."""
+    return dict(mode=mode_v, per_class=per_v, outlier=out_v, outlier_q=q_v,
+                outlier_z=z_v, target=t_v, target_pick=pick_v)
+
+
+def current_band(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metric_v,
+                 mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0,
+                 pick_v="centre", enc_v=None) -> dict[str, Any]:
+    """``band_view`` of the band widgets' values."""
+    return band_view(ctx, generation_id, low_v, high_v, centroid_v, metric_v, enc_v,
+                     **band_options(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
+
+
+@ui.guard(3 + len(EDGES), status=2)
+def show_band(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metric_v,
+              mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0,
+              pick_v="centre", enc_v=None) -> tuple[Any, ...]:
+    """(figure, per-class counts, summary, edge galleries) of the band."""
+    rest = (mode_v, per_v, out_v, q_v, z_v, t_v, pick_v, enc_v)
+    if not generation_id:
+        return (gr.skip(), gr.skip(),
+                ui.info_md("Generate images and re-encode them (Generate tab) to curate "
+                           "them here."), *[gr.skip()] * len(EDGES))
+    if not ctx.project.list(Encoding, target="generation", target_id=generation_id):
+        return (gr.skip(), gr.skip(),
+                ui.info_md("This generation is not re-encoded yet: click 'Re-encode for "
+                           "curation' in the Generate tab; the band appears when it is "
+                           "done."), *[gr.skip()] * len(EDGES))
+    if low_v >= high_v:
+        return (gr.skip(), gr.skip(),
+                ui.error_md(f"band low ({low_v:.2f}) must be below high ({high_v:.2f})"),
+                *[gr.skip()] * len(EDGES))
+    v = current_band(ctx, generation_id, low_v, high_v, centroid_v, metric_v, *rest)
+    return (v["figure"], v["counts"], v["text"], *[v["edges"][k] for k, _ in EDGES])
+
+
+def preset_values(key: str) -> tuple[str, float, float]:
+    """(mode, low, high) of a band preset."""
+    band = BandConfig.preset(key, 0.5)
+    return "quantile", band.low, band.high
+
+
+def show_encodings(ctx: StudioContext, generation_id: str | None, enc_v: str | None) -> Any:
+    """The encodings that can judge the generation (kept when still one, else the latest)."""
+    choices = encoding_choices(ctx, generation_id)
+    values = [v for _, v in choices]
+    return ui.dropdown(choices, enc_v if enc_v in values else (values[-1] if values else None))
+
+
+def mode_range(ctx: StudioContext, mode_v, generation_id, centroid_v, metric_v,
+               enc_v) -> tuple[Any, Any]:
+    """The sliders' range for a band by quantile (0..1) or by distance (the data's range)."""
+    if mode_v != "distance":
+        return (gr.update(maximum=1.0, step=0.01, value=0.25, label="Band low (quantile)"),
+                gr.update(maximum=1.0, step=0.01, value=0.75,
+                          label="Band high (quantile)"))
+    try:
+        bd = _view(ctx, generation_id, centroid_v, metric_v, enc_v)
+    except Exception as exc:  # noqa: BLE001 - no view yet: keep a generic range
+        log.info("band mode: %s", exc)
+        return (gr.update(maximum=2.0, step=0.01, label="Band low (distance)"),
+                gr.update(maximum=2.0, step=0.01, label="Band high (distance)"))
+    top = float(np.max(bd.distances)) if len(bd.distances) else 1.0
+    top = math.ceil(top * 100) / 100 or 1.0
+    q1, q3 = np.quantile(bd.distances, [0.25, 0.75]) if len(bd.distances) else (0, top)
+    step = max(top / 500, 1e-4)
+    return (gr.update(maximum=top, step=step, value=float(q1), label="Band low (distance)"),
+            gr.update(maximum=top, step=step, value=float(q3),
+                      label="Band high (distance)"))
+
+
+def select_edge(ctx: StudioContext, key: str, evt: gr.SelectData,
+                *values: Any) -> tuple[Any, Any, Any]:
+    """A click in edge gallery ``key`` -> (sample, source image, provenance markdown)."""
+    from engine.stages import curate_stage
+
+    try:
+        v = current_band(ctx, *values)
+        i = int(v["edge_idx"][key][evt.index])
+        info = curate_stage.provenance(ctx.project, v["bd"], i)
+        return info["path"], info["source_path"] or None, provenance_md(info)
+    except Exception as exc:  # noqa: BLE001 - shown in the panel
+        log.info("provenance: %s", exc)
+        return gr.skip(), gr.skip(), ui.error_md(exc)
+
+
+def band_map(ctx: StudioContext, method_v: str, *values: Any) -> Any:
+    """The 2-D map of the generation's representations, coloured by the band."""
+    from engine.stages import curate_stage
+    from studio import figures
+
+    v = current_band(ctx, *values)
+    pts = curate_stage.embedding_map(ctx.project, v["bd"], method_v, MAP_POINTS)
+    return figures.map_figure(pts, v["mask"], v["bd"].class_names, method=method_v)
+
+
+@ui.guard(2, status=1)
+def draw_map(ctx: StudioContext, method_v: str, *values: Any) -> tuple[Any, bool]:
+    return band_map(ctx, method_v, *values), True
+
+
+def recolour(ctx: StudioContext, shown: bool, method_v: str, *values: Any) -> Any:
+    """Redraw the map as the band moves, once it has been drawn."""
+    if not shown or not values[0]:
+        return gr.skip()
+    try:
+        return band_map(ctx, method_v, *values)
+    except Exception as exc:  # noqa: BLE001 - the band view shows the error
+        log.info("map: %s", exc)
+        return gr.skip()
+
+
+@ui.guard(4, status=0)
+def on_metrics(ctx: StudioContext, *values: Any) -> tuple[Any, ...]:
+    overall, per_class_t, fig, text = metrics_view(ctx, current_band(ctx, *values))
+    return text, overall, fig, per_class_t
+
+
+@ui.guard(3)
+def on_save(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metric_v, name_v,
+            mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0,
+            pick_v="centre", enc_v=None) -> tuple[Any, ...]:
+    sel = save(ctx, generation_id, low_v, high_v, centroid_v, metric_v, name_v, enc_v,
+               **band_options(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
+    return (ui.ok_md(f"saved selection {sel.name}: {sel.count:,} images"),
+            selections_table(ctx), "")
+
+
+def combine_choices(ctx: StudioContext, a: str | None, b: str | None) -> tuple[Any, Any]:
+    choices = selection_choices(ctx)
+    return ui.dropdown(choices, a), ui.dropdown(choices, b)
+
+
+@ui.guard(5)
+def on_combine(ctx: StudioContext, a: str | None, op: str, b: str | None,
+               name_v: str | None) -> tuple[Any, ...]:
+    from engine.stages import curate_stage
+
+    if not a or not b:
+        raise NotReadyError("choose two selections to combine")
+    sel = curate_stage.combine(ctx.project, a, b, op, (name_v or "").strip() or f"{op}-selection")
+    return (ui.ok_md(f"saved selection {sel.name}: {sel.count:,} images ({op})"),
+            selections_table(ctx), "", *combine_choices(ctx, a, b))
+
+
+def refresh(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metric_v,
+            *rest: Any) -> tuple[Any, ...]:
+    """The generation, selection and encoding lists; the band redrawn when it may change."""
+    choices = curatable_choices(ctx)
+    values = [v for _, v in choices]
+    if generation_id and generation_id in values:
+        # same generation: redraw (it may just have been re-encoded: a new encoding to
+        # judge by appears in the list)
+        enc_choices = encoding_choices(ctx, generation_id)
+        enc_values = [v for _, v in enc_choices]
+        enc_v = rest[-1] if rest and rest[-1] in enc_values else \
+            (enc_values[-1] if enc_values else None)
+        band = show_band(ctx, generation_id, low_v, high_v, centroid_v, metric_v, *rest[:-1],
+                         enc_v)
+        enc_update = ui.dropdown(enc_choices, enc_v)
+    else:  # a new value: its change event draws the band and fills the encodings
+        band = (gr.skip(),) * (3 + len(EDGES))
+        enc_update = gr.skip()
+    sels = selection_choices(ctx)
+    return (ui.dropdown(choices, generation_id), selections_table(ctx),
+            gr.update(choices=sels), gr.update(choices=sels), enc_update, *band)
+
+
+# ---------------------------------------------------------------------- layout and wiring
+
+
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
         with gr.Column(scale=2, min_width=360):
@@ -307,185 +489,35 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     options = [mode, per_class, outlier, outlier_q, outlier_z, target, target_pick, encoding]
     inputs = [generation, low, high, centroid, metric, *options]
     outputs = [plot, counts, summary_md, *galleries.values()]
-
-    def _opts(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v) -> dict[str, Any]:
-        return dict(mode=mode_v, per_class=per_v, outlier=out_v, outlier_q=q_v,
-                    outlier_z=z_v, target=t_v, target_pick=pick_v)
-
-    def _current(generation_id, low_v, high_v, centroid_v, metric_v, mode_v="quantile",
-                 per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0, pick_v="centre",
-                 enc_v=None) -> dict[str, Any]:
-        return band_view(ctx, generation_id, low_v, high_v, centroid_v, metric_v, enc_v,
-                         **_opts(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
-
-    @ui.guard(len(outputs), status=2)
-    def update(generation_id, low_v, high_v, centroid_v, metric_v, mode_v="quantile",
-               per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0, pick_v="centre",
-               enc_v=None) -> tuple[Any, ...]:
-        rest = (mode_v, per_v, out_v, q_v, z_v, t_v, pick_v, enc_v)
-        if not generation_id:
-            return (gr.skip(), gr.skip(),
-                    ui.info_md("Generate images and re-encode them (Generate tab) to curate "
-                               "them here."), *[gr.skip()] * len(galleries))
-        if not ctx.project.list(Encoding, target="generation", target_id=generation_id):
-            return (gr.skip(), gr.skip(),
-                    ui.info_md("This generation is not re-encoded yet: click 'Re-encode for "
-                               "curation' in the Generate tab; the band appears when it is "
-                               "done."), *[gr.skip()] * len(galleries))
-        if low_v >= high_v:
-            return (gr.skip(), gr.skip(),
-                    ui.error_md(f"band low ({low_v:.2f}) must be below high ({high_v:.2f})"),
-                    *[gr.skip()] * len(galleries))
-        v = _current(generation_id, low_v, high_v, centroid_v, metric_v, *rest)
-        return (v["figure"], v["counts"], v["text"], *[v["edges"][k] for k, _ in EDGES])
-
     # One listener for every input: a preset sets both sliders, the band is drawn once.
     band_inputs = [generation, centroid, metric, low, high, mode, per_class, outlier,
                    outlier_q, outlier_z, target, target_pick, encoding]
     triggers = [c.change for c in band_inputs if c is not per_class] + [per_class.submit,
                                                                       per_class.blur]
-    gr.on(triggers, update, inputs, outputs, show_progress="minimal",
+    provenance = [prov_sample, prov_source, prov_text]
+    metrics_out = [metrics_text, metrics_table, metrics_dash, metrics_class]
+    combine_out = [status, selections, comb_name, comb_a, comb_b]
+
+    gr.on(triggers, ui.bind(show_band, ctx), inputs, outputs, show_progress="minimal",
           trigger_mode="always_last", api_name="band")
     for (_, key), btn in zip(PRESETS, presets):
-        band = BandConfig.preset(key, 0.5)
-        btn.click(lambda b=band: ("quantile", b.low, b.high), None, [mode, low, high])
-
-    def on_generation(generation_id, enc_v):
-        choices = encoding_choices(ctx, generation_id)
-        values = [v for _, v in choices]
-        return ui.dropdown(choices, enc_v if enc_v in values else (values[-1] if values
-                                                                    else None))
-
-    generation.change(on_generation, [generation, encoding], encoding)
-
-    def on_mode(mode_v, generation_id, centroid_v, metric_v, enc_v):
-        if mode_v != "distance":
-            return (gr.update(maximum=1.0, step=0.01, value=0.25, label="Band low (quantile)"),
-                    gr.update(maximum=1.0, step=0.01, value=0.75,
-                              label="Band high (quantile)"))
-        try:
-            bd = _view(ctx, generation_id, centroid_v, metric_v, enc_v)
-        except Exception as exc:  # noqa: BLE001 - no view yet: keep a generic range
-            log.info("band mode: %s", exc)
-            return (gr.update(maximum=2.0, step=0.01, label="Band low (distance)"),
-                    gr.update(maximum=2.0, step=0.01, label="Band high (distance)"))
-        top = float(np.max(bd.distances)) if len(bd.distances) else 1.0
-        top = math.ceil(top * 100) / 100 or 1.0
-        q1, q3 = np.quantile(bd.distances, [0.25, 0.75]) if len(bd.distances) else (0, top)
-        step = max(top / 500, 1e-4)
-        return (gr.update(maximum=top, step=step, value=float(q1), label="Band low (distance)"),
-                gr.update(maximum=top, step=step, value=float(q3),
-                          label="Band high (distance)"))
-
-    mode.input(on_mode, [mode, generation, centroid, metric, encoding], [low, high])
-
-    # gallery click -> provenance of that sample
-    def make_select(key: str):
-        def on_select(evt: gr.SelectData, *values):
-            try:
-                v = _current(*values)
-                i = int(v["edge_idx"][key][evt.index])
-                from engine.stages import curate_stage
-
-                info = curate_stage.provenance(ctx.project, v["bd"], i)
-                return info["path"], info["source_path"] or None, provenance_md(info)
-            except Exception as exc:  # noqa: BLE001 - shown in the panel
-                log.info("provenance: %s", exc)
-                return gr.skip(), gr.skip(), ui.error_md(exc)
-        return on_select
-
+        btn.click(functools.partial(preset_values, key), None, [mode, low, high])
+    generation.change(ui.bind(show_encodings, ctx), [generation, encoding], encoding)
+    mode.input(ui.bind(mode_range, ctx), [mode, generation, centroid, metric, encoding],
+               [low, high])
     for key, gallery in galleries.items():
-        gallery.select(make_select(key), inputs, [prov_sample, prov_source, prov_text])
-
-    # the 2-D map: drawn on demand, then recoloured as the band moves
-    @ui.guard(2, status=1)
-    def draw_map(method_v, *values):
-        from engine.stages import curate_stage
-        from studio import figures
-
-        v = _current(*values)
-        pts = curate_stage.embedding_map(ctx.project, v["bd"], method_v, MAP_POINTS)
-        return figures.map_figure(pts, v["mask"], v["bd"].class_names, method=method_v), True
-
-    map_btn.click(draw_map, [map_method, *inputs], [map_plot, map_shown], api_name="band_map")
-
-    def recolour(shown, method_v, *values):
-        if not shown or not values[0]:
-            return gr.skip()
-        try:
-            return draw_map.__wrapped__(method_v, *values)[0]
-        except Exception as exc:  # noqa: BLE001 - the band view shows the error
-            log.info("map: %s", exc)
-            return gr.skip()
-
-    gr.on(triggers, recolour, [map_shown, map_method, *inputs], map_plot,
+        gallery.select(ui.bind(select_edge, ctx, key), inputs, provenance)
+    map_btn.click(ui.bind(draw_map, ctx), [map_method, *inputs], [map_plot, map_shown],
+                  api_name="band_map")
+    gr.on(triggers, ui.bind(recolour, ctx), [map_shown, map_method, *inputs], map_plot,
           show_progress="hidden", trigger_mode="always_last")
-
-    @ui.guard(4, status=0)
-    def on_metrics(*values):
-        v = _current(*values)
-        overall, per_class_t, fig, text = metrics_view(ctx, v)
-        return text, overall, fig, per_class_t
-
-    metrics_btn.click(on_metrics, inputs, [metrics_text, metrics_table, metrics_dash,
-                                           metrics_class], api_name="metrics")
-
-    def sel_choices():
-        from studio.tabs.evaluate_tab import selection_choices
-
-        return selection_choices(ctx)
-
-    @ui.guard(3)
-    def on_save(generation_id, low_v, high_v, centroid_v, metric_v, name_v, mode_v="quantile",
-                per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0, pick_v="centre",
-                enc_v=None):
-        sel = save(ctx, generation_id, low_v, high_v, centroid_v, metric_v, name_v, enc_v,
-                   **_opts(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
-        return (ui.ok_md(f"saved selection {sel.name}: {sel.count:,} images"),
-                selections_table(ctx), "")
-
-    def combine_choices(a, b):
-        choices = sel_choices()
-        return ui.dropdown(choices, a), ui.dropdown(choices, b)
-
-    save_btn.click(on_save, [generation, low, high, centroid, metric, name, *options],
+    metrics_btn.click(ui.bind(on_metrics, ctx), inputs, metrics_out, api_name="metrics")
+    save_btn.click(ui.bind(on_save, ctx), [generation, low, high, centroid, metric, name,
+                                          *options],
                    [status, selections, name], api_name="save_selection").then(
-        combine_choices, [comb_a, comb_b], [comb_a, comb_b], api_visibility="private")
-
-    @ui.guard(5)
-    def on_combine(a, op, b, name_v):
-        from engine.stages import curate_stage
-
-        if not a or not b:
-            raise NotReadyError("choose two selections to combine")
-        sel = curate_stage.combine(ctx.project, a, b, op,
-                                   (name_v or "").strip() or f"{op}-selection")
-        choices = sel_choices()
-        return (ui.ok_md(f"saved selection {sel.name}: {sel.count:,} images ({op})"),
-                selections_table(ctx), "", ui.dropdown(choices, a), ui.dropdown(choices, b))
-
-    comb_btn.click(on_combine, [comb_a, comb_op, comb_b, comb_name],
-                   [status, selections, comb_name, comb_a, comb_b], api_name="combine")
-
-    def refresh(generation_id, low_v, high_v, centroid_v, metric_v, *rest):
-        choices = curatable_choices(ctx)
-        values = [v for _, v in choices]
-        if generation_id and generation_id in values:
-            # same generation: redraw (it may just have been re-encoded: a new encoding to
-            # judge by appears in the list)
-            enc_choices = encoding_choices(ctx, generation_id)
-            enc_values = [v for _, v in enc_choices]
-            enc_v = rest[-1] if rest and rest[-1] in enc_values else \
-                (enc_values[-1] if enc_values else None)
-            band = update(generation_id, low_v, high_v, centroid_v, metric_v, *rest[:-1],
-                          enc_v)
-            enc_update = ui.dropdown(enc_choices, enc_v)
-        else:  # a new value: its change event draws the band and fills the encodings
-            band = (gr.skip(),) * len(outputs)
-            enc_update = gr.skip()
-        sels = sel_choices()
-        return (ui.dropdown(choices, generation_id), selections_table(ctx),
-                gr.update(choices=sels), gr.update(choices=sels), enc_update, *band)
-
-    shared.on_refresh(refresh, inputs,
+        ui.bind(combine_choices, ctx), [comb_a, comb_b], [comb_a, comb_b],
+        api_visibility="private")
+    comb_btn.click(ui.bind(on_combine, ctx), [comb_a, comb_op, comb_b, comb_name], combine_out,
+                   api_name="combine")
+    shared.on_refresh(ui.bind(refresh, ctx), inputs,
                       [generation, selections, comb_a, comb_b, encoding, *outputs])

@@ -1,5 +1,8 @@
 """Data tab: import the demo, a folder or a zip upload, the dataset's summary, a paginated
-gallery of thumbnails (one SQL page at a time: fast at tens of thousands of images)."""
+gallery of thumbnails (one page read at a time: fast at tens of thousands of images).
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event."""
 
 from __future__ import annotations
 
@@ -14,23 +17,24 @@ import pandas as pd
 
 from engine.config import ImportConfig
 from engine.errors import InvalidConfigError
-from engine.progress import ProgressEvent
 from engine.project import Dataset, Image
 from studio import ui
+from studio.choices import (
+    ALL,
+    class_choices,
+    dataset_choices,
+    image_page,
+    import_demo,
+    progress_adapter,
+    projects_root,
+)
 from studio.context import StudioContext
 from studio.shared import Shared
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 60
-ALL = "all classes"
 ZIP_MAX_BYTES = 8 * 1024 ** 3  # unpacked size of an uploaded zip
 ZIP_MAX_FILES = 1_000_000
-
-
-def dataset_choices(ctx: StudioContext) -> list[tuple[str, str]]:
-    return [(f"{d.name} ({d.num_images} images, {d.num_classes} classes)", d.id)
-            for d in ctx.project.list(Dataset)]
 
 
 def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFrame]:
@@ -57,47 +61,6 @@ def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFra
     return text, table
 
 
-def class_choices(ctx: StudioContext, dataset_id: str | None) -> list[str]:
-    if not dataset_id:
-        return [ALL]
-    ds = ctx.project.get(Dataset, dataset_id)
-    return [ALL] + list(json.loads(ds.classes_json))
-
-
-def image_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None,
-               split: str | None, page: int, page_size: int = PAGE_SIZE
-               ) -> tuple[list[tuple[str, str]], list[str], int, int]:
-    """One page of thumbnails, read with one ``LIMIT`` query (the dataset is never loaded).
-
-    All classes are interleaved (rank within the class first, then the label) so that every
-    page shows all of them.
-
-    Returns:
-        (gallery items [(thumbnail path, caption)], their image ids, page (clamped), pages).
-    """
-    if not dataset_id:
-        return [], [], 1, 1
-    where, params = ["dataset_id = ?"], [dataset_id]
-    if split not in (None, "all"):
-        where.append("split = ?")
-        params.append(split)
-    if class_name and class_name != ALL:
-        where.append("class_name = ?")
-        params.append(class_name)
-    cond = " AND ".join(where)
-    total = int(ctx.project.query(f"SELECT count(*) AS n FROM image WHERE {cond}",
-                                  params).iloc[0, 0])
-    pages = max(1, -(-total // page_size))
-    page = min(max(int(page or 1), 1), pages)
-    rows = ctx.project.query(
-        f"SELECT id, path, thumb, class_name FROM (SELECT id, path, thumb, class_name, label, "
-        f"row_number() OVER (PARTITION BY label ORDER BY idx) AS r FROM image WHERE {cond}) "
-        f"ORDER BY r, label LIMIT ? OFFSET ?", params + [page_size, (page - 1) * page_size])
-    items = [(str(ctx.project.abs(r.thumb or r.path)), f"{r.class_name}") for r in
-             rows.itertuples()]
-    return items, rows["id"].tolist(), page, pages
-
-
 def image_details(ctx: StudioContext, image_id: str) -> tuple[str, str]:
     """(absolute path of the full image, markdown details)."""
     img = ctx.project.get(Image, image_id)
@@ -105,13 +68,6 @@ def image_details(ctx: StudioContext, image_id: str) -> tuple[str, str]:
             f"{img.width} x {img.height} px · index {img.idx}  \n"
             f"<small>id {img.id}<br>file {img.source_path or img.path}</small>")
     return str(ctx.project.abs(img.path)), text
-
-
-def import_demo(ctx: StudioContext, name: str = "digits", progress: Any = None) -> Dataset:
-    from engine import data
-
-    return data.import_demo(ctx.project, name=name or "digits",
-                            progress=_progress_adapter(progress))
 
 
 def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: float,
@@ -122,8 +78,6 @@ def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: flo
         raise InvalidConfigError("type the path of an image folder (one sub-folder per class)")
     path = Path(folder.strip()).expanduser()
     if ctx.restrict:  # reachable from the network: no browsing of the server's disk
-        from studio.tabs.projects_tab import projects_root
-
         root = projects_root().resolve()
         if root not in path.resolve().parents:
             raise InvalidConfigError(
@@ -132,7 +86,7 @@ def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: flo
     name = (name or "").strip() or path.name
     return data.import_image_folder(ctx.project, path, name,
                                     ImportConfig(test_fraction=float(test_fraction)),
-                                    progress=_progress_adapter(progress))
+                                    progress=progress_adapter(progress))
 
 
 def import_zip(ctx: StudioContext, zip_path: str | None, name: str, test_fraction: float,
@@ -165,19 +119,75 @@ def import_zip(ctx: StudioContext, zip_path: str | None, name: str, test_fractio
             root = entries[0]
         return data.import_image_folder(ctx.project, root, name,
                                         ImportConfig(test_fraction=float(test_fraction)),
-                                        progress=_progress_adapter(progress))
+                                        progress=progress_adapter(progress))
 
 
-def _progress_adapter(progress: Any) -> Any:
-    if progress is None:
-        from engine.progress import no_progress
+# ---------------------------------------------------------------------- event handlers
 
-        return no_progress
 
-    def report(ev: ProgressEvent) -> None:
-        progress((ev.step, max(ev.total, 1)), desc=f"{ev.stage}: {ev.step}/{ev.total}")
+def show_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None,
+              split: str, page: float | None) -> tuple[Any, ...]:
+    """(gallery items, their ids, page, "page p of n") of the gallery."""
+    items, ids, p, pages = image_page(ctx, dataset_id, class_name, split, int(page or 1))
+    label = f"page {p} of {pages}" if dataset_id else ""
+    return items, ids, p, label
 
-    return report
+
+def first_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None,
+               split: str) -> tuple[Any, ...]:
+    return show_page(ctx, dataset_id, class_name, split, 1)
+
+
+def prev_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None, split: str,
+              page: float | None) -> tuple[Any, ...]:
+    return show_page(ctx, dataset_id, class_name, split, (page or 1) - 1)
+
+
+def next_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None, split: str,
+              page: float | None) -> tuple[Any, ...]:
+    return show_page(ctx, dataset_id, class_name, split, (page or 1) + 1)
+
+
+def show_dataset(ctx: StudioContext, dataset_id: str | None) -> tuple[Any, ...]:
+    text, table = summary(ctx, dataset_id)
+    return (text, table, gr.update(choices=class_choices(ctx, dataset_id), value=ALL),
+            *show_page(ctx, dataset_id, ALL, "all", 1))
+
+
+@ui.guard(2, status=1)
+def select_image(ctx: StudioContext, ids: list[str], evt: gr.SelectData) -> tuple[Any, Any]:
+    if evt.index is None or evt.index >= len(ids):
+        return gr.skip(), gr.skip()
+    return image_details(ctx, ids[evt.index])
+
+
+def imported(ctx: StudioContext, ds: Dataset) -> tuple[str, Any]:
+    return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
+                     f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
+
+
+@ui.guard(2)
+def on_demo(ctx: StudioContext, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+    return imported(ctx, import_demo(ctx, progress=progress))
+
+
+@ui.guard(2)
+def on_folder(ctx: StudioContext, folder: str, name: str, fraction: float,
+              progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+    return imported(ctx, import_folder(ctx, folder, name, fraction, progress=progress))
+
+
+@ui.guard(2)
+def on_zip(ctx: StudioContext, zip_path: str | None, name: str, fraction: float,
+           progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+    return imported(ctx, import_zip(ctx, zip_path, name, fraction, progress=progress))
+
+
+def refresh(ctx: StudioContext, dataset_id: str | None) -> Any:
+    return ui.dropdown(dataset_choices(ctx), dataset_id)
+
+
+# ---------------------------------------------------------------------- layout and wiring
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
@@ -228,62 +238,19 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                     detail_txt = gr.Markdown("Click a thumbnail for its details.")
     page_ids = gr.State([])
     dataset = shared.dataset
+    page_out = [gallery, page_ids, page, page_info]
 
-    def show_page(dataset_id: str | None, class_name: str | None, split_v: str,
-                  page_v: float | None) -> tuple[Any, ...]:
-        items, ids, p, pages = image_page(ctx, dataset_id, class_name, split_v, int(page_v or 1))
-        label = f"page {p} of {pages}" if dataset_id else ""
-        return items, ids, p, label
-
-    page_outputs = [gallery, page_ids, page, page_info]
-    page_inputs = [dataset, cls, split, page]
-
-    def show_dataset(dataset_id: str | None) -> tuple[Any, ...]:
-        text, table = summary(ctx, dataset_id)
-        return (text, table, gr.update(choices=class_choices(ctx, dataset_id), value=ALL),
-                *show_page(dataset_id, ALL, "all", 1))
-
-    dataset.change(show_dataset, dataset, [info, counts, cls, *page_outputs])
-    cls.change(lambda d, c, s: show_page(d, c, s, 1), [dataset, cls, split], page_outputs)
-    split.change(lambda d, c, s: show_page(d, c, s, 1), [dataset, cls, split], page_outputs)
-    page.submit(show_page, page_inputs, page_outputs)
-    prev_btn.click(lambda d, c, s, p: show_page(d, c, s, (p or 1) - 1), page_inputs,
-                   page_outputs)
-    next_btn.click(lambda d, c, s, p: show_page(d, c, s, (p or 1) + 1), page_inputs,
-                   page_outputs)
-
-    @ui.guard(2, status=1)
-    def select(ids: list[str], evt: gr.SelectData) -> tuple[Any, Any]:
-        if evt.index is None or evt.index >= len(ids):
-            return gr.skip(), gr.skip()
-        return image_details(ctx, ids[evt.index])
-
-    gallery.select(select, page_ids, [detail_img, detail_txt])
-
-    @ui.guard(2)
-    def on_demo(progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-        ds = import_demo(ctx, progress=progress)
-        return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
-                         f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
-
-    @ui.guard(2)
-    def on_folder(folder_v: str, name_v: str, frac: float,
-                  progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-        ds = import_folder(ctx, folder_v, name_v, frac, progress=progress)
-        return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
-                         f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
-
-    @ui.guard(2)
-    def on_zip(zip_v: str | None, name_v: str, frac: float,
-               progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-        ds = import_zip(ctx, zip_v, name_v, frac, progress=progress)
-        return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
-                         f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
-
-    zip_btn.click(on_zip, [upload, zip_name, test_fraction], [status, dataset],
+    dataset.change(ui.bind(show_dataset, ctx), dataset, [info, counts, cls, *page_out])
+    cls.change(ui.bind(first_page, ctx), [dataset, cls, split], page_out)
+    split.change(ui.bind(first_page, ctx), [dataset, cls, split], page_out)
+    page.submit(ui.bind(show_page, ctx), [dataset, cls, split, page], page_out)
+    prev_btn.click(ui.bind(prev_page, ctx), [dataset, cls, split, page], page_out)
+    next_btn.click(ui.bind(next_page, ctx), [dataset, cls, split, page], page_out)
+    gallery.select(ui.bind(select_image, ctx), page_ids, [detail_img, detail_txt])
+    zip_btn.click(ui.bind(on_zip, ctx), [upload, zip_name, test_fraction], [status, dataset],
                   concurrency_id="import", api_name="import_zip")
-    demo_btn.click(on_demo, None, [status, dataset], concurrency_id="import",
+    demo_btn.click(ui.bind(on_demo, ctx), None, [status, dataset], concurrency_id="import",
                    api_name="import_demo")
-    folder_btn.click(on_folder, [folder, name, test_fraction], [status, dataset],
+    folder_btn.click(ui.bind(on_folder, ctx), [folder, name, test_fraction], [status, dataset],
                      concurrency_id="import", api_name="import_folder")
-    shared.on_refresh(lambda d: ui.dropdown(dataset_choices(ctx), d), [dataset], [dataset])
+    shared.on_refresh(ui.bind(refresh, ctx), [dataset], [dataset])

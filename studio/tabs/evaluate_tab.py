@@ -1,5 +1,8 @@
 """Evaluate tab: train a classifier on a training mix, compare top-1 / top-5 of every run;
-launch the paper's experiments (scaling, augmentation, filtering) and read their tables."""
+launch the paper's experiments (scaling, augmentation, filtering) and read their tables.
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event."""
 
 from __future__ import annotations
 
@@ -14,20 +17,16 @@ from engine.config import AUGMENTS, CLASSIFIERS, MIXES, EvalConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import ACTIVE
 from engine.project import Evaluation, Generation, Job, Selection
+from engine.settings import device, effective
 from studio import ui
+from studio.choices import job_progress, selection_choices
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs import settings_tab
-from studio.tabs.jobs_tab import job_progress
 
 log = logging.getLogger(__name__)
 
 MIX_LABELS = {"real": "real only", "synthetic": "synthetic only (a selection)",
               "real+synthetic": "real + synthetic (a selection)"}
-
-
-def selection_choices(ctx: StudioContext) -> list[tuple[str, str]]:
-    return [(f"{s.name} · {s.count:,} images", s.id) for s in ctx.project.list(Selection)]
 
 
 OPTIONS_HELP = ("<small>Any other recipe option, one <code>KEY=VALUE</code> per line, e.g. "
@@ -43,7 +42,7 @@ def recipe(ctx: StudioContext, arch: str, epochs: int, augment: str = EvalConfig
     from engine.config import with_overrides
 
     config = EvalConfig(arch=arch, epochs=int(epochs), augment=augment or EvalConfig.augment,
-                        device=settings_tab.device(ctx))
+                        device=device(ctx.project))
     return with_overrides(config, (options or "").splitlines())
 
 
@@ -178,6 +177,60 @@ def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, A
             gr.update(value=paths["markdown"], visible=True))
 
 
+# ---------------------------------------------------------------------- event handlers
+
+
+@ui.guard(3)
+def on_launch(ctx: StudioContext, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v,
+              options_v="", meada_v=False) -> tuple[Any, ...]:
+    record = launch_experiment(ctx, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v,
+                               options_v, bool(meada_v))
+    return (ui.ok_md(f"experiment {record['name']}: {len(record['members'])} evaluations "
+                     f"queued (progress in the Jobs panel)"),
+            experiments.summary_table(ctx.project),
+            ui.dropdown(experiment_choices(ctx), record["id"]))
+
+
+def refresh_experiments(ctx: StudioContext, gens_v: list[str] | None,
+                        exp_id: str | None) -> tuple[Any, ...]:
+    """The generation and experiment lists; the experiment shown (the latest by default)."""
+    choices = experiment_choices(ctx)
+    current = exp_id if exp_id in [v for _, v in choices] else \
+        (choices[-1][1] if choices else None)
+    gen_ids = [v for _, v in generation_choices(ctx)]
+    return (gr.update(choices=generation_choices(ctx),
+                      value=[g for g in (gens_v or []) if g in gen_ids]),
+            experiments.summary_table(ctx.project),
+            gr.update(choices=choices, value=current),
+            *experiment_view(ctx, current))
+
+
+@ui.guard(2)
+def on_run(ctx: StudioContext, mix_v, dataset_id, sel, arch_v, epochs_v, name_v,
+           augment_v=EvalConfig.augment, options_v="") -> tuple[str, Any]:
+    job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v, options_v)
+    return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
+
+
+def default_epochs(ctx: StudioContext) -> int:
+    return int(effective(ctx.project)["eval_epochs"])
+
+
+def live(ctx: StudioContext) -> Any:
+    """The running evaluations (the timer's tick); nothing when none runs."""
+    if not any(j.status in ACTIVE for j in ctx.project.list(Job, kind="evaluate")):
+        return gr.skip()
+    return running_text(ctx)
+
+
+def refresh(ctx: StudioContext, sel: str | None) -> tuple[Any, ...]:
+    return (ui.dropdown(selection_choices(ctx), sel), results_table(ctx),
+            results_figure(ctx), running_text(ctx))
+
+
+# ---------------------------------------------------------------------- layout and wiring
+
+
 def build_experiments(ctx: StudioContext, shared: Shared) -> None:
     gr.Markdown("### Experiments\n<small>The paper's comparisons, one click each: every "
                 "configuration is trained with the same recipe, once per seed, as queued "
@@ -222,35 +275,15 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> None:
                                      elem_id="exp-table", wrap=True)
             exp_plot = gr.Plot(show_label=False, elem_id="exp-plot")
 
-    @ui.guard(3)
-    def on_launch(kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v, options_v="",
-                  meada_v=False):
-        record = launch_experiment(ctx, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v,
-                                   options_v, bool(meada_v))
-        return (ui.ok_md(f"experiment {record['name']}: {len(record['members'])} evaluations "
-                         f"queued (progress in the Jobs panel)"),
-                experiments.summary_table(ctx.project),
-                ui.dropdown(experiment_choices(ctx), record["id"]))
+    exp_form = [kind, gens, seeds, arch, epochs, name, exp_options, with_meada]
+    exp_view = [exp_table, exp_plot, csv_btn, md_btn]
 
-    launch_btn.click(on_launch, [kind, gens, seeds, arch, epochs, name, exp_options,
-                                 with_meada], [status, listing, chosen], api_name="experiment")
-
-    view = ui.guard_refresh(lambda exp_id: experiment_view(ctx, exp_id), 4)
-    chosen.change(view, chosen, [exp_table, exp_plot, csv_btn, md_btn], show_progress="hidden")
-
-    def refresh(gens_v, exp_id):
-        choices = experiment_choices(ctx)
-        current = exp_id if exp_id in [v for _, v in choices] else \
-            (choices[-1][1] if choices else None)
-        gen_ids = [v for _, v in generation_choices(ctx)]
-        return (gr.update(choices=generation_choices(ctx),
-                          value=[g for g in (gens_v or []) if g in gen_ids]),
-                experiments.summary_table(ctx.project),
-                gr.update(choices=choices, value=current),
-                *experiment_view(ctx, current))
-
-    shared.on_refresh(refresh, [gens, chosen],
-                      [gens, listing, chosen, exp_table, exp_plot, csv_btn, md_btn])
+    launch_btn.click(ui.bind(on_launch, ctx), exp_form, [status, listing, chosen],
+                     api_name="experiment")
+    chosen.change(ui.guard_refresh(ui.bind(experiment_view, ctx), 4), chosen, exp_view,
+                  show_progress="hidden")
+    shared.on_refresh(ui.bind(refresh_experiments, ctx), [gens, chosen],
+                      [gens, listing, chosen, *exp_view])
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
@@ -284,27 +317,10 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                  column_widths=["17%", "14%", "15%", "9%", "9%", "10%",
                                                 "9%", "17%"])
 
-    @ui.guard(2)
-    def on_run(mix_v, dataset_id, sel, arch_v, epochs_v, name_v,
-               augment_v=EvalConfig.augment, options_v="") -> tuple[str, Any]:
-        job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v,
-                       options_v)
-        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
+    form = [mix, shared.dataset, selection, arch, epochs, name, augment, options]
 
-    shared.on_project(lambda: int(settings_tab.effective(ctx)["eval_epochs"]), [], [epochs])
-    run_btn.click(on_run, [mix, shared.dataset, selection, arch, epochs, name, augment,
-                           options], [status, table], api_name="evaluate")
-
-    def live() -> Any:
-        if not any(j.status in ACTIVE for j in ctx.project.list(Job, kind="evaluate")):
-            return gr.skip()
-        return running_text(ctx)
-
-    gr.Timer(3.0).tick(live, None, running, show_progress="hidden")
-
-    def refresh(sel):
-        return (ui.dropdown(selection_choices(ctx), sel), results_table(ctx),
-                results_figure(ctx), running_text(ctx))
-
-    shared.on_refresh(refresh, [selection], [selection, table, plot, running])
+    shared.on_project(ui.bind(default_epochs, ctx), [], [epochs])
+    run_btn.click(ui.bind(on_run, ctx), form, [status, table], api_name="evaluate")
+    gr.Timer(3.0).tick(ui.bind(live, ctx), None, running, show_progress="hidden")
+    shared.on_refresh(ui.bind(refresh, ctx), [selection], [selection, table, plot, running])
     build_experiments(ctx, shared)

@@ -1,9 +1,13 @@
-"""Export tab: a selection (optionally with the real images) as an ImageFolder, and a zip."""
+"""Export tab: a selection (optionally with the real images) as an ImageFolder, and a zip.
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -12,9 +16,9 @@ from engine.config import ExportConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Export, Job, Selection
 from studio import ui
+from studio.choices import selection_choices
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs.evaluate_tab import selection_choices
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,38 @@ def make_zip(ctx: StudioContext, export_id: str | None) -> Path:
     return zip_export(folder, zip_path)
 
 
+# ---------------------------------------------------------------------- event handlers
+
+
+@ui.guard(2)
+def on_export(ctx: StudioContext, sel, real, out, link_v=False, val_v=0.0,
+              seed_v=0) -> tuple[str, Any]:
+    job = export(ctx, sel, bool(real), out, bool(link_v), val_v, seed_v)
+    return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), gr.skip()
+
+
+@ui.guard(2)
+def on_zip(ctx: StudioContext, export_id: str | None) -> tuple[str, Any]:
+    path = make_zip(ctx, export_id)
+    size = path.stat().st_size
+    text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    return (ui.ok_md(f"{path.name} ready ({text})"),
+            gr.update(value=str(path), visible=True))
+
+
+def hide_download(export_id: str | None) -> Any:
+    """Another export chosen: its zip is not prepared yet."""
+    return gr.update(visible=False)
+
+
+def refresh(ctx: StudioContext, sel: str | None, export_id: str | None) -> tuple[Any, ...]:
+    return (ui.dropdown(selection_choices(ctx), sel), exports_table(ctx),
+            ui.dropdown(export_choices(ctx), export_id))
+
+
+# ---------------------------------------------------------------------- layout and wiring
+
+
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
@@ -102,27 +138,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                              variant="primary", elem_id="download-button")
             zip_status = gr.HTML(elem_id="zip-status")
 
-    @ui.guard(2)
-    def on_export(sel, real, out, link_v=False, val_v=0.0, seed_v=0):
-        job = export(ctx, sel, bool(real), out, bool(link_v), val_v, seed_v)
-        return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), gr.skip()
+    form = [selection, include_real, out_dir, link, val_fraction, split_seed]
 
-    export_btn.click(on_export, [selection, include_real, out_dir, link, val_fraction,
-                                 split_seed], [status, table], api_name="export")
-
-    @ui.guard(2)
-    def on_zip(export_id):
-        path = make_zip(ctx, export_id)
-        size = path.stat().st_size
-        text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-        return (ui.ok_md(f"{path.name} ready ({text})"),
-                gr.update(value=str(path), visible=True))
-
-    zip_btn.click(on_zip, chosen, [zip_status, download], api_name="zip")
-    chosen.change(lambda _: gr.update(visible=False), chosen, download)
-
-    def refresh(sel, export_id):
-        return (ui.dropdown(selection_choices(ctx), sel), exports_table(ctx),
-                ui.dropdown(export_choices(ctx), export_id))
-
-    shared.on_refresh(refresh, [selection, chosen], [selection, table, chosen])
+    export_btn.click(ui.bind(on_export, ctx), form, [status, table], api_name="export")
+    zip_btn.click(ui.bind(on_zip, ctx), chosen, [zip_status, download], api_name="zip")
+    chosen.change(hide_download, chosen, download)
+    shared.on_refresh(ui.bind(refresh, ctx), [selection, chosen], [selection, table, chosen])

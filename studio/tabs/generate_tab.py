@@ -3,6 +3,9 @@
 The representations are the chosen images' own (seeded variations: the paper's), points on
 the path between two chosen images, mix-ups within each class, or new draws from each
 class's fitted distribution (``GenerateConfig.mode``).
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ import gradio as gr
 
 from engine.config import COVARIANCES, SAMPLERS, EncodeConfig, GenerateConfig
 from engine.errors import InvalidConfigError, NotReadyError
-from engine.project import Encoding, Generation, Job, Model
+from engine.project import Encoding, Generation, Image, Job, Model, Sample, reads
+from engine.settings import device, effective
 from studio import ui
+from studio.choices import ALL, class_choices, generation_choices, image_page, model_choices
 from studio.context import StudioContext
 from studio.shared import Shared
-from studio.tabs import data_tab
-from studio.tabs.train_tab import model_choices
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +46,6 @@ MODE_HINTS = {
                     "images: <b>new per class</b> draws per class, <b>k</b> seeds each. Goes "
                     "beyond the real images.",
 }
-
-
-def generation_choices(ctx: StudioContext) -> list[tuple[str, str]]:
-    reencoded = {e.target_id for e in ctx.project.list(Encoding, target="generation")}
-    return [(f"{g.name} · {g.count:,} images" + (" · re-encoded" if g.id in reencoded else ""),
-             g.id) for g in ctx.project.list(Generation)]
 
 
 def source_ids(ctx: StudioContext, model_id: str, source: str, selected: list[str],
@@ -78,14 +75,12 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
 
     if not model_id:
         raise NotReadyError("the project has no trained model yet; train one in the Train tab")
-    from studio.tabs.settings_tab import device
-
     mode = mode or "variations"
     if mode == "interpolate" and len(selected or []) != 2:
         raise InvalidConfigError(f"interpolation needs exactly two selected images (click two "
                                  f"in the picker); {len(selected or [])} selected")
     config = GenerateConfig(variations=int(variations), sampler=sampler, steps=int(steps),
-                            guidance=float(guidance), seed=int(seed), device=device(ctx),
+                            guidance=float(guidance), seed=int(seed), device=device(ctx.project),
                             mode=mode, points=int(points or 0),
                             per_class=int(new_per_class or 0), mix_alpha=float(mix_alpha or 0),
                             covariance=covariance or "ledoit_wolf")
@@ -103,16 +98,15 @@ def reencode(ctx: StudioContext, generation_id: str | None) -> Job:
         raise NotReadyError("generate images first, then re-encode them")
     gen = ctx.project.get(Generation, generation_id)
     encoder = gen.encoder if gen.encoder and gen.encoder != "class" else "pca"
-    from studio.tabs.settings_tab import device
-
     return ctx.submit(encode_stage.prepare(ctx.project,
-                                           EncodeConfig(encoder=encoder, device=device(ctx)),
+                                           EncodeConfig(encoder=encoder,
+                                                        device=device(ctx.project)),
                                            generation_ref=gen.id))
 
 
 def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
                 page_size: int = SAMPLE_PAGE) -> tuple[list[tuple[str, str]], str, list[str], int]:
-    """One page of a generation's samples, read with one ``LIMIT`` query.
+    """One page of a generation's samples (``engine.project.reads.sample_page``).
 
     Returns:
         (gallery items [(path, caption)], markdown, their sample ids, page (clamped)).
@@ -120,13 +114,8 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     if not generation_id:
         return [], "No generation yet.", [], 1
     gen = ctx.project.get(Generation, generation_id)
-    total = int(ctx.project.query("SELECT count(*) FROM sample WHERE generation_id = ?",
-                                  [gen.id]).iloc[0, 0])
-    pages = max(1, -(-total // page_size))
-    page = min(max(int(page or 1), 1), pages)
-    rows = ctx.project.query(
-        "SELECT id, path, class_name, seed FROM sample WHERE generation_id = ? ORDER BY idx "
-        "LIMIT ? OFFSET ?", [gen.id, page_size, (page - 1) * page_size])
+    p = reads.sample_page(ctx.project, gen.id, page, page_size)
+    page, pages, rows = p.page, p.pages, p.rows
     items = [(ui.gallery_path(ctx.project.abs(r.path)), f"{r.class_name}")
              for r in rows.itertuples()]
     cfg = ui.loads(gen.config_json)
@@ -143,25 +132,17 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     return items, text, rows["id"].tolist(), page
 
 
-def _plan_row(ctx: StudioContext, gen: Generation, idx: int) -> dict[str, Any]:
-    """The plan columns (mode, cond_index, partner_image_id, weight) of sample ``idx``, read
-    from the generation's ``samples.parquet``; {} for generations written before plans."""
-    path = ctx.project.abs(gen.folder) / "samples.parquet"
-    if not path.exists():
-        return {}
+def describe_image(ctx: StudioContext, image_id: str) -> str:
+    """"ID (class, file)" of a real image, or says it is gone."""
     try:
-        rows = ctx.project.query(
-            "SELECT * FROM read_parquet(?) WHERE idx = ? LIMIT 1", [str(path), int(idx)])
-    except Exception:  # noqa: BLE001 - provenance is a courtesy; the rest still shows
-        log.exception("cannot read %s", path)
-        return {}
-    return rows.iloc[0].to_dict() if len(rows) else {}
+        img = ctx.project.get(Image, image_id)
+        return f"{img.id} ({img.class_name}, {img.source_path or img.path})"
+    except Exception:  # noqa: BLE001 - a vanished source still shows the rest
+        return f"{image_id} (no longer in the project)"
 
 
 def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
     """(path of the generated image, markdown provenance: source image, model, seed...)."""
-    from engine.project import Image, Sample
-
     s = ctx.project.get(Sample, sample_id)
     gen = ctx.project.get(Generation, s.generation_id)
     model = ctx.project.get(Model, gen.model_id) if getattr(gen, "model_id", "") else None
@@ -169,30 +150,171 @@ def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
              f"guidance {s.guidance:g}",
              f"generation **{gen.name}**" + (f" · model **{model.name}** ({model.encoder})"
                                               if model else "")]
-    plan = _plan_row(ctx, gen, s.idx)
+    plan = reads.sample_plan(ctx.project, gen, s.idx)
     mode = plan.get("mode", "variations")
-
-    def describe(image_id: str) -> str:
-        try:
-            img = ctx.project.get(Image, image_id)
-            return f"{img.id} ({img.class_name}, {img.source_path or img.path})"
-        except Exception:  # noqa: BLE001 - a vanished source still shows the rest
-            return f"{image_id} (no longer in the project)"
 
     partner, weight = plan.get("partner_image_id") or "", float(plan.get("weight") or 0.0)
     if mode == "interpolate":
         lines.append(f"interpolation at t = {weight:.3f} from real image "
-                     f"{describe(s.source_image_id)} to {describe(partner)}")
+                     f"{describe_image(ctx, s.source_image_id)} to {describe_image(ctx, partner)}")
     elif mode == "mixup":
-        lines.append(f"mix-up of real images {describe(s.source_image_id)} and "
-                     f"{describe(partner)}, weight {weight:.3f} on the second")
+        lines.append(f"mix-up of real images {describe_image(ctx, s.source_image_id)} and "
+                     f"{describe_image(ctx, partner)}, weight {weight:.3f} on the second")
     elif mode == "class_sample":
         lines.append(f"new representation drawn from the distribution of class "
                      f"{s.class_name} (representation {plan.get('cond_index', '?')})")
     elif s.source_image_id:
-        lines.append(f"variation of real image {describe(s.source_image_id)}")
+        lines.append(f"variation of real image {describe_image(ctx, s.source_image_id)}")
     lines.append(f"<small>sample {s.id}<br>file {s.path}</small>")
     return str(ctx.project.abs(s.path)), "  \n".join(lines)
+
+
+# ---------------------------------------------------------------------- event handlers
+
+
+def model_dataset(ctx: StudioContext, model_id: str | None) -> str | None:
+    return ctx.project.get(Model, model_id).dataset_id if model_id else None
+
+
+def show_picker(ctx: StudioContext, model_id: str | None, class_name: str | None,
+                page: float | None) -> tuple[Any, ...]:
+    """(picker items, their image ids, page) of the model's training images."""
+    items, ids, p, _ = image_page(ctx, model_dataset(ctx, model_id), class_name, "train",
+                                  int(page or 1), PICK_PAGE)
+    return items, ids, p
+
+
+def picker_first(ctx: StudioContext, model_id: str | None, class_name: str | None
+                 ) -> tuple[Any, ...]:
+    return show_picker(ctx, model_id, class_name, 1)
+
+
+def picker_prev(ctx: StudioContext, model_id: str | None, class_name: str | None,
+                page: float | None) -> tuple[Any, ...]:
+    return show_picker(ctx, model_id, class_name, (page or 1) - 1)
+
+
+def picker_next(ctx: StudioContext, model_id: str | None, class_name: str | None,
+                page: float | None) -> tuple[Any, ...]:
+    return show_picker(ctx, model_id, class_name, (page or 1) + 1)
+
+
+def show_model(ctx: StudioContext, model_id: str | None) -> tuple[Any, ...]:
+    """The class dropdown and the first picker page of a model's dataset."""
+    return (gr.update(choices=class_choices(ctx, model_dataset(ctx, model_id)), value=ALL),
+            *show_picker(ctx, model_id, ALL, 1))
+
+
+def picked_view(ctx: StudioContext, selected: list[str]) -> tuple[Any, str]:
+    """(gallery of the selected images, "N image(s) selected")."""
+    items = []
+    for image_id in selected[:48]:
+        img = ctx.project.get(Image, image_id)
+        items.append((str(ctx.project.abs(img.thumb or img.path)), img.class_name))
+    return items, f"**{len(selected)}** image(s) selected"
+
+
+def toggle(ctx: StudioContext, ids: list[str], selected: list[str],
+           evt: gr.SelectData) -> tuple[Any, ...]:
+    """Select / unselect the clicked training image (the source becomes "selected images")."""
+    if evt.index is None or evt.index >= len(ids):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    image_id = ids[evt.index]
+    selected = [s for s in selected if s != image_id] if image_id in selected \
+        else [*selected, image_id]
+    return (selected, *picked_view(ctx, selected), "selected images")
+
+
+def clear_selection() -> tuple[Any, ...]:
+    return [], [], "0 images selected"
+
+
+def show_mode(mode: str | None) -> tuple[Any, ...]:
+    """The hint and the visible fields of a representation mode."""
+    m = mode or "variations"
+    return (f"<small>{MODE_HINTS.get(m, '')}</small>", gr.update(visible=m != "variations"),
+            gr.update(visible=m == "interpolate"),
+            gr.update(visible=m in ("mixup", "class_sample")),
+            gr.update(visible=m == "mixup"), gr.update(visible=m == "class_sample"))
+
+
+@ui.guard(2)
+def on_generate(ctx: StudioContext, model_id, source_v, sel, n, k, sampler_v, steps_v,
+                guidance_v, seed_v, name_v, mode_v="variations",
+                points_v=GenerateConfig.points, new_v=GenerateConfig.per_class,
+                alpha_v=GenerateConfig.mix_alpha,
+                cov_v=GenerateConfig.covariance) -> tuple[str, Any]:
+    job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
+                   seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v)
+    return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
+                     f"panel below"), gr.skip())
+
+
+@ui.guard(1)
+def on_reencode(ctx: StudioContext, generation_id: str | None) -> str:
+    job = reencode(ctx, generation_id)
+    return ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel "
+                    f"below")
+
+
+@ui.guard(4, status=1)
+def show_samples(ctx: StudioContext, generation_id: str | None,
+                 page: float | None) -> tuple[Any, ...]:
+    return sample_page(ctx, generation_id, int(page or 1))
+
+
+def samples_first(ctx: StudioContext, generation_id: str | None) -> tuple[Any, ...]:
+    return show_samples(ctx, generation_id, 1)
+
+
+def samples_prev(ctx: StudioContext, generation_id: str | None,
+                 page: float | None) -> tuple[Any, ...]:
+    return show_samples(ctx, generation_id, (page or 1) - 1)
+
+
+def samples_next(ctx: StudioContext, generation_id: str | None,
+                 page: float | None) -> tuple[Any, ...]:
+    return show_samples(ctx, generation_id, (page or 1) + 1)
+
+
+@ui.guard(2, status=1)
+def pick_sample(ctx: StudioContext, ids: list[str], evt: gr.SelectData) -> tuple[Any, Any]:
+    if evt.index is None or evt.index >= len(ids):
+        return gr.skip(), gr.skip()
+    return sample_details(ctx, ids[evt.index])
+
+
+def refresh(ctx: StudioContext, model_id: str | None, generation_id: str | None,
+            page: float | None, seen: list[str] | None) -> tuple[Any, ...]:
+    """The model and generation lists; a generation that just finished is shown."""
+    gens = generation_choices(ctx)
+    ids = [v for _, v in gens]
+    new = [g for g in ids if seen is not None and g not in seen]
+    if new:  # a generation just finished: show it
+        gen_value = new[-1]
+    elif generation_id in ids:
+        gen_value = generation_id
+    else:
+        gen_value = ids[-1] if ids else None
+    # same generation: redraw its page (its info line may say re-encoded now)
+    view = sample_page(ctx, gen_value, int(page or 1)) if gen_value == generation_id \
+        else (gr.skip(),) * 4
+    return (ui.dropdown(model_choices(ctx, True), model_id),
+            gr.update(choices=gens, value=gen_value), *view, ids)
+
+
+def defaults(ctx: StudioContext) -> tuple[Any, ...]:
+    """The form's defaults from the project's settings: steps, variations, sampler."""
+    eff = effective(ctx.project)
+    return int(eff["gen_steps"]), int(eff["gen_variations"]), eff["gen_sampler"]
+
+
+def forget_selection() -> tuple[Any, ...]:
+    """Images picked in another project mean nothing here."""
+    return [], [], "0 images selected", None
+
+
+# ---------------------------------------------------------------------- layout and wiring
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
@@ -205,7 +327,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             source = gr.Radio(SOURCES, value=SOURCES[0], label="Vary",
                               elem_id="gen-source")
             with gr.Row(elem_classes=["bottom-align"]):
-                cls = gr.Dropdown(label="Class", choices=[data_tab.ALL], value=data_tab.ALL,
+                cls = gr.Dropdown(label="Class", choices=[ALL], value=ALL,
                                   allow_custom_value=True,
                                   scale=2)
                 per_class = gr.Number(label="N per class", value=2, precision=0, minimum=1,
@@ -276,130 +398,33 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                   buttons=[], elem_id="sample-detail")
             sample_txt = gr.Markdown("Click a generated image for its provenance.",
                                      elem_id="sample-provenance")
-
     page_ids = gr.State([])
     sample_ids = gr.State([])
     selected = gr.State([])
-
-    def model_dataset(model_id: str | None) -> str | None:
-        return ctx.project.get(Model, model_id).dataset_id if model_id else None
-
-    def show_picker(model_id, class_name, page_v):
-        items, ids, p, pages = data_tab.image_page(ctx, model_dataset(model_id), class_name,
-                                                   "train", int(page_v or 1), PICK_PAGE)
-        return items, ids, p
-
-    def picked_view(sel: list[str]) -> tuple[Any, str]:
-        from engine.project import Image
-
-        items = []
-        for image_id in sel[:48]:
-            img = ctx.project.get(Image, image_id)
-            items.append((str(ctx.project.abs(img.thumb or img.path)), img.class_name))
-        return items, f"**{len(sel)}** image(s) selected"
-
+    known = gr.State(None)  # generation ids this page has seen (None: not loaded yet)
     pick_out = [picker, page_ids, page]
-    model.change(lambda m: (gr.update(choices=data_tab.class_choices(ctx, model_dataset(m)),
-                                      value=data_tab.ALL), *show_picker(m, data_tab.ALL, 1)),
-                 model, [cls, *pick_out])
-    cls.change(lambda m, c: show_picker(m, c, 1), [model, cls], pick_out)
-    page.submit(show_picker, [model, cls, page], pick_out)
-    prev_btn.click(lambda m, c, p: show_picker(m, c, (p or 1) - 1), [model, cls, page],
-                   pick_out)
-    next_btn.click(lambda m, c, p: show_picker(m, c, (p or 1) + 1), [model, cls, page],
-                   pick_out)
+    sample_out = [samples, gen_info, sample_ids, gen_page]
+    form = [model, source, selected, per_class, variations, sampler, steps, guidance, seed,
+            name, mode, points, new_per_class, mix_alpha, covariance]
 
-    def toggle(ids: list[str], sel: list[str], evt: gr.SelectData) -> tuple[Any, ...]:
-        if evt.index is None or evt.index >= len(ids):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        image_id = ids[evt.index]
-        sel = [s for s in sel if s != image_id] if image_id in sel else [*sel, image_id]
-        return (sel, *picked_view(sel), "selected images")
-
-    picker.select(toggle, [page_ids, selected], [selected, picked, picked_info, source])
-    clear_btn.click(lambda: ([], [], "0 images selected"), None,
-                    [selected, picked, picked_info])
-
-    def show_mode(mode_v: str | None) -> tuple[Any, ...]:
-        m = mode_v or "variations"
-        return (f"<small>{MODE_HINTS.get(m, '')}</small>", gr.update(visible=m != "variations"),
-                gr.update(visible=m == "interpolate"),
-                gr.update(visible=m in ("mixup", "class_sample")),
-                gr.update(visible=m == "mixup"), gr.update(visible=m == "class_sample"))
-
+    model.change(ui.bind(show_model, ctx), model, [cls, *pick_out])
+    cls.change(ui.bind(picker_first, ctx), [model, cls], pick_out)
+    page.submit(ui.bind(show_picker, ctx), [model, cls, page], pick_out)
+    prev_btn.click(ui.bind(picker_prev, ctx), [model, cls, page], pick_out)
+    next_btn.click(ui.bind(picker_next, ctx), [model, cls, page], pick_out)
+    picker.select(ui.bind(toggle, ctx), [page_ids, selected],
+                  [selected, picked, picked_info, source])
+    clear_btn.click(clear_selection, None, [selected, picked, picked_info])
     mode.change(show_mode, mode, [mode_hint, mode_row, points, new_per_class, mix_alpha,
                                   covariance], show_progress="hidden")
-
-    @ui.guard(2)
-    def on_generate(model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v, seed_v,
-                    name_v, mode_v="variations", points_v=GenerateConfig.points,
-                    new_v=GenerateConfig.per_class, alpha_v=GenerateConfig.mix_alpha,
-                    cov_v=GenerateConfig.covariance) -> tuple[str, Any]:
-        job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
-                       seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v)
-        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
-                         f"panel below"), gr.skip())
-
-    gen_btn.click(on_generate, [model, source, selected, per_class, variations, sampler, steps,
-                                guidance, seed, name, mode, points, new_per_class, mix_alpha,
-                                covariance], [status, generation], api_name="generate")
-
-    @ui.guard(1)
-    def on_reencode(generation_id: str | None) -> str:
-        job = reencode(ctx, generation_id)
-        return ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel "
-                        f"below")
-
-    reencode_btn.click(on_reencode, generation, status, api_name="reencode")
-
-    @ui.guard(4, status=1)
-    def show_samples(generation_id: str | None, page_v: float | None) -> tuple[Any, ...]:
-        return sample_page(ctx, generation_id, int(page_v or 1))
-
-    sample_out = [samples, gen_info, sample_ids, gen_page]
-    generation.change(lambda g: show_samples(g, 1), generation, sample_out)
-    gen_page.submit(show_samples, [generation, gen_page], sample_out)
-    gen_prev.click(lambda g, p: show_samples(g, (p or 1) - 1), [generation, gen_page],
-                   sample_out)
-    gen_next.click(lambda g, p: show_samples(g, (p or 1) + 1), [generation, gen_page],
-                   sample_out)
-
-    @ui.guard(2, status=1)
-    def pick_sample(ids: list[str], evt: gr.SelectData) -> tuple[Any, Any]:
-        if evt.index is None or evt.index >= len(ids):
-            return gr.skip(), gr.skip()
-        return sample_details(ctx, ids[evt.index])
-
-    samples.select(pick_sample, sample_ids, [sample_img, sample_txt])
-
-    known = gr.State(None)  # generation ids this page has seen (None: not loaded yet)
-
-    def refresh(model_id, generation_id, page_v, seen):
-        gens = generation_choices(ctx)
-        ids = [v for _, v in gens]
-        new = [g for g in ids if seen is not None and g not in seen]
-        if new:  # a generation just finished: show it
-            gen_value = new[-1]
-        elif generation_id in ids:
-            gen_value = generation_id
-        else:
-            gen_value = ids[-1] if ids else None
-        # same generation: redraw its page (its info line may say re-encoded now)
-        view = sample_page(ctx, gen_value, int(page_v or 1)) if gen_value == generation_id \
-            else (gr.skip(),) * 4
-        return (ui.dropdown(model_choices(ctx, True), model_id),
-                gr.update(choices=gens, value=gen_value), *view, ids)
-
-    shared.on_refresh(refresh, [model, generation, gen_page, known],
+    gen_btn.click(ui.bind(on_generate, ctx), form, [status, generation], api_name="generate")
+    reencode_btn.click(ui.bind(on_reencode, ctx), generation, status, api_name="reencode")
+    generation.change(ui.bind(samples_first, ctx), generation, sample_out)
+    gen_page.submit(ui.bind(show_samples, ctx), [generation, gen_page], sample_out)
+    gen_prev.click(ui.bind(samples_prev, ctx), [generation, gen_page], sample_out)
+    gen_next.click(ui.bind(samples_next, ctx), [generation, gen_page], sample_out)
+    samples.select(ui.bind(pick_sample, ctx), sample_ids, [sample_img, sample_txt])
+    shared.on_refresh(ui.bind(refresh, ctx), [model, generation, gen_page, known],
                       [model, generation, *sample_out, known])
-
-    def defaults() -> tuple[Any, ...]:
-        from studio.tabs.settings_tab import effective
-
-        eff = effective(ctx)
-        return int(eff["gen_steps"]), int(eff["gen_variations"]), eff["gen_sampler"]
-
-    shared.on_project(defaults, [], [steps, variations, sampler])
-    # images picked in another project mean nothing here
-    shared.on_project(lambda: ([], [], "0 images selected", None), [],
-                      [selected, picked, picked_info, known])
+    shared.on_project(ui.bind(defaults, ctx), [], [steps, variations, sampler])
+    shared.on_project(forget_selection, [], [selected, picked, picked_info, known])

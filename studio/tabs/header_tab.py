@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.project import Dataset, Encoding, Evaluation, Export, Generation, Job, Model, \
-    Selection
+from engine.project import Dataset, Encoding, Evaluation, Export, Generation, Job, Model, Selection
+from engine.settings import machine_profile
+from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -67,8 +68,6 @@ def header_html(ctx: StudioContext) -> str:
 
 
 def brand_html(ctx: StudioContext) -> str:
-    from studio.tabs.settings_tab import machine_profile
-
     name = ctx.project.path.stem.replace("&", "&amp;").replace("<", "&lt;")
     prof = machine_profile()
     machine = (f"GPU · {prof['gpu']}" if prof["cuda"] else f"CPU · {prof['cpus']} cores")
@@ -77,11 +76,15 @@ def brand_html(ctx: StudioContext) -> str:
             f'<div class="machine">{machine.replace("<", "&lt;")}</div>')
 
 
+def refresh(ctx: StudioContext) -> tuple[str, str]:
+    return brand_html(ctx), header_html(ctx)
+
+
 def build(ctx: StudioContext, shared: Shared) -> gr.HTML:
     with gr.Row(elem_classes=["studio-header"]):
         with gr.Column(scale=0, min_width=300):
             brand = gr.HTML(elem_id="brand")
         with gr.Column(scale=1):
             steps = gr.HTML(elem_id="steps")
-    shared.on_refresh(lambda: (brand_html(ctx), header_html(ctx)), [], [brand, steps])
+    shared.on_refresh(ui.bind(refresh, ctx), [], [brand, steps])
     return steps

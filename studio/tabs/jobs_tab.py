@@ -2,20 +2,23 @@
 
 A ``gr.Timer`` calls ``JobManager.poll()`` (start queued jobs, ingest finished ones) and
 redraws the table; all state is in the project, so a reload shows the same jobs.
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from engine.jobs import ACTIVE, read_log_tail, read_progress
+from engine.jobs import ACTIVE, read_log_tail
 from engine.project import Job
 from studio import ui
+from studio.choices import job_progress
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -24,36 +27,6 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.5
 SHOWN_JOBS = 15
 COLUMNS = ["job", "status", "progress", "ETA", "last metric", "started", "id"]
-
-
-def _ts(value: datetime | None) -> float | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
-
-
-def job_progress(ctx: StudioContext, job: Job) -> dict[str, Any]:
-    """Progress of a job from its ``progress.jsonl``: percent, ETA (s), metric text, stage."""
-    if job.status == "done":
-        return {"percent": 100.0, "eta": None, "metric": "", "stage": ""}
-    events = read_progress(ctx.job_folder(job), last=1)
-    if not events:
-        return {"percent": 0.0, "eta": None, "metric": "", "stage": ""}
-    ev = events[-1]
-    total = max(int(ev.get("total") or 0), 1)
-    frac = min(max(float(ev.get("step") or 0) / total, 0.0), 1.0)
-    started = _ts(job.started_at)
-    eta = None
-    if job.status == "running" and started and 0 < frac < 1:
-        elapsed = max(float(ev.get("time") or started) - started, 0.0)
-        eta = elapsed * (1 - frac) / frac
-    metrics = ev.get("metrics") or {}
-    metric = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                       for k, v in list(metrics.items())[:2])
-    return {"percent": 100.0 * frac, "eta": eta, "metric": metric or ev.get("message", ""),
-            "stage": ev.get("stage", "")}
 
 
 def jobs_table(ctx: StudioContext, jobs: list[Job] | None = None) -> pd.DataFrame:
@@ -101,6 +74,50 @@ def tick(ctx: StudioContext, last_table: str | None, job_id: str | None
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
 
+# ---------------------------------------------------------------------- event handlers
+
+
+def pick_row(evt: gr.SelectData) -> Any:
+    """A click in the table chooses that row's job."""
+    row = evt.row_value or []
+    return row[-1] if row else gr.skip()
+
+
+@ui.guard(2)
+def do_cancel(ctx: StudioContext, job_id: str | None) -> tuple[str, Any]:
+    if not job_id:
+        return ui.error_md("choose a job first"), gr.skip()
+    job = ctx.cancel(job_id)
+    return ui.ok_md(f"cancel sent to {job.title}"), jobs_table(ctx)
+
+
+@ui.guard(2)
+def do_retry(ctx: StudioContext, job_id: str | None) -> tuple[str, Any]:
+    if not job_id:
+        return ui.error_md("choose a job first"), gr.skip()
+    job = ctx.retry(job_id)
+    return ui.ok_md(f"{job.title} queued again ({job.status})"), jobs_table(ctx)
+
+
+def follow(ctx: StudioContext, job_id: str | None) -> Any:
+    """Keep the user's job, unless it is finished and a newer one is active."""
+    jobs_now = ctx.project.list(Job)
+    current = next((j for j in jobs_now if j.id == job_id), None)
+    newest = jobs_now[-1] if jobs_now else None
+    if newest is not None and newest.status in ACTIVE and \
+            (current is None or current.status not in ACTIVE):
+        job_id = newest.id
+    return ui.dropdown(job_choices(ctx), job_id)
+
+
+def redraw(ctx: StudioContext) -> tuple[pd.DataFrame, str]:
+    t = jobs_table(ctx)
+    return t, t.to_json()
+
+
+# ---------------------------------------------------------------------- layout and wiring
+
+
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Column(elem_classes=["jobs-panel"], elem_id="jobs-panel"):
         gr.Markdown("### Jobs", elem_classes=["panel-title"])
@@ -118,48 +135,15 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             logbox = gr.Code(language=None, lines=10, max_lines=18, interactive=False,
                              show_label=False, elem_id="job-log")
     table_sig = gr.State(None)
-    timer = gr.Timer(POLL_SECONDS)
-    timer.tick(lambda s, j: tick(ctx, s, j), [table_sig, chosen],
-               [table, table_sig, shared.revision, logbox], show_progress="hidden",
-               queue=True, concurrency_limit=None)  # read-mostly: tabs must not queue
 
-    def pick_row(evt: gr.SelectData) -> Any:
-        row = evt.row_value or []
-        return row[-1] if row else gr.skip()
-
+    gr.Timer(POLL_SECONDS).tick(ui.bind(tick, ctx), [table_sig, chosen],
+                                [table, table_sig, shared.revision, logbox],
+                                show_progress="hidden", queue=True,
+                                concurrency_limit=None)  # read-mostly: tabs must not queue
     table.select(pick_row, None, chosen, show_progress="hidden")
-    chosen.change(lambda j: log_text(ctx, j), chosen, logbox, show_progress="hidden",
+    chosen.change(ui.bind(log_text, ctx), chosen, logbox, show_progress="hidden",
                   concurrency_limit=None)
-
-    @ui.guard(2)
-    def do_cancel(job_id: str | None) -> tuple[str, Any]:
-        if not job_id:
-            return ui.error_md("choose a job first"), gr.skip()
-        job = ctx.cancel(job_id)
-        return ui.ok_md(f"cancel sent to {job.title}"), jobs_table(ctx)
-
-    @ui.guard(2)
-    def do_retry(job_id: str | None) -> tuple[str, Any]:
-        if not job_id:
-            return ui.error_md("choose a job first"), gr.skip()
-        job = ctx.retry(job_id)
-        return ui.ok_md(f"{job.title} queued again ({job.status})"), jobs_table(ctx)
-
-    cancel.click(do_cancel, chosen, [status, table])
-    retry.click(do_retry, chosen, [status, table])
-    def follow(job_id: str | None) -> Any:
-        """Keep the user's job, unless it is finished and a newer one is active."""
-        jobs_now = ctx.project.list(Job)
-        current = next((j for j in jobs_now if j.id == job_id), None)
-        newest = jobs_now[-1] if jobs_now else None
-        if newest is not None and newest.status in ACTIVE and \
-                (current is None or current.status not in ACTIVE):
-            job_id = newest.id
-        return ui.dropdown(job_choices(ctx), job_id)
-
-    shared.on_refresh(follow, [chosen], [chosen])
-    def redraw() -> tuple[pd.DataFrame, str]:
-        t = jobs_table(ctx)
-        return t, t.to_json()
-
-    shared.on_refresh(redraw, [], [table, table_sig])
+    cancel.click(ui.bind(do_cancel, ctx), chosen, [status, table])
+    retry.click(ui.bind(do_retry, ctx), chosen, [status, table])
+    shared.on_refresh(ui.bind(follow, ctx), [chosen], [chosen])
+    shared.on_refresh(ui.bind(redraw, ctx), [], [table, table_sig])

@@ -1,9 +1,13 @@
 """Projects tab: the project picker (create, open, recent projects, the demo one click away).
 
 Projects live under one folder, ``$RCDM_STUDIO_PROJECTS`` or ``./projects`` (``/data/projects``
-on a Space). The recent list is ``recent.json`` in ``$RCDM_STUDIO_HOME`` or
-``~/.config/rcdm-studio``. When the studio is bound to a non-local address, a project outside
-the projects folder is refused, so a visitor cannot open (and serve) any file of the machine.
+on a Space). The recent list is ``recent.json`` in the studio's home
+(``studio.choices.studio_home``: ``$RCDM_STUDIO_HOME``, else ``$XDG_CONFIG_HOME/rcdm-studio``,
+else ``~/.config/rcdm-studio``). When the studio is bound to a non-local address, a project
+outside the projects folder is refused, so a visitor cannot open (and serve) any file of the machine.
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import gradio as gr
 from engine.errors import InvalidConfigError
 from engine.project import Dataset, project_paths
 from studio import ui
+from studio.choices import import_demo, projects_root, studio_home
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -29,17 +34,6 @@ DEMO_NAME = "demo"
 MAX_RECENT = 12
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-def projects_root() -> Path:
-    """The folder new projects go to (``$RCDM_STUDIO_PROJECTS``, default ``./projects``)."""
-    return Path(os.environ.get("RCDM_STUDIO_PROJECTS") or "projects").expanduser().absolute()
-
-
-def studio_home() -> Path:
-    """Where the studio keeps its own files (``$RCDM_STUDIO_HOME``, ``~/.config/rcdm-studio``)."""
-    env = os.environ.get("RCDM_STUDIO_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".config" / "rcdm-studio"
 
 
 def is_local(host: str | None) -> bool:
@@ -152,8 +146,6 @@ def open_demo(ctx: StudioContext, progress: Any = None) -> tuple[Path, Dataset |
     Returns:
         (the project path, the imported dataset or None when it had one already).
     """
-    from studio.tabs.data_tab import import_demo
-
     db = project_paths(projects_root() / DEMO_NAME)[0]
     db.parent.mkdir(parents=True, exist_ok=True)
     ctx.switch(db, create=True)
@@ -171,7 +163,40 @@ def current_md(ctx: StudioContext) -> str:
             f"<small>file {p.path}<br>assets {p.assets}</small>")
 
 
-# ---------------------------------------------------------------------- layout
+# ---------------------------------------------------------------------- event handlers
+
+
+def recent_update(ctx: StudioContext, restrict: bool) -> Any:
+    return ui.dropdown(recent_choices(restrict), str(ctx.project.path), prefer_last=False)
+
+
+@ui.guard(2)
+def on_demo(ctx: StudioContext, restrict: bool,
+            progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+    db, ds = open_demo(ctx, progress=progress)
+    extra = f", imported {ds.name} ({ds.num_images:,} images)" if ds else ""
+    return (ui.ok_md(f"opened {db.stem}{extra}; next: the Train tab"),
+            recent_update(ctx, restrict))
+
+
+@ui.guard(2)
+def on_create(ctx: StudioContext, restrict: bool, name: str) -> tuple[str, Any]:
+    db = open_project(ctx, name, restrict=restrict, create=True)
+    return (ui.ok_md(f"created {db.stem}; import a dataset in the Data tab"),
+            recent_update(ctx, restrict))
+
+
+@ui.guard(2)
+def on_open(ctx: StudioContext, restrict: bool, ref: str | None) -> tuple[str, Any]:
+    db = open_project(ctx, ref or "", restrict=restrict)
+    return ui.ok_md(f"opened {db.stem}"), recent_update(ctx, restrict)
+
+
+def refresh(ctx: StudioContext, restrict: bool) -> tuple[str, Any]:
+    return current_md(ctx), recent_update(ctx, restrict)
+
+
+# ---------------------------------------------------------------------- layout and wiring
 
 
 def build(ctx: StudioContext, shared: Shared, restrict: bool = False) -> None:
@@ -205,37 +230,17 @@ def build(ctx: StudioContext, shared: Shared, restrict: bool = False) -> None:
                 open_btn = gr.Button("Open", scale=1, min_width=90, elem_id="open-project")
             where = ("only projects inside it open from this page" if restrict
                      else "projects elsewhere open by their path")
-            gr.Markdown(f"<small>Projects folder: <code>{ui._escape(str(root))}</code> "
+            gr.Markdown(f"<small>Projects folder: <code>{ui.escape(str(root))}</code> "
                         f"({where}). A project is <code>NAME.duckdb</code> plus "
                         f"<code>NAME.assets/</code>; back it up by copying both while no job "
                         f"runs.</small>", elem_classes=["muted"])
     outputs = [status, recent]
 
-    def recent_update() -> Any:
-        return ui.dropdown(recent_choices(restrict), str(ctx.project.path), prefer_last=False)
-
-    def done(text: str) -> tuple[str, Any]:
-        return ui.ok_md(text), recent_update()
-
-    @ui.guard(2)
-    def on_demo(progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-        db, ds = open_demo(ctx, progress=progress)
-        extra = f", imported {ds.name} ({ds.num_images:,} images)" if ds else ""
-        return done(f"opened {db.stem}{extra}; next: the Train tab")
-
-    @ui.guard(2)
-    def on_create(name: str) -> tuple[str, Any]:
-        db = open_project(ctx, name, restrict=restrict, create=True)
-        return done(f"created {db.stem}; import a dataset in the Data tab")
-
-    @ui.guard(2)
-    def on_open(ref: str | None) -> tuple[str, Any]:
-        db = open_project(ctx, ref or "", restrict=restrict)
-        return done(f"opened {db.stem}")
-
-    demo_btn.click(on_demo, None, outputs, concurrency_id="project", api_name="open_demo")
-    create_btn.click(on_create, new_name, outputs, concurrency_id="project",
-                     api_name="create_project")
-    open_recent.click(on_open, recent, outputs, concurrency_id="project")
-    open_btn.click(on_open, path, outputs, concurrency_id="project", api_name="open_project")
-    shared.on_refresh(lambda: (current_md(ctx), recent_update()), [], [current, recent])
+    demo_btn.click(ui.bind(on_demo, ctx, restrict), None, outputs, concurrency_id="project",
+                   api_name="open_demo")
+    create_btn.click(ui.bind(on_create, ctx, restrict), new_name, outputs,
+                     concurrency_id="project", api_name="create_project")
+    open_recent.click(ui.bind(on_open, ctx, restrict), recent, outputs, concurrency_id="project")
+    open_btn.click(ui.bind(on_open, ctx, restrict), path, outputs, concurrency_id="project",
+                   api_name="open_project")
+    shared.on_refresh(ui.bind(refresh, ctx, restrict), [], [current, recent])

@@ -1,68 +1,25 @@
 """Settings tab: device, model folder / hub cache and per-stage defaults, kept in the project.
 
-Defaults come from the machine (``machine_profile``: CUDA or not, GPU and main memory) and
-are overridden by what the user saved in the project (``Project.settings()``), so a project
-reopened on another machine keeps its choices. The model folder sets ``HF_HOME`` /
-``HF_HUB_CACHE`` of the studio process, which every worker it starts inherits.
+The settings themselves (machine defaults, validation, the project's saved values, the hub
+cache environment) are ``engine.settings``; this tab only wires its widgets to it.
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from engine.config import SAMPLERS, EvalConfig, TrainConfig
-from engine.errors import InvalidConfigError
+from engine.config import SAMPLERS
+from engine.settings import DEVICES, KEYS, PRECISIONS, effective, machine_profile, save
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
 
 log = logging.getLogger(__name__)
-
-DEVICES = ["auto", "cpu", "cuda"]
-PRECISIONS = ["fp32", "bf16", "fp16"]
-# settings keys the form edits (all optional in the project)
-KEYS = ("device", "precision", "model_folder", "train_steps", "train_batch", "gen_sampler",
-        "gen_steps", "gen_variations", "eval_epochs")
-
-
-@functools.lru_cache(maxsize=1)
-def machine_profile() -> dict[str, Any]:
-    """What this machine offers: ``{"cuda", "gpu", "gpu_mem_gb", "ram_gb", "cpus"}``."""
-    import torch
-
-    prof: dict[str, Any] = {"cuda": bool(torch.cuda.is_available()), "gpu": "",
-                            "gpu_mem_gb": 0.0, "cpus": os.cpu_count() or 1, "ram_gb": 0.0}
-    try:
-        prof["ram_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    except (ValueError, OSError, AttributeError):
-        pass
-    if prof["cuda"]:
-        props = torch.cuda.get_device_properties(0)
-        prof["gpu"], prof["gpu_mem_gb"] = props.name, props.total_memory / 2 ** 30
-    return prof
-
-
-def machine_defaults(prof: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Per-stage defaults sized for the machine (the engine's CPU-sized defaults on a CPU)."""
-    prof = prof or machine_profile()
-    d = {"device": "auto", "precision": "fp32", "model_folder": "",
-         "train_steps": TrainConfig.steps, "train_batch": TrainConfig.batch_size,
-         # a CPU samples with 25 DDIM steps; a GPU affords the paper's 100 DDPM steps
-         "gen_sampler": "ddim", "gen_steps": 25, "gen_variations": 2,
-         "eval_epochs": EvalConfig.epochs}
-    if prof["cuda"]:
-        mem = prof["gpu_mem_gb"]
-        d["precision"] = "bf16"
-        d["train_batch"] = 256 if mem >= 20 else 128
-        d["train_steps"] = max(TrainConfig.steps, 5000)
-        d["gen_sampler"], d["gen_steps"] = "ddpm", 100
-    return d
 
 
 def machine_md(prof: dict[str, Any] | None = None) -> str:
@@ -74,65 +31,25 @@ def machine_md(prof: dict[str, Any] | None = None) -> str:
     return f"CPU only: {prof['cpus']} cores{ram} · defaults sized for a CPU (small, quick runs)"
 
 
-def effective(ctx: StudioContext) -> dict[str, Any]:
-    """Machine defaults overridden by the project's saved settings."""
-    out = machine_defaults()
-    saved = ctx.project.settings()
-    out.update({k: v for k, v in saved.items() if k in KEYS and v not in (None, "")})
-    return out
+# ---------------------------------------------------------------------- event handlers
 
 
-def device(ctx: StudioContext) -> str:
-    """The torch device jobs run on: the setting, ``auto`` -> cuda when available."""
-    d = str(effective(ctx).get("device") or "auto")
-    if d == "auto":
-        return "cuda" if machine_profile()["cuda"] else "cpu"
-    return d
+@ui.guard(1)
+def on_save(ctx: StudioContext, *values: Any) -> str:
+    """Store the form (values in the order of ``engine.settings.KEYS``) in the project."""
+    stored = save(ctx.project, dict(zip(KEYS, values)))
+    return ui.ok_md(f"saved in {ctx.project.path.stem}: device {stored['device']}, "
+                    f"{stored['train_steps']} training steps; the Train and Generate "
+                    f"forms now start from them")
 
 
-def apply_environment(ctx: StudioContext) -> None:
-    """Point the hub cache at the project's model folder (inherited by the workers)."""
-    folder = str(effective(ctx).get("model_folder") or "").strip()
-    if folder:
-        os.environ["HF_HOME"] = folder
-        os.environ["HF_HUB_CACHE"] = str(Path(folder) / "hub")
+def form_values(ctx: StudioContext) -> tuple[Any, ...]:
+    """The form's values: the project's effective settings, in the order of ``KEYS``."""
+    eff = effective(ctx.project)
+    return tuple(eff[k] for k in KEYS)
 
 
-def save(ctx: StudioContext, values: dict[str, Any]) -> dict[str, Any]:
-    """Validate and store the form's settings in the project. Returns the stored settings.
-
-    Raises:
-        InvalidConfigError: an unknown device / precision, a non-positive number, a model
-            folder that is not a writable directory.
-    """
-    v = dict(values)
-    if v.get("device") not in DEVICES and not str(v.get("device", "")).startswith("cuda:"):
-        raise InvalidConfigError(f"device must be one of {DEVICES} or cuda:N, got "
-                                 f"{v.get('device')!r}")
-    if v["device"] != "auto" and v["device"].startswith("cuda") and \
-            not machine_profile()["cuda"]:
-        raise InvalidConfigError(f"device {v['device']!r}: this machine has no CUDA GPU")
-    if v.get("precision") not in PRECISIONS:
-        raise InvalidConfigError(f"precision must be one of {PRECISIONS}, got "
-                                 f"{v.get('precision')!r}")
-    if v.get("gen_sampler") not in SAMPLERS:
-        raise InvalidConfigError(f"sampler must be one of {list(SAMPLERS)}, got "
-                                 f"{v.get('gen_sampler')!r}")
-    for key in ("train_steps", "train_batch", "gen_steps", "gen_variations", "eval_epochs"):
-        n = int(v.get(key) or 0)
-        if n < 1:
-            raise InvalidConfigError(f"{key.replace('_', ' ')} must be >= 1, got {n}")
-        v[key] = n
-    folder = str(v.get("model_folder") or "").strip()
-    if folder:
-        p = Path(folder).expanduser()
-        if not p.is_dir() or not os.access(p, os.W_OK):
-            raise InvalidConfigError(f"model folder {folder!r} is not a writable directory")
-        folder = str(p.absolute())
-    v["model_folder"] = folder
-    stored = ctx.project.update_settings(**{k: v[k] for k in KEYS})
-    apply_environment(ctx)
-    return stored
+# ---------------------------------------------------------------------- layout and wiring
 
 
 def build(ctx: StudioContext, shared: Shared) -> dict[str, Any]:
@@ -169,14 +86,7 @@ def build(ctx: StudioContext, shared: Shared) -> dict[str, Any]:
     widgets = dict(zip(KEYS, (dev, prec, folder, t_steps, t_batch, g_sampler, g_steps, g_var,
                               e_epochs)))
 
-    @ui.guard(1)
-    def on_save(*vals: Any) -> str:
-        stored = save(ctx, dict(zip(KEYS, vals)))
-        return ui.ok_md(f"saved in {ctx.project.path.stem}: device {stored['device']}, "
-                        f"{stored['train_steps']} training steps; the Train and Generate "
-                        f"forms now start from them")
-
-    save_btn.click(on_save, list(widgets.values()), status, api_name="save_settings")
-    shared.on_project(lambda: tuple(effective(ctx)[k] for k in KEYS), [],
-                      list(widgets.values()))
+    save_btn.click(ui.bind(on_save, ctx), list(widgets.values()), status,
+                   api_name="save_settings")
+    shared.on_project(ui.bind(form_values, ctx), [], list(widgets.values()))
     return widgets

@@ -1,4 +1,7 @@
-"""Train tab: encode the dataset (pca / class), train an RCDM, follow its loss and previews."""
+"""Train tab: encode the dataset (pca / class), train an RCDM, follow its loss and previews.
+
+Handlers first (module-level, the context as first argument), then ``build``: the layout and
+one line of wiring per event."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import pandas as pd
 from engine.config import EncodeConfig, TrainConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import read_progress
-from engine.project import Encoding, Job, Model
+from engine.project import Dataset, Encoding, Job, Model
+from engine.settings import device, effective
 from studio import ui
+from studio.choices import model_choices
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -47,15 +52,6 @@ def encoder_choices(ctx: StudioContext, dataset_id: str | None) -> list[tuple[st
         if e.encoder not in names:
             names.append(e.encoder)
     return [(ENCODERS.get(n, n), n) for n in names]
-
-
-def model_choices(ctx: StudioContext, trained_only: bool = False) -> list[tuple[str, str]]:
-    out = []
-    for m in ctx.project.list(Model):
-        if trained_only and m.status != "trained":
-            continue
-        out.append((f"{m.name} · {m.encoder} · {m.status}", m.id))
-    return out
 
 
 def train_job(ctx: StudioContext, model_id: str) -> Job | None:
@@ -145,14 +141,14 @@ def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]
 def encode(ctx: StudioContext, dataset_id: str | None, encoder: str,
            image_size: int = TrainConfig.image_size, model_id: str | None = None) -> Job:
     from engine.stages import encode_stage
-    from studio.tabs.settings_tab import device
 
     if not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
     if not encoder:
         raise NotReadyError("choose an encoder")
     return ctx.submit(encode_stage.prepare(
-        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size, device=device(ctx),
+        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size,
+                                  device=device(ctx.project),
                                   model_id=(model_id or "").strip() or None),
         dataset_ref=dataset_id))
 
@@ -204,13 +200,12 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
         InvalidConfigError: bad values, or the GPU-sized preset on a CPU.
     """
     from engine.rcdm.presets import EPOCHS, preset_config
-    from studio.tabs.settings_tab import device, effective
 
     adv = advanced or Advanced()
     steps = int(steps or 0)
     if steps < 1:
         raise InvalidConfigError(f"steps must be >= 1, got {steps}")
-    dev = device(ctx)
+    dev = device(ctx.project)
     preset = adv.preset or "tiny-cpu"
     base = preset_config(preset, num_images=num_images)  # refuses an unknown preset
     if base.device.startswith("cuda") and not dev.startswith("cuda"):
@@ -218,7 +213,7 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
             f"the {preset} preset is sized for a GPU; choose a CUDA device in Settings, or "
             f"the tiny-cpu preset on this machine")
     extra: dict[str, Any] = {}
-    prec = str(effective(ctx).get("precision") or "fp32")
+    prec = str(effective(ctx.project).get("precision") or "fp32")
     # fp16/bf16 autocast needs a GPU here; CPU runs stay fp32
     extra["precision"] = prec if dev.startswith("cuda") else "fp32"
     if adv.space == "latent":
@@ -244,7 +239,6 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
 def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps: int,
           batch_size: int, lr: float, name: str | None,
           advanced: Advanced | None = None) -> tuple[Job, Model]:
-    from engine.project import Dataset
     from engine.stages import train_stage
 
     if not dataset_id:
@@ -259,7 +253,95 @@ def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps
     return job, ctx.project.get(Model, spec.params["model_id"])
 
 
-# ---------------------------------------------------------------------- layout
+# ---------------------------------------------------------------------- event handlers
+
+
+def submitted(job: Job) -> str:
+    return ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel below")
+
+
+@ui.guard(2)
+def on_encode(ctx: StudioContext, dataset_id: str | None, which: str) -> tuple[str, Any]:
+    job = encode(ctx, dataset_id, which)
+    return submitted(job), encodings_table(ctx, dataset_id)
+
+
+def on_encode_pca(ctx: StudioContext, dataset_id: str | None) -> tuple[str, Any]:
+    return on_encode(ctx, dataset_id, "pca")
+
+
+def on_encode_class(ctx: StudioContext, dataset_id: str | None) -> tuple[str, Any]:
+    return on_encode(ctx, dataset_id, "class")
+
+
+@ui.guard(2)
+def on_encode_other(ctx: StudioContext, dataset_id: str | None, which: str | None,
+                    model_id_v: str | None) -> tuple[str, Any]:
+    job = encode(ctx, dataset_id, which or "", model_id=model_id_v)
+    return submitted(job), encodings_table(ctx, dataset_id)
+
+
+@ui.guard(2)
+def on_train(ctx: StudioContext, dataset_id, enc, steps_v, batch_v, lr_v, name_v,
+             preset_v="tiny-cpu", space_v="pixel", size_v=TrainConfig.image_size,
+             vae_v=TrainConfig.vae_id, snr_v=0.0, dropout_v=TrainConfig.cond_dropout, accum_v=1,
+             procs_v=1) -> tuple[str, Any]:
+    adv = Advanced(preset=preset_v or "tiny-cpu", space=space_v or "pixel",
+                   vae_id=vae_v or "", image_size=int(size_v or 0),
+                   min_snr_gamma=float(snr_v or 0.0), cond_dropout=float(dropout_v or 0.0),
+                   grad_accum=int(accum_v or 0), processes=int(procs_v or 0))
+    job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v, adv)
+    return submitted(job), ui.dropdown(model_choices(ctx), m.id)
+
+
+def on_preset(ctx: StudioContext, name_v: str | None, dataset_id: str | None
+              ) -> tuple[Any, ...]:
+    """The form values of a preset (sized for the dataset)."""
+    n = ctx.project.get(Dataset, dataset_id).num_train if dataset_id else None
+    f = preset_form(name_v or "tiny-cpu", n)
+    return (f["steps"], f["batch_size"], f["learning_rate"], f["space"], f["image_size"],
+            f["vae_id"], f["min_snr_gamma"], f["cond_dropout"], f["grad_accum"])
+
+
+def show_model(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]:
+    try:
+        return model_view(ctx, model_id)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("model view failed")
+        return gr.skip(), gr.skip(), ui.error_md(exc)
+
+
+def live(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, Any]:
+    """The model's view while it trains (the timer's tick); nothing otherwise."""
+    if not model_id:
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        m = ctx.project.get(Model, model_id)
+    except Exception:  # noqa: BLE001
+        return gr.skip(), gr.skip(), gr.skip()
+    if m.status not in ("queued", "training"):
+        return gr.skip(), gr.skip(), gr.skip()
+    return show_model(ctx, model_id)
+
+
+def refresh(ctx: StudioContext, dataset_id: str | None, enc: str | None,
+            model_id: str | None) -> tuple[Any, Any, Any, Any, Any, Any]:
+    choices = encoder_choices(ctx, dataset_id)
+    values = [v for _, v in choices]
+    enc_value = enc if enc in values else ("pca" if "pca" in values else
+                                           (values[0] if values else None))
+    fig, prev, text = model_view(ctx, model_id) if model_id else (gr.skip(),) * 3
+    return (encodings_table(ctx, dataset_id), gr.update(choices=choices, value=enc_value),
+            ui.dropdown(model_choices(ctx), model_id), fig, prev, text)
+
+
+def defaults(ctx: StudioContext) -> tuple[int, int]:
+    """The form's defaults from the project's settings: steps, batch."""
+    eff = effective(ctx.project)
+    return int(eff["train_steps"]), int(eff["train_batch"])
+
+
+# ---------------------------------------------------------------------- layout and wiring
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
@@ -344,99 +426,23 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                      object_fit="contain", elem_id="train-previews",
                                      elem_classes=["preview-history"])
 
-    @ui.guard(2)
-    def on_encode(dataset_id: str | None, which: str) -> tuple[str, Any]:
-        job = encode(ctx, dataset_id, which)
-        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel "
-                         f"below"), encodings_table(ctx, dataset_id))
+    form = [dataset, encoder, steps, batch, lr, name, preset, space, image_size, vae, min_snr,
+            dropout, accum, procs]
+    model_out = [plot, preview, info]
+    lists = [encs, encoder, model, plot, preview, info]
 
-    enc_pca.click(lambda d: on_encode(d, "pca"), dataset, [status, encs])
-    enc_cls.click(lambda d: on_encode(d, "class"), dataset, [status, encs])
-
-    @ui.guard(2)
-    def on_encode_other(dataset_id: str | None, which: str | None,
-                        model_id_v: str | None) -> tuple[str, Any]:
-        job = encode(ctx, dataset_id, which or "", model_id=model_id_v)
-        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs panel "
-                         f"below"), encodings_table(ctx, dataset_id))
-
-    enc_other.click(on_encode_other, [dataset, other, model_id], [status, encs],
+    enc_pca.click(ui.bind(on_encode_pca, ctx), dataset, [status, encs])
+    enc_cls.click(ui.bind(on_encode_class, ctx), dataset, [status, encs])
+    enc_other.click(ui.bind(on_encode_other, ctx), [dataset, other, model_id], [status, encs],
                     api_name="encode_other")
-
-    @ui.guard(2)
-    def on_train(dataset_id, enc, steps_v, batch_v, lr_v, name_v, preset_v="tiny-cpu",
-                 space_v="pixel", size_v=TrainConfig.image_size, vae_v=TrainConfig.vae_id,
-                 snr_v=0.0, dropout_v=TrainConfig.cond_dropout, accum_v=1,
-                 procs_v=1) -> tuple[str, Any]:
-        adv = Advanced(preset=preset_v or "tiny-cpu", space=space_v or "pixel",
-                       vae_id=vae_v or "", image_size=int(size_v or 0),
-                       min_snr_gamma=float(snr_v or 0.0), cond_dropout=float(dropout_v or 0.0),
-                       grad_accum=int(accum_v or 0), processes=int(procs_v or 0))
-        job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v, adv)
-        return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
-                         f"panel below"),
-                ui.dropdown(model_choices(ctx), m.id))
-
-    train_btn.click(on_train, [dataset, encoder, steps, batch, lr, name, preset, space,
-                               image_size, vae, min_snr, dropout, accum, procs],
-                    [status, model],
-                    api_name="train")
-
-    def on_preset(name_v: str | None, dataset_id: str | None) -> tuple[Any, ...]:
-        from engine.project import Dataset
-
-        n = ctx.project.get(Dataset, dataset_id).num_train if dataset_id else None
-        f = preset_form(name_v or "tiny-cpu", n)
-        return (f["steps"], f["batch_size"], f["learning_rate"], f["space"], f["image_size"],
-                f["vae_id"], f["min_snr_gamma"], f["cond_dropout"], f["grad_accum"])
-
-    preset.change(on_preset, [preset, dataset], [steps, batch, lr, space, image_size, vae,
-                                                min_snr, dropout, accum],
-                 show_progress="hidden")
-
-    def show_model(model_id: str | None) -> tuple[Any, Any, str]:
-        try:
-            return model_view(ctx, model_id)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("model view failed")
-            return gr.skip(), gr.skip(), ui.error_md(exc)
-
-    model.change(show_model, model, [plot, preview, info], show_progress="hidden")
+    train_btn.click(ui.bind(on_train, ctx), form, [status, model], api_name="train")
+    preset.change(ui.bind(on_preset, ctx), [preset, dataset],
+                  [steps, batch, lr, space, image_size, vae, min_snr, dropout, accum],
+                  show_progress="hidden")
+    model.change(ui.bind(show_model, ctx), model, model_out, show_progress="hidden")
     # a new preview grid (or another model) redraws the history of grids
-    preview.change(lambda m: preview_history(ctx, m), model, history, show_progress="hidden")
-
-    def live(model_id: str | None) -> tuple[Any, Any, Any]:
-        if not model_id:
-            return gr.skip(), gr.skip(), gr.skip()
-        try:
-            m = ctx.project.get(Model, model_id)
-        except Exception:  # noqa: BLE001
-            return gr.skip(), gr.skip(), gr.skip()
-        if m.status not in ("queued", "training"):
-            return gr.skip(), gr.skip(), gr.skip()
-        return show_model(model_id)
-
-    gr.Timer(LIVE_SECONDS).tick(live, model, [plot, preview, info], show_progress="hidden")
-
-    def refresh(dataset_id: str | None, enc: str | None, model_id: str | None
-                ) -> tuple[Any, Any, Any, Any, Any, Any]:
-        choices = encoder_choices(ctx, dataset_id)
-        values = [v for _, v in choices]
-        enc_value = enc if enc in values else ("pca" if "pca" in values else
-                                               (values[0] if values else None))
-        fig, prev, text = model_view(ctx, model_id) if model_id else (gr.skip(),) * 3
-        return (encodings_table(ctx, dataset_id), gr.update(choices=choices, value=enc_value),
-                ui.dropdown(model_choices(ctx), model_id), fig, prev, text)
-
-    shared.on_refresh(refresh, [dataset, encoder, model], [encs, encoder, model, plot, preview,
-                                                           info])
-
-    def defaults() -> tuple[int, int]:
-        from studio.tabs.settings_tab import effective
-
-        eff = effective(ctx)
-        return int(eff["train_steps"]), int(eff["train_batch"])
-
-    shared.on_project(defaults, [], [steps, batch])
-    dataset.change(lambda d, e, m: refresh(d, e, m), [dataset, encoder, model],
-                   [encs, encoder, model, plot, preview, info])
+    preview.change(ui.bind(preview_history, ctx), model, history, show_progress="hidden")
+    gr.Timer(LIVE_SECONDS).tick(ui.bind(live, ctx), model, model_out, show_progress="hidden")
+    shared.on_refresh(ui.bind(refresh, ctx), [dataset, encoder, model], lists)
+    shared.on_project(ui.bind(defaults, ctx), [], [steps, batch])
+    dataset.change(ui.bind(refresh, ctx), [dataset, encoder, model], lists)

@@ -61,18 +61,18 @@ def big_generation(built):
 
 def test_100k_samples_ingest_and_repeated_queries_do_not_grow_memory(big_generation):
     from engine.config import BandConfig
+    from engine.project import reads
     from engine.stages import curate_stage
 
     project, gen, ingest_s = big_generation
     print(f"bulk insert of {N} rows: {ingest_s:.1f} s")
-    page_sql = ("SELECT id, path, class_name, seed FROM sample WHERE generation_id = ? "
-                "ORDER BY idx LIMIT 48 OFFSET ?")
 
     def one_round(i: int) -> None:
         frame = project.samples(gen.id)
         assert len(frame) == N
-        page = project.query(page_sql, [gen.id, (i * 977) % (N - 48)])
-        assert len(page) == 48
+        page = reads.sample_page(project, gen.id, page=1 + (i * 977) % (N // 48 - 1),
+                                 page_size=48)  # the studio's page of samples
+        assert len(page.rows) == 48
         bd = curate_stage.band_data(project, gen.id)
         mask = curate_stage.band_mask(bd, BandConfig())
         assert len(bd.distances) == N and 0.45 * N < mask.sum() < 0.55 * N

@@ -1,0 +1,161 @@
+"""What several tabs share: dropdown choices, the image page of a dataset, job progress, the
+studio's folders and the demo import. Tabs import these; they never import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine.jobs import read_progress
+from engine.progress import ProgressEvent
+from engine.project import Dataset, Encoding, Generation, Job, Model, Selection, reads
+from studio.context import StudioContext
+
+log = logging.getLogger(__name__)
+
+ALL = "all classes"  # the class dropdowns' "no filter" choice
+PAGE_SIZE = 60  # thumbnails per page of a dataset
+
+
+# ---------------------------------------------------------------------- folders
+
+
+def studio_home() -> Path:
+    """Where the studio keeps its own files (the recent projects list):
+    ``$RCDM_STUDIO_HOME``, else ``$XDG_CONFIG_HOME/rcdm-studio``, else
+    ``~/.config/rcdm-studio``. Tests point ``RCDM_STUDIO_HOME`` at a temporary folder."""
+    env = os.environ.get("RCDM_STUDIO_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "rcdm-studio"
+
+
+def projects_root() -> Path:
+    """The folder new projects go to (``$RCDM_STUDIO_PROJECTS``, default ``./projects``)."""
+    return Path(os.environ.get("RCDM_STUDIO_PROJECTS") or "projects").expanduser().absolute()
+
+
+# ---------------------------------------------------------------------- dropdown choices
+
+
+def dataset_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{d.name} ({d.num_images} images, {d.num_classes} classes)", d.id)
+            for d in ctx.project.list(Dataset)]
+
+
+def class_choices(ctx: StudioContext, dataset_id: str | None) -> list[str]:
+    if not dataset_id:
+        return [ALL]
+    ds = ctx.project.get(Dataset, dataset_id)
+    return [ALL] + list(json.loads(ds.classes_json))
+
+
+def model_choices(ctx: StudioContext, trained_only: bool = False) -> list[tuple[str, str]]:
+    out = []
+    for m in ctx.project.list(Model):
+        if trained_only and m.status != "trained":
+            continue
+        out.append((f"{m.name} · {m.encoder} · {m.status}", m.id))
+    return out
+
+
+def generation_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    """Generations, each marked when it is re-encoded (curation needs that)."""
+    reencoded = {e.target_id for e in ctx.project.list(Encoding, target="generation")}
+    return [(f"{g.name} · {g.count:,} images" + (" · re-encoded" if g.id in reencoded else ""),
+             g.id) for g in ctx.project.list(Generation)]
+
+
+def selection_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{s.name} · {s.count:,} images", s.id) for s in ctx.project.list(Selection)]
+
+
+# ---------------------------------------------------------------------- pages
+
+
+def image_page(ctx: StudioContext, dataset_id: str | None, class_name: str | None,
+                 split: str | None, page: int, page_size: int = PAGE_SIZE
+                 ) -> tuple[list[tuple[str, str]], list[str], int, int]:
+    """One page of a dataset's thumbnails (``engine.project.reads.image_page``: one ``LIMIT``
+    read, the dataset is never loaded); every class on every page.
+
+    Args:
+        class_name: a class, or ``ALL`` / None for every class.
+        split: ``train`` / ``test``, or ``all`` / None for both.
+
+    Returns:
+        (gallery items [(thumbnail path, caption)], their image ids, page (clamped), pages).
+    """
+    if not dataset_id:
+        return [], [], 1, 1
+    p = reads.image_page(ctx.project, dataset_id,
+                         class_name=None if not class_name or class_name == ALL else class_name,
+                         split=None if split in (None, "all") else split, page=page,
+                         page_size=page_size)
+    items = [(str(ctx.project.abs(r.thumb or r.path)), f"{r.class_name}")
+             for r in p.rows.itertuples()]
+    return items, p.rows["id"].tolist(), p.page, p.pages
+
+
+# ---------------------------------------------------------------------- jobs
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def job_progress(ctx: StudioContext, job: Job) -> dict[str, Any]:
+    """Progress of a job from its ``progress.jsonl``: percent, ETA (s), metric text, stage."""
+    if job.status == "done":
+        return {"percent": 100.0, "eta": None, "metric": "", "stage": ""}
+    events = read_progress(ctx.job_folder(job), last=1)
+    if not events:
+        return {"percent": 0.0, "eta": None, "metric": "", "stage": ""}
+    ev = events[-1]
+    total = max(int(ev.get("total") or 0), 1)
+    frac = min(max(float(ev.get("step") or 0) / total, 0.0), 1.0)
+    started = _timestamp(job.started_at)
+    eta = None
+    if job.status == "running" and started and 0 < frac < 1:
+        elapsed = max(float(ev.get("time") or started) - started, 0.0)
+        eta = elapsed * (1 - frac) / frac
+    metrics = ev.get("metrics") or {}
+    metric = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                       for k, v in list(metrics.items())[:2])
+    return {"percent": 100.0 * frac, "eta": eta, "metric": metric or ev.get("message", ""),
+            "stage": ev.get("stage", "")}
+
+
+# ---------------------------------------------------------------------- imports
+
+
+def progress_adapter(progress: Any) -> Any:
+    """An engine progress callback that drives a ``gr.Progress`` (None: no progress)."""
+    if progress is None:
+        from engine.progress import no_progress
+
+        return no_progress
+
+    def report(ev: ProgressEvent) -> None:
+        progress((ev.step, max(ev.total, 1)), desc=f"{ev.stage}: {ev.step}/{ev.total}")
+
+    return report
+
+
+def import_demo(ctx: StudioContext, name: str = "digits", progress: Any = None) -> Dataset:
+    """Import the bundled demo dataset into the open project."""
+    from engine import data
+
+    return data.import_demo(ctx.project, name=name or "digits",
+                            progress=progress_adapter(progress))
