@@ -81,3 +81,25 @@ def test_set_overrides_any_option_and_refuses_unknown_ones(tmp_path, tiny_folder
         (e,) = p.list(Evaluation)
         recorded = json.loads(e.config_json)
     assert (recorded["label_smoothing"], recorded["image_size"]) == (0.1, 8)
+
+
+def test_commands_run_on_the_device_saved_in_the_project_settings(tmp_path):
+    """The studio's Settings tab and the command line share one device setting."""
+    import argparse
+
+    from engine.project import Project
+    from studio.cli.console import open_project
+
+    path = str(tmp_path / "dev")
+    with Project(path) as project:
+        project.update_settings(device="cuda:7")  # saved by the studio on a GPU machine
+    args = argparse.Namespace(project=path, device=None)
+    with open_project(args, create=False):
+        pass
+    assert args.device == "cuda:7"
+    given = argparse.Namespace(project=path, device="cpu")
+    with open_project(given, create=False):
+        pass
+    assert given.device == "cpu"  # an explicit --device wins
+    parser = build_parser()
+    assert parser.parse_args(["encode", "--project", path]).device is None

@@ -31,7 +31,9 @@ def json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1, ... (default: the project's setting, "
+                        "as in the studio's Settings tab; auto = cuda when there is one)")
 
 
 def set_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -48,10 +50,23 @@ def with_sets(config: Any, sets: list[str]) -> Any:
 
 
 def open_project(args: argparse.Namespace, create: bool = True):
-    """The project named by ``--project`` (created unless ``create`` is False)."""
+    """The project named by ``--project`` (created unless ``create`` is False). A ``--device``
+    left out is filled in from the project's settings, so the command line and the studio run
+    on the same device."""
+    from engine import settings
     from engine.project import Project
 
-    return Project(args.project, create=create)
+    project = Project(args.project, create=create)
+    if hasattr(args, "device") and not args.device:
+        args.device = settings.device(project)
+    return project
+
+
+def machine_device(args: argparse.Namespace) -> str:
+    """``--device``, or this machine's default when no project is open (cuda when present)."""
+    from engine import settings
+
+    return args.device or ("cuda" if settings.machine_profile()["cuda"] else "cpu")
 
 
 @contextmanager

@@ -111,11 +111,12 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from engine.stages import encode_stage
 
-    config = EncodeConfig(encoder=args.encoder, dim=args.dim, image_size=args.image_size,
-                          device=args.device, model_id=args.model_id, precision=args.precision,
-                          batch_size=args.batch_size, chunk_size=args.chunk_size,
-                          read_threads=args.read_threads, fit_epochs=args.fit_epochs)
     with open_project(args) as project:
+        config = EncodeConfig(encoder=args.encoder, dim=args.dim, image_size=args.image_size,
+                              device=args.device, model_id=args.model_id,
+                              precision=args.precision, batch_size=args.batch_size,
+                              chunk_size=args.chunk_size, read_threads=args.read_threads,
+                              fit_epochs=args.fit_epochs)
         job = run_job(project, encode_stage.prepare(project, config, dataset_ref=args.dataset,
                                            generation_ref=args.generation))
         from engine.project import Encoding

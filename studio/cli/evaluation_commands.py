@@ -108,10 +108,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.project import Evaluation
     from engine.stages import evaluate_stage
 
-    config = with_sets(EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed,
-                                   device=args.device, augment=args.augment,
-                                   schedule=args.schedule, processes=args.processes), args.sets)
     with open_project(args) as project:
+        config = with_sets(EvalConfig(arch=args.arch, epochs=args.epochs, seed=args.seed,
+                                      device=args.device, augment=args.augment,
+                                      schedule=args.schedule, processes=args.processes),
+                           args.sets)
         job = run_job(project, evaluate_stage.prepare(project, config, mix=args.mix,
                                              dataset_ref=args.dataset,
                                              selection_ref=args.selection,

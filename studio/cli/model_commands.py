@@ -17,6 +17,7 @@ from studio.cli.console import (
     emit,
     interruptible,
     json_arg,
+    machine_device,
     open_project,
     project_arg,
     run_job,
@@ -55,8 +56,7 @@ def add_parsers(sub: Any) -> None:
                    help="data-parallel processes (one per GPU; gloo processes on the CPU): "
                         "the job runs torchrun and holds that many job slots (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="torch device: cpu, cuda, cuda:1, ... (default: cpu; "
-                                    "imagenet256: cuda)")
+    device_arg(p)
     json_arg(p)
 
     p = sub.add_parser(
@@ -117,6 +117,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from engine import settings
     from engine.project import Model
     from engine.rcdm.presets import preset_config
     from engine.stages import common, train_stage
@@ -124,10 +125,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
              "image_size": args.image_size, "cond_dropout": args.cond_dropout,
              "space": args.space, "vae_id": args.vae, "min_snr_gamma": args.min_snr_gamma,
-             "precision": args.precision, "grad_accum": args.grad_accum, "device": args.device,
+             "precision": args.precision, "grad_accum": args.grad_accum,
              "processes": args.processes}
     overrides = {k: v for k, v in given.items() if v is not None}
+    given_device = args.device
     with open_project(args) as project:
+        # an explicit --device, else a device saved in the project's settings; with "auto"
+        # the preset keeps its own (tiny-cpu: cpu, imagenet256: cuda)
+        if given_device or settings.effective(project)["device"] != "auto":
+            overrides["device"] = args.device
         num_train = common.dataset(project, args.dataset).num_train
         config = preset_config(args.preset, num_images=num_train, seed=args.seed, **overrides)
         job = run_job(project, train_stage.prepare(project, config, args.dataset, encoder=args.encoder,
@@ -142,16 +148,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.project import Generation
     from engine.stages import generate_stage
 
-    config = GenerateConfig(variations=args.variations, sampler=args.sampler, steps=args.steps,
-                            guidance=args.guidance, seed=args.seed, device=args.device,
-                            batch_size=args.batch_size, mode=args.mode, points=args.points,
-                            per_class=args.per_class, mix_alpha=args.mix_alpha,
-                            covariance=args.covariance)
+    def config() -> GenerateConfig:
+        return GenerateConfig(variations=args.variations, sampler=args.sampler,
+                              steps=args.steps, guidance=args.guidance, seed=args.seed,
+                              device=machine_device(args), batch_size=args.batch_size,
+                              mode=args.mode, points=args.points, per_class=args.per_class,
+                              mix_alpha=args.mix_alpha, covariance=args.covariance)
+
     if args.shard or args.plan_only:
-        return _generate_shard(args, config)
+        return _generate_shard(args, config())
     with open_project(args) as project:
-        job = run_job(project, generate_stage.prepare(project, config, args.model, args.images,
-                                             args.name))
+        job = run_job(project, generate_stage.prepare(project, config(), args.model, args.images,
+                                                      args.name))
         g = project.get(Generation, job.result_id)
     emit(args, {"id": g.id, "name": g.name, "count": g.count},
           f"generation {g.name} ({g.id}): {g.count} images in {g.folder}")
