@@ -545,23 +545,22 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
     """--plan-only / --shard K/P: write the plan into --out, then generate one shard."""
     from engine.errors import InvalidConfigError, ProjectLockedError, ProjectNotFoundError
     from engine.project import Project
-    from engine.rcdm import shard
-    from engine.stages import generate_stage
+    from engine.stages import generate_stage, shard_stage
 
     if not args.out:
         raise InvalidConfigError("--shard and --plan-only need --out DIR")
     out = Path(args.out)
-    k, p = shard.parse_shard(args.shard) if args.shard else (0, 1)
+    k, p = shard_stage.parse_shard(args.shard) if args.shard else (0, 1)
     try:
         with Project(args.project, create=False, read_only=True) as project:
             params, plan = generate_stage.plan_params(project, config, args.model, args.images)
-        written = shard.write_plan(out, params, plan.cond)
+        written = shard_stage.write_plan(out, params, plan.cond)
     except (ProjectNotFoundError, ProjectLockedError) as exc:
-        if not (out / shard.PLAN_FILE).is_file():
+        if not (out / shard_stage.PLAN_FILE).is_file():
             raise
         print(f"using the plan in {out} ({exc}); generation options given here are ignored",
               file=sys.stderr)
-        written = shard.read_plan(out)[0]
+        written = shard_stage.read_plan(out)[0]
     if args.plan_only:
         _emit(args, {"out": str(out), "total": written["total"],
                      "fingerprint": written["fingerprint"]},
@@ -571,20 +570,20 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
     bar = console_progress()
     try:
-        manifest = shard.run_shard(out, k, p, model_dir=args.model_dir, progress=bar,
-                                   cancel=cancel)
+        manifest = shard_stage.run_shard(out, k, p, model_dir=args.model_dir, progress=bar,
+                                         cancel=cancel)
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
-    _emit(args, {**manifest, "folder": str(out / shard.shard_name(k, p))},
+    _emit(args, {**manifest, "folder": str(out / shard_stage.shard_name(k, p))},
           f"shard {k}/{p}: {manifest['count']} of {manifest['total']} images in "
-          f"{out / shard.shard_name(k, p)}")
+          f"{out / shard_stage.shard_name(k, p)}")
     return 0
 
 
 def cmd_generate_merge(args: argparse.Namespace) -> int:
     from engine.project import Generation
-    from engine.rcdm.shard import merge_shards
+    from engine.stages.shard_stage import merge_shards
 
     with _open(args, create=False) as project:
         gen_id = merge_shards(project, [Path(d) for d in args.dirs], name=args.name)

@@ -11,9 +11,10 @@ import torch
 
 from engine.config import EvalConfig
 from engine.errors import Cancelled, InvalidConfigError
-from engine.evaluate.classifier_ranks import run_processes
-from engine.evaluate.classifier_training import GlobalBatchNorm, train_classifier
+from engine.evaluate.classifier_ranks import launch_train_classifier
+from engine.evaluate.classifier_training import train_classifier
 from engine.progress import CancelToken, ProgressEvent
+from engine.torchrun.batchnorm import GlobalBatchNorm
 
 CONFIG = EvalConfig(arch="resnet_tiny", image_size=8, epochs=2, batch_size=16, warmup_epochs=1,
                     learning_rate=0.4, seed=0)
@@ -53,8 +54,8 @@ def test_two_processes_match_one(tmp_path: Path, one_thread):
         train_classifier(*args, CONFIG, out_dir=tmp_path / "ddp", progress=stop_after_epoch_1,
                          cancel=cancel)
     events: list[ProgressEvent] = []
-    result = run_processes(*args, CONFIG.replace(processes=2), tmp_path / "ddp",
-                           progress=events.append, poll_seconds=0.2)
+    result = launch_train_classifier(*args, CONFIG.replace(processes=2), tmp_path / "ddp",
+                                     progress=events.append, poll_seconds=0.2)
 
     log = (tmp_path / "ddp" / "launch" / "log.txt").read_text()
     assert "resuming classifier training" in log and "at epoch 1" in log

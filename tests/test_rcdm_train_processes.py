@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from studio.cli import build_parser
 from engine.config import EncodeConfig, ImportConfig, TrainConfig
 from engine.errors import Cancelled, InvalidConfigError, JobError
 from engine.jobs import JobManager
@@ -20,6 +19,7 @@ from engine.progress import CancelToken
 from engine.project import Job, Model
 from engine.rcdm.model import load_rcdm
 from engine.stages import encode_stage, train_stage
+from studio.cli import build_parser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,14 +150,14 @@ def test_cancel_then_resume(project, dataset):
 
 
 def test_latent_rows_and_cache_beside_the_pixels(tmp_path: Path):
-    """run_processes on rows ``index`` of a latent dataset: the latents of all N images are
+    """launch_train_rcdm on rows ``index`` of a latent dataset: the latents of all N images are
     cached beside the pixel cache (not in the run folder), and the 2 processes train what
     one process trains on those rows (cond rows aligned with the pixel rows)."""
     from diffusers import AutoencoderKL
 
     from engine.rcdm.latent import cached_latents
-    from engine.rcdm.training_ranks import run_processes
     from engine.rcdm.training import train_rcdm
+    from engine.rcdm.training_ranks import launch_train_rcdm
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, sample_size=16,
@@ -175,8 +175,8 @@ def test_latent_rows_and_cache_beside_the_pixels(tmp_path: Path):
     idx = np.array([7, 1, 2, 5, 9, 0], dtype=np.int64)
     config = TINY.replace(space="latent", vae_id=str(tmp_path / "vae"), image_size=16,
                           batch_size=4, preview_every=1000)
-    result = run_processes(data / "pixels_16.npy", data / "cond.npy",
-                           config.replace(processes=2), tmp_path / "ddp", index=idx)
+    result = launch_train_rcdm(data / "pixels_16.npy", data / "cond.npy",
+                               config.replace(processes=2), tmp_path / "ddp", index=idx)
     assert result["world_size"] == 2 and result["steps_done"] == 4
     assert len(list(data.glob("latents_*.npy"))) == 2  # the images and their mirror images
     assert not (tmp_path / "ddp" / "latents").exists()
