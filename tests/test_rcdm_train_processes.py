@@ -23,6 +23,11 @@ from studio.cli import build_parser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# Two processes and one process with grad_accum=2 run the same micro-batches (same shapes, so
+# the same kernels on any CPU); DDP's sum of two gradients does not depend on their order and
+# its halving is exact: the weights agree exactly (0.0 measured). The 1e-6 bounds (a thousandth
+# of one AdamW step at lr 1e-3) need no scale of their own, unlike the classifier's
+# (tests/test_evaluate_ddp.py: its BatchNorm statistics are summed in another order).
 # batch 16: each of 2 processes takes 8 rows of every step's batch; warm-up 2 steps
 TINY = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
                    attention_head_dim=8, cond_tokens=2, steps=4, batch_size=16, warmup_steps=2,
@@ -51,6 +56,7 @@ def _weights(model_dir: Path, name: str) -> dict[str, torch.Tensor]:
 
 
 def _max_diff(a: dict, b: dict) -> float:
+    """The largest difference between two runs' weights."""
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 

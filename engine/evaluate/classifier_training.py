@@ -348,6 +348,52 @@ def _batch(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, rows: slice,
     return xb, yb
 
 
+def _resume(path: Path | None, config: EvalConfig, fingerprint: str, model: nn.Module,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, xs: torch.Tensor,
+            ys: torch.Tensor) -> tuple[int, float, dict[str, list[float]], torch.Tensor,
+                                       torch.Tensor]:
+    """Restore the checkpoint at ``path`` when there is one into the model, the optimiser and
+    the generator; (epochs done, seconds spent, curves, xs and ys grown by the meada images
+    of those epochs). Without one: (0, 0.0, empty curves, xs, ys)."""
+    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "test_loss": [],
+                                      "test_top1": []}
+    if path is None or not path.exists():
+        return 0, 0.0, curves, xs, ys
+    state = _load_checkpoint(path, config, fingerprint)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["rng"])
+    if "meada_x" in state:  # the images of the phases run so far
+        xs = torch.cat([xs, state["meada_x"].to(xs.device)])
+        ys = torch.cat([ys, state["meada_y"].to(ys.device)])
+    log.info("resuming classifier training from %s at epoch %d", path, int(state["epoch"]))
+    return (int(state["epoch"]), float(state["seconds"]),
+            {k: list(v) for k, v in state["curves"].items()}, xs, ys)
+
+
+def _meada_phase(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, config: EvalConfig, generator: torch.Generator, epoch: int,
+                 sched: _Schedule, progress: ProgressFn, cancel: CancelToken | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ME-ADA maximisation phase due at the start of ``epoch``: xs (N', 3, S, S) and ys
+    (N',) with its adversarial images appended."""
+    phase = meada.phase_at(config, epoch)
+    progress(ProgressEvent(
+        stage=STAGE, step=epoch * sched.steps_per_epoch, total=sched.total_steps,
+        message=f"ME-ADA phase {phase}/{config.meada_phases}: "
+                f"{min(config.meada_batch, xs.shape[0])} images"))
+    x_adv, y_adv = meada.maximisation_phase(model, xs, ys, mean, std, config, generator, cancel)
+    xs, ys = torch.cat([xs, x_adv]), torch.cat([ys, y_adv])
+    log.info("ME-ADA phase %d/%d: %d images appended, %d in the training set",
+             phase, config.meada_phases, x_adv.shape[0], xs.shape[0])
+    return xs, ys
+
+
+def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy (percent) of logits (M, C) against labels (M,)."""
+    return topk_accuracy(logits, y, ks=(1,))["top1"]
+
+
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor, mean: torch.Tensor,
              std: torch.Tensor) -> torch.Tensor:
@@ -444,22 +490,10 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     extra = BatchAugment(config, num_classes)  # policy / batch mix on top of the crop
 
     # 3. resume: weights, optimiser, generator, curves, the meada images of the epochs done
-    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "test_loss": [],
-                                      "test_top1": []}
-    start_epoch, seconds_before = 0, 0.0
     fingerprint = _fingerprint(train_y, train_x.shape, test_y, num_classes)
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path, config, fingerprint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["rng"])
-        curves = {k: list(v) for k, v in state["curves"].items()}
-        start_epoch, seconds_before = int(state["epoch"]), float(state["seconds"])
-        if "meada_x" in state:
-            xs = torch.cat([xs, state["meada_x"].to(device)])
-            ys = torch.cat([ys, state["meada_y"].to(device)])
-        log.info("resuming classifier training from %s at epoch %d", ckpt_path, start_epoch)
+    start_epoch, seconds_before, curves, xs, ys = _resume(ckpt_path, config, fingerprint, model,
+                                                          optimizer, generator, xs, ys)
     wrapped = ranks.wrap(model)  # DDP with several processes (all start from rank 0's)
 
     report_every = max(1, sched.steps_per_epoch // REPORTS_PER_EPOCH)
@@ -467,17 +501,9 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         # 4. meada: a maximisation phase may first append adversarial images to xs; an
         #    epoch stays steps_per_epoch batches of B images, drawn without replacement from
         #    the grown set (the schedule is the mix's)
-        phase = meada.phase_at(config, epoch)
-        if phase:
-            progress(ProgressEvent(
-                stage=STAGE, step=epoch * sched.steps_per_epoch, total=sched.total_steps,
-                message=f"ME-ADA phase {phase}/{config.meada_phases}: "
-                        f"{min(config.meada_batch, xs.shape[0])} images"))
-            x_adv, y_adv = meada.maximisation_phase(model, xs, ys, mean, std, config,
-                                                    generator, cancel)
-            xs, ys = torch.cat([xs, x_adv]), torch.cat([ys, y_adv])
-            log.info("ME-ADA phase %d/%d: %d images appended, %d in the training set",
-                     phase, config.meada_phases, x_adv.shape[0], xs.shape[0])
+        if meada.phase_at(config, epoch):
+            xs, ys = _meada_phase(model, xs, ys, mean, std, config, generator, epoch, sched,
+                                  progress, cancel)
         model.train()
         perm = torch.randperm(xs.shape[0], generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -529,8 +555,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         if not ranks.main:
             continue
         logits_t = _predict(model, xt, mean, std)  # (M, C)
-        test_loss = float(F.cross_entropy(logits_t, yt))
-        top1 = topk_accuracy(logits_t, yt, ks=(1,))["top1"]
+        test_loss, top1 = float(F.cross_entropy(logits_t, yt)), _top1(logits_t, yt)
         curves["test_loss"].append(test_loss)
         curves["test_top1"].append(top1)
         log.info("epoch %d/%d: train loss %.4f, test loss %.4f, test top-1 %.2f %% (%.1f s)",
@@ -539,18 +564,12 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         # 10. checkpoint, then report (a cancel set by the report keeps this checkpoint)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, {
-                "version": CHECKPOINT_VERSION,
-                "config": _config_key(config),
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": generator.get_state(),
-                "curves": curves,
-                "seconds": elapsed,
+                "version": CHECKPOINT_VERSION, "config": _config_key(config),
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
+                "curves": curves, "seconds": elapsed,
                 **({"meada_x": xs[n:].cpu(), "meada_y": ys[n:].cpu()}
-                   if config.augment == meada.KIND else {}),
-            })
+                   if config.augment == meada.KIND else {})})
         progress(ProgressEvent(
             stage=STAGE, step=(epoch + 1) * sched.steps_per_epoch, total=sched.total_steps,
             metrics={"loss": train_loss, "test_loss": test_loss, "top1": top1},
