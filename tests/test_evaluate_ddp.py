@@ -15,7 +15,6 @@ from engine.evaluate.classifier import build_classifier
 from engine.evaluate.classifier_ranks import launch_train_classifier
 from engine.evaluate.classifier_training import train_classifier
 from engine.progress import CancelToken, ProgressEvent
-from engine.torchrun.batchnorm import GlobalBatchNorm
 
 CONFIG = EvalConfig(arch="resnet_tiny", image_size=8, epochs=2, batch_size=16, warmup_epochs=1,
                     learning_rate=0.4, seed=0)
@@ -119,36 +118,6 @@ def test_two_processes_match_one(tmp_path: Path, one_thread):
     # and back: one process reads the two-process checkpoint (its last epoch: nothing to do)
     again = train_classifier(*args, CONFIG, out_dir=tmp_path / "ddp")
     assert again["top1"] == result["top1"] and again["curves"] == result["curves"]
-
-
-def test_global_batchnorm_is_batchnorm_in_one_process(tmp_path: Path, one_thread):
-    """With a process group of one, GlobalBatchNorm gives BatchNorm2d's outputs, gradients
-    and running statistics (within float error)."""
-    import torch.distributed as dist
-
-    torch.manual_seed(0)
-    x = torch.randn(6, 5, 4, 4) * 3 + 1
-    bn = torch.nn.BatchNorm2d(5)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-1, 1)
-    gbn = GlobalBatchNorm(5)
-    gbn.load_state_dict(bn.state_dict())
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
-    try:
-        outs = []
-        for module in (bn, gbn):
-            xi = x.clone().requires_grad_(True)
-            y = module(xi)
-            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-            outs.append((y.detach(), xi.grad, module.weight.grad, module.running_var.clone()))
-    finally:
-        dist.destroy_process_group()
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    gbn.eval()
-    torch.testing.assert_close(gbn(x), bn.eval()(x))
 
 
 def test_processes_option_is_validated():
