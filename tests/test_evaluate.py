@@ -10,8 +10,15 @@ import torch
 
 from engine.config import EvalConfig
 from engine.errors import Cancelled, InvalidConfigError
-from engine.evaluate import (build_classifier, confusion_matrix, count_parameters, mix_arrays,
-                             per_class_accuracy, topk_accuracy, train_classifier)
+from engine.evaluate import (
+    build_classifier,
+    confusion_matrix,
+    count_parameters,
+    mix_arrays,
+    per_class_accuracy,
+    topk_accuracy,
+    train_classifier,
+)
 from engine.evaluate.classifier_training import CHECKPOINT, lr_at, random_resized_crop
 from engine.progress import CancelToken
 

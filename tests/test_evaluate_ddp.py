@@ -11,8 +11,9 @@ import torch
 
 from engine.config import EvalConfig
 from engine.errors import Cancelled, InvalidConfigError
-from engine.evaluate.classifier_ranks import run_processes
-from engine.evaluate.classifier_training import GlobalBatchNorm, train_classifier
+from engine.evaluate.classifier import build_classifier
+from engine.evaluate.classifier_ranks import launch_train_classifier
+from engine.evaluate.classifier_training import train_classifier
 from engine.progress import CancelToken, ProgressEvent
 
 CONFIG = EvalConfig(arch="resnet_tiny", image_size=8, epochs=2, batch_size=16, warmup_epochs=1,
@@ -34,10 +35,41 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
     return torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
 
+# Largest divergence allowed between one process and two, as a fraction of how far training
+# moved the weights. The two differ only by float rounding (summation order of BatchNorm's
+# statistics and of the all-reduced gradients), which training then amplifies: measured here,
+# 6e-7 of the movement for one resumed epoch and 1.3e-4 for an epoch with mixup from scratch
+# (an absolute bound of 1e-5 was tuned to one CPU: another one's rounding gave 6e-5). A real
+# divergence changes the updates themselves (a rank on the wrong rows, gradients not averaged,
+# one rank's BatchNorm statistics): a learning rate 10 % off already moves them 7e-2 apart.
+DIVERGENCE_BOUND = 1e-2
+
+
+def _initial_state(config: EvalConfig) -> dict[str, torch.Tensor]:
+    """The weights ``train_classifier`` starts from (seeded by ``config.seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_classifier(config.arch, 4, config.image_size).state_dict()
+
+
+def _divergence(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                start: dict[str, torch.Tensor]) -> float:
+    """The largest difference between two runs' weights and BatchNorm statistics, divided by
+    the largest change training made to them from ``start`` (their common starting point)."""
+    assert a.keys() == b.keys() == start.keys()
+    floats = [k for k in a if a[k].is_floating_point()]
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in floats)  # BN step counts
+    apart = max(float((a[k].double() - b[k].double()).abs().max()) for k in floats)
+    moved = max(float((a[k].double() - start[k].double()).abs().max()) for k in floats)
+    assert moved > 0
+    return apart / moved
+
+
 def test_two_processes_match_one(tmp_path: Path, one_thread):
     """Epoch 1 in this process (cancelled at its end), epoch 2 in two torchrun processes that
-    resume its checkpoint, each taking half of every batch: the same weights (within 1e-5) and
-    the same accuracy as two epochs in one process; both ranks agree; rank 0 alone writes."""
+    resume its checkpoint, each taking half of every batch: the same weights (up to float
+    rounding, DIVERGENCE_BOUND) and the same accuracy as two epochs in one process; both ranks
+    agree; rank 0 alone writes."""
     train_x, train_y = tiny_split(64, seed=0)
     test_x, test_y = tiny_split(32, seed=1)
     args = (train_x, train_y, test_x, test_y, 4)
@@ -52,9 +84,10 @@ def test_two_processes_match_one(tmp_path: Path, one_thread):
     with pytest.raises(Cancelled):
         train_classifier(*args, CONFIG, out_dir=tmp_path / "ddp", progress=stop_after_epoch_1,
                          cancel=cancel)
+    after_epoch_1 = _state(tmp_path / "ddp")  # where both runs' second epoch starts
     events: list[ProgressEvent] = []
-    result = run_processes(*args, CONFIG.replace(processes=2), tmp_path / "ddp",
-                           progress=events.append, poll_seconds=0.2)
+    result = launch_train_classifier(*args, CONFIG.replace(processes=2), tmp_path / "ddp",
+                                     progress=events.append, poll_seconds=0.2)
 
     log = (tmp_path / "ddp" / "launch" / "log.txt").read_text()
     assert "resuming classifier training" in log and "at epoch 1" in log
@@ -73,9 +106,8 @@ def test_two_processes_match_one(tmp_path: Path, one_thread):
 
     # what was compared: every weight and BN statistic after the last step, the curves
     single, ddp = _state(tmp_path / "single"), _state(tmp_path / "ddp")
-    assert single.keys() == ddp.keys()
-    worst = max(float((single[k].double() - ddp[k].double()).abs().max()) for k in single)
-    assert worst < 1e-5, worst
+    divergence = _divergence(single, ddp, after_epoch_1)
+    assert divergence < DIVERGENCE_BOUND, divergence
     assert result["top1"] == reference["top1"] and result["top5"] == reference["top5"]
     assert result["confusion"] == reference["confusion"]
     assert result["curves"]["test_top1"] == reference["curves"]["test_top1"]
@@ -86,36 +118,6 @@ def test_two_processes_match_one(tmp_path: Path, one_thread):
     # and back: one process reads the two-process checkpoint (its last epoch: nothing to do)
     again = train_classifier(*args, CONFIG, out_dir=tmp_path / "ddp")
     assert again["top1"] == result["top1"] and again["curves"] == result["curves"]
-
-
-def test_global_batchnorm_is_batchnorm_in_one_process(tmp_path: Path, one_thread):
-    """With a process group of one, GlobalBatchNorm gives BatchNorm2d's outputs, gradients
-    and running statistics (within float error)."""
-    import torch.distributed as dist
-
-    torch.manual_seed(0)
-    x = torch.randn(6, 5, 4, 4) * 3 + 1
-    bn = torch.nn.BatchNorm2d(5)
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-1, 1)
-    gbn = GlobalBatchNorm(5)
-    gbn.load_state_dict(bn.state_dict())
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
-    try:
-        outs = []
-        for module in (bn, gbn):
-            xi = x.clone().requires_grad_(True)
-            y = module(xi)
-            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-            outs.append((y.detach(), xi.grad, module.weight.grad, module.running_var.clone()))
-    finally:
-        dist.destroy_process_group()
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    gbn.eval()
-    torch.testing.assert_close(gbn(x), bn.eval()(x))
 
 
 def test_processes_option_is_validated():
@@ -130,7 +132,8 @@ def test_processes_option_is_validated():
 def test_evaluate_stage_runs_two_processes_with_mixup(tmp_path: Path, one_thread):
     """The job stage with ``processes=2`` runs torchrun on its prepared arrays and returns
     rank 0's result. Mixup draws through the whole batch, so every rank mixes the whole
-    batch and keeps its half: the weights still match one process (within 1e-5)."""
+    batch and keeps its half: the weights still match one process (up to float rounding,
+    DIVERGENCE_BOUND)."""
     from engine.stages import evaluate_stage
 
     train_x, train_y = tiny_split(48, seed=2)
@@ -146,8 +149,8 @@ def test_evaluate_stage_runs_two_processes_with_mixup(tmp_path: Path, one_thread
               "synthetic_paths": [], "synthetic_labels": [], "out_dir": str(tmp_path / "ddp")}
     result = evaluate_stage.run(params, tmp_path, progress=lambda e: None, cancel=CancelToken())
     single, ddp = _state(tmp_path / "single"), _state(tmp_path / "ddp")
-    worst = max(float((single[k].double() - ddp[k].double()).abs().max()) for k in single)
-    assert worst < 1e-5, worst
+    divergence = _divergence(single, ddp, _initial_state(config))
+    assert divergence < DIVERGENCE_BOUND, divergence
     assert result["world_size"] == 2 and result["top1"] == reference["top1"]
     assert result["num_train"] == 48 and result["num_test"] == 16
     np.testing.assert_allclose(result["curves"]["train_loss"], reference["curves"]["train_loss"],

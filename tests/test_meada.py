@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from engine.config import EvalConfig
 from engine.errors import Cancelled, InvalidConfigError
 from engine.evaluate import build_classifier, train_classifier
-from engine.evaluate.meada import (_normalise, _to_uint8, maximisation_phase, perturb,
-                                   phase_at, phase_every)
 from engine.evaluate.classifier_training import CHECKPOINT, channel_stats
+from engine.evaluate.meada import _normalise, _to_uint8, maximisation_phase, perturb, phase_at, phase_every
 from engine.progress import CancelToken
 
 pytestmark = pytest.mark.usefixtures("one_thread")

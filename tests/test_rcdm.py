@@ -13,8 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.config import GenerateConfig, TrainConfig
-from engine.errors import (Cancelled, DatasetError, InvalidConfigError, NotReadyError,
-                           StudioError)
+from engine.errors import Cancelled, DatasetError, InvalidConfigError, NotReadyError, StudioError
 from engine.progress import CancelToken
 from engine.rcdm.generation import generate_variations
 from engine.rcdm.model import build_rcdm, load_rcdm, save_rcdm

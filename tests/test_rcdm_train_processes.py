@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from studio.cli import build_parser
 from engine.config import EncodeConfig, ImportConfig, TrainConfig
 from engine.errors import Cancelled, InvalidConfigError, JobError
 from engine.jobs import JobManager
@@ -20,9 +19,15 @@ from engine.progress import CancelToken
 from engine.project import Job, Model
 from engine.rcdm.model import load_rcdm
 from engine.stages import encode_stage, train_stage
+from studio.cli import build_parser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# Two processes and one process with grad_accum=2 run the same micro-batches (same shapes, so
+# the same kernels on any CPU); DDP's sum of two gradients does not depend on their order and
+# its halving is exact: the weights agree exactly (0.0 measured). The 1e-6 bounds (a thousandth
+# of one AdamW step at lr 1e-3) need no scale of their own, unlike the classifier's
+# (tests/test_evaluate_ddp.py: its BatchNorm statistics are summed in another order).
 # batch 16: each of 2 processes takes 8 rows of every step's batch; warm-up 2 steps
 TINY = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
                    attention_head_dim=8, cond_tokens=2, steps=4, batch_size=16, warmup_steps=2,
@@ -51,6 +56,7 @@ def _weights(model_dir: Path, name: str) -> dict[str, torch.Tensor]:
 
 
 def _max_diff(a: dict, b: dict) -> float:
+    """The largest difference between two runs' weights."""
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
@@ -150,14 +156,14 @@ def test_cancel_then_resume(project, dataset):
 
 
 def test_latent_rows_and_cache_beside_the_pixels(tmp_path: Path):
-    """run_processes on rows ``index`` of a latent dataset: the latents of all N images are
+    """launch_train_rcdm on rows ``index`` of a latent dataset: the latents of all N images are
     cached beside the pixel cache (not in the run folder), and the 2 processes train what
     one process trains on those rows (cond rows aligned with the pixel rows)."""
     from diffusers import AutoencoderKL
 
     from engine.rcdm.latent import cached_latents
-    from engine.rcdm.training_ranks import run_processes
     from engine.rcdm.training import train_rcdm
+    from engine.rcdm.training_ranks import launch_train_rcdm
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, sample_size=16,
@@ -175,8 +181,8 @@ def test_latent_rows_and_cache_beside_the_pixels(tmp_path: Path):
     idx = np.array([7, 1, 2, 5, 9, 0], dtype=np.int64)
     config = TINY.replace(space="latent", vae_id=str(tmp_path / "vae"), image_size=16,
                           batch_size=4, preview_every=1000)
-    result = run_processes(data / "pixels_16.npy", data / "cond.npy",
-                           config.replace(processes=2), tmp_path / "ddp", index=idx)
+    result = launch_train_rcdm(data / "pixels_16.npy", data / "cond.npy",
+                               config.replace(processes=2), tmp_path / "ddp", index=idx)
     assert result["world_size"] == 2 and result["steps_done"] == 4
     assert len(list(data.glob("latents_*.npy"))) == 2  # the images and their mirror images
     assert not (tmp_path / "ddp" / "latents").exists()

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.cli import main
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError, NotReadyError
-from engine.rcdm.shard import collect_shards, parse_shard, shard_indices, shard_name
+from engine.stages.shard_stage import collect_shards, parse_shard, shard_indices, shard_name
+from studio.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

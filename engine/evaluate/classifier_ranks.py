@@ -16,9 +16,9 @@ of processes that wrote it::
 ``train_classifier``) and, with ``--progress FILE``, one ProgressEvent JSON per line to FILE;
 every rank writes ``OUT/ranks/rank_<r>.json`` (rank, world size, weights digest) when done.
 
-``run_processes`` is what the evaluate job stage calls when ``config.processes`` > 1: it
-writes the arrays, runs torchrun with that many processes, forwards rank 0's progress and
-cancels them on request.
+``launch_train_classifier`` is what the evaluate job stage calls when ``config.processes`` > 1:
+it writes the arrays and hands them to the runtime's launcher
+(``engine.torchrun.launcher.run_processes``: torchrun, rank 0's progress, cancel, errors).
 """
 
 from __future__ import annotations
@@ -33,15 +33,13 @@ from typing import Any
 import numpy as np
 
 from engine.config import EvalConfig, parse_overrides
-from engine.errors import Cancelled, StudioError
 from engine.progress import CancelToken, ProgressFn, no_progress
-from engine.torchrun import (log_tail, progress_writer, rank_setup, run_module,
-                             run_rank, write_json)
+from engine.torchrun.launcher import LAUNCH_DIR, run_processes
 
 log = logging.getLogger("engine.evaluate.classifier_ranks")
 
+MODULE = "engine.evaluate.classifier_ranks"
 RESULT = "result.json"
-LAUNCH_DIR = "launch"  # run_processes: arrays, config, progress and log of the torchrun run
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
 
@@ -68,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="override one EvalConfig field (JSON value), repeatable")
     ap.add_argument("--progress", help="rank 0 appends progress events (JSON lines) here")
     args = ap.parse_args(argv)
-    rank, cancel = rank_setup()
     from engine.evaluate.classifier_training import train_classifier
+    from engine.torchrun.ranks import progress_writer, rank_setup, run_rank, write_json, write_rank_result
+
+    rank, cancel = rank_setup()
 
     out = Path(args.out)
     progress = progress_writer(args.progress, rank)
@@ -88,17 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         return code
     if result["rank"] == 0:
         write_json(out / RESULT, result)
-    write_json(out / "ranks" / f"rank_{result['rank']}.json",
-                {k: result[k] for k in ("rank", "world_size") if k in result}
-                | {"weights_digest": result.get("weights_digest"),
-                   "train_loss": result["curves"]["train_loss"]})
+    write_rank_result(out, result["rank"],
+                      {k: result[k] for k in ("rank", "world_size") if k in result}
+                      | {"weights_digest": result.get("weights_digest"),
+                         "train_loss": result["curves"]["train_loss"]})
     return 0
 
 
-def run_processes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                  test_y: np.ndarray, num_classes: int, config: EvalConfig, out_dir: Path,
-                  progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                  poll_seconds: float = 0.5) -> dict[str, Any]:
+def launch_train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                            test_y: np.ndarray, num_classes: int, config: EvalConfig,
+                            out_dir: Path, progress: ProgressFn = no_progress,
+                            cancel: CancelToken | None = None,
+                            poll_seconds: float = 0.5) -> dict[str, Any]:
     """``train_classifier`` in ``config.processes`` processes started by torchrun.
 
     The arrays are written to ``out_dir/launch/`` (removed after success), the processes
@@ -128,25 +129,16 @@ def run_processes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     for name, value in arrays.items():
         np.save(work / f"{name}.npy", value)
     (work / "config.json").write_text(config.to_json(), encoding="utf-8")
-    (out_dir / RESULT).unlink(missing_ok=True)
-    # 2. torchrun, in this process group (a job's cancel signals the whole group)
     args = [*(a for name in ARRAYS for a in (f"--{name.replace('_', '-')}",
                                              str(work / f"{name}.npy"))),
             "--out", str(out_dir), "--num-classes", str(num_classes),
             "--config", str(work / "config.json")]
-    code = run_module("engine.evaluate.classifier_ranks", args, config.processes, work, out_dir,
-                      progress, cancel, poll_seconds)
-    # 3. rank 0's result
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled(f"evaluation on {config.processes} processes cancelled; its last "
-                        f"checkpoint is in {out_dir}")
-    result_path = out_dir / RESULT
-    if code != 0 or not result_path.exists():
-        raise StudioError(f"the evaluation on {config.processes} processes failed (torchrun "
-                          f"exit code {code}); end of {work / 'log.txt'}:\n{log_tail(work)}")
+    # 2. torchrun; 3. rank 0's result
+    result = run_processes(MODULE, args, config.processes, out_dir, out_dir / RESULT,
+                           "evaluation", progress, cancel, poll_seconds, kept=out_dir)
     for name in ARRAYS:
         (work / f"{name}.npy").unlink(missing_ok=True)
-    return json.loads(result_path.read_text(encoding="utf-8"))
+    return result
 
 
 if __name__ == "__main__":

@@ -14,17 +14,19 @@ crop from ``engine.evaluate.augment``; ME-ADA (``engine.evaluate.meada``) grows 
 tensor with adversarial images at the start of some epochs and keeps them in the checkpoint.
 
 Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
-``engine.evaluate.classifier_ranks``), training is data-parallel. Every rank draws the same global batch
-from the seeded generator (``config.batch_size`` indices, crop parameters, policy / mix seeds)
-and takes its slice of it (rank r: rows ``[r*B/W, (r+1)*B/W)``); the model is wrapped in DDP
-(gloo on the CPU, nccl on ``cuda:LOCAL_RANK``) so gradients are averaged, and BatchNorm uses the
-statistics of the whole global batch (``SyncBatchNorm`` on CUDA, ``GlobalBatchNorm`` below on
-the CPU). One step is therefore the same update as in one process, up to float summation
-order. AutoAugment / RandAugment and Mixup / CutMix draw through the whole batch, so with them
-every rank augments the whole batch and keeps its slice (the crop alone is drawn for the whole
-batch and applied to the slice only). Rank 0 alone tests, reports progress and writes the
-checkpoint, whose format does not depend on the number of processes: a run started with one
-process resumes with several and the other way round.
+``engine.evaluate.classifier_ranks``), training is data-parallel through the runtime's
+``engine.torchrun.ranks.Ranks``, and the loop is the same for 1..N processes. Every rank draws
+the same global batch from the seeded generator (``config.batch_size`` indices, crop
+parameters, policy / mix seeds) and takes its rows of it (rank r: ``[r*B/W, (r+1)*B/W)``); the
+model is wrapped in DDP (gloo on the CPU, nccl on ``cuda:LOCAL_RANK``) so gradients are
+averaged, and BatchNorm uses the statistics of the whole global batch (``SyncBatchNorm`` on
+CUDA, ``engine.torchrun.batchnorm.GlobalBatchNorm`` on the CPU). One step is therefore the
+same update as in one process, up to float summation order. AutoAugment / RandAugment and
+Mixup / CutMix draw through the whole batch, so with them every rank augments the whole batch
+and keeps its rows (the crop alone is drawn for the whole batch and applied to the rows only).
+Rank 0 alone tests, reports progress and writes the checkpoint, whose format does not depend
+on the number of processes: a run started with one process resumes with several and the
+other way round.
 """
 
 from __future__ import annotations
@@ -36,22 +38,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from engine.config import EvalConfig
-from engine.errors import InvalidConfigError, StudioError
-from engine.evaluate.augment import BatchAugment
+from engine.errors import Cancelled, InvalidConfigError, StudioError
 from engine.evaluate import meada
+from engine.evaluate.augment import BatchAugment
 from engine.evaluate.classifier import build_classifier
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
-from engine.errors import Cancelled
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+from engine.torchrun.ranks import Ranks, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -264,140 +265,133 @@ def _load_checkpoint(path: Path, config: EvalConfig, fingerprint: str) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------
-# Several processes
+# The loop's parts
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """All-reduce (sum) whose backward all-reduces the gradient: d(sum_r x_r)/dx_r = 1."""
+class _Schedule(NamedTuple):
+    """The numbers of a run that follow from the mix's size ``n`` and the recipe."""
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
+    batch: int  # B, images per optimiser step (all ranks together)
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float  # config.learning_rate scaled from batch 256 to B
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+    @classmethod
+    def of(cls, n: int, config: EvalConfig) -> _Schedule:
+        batch = min(config.batch_size, n)
+        steps_per_epoch = math.ceil(n / batch)
+        return cls(batch, steps_per_epoch, config.epochs * steps_per_epoch,
+                   config.warmup_epochs * steps_per_epoch,
+                   config.learning_rate * batch / 256.0)
 
 
-class GlobalBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the whole batch over all ranks.
+def _checked_inputs(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                    test_y: np.ndarray, num_classes: int, config: EvalConfig
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four arrays (labels as int64), or InvalidConfigError naming what is wrong."""
+    train_x = np.asarray(train_x)
+    train_y = np.asarray(train_y).astype(np.int64, copy=False)
+    test_x = np.asarray(test_x)
+    test_y = np.asarray(test_y).astype(np.int64, copy=False)
+    if train_x.shape[0] == 0:
+        raise InvalidConfigError("the training mix is empty: it has no image to train on")
+    if test_x.shape[0] == 0:
+        raise InvalidConfigError("the test split is empty: there is no image to test on")
+    if num_classes < 2:
+        raise InvalidConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    _check_split("training", train_x, train_y, num_classes, config.image_size)
+    _check_split("test", test_x, test_y, num_classes, config.image_size)
+    return train_x, train_y, test_x, test_y
 
-    ``SyncBatchNorm`` needs CUDA; this is its CPU counterpart for gloo process groups. Each
-    forward all-reduces per-channel sums (float64) through an autograd-aware collective, so
-    the backward pass sums the statistics' gradients over the ranks too. In eval mode it is
-    plain BatchNorm with the running statistics (no collective).
+
+def _model_and_optimizer(config: EvalConfig, num_classes: int, peak_lr: float,
+                         ranks: Ranks) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """``config.arch`` seeded by ``config.seed`` (the global RNG untouched), its BatchNorm
+    over the whole batch of all ranks, on the device; SGD without decay on BN and biases."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_classifier(config.arch, num_classes, config.image_size)
+    model = ranks.sync_batchnorm(model)  # same parameters and state dict; alone: model
+    model.to(device=ranks.device, memory_format=torch.channels_last)  # faster convs
+    decay = [p for p in model.parameters() if p.ndim > 1]  # conv / linear weights
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=peak_lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return model, optimizer
+
+
+def _batch(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, rows: slice,
+           mean: torch.Tensor, std: torch.Tensor, config: EvalConfig, extra: BatchAugment,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's ``rows`` of the augmented batch ``idx`` (B,): (b, 3, S, S) floats and (b,)
+    labels, or (b, C) soft targets after a mix.
+
+    uint8 -> (policy) -> normalised floats -> crop -> (mix). Every rank draws for the whole
+    batch, so the rows are those one process would make: a policy or a mix draws through
+    the batch, so with one every rank augments the whole batch and keeps its rows; the crop
+    alone is drawn for the whole batch and applied to the rows only.
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (b, C, H, W), this rank's share of the batch -> (b, C, H, W)
-        if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
-        c = x.shape[1]
-        xd = x.double()
-        local = torch.cat([xd.sum(dim=(0, 2, 3)), (xd * xd).sum(dim=(0, 2, 3)),
-                           xd.new_tensor([x.shape[0] * x.shape[2] * x.shape[3]])])  # (2C + 1,)
-        total = _SumOverRanks.apply(local)  # sums over the ranks, gradients summed back
-        count = total[-1]
-        mean = total[:c] / count  # (C,)
-        var = (total[c:2 * c] / count - mean * mean).clamp_min(0.0)  # (C,) biased
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                     else self.momentum)
-                unbiased = var * count / (count - 1).clamp_min(1.0)
-                self.running_mean.mul_(1 - m).add_(m * mean.float())
-                self.running_var.mul_(1 - m).add_(m * unbiased.float())
-        scale = (var + self.eps).rsqrt().float()  # (C,)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean.float() * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+    if extra.policy is not None or extra.mix is not None:
+        xb = _normalise(extra.policy_batch(xs[idx], generator), mean, std)  # (B, 3, S, S)
+        yb = ys[idx]
+        xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip)
+        xb, yb = extra.mix_batch(xb, yb, generator)
+        return xb[rows], yb[rows]
+    xb = _normalise(xs[idx[rows]], mean, std)  # (b, 3, S, S)
+    yb = ys[idx[rows]]
+    if config.augment != "none":
+        xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip,
+                                 total=idx.numel(), rows=rows)
+    return xb, yb
 
 
-def _global_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every BatchNorm2d replaced by a GlobalBatchNorm that shares its
-    parameters and buffers (so an optimiser built on ``module`` still holds them)."""
-    if type(module) is nn.BatchNorm2d:
-        bn = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats)
-        bn.weight, bn.bias = module.weight, module.bias
-        bn.running_mean, bn.running_var = module.running_mean, module.running_var
-        bn.num_batches_tracked = module.num_batches_tracked
-        return bn
-    for name, child in module.named_children():
-        module.add_module(name, _global_batchnorm(child))
-    return module
+def _resume(path: Path | None, config: EvalConfig, fingerprint: str, model: nn.Module,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, xs: torch.Tensor,
+            ys: torch.Tensor) -> tuple[int, float, dict[str, list[float]], torch.Tensor,
+                                       torch.Tensor]:
+    """Restore the checkpoint at ``path`` when there is one into the model, the optimiser and
+    the generator; (epochs done, seconds spent, curves, xs and ys grown by the meada images
+    of those epochs). Without one: (0, 0.0, empty curves, xs, ys)."""
+    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "test_loss": [],
+                                      "test_top1": []}
+    if path is None or not path.exists():
+        return 0, 0.0, curves, xs, ys
+    state = _load_checkpoint(path, config, fingerprint)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["rng"])
+    if "meada_x" in state:  # the images of the phases run so far
+        xs = torch.cat([xs, state["meada_x"].to(xs.device)])
+        ys = torch.cat([ys, state["meada_y"].to(ys.device)])
+    log.info("resuming classifier training from %s at epoch %d", path, int(state["epoch"]))
+    return (int(state["epoch"]), float(state["seconds"]),
+            {k: list(v) for k, v in state["curves"].items()}, xs, ys)
 
 
-class _Ranks:
-    """One process, or this rank of several started by torchrun / ``accelerate launch``
-    (``WORLD_SIZE`` > 1): process group, device, DDP wrapping, collectives."""
-
-    def __init__(self, config: EvalConfig) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0")) if self.world > 1 else 0
-        self.device = torch.device(config.device)
-        if self.world == 1:
-            return
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-            backend = "nccl"
-        elif self.device.type == "cpu":
-            backend = "gloo"
-        else:
-            raise InvalidConfigError(
-                f"several processes need device 'cpu' or 'cuda', got {config.device!r}")
-        if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def rows(self, b: int) -> slice:
-        """This rank's rows of a batch of ``b``: ``[r*b//W, (r+1)*b//W)``."""
-        return slice(self.rank * b // self.world, (self.rank + 1) * b // self.world)
-
-    def wrap(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """Global-batch BatchNorm, then DDP (gradients averaged over the ranks).
-
-        Returns the model (its state dict is the one of a single process) and its DDP
-        wrapper (used for the training forward passes)."""
-        if self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            model = _global_batchnorm(model)
-        model.to(device=self.device, memory_format=torch.channels_last)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def sum(self, values: list[float]) -> list[float]:
-        """Element-wise sum of ``values`` over the ranks (float64)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
+def _meada_phase(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, config: EvalConfig, generator: torch.Generator, epoch: int,
+                 sched: _Schedule, progress: ProgressFn, cancel: CancelToken | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ME-ADA maximisation phase due at the start of ``epoch``: xs (N', 3, S, S) and ys
+    (N',) with its adversarial images appended."""
+    phase = meada.phase_at(config, epoch)
+    progress(ProgressEvent(
+        stage=STAGE, step=epoch * sched.steps_per_epoch, total=sched.total_steps,
+        message=f"ME-ADA phase {phase}/{config.meada_phases}: "
+                f"{min(config.meada_batch, xs.shape[0])} images"))
+    x_adv, y_adv = meada.maximisation_phase(model, xs, ys, mean, std, config, generator, cancel)
+    xs, ys = torch.cat([xs, x_adv]), torch.cat([ys, y_adv])
+    log.info("ME-ADA phase %d/%d: %d images appended, %d in the training set",
+             phase, config.meada_phases, x_adv.shape[0], xs.shape[0])
+    return xs, ys
 
 
-def weights_digest(model: nn.Module) -> str:
-    """SHA-1 of the model's state (parameters and buffers, in order), to compare ranks."""
-    h = hashlib.sha1()
-    for name, value in model.state_dict().items():
-        h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
+def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy (percent) of logits (M, C) against labels (M,)."""
+    return topk_accuracy(logits, y, ks=(1,))["top1"]
 
 
 @torch.no_grad()
@@ -412,11 +406,27 @@ def _predict(model: nn.Module, x: torch.Tensor, mean: torch.Tensor,
     return torch.cat(out)
 
 
+def _final_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """top1, top5, per_class and confusion of test logits (M, C) against labels (M,)."""
+    acc = topk_accuracy(logits, y, ks=(1, 5))
+    return {"top1": acc["top1"], "top5": acc["top5"],
+            "per_class": per_class_accuracy(logits, y, num_classes),
+            "confusion": confusion_matrix(logits, y, num_classes).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
 def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                      test_y: np.ndarray, num_classes: int, config: EvalConfig,
                      out_dir: Path | None = None, progress: ProgressFn = no_progress,
                      cancel: CancelToken | None = None) -> dict[str, Any]:
     """Train ``config.arch`` from scratch on the training mix; test on the real test split.
+
+    One path for 1..N processes: with ``WORLD_SIZE`` > 1 (torchrun) each rank trains on its
+    rows of every batch and ``engine.torchrun.ranks.Ranks`` does the rest (DDP, BatchNorm
+    over all ranks, the loss summed over them); alone, all of that is the identity.
 
     Args:
         train_x: (N, S, S, 3) uint8 training mix, S = ``config.image_size``.
@@ -430,9 +440,9 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
             training resumes from it when it exists (same config and data required).
         progress: receives stage "evaluate" events, step = optimiser steps done, with
             ``loss`` (running mean of the epoch) and, at epoch ends, ``top1`` on the test split.
-        cancel: polled between batches; on cancel the last end-of-epoch checkpoint is kept
+        cancel: polled at every step; on cancel the last end-of-epoch checkpoint is kept
             and ``Cancelled`` is raised. With several processes, a cancel on any rank stops
-            them all after the current step.
+            them all after the current step's forward pass.
 
     Returns:
         ``top1``, ``top5`` (percent; top5 is top-min(5, C)), ``per_class`` (C percents, NaN
@@ -452,158 +462,92 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         Cancelled: when ``cancel`` is set.
     """
     started = time.perf_counter()
-    train_x = np.asarray(train_x)
-    train_y = np.asarray(train_y).astype(np.int64, copy=False)
-    test_x = np.asarray(test_x)
-    test_y = np.asarray(test_y).astype(np.int64, copy=False)
-    if train_x.shape[0] == 0:
-        raise InvalidConfigError("the training mix is empty: it has no image to train on")
-    if test_x.shape[0] == 0:
-        raise InvalidConfigError("the test split is empty: there is no image to test on")
-    if num_classes < 2:
-        raise InvalidConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
-    _check_split("training", train_x, train_y, num_classes, config.image_size)
-    _check_split("test", test_x, test_y, num_classes, config.image_size)
+    train_x, train_y, test_x, test_y = _checked_inputs(train_x, train_y, test_x, test_y,
+                                                       num_classes, config)
     meada.check_one_process(config)  # before any process group
-    ranks = _Ranks(config)
+    ranks = Ranks(config.device)
     device = ranks.device
     if not ranks.main:
         progress = no_progress  # rank 0 reports for all
 
-    # 1. decode once: uint8 tensors on the device, normalisation from the training mix
+    # 1. data, decoded once: uint8 tensors on the device, normalisation from the training mix
     xs = _to_tensor(train_x, device)  # (N, 3, S, S) uint8
     ys = torch.from_numpy(train_y).to(device)  # (N,)
-    xt = _to_tensor(test_x if ranks.main else test_x[:0], device)  # (M, 3, S, S) uint8, rank 0
+    xt = _to_tensor(test_x if ranks.main else test_x[:0], device)  # (M, 3, S, S), rank 0
     yt = torch.from_numpy(test_y)  # (M,) on the CPU, for the metrics
     mean, std = channel_stats(xs)
     n = xs.shape[0]  # the mix's size: the schedule's, even when meada grows xs
-    batch = min(config.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = config.warmup_epochs * steps_per_epoch
-    peak_lr = config.learning_rate * batch / 256.0
+    sched = _Schedule.of(n, config)
+    batch = sched.batch
     if batch < ranks.world:
         raise InvalidConfigError(
             f"a batch of {batch} images cannot be split between {ranks.world} processes")
 
-    # 2. model (seeded without touching the global RNG), optimiser, data generator
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_classifier(config.arch, num_classes, config.image_size)
-    model.to(device=device, memory_format=torch.channels_last)  # faster convs (oneDNN, cuDNN)
-    decay = [p for p in model.parameters() if p.ndim > 1]  # conv / linear weights
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=peak_lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    # 2. model, optimiser, loss, the data generator (shuffles, crops, augmentation seeds)
+    model, optimizer = _model_and_optimizer(config, num_classes, sched.peak_lr, ranks)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    criterion_sum = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")
-    generator = torch.Generator().manual_seed(config.seed)  # shuffles and crops, on the CPU
+    generator = torch.Generator().manual_seed(config.seed)  # on the CPU
     extra = BatchAugment(config, num_classes)  # policy / batch mix on top of the crop
 
-    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "test_loss": [],
-                                      "test_top1": []}
-    start_epoch = 0
-    seconds_before = 0.0
+    # 3. resume: weights, optimiser, generator, curves, the meada images of the epochs done
     fingerprint = _fingerprint(train_y, train_x.shape, test_y, num_classes)
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path, config, fingerprint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["rng"])
-        curves = {k: list(v) for k, v in state["curves"].items()}
-        start_epoch = int(state["epoch"])
-        seconds_before = float(state["seconds"])
-        if "meada_x" in state:  # the images of the phases run so far
-            xs = torch.cat([xs, state["meada_x"].to(device)])
-            ys = torch.cat([ys, state["meada_y"].to(device)])
-        log.info("resuming classifier training from %s at epoch %d", ckpt_path, start_epoch)
-    wrapped = model
-    if ranks.world > 1:
-        model, wrapped = ranks.wrap(model)  # same parameters, all ranks start from rank 0's
-        log.info("rank %d of %d on %s", ranks.rank, ranks.world, device)
-    whole_batch = extra.policy is not None or extra.mix is not None  # draws through the batch
+    start_epoch, seconds_before, curves, xs, ys = _resume(ckpt_path, config, fingerprint, model,
+                                                          optimizer, generator, xs, ys)
+    wrapped = ranks.wrap(model)  # DDP with several processes (all start from rank 0's)
 
-    report_every = max(1, steps_per_epoch // REPORTS_PER_EPOCH)
+    report_every = max(1, sched.steps_per_epoch // REPORTS_PER_EPOCH)
     for epoch in range(start_epoch, config.epochs):
-        # 3. one epoch over a fresh permutation. meada: a maximisation phase may first append
-        #    adversarial images to xs; an epoch stays steps_per_epoch batches of B images,
-        #    drawn without replacement from the grown set (the schedule is the mix's)
-        phase = meada.phase_at(config, epoch)
-        if phase:
-            progress(ProgressEvent(
-                stage=STAGE, step=epoch * steps_per_epoch, total=total_steps,
-                message=f"ME-ADA phase {phase}/{config.meada_phases}: "
-                        f"{min(config.meada_batch, xs.shape[0])} images"))
-            x_adv, y_adv = meada.maximisation_phase(model, xs, ys, mean, std, config,
-                                                    generator, cancel)
-            xs, ys = torch.cat([xs, x_adv]), torch.cat([ys, y_adv])
-            log.info("ME-ADA phase %d/%d: %d images appended, %d in the training set",
-                     phase, config.meada_phases, x_adv.shape[0], xs.shape[0])
+        # 4. meada: a maximisation phase may first append adversarial images to xs; an
+        #    epoch stays steps_per_epoch batches of B images, drawn without replacement from
+        #    the grown set (the schedule is the mix's)
+        if meada.phase_at(config, epoch):
+            xs, ys = _meada_phase(model, xs, ys, mean, std, config, generator, epoch, sched,
+                                  progress, cancel)
         model.train()
         perm = torch.randperm(xs.shape[0], generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for i in range(steps_per_epoch):
-            if cancel is not None and ranks.world == 1:
-                cancel.raise_if_cancelled()
-            step = epoch * steps_per_epoch + i
+        for i in range(sched.steps_per_epoch):
+            step = epoch * sched.steps_per_epoch + i
             idx = perm[i * batch:(i + 1) * batch]
             if idx.numel() < max(2, ranks.world) and n > 1:
                 continue  # a lone last sample gives BatchNorm one value per channel
-            # 3a. batch: uint8 -> (policy) -> normalised floats -> crop -> (mix), (B, 3, S, S);
-            #     several processes: this rank's rows of it, (b, 3, S, S)
-            rows = ranks.rows(idx.numel()) if ranks.world > 1 else slice(None)
-            if ranks.world == 1 or whole_batch:
-                xb = _normalise(extra.policy_batch(xs[idx], generator), mean, std)
-                yb = ys[idx]  # (B,) labels, or (B, C) soft targets after a mix
-                if config.augment != "none":
-                    xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip)
-                    xb, yb = extra.mix_batch(xb, yb, generator)
-                xb, yb = xb[rows], yb[rows]
-            else:  # the crop's parameters are drawn for the whole batch, applied to the rows
-                xb = _normalise(xs[idx[rows]], mean, std)
-                yb = ys[idx[rows]]
-                if config.augment != "none":
-                    xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip,
-                                             total=idx.numel(), rows=rows)
-            # 3b. forward, loss, backward, SGD step at the scheduled rate
-            lr = lr_at(step, total_steps, warmup_steps, peak_lr, config.schedule)
+            # 5. this rank's rows of the augmented batch, (b, 3, S, S)
+            xb, yb = _batch(xs, ys, idx, ranks.rows(idx.numel()), mean, std, config, extra,
+                            generator)
+            # 6. forward at the scheduled rate; the rows' mean loss, weighted by b * W / B
+            #    so that DDP's mean of the gradients over the ranks is the whole batch's
+            lr = lr_at(step, sched.total_steps, sched.warmup_steps, sched.peak_lr,
+                       config.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = wrapped(xb.contiguous(memory_format=torch.channels_last))  # (b, C)
-            if ranks.world == 1:
-                loss = criterion(logits, yb)
-                batch_loss = loss.detach() * idx.numel()
-            else:
-                # sum over this rank's rows x W / B: DDP's mean over the ranks is then the
-                # mean over the whole batch. One collective: the batch's loss and any cancel.
-                local = criterion_sum(logits, yb)
-                loss = local * (ranks.world / idx.numel())
-                summed, stop = ranks.sum([float(local),
-                                          float(cancel is not None and cancel.cancelled)])
-                if stop:
-                    raise Cancelled(f"cancelled at step {step + 1}; the checkpoint of epoch "
-                                    f"{epoch} is kept")
-                batch_loss = torch.tensor(summed, device=device)
-            if not torch.isfinite(batch_loss):
+            rows_loss = criterion(logits, yb)
+            loss = rows_loss * (ranks.world * xb.shape[0] / idx.numel())
+            # 7. one collective: the batch's summed loss, and whether any rank was cancelled
+            summed, stop = ranks.sum([float(rows_loss.detach() * xb.shape[0]),
+                                      float(cancel is not None and cancel.cancelled)])
+            if stop:
+                raise Cancelled(f"cancelled at step {step + 1}; the checkpoint of epoch "
+                                f"{epoch} is kept")
+            if not math.isfinite(summed):
                 raise StudioError(
-                    f"classifier loss became {float(batch_loss) / idx.numel()} at step "
-                    f"{step + 1}; try a lower learning_rate (now {config.learning_rate})")
+                    f"classifier loss became {summed / idx.numel()} at step {step + 1}; "
+                    f"try a lower learning_rate (now {config.learning_rate})")
+            # 8. backward (DDP averages the gradients), SGD step
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += batch_loss
+            loss_sum += torch.tensor(summed, device=device)
             seen += idx.numel()
-            if (i + 1) % report_every == 0 and i + 1 < steps_per_epoch:
+            if (i + 1) % report_every == 0 and i + 1 < sched.steps_per_epoch:
                 progress(ProgressEvent(
-                    stage=STAGE, step=step + 1, total=total_steps,
+                    stage=STAGE, step=step + 1, total=sched.total_steps,
                     metrics={"loss": float(loss_sum) / max(1, seen), "lr": lr},
                     message=f"epoch {epoch + 1}/{config.epochs}"))
 
-        # 4. test on the held-out split (rank 0 only with several processes)
+        # 9. end of the epoch: the curves; rank 0 tests on the held-out split
         train_loss = float(loss_sum) / max(1, seen)
         curves["epoch"].append(epoch + 1)
         curves["train_loss"].append(train_loss)
@@ -611,48 +555,37 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         if not ranks.main:
             continue
         logits_t = _predict(model, xt, mean, std)  # (M, C)
-        test_loss = float(F.cross_entropy(logits_t, yt))
-        top1 = topk_accuracy(logits_t, yt, ks=(1,))["top1"]
+        test_loss, top1 = float(F.cross_entropy(logits_t, yt)), _top1(logits_t, yt)
         curves["test_loss"].append(test_loss)
         curves["test_top1"].append(top1)
         log.info("epoch %d/%d: train loss %.4f, test loss %.4f, test top-1 %.2f %% (%.1f s)",
                  epoch + 1, config.epochs, train_loss, test_loss, top1, elapsed)
 
-        # 5. checkpoint, then report (a cancel set by the report keeps this checkpoint)
+        # 10. checkpoint, then report (a cancel set by the report keeps this checkpoint)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, {
-                "version": CHECKPOINT_VERSION,
-                "config": _config_key(config),
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": generator.get_state(),
-                "curves": curves,
-                "seconds": elapsed,
+                "version": CHECKPOINT_VERSION, "config": _config_key(config),
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
+                "curves": curves, "seconds": elapsed,
                 **({"meada_x": xs[n:].cpu(), "meada_y": ys[n:].cpu()}
-                   if config.augment == meada.KIND else {}),
-            })
+                   if config.augment == meada.KIND else {})})
         progress(ProgressEvent(
-            stage=STAGE, step=(epoch + 1) * steps_per_epoch, total=total_steps,
+            stage=STAGE, step=(epoch + 1) * sched.steps_per_epoch, total=sched.total_steps,
             metrics={"loss": train_loss, "test_loss": test_loss, "top1": top1},
             message=f"epoch {epoch + 1}/{config.epochs}"))
 
-    # 6. final metrics on the test split (rank 0)
+    # 11. final metrics on the test split (rank 0); the weights' digest to compare ranks
     parallel: dict[str, Any] = {"world_size": ranks.world, "rank": ranks.rank}
     if ranks.world > 1:
         parallel["weights_digest"] = weights_digest(model)
-        if not ranks.main:
-            return {**parallel, "curves": {"epoch": curves["epoch"],
-                                           "train_loss": curves["train_loss"]},
-                    "num_train": int(n)}
-    logits_t = _predict(model, xt, mean, std)
-    acc = topk_accuracy(logits_t, yt, ks=(1, 5))
-    return {**parallel,
-        "top1": acc["top1"],
-        "top5": acc["top5"],
-        "per_class": per_class_accuracy(logits_t, yt, num_classes),
-        "confusion": confusion_matrix(logits_t, yt, num_classes).tolist(),
+    if not ranks.main:
+        return {**parallel, "curves": {"epoch": curves["epoch"],
+                                       "train_loss": curves["train_loss"]},
+                "num_train": int(n)}
+    return {
+        **parallel,
+        **_final_metrics(_predict(model, xt, mean, std), yt, num_classes),
         "curves": curves,
         "num_train": int(n),
         "num_test": int(xt.shape[0]),

@@ -1,12 +1,17 @@
 """Representation-conditioned diffusion: the denoiser, its training loop and its samplers.
 
-    model     RCDM (UNet2DConditionModel + conditioner), build/save/load
-    train     train_rcdm: EMA, previews, checkpoints with exact resume
-    sample    make_scheduler, sample_images (any diffusers scheduler of the DDPM family by
-              name: ddpm, ddim, dpm++, EulerDiscreteScheduler, ...; seeded per sample, CFG)
+    model       RCDM (UNet2DConditionModel + conditioner), build/save/load
+    training    train_rcdm: EMA, previews, checkpoints with exact resume, 1..N processes
+                (engine.torchrun); train_rcdm_files: the same on rows of .npy files
+    training_ranks  the torchrun entry point of one rank, and launch_train_rcdm
+    latent      the VAE latent space and its cache
+    sample      make_scheduler, sample_images (any diffusers scheduler of the DDPM family by
+                name: ddpm, ddim, dpm++, EulerDiscreteScheduler, ...; seeded per sample, CFG)
     conditions  the conditioning space: variations, interpolation, mix-up, class samples
-    generate  generate_plan / generate_variations: seeded images written as PNGs
-    shard     sharded generation: shard K of P of a plan, merged back into the project
+    generation  generate_plan / generate_variations: seeded images written as PNGs (a subset
+                of a plan's samples for one shard; sharding itself is engine.stages.shard_stage)
+
+Nothing here opens the project: the stages read and write its rows.
 """
 
 from engine.rcdm.generation import generate_variations

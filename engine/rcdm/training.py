@@ -13,9 +13,10 @@ scaler, so training N steps, stopping and resuming for N more gives the same wei
 steps in one go.
 
 Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
-``engine.rcdm.training_ranks``), the loop uses ``accelerate.Accelerator`` for the process group and
-the device, wraps the model in DDP (gradients all-reduced), and only rank 0 writes
-checkpoints, previews and the model.
+``engine.rcdm.training_ranks``), the loop takes its device, its rows and the collectives from
+``engine.torchrun.ranks.Ranks``, wraps the model in DDP (gradients all-reduced), and only
+rank 0 writes checkpoints, previews and the model. With one process the same loop runs,
+every collective being the identity.
 
 ``out_dir`` layout::
 
@@ -30,10 +31,8 @@ checkpoints, previews and the model.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,9 +50,9 @@ from safetensors.torch import load_file, save_file
 from engine.config import GenerateConfig, TrainConfig
 from engine.errors import Cancelled, DatasetError, InvalidConfigError, NotReadyError, StudioError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
-from engine.rcdm.model import (RCDM, build_rcdm, count_parameters, replace_dir, save_rcdm,
-                               temp_dir_for)
+from engine.rcdm.model import RCDM, build_rcdm, count_parameters, replace_dir, save_rcdm, temp_dir_for
 from engine.rcdm.sample import sample_images
+from engine.torchrun.ranks import Ranks, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -78,59 +77,6 @@ class _Progress:
     step: int = 0
     losses: list[list[float]] = field(default_factory=list)  # [[step, mean loss], ...]
     window: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [sum, count]
-
-
-class _Processes:
-    """One process, or this rank of several (``accelerate.Accelerator`` under torchrun or
-    ``accelerate launch``): device, DDP wrapping, collectives."""
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.accelerator = None
-        self.rank = 0
-        if self.world > 1:
-            from accelerate import Accelerator
-
-            # mixed precision is done by this loop (autocast + GradScaler), not by accelerate
-            self.accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision="no")
-            self.world = self.accelerator.num_processes
-            self.rank = self.accelerator.process_index
-            # a CPU process group's device may read "cpu:<rank>": one CPU is one device
-            self.device = (torch.device("cpu") if config.device == "cpu"
-                           else self.accelerator.device)
-        else:
-            self.device = torch.device(config.device)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DDP around ``model`` when there are several processes (the parameters are shared)."""
-        if self.accelerator is None:
-            return model
-        return self.accelerator.prepare_model(model, device_placement=True)
-
-    def no_sync(self, wrapped: torch.nn.Module, sync: bool):
-        """Skip the gradient all-reduce of a micro-batch that is not the step's last."""
-        if self.accelerator is None or sync:
-            return contextlib.nullcontext()
-        return wrapped.no_sync()
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.accelerator is None:
-            return value
-        return self.accelerator.reduce(value.to(self.device), reduction="mean")
-
-    def any(self, flag: bool) -> bool:
-        if self.accelerator is None:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
-
-    def barrier(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -178,10 +124,10 @@ def _check_inputs(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig) -> 
         raise DatasetError("cond contains NaN or inf values")
 
 
-def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, procs: _Processes,
+def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, ranks: Ranks,
                    progress: ProgressFn, cancel: CancelToken | None):
     """(x_all (N, C, h, w), x_flipped or None, codec or None) on the training device."""
-    device = procs.device
+    device = ranks.device
     if config.space == "pixel":
         return pixels_to_tensor(pixels).to(device), None, None
     from engine.rcdm.latent import LatentCodec, cached_latents
@@ -189,11 +135,11 @@ def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, procs: _
     if latents is None:  # encode here, cached in the run folder; rank 0 first
         kwargs = dict(flip=config.hflip, latent_scale=config.latent_scale,
                       device=str(device), cancel=cancel)
-        if procs.main:
+        if ranks.main:
             latents = cached_latents(pixels, config.vae_id, out_dir / "latents",
                                      progress=progress, **kwargs)
-        procs.barrier()
-        if not procs.main:
+        ranks.barrier()
+        if not ranks.main:
             latents = cached_latents(pixels, config.vae_id, out_dir / "latents", **kwargs)
     if len(latents.raw) != len(pixels):
         raise DatasetError(f"got {len(latents.raw)} latents for {len(pixels)} images")
@@ -208,13 +154,6 @@ def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, procs: _
         x_flip = codec.to_model_space(
             torch.from_numpy(np.array(latents.flipped, np.float32))).to(device)
     return x_all, x_flip, codec
-
-
-def _weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha1()
-    for v in model.state_dict().values():
-        h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_dir: Path,
@@ -244,9 +183,9 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     """
     cond = np.asarray(cond, dtype=np.float32)
     _check_inputs(pixels, cond, config)
-    procs = _Processes(config)
-    device = procs.device
-    batch, world, accum = config.batch_size, procs.world, config.grad_accum
+    ranks = Ranks(config.device)
+    device = ranks.device
+    batch, world, accum = config.batch_size, ranks.world, config.grad_accum
     if batch % (world * accum):
         raise InvalidConfigError(
             f"batch_size={batch} must be a multiple of processes x grad_accum = "
@@ -259,7 +198,7 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     cond_dim = int(cond.shape[1])
 
     # Data, in memory once: x0 (N, C, h, w) (pixels in [-1, 1] or scaled latents); c (N, D)
-    x_all, x_flip, codec = _training_data(pixels, config, latents, out_dir, procs, progress,
+    x_all, x_flip, codec = _training_data(pixels, config, latents, out_dir, ranks, progress,
                                           cancel)
     c_all = torch.from_numpy(cond).to(device)
     n = len(x_all)
@@ -287,18 +226,18 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
         log.info("resumed training from %s at step %d", ckpt, state.step)
         progress(ProgressEvent(stage="train", step=state.step, total=config.steps,
                                message=f"resumed from the checkpoint at step {state.step}"))
-    wrapped = procs.wrap(model)  # DDP with several processes (same parameters), else model
+    wrapped = ranks.wrap(model)  # DDP with several processes (same parameters), else model
 
     # Fixed preview conditions: evenly spaced training images, seeds 0..k-1
     k = min(PREVIEW_CONDITIONS, n)
     preview_idx = np.linspace(0, n - 1, k).round().astype(np.int64)
     params = count_parameters(model)
-    if procs.main:
+    if ranks.main:
         log.info("training RCDM: %d parameters, %d images, steps %d -> %d, %d process(es)",
                  params, n, state.step, config.steps, world)
 
     def checkpoint() -> None:
-        if procs.main:
+        if ranks.main:
             _save_checkpoint(ckpt, model, ema, optimizer, lr_schedule, gen, state, config,
                              cond_dim, n, scaler, world)
 
@@ -310,7 +249,7 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     report_sum, report_n = 0.0, 0
     total = config.steps
     while state.step < total:
-        if procs.any(cancel is not None and cancel.cancelled):
+        if ranks.any(cancel is not None and cancel.cancelled):
             checkpoint()
             raise Cancelled(f"training cancelled at step {state.step}/{total}; "
                             f"checkpoint saved in {ckpt}")
@@ -325,7 +264,7 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
         step_loss = torch.zeros((), device=device)
         for a in range(accum):
             # 2. this rank's micro-batch a: rows [rank*B/W + a*m, rank*B/W + (a+1)*m)
-            rows = slice(procs.rank * share + a * micro, procs.rank * share + (a + 1) * micro)
+            rows = slice(ranks.rank * share + a * micro, ranks.rank * share + (a + 1) * micro)
             i = idx[rows].to(device)
             x0 = x_all[i]  # (m, C, h, w)
             if flip is not None:
@@ -342,7 +281,7 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
             else:  # "sample"
                 target = x0
             # 4. denoise; per-sample MSE (m,), min-SNR weights, mean over this rank's share
-            with procs.no_sync(wrapped, sync=a == accum - 1):
+            with ranks.no_sync(wrapped, sync=a == accum - 1):
                 with autocast:
                     pred = wrapped(x_t, t, c_all[i], drop_all[rows].to(device))
                 per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
@@ -351,7 +290,7 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
                 loss = (per_sample * weights).sum() / share
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             step_loss += loss.detach()
-        loss_value = float(procs.mean(step_loss).item())
+        loss_value = ranks.sum([float(step_loss)])[0] / world  # the mean over the ranks
         if not math.isfinite(loss_value):
             raise StudioError(
                 f"training loss became {loss_value} at step {state.step + 1}; try a lower "
@@ -377,7 +316,7 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
             state.window = [0.0, 0.0]
         report_sum, report_n = report_sum + loss_value, report_n + 1
         preview_path = None
-        if procs.main and (state.step % max(1, config.preview_every) == 0
+        if ranks.main and (state.step % max(1, config.preview_every) == 0
                            or state.step == total):
             t0 = time.perf_counter()
             preview_path = _write_preview(model, ema, cond[preview_idx],
@@ -402,7 +341,7 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     ema.copy_to(model.parameters())
     final_loss = state.losses[-1][1] if state.losses else float("nan")
     model_dir = out_dir / "model"
-    if procs.main:
+    if ranks.main:
         save_rcdm(model, model_dir, config, cond_dim, {
             **(extra or {}), "steps_done": state.step, "final_loss": final_loss,
             "num_images": n, "ema": True, "world_size": world})
@@ -415,12 +354,75 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
         "seconds_per_step": elapsed / steps_run if steps_run else None,
         "images_per_second": batch * steps_run / elapsed if steps_run and elapsed else None,
         "world_size": world,
-        "rank": procs.rank,
+        "rank": ranks.rank,
     }
     if world > 1:
-        result["weights_digest"] = _weights_digest(model)
-    procs.barrier()  # every rank returns once the model is saved
+        result["weights_digest"] = weights_digest(model)
+    ranks.barrier()  # every rank returns once the model is saved
     return result
+
+
+class ArrayRows:
+    """Rows ``idx`` of a (memory-mapped) array, read only when indexed: a latent run needs
+    the pixels of a few preview images, not the whole split in memory."""
+
+    def __init__(self, array: np.ndarray, idx: np.ndarray) -> None:
+        self.array, self.idx = array, idx
+        self.shape = (len(idx),) + tuple(array.shape[1:])
+        self.dtype, self.ndim = array.dtype, array.ndim
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[self.idx[key]])
+
+
+def train_rcdm_files(pixels_path: str | Path, cond_path: str | Path, config: TrainConfig,
+                     out_dir: Path, index: np.ndarray | None = None,
+                     progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+                     resume: bool = True, extra: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """``train_rcdm`` on rows ``index`` of a pixel cache and its representations, in this
+    process or in each rank of several (the train job and ``training_ranks`` alike).
+
+    Args:
+        pixels_path: (N, H, W, 3) uint8 ``.npy`` (memory-mapped; a latent run reads only
+            its preview rows).
+        cond_path: (N, D) float ``.npy`` representations of those N images.
+        index: (n,) int rows to train on (the training split); None = all N.
+
+    A latent run takes its latents from the cache of all N images beside ``pixels_path``
+    (keyed by VAE and size, shared by every run on them; rank 0 encodes it, the other ranks
+    wait and read it). Returns ``train_rcdm``'s result.
+    """
+    all_pixels = np.load(pixels_path, mmap_mode="r", allow_pickle=False)
+    all_cond = np.load(cond_path, mmap_mode="r", allow_pickle=False)
+    if len(all_cond) != len(all_pixels):
+        raise DatasetError(f"{cond_path} has {len(all_cond)} rows, {pixels_path} "
+                           f"{len(all_pixels)}")
+    idx = (np.arange(len(all_pixels), dtype=np.int64) if index is None
+           else np.asarray(index, dtype=np.int64))
+    cond = np.asarray(all_cond[idx], dtype=np.float32)  # (n, D), aligned with the rows
+    latents = None
+    if config.space == "latent":
+        from engine.rcdm.latent import cached_latents
+
+        ranks = Ranks(config.device)
+        kw = dict(flip=config.hflip, latent_scale=config.latent_scale, device=str(ranks.device))
+        cache = Path(pixels_path).parent
+        if ranks.main:
+            latents = cached_latents(all_pixels, config.vae_id, cache, progress=progress,
+                                     cancel=cancel, **kw)
+        ranks.barrier()
+        if not ranks.main:
+            latents = cached_latents(all_pixels, config.vae_id, cache, **kw)
+        latents = latents.subset(idx)
+        pixels = ArrayRows(all_pixels, idx)
+    else:
+        pixels = np.asarray(all_pixels[idx])
+    return train_rcdm(pixels, cond, config, Path(out_dir), progress=progress, cancel=cancel,
+                      resume=resume, latents=latents, extra=extra)
 
 
 def _write_preview(model: RCDM, ema: EMAModel, cond: np.ndarray, real: np.ndarray,

@@ -16,9 +16,9 @@ appends one ProgressEvent JSON per line to FILE; SIGTERM stops every rank after 
 step (checkpoint saved, exit code 3). Every rank writes ``OUT/ranks/rank_<r>.json`` (its
 result, weight digest included) when done.
 
-``run_processes`` is what the train job stage calls when ``config.processes`` > 1: it runs
-torchrun with that many processes on the job's inputs, forwards rank 0's progress, cancels
-them on request and returns rank 0's result.
+``launch_train_rcdm`` is what the train job stage calls when ``config.processes`` > 1: it
+writes the run's config and rows and hands them to the runtime's launcher
+(``engine.torchrun.launcher.run_processes``: torchrun, rank 0's progress, cancel, errors).
 """
 
 from __future__ import annotations
@@ -33,15 +33,13 @@ from typing import Any
 import numpy as np
 
 from engine.config import TrainConfig, parse_overrides
-from engine.errors import Cancelled, DatasetError, StudioError
+from engine.errors import DatasetError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
-from engine.torchrun import (log_tail, progress_writer, rank_setup, run_module, run_rank,
-                             write_json)
+from engine.torchrun.launcher import LAUNCH_DIR, RANKS_DIR, run_processes
 
 log = logging.getLogger("engine.rcdm.training_ranks")
 
-LAUNCH_DIR = "launch"  # run_processes: index, config, provenance, progress and log of torchrun
-RANKS_DIR = "ranks"
+MODULE = "engine.rcdm.training_ranks"
 
 
 def build_config(preset: str | None, config_file: str | None, sets: list[str],
@@ -87,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", help="JSON file of provenance for the saved model's rcdm.json")
     ap.add_argument("--no-resume", action="store_true")
     args = ap.parse_args(argv)
-    rank, cancel = rank_setup()
-    from engine.rcdm.latent import cached_latents
-    from engine.rcdm.training import _Processes, train_rcdm
+    from engine.rcdm.training import train_rcdm_files
+    from engine.torchrun.ranks import progress_writer, rank_setup, run_rank, write_rank_result
 
+    rank, cancel = rank_setup()
     write = progress_writer(args.progress, rank)
 
     def progress(event: ProgressEvent) -> None:
@@ -102,63 +100,28 @@ def main(argv: list[str] | None = None) -> int:
         write(event)
 
     def body() -> dict[str, Any]:
-        all_pixels = np.load(args.pixels, mmap_mode="r", allow_pickle=False)
-        all_cond = np.load(args.cond, mmap_mode="r", allow_pickle=False)
-        if len(all_cond) != len(all_pixels):
-            raise DatasetError(f"--cond has {len(all_cond)} rows, --pixels {len(all_pixels)}")
-        idx = _rows(args.index, len(all_pixels))
-        cond = np.asarray(all_cond[idx], dtype=np.float32)  # (n, D), aligned with the rows
+        n = len(np.load(args.pixels, mmap_mode="r", allow_pickle=False))
+        idx = _rows(args.index, n)
         config = build_config(args.preset, args.config, args.set, len(idx))
-        extra = {"launcher": "engine.rcdm.training_ranks"}
+        extra = {"launcher": MODULE}
         if args.extra:
             extra = json.loads(Path(args.extra).read_text(encoding="utf-8")) | extra
-        latents = None
-        if config.space == "latent":
-            from engine.stages.train_stage import _Rows  # lazy row view: only previews are read
-
-            # latents of all N images, cached next to the pixels and shared by every run
-            # on them (as the single-process stage does); rank 0 encodes, then the rows
-            procs = _Processes(config)
-            kw = dict(flip=config.hflip, latent_scale=config.latent_scale,
-                      device=str(procs.device))
-            cache = Path(args.pixels).parent
-            if procs.main:
-                latents = cached_latents(all_pixels, config.vae_id, cache, progress=progress,
-                                         cancel=cancel, **kw)
-            procs.barrier()
-            if not procs.main:
-                latents = cached_latents(all_pixels, config.vae_id, cache, **kw)
-            latents = latents.subset(idx)
-            pixels = _Rows(all_pixels, idx)
-        else:
-            pixels = np.asarray(all_pixels[idx])
-        return train_rcdm(pixels, cond, config, Path(args.out), progress=progress,
-                          cancel=cancel, resume=not args.no_resume, latents=latents,
-                          extra=extra)
+        return train_rcdm_files(args.pixels, args.cond, config, Path(args.out), index=idx,
+                                progress=progress, cancel=cancel, resume=not args.no_resume,
+                                extra=extra)
 
     code, result = run_rank(body)
     if code:
         return code
-    write_json(Path(args.out) / RANKS_DIR / f"rank_{result['rank']}.json", result)
+    write_rank_result(Path(args.out), result["rank"], result)
     return 0
 
 
-def _rank_errors(log_text: str) -> str:
-    """The distinct error messages the ranks logged (``[rank r] ... ERROR name: message``),
-    joined by "; " (torchrun's own report follows them and fills the log's end)."""
-    said: list[str] = []
-    for line in log_text.splitlines():
-        head, sep, message = line.partition(": ")
-        if sep and line.startswith("[rank ") and " ERROR " in head and message not in said:
-            said.append(message)
-    return "; ".join(said)
-
-
-def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainConfig,
-                  out_dir: Path, index: np.ndarray | None = None,
-                  extra: dict[str, Any] | None = None, progress: ProgressFn = no_progress,
-                  cancel: CancelToken | None = None,
-                  poll_seconds: float = 0.5) -> dict[str, Any]:
+def launch_train_rcdm(pixels_path: str | Path, cond_path: str | Path, config: TrainConfig,
+                      out_dir: Path, index: np.ndarray | None = None,
+                      extra: dict[str, Any] | None = None, progress: ProgressFn = no_progress,
+                      cancel: CancelToken | None = None,
+                      poll_seconds: float = 0.5) -> dict[str, Any]:
     """``train_rcdm`` in ``config.processes`` processes started by torchrun.
 
     Nothing large is copied: the processes read the (N, H, W, 3) uint8 pixel cache and the
@@ -186,37 +149,26 @@ def run_processes(pixels_path: str | Path, cond_path: str | Path, config: TrainC
         Cancelled: when ``cancel`` is set.
         StudioError: the processes failed; the message ends with the tail of their log.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # the processes run in it: paths must not be relative
     work = out_dir / LAUNCH_DIR
     work.mkdir(parents=True, exist_ok=True)
-    # 1. config, rows and provenance for every process to read; no stale rank results
+    # 1. config, rows and provenance for every process to read
     (work / "config.json").write_text(config.to_json(), encoding="utf-8")
     args = ["--pixels", str(Path(pixels_path).resolve()), "--cond",
-            str(Path(cond_path).resolve()), "--out", str(out_dir.resolve()),
-            "--config", str(work / "config.json")]
+            str(Path(cond_path).resolve()), "--out", str(out_dir), "--config",
+            str(work / "config.json")]
     if index is not None:
         np.save(work / "index.npy", np.asarray(index, dtype=np.int64))
         args += ["--index", str(work / "index.npy")]
     if extra:
-        write_json(work / "extra.json", extra)
+        (work / "extra.json").write_text(json.dumps(extra), encoding="utf-8")
         args += ["--extra", str(work / "extra.json")]
-    for old in (out_dir / RANKS_DIR).glob("rank_*.json"):
-        old.unlink()
-    # 2. torchrun, in this process group (a job's cancel signals the whole group)
-    code = run_module("engine.rcdm.training_ranks", args, config.processes, work, out_dir, progress,
-                      cancel, poll_seconds)
-    # 3. rank 0's result
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled(f"training on {config.processes} processes cancelled; its last "
-                        f"checkpoint is in {out_dir / 'checkpoint'}")
-    result_path = out_dir / RANKS_DIR / "rank_0.json"
-    if code != 0 or not result_path.exists():
-        said = _rank_errors(log_tail(work, chars=10 ** 9))
-        raise StudioError(f"the training on {config.processes} processes failed (torchrun "
-                          f"exit code {code})" + (f": {said}" if said else "")
-                          + f"; end of {work / 'log.txt'}:\n{log_tail(work)}")
+    # 2. torchrun; 3. rank 0's result
+    result = run_processes(MODULE, args, config.processes, out_dir,
+                           out_dir / RANKS_DIR / "rank_0.json", "training", progress, cancel,
+                           poll_seconds, kept=out_dir / "checkpoint")
     (work / "index.npy").unlink(missing_ok=True)
-    return json.loads(result_path.read_text(encoding="utf-8"))
+    return result
 
 
 if __name__ == "__main__":

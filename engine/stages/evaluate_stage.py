@@ -14,10 +14,9 @@ import numpy as np
 
 from engine.config import MIXES, EvalConfig
 from engine.errors import InvalidConfigError, NotReadyError
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Evaluation, Generation, Project, Selection, new_id
-from engine.stages import common
+from engine.stages import JobSpec, common
 
 
 def prepare(project: Project, config: EvalConfig, mix: str = "real",
@@ -97,11 +96,12 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     train_x, train_y = mix_arrays(parts)
     # 2. train, test on the real held-out split (several processes: torchrun, rank 0's result)
     if config.processes > 1:
-        from engine.evaluate.classifier_ranks import run_processes
+        from engine.evaluate.classifier_ranks import launch_train_classifier
 
-        return run_processes(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
-                             params["num_classes"], config, Path(params["out_dir"]),
-                             progress=progress, cancel=cancel)
+        return launch_train_classifier(train_x, train_y, np.asarray(pixels[test_idx]),
+                                       labels[test_idx], params["num_classes"], config,
+                                       Path(params["out_dir"]), progress=progress,
+                                       cancel=cancel)
     result = train_classifier(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
                               params["num_classes"], config, out_dir=Path(params["out_dir"]),
                               progress=progress, cancel=cancel)

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 
 from engine.config import TrainConfig
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Model, Project, new_id
-from engine.stages import common
+from engine.stages import JobSpec, common
 
 
 def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = None,
@@ -48,56 +47,23 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
     return JobSpec(kind="train", title=f"Train {name} on {ds.name}", params=params)
 
 
-class _Rows:
-    """Rows ``idx`` of a (memory-mapped) array, read only when indexed: a latent run needs
-    the pixels of a few preview images, not the whole split in memory."""
-
-    def __init__(self, array: np.ndarray, idx: np.ndarray) -> None:
-        self.array, self.idx = array, idx
-        self.shape = (len(idx),) + tuple(array.shape[1:])
-        self.dtype, self.ndim = array.dtype, array.ndim
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, key) -> np.ndarray:
-        return np.asarray(self.array[self.idx[key]])
-
-
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
-    from engine.rcdm.training import train_rcdm
-
     config = TrainConfig.from_dict(params["config"])
     idx = np.asarray(params["train_idx"], dtype=np.int64)
-    if config.processes > 1:
-        # torchrun: the processes read the pixel cache and the encoding rows idx themselves
-        # (latents cached beside the pixel cache, as below); rank 0's result
-        from engine.rcdm.training_ranks import run_processes
+    # the rows idx of the pixel cache and of the encoding; a latent run's latents are cached
+    # beside the pixel cache, computed once and shared by every latent run on this dataset
+    args = (params["pixels_path"], params["cond_path"], config, Path(params["out_dir"]))
+    if config.processes > 1:  # torchrun: the processes read the files themselves
+        from engine.rcdm.training_ranks import launch_train_rcdm
 
-        out = run_processes(params["pixels_path"], params["cond_path"], config,
-                            Path(params["out_dir"]), index=idx, extra=params.get("extra"),
-                            progress=progress, cancel=cancel)
-        return {"final_loss": out["final_loss"], "losses": out["losses"],
-                "steps_done": out["steps_done"], "model_dir": out["model_dir"]}
-    all_pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
-    cond = np.asarray(np.load(params["cond_path"], mmap_mode="r", allow_pickle=False)[idx],
-                      dtype=np.float32)
-    latents = None
-    if config.space == "latent":
-        from engine.rcdm.latent import cached_latents
-
-        # latents of the whole dataset, cached beside its pixel cache and keyed by
-        # (VAE, image size): computed once, shared by every latent run on this dataset
-        latents = cached_latents(all_pixels, config.vae_id, Path(params["pixels_path"]).parent,
-                                 flip=config.hflip, latent_scale=config.latent_scale,
-                                 device=config.device, progress=progress,
-                                 cancel=cancel).subset(idx)
-        pixels = _Rows(all_pixels, idx)
+        out = launch_train_rcdm(*args, index=idx, extra=params.get("extra"),
+                                progress=progress, cancel=cancel)
     else:
-        pixels = np.asarray(all_pixels[idx])
-    out = train_rcdm(pixels, cond, config, Path(params["out_dir"]), progress=progress,
-                     cancel=cancel, resume=True, extra=params.get("extra"), latents=latents)
+        from engine.rcdm.training import train_rcdm_files
+
+        out = train_rcdm_files(*args, index=idx, extra=params.get("extra"), progress=progress,
+                               cancel=cancel)
     return {"final_loss": out["final_loss"], "losses": out["losses"],
             "steps_done": out["steps_done"], "model_dir": out["model_dir"]}
 

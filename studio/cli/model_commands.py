@@ -170,40 +170,39 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
     """--plan-only / --shard K/P: write the plan into --out, then generate one shard."""
     from engine.errors import InvalidConfigError, ProjectLockedError, ProjectNotFoundError
     from engine.project import Project
-    from engine.rcdm import shard
-    from engine.stages import generate_stage
+    from engine.stages import generate_stage, shard_stage
 
     if not args.out:
         raise InvalidConfigError("--shard and --plan-only need --out DIR")
     out = Path(args.out)
-    k, p = shard.parse_shard(args.shard) if args.shard else (0, 1)
+    k, p = shard_stage.parse_shard(args.shard) if args.shard else (0, 1)
     try:
         with Project(args.project, create=False, read_only=True) as project:
             params, plan = generate_stage.plan_params(project, config, args.model, args.images)
-        written = shard.write_plan(out, params, plan.cond)
+        written = shard_stage.write_plan(out, params, plan.cond)
     except (ProjectNotFoundError, ProjectLockedError) as exc:
-        if not (out / shard.PLAN_FILE).is_file():
+        if not (out / shard_stage.PLAN_FILE).is_file():
             raise
         print(f"using the plan in {out} ({exc}); generation options given here are ignored",
               file=sys.stderr)
-        written = shard.read_plan(out)[0]
+        written = shard_stage.read_plan(out)[0]
     if args.plan_only:
         emit(args, {"out": str(out), "total": written["total"],
                      "fingerprint": written["fingerprint"]},
               f"plan of {written['total']} images written to {out}")
         return 0
     with interruptible() as (bar, cancel):
-        manifest = shard.run_shard(out, k, p, model_dir=args.model_dir, progress=bar,
+        manifest = shard_stage.run_shard(out, k, p, model_dir=args.model_dir, progress=bar,
                                    cancel=cancel)
-    emit(args, {**manifest, "folder": str(out / shard.shard_name(k, p))},
+    emit(args, {**manifest, "folder": str(out / shard_stage.shard_name(k, p))},
           f"shard {k}/{p}: {manifest['count']} of {manifest['total']} images in "
-          f"{out / shard.shard_name(k, p)}")
+          f"{out / shard_stage.shard_name(k, p)}")
     return 0
 
 
 def cmd_generate_merge(args: argparse.Namespace) -> int:
     from engine.project import Generation
-    from engine.rcdm.shard import merge_shards
+    from engine.stages.shard_stage import merge_shards
 
     with open_project(args, create=False) as project:
         gen_id = merge_shards(project, [Path(d) for d in args.dirs], name=args.name)

@@ -1,4 +1,9 @@
-"""Sharded generation: split a generation's samples over P processes, merge them back.
+"""Generate, sharded: split a generation's samples over P processes, merge them back.
+
+The generate stage (``generate_stage``) for a cluster: its plan is written once to a shared
+folder, each worker (``rcdm-studio generate --shard K/P``) generates its shard there with
+``engine.rcdm.generation.generate_plan`` and never opens the project for writing, and
+``merge_shards`` ingests the shards into the project as one Generation.
 
 A generation is a plan (K representations) times ``variations`` seeds: N = K * variations
 samples, sample ``idx`` having its own seed. Shard ``k`` of ``P`` (0 <= k < P) generates
@@ -37,8 +42,10 @@ import pandas as pd
 
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError, NotReadyError
-from engine.progress import CancelToken, ProgressFn, no_progress
+from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
+from engine.project import Dataset, Generation, Model, Project, new_id
 from engine.project.store import save_array_atomic
+from engine.stages import generate_stage
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +190,6 @@ def run_shard(out_dir: Path, k: int, p: int, model_dir: Path | None = None,
     A rerun skips the images already written, and rewrites the manifest last.
     """
     from engine.rcdm.generation import generate_plan
-    from engine.stages.generate_stage import plan_from_params
 
     out_dir = Path(out_dir)
     plan, cond = read_plan(out_dir)
@@ -199,9 +205,9 @@ def run_shard(out_dir: Path, k: int, p: int, model_dir: Path | None = None,
     subset = shard_indices(plan["total"], k, p)
     folder = out_dir / shard_name(k, p)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)
-    rows = generate_plan(model_dir, plan_from_params(params, cond), params["class_names"],
-                         config, folder, model_id=params["model_id"], subset=subset,
-                         progress=progress, cancel=cancel)
+    rows = generate_plan(model_dir, generate_stage.plan_from_params(params, cond),
+                         params["class_names"], config, folder, model_id=params["model_id"],
+                         subset=subset, progress=progress, cancel=cancel)
     rows["path"] = [Path(x).relative_to(folder.resolve()).as_posix() for x in rows["path"]]
     tmp = folder / f".{SAMPLES_FILE}.tmp-{os.getpid()}"
     rows.to_parquet(tmp, index=False)
@@ -292,17 +298,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def merge_shards(project, dirs: list[Path], name: str | None = None,
+def merge_shards(project: Project, dirs: list[Path], name: str | None = None,
                  progress: ProgressFn = no_progress) -> str:
     """Ingest the complete shards in ``dirs`` into ``project`` as one Generation.
 
     The images are hard-linked (or copied) into the project's assets with the layout of an
     unsharded generation. Returns the generation id.
     """
-    from engine.progress import ProgressEvent
-    from engine.project import Dataset, Generation, Model, new_id
-    from engine.stages import generate_stage
-
     plan, cond, rows = collect_shards(list(dirs))
     params = dict(plan["params"])
     for row_type, ref in ((Model, params["model_id"]), (Dataset, params["dataset_id"])):
