@@ -5,6 +5,7 @@ from engine.project.schema import (
     Dataset,
     Encoding,
     Evaluation,
+    Experiment,
     Export,
     Generation,
     Image,
@@ -13,6 +14,7 @@ from engine.project.schema import (
     Model,
     Sample,
     Selection,
+    dumps,
     new_id,
     utcnow,
 )
@@ -25,7 +27,7 @@ from engine.project.store import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Export", "Generation", "Image",
-    "Job", "Meta", "Model", "Sample", "Selection", "new_id", "utcnow", "Project",
+    "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Experiment", "Export", "Generation",
+    "Image", "Job", "Meta", "Model", "Sample", "Selection", "dumps", "new_id", "utcnow", "Project",
     "free_name", "project_paths", "save_array_atomic", "write_json_atomic",
 ]
