@@ -118,7 +118,8 @@ def test_failed_worker_reports_the_error(tiny_project, tmp_path):
 
     jobs = JobManager(tiny_project)
     spec = encode_stage.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4, image_size=8))
-    os.remove(spec.params["pixels_path"])  # the input disappears before the worker runs
+    # an input disappears before the worker runs (the worker builds the pixel cache from it)
+    os.remove(spec.params["image_paths"][0])
     job = jobs.wait(jobs.submit(spec).id, timeout=120)
     assert job.status == "failed" and job.error
     assert json.loads((jobs.folder(job) / "status.json").read_text())["status"] == "failed"

@@ -1,13 +1,15 @@
-"""Helpers shared by the stage modules (owner side)."""
+"""Helpers shared by the stage modules (owner side; ``pixels`` is the worker side of
+``pixels_params``)."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.errors import NotFoundError, NotReadyError
+from engine.progress import CancelToken, ProgressFn, no_progress
 from engine.project import Dataset, Encoding, Generation, Model, Project, Selection
 
 
@@ -26,7 +28,29 @@ def dataset(project: Project, ref: str | None) -> Dataset:
 
 
 def class_names(ds: Dataset) -> list[str]:
-    return list(json.loads(ds.classes_json))
+    return ds.classes
+
+
+def pixels_params(project: Project, ds: Dataset, size: int) -> dict[str, Any]:
+    """Owner side: where the dataset's pixel cache at ``size`` lives and the image files it
+    is built from. The worker builds it when missing (``pixels``); the owner never decodes."""
+    from engine import data
+
+    return {"pixels_path": str(data.pixels_cache_path(project, ds, size)),
+            "image_paths": [str(project.abs(p)) for p in project.images(ds.id)["path"]]}
+
+
+def pixels(params: dict[str, Any], size: int, progress: ProgressFn = no_progress,
+           cancel: CancelToken | None = None) -> np.ndarray:
+    """Worker side: the pixel cache named by ``pixels_params`` (memory-mapped), built first
+    when missing. Specs written before the workers built caches have no ``image_paths``:
+    their owner built the cache."""
+    from engine import data
+
+    if "image_paths" not in params:
+        return np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
+    return data.pixel_cache(params["image_paths"], Path(params["pixels_path"]), size,
+                            progress=progress, cancel=cancel)
 
 
 def dataset_encoding(project: Project, ds: Dataset, encoder: str | None,
@@ -85,6 +109,3 @@ def split_indices(project: Project, ds: Dataset) -> tuple[np.ndarray, np.ndarray
     split = images["split"].to_numpy()
     return (np.flatnonzero(split == "train"), np.flatnonzero(split == "test"), labels)
 
-
-def loads(text: str) -> Any:
-    return json.loads(text) if text else {}

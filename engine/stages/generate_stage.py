@@ -10,7 +10,6 @@ reproduces every image; the plan's representations are kept in the generation fo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError
 from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
-from engine.project import Encoding, Generation, Project, new_id
+from engine.project import Encoding, Generation, Project, dumps, new_id
 from engine.stages import common
 
 # per-sample weights go into the generation's config_json up to this many representations
@@ -177,7 +176,7 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
     gen = Generation(id=gen_id, name=params["name"], model_id=params["model_id"],
                      dataset_id=params["dataset_id"], encoder=params["encoder"],
                      folder=project.rel(params["out_dir"]), count=len(samples),
-                     config_json=json.dumps(config_json))
+                     config_json=dumps(config_json), job_id=params.get("job_id", ""))
     project.add_generation(gen, samples)
     return gen_id
 

@@ -6,7 +6,6 @@ the very same denoiser and recipe.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 from engine.config import TrainConfig
 from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
-from engine.project import Model, Project, new_id
+from engine.project import Model, Project, dumps, new_id
 from engine.stages import common
 
 
@@ -23,12 +22,9 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
             encoder: str | None = None, encoding_ref: str | None = None,
             name: str | None = None) -> JobSpec:
     """Queue the training of a new model; its row exists from now on (status ``queued``)."""
-    from engine import data
-
     ds = common.dataset(project, dataset_ref)
     enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
     train_idx, _, _ = common.split_indices(project, ds)
-    data.dataset_pixels(project, ds, config.image_size)
     model_id = new_id("mdl")
     out = project.new_folder("models", model_id)
     name = project.unique_name(Model, name or f"rcdm-{enc.encoder}")
@@ -38,7 +34,7 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
         "model_id": model_id,
         "config": config.to_dict(),
         "processes": config.processes,  # worker processes (GPUs) this job uses at once
-        "pixels_path": str(project.assets / ds.root / f"pixels_{config.image_size}.npy"),
+        **common.pixels_params(project, ds, config.image_size),  # the worker builds it
         "cond_path": str(project.abs(enc.array_path)),
         "train_idx": train_idx.tolist(),
         "out_dir": str(out),
@@ -70,6 +66,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
 
     config = TrainConfig.from_dict(params["config"])
     idx = np.asarray(params["train_idx"], dtype=np.int64)
+    all_pixels = common.pixels(params, config.image_size, progress, cancel)  # (N, S, S, 3)
     if config.processes > 1:
         # torchrun: the processes read the pixel cache and the encoding rows idx themselves
         # (latents cached beside the pixel cache, as below); rank 0's result
@@ -80,7 +77,6 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
                             progress=progress, cancel=cancel)
         return {"final_loss": out["final_loss"], "losses": out["losses"],
                 "steps_done": out["steps_done"], "model_dir": out["model_dir"]}
-    all_pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
     cond = np.asarray(np.load(params["cond_path"], mmap_mode="r", allow_pickle=False)[idx],
                       dtype=np.float32)
     latents = None
@@ -107,7 +103,7 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
                    steps_done=int(result["steps_done"]),
                    checkpoint=project.rel(result["model_dir"]),
                    final_loss=float(result["final_loss"]),
-                   metrics_json=json.dumps({"losses": result["losses"]}))
+                   metrics_json=dumps({"losses": result["losses"]}))
     return params["model_id"]
 
 
@@ -120,4 +116,5 @@ def on_retry(project: Project, params: dict[str, Any]) -> None:
 
 
 def on_start(project: Project, params: dict[str, Any]) -> None:
-    project.update(Model, params["model_id"], status="training")
+    project.update(Model, params["model_id"], status="training",
+                   job_id=params.get("job_id", ""))
