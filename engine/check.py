@@ -11,8 +11,8 @@ files, so a crash, a killed worker or a hand-edited assets folder can leave
 - top-level asset folders that no row and no job knows (``orphan_folder``).
 
 ``check_project(project, repair=True)`` fixes only what is safe to fix: it reconciles the
-job table (``JobManager.reconcile``) and deletes temp files while no job is running. It never deletes rows, nor user data, nor orphan
-folders (they may be work in progress).
+job table (``JobManager.reconcile``) and deletes temp files while no job is running. It never
+deletes rows, nor user data, nor orphan folders (they may be work in progress).
 """
 
 from __future__ import annotations

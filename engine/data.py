@@ -36,6 +36,7 @@ from engine.project import Dataset, Project, dumps, new_id
 
 log = logging.getLogger(__name__)
 
+DEFAULT_IMPORT = ImportConfig()
 DEMO_SOURCE = "sklearn.datasets.load_digits (bundled, 8x8 handwritten digits)"
 _PNG_COMPRESS_LEVEL = 4  # a fair trade between import speed and file size
 _REPORT_EVERY_S = 0.1  # progress reports at most ~10 per second
@@ -146,7 +147,7 @@ def validate_image(path: Path, config: ImportConfig) -> tuple[Image.Image | None
                 img.load()  # decode everything now: truncation and corruption show up here
                 try:
                     img = ImageOps.exif_transpose(img)
-                except Exception as exc:  # a broken EXIF block must not lose a good image
+                except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not lose a good image
                     log.warning("ignoring unreadable EXIF orientation of %s: %s", path, exc)
                 rgb = _to_rgb(img)
                 rgb.load()
@@ -156,7 +157,7 @@ def validate_image(path: Path, config: ImportConfig) -> tuple[Image.Image | None
         return None, "not an image (unknown or unsupported format)"
     except MemoryError:
         return None, "not enough memory to decode the image"
-    except Exception as exc:  # any decoder failure means a truncated or corrupt file
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: a truncated or corrupt file
         text = str(exc).strip() or type(exc).__name__
         return None, f"corrupt or truncated image ({text})"
     return _fit_side(rgb, config.max_side), ""
@@ -401,7 +402,7 @@ def dataset_row(dataset_id: str, name: str, source: str, root_rel: str,
 
 
 def import_image_folder(project: Project, folder: Path, name: str,
-                        config: ImportConfig = ImportConfig(),
+                        config: ImportConfig = DEFAULT_IMPORT,
                         progress: ProgressFn = no_progress,
                         cancel: CancelToken | None = None) -> Dataset:
     """Import an ImageFolder (one sub-folder per class) into the project, in this thread.
@@ -465,7 +466,7 @@ def _import_folder(project: Project, folder: Path, name: str, config: ImportConf
 
 
 def import_demo(project: Project, name: str = "digits",
-                config: ImportConfig = ImportConfig(),
+                config: ImportConfig = DEFAULT_IMPORT,
                 progress: ProgressFn = no_progress,
                 cancel: CancelToken | None = None) -> Dataset:
     """Import the bundled handwritten digits (1,797 images, 10 classes) as dataset ``name``,
@@ -542,9 +543,9 @@ def dataset_pixels(project: Project, dataset: Dataset, size: int,
                    cancel: CancelToken | None = None) -> np.ndarray:
     """All images of a dataset, in ``idx`` order, as uint8 (N, size, size, 3).
 
-    ``size`` must be >= 1. Decoded once and cached (``pixel_cache``); later calls return the cache memory-mapped
-    read-only. This decodes in the calling thread: stages name the cache and their workers
-    build it (``pixel_cache``), never the owner.
+    ``size`` must be >= 1. Decoded once and cached (``pixel_cache``); later calls return the
+    cache memory-mapped read-only. This decodes in the calling thread: stages name the cache
+    and their workers build it (``pixel_cache``), never the owner.
     """
     cache = pixels_cache_path(project, dataset, size)
     if cache.exists():
@@ -610,7 +611,3 @@ def pixel_cache(paths: list[Path] | list[str], cache: Path, size: int,
         raise
     return np.load(cache, mmap_mode="r", allow_pickle=False)
 
-
-def class_names(dataset: Dataset) -> list[str]:
-    """The dataset's class names in label order."""
-    return dataset.classes

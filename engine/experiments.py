@@ -36,9 +36,20 @@ import pandas as pd
 
 from engine.config import AUGMENTS, BandConfig, EvalConfig
 from engine.errors import InvalidConfigError, NotFoundError
+from engine.project import (
+    Evaluation,
+    Experiment,
+    Generation,
+    Job,
+    Model,
+    Project,
+    Selection,
+    dumps,
+    free_name,
+    new_id,
+    utcnow,
+)
 from engine.stages import JobSpec
-from engine.project import Evaluation, Experiment, Generation, Job, Model, Project, Selection, \
-    dumps, free_name, new_id, utcnow
 
 log = logging.getLogger(__name__)
 

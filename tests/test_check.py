@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from engine.check import check_project
-from studio.cli import main
 from engine.config import EncodeConfig, ImportConfig
 from engine.jobs import JobManager
 from engine.project import Encoding, Image, Job
+from studio.cli import main
 
 
 @pytest.fixture

@@ -77,6 +77,7 @@ def test_import_job_refuses_bad_inputs_before_queuing(project, tiny_folder, tmp_
 
 def test_failed_import_job_leaves_no_dataset(project, tmp_path):
     from conftest import write_tiny_folder
+
     from engine.stages import import_stage
 
     folder = write_tiny_folder(tmp_path / "bad", classes=2, per_class=3)
@@ -91,6 +92,7 @@ def test_failed_import_job_leaves_no_dataset(project, tmp_path):
 
 def test_cancelled_and_killed_imports_leave_no_half_dataset(project, tmp_path, monkeypatch):
     from conftest import write_tiny_folder
+
     from engine.stages import import_stage
     from engine.worker import FAULT_HOLD_ENV, FAULT_HOLD_FILE
 

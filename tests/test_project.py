@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
-from engine.errors import NotFoundError, ProjectNotFoundError, SchemaVersionError, \
-    StudioError
 from engine import version
+from engine.errors import NotFoundError, ProjectNotFoundError, SchemaVersionError, StudioError
 from engine.project import SCHEMA_VERSION, Dataset, Job, Project, new_id, project_paths
 
 
@@ -41,7 +41,7 @@ def test_dataset_and_images_all_or_nothing(project):
     assert len(project.images(ds.id)) == 3
     # a second dataset whose images collide with existing keys leaves nothing behind
     bad = Dataset(id=new_id("ds"), name="e")
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.ConstraintException):
         project.add_dataset(bad, _images(ds.id, 3))
     assert [d.name for d in project.list(Dataset)] == ["d"]
     assert len(project.query("SELECT * FROM image")) == 3
@@ -118,8 +118,6 @@ def _v1_project(path) -> None:
     import json
     from pathlib import Path
 
-    import duckdb
-
     ddl = (Path(__file__).parent / "schema_v1.sql").read_text()
     con = duckdb.connect(str(path))
     con.execute(ddl)
@@ -171,8 +169,7 @@ def test_an_old_project_is_not_migrated_read_only(tmp_path):
 
 
 def test_every_run_row_records_the_code_version(project):
-    from engine.project import Encoding, Evaluation, Experiment, Export, Generation, Model, \
-        Selection
+    from engine.project import Encoding, Evaluation, Experiment, Export, Generation, Model, Selection
 
     for table in (Dataset, Encoding, Model, Generation, Selection, Evaluation, Export, Job,
                   Experiment):

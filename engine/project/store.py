@@ -460,7 +460,7 @@ def _experiments_out_of_meta(con: Any) -> None:
         except ValueError:
             log.warning("meta row %s is not an experiment record; kept", key)
             continue
-        row = experiment_from_record(record)
+        row = _experiment_from_record(record)
         con.execute(
             "INSERT INTO experiment (id, name, kind, dataset_id, status, config_json, "
             "members_json, results_json, code_version, created_at, finished_at) "
@@ -471,7 +471,7 @@ def _experiments_out_of_meta(con: Any) -> None:
         con.execute("DELETE FROM meta WHERE key = ?", [key])
 
 
-def experiment_from_record(record: dict[str, Any]) -> Experiment:
+def _experiment_from_record(record: dict[str, Any]) -> Experiment:
     """An Experiment row from a schema-1 experiment record (``engine.experiments`` wrote them:
     id, name, kind, created_at, dataset_id, generations, seeds, config, options, runs,
     members). Its code version is unknown ("")."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from engine.errors import NotFoundError, NotReadyError
 from engine.progress import CancelToken, ProgressFn, no_progress
-from engine.project import Dataset, Encoding, Generation, Model, Project, Selection
+from engine.project import Dataset, Encoding, Generation, Model, Project
 
 
 def dataset(project: Project, ref: str | None) -> Dataset:
@@ -25,10 +25,6 @@ def dataset(project: Project, ref: str | None) -> Dataset:
         names = ", ".join(r.name for r in rows)
         raise NotFoundError(f"the project has several datasets ({names}); name one")
     return rows[0]
-
-
-def class_names(ds: Dataset) -> list[str]:
-    return ds.classes
 
 
 def pixels_params(project: Project, ds: Dataset, size: int) -> dict[str, Any]:
@@ -96,10 +92,6 @@ def trained_model(project: Project, ref: str | None) -> Model:
         raise NotReadyError(f"model {model.name} is {model.status}, not trained; "
                             f"it cannot generate yet")
     return model
-
-
-def selection(project: Project, ref: str) -> Selection:
-    return project.get(Selection, ref)
 
 
 def split_indices(project: Project, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -86,7 +86,7 @@ def band_data(project: Project, generation_ref: str, encoding_ref: str | None = 
         distances=curate.centroid_distances(syn, syn_labels, centroids, metric),
         labels=syn_labels,
         real_distances=curate.centroid_distances(real, real_labels, centroids, metric),
-        real_labels=real_labels, class_names=common.class_names(ds), metric=metric,
+        real_labels=real_labels, class_names=ds.classes, metric=metric,
         centroid=centroid, real_encoding=real_enc, train_idx=train_idx)
 
 

@@ -25,10 +25,9 @@ import numpy as np
 
 from engine.config import EncodeConfig
 from engine.errors import InvalidConfigError
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Encoding, Generation, Project, dumps, new_id, write_json_atomic
-from engine.stages import common
+from engine.stages import JobSpec, common
 
 log = logging.getLogger(__name__)
 

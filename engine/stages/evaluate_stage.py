@@ -13,10 +13,9 @@ import numpy as np
 
 from engine.config import MIXES, EvalConfig
 from engine.errors import InvalidConfigError, NotReadyError
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Evaluation, Generation, Project, Selection, dumps, new_id
-from engine.stages import common
+from engine.stages import JobSpec, common
 
 
 def prepare(project: Project, config: EvalConfig, mix: str = "real",

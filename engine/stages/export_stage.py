@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 
 from engine.config import ExportConfig
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Export, Generation, Model, Project, Selection, dumps, new_id
-from engine.stages import common
+from engine.stages import JobSpec, common
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,9 @@ import pandas as pd
 
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Encoding, Generation, Project, dumps, new_id
-from engine.stages import common
+from engine.stages import JobSpec, common
 
 # per-sample weights go into the generation's config_json up to this many representations
 # (beyond, they are in samples.parquet only)
@@ -79,7 +78,7 @@ def plan_params(project: Project, config: GenerateConfig, model_ref: str | None 
         "model_dir": str(project.abs(model.checkpoint)), "mode": plan.mode,
         "source_ids": list(plan.source_ids), "partner_ids": list(plan.partner_ids),
         "weights": plan.weights.tolist(), "labels": plan.labels.astype(int).tolist(),
-        "class_names": common.class_names(ds), "pool_size": int(len(chosen)),
+        "class_names": ds.classes, "pool_size": int(len(chosen)),
     }
     return params, plan
 

@@ -37,7 +37,7 @@ ROWS_FILE = "images.parquet"
 
 
 def prepare(project: Project, folder: str | Path | None, name: str,
-            config: ImportConfig = ImportConfig(), demo: bool = False) -> JobSpec:
+            config: ImportConfig = data.DEFAULT_IMPORT, demo: bool = False) -> JobSpec:
     """Queue the import of the ImageFolder ``folder`` (or of the demo digits, ``demo=True``)
     as the dataset ``name``.
 

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 
 from engine.config import TrainConfig
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Model, Project, dumps, new_id
-from engine.stages import common
+from engine.stages import JobSpec, common
 
 
 def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = None,
