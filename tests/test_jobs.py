@@ -68,7 +68,8 @@ def _long_training(project, steps: int = 100_000):
 def _wait_for_progress(jobs, job, min_step: int = 6, timeout: float = 120) -> None:
     start = time.time()
     while time.time() - start < timeout:
-        events = read_progress(jobs.folder(job))
+        # the training's steps (the worker may first build the pixel cache: stage "pixels")
+        events = [e for e in read_progress(jobs.folder(job)) if e["stage"] == "train"]
         if events and events[-1]["step"] >= min_step:
             return
         time.sleep(0.3)
