@@ -4,14 +4,18 @@ An imported dataset lives in ``ASSETS/datasets/<dataset_id>/``::
 
     images/<label:04d>/<idx:06d>.png   every valid image, RGB, longer side <= max_side
     thumbs/<label:04d>/<idx:06d>.png   a thumbnail per image (longer side thumbnail_size)
-    pixels_<size>.npy                  uint8 (N, size, size, 3) caches made by dataset_pixels
+    pixels_<size>.npy                  uint8 (N, size, size, 3) caches made by pixel_cache
+                                       (in the workers of the stages that need them)
 
 ``idx`` runs over the whole dataset (0..N-1, classes in label order, files sorted by path)
 and is the row of the image in every array computed from the dataset (pixels, embeddings).
 
 Import is all-or-nothing: images are written into a ``.partial`` folder, renamed into place
 when every file has been read, and the dataset and its image rows are inserted in one
-transaction; any error or cancel removes the folder and leaves no row.
+transaction; any error or cancel removes the folder and leaves no row. The pieces here
+(``check_folder``, ``scan_image_folder``, ``write_dataset_files``, ``dataset_row``) touch no
+database; the ``import`` job kind (``engine.stages.import_stage``) runs them in a worker, and
+``import_image_folder`` / ``import_demo`` run them in the caller's thread.
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ class Job(SQLModel, table=True):
     """A background process. Never referenced by foreign keys (its status changes often)."""
 
     id: str = Field(primary_key=True)
-    kind: str = ""  # "encode", "train", "generate", "evaluate", "export"
+    kind: str = ""  # "import", "encode", "train", "generate", "evaluate", "export"
     title: str = ""
     status: str = "queued"  # queued, running, ingesting, done, failed, cancelled, interrupted
     folder: str = ""  # assets-relative job folder
