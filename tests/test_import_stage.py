@@ -149,3 +149,30 @@ def test_pixel_caches_are_built_by_the_worker(project, tiny_folder):
     assert ev.job_id == job.id and ev.code_version == code_version()
     model = project.get(Model, train.params["model_id"])
     assert model.job_id == "" and model.status == "queued"
+
+
+def test_every_run_row_a_job_writes_records_the_job_and_the_code_version(project, tiny_folder,
+                                                                          tmp_path):
+    from engine.config import ExportConfig, GenerateConfig
+    from engine.project import Export, Generation
+    from engine.stages import (curate_stage, encode_stage, export_stage, generate_stage,
+                               import_stage, train_stage)
+
+    jobs = JobManager(project)
+    imported = jobs.run_inline(import_stage.prepare(project, tiny_folder, "tiny"))
+    encoded = jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="class")))
+    config = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
+                         attention_head_dim=8, batch_size=4, steps=2, checkpoint_every=100,
+                         preview_every=100, warmup_steps=1)
+    trained = jobs.run_inline(train_stage.prepare(project, config, encoder="class"))
+    generated = jobs.run_inline(generate_stage.prepare(
+        project, GenerateConfig(variations=1, sampler="ddim", steps=2), trained.result_id))
+    sel = curate_stage.save_all(project, generated.result_id)
+    exported = jobs.run_inline(export_stage.prepare(project, ExportConfig(), sel.id,
+                                                    out_dir=tmp_path / "out"))
+    for table, job in [(Dataset, imported), (Encoding, encoded), (Model, trained),
+                       (Generation, generated), (Export, exported)]:
+        row = project.get(table, job.result_id)
+        assert (row.job_id, row.code_version) == (job.id, code_version()), table
+        assert project.get(Job, job.id).code_version == code_version()
+    assert sel.code_version == code_version()
