@@ -155,8 +155,14 @@ def test_every_run_row_a_job_writes_records_the_job_and_the_code_version(project
                                                                           tmp_path):
     from engine.config import ExportConfig, GenerateConfig
     from engine.project import Export, Generation
-    from engine.stages import (curate_stage, encode_stage, export_stage, generate_stage,
-                               import_stage, train_stage)
+    from engine.stages import (
+        curate_stage,
+        encode_stage,
+        export_stage,
+        generate_stage,
+        import_stage,
+        train_stage,
+    )
 
     jobs = JobManager(project)
     imported = jobs.run_inline(import_stage.prepare(project, tiny_folder, "tiny"))
