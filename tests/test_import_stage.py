@@ -132,6 +132,10 @@ def test_pixel_caches_are_built_by_the_worker(project, tiny_folder):
     spec = encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4, image_size=8))
     cache = data.pixels_cache_path(project, ds, 8)
     assert spec.params["pixels_path"] == str(cache) and not cache.exists()
+    # the owner only names the files: a list beside the dataset, not 10^5 paths in the spec
+    listing = project.abs(ds.root) / "images.txt"
+    assert spec.params["image_list"] == str(listing)
+    assert listing.read_text().splitlines()[0] == "images/0000/000000.png"
     job = jobs.run_inline(spec)
     assert cache.is_file() and project.get(Encoding, job.result_id).job_id == job.id
     stages = {e["stage"] for e in read_progress(jobs.folder(job))}

@@ -12,7 +12,7 @@ import pytest
 from engine.config import EncodeConfig, ImportConfig, TrainConfig
 from engine.errors import JobError
 from engine.jobs import JobManager, read_progress
-from engine.project import Encoding, Job, Model
+from engine.project import Dataset, Encoding, Job, Model
 
 
 @pytest.fixture
@@ -120,7 +120,8 @@ def test_failed_worker_reports_the_error(tiny_project, tmp_path):
     jobs = JobManager(tiny_project)
     spec = encode_stage.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4, image_size=8))
     # an input disappears before the worker runs (the worker builds the pixel cache from it)
-    os.remove(spec.params["image_paths"][0])
+    ds = tiny_project.get(Dataset, "tiny")
+    os.remove(tiny_project.abs(tiny_project.images(ds.id)["path"].iloc[0]))
     job = jobs.wait(jobs.submit(spec).id, timeout=120)
     assert job.status == "failed" and job.error
     assert json.loads((jobs.folder(job) / "status.json").read_text())["status"] == "failed"

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import NotFoundError, NotReadyError
+from engine.errors import DatasetError, NotFoundError, NotReadyError
 from engine.progress import CancelToken, ProgressFn, no_progress
 from engine.project import Dataset, Encoding, Generation, Model, Project
 
@@ -27,26 +27,47 @@ def dataset(project: Project, ref: str | None) -> Dataset:
     return rows[0]
 
 
+IMAGE_LIST = "images.txt"  # in a dataset's folder: its image files in idx order, one a line
+
+
 def pixels_params(project: Project, ds: Dataset, size: int) -> dict[str, Any]:
-    """Owner side: where the dataset's pixel cache at ``size`` lives and the image files it
-    is built from. The worker builds it when missing (``pixels``); the owner never decodes."""
+    """Owner side: where the dataset's pixel cache at ``size`` lives and the list of image
+    files it is built from (``images.txt`` in the dataset's folder, paths relative to it,
+    written once: a dataset's images never change). The worker builds the cache when it is
+    missing (``pixels``); the owner never decodes an image."""
     from engine import data
 
+    root = project.abs(ds.root)
+    listing = root / IMAGE_LIST
+    if not listing.exists():
+        lines = []
+        for rel in project.images(ds.id)["path"]:
+            path = project.abs(rel)
+            lines.append(path.relative_to(root).as_posix() if root in path.parents
+                         else str(path))
+        tmp = listing.with_name(listing.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        tmp.replace(listing)
     return {"pixels_path": str(data.pixels_cache_path(project, ds, size)),
-            "image_paths": [str(project.abs(p)) for p in project.images(ds.id)["path"]]}
+            "image_list": str(listing), "num_images": int(ds.num_images)}
 
 
 def pixels(params: dict[str, Any], size: int, progress: ProgressFn = no_progress,
            cancel: CancelToken | None = None) -> np.ndarray:
-    """Worker side: the pixel cache named by ``pixels_params`` (memory-mapped), built first
-    when missing. Specs written before the workers built caches have no ``image_paths``:
-    their owner built the cache."""
+    """Worker side: the pixel cache named by ``pixels_params``, uint8 (N, size, size, 3)
+    memory-mapped, built first when missing. Specs written before the workers built caches
+    have no ``image_list``: their owner built the cache."""
     from engine import data
 
-    if "image_paths" not in params:
+    if "image_list" not in params:
         return np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
-    return data.pixel_cache(params["image_paths"], Path(params["pixels_path"]), size,
-                            progress=progress, cancel=cancel)
+    listing = Path(params["image_list"])
+    paths = [listing.parent / line for line in listing.read_text(encoding="utf-8").splitlines()]
+    if len(paths) != int(params["num_images"]):
+        raise DatasetError(f"{listing} lists {len(paths)} images, the dataset has "
+                           f"{params['num_images']}; delete the list to have it rewritten")
+    return data.pixel_cache(paths, Path(params["pixels_path"]), size, progress=progress,
+                            cancel=cancel)
 
 
 def dataset_encoding(project: Project, ds: Dataset, encoder: str | None,
