@@ -159,6 +159,11 @@ def test_a_version_1_project_is_migrated_on_open(tmp_path):
     # a second open finds nothing left to migrate
     with Project(tmp_path / "old") as p:
         assert len(p.list(Experiment)) == 1 and p.get(Dataset, "ds_old").name == "old"
+    # the indexes dropped around ALTER TABLE are back
+    con = duckdb.connect(str(db), read_only=True)
+    names = {n for (n,) in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+    con.close()
+    assert {"ix_dataset_name", "ix_model_name", "ix_experiment_name"} <= names
 
 
 def test_an_old_project_is_not_migrated_read_only(tmp_path):

@@ -192,8 +192,7 @@ class Project:
                 con.execute("BEGIN TRANSACTION")
                 try:
                     for table, column, sql_type in ADDED_COLUMNS.get(version, []):
-                        con.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS '
-                                    f"{column} {sql_type} DEFAULT ''")
+                        _add_column(con, table, column, sql_type)
                     if version == 2:
                         _experiments_out_of_meta(con)
                     con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
@@ -447,6 +446,22 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _add_column(con: Any, table: str, column: str, sql_type: str) -> None:
+    """``ALTER TABLE table ADD COLUMN column sql_type DEFAULT ''`` (no-op when it exists).
+
+    The table's indexes are dropped around it and made again: DuckDB 1.x refuses to alter a
+    table that an index depends on.
+    """
+    indexes = con.execute("SELECT index_name, sql FROM duckdb_indexes() WHERE table_name = ?",
+                          [table]).fetchall()
+    for name, _ in indexes:
+        con.execute(f'DROP INDEX "{name}"')
+    con.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {sql_type} '
+                f"DEFAULT ''")
+    for _, sql in indexes:
+        con.execute(sql)
 
 
 def _experiments_out_of_meta(con: Any) -> None:
