@@ -4,7 +4,8 @@ The project has no foreign keys (see ``engine.project.schema``) and its bulk dat
 files, so a crash, a killed worker or a hand-edited assets folder can leave
 
 - rows that point at missing or broken files (``missing_file``, ``broken_file``),
-- rows that point at rows that are gone (``dangling_reference``),
+- rows that point at rows that are gone (``dangling_reference``), experiments whose member
+  evaluations or jobs are gone included,
 - jobs marked running whose process is gone (``stale_job``),
 - temp files of interrupted writes (``temp_file``),
 - top-level asset folders that no row and no job knows (``orphan_folder``).
@@ -28,8 +29,18 @@ from typing import Any, Iterable
 import numpy as np
 
 from engine.jobs import JobManager, pid_alive
-from engine.project import (Dataset, Encoding, Evaluation, Export, Generation, Job, Model,
-                            Project, Selection)
+from engine.project import (
+    Dataset,
+    Encoding,
+    Evaluation,
+    Experiment,
+    Export,
+    Generation,
+    Job,
+    Model,
+    Project,
+    Selection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +101,7 @@ def check_project(project: Project, repair: bool = False) -> CheckReport:
     _check_jobs(project, report, repair)
     # 2. rows -> rows
     _check_references(project, report)
+    _check_experiments(project, report)
     # 3. rows -> files (existence, then a bounded decode)
     _check_images(project, report)
     _check_encodings(project, report)
@@ -171,6 +183,28 @@ def _check_references(project: Project, report: CheckReport) -> None:
         need(f"evaluation:{ev.id}", "dataset", ev.dataset_id, datasets)
     for x in project.list(Export):
         need(f"export:{x.id}", "selection", x.selection_id, selections, optional=False)
+
+
+def _check_experiments(project: Project, report: CheckReport) -> None:
+    """The dataset and the members (evaluations, their jobs) of every experiment exist.
+    Nothing to repair: rows are never deleted, and a missing member shows as ``missing`` in
+    the experiment's table."""
+    evaluations, jobs = _ids(project, "evaluation"), _ids(project, "job")
+    datasets = _ids(project, "dataset")
+    for exp in project.list(Experiment):
+        row = f"experiment:{exp.id}"
+        if exp.dataset_id and exp.dataset_id not in datasets:
+            report.add("dangling_reference", f"{row} points at dataset {exp.dataset_id!r}, "
+                                             f"which does not exist", row=row)
+        for m in exp.members:
+            ev, job = m.get("evaluation_id", ""), m.get("job_id", "")
+            if ev not in evaluations:
+                report.add("dangling_reference", f"{row} ({exp.name}) lists evaluation {ev!r}, "
+                                                 f"which does not exist", row=row)
+            if job and job not in jobs:
+                report.add("dangling_reference", f"{row} ({exp.name}) lists job {job!r} of "
+                                                 f"evaluation {ev!r}, which does not exist",
+                           row=row)
 
 
 # --------------------------------------------------------------------------- files

@@ -4,19 +4,22 @@ An imported dataset lives in ``ASSETS/datasets/<dataset_id>/``::
 
     images/<label:04d>/<idx:06d>.png   every valid image, RGB, longer side <= max_side
     thumbs/<label:04d>/<idx:06d>.png   a thumbnail per image (longer side thumbnail_size)
-    pixels_<size>.npy                  uint8 (N, size, size, 3) caches made by dataset_pixels
+    pixels_<size>.npy                  uint8 (N, size, size, 3) caches made by pixel_cache
+                                       (in the workers of the stages that need them)
 
 ``idx`` runs over the whole dataset (0..N-1, classes in label order, files sorted by path)
 and is the row of the image in every array computed from the dataset (pixels, embeddings).
 
 Import is all-or-nothing: images are written into a ``.partial`` folder, renamed into place
 when every file has been read, and the dataset and its image rows are inserted in one
-transaction; any error or cancel removes the folder and leaves no row.
+transaction; any error or cancel removes the folder and leaves no row. The pieces here
+(``check_folder``, ``scan_image_folder``, ``write_dataset_files``, ``dataset_row``) touch no
+database; the ``import`` job kind (``engine.stages.import_stage``) runs them in a worker, and
+``import_image_folder`` / ``import_demo`` run them in the caller's thread.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -24,6 +27,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,10 +36,11 @@ from PIL import Image, ImageOps
 from engine.config import ImportConfig
 from engine.errors import DatasetError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
-from engine.project import Dataset, Project, new_id
+from engine.project import Dataset, Project, dumps, new_id
 
 log = logging.getLogger(__name__)
 
+DEFAULT_IMPORT = ImportConfig()
 DEMO_SOURCE = "sklearn.datasets.load_digits (bundled, 8x8 handwritten digits)"
 _PNG_COMPRESS_LEVEL = 4  # a fair trade between import speed and file size
 _REPORT_EVERY_S = 0.1  # progress reports at most ~10 per second
@@ -146,7 +151,7 @@ def validate_image(path: Path, config: ImportConfig) -> tuple[Image.Image | None
                 img.load()  # decode everything now: truncation and corruption show up here
                 try:
                     img = ImageOps.exif_transpose(img)
-                except Exception as exc:  # a broken EXIF block must not lose a good image
+                except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not lose a good image
                     log.warning("ignoring unreadable EXIF orientation of %s: %s", path, exc)
                 rgb = _to_rgb(img)
                 rgb.load()
@@ -156,7 +161,7 @@ def validate_image(path: Path, config: ImportConfig) -> tuple[Image.Image | None
         return None, "not an image (unknown or unsupported format)"
     except MemoryError:
         return None, "not enough memory to decode the image"
-    except Exception as exc:  # any decoder failure means a truncated or corrupt file
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: a truncated or corrupt file
         text = str(exc).strip() or type(exc).__name__
         return None, f"corrupt or truncated image ({text})"
     return _fit_side(rgb, config.max_side), ""
@@ -251,11 +256,163 @@ def _list_classes(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
+def check_name(project: Project, name: str) -> None:
+    """Raise DatasetError when ``name`` is empty or a dataset of the project has it."""
+    if not name or not name.strip():
+        raise DatasetError(f"a dataset needs a non-empty name, got {name!r}")
+    if any(d.name == name for d in project.list(Dataset)):
+        raise DatasetError(f"a dataset named {name!r} already exists in {project.path.name}; "
+                           f"choose another name")
+
+
+def check_folder(folder: Path) -> Path:
+    """The absolute ImageFolder root; raises DatasetError when it is missing or a file."""
+    folder = Path(folder).expanduser().absolute()
+    if not folder.exists():
+        raise DatasetError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder (expected an ImageFolder root)")
+    return folder
+
+
+def scan_image_folder(folder: Path) -> tuple[list[str], list[list[Path]]]:
+    """Class names (sorted sub-folder names) and each class's files (recursive, sorted)."""
+    classes = _list_classes(folder)
+    if not classes:
+        raise DatasetError(f"no class sub-folders in {folder}: expected one sub-folder per "
+                           f"class, e.g. {folder / 'cat' / '001.jpg'}")
+    if len(classes) == 1:
+        log.warning("importing %s with a single class (%r): classifiers and class "
+                    "centroids need at least two", folder, classes[0])
+    return classes, [_class_files(folder / c) for c in classes]
+
+
+def new_dataset_id(assets: Path) -> str:
+    """A dataset id whose folder (and ``.partial`` folder) does not exist in ``assets``."""
+    while True:
+        ident = new_id("ds")
+        root = Path(assets) / "datasets" / ident
+        if not root.exists() and not root.with_name(f".{ident}.partial").exists():
+            return ident
+
+
+def partial_root(final_root: Path) -> Path:
+    """The folder an import writes into before it is renamed to ``final_root``."""
+    return final_root.with_name(f".{final_root.name}.partial")
+
+
+def write_dataset_files(folder: Path, work_root: Path, root_rel: str, dataset_id: str,
+                        config: ImportConfig, progress: ProgressFn = no_progress,
+                        cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Validate every file of an ImageFolder and write the images and thumbnails.
+
+    No database: the images go to ``work_root`` (``images/<label>/<idx>.png``,
+    ``thumbs/...``); the rows name them under ``root_rel``, the assets-relative folder
+    ``work_root`` is renamed to once the rows are written.
+
+    Args:
+        folder: the ImageFolder root (``check_folder``).
+        progress: receives ``ProgressEvent(stage="import", step=files done, total=files)``.
+        cancel: polled between files.
+
+    Returns:
+        ``{"classes": [...], "skipped": [{"path", "reason"}], "images": DataFrame}`` with
+        one row per valid image (Image columns, ``split`` included).
+
+    Raises:
+        DatasetError: no class sub-folder, or a class without a valid image.
+        Cancelled: the token was set. The caller removes ``work_root``.
+    """
+    # 1. list every file, class by class
+    classes, per_class = scan_image_folder(folder)
+    total = sum(len(files) for files in per_class)
+    rows: list[dict] = []
+    skipped: list[dict[str, str]] = []
+    done = 0
+    last_report = 0.0
+    work_root.mkdir(parents=True)
+    progress(ProgressEvent(stage="import", step=0, total=total,
+                           message=f"importing {total} files from {folder}"))
+    # 2. validate and store each image, in label order
+    for label, (class_name, files) in enumerate(zip(classes, per_class)):
+        n_before = len(rows)
+        skipped_before = len(skipped)
+        for path in files:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            rel_source = path.relative_to(folder).as_posix()
+            img, reason = validate_image(path, config)
+            if img is None:
+                skipped.append({"path": rel_source, "reason": reason})
+                log.info("skipped %s: %s", rel_source, reason)
+            else:
+                idx = len(rows)
+                sub = f"{label:04d}/{idx:06d}.png"
+                image_path = work_root / "images" / sub
+                thumb_path = work_root / "thumbs" / sub
+                image_path.parent.mkdir(parents=True, exist_ok=True)
+                thumb_path.parent.mkdir(parents=True, exist_ok=True)
+                img.save(image_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+                make_thumbnail(img, config.thumbnail_size).save(
+                    thumb_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+                rows.append({
+                    "id": f"{dataset_id}_{idx:06d}",
+                    "dataset_id": dataset_id,
+                    "idx": idx,
+                    "path": f"{root_rel}/images/{sub}",
+                    "thumb": f"{root_rel}/thumbs/{sub}",
+                    "label": label,
+                    "class_name": class_name,
+                    "width": img.width,
+                    "height": img.height,
+                    "source_path": rel_source,
+                })
+            done += 1
+            now = time.monotonic()
+            if now - last_report >= _REPORT_EVERY_S or done == total:
+                last_report = now
+                progress(ProgressEvent(stage="import", step=done, total=total,
+                                       metrics={"images": float(len(rows)),
+                                                "skipped": float(len(skipped))}))
+        if len(rows) == n_before:
+            n_skipped = len(skipped) - skipped_before
+            if n_skipped == 0:
+                raise DatasetError(f"class {class_name!r} has no image: "
+                                   f"{folder / class_name} holds no file")
+            first = skipped[skipped_before]
+            raise DatasetError(
+                f"class {class_name!r} has no valid image: all {n_skipped} file(s) in "
+                f"{folder / class_name} were skipped, the first ({first['path']}) "
+                f"because: {first['reason']}")
+
+    # 3. the split
+    labels = np.array([r["label"] for r in rows], dtype=np.int64)
+    images = pd.DataFrame(rows)
+    images["split"] = stratified_split(labels, config.test_fraction, config.split_seed)
+    images["idx"] = images["idx"].astype(np.int64)
+    images["label"] = images["label"].astype(np.int64)
+    return {"classes": classes, "skipped": skipped, "images": images}
+
+
+def dataset_row(dataset_id: str, name: str, source: str, root_rel: str,
+                written: dict[str, Any], config: ImportConfig, job_id: str = "") -> Dataset:
+    """The Dataset row of files written by ``write_dataset_files`` (``written``)."""
+    split = written["images"]["split"].to_numpy()
+    return Dataset(id=dataset_id, name=name, source=source, root=root_rel,
+                   num_classes=len(written["classes"]), num_images=len(split),
+                   num_train=int((split == "train").sum()), num_test=int((split == "test").sum()),
+                   classes_json=dumps(written["classes"]), skipped_json=dumps(written["skipped"]),
+                   config_json=config.to_json(), job_id=job_id)
+
+
 def import_image_folder(project: Project, folder: Path, name: str,
-                        config: ImportConfig = ImportConfig(),
+                        config: ImportConfig = DEFAULT_IMPORT,
                         progress: ProgressFn = no_progress,
                         cancel: CancelToken | None = None) -> Dataset:
-    """Import an ImageFolder (one sub-folder per class) into the project.
+    """Import an ImageFolder (one sub-folder per class) into the project, in this thread.
+
+    The job kind ``import`` (``engine.stages.import_stage``) does the same in a worker; this
+    in-thread form stays for scripts, tests and the command line.
 
     Class names are the sorted sub-folder names (labels 0..C-1); hidden files and folders
     are ignored; files are found recursively inside each class folder. Every file is
@@ -286,144 +443,43 @@ def _import_folder(project: Project, folder: Path, name: str, config: ImportConf
     folder = folder.expanduser().absolute()
     if not name or not name.strip():
         raise DatasetError(f"a dataset needs a non-empty name, got {name!r}")
-    if not folder.exists():
-        raise DatasetError(f"image folder {folder} does not exist")
-    if not folder.is_dir():
-        raise DatasetError(f"{folder} is not a folder (expected an ImageFolder root)")
-    if any(d.name == name for d in project.list(Dataset)):
-        raise DatasetError(f"a dataset named {name!r} already exists in {project.path.name}; "
-                           f"choose another name")
-    classes = _list_classes(folder)
-    if not classes:
-        raise DatasetError(f"no class sub-folders in {folder}: expected one sub-folder per "
-                           f"class, e.g. {folder / 'cat' / '001.jpg'}")
-    if len(classes) == 1:
-        log.warning("importing %s with a single class (%r): classifiers and class "
-                    "centroids need at least two", folder, classes[0])
-
-    # 1. list every file, class by class
-    per_class = [_class_files(folder / c) for c in classes]
-    total = sum(len(files) for files in per_class)
-
-    dataset_id = _new_dataset_id(project)
+    folder = check_folder(folder)
+    check_name(project, name)
+    dataset_id = new_dataset_id(project.assets)
     final_root = project.assets / "datasets" / dataset_id
-    work_root = final_root.with_name(f".{dataset_id}.partial")
-    rows: list[dict] = []
-    skipped: list[dict[str, str]] = []
-    done = 0
-    last_report = 0.0
+    work_root = partial_root(final_root)
+    root_rel = project.rel(final_root)
     try:
-        work_root.mkdir(parents=True)
-        progress(ProgressEvent(stage="import", step=0, total=total,
-                               message=f"importing {total} files from {folder}"))
-        # 2. validate and store each image, in label order
-        for label, (class_name, files) in enumerate(zip(classes, per_class)):
-            n_before = len(rows)
-            skipped_before = len(skipped)
-            for path in files:
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                rel_source = path.relative_to(folder).as_posix()
-                img, reason = validate_image(path, config)
-                if img is None:
-                    skipped.append({"path": rel_source, "reason": reason})
-                    log.info("skipped %s: %s", rel_source, reason)
-                else:
-                    idx = len(rows)
-                    sub = f"{label:04d}/{idx:06d}.png"
-                    image_path = work_root / "images" / sub
-                    thumb_path = work_root / "thumbs" / sub
-                    image_path.parent.mkdir(parents=True, exist_ok=True)
-                    thumb_path.parent.mkdir(parents=True, exist_ok=True)
-                    img.save(image_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-                    make_thumbnail(img, config.thumbnail_size).save(
-                        thumb_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-                    rows.append({
-                        "id": f"{dataset_id}_{idx:06d}",
-                        "dataset_id": dataset_id,
-                        "idx": idx,
-                        "path": project.rel(final_root / "images" / sub),
-                        "thumb": project.rel(final_root / "thumbs" / sub),
-                        "label": label,
-                        "class_name": class_name,
-                        "width": img.width,
-                        "height": img.height,
-                        "source_path": rel_source,
-                    })
-                done += 1
-                now = time.monotonic()
-                if now - last_report >= _REPORT_EVERY_S or done == total:
-                    last_report = now
-                    progress(ProgressEvent(stage="import", step=done, total=total,
-                                           metrics={"images": float(len(rows)),
-                                                    "skipped": float(len(skipped))}))
-            if len(rows) == n_before:
-                n_skipped = len(skipped) - skipped_before
-                if n_skipped == 0:
-                    raise DatasetError(f"class {class_name!r} has no image: "
-                                       f"{folder / class_name} holds no file")
-                first = skipped[skipped_before]
-                raise DatasetError(
-                    f"class {class_name!r} has no valid image: all {n_skipped} file(s) in "
-                    f"{folder / class_name} were skipped, the first ({first['path']}) "
-                    f"because: {first['reason']}")
-
-        # 3. the split
-        labels = np.array([r["label"] for r in rows], dtype=np.int64)
-        split = stratified_split(labels, config.test_fraction, config.split_seed)
-        images = pd.DataFrame(rows)
-        images["split"] = split
-        images["idx"] = images["idx"].astype(np.int64)
-        images["label"] = images["label"].astype(np.int64)
-
-        # 4. move the folder into place, then one transaction for every row
+        written = write_dataset_files(folder, work_root, root_rel, dataset_id, config,
+                                      progress, cancel)
+        # move the folder into place, then one transaction for every row
         if cancel is not None:
             cancel.raise_if_cancelled()
         os.replace(work_root, final_root)
-        dataset = Dataset(
-            id=dataset_id,
-            name=name,
-            source=source if source is not None else str(folder),
-            root=project.rel(final_root),
-            num_classes=len(classes),
-            num_images=len(rows),
-            num_train=int((split == "train").sum()),
-            num_test=int((split == "test").sum()),
-            classes_json=json.dumps(classes),
-            skipped_json=json.dumps(skipped),
-            config_json=config.to_json(),
-        )
-        dataset = project.add_dataset(dataset, images)
+        dataset = project.add_dataset(
+            dataset_row(dataset_id, name, source if source is not None else str(folder),
+                        root_rel, written, config), written["images"])
     except BaseException:
         shutil.rmtree(work_root, ignore_errors=True)
         shutil.rmtree(final_root, ignore_errors=True)
         raise
     log.info("imported %s as dataset %r (%s): %d images in %d classes, %d train / %d test, "
              "%d skipped", folder, name, dataset_id, dataset.num_images, dataset.num_classes,
-             dataset.num_train, dataset.num_test, len(skipped))
+             dataset.num_train, dataset.num_test, len(written["skipped"]))
     return dataset
 
 
-def _new_dataset_id(project: Project) -> str:
-    while True:
-        ident = new_id("ds")
-        root = project.assets / "datasets" / ident
-        if not root.exists() and not root.with_name(f".{ident}.partial").exists():
-            return ident
-
-
 def import_demo(project: Project, name: str = "digits",
-                config: ImportConfig = ImportConfig(),
+                config: ImportConfig = DEFAULT_IMPORT,
                 progress: ProgressFn = no_progress,
                 cancel: CancelToken | None = None) -> Dataset:
-    """Import the bundled handwritten digits (1,797 images, 10 classes) as dataset ``name``.
+    """Import the bundled handwritten digits (1,797 images, 10 classes) as dataset ``name``,
+    in this thread (the ``import`` job kind does it in a worker with ``demo=True``).
 
     Raises:
         DatasetError: a dataset with that name exists.
     """
-    if any(d.name == name for d in project.list(Dataset)):
-        raise DatasetError(f"a dataset named {name!r} already exists in {project.path.name}; "
-                           f"choose another name")
+    check_name(project, name)
     with tempfile.TemporaryDirectory(prefix="rcdm-demo-") as tmp:
         folder = write_demo_dataset(Path(tmp) / "digits")
         return _import_folder(project, folder, name, config, progress, cancel,
@@ -482,7 +538,7 @@ def load_pixels(paths: list[Path], size: int) -> np.ndarray:
 
 
 def pixels_cache_path(project: Project, dataset: Dataset, size: int) -> Path:
-    """Where ``dataset_pixels`` caches the dataset at ``size`` (a worker may np.load it)."""
+    """Where the dataset's pixels at ``size`` are cached (``pixel_cache`` builds it)."""
     return project.abs(dataset.root) / f"pixels_{size}.npy"
 
 
@@ -491,34 +547,58 @@ def dataset_pixels(project: Project, dataset: Dataset, size: int,
                    cancel: CancelToken | None = None) -> np.ndarray:
     """All images of a dataset, in ``idx`` order, as uint8 (N, size, size, 3).
 
-    Decoded once and cached as ``<dataset root>/pixels_<size>.npy`` (written atomically);
-    later calls return the cache memory-mapped read-only. Non-square images are
-    center-cropped to a square before resizing.
+    ``size`` must be >= 1. Decoded once and cached (``pixel_cache``); later calls return the
+    cache memory-mapped read-only. This decodes in the calling thread: stages name the cache
+    and their workers build it (``pixel_cache``), never the owner.
     """
-    if size < 1:
-        raise DatasetError(f"size must be >= 1, got {size}")
     cache = pixels_cache_path(project, dataset, size)
     if cache.exists():
         arr = np.load(cache, mmap_mode="r", allow_pickle=False)
         if arr.shape == (dataset.num_images, size, size, 3) and arr.dtype == np.uint8:
             return arr
-        log.warning("pixel cache %s has shape %s, expected %s: rebuilding it", cache,
-                    arr.shape, (dataset.num_images, size, size, 3))
         del arr
     images = project.images(dataset.id)
-    n = len(images)
-    if n != dataset.num_images:
+    if len(images) != dataset.num_images:
         raise DatasetError(f"dataset {dataset.name!r} lists {dataset.num_images} images but "
-                           f"the project holds {n} rows for it")
+                           f"the project holds {len(images)} rows for it")
+    return pixel_cache([project.abs(rel) for rel in images["path"]], cache, size, progress,
+                       cancel)
+
+
+def pixel_cache(paths: list[Path] | list[str], cache: Path, size: int,
+                progress: ProgressFn = no_progress,
+                cancel: CancelToken | None = None) -> np.ndarray:
+    """The images ``paths`` (a dataset's, in ``idx`` order) as uint8 (N, size, size, 3),
+    decoded once into ``cache`` (a ``.npy`` written atomically) and memory-mapped read-only.
+
+    Worker side: no database. A cache of the wrong shape is rebuilt. Non-square images are
+    center-cropped to a square before resizing. Two workers building the same cache at once
+    each write their own temp file; the last rename wins (same content).
+
+    Args:
+        progress: receives ``ProgressEvent(stage="pixels", step=images done, total=N)``
+            while building.
+    """
+    if size < 1:
+        raise DatasetError(f"size must be >= 1, got {size}")
+    cache = Path(cache)
+    n = len(paths)
+    if cache.exists():
+        arr = np.load(cache, mmap_mode="r", allow_pickle=False)
+        if arr.shape == (n, size, size, 3) and arr.dtype == np.uint8:
+            return arr
+        log.warning("pixel cache %s has shape %s, expected %s: rebuilding it", cache,
+                    arr.shape, (n, size, size, 3))
+        del arr
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(n, size, size, 3))
         last_report = 0.0
-        for i, rel in enumerate(images["path"]):
+        for i, path in enumerate(paths):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            with Image.open(project.abs(rel)) as img:
+            with Image.open(path) as img:
                 img.load()
                 out[i] = np.asarray(_square(img, size))
             now = time.monotonic()
@@ -535,7 +615,3 @@ def dataset_pixels(project: Project, dataset: Dataset, size: int,
         raise
     return np.load(cache, mmap_mode="r", allow_pickle=False)
 
-
-def class_names(dataset: Dataset) -> list[str]:
-    """The dataset's class names in label order."""
-    return list(json.loads(dataset.classes_json))

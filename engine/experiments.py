@@ -9,16 +9,22 @@
   a 2x generation (-> 1x) in the conditioning encoder's space (the paper's Table 1).
 
 Every configuration runs with ``seeds`` seeds: one evaluation (one job, one ``Evaluation``
-row, its seed in its config) per seed. The experiment itself is one ``Meta`` row
-``experiment:<id>`` holding its plan: kind, inputs, the recipe, and its member evaluations
-with their configuration label. Its table (mean and spread over seeds) and chart are rebuilt
-from the evaluations' rows whenever they are asked for, so an experiment survives a restart
-of the studio and fills in as its jobs finish.
+row, its seed in its config) per seed. The experiment itself is one ``Experiment`` row
+holding its plan (kind, inputs, the recipe, the configurations), its member evaluations and
+their jobs, its status, its results and the code version that planned it; ``rcdm-studio
+check`` verifies its members exist. Its table (mean and spread over seeds) and chart are
+rebuilt from the evaluations' rows whenever they are asked for, so an experiment survives a
+restart of the studio and fills in as its jobs finish; ``status`` stores the status (and,
+once done, the table) on the row.
+
+The functions here take and return the experiment as a *record*, a dict: ``id``, ``name``,
+``kind``, ``created_at`` (ISO text), ``dataset_id``, ``generations``, ``seeds``, ``config``
+(the recipe), ``options``, ``runs``, ``members`` (``evaluation_id``, ``job_id``, ``run``,
+``seed``), ``status``, ``code_version``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -30,15 +36,25 @@ import pandas as pd
 
 from engine.config import AUGMENTS, BandConfig, EvalConfig
 from engine.errors import InvalidConfigError, NotFoundError
+from engine.project import (
+    Evaluation,
+    Experiment,
+    Generation,
+    Job,
+    Model,
+    Project,
+    Selection,
+    dumps,
+    free_name,
+    new_id,
+    utcnow,
+)
 from engine.stages import JobSpec
-from engine.project import Evaluation, Generation, Job, Meta, Model, Project, Selection, \
-    free_name, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
 KINDS = ("scaling", "augmentation", "filtering")
 CLASSICAL = tuple(a for a in AUGMENTS if a not in ("none", "crop"))
-META_PREFIX = "experiment:"
 ACTIVE = ("queued", "running")
 
 
@@ -66,7 +82,7 @@ class Run:
 
 
 def _variations(gen: Generation) -> int:
-    return int(json.loads(gen.config_json or "{}").get("variations", 1))
+    return gen.variations
 
 
 def _series_name(project: Project, gen: Generation) -> str:
@@ -86,7 +102,7 @@ def first_variations(project: Project, gen: Generation, k: int) -> Selection:
             f"{k}x needs {k}: generate with --variations {k} or more")
     how = {"kind": "first_variations", "k": k}
     for sel in project.list(Selection, generation_id=gen.id):
-        if json.loads(sel.config_json or "{}") == how:
+        if sel.config == how:
             return sel
     return curate_stage.save_all(project, gen.id, name=f"{gen.name}-first{k}",
                                  first_variations=k)
@@ -105,7 +121,7 @@ def middle_band_of_2x(project: Project, gen: Generation, keep_fraction: float = 
     band = BandConfig.preset("middle", keep_fraction)
     how = {"kind": "band_of_first", "k": 2, "band": band.to_dict()}
     for sel in project.list(Selection, generation_id=gen.id):
-        if json.loads(sel.config_json or "{}") == how:
+        if sel.config == how:
             return sel
     bd = curate_stage.band_data(project, gen.id, centroid=band.centroid, metric=band.metric)
     idx = project.samples(gen.id)["idx"].to_numpy(np.int64)
@@ -116,7 +132,7 @@ def middle_band_of_2x(project: Project, gen: Generation, keep_fraction: float = 
     mask[first_two[kept]] = True
     sel = curate_stage.save_selection(project, bd, band, name=f"{gen.name}-middle-of-2x",
                                       mask=mask)
-    return project.update(Selection, sel.id, config_json=json.dumps(how))
+    return project.update(Selection, sel.id, config_json=dumps(how))
 
 
 def plan(project: Project, kind: str, generations: list[str], eval_config: EvalConfig,
@@ -234,27 +250,38 @@ def launch(project: Project, kind: str, generations: list[str], eval_config: Eva
             spec = evaluate_stage.prepare(project, config, mix=run.mix, dataset_ref=dataset_id,
                                     selection_ref=run.selection_id,
                                     name=f"{name}/{run.label}/seed{config.seed}")
-            members.append({"evaluation_id": spec.params["evaluation_id"], "run": i,
-                            "seed": config.seed})
+            members.append({"evaluation_id": spec.params["evaluation_id"], "job_id": "",
+                            "run": i, "seed": config.seed})
             specs.append(spec)
-    record = {"id": exp_id, "name": name, "kind": kind, "created_at": utcnow().isoformat(),
-              "dataset_id": dataset_id, "generations": list(generations), "seeds": seeds,
-              "config": eval_config.to_dict(), "options": _jsonable(plan_options),
-              "runs": [run.__dict__ for run in runs], "members": members}
-    _save(project, record)
-    # 2. then the jobs
+    config = {"recipe": eval_config.to_dict(), "generations": list(generations),
+              "seeds": seeds, "options": _jsonable(plan_options),
+              "runs": [run.__dict__ for run in runs]}
+    project.add(Experiment(id=exp_id, name=name, kind=kind, dataset_id=dataset_id,
+                           status="queued", config_json=dumps(config),
+                           members_json=dumps(members)))
+    # 2. then the jobs (the record lists each member's job as soon as it is queued)
     for member, spec in zip(members, specs):
         job = submit(spec)
+        member["job_id"] = job.id
         project.update(Evaluation, member["evaluation_id"], job_id=job.id)
-    return record
+        project.update(Experiment, exp_id, members_json=dumps(members))
+    return record_of(project.get(Experiment, exp_id))
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-def _save(project: Project, record: dict[str, Any]) -> None:
-    project.set_meta(META_PREFIX + record["id"], json.dumps(record, sort_keys=True))
+def record_of(row: Experiment) -> dict[str, Any]:
+    """The record (see the module's docstring) of an Experiment row."""
+    config = row.config
+    created = row.created_at
+    return {"id": row.id, "name": row.name, "kind": row.kind,
+            "created_at": created.isoformat() if created is not None else "",
+            "dataset_id": row.dataset_id, "generations": config.get("generations", []),
+            "seeds": config.get("seeds", 1), "config": config.get("recipe", {}),
+            "options": config.get("options", {}), "runs": config.get("runs", []),
+            "members": row.members, "status": row.status, "code_version": row.code_version}
 
 
 def _unique_name(project: Project, base: str) -> str:
@@ -266,9 +293,7 @@ def _unique_name(project: Project, base: str) -> str:
 
 def list_experiments(project: Project) -> list[dict[str, Any]]:
     """Every experiment's record, oldest first."""
-    rows = [json.loads(m.value) for m in project.list(Meta)
-            if m.key.startswith(META_PREFIX)]
-    return sorted(rows, key=lambda r: r["created_at"])
+    return [record_of(row) for row in project.list(Experiment)]
 
 
 def get(project: Project, ref: str) -> dict[str, Any]:
@@ -277,13 +302,11 @@ def get(project: Project, ref: str) -> dict[str, Any]:
     Raises:
         NotFoundError: no experiment has that id or name.
     """
-    value = project.get_meta(META_PREFIX + ref, "")
-    if value:
-        return json.loads(value)
-    named = [r for r in list_experiments(project) if r["name"] == ref]
+    named = [row for row in project.list(Experiment) if row.id == ref] or \
+        [row for row in project.list(Experiment) if row.name == ref]
     if not named:
         raise NotFoundError(f"no experiment {ref!r} in {project.path.name}")
-    return named[-1]
+    return record_of(named[-1])
 
 
 def results(project: Project, record: dict[str, Any]) -> pd.DataFrame:
@@ -305,7 +328,11 @@ def results(project: Project, record: dict[str, Any]) -> pd.DataFrame:
 
 
 def status(project: Project, record: dict[str, Any]) -> dict[str, Any]:
-    """``{"status": queued|running|done|incomplete, "done": n, "total": n}`` of an experiment."""
+    """``{"status": queued|running|done|incomplete, "done": n, "total": n}`` of an experiment.
+
+    The status (and, once done, the table) is stored on the experiment's row when it changed
+    and the project is open for writing.
+    """
     statuses = results(project, record)["status"].tolist()
     done = statuses.count("done")
     if done == len(statuses):
@@ -316,7 +343,26 @@ def status(project: Project, record: dict[str, Any]) -> dict[str, Any]:
         state = "queued"
     else:
         state = "incomplete"  # some failed, were cancelled or interrupted: retry their jobs
+    _store_status(project, record, state)
     return {"status": state, "done": done, "total": len(statuses)}
+
+
+def _store_status(project: Project, record: dict[str, Any], state: str) -> None:
+    if project.read_only:
+        return
+    try:
+        row = project.get(Experiment, record["id"])
+    except NotFoundError:
+        return
+    if row.status == state:
+        return
+    values: dict[str, Any] = {"status": state}
+    if state == "done":
+        t = table(project, record).astype(object)
+        values.update(results_json=dumps(t.where(t.notna(), None).to_dict("records")),
+                      finished_at=utcnow())
+    project.update(Experiment, row.id, **values)
+    record["status"] = state
 
 
 def _std(values: pd.Series) -> float:

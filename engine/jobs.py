@@ -178,14 +178,19 @@ class JobManager:
         return self.project.abs(job.folder)
 
     def create(self, spec: JobSpec) -> Job:
-        """Write the job folder and its row (status ``queued``)."""
+        """Write the job folder and its row (status ``queued``).
+
+        The stage's hooks and its ingest find the job's id in their params as ``job_id``, so
+        the rows they write record the job that made them.
+        """
         from engine import stages
 
         stages.get(spec.kind)  # unknown kinds fail here, not in the worker
         job_id = new_id("job")
         folder = self.project.new_folder("jobs", job_id)
+        params = {**spec.params, "job_id": job_id}
         write_json_atomic(folder / "spec.json",
-                          {"kind": spec.kind, "title": spec.title, "params": spec.params,
+                          {"kind": spec.kind, "title": spec.title, "params": params,
                            "job_id": job_id, "project": str(self.project.path)})
         return self.project.add(Job(id=job_id, kind=spec.kind, title=spec.title,
                                     status="queued", folder=self.project.rel(folder)))

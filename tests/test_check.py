@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from engine.check import check_project
-from studio.cli import main
 from engine.config import EncodeConfig, ImportConfig
 from engine.jobs import JobManager
 from engine.project import Encoding, Image, Job
+from studio.cli import main
 
 
 @pytest.fixture
@@ -142,3 +142,30 @@ def test_a_trained_model_without_its_unet_is_reported(built):
     report = check_project(built)
     assert _kinds(report) == ["broken_file"]
     assert report.problems[0]["path"] == f"models/{model_id}/model/unet"
+
+
+def test_an_experiment_with_missing_members_is_reported_and_kept(built):
+    from engine import experiments
+    from engine.project import Dataset, Evaluation, Experiment, dumps, new_id
+    from engine.stages import encode_stage
+
+    ds = built.list(Dataset)[0]
+    job = JobManager(built).create(encode_stage.prepare(built, EncodeConfig(encoder="class")))
+    ev = built.add(Evaluation(id=new_id("eval"), name="e", dataset_id=ds.id, job_id=job.id))
+    members = [{"evaluation_id": ev.id, "job_id": job.id, "run": 0, "seed": 0},
+               {"evaluation_id": "eval_gone", "job_id": "job_gone", "run": 0, "seed": 1}]
+    exp = built.add(Experiment(id=new_id("exp"), name="scaling", kind="scaling",
+                               dataset_id=ds.id, config_json=dumps({"runs": [
+                                   {"label": "real only", "series": "real", "x": 0.0}]}),
+                               members_json=dumps(members)))
+    report = check_project(built)
+    assert _kinds(report) == ["dangling_reference", "dangling_reference"] and not report.ok
+    messages = " ".join(p["message"] for p in report.problems)
+    assert "eval_gone" in messages and "job_gone" in messages
+    assert {p["row"] for p in report.problems} == {f"experiment:{exp.id}"}
+    report = check_project(built, repair=True)  # rows are never deleted
+    assert not report.ok and not any(p["repaired"] for p in report.problems)
+    assert built.get(Experiment, exp.id).members == members
+    # the experiment's table says which member is missing
+    statuses = experiments.results(built, experiments.get(built, exp.id))["status"].tolist()
+    assert statuses == ["queued", "missing"]

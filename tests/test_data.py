@@ -15,7 +15,6 @@ from PIL import Image
 
 from engine.config import ImportConfig
 from engine.data import (
-    class_names,
     dataset_pixels,
     import_demo,
     import_image_folder,
@@ -260,7 +259,7 @@ def test_import_folder(project, tmp_path):
     assert ds.name == "pets" and ds.source == str(src.absolute())
     assert (ds.num_classes, ds.num_images) == (2, 9)
     assert (ds.num_train, ds.num_test) == (7, 2)  # round(5 * .25) = 1, round(4 * .25) = 1
-    assert class_names(ds) == ["cat", "dog"]
+    assert ds.classes == ["cat", "dog"]
     assert json.loads(ds.skipped_json) == [
         {"path": "cat/broken.jpg", "reason": "not an image (unknown or unsupported format)"}]
     assert json.loads(ds.config_json)["test_fraction"] == 0.25
@@ -375,7 +374,7 @@ def test_import_demo(demo):
     project, ds = demo
     assert (ds.num_images, ds.num_classes) == (1797, 10)
     assert ds.num_train + ds.num_test == 1797 and 340 <= ds.num_test <= 380
-    assert class_names(ds) == [str(i) for i in range(10)]
+    assert ds.classes == [str(i) for i in range(10)]
     assert "load_digits" in ds.source
     with pytest.raises(DatasetError, match="already exists"):
         import_demo(project)

@@ -337,3 +337,24 @@ def test_a_job_of_several_processes_holds_that_many_gpus(lab):
         assert jobs.wait(a.id, timeout=120).status == "done"
         assert jobs.wait(b.id, timeout=120).status == "done"
         assert "CUDA_VISIBLE_DEVICES=0)" in (jobs.folder(b) / "log.txt").read_text()
+
+
+def test_an_experiment_is_a_row_with_members_jobs_status_and_code_version(lab):
+    from engine.project import Experiment, Meta
+    from engine.version import code_version
+
+    path, gen = lab
+    record, _ = run_experiment(path, "scaling", gen, sizes=(1,))
+    with Project(path) as project:
+        row = project.get(Experiment, record["id"])
+        assert (row.kind, row.code_version) == ("scaling", code_version())
+        assert [m["job_id"] for m in row.members] == \
+            [project.get(Evaluation, m["evaluation_id"]).job_id for m in row.members]
+        assert all(project.get(Job, m["job_id"]).status == "done" for m in row.members)
+        assert row.config["recipe"] == EVAL.to_dict() and row.config["seeds"] == 1
+        assert not [m for m in project.list(Meta) if m.key.startswith("experiment:")]
+        assert experiments.status(project, record)["status"] == "done"
+        row = project.get(Experiment, record["id"])
+        assert row.status == "done" and row.finished_at is not None
+        assert [r["training data"] for r in row.results] == ["real only", "noisy-x4 1x"]
+        assert experiments.get(project, record["id"])["status"] == "done"

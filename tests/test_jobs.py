@@ -12,7 +12,7 @@ import pytest
 from engine.config import EncodeConfig, ImportConfig, TrainConfig
 from engine.errors import JobError
 from engine.jobs import JobManager, read_progress
-from engine.project import Encoding, Job, Model
+from engine.project import Dataset, Encoding, Job, Model
 
 
 @pytest.fixture
@@ -68,7 +68,8 @@ def _long_training(project, steps: int = 100_000):
 def _wait_for_progress(jobs, job, min_step: int = 6, timeout: float = 120) -> None:
     start = time.time()
     while time.time() - start < timeout:
-        events = read_progress(jobs.folder(job))
+        # the training's steps (the worker may first build the pixel cache: stage "pixels")
+        events = [e for e in read_progress(jobs.folder(job)) if e["stage"] == "train"]
         if events and events[-1]["step"] >= min_step:
             return
         time.sleep(0.3)
@@ -118,7 +119,9 @@ def test_failed_worker_reports_the_error(tiny_project, tmp_path):
 
     jobs = JobManager(tiny_project)
     spec = encode_stage.prepare(tiny_project, EncodeConfig(encoder="pca", dim=4, image_size=8))
-    os.remove(spec.params["pixels_path"])  # the input disappears before the worker runs
+    # an input disappears before the worker runs (the worker builds the pixel cache from it)
+    ds = tiny_project.get(Dataset, "tiny")
+    os.remove(tiny_project.abs(tiny_project.images(ds.id)["path"].iloc[0]))
     job = jobs.wait(jobs.submit(spec).id, timeout=120)
     assert job.status == "failed" and job.error
     assert json.loads((jobs.folder(job) / "status.json").read_text())["status"] == "failed"

@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
-from engine.errors import NotFoundError, ProjectNotFoundError, SchemaVersionError, \
-    StudioError
+from engine import version
+from engine.errors import NotFoundError, ProjectNotFoundError, SchemaVersionError, StudioError
 from engine.project import SCHEMA_VERSION, Dataset, Job, Project, new_id, project_paths
 
 
@@ -40,7 +41,7 @@ def test_dataset_and_images_all_or_nothing(project):
     assert len(project.images(ds.id)) == 3
     # a second dataset whose images collide with existing keys leaves nothing behind
     bad = Dataset(id=new_id("ds"), name="e")
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.ConstraintException):
         project.add_dataset(bad, _images(ds.id, 3))
     assert [d.name for d in project.list(Dataset)] == ["d"]
     assert len(project.query("SELECT * FROM image")) == 3
@@ -109,3 +110,88 @@ def test_newer_schema_is_refused(tmp_path):
 def test_settings_round_trip(project):
     project.update_settings(device="cpu", tab="Curate")
     assert project.settings() == {"device": "cpu", "tab": "Curate"}
+
+
+def _v1_project(path) -> None:
+    """A project file as schema version 1 wrote it: a dataset, a model and an experiment
+    record in the meta table."""
+    import json
+    from pathlib import Path
+
+    ddl = (Path(__file__).parent / "schema_v1.sql").read_text()
+    con = duckdb.connect(str(path))
+    con.execute(ddl)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO dataset VALUES ('ds_old', 'old', '', 'datasets/ds_old', 2, 0, 0, "
+                "0, '[\"a\", \"b\"]', '[]', '{}', now())")
+    con.execute("INSERT INTO model VALUES ('mdl_old', 'm', 'ds_old', '', 'pca', 'trained', 5, "
+                "'', 0.5, '{\"steps\": 5}', '{\"losses\": [1.0, 0.5]}', '', now())")
+    record = {"id": "exp_old", "name": "scaling", "kind": "scaling",
+              "created_at": "2026-11-30T10:00:00+00:00", "dataset_id": "ds_old",
+              "generations": ["g"], "seeds": 2, "config": {"arch": "resnet18"},
+              "options": {"sizes": [1, 2]}, "runs": [{"label": "real only"}],
+              "members": [{"evaluation_id": "eval_a", "run": 0, "seed": 0}]}
+    con.execute("INSERT INTO meta VALUES ('experiment:exp_old', ?)", [json.dumps(record)])
+    con.close()
+
+
+def test_a_version_1_project_is_migrated_on_open(tmp_path):
+    from engine.project import Experiment, Meta, Model
+
+    db, _ = project_paths(tmp_path / "old")
+    _v1_project(db)
+    with Project(tmp_path / "old") as p:
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION)
+        ds = p.get(Dataset, "ds_old")
+        assert ds.classes == ["a", "b"] and (ds.code_version, ds.job_id) == ("", "")
+        model = p.get(Model, "mdl_old")
+        assert model.metrics == {"losses": [1.0, 0.5]} and model.config == {"steps": 5}
+        # the experiment record moved from meta to its table
+        exp = p.get(Experiment, "exp_old")
+        assert (exp.name, exp.kind, exp.dataset_id) == ("scaling", "scaling", "ds_old")
+        assert exp.config["recipe"] == {"arch": "resnet18"} and exp.config["seeds"] == 2
+        assert exp.members == [{"evaluation_id": "eval_a", "run": 0, "seed": 0, "job_id": ""}]
+        assert exp.created_at.year == 2026
+        assert not [m for m in p.list(Meta) if m.key.startswith("experiment:")]
+        # new rows get the code version
+        new = p.add(Job(id=new_id("job"), kind="train"))
+        assert new.code_version and new.code_version.startswith(version.package_version())
+    # a second open finds nothing left to migrate
+    with Project(tmp_path / "old") as p:
+        assert len(p.list(Experiment)) == 1 and p.get(Dataset, "ds_old").name == "old"
+    # the indexes dropped around ALTER TABLE are back
+    con = duckdb.connect(str(db), read_only=True)
+    names = {n for (n,) in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+    con.close()
+    assert {"ix_dataset_name", "ix_model_name", "ix_experiment_name"} <= names
+
+
+def test_an_old_project_is_not_migrated_read_only(tmp_path):
+    db, _ = project_paths(tmp_path / "old")
+    _v1_project(db)
+    with pytest.raises(SchemaVersionError, match="older"):
+        Project(tmp_path / "old", read_only=True)
+
+
+def test_every_run_row_records_the_code_version(project):
+    from engine.project import Encoding, Evaluation, Experiment, Export, Generation, Model, Selection
+
+    for table in (Dataset, Encoding, Model, Generation, Selection, Evaluation, Export, Job,
+                  Experiment):
+        assert "code_version" in table.__table__.columns, table
+    ds = project.add_dataset(Dataset(id=new_id("ds"), name="d", num_images=2),
+                             _images("x", 0))
+    assert ds.code_version == version.code_version()
+
+
+def test_code_version_is_the_package_version_and_the_git_revision(monkeypatch, tmp_path):
+    assert version.code_version() is version.code_version()  # computed once
+    text = version.code_version()
+    assert text.startswith(version.package_version())
+    if (version.SOURCE_ROOT / ".git").exists():
+        rev = subprocess.run(["git", "-C", str(version.SOURCE_ROOT), "rev-parse", "--short",
+                              "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert f"+g{rev}" in text
+    # not a checkout: just the version
+    monkeypatch.setattr(version, "SOURCE_ROOT", tmp_path)
+    assert version.git_revision() is None

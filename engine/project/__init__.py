@@ -7,6 +7,7 @@ from engine.project.schema import (
     Dataset,
     Encoding,
     Evaluation,
+    Experiment,
     Export,
     Generation,
     Image,
@@ -15,6 +16,7 @@ from engine.project.schema import (
     Model,
     Sample,
     Selection,
+    dumps,
     new_id,
     utcnow,
 )
@@ -27,8 +29,8 @@ from engine.project.store import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Export", "Generation", "Image",
-    "Job", "Meta", "Model", "Sample", "Selection", "new_id", "utcnow", "Project",
+    "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Experiment", "Export", "Generation",
+    "Image", "Job", "Meta", "Model", "Sample", "Selection", "dumps", "new_id", "utcnow", "Project",
     "free_name", "project_paths", "save_array_atomic", "write_json_atomic",
     "Page", "image_page", "sample_page", "sample_plan", "revision",
 ]

@@ -7,16 +7,30 @@ errors. References are plain id columns checked by ``rcdm-studio check``.
 
 Bulk rows (images, samples) are written with DuckDB's DataFrame insert, not row by row.
 Embeddings and selections' members are ``.npy`` files in the assets folder, referenced here.
+
+Every run table (dataset, encoding, model, generation, selection, evaluation, export, job,
+experiment) records the ``code_version`` that created the row (``engine.version``); the runs
+made by a job record its ``job_id``. JSON columns (``*_json``) are read through typed
+properties (``Dataset.classes``, ``Model.config``, ``Evaluation.results``, ...) and written
+with ``dumps``.
+
+Schema versions: 1 the first; 2 adds ``code_version`` to every run table, ``job_id`` to
+datasets, encodings and exports, and the ``experiment`` table (experiments were JSON records
+in ``meta`` before). ``engine.project.store`` migrates older project files on open.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+from engine.version import code_version
+
+SCHEMA_VERSION = 2
 
 
 def new_id(prefix: str) -> str:
@@ -26,6 +40,21 @@ def new_id(prefix: str) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def dumps(value: Any) -> str:
+    """The text of a ``*_json`` column."""
+    return json.dumps(value)
+
+
+def _dict(text: str | None) -> dict[str, Any]:
+    value = json.loads(text) if text else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _list(text: str | None) -> list[Any]:
+    value = json.loads(text) if text else []
+    return value if isinstance(value, list) else []
 
 
 class Meta(SQLModel, table=True):
@@ -47,7 +76,24 @@ class Dataset(SQLModel, table=True):
     classes_json: str = "[]"  # class names in label order
     skipped_json: str = "[]"  # [{"path": ..., "reason": ...}] files refused at import
     config_json: str = "{}"
+    job_id: str = ""  # the import job that made it ("" when imported in the caller's thread)
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in label order."""
+        return [str(c) for c in _list(self.classes_json)]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Files refused at import: ``[{"path": ..., "reason": ...}]``."""
+        return _list(self.skipped_json)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The ImportConfig it was imported with (as a dict)."""
+        return _dict(self.config_json)
 
 
 class Image(SQLModel, table=True):
@@ -80,7 +126,19 @@ class Encoding(SQLModel, table=True):
     array_path: str = ""  # assets-relative .npy, shape (count, dim) float32, row = idx
     state_path: str = ""  # assets-relative folder of the fitted encoder (offline encoders)
     config_json: str = "{}"
+    job_id: str = ""
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The EncodeConfig (as a dict); a re-encoding adds ``source_encoding_id``."""
+        return _dict(self.config_json)
+
+    @property
+    def source_encoding_id(self) -> str:
+        """The dataset encoding whose fitted encoder re-encoded a generation ("" if none)."""
+        return str(self.config.get("source_encoding_id", "") or "")
 
 
 class Model(SQLModel, table=True):
@@ -98,7 +156,18 @@ class Model(SQLModel, table=True):
     config_json: str = "{}"
     metrics_json: str = "{}"  # loss curve etc.
     job_id: str = ""
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The TrainConfig (as a dict)."""
+        return _dict(self.config_json)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``{"losses": [...]}`` once trained."""
+        return _dict(self.metrics_json)
 
 
 class Generation(SQLModel, table=True):
@@ -111,7 +180,18 @@ class Generation(SQLModel, table=True):
     count: int = 0
     config_json: str = "{}"
     job_id: str = ""
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The GenerateConfig (as a dict) plus ``conditions`` (where the plan came from)."""
+        return _dict(self.config_json)
+
+    @property
+    def variations(self) -> int:
+        """Images per representation (``GenerateConfig.variations``; 1 when not recorded)."""
+        return int(self.config.get("variations", 1))
 
 
 class Sample(SQLModel, table=True):
@@ -140,7 +220,13 @@ class Selection(SQLModel, table=True):
     count: int = 0
     members_path: str = ""  # assets-relative .npy of int64 sample idx, sorted
     config_json: str = "{}"  # band, how it was made
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """How it was made: ``{"kind": "band", "band": {...}, ...}``, ``{"kind": "all"}``..."""
+        return _dict(self.config_json)
 
 
 class Evaluation(SQLModel, table=True):
@@ -158,7 +244,18 @@ class Evaluation(SQLModel, table=True):
     config_json: str = "{}"
     results_json: str = "{}"  # per-class accuracy, curves
     job_id: str = ""
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The EvalConfig (as a dict)."""
+        return _dict(self.config_json)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Per-class accuracy, curves, ... (everything but top-1 / top-5)."""
+        return _dict(self.results_json)
 
 
 class Export(SQLModel, table=True):
@@ -168,20 +265,64 @@ class Export(SQLModel, table=True):
     count: int = 0
     manifest: str = ""
     config_json: str = "{}"
+    job_id: str = ""
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The ExportConfig (as a dict)."""
+        return _dict(self.config_json)
 
 
 class Job(SQLModel, table=True):
     """A background process. Never referenced by foreign keys (its status changes often)."""
 
     id: str = Field(primary_key=True)
-    kind: str = ""  # "encode", "train", "generate", "evaluate", "export"
+    kind: str = ""  # "import", "encode", "train", "generate", "evaluate", "export"
     title: str = ""
     status: str = "queued"  # queued, running, ingesting, done, failed, cancelled, interrupted
     folder: str = ""  # assets-relative job folder
     pid: int | None = None
     error: str = ""
     result_id: str = ""  # row the job produced once ingested
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class Experiment(SQLModel, table=True):
+    """A set of evaluations run together (``engine.experiments``): the paper's scaling,
+    augmentation and filtering comparisons.
+
+    ``config_json`` holds the plan: the recipe (``recipe``: an EvalConfig dict), the
+    ``generations``, ``seeds``, plan ``options`` and the ``runs`` (one per configuration).
+    ``members_json`` lists its evaluations: ``[{"evaluation_id", "job_id", "run", "seed"}]``.
+    ``status`` and ``results_json`` (the table: mean and spread per configuration) are
+    refreshed from the member rows by ``engine.experiments.status``.
+    """
+
+    id: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    kind: str = ""  # "scaling", "augmentation", "filtering"
+    dataset_id: str = ""
+    status: str = "queued"  # queued, running, done, incomplete
+    config_json: str = "{}"
+    members_json: str = "[]"
+    results_json: str = "[]"
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return _dict(self.config_json)
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        return _list(self.members_json)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return _list(self.results_json)

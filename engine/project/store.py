@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from engine.project.schema import (
     Dataset,
     Encoding,
     Evaluation,
+    Experiment,
     Export,
     Generation,
     Image,
@@ -43,6 +43,7 @@ from engine.project.schema import (
     Model,
     Sample,
     Selection,
+    dumps,
     utcnow,
 )
 
@@ -61,6 +62,18 @@ def project_paths(path: str | os.PathLike) -> tuple[Path, Path]:
         p = p.with_name(p.name + ".duckdb")
     p = p.absolute()
     return p, p.with_name(p.stem + ".assets")
+
+
+# Schema migrations: version -> the columns it adds to existing tables (table, column, type).
+# New tables are created by ``create_all``; data moves are in ``Project._migrate``.
+ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
+    2: [(table, "code_version", "VARCHAR") for table in
+        ("dataset", "encoding", "model", "generation", "selection", "evaluation", "export",
+         "job")]
+       + [(table, "job_id", "VARCHAR") for table in ("dataset", "encoding", "export")],
+}
+# Experiments were JSON records in the meta table under this key prefix (schema version 1).
+LEGACY_EXPERIMENT_PREFIX = "experiment:"
 
 
 def _locked_message(path: Path, exc: Exception) -> str:
@@ -131,6 +144,10 @@ class Project:
 
     def _init_schema(self) -> None:
         with self._lock:
+            fresh = not self._has_table("meta")
+            if not fresh:
+                # an older file: check (and migrate) before create_all adds the new tables
+                self._check_version()
             SQLModel.metadata.create_all(self._engine)
             with self.session() as s:
                 meta = s.get(Meta, "schema_version")
@@ -138,15 +155,55 @@ class Project:
                     s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                     s.commit()
                     return
-            self._check_version()
+            self._migrate()
 
-    def _check_version(self) -> None:
-        version = int(self.get_meta("schema_version", str(SCHEMA_VERSION)))
+    def _has_table(self, name: str) -> bool:
+        with self._engine.connect() as conn:
+            return bool(conn.exec_driver_sql(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", (name,)).scalar())
+
+    def _version(self) -> int:
+        if not self._has_table("meta"):
+            return SCHEMA_VERSION
+        with self._engine.connect() as conn:
+            value = conn.exec_driver_sql(
+                "SELECT value FROM meta WHERE key = 'schema_version'").scalar()
+        return int(value) if value else SCHEMA_VERSION
+
+    def _check_version(self) -> int:
+        version = self._version()
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"project {self.path} has schema version {version}, newer than this studio's "
                 f"{SCHEMA_VERSION}; upgrade rcdm-studio to open it")
-        # Older versions are migrated here, one step at a time, when they exist.
+        if version < SCHEMA_VERSION and self.read_only:
+            raise SchemaVersionError(
+                f"project {self.path} has schema version {version}, older than this "
+                f"studio's {SCHEMA_VERSION}; open it once for writing to migrate it")
+        return version
+
+    def _migrate(self) -> None:
+        """Bring an older project file to ``SCHEMA_VERSION``, one version at a time, each
+        step in one transaction (a failed step leaves the file at the previous version)."""
+        version = self._check_version()
+        while version < SCHEMA_VERSION:
+            version += 1
+            with self.duck() as con:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    for table, column, sql_type in ADDED_COLUMNS.get(version, []):
+                        _add_column(con, table, column, sql_type)
+                    if version == 2:
+                        _experiments_out_of_meta(con)
+                    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                [str(version)])
+                    con.execute("COMMIT")
+                except Exception as exc:
+                    con.execute("ROLLBACK")
+                    raise SchemaVersionError(
+                        f"cannot migrate project {self.path} to schema version {version}: "
+                        f"{exc}") from exc
+            log.info("migrated project %s to schema version %d", self.path, version)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -271,12 +328,13 @@ class Project:
                 con.execute("INSERT INTO image SELECT * FROM frame")
                 con.execute(
                     "INSERT INTO dataset (id, name, source, root, num_classes, num_images, "
-                    "num_train, num_test, classes_json, skipped_json, config_json, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "num_train, num_test, classes_json, skipped_json, config_json, job_id, "
+                    "code_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [dataset.id, dataset.name, dataset.source, dataset.root,
                      dataset.num_classes, dataset.num_images, dataset.num_train,
                      dataset.num_test, dataset.classes_json, dataset.skipped_json,
-                     dataset.config_json, dataset.created_at or utcnow()])
+                     dataset.config_json, dataset.job_id, dataset.code_version,
+                     dataset.created_at or utcnow()])
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
@@ -292,10 +350,11 @@ class Project:
                 con.execute("INSERT INTO sample SELECT * FROM frame")
                 con.execute(
                     "INSERT INTO generation (id, name, model_id, dataset_id, encoder, folder, "
-                    "count, config_json, job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "count, config_json, job_id, code_version, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [generation.id, generation.name, generation.model_id, generation.dataset_id,
                      generation.encoder, generation.folder, generation.count,
-                     generation.config_json, generation.job_id,
+                     generation.config_json, generation.job_id, generation.code_version,
                      generation.created_at or utcnow()])
                 con.execute("COMMIT")
             except Exception:
@@ -349,7 +408,8 @@ class Project:
         out: dict[str, Any] = {"project": str(self.path), "schema_version": SCHEMA_VERSION}
         for name, table in [("datasets", Dataset), ("encodings", Encoding), ("models", Model),
                             ("generations", Generation), ("selections", Selection),
-                            ("evaluations", Evaluation), ("exports", Export), ("jobs", Job)]:
+                            ("evaluations", Evaluation), ("exports", Export),
+                            ("experiments", Experiment), ("jobs", Job)]:
             rows = self.list(table)
             out[name] = [_row_summary(r) for r in rows]
         return out
@@ -388,12 +448,58 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def copy_tree_atomic(src: Path, dst: Path) -> None:
-    """Copy a folder so that ``dst`` appears whole or not at all."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+def _add_column(con: Any, table: str, column: str, sql_type: str) -> None:
+    """``ALTER TABLE table ADD COLUMN column sql_type DEFAULT ''`` (no-op when it exists).
+
+    The table's indexes are dropped around it and made again: DuckDB 1.x refuses to alter a
+    table that an index depends on.
+    """
+    indexes = con.execute("SELECT index_name, sql FROM duckdb_indexes() WHERE table_name = ?",
+                          [table]).fetchall()
+    for name, _ in indexes:
+        con.execute(f'DROP INDEX "{name}"')
+    con.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {sql_type} '
+                f"DEFAULT ''")
+    for _, sql in indexes:
+        con.execute(sql)
+
+
+def _experiments_out_of_meta(con: Any) -> None:
+    """Schema 1 -> 2: move experiment records (JSON in ``meta`` under ``experiment:<id>``)
+    into the experiment table, in the connection's open transaction."""
+    rows = con.execute("SELECT key, value FROM meta WHERE key LIKE ?",
+                       [LEGACY_EXPERIMENT_PREFIX + "%"]).fetchall()
+    for key, value in rows:
+        try:
+            record = json.loads(value)
+        except ValueError:
+            log.warning("meta row %s is not an experiment record; kept", key)
+            continue
+        row = _experiment_from_record(record)
+        con.execute(
+            "INSERT INTO experiment (id, name, kind, dataset_id, status, config_json, "
+            "members_json, results_json, code_version, created_at, finished_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [row.id, row.name, row.kind, row.dataset_id, row.status, row.config_json,
+             row.members_json, row.results_json, row.code_version, row.created_at,
+             row.finished_at])
+        con.execute("DELETE FROM meta WHERE key = ?", [key])
+
+
+def _experiment_from_record(record: dict[str, Any]) -> Experiment:
+    """An Experiment row from a schema-1 experiment record (``engine.experiments`` wrote them:
+    id, name, kind, created_at, dataset_id, generations, seeds, config, options, runs,
+    members). Its code version is unknown ("")."""
+    created = record.get("created_at")
+    try:
+        created_at = pd.Timestamp(created).to_pydatetime() if created else utcnow()
+    except ValueError:
+        created_at = utcnow()
+    config = {"recipe": record.get("config", {}), "generations": record.get("generations", []),
+              "seeds": record.get("seeds", 1), "options": record.get("options", {}),
+              "runs": record.get("runs", [])}
+    members = [{"job_id": "", **m} for m in record.get("members", [])]
+    return Experiment(id=record["id"], name=record.get("name", record["id"]),
+                      kind=record.get("kind", ""), dataset_id=record.get("dataset_id", ""),
+                      status="queued", config_json=dumps(config), members_json=dumps(members),
+                      results_json="[]", code_version="", created_at=created_at)

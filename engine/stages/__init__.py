@@ -4,8 +4,13 @@
 - ``run(params, folder, progress, cancel) -> dict``   worker side: no database, files only
 - ``ingest(project, params, result) -> str``   owner side: write the rows, return the new id
 
-plus ``on_failure`` / ``on_retry`` hooks that keep the rows of a failed job consistent.
-Curation (``curate``) is fast enough to run in the owner and has no job.
+plus ``on_failure`` / ``on_retry`` hooks that keep the rows of a failed job consistent
+(and an optional ``on_start``). ``JobManager`` adds the job's id to the params as ``job_id``:
+every run row a job writes records it. Curation (``curate``) is fast enough to run in the
+owner and has no job.
+
+Work that decodes or copies many files (an import, a pixel cache) happens in ``run``, in the
+worker: ``prepare`` only checks inputs and names paths.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from engine.errors import JobError
 
+
 @dataclass(frozen=True)
 class JobSpec:
     """What a worker needs: the stage ``kind`` and JSON-able ``params`` (``prepare`` returns one)."""
@@ -25,7 +31,7 @@ class JobSpec:
     params: dict[str, Any]
 
 
-KINDS = ("encode", "train", "generate", "evaluate", "export")
+KINDS = ("import", "encode", "train", "generate", "evaluate", "export")
 
 
 def get(kind: str) -> ModuleType:

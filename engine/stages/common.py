@@ -1,14 +1,16 @@
-"""Helpers shared by the stage modules (owner side)."""
+"""Helpers shared by the stage modules (owner side; ``pixels`` is the worker side of
+``pixels_params``)."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.errors import NotFoundError, NotReadyError
-from engine.project import Dataset, Encoding, Generation, Model, Project, Selection
+from engine.errors import DatasetError, NotFoundError, NotReadyError
+from engine.progress import CancelToken, ProgressFn, no_progress
+from engine.project import Dataset, Encoding, Generation, Model, Project
 
 
 def dataset(project: Project, ref: str | None) -> Dataset:
@@ -25,8 +27,47 @@ def dataset(project: Project, ref: str | None) -> Dataset:
     return rows[0]
 
 
-def class_names(ds: Dataset) -> list[str]:
-    return list(json.loads(ds.classes_json))
+IMAGE_LIST = "images.txt"  # in a dataset's folder: its image files in idx order, one a line
+
+
+def pixels_params(project: Project, ds: Dataset, size: int) -> dict[str, Any]:
+    """Owner side: where the dataset's pixel cache at ``size`` lives and the list of image
+    files it is built from (``images.txt`` in the dataset's folder, paths relative to it,
+    written once: a dataset's images never change). The worker builds the cache when it is
+    missing (``pixels``); the owner never decodes an image."""
+    from engine import data
+
+    root = project.abs(ds.root)
+    listing = root / IMAGE_LIST
+    if not listing.exists():
+        lines = []
+        for rel in project.images(ds.id)["path"]:
+            path = project.abs(rel)
+            lines.append(path.relative_to(root).as_posix() if root in path.parents
+                         else str(path))
+        tmp = listing.with_name(listing.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        tmp.replace(listing)
+    return {"pixels_path": str(data.pixels_cache_path(project, ds, size)),
+            "image_list": str(listing), "num_images": int(ds.num_images)}
+
+
+def pixels(params: dict[str, Any], size: int, progress: ProgressFn = no_progress,
+           cancel: CancelToken | None = None) -> np.ndarray:
+    """Worker side: the pixel cache named by ``pixels_params``, uint8 (N, size, size, 3)
+    memory-mapped, built first when missing. Specs written before the workers built caches
+    have no ``image_list``: their owner built the cache."""
+    from engine import data
+
+    if "image_list" not in params:
+        return np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
+    listing = Path(params["image_list"])
+    paths = [listing.parent / line for line in listing.read_text(encoding="utf-8").splitlines()]
+    if len(paths) != int(params["num_images"]):
+        raise DatasetError(f"{listing} lists {len(paths)} images, the dataset has "
+                           f"{params['num_images']}; delete the list to have it rewritten")
+    return data.pixel_cache(paths, Path(params["pixels_path"]), size, progress=progress,
+                            cancel=cancel)
 
 
 def dataset_encoding(project: Project, ds: Dataset, encoder: str | None,
@@ -74,10 +115,6 @@ def trained_model(project: Project, ref: str | None) -> Model:
     return model
 
 
-def selection(project: Project, ref: str) -> Selection:
-    return project.get(Selection, ref)
-
-
 def split_indices(project: Project, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train idx, test idx, labels of all images) of a dataset, idx order."""
     images = project.images(ds.id)
@@ -85,6 +122,3 @@ def split_indices(project: Project, ds: Dataset) -> tuple[np.ndarray, np.ndarray
     split = images["split"].to_numpy()
     return (np.flatnonzero(split == "train"), np.flatnonzero(split == "test"), labels)
 
-
-def loads(text: str) -> Any:
-    return json.loads(text) if text else {}

@@ -6,7 +6,6 @@ studio recomputes a band as the user moves it; no job.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import pandas as pd
 from engine import curation
 from engine.config import BandConfig
 from engine.errors import InvalidConfigError
-from engine.project import Encoding, Generation, Project, Selection, new_id
+from engine.project import Encoding, Generation, Project, Selection, dumps, new_id
 from engine.stages import common
 
 
@@ -64,7 +63,7 @@ def band_data(project: Project, generation_ref: str, encoding_ref: str | None = 
     gen = project.get(Generation, generation_ref)
     enc = common.generation_encoding(project, gen, ref=encoding_ref)
     ds = common.dataset(project, gen.dataset_id)
-    source_id = json.loads(enc.config_json).get("source_encoding_id", "")
+    source_id = enc.source_encoding_id
     real_enc = project.get(Encoding, source_id) if source_id else \
         common.dataset_encoding(project, ds, enc.encoder)
     train_idx, _, labels_all = common.split_indices(project, ds)
@@ -87,7 +86,7 @@ def band_data(project: Project, generation_ref: str, encoding_ref: str | None = 
         distances=curation.centroid_distances(syn, syn_labels, centroids, metric),
         labels=syn_labels,
         real_distances=curation.centroid_distances(real, real_labels, centroids, metric),
-        real_labels=real_labels, class_names=common.class_names(ds), metric=metric,
+        real_labels=real_labels, class_names=ds.classes, metric=metric,
         centroid=centroid, real_encoding=real_enc, train_idx=train_idx)
 
 
@@ -211,7 +210,7 @@ def save_all(project: Project, generation_ref: str, name: str | None = None,
         members = samples["idx"].to_numpy(np.int64)
         how: dict[str, Any] = {"kind": "all"}
     else:
-        k = int(json.loads(gen.config_json).get("variations", 1))
+        k = gen.variations
         members = samples["idx"].to_numpy(np.int64)
         members = members[(members % k) < first_variations]
         how = {"kind": "first_variations", "k": first_variations}
@@ -241,7 +240,7 @@ def _store(project: Project, gen: Generation, encoding_id: str, members: np.ndar
     return project.add(Selection(id=sel_id, name=project.unique_name(Selection, name),
                                  generation_id=gen.id, encoding_id=encoding_id,
                                  count=int(len(members)), members_path=rel,
-                                 config_json=json.dumps(how)))
+                                 config_json=dumps(how)))
 
 
 def summary(bd: BandData, mask: np.ndarray) -> pd.DataFrame:

@@ -25,10 +25,9 @@ import numpy as np
 
 from engine.config import EncodeConfig
 from engine.errors import InvalidConfigError
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
-from engine.project import Encoding, Generation, Project, new_id, write_json_atomic
-from engine.stages import common
+from engine.project import Encoding, Generation, Project, dumps, new_id, write_json_atomic
+from engine.stages import JobSpec, common
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
     For a generation the encoder is the one fitted on its dataset (``encoding_ref``, or the
     dataset's latest encoding with ``config.encoder``).
     """
-    from engine import data, encoders
+    from engine import encoders
 
     encoding_id = new_id("enc")
     out = project.new_folder("encodings", encoding_id)
@@ -60,8 +59,8 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
         if encoder.reads_files:
             params["paths"] = [str(project.abs(p)) for p in project.images(ds.id)["path"]]
         else:
-            data.dataset_pixels(project, ds, config.image_size)  # decode once, cached
-            params["pixels_path"] = str(data.pixels_cache_path(project, ds, config.image_size))
+            # decoded once, cached, by the worker
+            params.update(common.pixels_params(project, ds, config.image_size))
         params.update(target="dataset", dataset_id=ds.id, target_id=ds.id,
                       num_classes=ds.num_classes,
                       labels=labels.tolist(), fit_idx=train_idx.tolist())
@@ -76,7 +75,7 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
                 f"the {source.encoder} encoder cannot re-encode generated images; "
                 f"pick an image encoder (e.g. pca)")
         samples = project.samples(gen.id)
-        config = EncodeConfig.from_dict({**json.loads(source.config_json)})
+        config = EncodeConfig.from_dict(source.config)
         params.update(target="generation", dataset_id=ds.id, target_id=gen.id,
                       num_classes=ds.num_classes, config=config.to_dict(),
                       source_encoding_id=source.id,
@@ -96,8 +95,8 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     state_dir = Path(params["state_dir"])
     pixels = None
     if params["target"] == "dataset" and params.get("pixels_path"):
-        # the dataset's pixels, decoded once by the owner (memory-mapped)
-        pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
+        # the dataset's pixels, decoded once (memory-mapped): the first worker builds them
+        pixels = common.pixels(params, config.image_size, progress, cancel)
     # 1. the encoder: saved by an earlier attempt of this job, the dataset's fitted one
     #    (re-encoding), or a new one, fitted on the training split (the test split stays unseen)
     if (state_dir / encoders.MANIFEST).exists():
@@ -201,7 +200,8 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
         target_id=params["target_id"], encoder=result["encoder"], offline=result["offline"],
         dim=result["dim"], count=result["count"],
         array_path=project.rel(params["array_path"]),
-        state_path=project.rel(params["state_dir"]), config_json=json.dumps(config))
+        state_path=project.rel(params["state_dir"]), config_json=dumps(config),
+        job_id=params.get("job_id", ""))
     project.add(enc)
     return enc.id
 

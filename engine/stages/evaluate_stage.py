@@ -6,7 +6,6 @@ generation), ``real+synthetic``. The test split is always the dataset's real tes
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,13 @@ import numpy as np
 from engine.config import MIXES, EvalConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.progress import CancelToken, ProgressFn
-from engine.project import Evaluation, Generation, Project, Selection, new_id
+from engine.project import Evaluation, Generation, Project, Selection, dumps, new_id
 from engine.stages import JobSpec, common
 
 
 def prepare(project: Project, config: EvalConfig, mix: str = "real",
             dataset_ref: str | None = None, selection_ref: str | None = None,
             generation_ref: str | None = None, name: str | None = None) -> JobSpec:
-    from engine import data
-
     if mix not in MIXES:
         raise InvalidConfigError(f"mix must be one of {MIXES}, got {mix!r}")
     synthetic_paths: list[str] = []
@@ -54,7 +51,6 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
     train_idx, test_idx, labels = common.split_indices(project, ds)
     if len(test_idx) == 0:
         raise NotReadyError(f"dataset {ds.name} has no test split to evaluate on")
-    data.dataset_pixels(project, ds, config.image_size)
     eval_id = new_id("eval")
     name = project.unique_name(Evaluation, name or f"{mix}")
     num_train = (len(train_idx) if mix != "synthetic" else 0) + len(synthetic_paths)
@@ -66,7 +62,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         "evaluation_id": eval_id, "mix": mix, "config": config.to_dict(),
         "processes": config.processes,  # worker processes (GPUs) this job uses at once
         "num_classes": ds.num_classes,
-        "pixels_path": str(project.assets / ds.root / f"pixels_{config.image_size}.npy"),
+        **common.pixels_params(project, ds, config.image_size),  # the worker builds it
         "train_idx": train_idx.tolist() if mix != "synthetic" else [],
         "test_idx": test_idx.tolist(), "labels": labels.tolist(),
         "synthetic_paths": synthetic_paths, "synthetic_labels": synthetic_labels,
@@ -82,7 +78,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     from engine.evaluate.classifier_training import mix_arrays, train_classifier
 
     config = EvalConfig.from_dict(params["config"])
-    pixels = np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
+    pixels = common.pixels(params, config.image_size, progress, cancel)  # (N, S, S, 3)
     labels = np.asarray(params["labels"], dtype=np.int64)
     train_idx = np.asarray(params["train_idx"], dtype=np.int64)
     test_idx = np.asarray(params["test_idx"], dtype=np.int64)
@@ -114,12 +110,13 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
                    top1=float(result["top1"]), top5=float(result["top5"]),
                    num_train=int(result.get("num_train", 0)),
                    num_test=int(result.get("num_test", 0)),
-                   results_json=json.dumps(details))
+                   results_json=dumps(details))
     return params["evaluation_id"]
 
 
 def on_start(project: Project, params: dict[str, Any]) -> None:
-    project.update(Evaluation, params["evaluation_id"], status="running")
+    values = {"job_id": params["job_id"]} if params.get("job_id") else {}
+    project.update(Evaluation, params["evaluation_id"], status="running", **values)
 
 
 def on_failure(project: Project, spec: dict[str, Any], status: str, error: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,9 @@ import numpy as np
 import pandas as pd
 
 from engine.config import ExportConfig
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
-from engine.project import Export, Generation, Model, Project, Selection, new_id
-from engine.stages import common
+from engine.project import Export, Generation, Model, Project, Selection, dumps, new_id
+from engine.stages import JobSpec, common
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +44,7 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
     samples = project.samples(gen.id).iloc[project.selection_members(sel)]
     if len(samples) == 0:
         raise InvalidConfigError("nothing to export: the selection is empty")
-    gconf = json.loads(gen.config_json)
+    gconf = gen.config
     rows = pd.DataFrame({
         "path": [str(project.abs(p)) for p in samples["path"]],
         "class_name": samples["class_name"].to_numpy(),
@@ -58,13 +56,13 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
         "sampler": samples["sampler"].to_numpy(), "steps": samples["steps"].to_numpy(),
         "guidance": samples["guidance"].to_numpy(),
         "generation": gen.name, "selection": sel.name, "selection_id": sel.id,
-        "band": band_text(json.loads(sel.config_json)),
+        "band": band_text(sel.config),
     })
     if sel.encoding_id:
         try:
             from engine.stages import curate_stage
 
-            band = json.loads(sel.config_json).get("band", {})
+            band = sel.config.get("band", {})
             bd = curate_stage.band_data(project, gen.id, sel.encoding_id,
                                         centroid=band.get("centroid", "real"),
                                         metric=band.get("metric", "cosine"))
@@ -91,8 +89,8 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
     rows.to_parquet(rows_path, index=False)
     card = {"title": f"{sel.name} ({ds.name})", "dataset": ds.name, "generation": gen.name,
             "model": model.name, "encoder": model.encoder, "selection": sel.name,
-            "selection_config": json.loads(sel.config_json), "generation_config": gconf,
-            "model_config": json.loads(model.config_json),
+            "selection_config": sel.config, "generation_config": gconf,
+            "model_config": model.config,
             "offline_encoder": model.encoder not in ("dinov2", "dinov3", "clip")}
     params = {"export_id": export_id, "selection_id": sel.id, "rows_path": str(rows_path),
               "out_dir": str(out), "config": config.to_dict(), "card": card}
@@ -113,7 +111,8 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
     project.add(Export(id=params["export_id"], selection_id=params["selection_id"],
                        folder=str(result["folder"]), count=int(result["count"]),
-                       manifest=str(result["manifest"]), config_json=json.dumps(params["config"])))
+                       manifest=str(result["manifest"]), config_json=dumps(params["config"]),
+                       job_id=params.get("job_id", "")))
     Path(params["rows_path"]).unlink(missing_ok=True)
     return params["export_id"]
 

@@ -10,7 +10,6 @@ reproduces every image; the plan's representations are kept in the generation fo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,9 @@ import pandas as pd
 
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError
-from engine.stages import JobSpec
 from engine.progress import CancelToken, ProgressFn
-from engine.project import Encoding, Generation, Project, new_id
-from engine.stages import common
+from engine.project import Encoding, Generation, Project, dumps, new_id
+from engine.stages import JobSpec, common
 
 # per-sample weights go into the generation's config_json up to this many representations
 # (beyond, they are in samples.parquet only)
@@ -80,7 +78,7 @@ def plan_params(project: Project, config: GenerateConfig, model_ref: str | None 
         "model_dir": str(project.abs(model.checkpoint)), "mode": plan.mode,
         "source_ids": list(plan.source_ids), "partner_ids": list(plan.partner_ids),
         "weights": plan.weights.tolist(), "labels": plan.labels.astype(int).tolist(),
-        "class_names": common.class_names(ds), "pool_size": int(len(chosen)),
+        "class_names": ds.classes, "pool_size": int(len(chosen)),
     }
     return params, plan
 
@@ -177,7 +175,7 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
     gen = Generation(id=gen_id, name=params["name"], model_id=params["model_id"],
                      dataset_id=params["dataset_id"], encoder=params["encoder"],
                      folder=project.rel(params["out_dir"]), count=len(samples),
-                     config_json=json.dumps(config_json))
+                     config_json=dumps(config_json), job_id=params.get("job_id", ""))
     project.add_generation(gen, samples)
     return gen_id
 

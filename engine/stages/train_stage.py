@@ -6,7 +6,6 @@ the very same denoiser and recipe.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from engine.config import TrainConfig
 from engine.progress import CancelToken, ProgressFn
-from engine.project import Model, Project, new_id
+from engine.project import Model, Project, dumps, new_id
 from engine.stages import JobSpec, common
 
 
@@ -22,12 +21,9 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
             encoder: str | None = None, encoding_ref: str | None = None,
             name: str | None = None) -> JobSpec:
     """Queue the training of a new model; its row exists from now on (status ``queued``)."""
-    from engine import data
-
     ds = common.dataset(project, dataset_ref)
     enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
     train_idx, _, _ = common.split_indices(project, ds)
-    data.dataset_pixels(project, ds, config.image_size)
     model_id = new_id("mdl")
     out = project.new_folder("models", model_id)
     name = project.unique_name(Model, name or f"rcdm-{enc.encoder}")
@@ -37,7 +33,7 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
         "model_id": model_id,
         "config": config.to_dict(),
         "processes": config.processes,  # worker processes (GPUs) this job uses at once
-        "pixels_path": str(project.assets / ds.root / f"pixels_{config.image_size}.npy"),
+        **common.pixels_params(project, ds, config.image_size),  # the worker builds it
         "cond_path": str(project.abs(enc.array_path)),
         "train_idx": train_idx.tolist(),
         "out_dir": str(out),
@@ -51,8 +47,10 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
     config = TrainConfig.from_dict(params["config"])
     idx = np.asarray(params["train_idx"], dtype=np.int64)
-    # the rows idx of the pixel cache and of the encoding; a latent run's latents are cached
-    # beside the pixel cache, computed once and shared by every latent run on this dataset
+    # 1. the pixel cache of the dataset, built here (in the worker) when it is missing
+    common.pixels(params, config.image_size, progress, cancel)
+    # 2. train on the rows idx of the pixel cache and of the encoding; a latent run's latents
+    #    are cached beside the pixel cache, computed once and shared by every latent run
     args = (params["pixels_path"], params["cond_path"], config, Path(params["out_dir"]))
     if config.processes > 1:  # torchrun: the processes read the files themselves
         from engine.rcdm.training_ranks import launch_train_rcdm
@@ -73,7 +71,7 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
                    steps_done=int(result["steps_done"]),
                    checkpoint=project.rel(result["model_dir"]),
                    final_loss=float(result["final_loss"]),
-                   metrics_json=json.dumps({"losses": result["losses"]}))
+                   metrics_json=dumps({"losses": result["losses"]}))
     return params["model_id"]
 
 
@@ -86,4 +84,5 @@ def on_retry(project: Project, params: dict[str, Any]) -> None:
 
 
 def on_start(project: Project, params: dict[str, Any]) -> None:
-    project.update(Model, params["model_id"], status="training")
+    project.update(Model, params["model_id"], status="training",
+                   job_id=params.get("job_id", ""))

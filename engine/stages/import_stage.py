@@ -1,0 +1,130 @@
+"""Import: an ImageFolder (or the bundled demo digits) becomes a dataset, in a worker.
+
+- ``prepare`` checks the name and the folder, picks the dataset's id and names its folders;
+  it reads no image.
+- ``run`` (worker) validates every file and writes the images and thumbnails into
+  ``datasets/.<id>.partial`` (``engine.data.write_dataset_files``), with progress per file and
+  cancel between files; the image rows go to ``images.parquet`` in the job folder. The demo
+  first writes the digits as an ImageFolder into the job folder.
+- ``ingest`` renames the partial folder into place and inserts the dataset and its images in
+  one transaction.
+
+A cancelled, failed or interrupted import leaves no half dataset: the worker removes its
+partial folder when it stops, ``on_failure`` removes whatever a killed worker left, a retry
+starts over, and an ingest that fails removes the folder it renamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from engine import data
+from engine.config import ImportConfig
+from engine.errors import DatasetError
+from engine.progress import CancelToken, ProgressFn
+from engine.project import Dataset, Project
+from engine.stages import JobSpec
+
+log = logging.getLogger(__name__)
+
+ROWS_FILE = "images.parquet"
+
+
+def prepare(project: Project, folder: str | Path | None, name: str,
+            config: ImportConfig = data.DEFAULT_IMPORT, demo: bool = False) -> JobSpec:
+    """Queue the import of the ImageFolder ``folder`` (or of the demo digits, ``demo=True``)
+    as the dataset ``name``.
+
+    Raises:
+        DatasetError: an empty or taken name, a missing folder or a file.
+    """
+    data.check_name(project, name)
+    if demo:
+        source, folder_text = data.DEMO_SOURCE, ""
+    else:
+        if folder is None:
+            raise DatasetError("an import needs an image folder (or demo=True)")
+        folder_text = str(data.check_folder(Path(folder)))
+        source = folder_text
+    dataset_id = data.new_dataset_id(project.assets)
+    final_root = project.assets / "datasets" / dataset_id
+    params = {
+        "dataset_id": dataset_id, "name": name, "demo": bool(demo), "folder": folder_text,
+        "source": source, "config": config.to_dict(),
+        "final_root": str(final_root), "work_root": str(data.partial_root(final_root)),
+        "root_rel": project.rel(final_root),
+    }
+    what = "the demo digits" if demo else folder_text
+    return JobSpec(kind="import", title=f"Import {what} as {name}", params=params)
+
+
+def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
+        cancel: CancelToken) -> dict[str, Any]:
+    config = ImportConfig.from_dict(params["config"])
+    work_root = Path(params["work_root"])
+    shutil.rmtree(work_root, ignore_errors=True)  # a retry starts over
+    try:
+        if params.get("demo"):
+            demo_dir = folder / "demo"
+            shutil.rmtree(demo_dir, ignore_errors=True)
+            source = data.write_demo_dataset(demo_dir / "digits")
+        else:
+            source = Path(params["folder"])
+        written = data.write_dataset_files(source, work_root, params["root_rel"],
+                                           params["dataset_id"], config, progress, cancel)
+        cancel.raise_if_cancelled()
+        rows = folder / ROWS_FILE
+        tmp = rows.with_name(rows.name + ".tmp")
+        written["images"].to_parquet(tmp, index=False)
+        os.replace(tmp, rows)
+    except BaseException:
+        shutil.rmtree(work_root, ignore_errors=True)
+        raise
+    finally:
+        if params.get("demo"):
+            shutil.rmtree(folder / "demo", ignore_errors=True)
+    return {"rows": str(rows), "classes": written["classes"], "skipped": written["skipped"],
+            "num_images": int(len(written["images"]))}
+
+
+def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
+    """Move the images into place and write the dataset and its image rows (all or none)."""
+    final_root, work_root = Path(params["final_root"]), Path(params["work_root"])
+    if any(d.id == params["dataset_id"] for d in project.list(Dataset)):
+        return params["dataset_id"]  # ingested already (the owner stopped before marking it)
+    if not work_root.is_dir():
+        raise DatasetError(f"the import's images are gone ({work_root} is missing); "
+                           f"retry the import")
+    images = pd.read_parquet(result["rows"])
+    written = {"classes": result["classes"], "skipped": result["skipped"], "images": images}
+    row = data.dataset_row(params["dataset_id"], params["name"], params["source"],
+                           params["root_rel"], written, ImportConfig.from_dict(params["config"]),
+                           job_id=params.get("job_id", ""))
+    try:
+        data.check_name(project, params["name"])  # another import may have taken it since
+        os.replace(work_root, final_root)
+        project.add_dataset(row, images)
+    except BaseException:
+        shutil.rmtree(work_root, ignore_errors=True)
+        shutil.rmtree(final_root, ignore_errors=True)
+        raise
+    Path(result["rows"]).unlink(missing_ok=True)
+    log.info("imported %s as dataset %r (%s): %d images, %d skipped", params["source"],
+             params["name"], params["dataset_id"], row.num_images, len(result["skipped"]))
+    return params["dataset_id"]
+
+
+def on_failure(project: Project, spec: dict[str, Any], status: str, error: str) -> None:
+    """No half dataset: remove what a stopped or killed worker left."""
+    shutil.rmtree(Path(spec["params"]["work_root"]), ignore_errors=True)
+
+
+def on_retry(project: Project, params: dict[str, Any]) -> None:
+    shutil.rmtree(Path(params["work_root"]), ignore_errors=True)
+
