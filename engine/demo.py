@@ -18,14 +18,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.config import BandConfig, EncodeConfig, EvalConfig, ExportConfig, GenerateConfig, \
-    TrainConfig
+from engine.config import BandConfig, EncodeConfig, EvalConfig, ExportConfig, GenerateConfig, TrainConfig
 from engine.errors import InvalidConfigError
 from engine.jobs import JobManager
 from engine.progress import CancelToken, ProgressFn, no_progress
 from engine.project import Dataset, Evaluation, Project
-from engine.stages import curate_stage
-from engine.stages import encode_stage, evaluate_stage, export_stage, generate_stage, train_stage
+from engine.stages import (
+    curate_stage,
+    encode_stage,
+    evaluate_stage,
+    export_stage,
+    generate_stage,
+    train_stage,
+)
 
 log = logging.getLogger(__name__)
 

@@ -206,10 +206,10 @@ def _write_manifest(manifest: pd.DataFrame, folder: Path) -> None:
     manifest.to_csv(folder / MANIFEST, index=False)
     try:
         manifest.to_parquet(folder / MANIFEST_PARQUET, index=False, engine="pyarrow")
-    except Exception as exc:  # mixed-type object columns: store them as text
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for mixed columns
         log.info("manifest.parquet: storing object columns as text (%s)", exc)
         fixed = manifest.copy()
-        for col in fixed.columns[fixed.dtypes == object]:
+        for col in fixed.select_dtypes(include="object").columns:
             fixed[col] = fixed[col].map(lambda v: None if v is None else str(v))
         fixed.to_parquet(folder / MANIFEST_PARQUET, index=False, engine="pyarrow")
 

@@ -72,7 +72,7 @@ def _fault_hold(folder: Path, cancel: CancelToken) -> ProgressFn:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m engine.worker JOB_FOLDER", file=sys.stderr)
+        sys.stderr.write("usage: python -m engine.worker JOB_FOLDER\n")
         return 2
     folder = Path(argv[0])
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,

@@ -14,11 +14,9 @@ from PIL import Image
 
 from engine.config import GenerateConfig, TrainConfig
 from engine.errors import InvalidConfigError, WeightsNotFoundError
-from engine.rcdm.latent import (LatentCodec, cache_name, cached_latents, encode_pixels,
-                                load_vae, vae_info)
+from engine.rcdm.latent import LatentCodec, cache_name, cached_latents, encode_pixels, load_vae, vae_info
 from engine.rcdm.model import load_rcdm, unet_kwargs
-from engine.rcdm.presets import (IMAGENET100_TRAIN_IMAGES, preset_config,
-                                 preset_parameters)
+from engine.rcdm.presets import IMAGENET100_TRAIN_IMAGES, preset_config, preset_parameters
 from engine.rcdm.sample import sample_images
 from engine.rcdm.training import train_rcdm
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import write_tiny_folder
 
 USER, PASSWORD = "alice", "s3cret-pass"

@@ -8,6 +8,12 @@ lazily from a hub id or a local folder.
 """
 
 from engine.encoders.base import MANIFEST, Encoder
+from engine.encoders.class_onehot import ClassOneHotEncoder  # noqa: E402  (registers "class")
+from engine.encoders.clip import ClipEncoder  # noqa: E402  (registers "clip")
+from engine.encoders.dino import Dinov2Encoder, Dinov3Encoder  # noqa: E402
+from engine.encoders.learned import SimCLREncoder  # noqa: E402  (registers "simclr")
+from engine.encoders.pca import PCAEncoder  # noqa: E402  (registers "pca")
+from engine.encoders.pretrained import Preprocess, PretrainedEncoder  # noqa: E402
 from engine.encoders.registry import (
     ENCODERS,
     available_encoders,
@@ -16,12 +22,6 @@ from engine.encoders.registry import (
     load_encoder,
     register_encoder,
 )
-from engine.encoders.class_onehot import ClassOneHotEncoder  # noqa: E402  (registers "class")
-from engine.encoders.pca import PCAEncoder  # noqa: E402  (registers "pca")
-from engine.encoders.learned import SimCLREncoder  # noqa: E402  (registers "simclr")
-from engine.encoders.pretrained import Preprocess, PretrainedEncoder  # noqa: E402
-from engine.encoders.dino import Dinov2Encoder, Dinov3Encoder  # noqa: E402
-from engine.encoders.clip import ClipEncoder  # noqa: E402  (registers "clip")
 
 __all__ = [
     "MANIFEST", "Encoder", "ENCODERS", "available_encoders", "create_encoder",

@@ -24,8 +24,7 @@ from typing import Any
 
 from engine.encoders.pretrained import Preprocess, PretrainedEncoder
 from engine.encoders.registry import register_encoder
-from engine.encoders.weights import WeightsSource, is_path, missing_message, resolve_file, \
-    resolve_folder
+from engine.encoders.weights import WeightsSource, is_path, missing_message, resolve_file, resolve_folder
 from engine.errors import InvalidConfigError, WeightsNotFoundError
 
 DEFAULT = "ViT-B-32:openai"

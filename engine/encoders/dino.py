@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.encoders.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocess, \
-    PretrainedEncoder
+from engine.encoders.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocess, PretrainedEncoder
 from engine.encoders.registry import register_encoder
 from engine.encoders.weights import WeightsSource, resolve_folder
 from engine.errors import InvalidConfigError

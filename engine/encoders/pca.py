@@ -15,8 +15,9 @@ vectors to the denoiser, and makes euclidean and cosine curation agree. The sqrt
 radius keeps each coordinate at about unit scale, which suits the denoiser's projection.
 
 Deterministic: the covariance (or, with fewer images than pixels, the centred data) is
-decomposed with LAPACK (scipy ``eigh`` of the k largest eigenpairs, or numpy ``svd``) and each component's sign is fixed so that its
-largest-magnitude entry is positive. State is float64 in ``state.safetensors``.
+decomposed with LAPACK (scipy ``eigh`` of the k largest eigenpairs, or numpy ``svd``) and
+each component's sign is fixed so that its largest-magnitude entry is positive. State is
+float64 in ``state.safetensors``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import write_tiny_folder
 
 ROOT = Path(__file__).resolve().parents[2]

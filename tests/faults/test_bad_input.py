@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_data import _png_with_header_size
 
 from engine.config import ImportConfig
 from engine.data import import_image_folder, validate_image
 from engine.errors import DatasetError
 
 from .conftest import ROOT, assert_repairable, snapshot
-from test_data import _png_with_header_size
 
 RNG = np.random.default_rng(0)
 NOISY = Image.fromarray(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8))

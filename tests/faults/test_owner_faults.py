@@ -13,6 +13,7 @@ import signal
 import textwrap
 
 import pytest
+from conftest import write_tiny_folder
 
 from engine.config import GenerateConfig, ImportConfig
 from engine.errors import ProjectLockedError
@@ -20,7 +21,6 @@ from engine.jobs import JobManager, execute
 from engine.project import Dataset, Generation, Job, Project
 
 from .conftest import assert_repairable, child, snapshot, wait_for
-from conftest import write_tiny_folder
 
 # Makes Project.duck() pause right after the statement that starts with PREFIX, inside the
 # transaction, after writing MARKER: the parent SIGKILLs the process there.

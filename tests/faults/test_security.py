@@ -5,8 +5,8 @@ and a pickle disguised as a checkpoint does not run."""
 from __future__ import annotations
 
 import ast
-import re
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,6 @@ def test_a_pickle_disguised_as_a_checkpoint_does_not_run(tmp_path):
     Path("/tmp/rcdm-studio-pwned").unlink(missing_ok=True)
     fake = tmp_path / "state.pt"
     fake.write_bytes(pickle.dumps(_Boom()))
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(fake, map_location="cpu", weights_only=True)
     assert not Path("/tmp/rcdm-studio-pwned").exists()

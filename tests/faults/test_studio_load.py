@@ -126,8 +126,8 @@ def test_only_the_projects_assets_are_served(studio):
 def test_the_default_bind_is_localhost(studio):
     import inspect
 
-    from studio.cli import build_parser
     from studio.app import launch
+    from studio.cli import build_parser
 
     blocks, _ = studio
     assert blocks.server_name == "127.0.0.1"
