@@ -37,7 +37,7 @@ from engine.jobs import JobManager
 from engine.project import Dataset, Encoding, Model, Project
 from engine.rcdm.model import load_rcdm
 from engine.rcdm.sample import sample_images
-from engine.stages import common, encode_stage, train_stage
+from engine.stages import common, encode_stage, import_stage, train_stage
 
 SAMPLERS = (("ddpm", 100), ("dpm++", 20))
 GOAL_RATIO = 4.0
@@ -50,8 +50,9 @@ def _say(message: str) -> None:
 
 def _train_demo_model(project: Project, steps: int) -> Model:
     """Import the digits, encode them with PCA, train a small RCDM (the quick demo's size)."""
-    ds = data.import_demo(project, name="digits")
     jobs = JobManager(project)
+    ds = project.get(Dataset, jobs.run_inline(import_stage.prepare(
+        project, None, "digits", demo=True)).result_id)
     jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=32,
                                                          image_size=16), dataset_ref=ds.id))
     config = TrainConfig(block_channels=(16, 32), steps=steps, batch_size=64,
@@ -71,7 +72,8 @@ def run(project: Project, n: int, train_steps: int, seed: int) -> dict:
     enc = project.get(Encoding, model_row.encoding_id)
     encoder = encoders.load_encoder(project.abs(enc.state_path))
     model, tconf, _ = load_rcdm(project.abs(model_row.checkpoint))
-    train_idx, test_idx, labels = common.split_indices(project, ds)
+    splits = common.split_indices(project, ds)
+    train_idx, test_idx = splits.train, splits.test
     pixels = data.dataset_pixels(project, ds, tconf.image_size)  # (N, S, S, 3) uint8
     real_test = encoder.encode(np.asarray(pixels[test_idx]))  # (T, d)
     # the conditions: n training images (seeded draw), one seed each

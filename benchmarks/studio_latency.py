@@ -127,17 +127,17 @@ def isolated_env(tmp: Path) -> None:
 def tiny_trained_project(tmp: Path, name: str) -> tuple[Path, str]:
     """``tmp/name``: a tiny imported folder, its PCA encoding and an RCDM trained 3 steps;
     returns (project path, model id)."""
-    from engine import data
     from engine.config import EncodeConfig, ImportConfig, TrainConfig
     from engine.jobs import JobManager
-    from engine.project import Project
-    from engine.stages import encode_stage, train_stage
+    from engine.project import Dataset, Project
+    from engine.stages import encode_stage, import_stage, train_stage
 
     path = tmp / name
     with Project(path) as p:
         jobs = JobManager(p)
-        ds = data.import_image_folder(p, _tiny_folder(tmp / f"{name}-images"), "tiny",
-                                      ImportConfig(test_fraction=0.25))
+        ds = p.get(Dataset, jobs.run_inline(import_stage.prepare(
+            p, _tiny_folder(tmp / f"{name}-images"), "tiny",
+            ImportConfig(test_fraction=0.25))).result_id)
         jobs.run_inline(encode_stage.prepare(p, EncodeConfig(encoder="pca", dim=8, image_size=16),
                                        dataset_ref=ds.id))
         cfg = TrainConfig(steps=3, batch_size=8, block_channels=(8, 16), cross_attention_dim=16,

@@ -97,10 +97,20 @@ def _check(cond: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class ImportConfig(StageConfig):
-    """Import of an ImageFolder: validation limits and the train/test split."""
+    """Import of an ImageFolder: validation limits and the splits (``engine.data.split_images``).
+
+    Per class, in this order, each step seeded by ``split_seed`` and the class: the test
+    split (``test_fraction`` of ALL the class's images, so it does not depend on the other
+    two options), then validation (``val_fraction`` of all the class's images, taken from
+    the rest), then ``train_per_class`` training images from what is left; the images left
+    over are kept as split ``"unused"`` (no stage reads them; a later import with another N
+    finds the same test images).
+    """
 
     test_fraction: float = 0.2
     split_seed: int = 0
+    val_fraction: float = 0.0  # 0: no validation split (every choice then falls on test)
+    train_per_class: int | None = None  # None: every remaining image trains (the low-data regime: N)
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb threshold
     thumbnail_size: int = 96
     max_side: int = 1024  # larger images are downscaled when stored in the project
@@ -108,6 +118,17 @@ class ImportConfig(StageConfig):
     def validate(self) -> None:
         _check(0.0 < self.test_fraction < 1.0,
                f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        _check(0.0 <= self.val_fraction < 1.0,
+               f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check(self.test_fraction + self.val_fraction < 1.0,
+               f"test_fraction + val_fraction must be < 1 (training needs images), got "
+               f"{self.test_fraction} + {self.val_fraction}")
+        _check(self.train_per_class is None
+               or (isinstance(self.train_per_class, int)
+                   and not isinstance(self.train_per_class, bool)
+                   and 1 <= self.train_per_class <= 10_000_000),
+               f"train_per_class must be None (all) or an integer in [1, 10000000], got "
+               f"{self.train_per_class!r}")
         _check(self.thumbnail_size >= 8, f"thumbnail_size must be >= 8, got {self.thumbnail_size}")
         _check(self.max_side >= 8, f"max_side must be >= 8, got {self.max_side}")
 

@@ -14,16 +14,19 @@ Import is all-or-nothing: images are written into a ``.partial`` folder, renamed
 when every file has been read, and the dataset and its image rows are inserted in one
 transaction; any error or cancel removes the folder and leaves no row. The pieces here
 (``check_folder``, ``scan_image_folder``, ``write_dataset_files``, ``dataset_row``) touch no
-database; the ``import`` job kind (``engine.stages.import_stage``) runs them in a worker, and
-``import_image_folder`` / ``import_demo`` run them in the caller's thread.
+database; the ``import`` job kind (``engine.stages.import_stage``) runs them in a worker: every
+import (the command line, the studio, the demo) goes through that job.
+
+Splits (``split_images``): ``train`` / ``val`` / ``test`` / ``unused``. The test split is fixed
+by the folder, ``test_fraction`` and ``split_seed`` alone; validation is carved from the rest;
+``train_per_class`` keeps N training images per class and marks the others ``unused`` (kept
+as rows, read by no stage).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -222,6 +225,76 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
     return split
 
 
+SPLITS = ("train", "val", "test", "unused")  # "unused": kept out by train_per_class
+MIN_HELD_OUT = 2  # a class with fewer validation or test images than this gets a warning
+
+
+def split_images(labels: np.ndarray, config: ImportConfig) -> np.ndarray:
+    """The splits of a dataset: test, then validation, then N training images per class.
+
+    Per class ``c`` (``n`` images), each step seeded by ``[split_seed, c, step]``:
+
+    1. test: ``stratified_split(labels, test_fraction, split_seed)`` over ALL the images, so
+       the test images depend only on the folder, ``test_fraction`` and ``split_seed`` (never
+       on ``val_fraction`` or ``train_per_class``): runs at N = 10, 25, 50, all compare on
+       the same test images.
+    2. validation: ``round(n * val_fraction)`` of the class's non-test images (at least 1
+       when ``val_fraction > 0``, and always leaving one to train).
+    3. training: ``train_per_class`` of what is left (all when None), drawn by a seeded
+       permutation that does not depend on N, so the N = 10 images are among the N = 25
+       ones; the rest become ``"unused"``.
+
+    Args:
+        labels: int array (N,).
+        config: ``test_fraction``, ``val_fraction``, ``train_per_class``, ``split_seed``.
+
+    Returns:
+        str array (N,) of ``"train"`` / ``"val"`` / ``"test"`` / ``"unused"``.
+    """
+    labels = np.asarray(labels)
+    split = stratified_split(labels, config.test_fraction, config.split_seed).astype("<U6")
+    seed = int(config.split_seed)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rest = members[split[members] == "train"]  # idx order
+        if config.val_fraction > 0 and rest.size >= 2:
+            n_val = int(min(max(round(members.size * config.val_fraction), 1), rest.size - 1))
+            order = np.random.default_rng([seed, int(c), 1]).permutation(rest)
+            split[order[:n_val]] = "val"
+            rest = np.sort(order[n_val:])
+        if config.train_per_class is not None and rest.size > config.train_per_class:
+            order = np.random.default_rng([seed, int(c), 2]).permutation(rest)
+            split[order[config.train_per_class:]] = "unused"
+    return split
+
+
+def split_warnings(images: pd.DataFrame, config: ImportConfig) -> list[str]:
+    """One line per class whose splits are too small to trust: fewer than ``MIN_HELD_OUT``
+    test images (or validation images, when ``val_fraction > 0``), or fewer training images
+    than ``train_per_class`` asked for.
+
+    Args:
+        images: one row per image with ``class_name`` and ``split`` (the Image columns).
+    """
+    if images.empty:
+        return []
+    counts = images.groupby(["class_name", "split"], sort=False).size().unstack(fill_value=0)
+    out = []
+    for name, row in counts.iterrows():
+        n_test, n_val, n_train = (int(row.get(k, 0)) for k in ("test", "val", "train"))
+        problems = []
+        if n_test < MIN_HELD_OUT:
+            problems.append(f"{n_test} test image(s)")
+        if config.val_fraction > 0 and n_val < MIN_HELD_OUT:
+            problems.append(f"{n_val} validation image(s)")
+        if config.train_per_class is not None and n_train < config.train_per_class:
+            problems.append(f"{n_train} training image(s) of the {config.train_per_class} asked")
+        if problems:
+            out.append(f"class {name!r} has only {', '.join(problems)}: its accuracy is "
+                       f"noisy; import more images of it or lower the fractions")
+    return out
+
+
 # ---------------------------------------------------------------------------- import
 
 
@@ -388,10 +461,13 @@ def write_dataset_files(folder: Path, work_root: Path, root_rel: str, dataset_id
     # 3. the split
     labels = np.array([r["label"] for r in rows], dtype=np.int64)
     images = pd.DataFrame(rows)
-    images["split"] = stratified_split(labels, config.test_fraction, config.split_seed)
+    images["split"] = split_images(labels, config)
     images["idx"] = images["idx"].astype(np.int64)
     images["label"] = images["label"].astype(np.int64)
-    return {"classes": classes, "skipped": skipped, "images": images}
+    warned = split_warnings(images, config)
+    for line in warned:
+        log.warning("%s", line)
+    return {"classes": classes, "skipped": skipped, "images": images, "warnings": warned}
 
 
 def dataset_row(dataset_id: str, name: str, source: str, root_rel: str,
@@ -400,90 +476,10 @@ def dataset_row(dataset_id: str, name: str, source: str, root_rel: str,
     split = written["images"]["split"].to_numpy()
     return Dataset(id=dataset_id, name=name, source=source, root=root_rel,
                    num_classes=len(written["classes"]), num_images=len(split),
-                   num_train=int((split == "train").sum()), num_test=int((split == "test").sum()),
+                   num_train=int((split == "train").sum()), num_val=int((split == "val").sum()),
+                   num_test=int((split == "test").sum()),
                    classes_json=dumps(written["classes"]), skipped_json=dumps(written["skipped"]),
                    config_json=config.to_json(), job_id=job_id)
-
-
-def import_image_folder(project: Project, folder: Path, name: str,
-                        config: ImportConfig = DEFAULT_IMPORT,
-                        progress: ProgressFn = no_progress,
-                        cancel: CancelToken | None = None) -> Dataset:
-    """Import an ImageFolder (one sub-folder per class) into the project, in this thread.
-
-    The job kind ``import`` (``engine.stages.import_stage``) does the same in a worker; this
-    in-thread form stays for scripts, tests and the command line.
-
-    Class names are the sorted sub-folder names (labels 0..C-1); hidden files and folders
-    are ignored; files are found recursively inside each class folder. Every file is
-    validated (``validate_image``); refused files are listed in ``skipped_json``.
-
-    Args:
-        project: the open project (the writer).
-        folder: the ImageFolder root.
-        name: the dataset's name, unique in the project.
-        config: validation limits, thumbnail size and the split.
-        progress: receives ``ProgressEvent(stage="import", step=files done, total=files)``.
-        cancel: polled between files; a cancel removes everything written.
-
-    Returns:
-        The new Dataset row.
-
-    Raises:
-        DatasetError: missing folder, no class sub-folder, a class without a valid image,
-            or a name already used. Nothing is left behind.
-        Cancelled: the token was set.
-    """
-    return _import_folder(project, Path(folder), name, config, progress, cancel, source=None)
-
-
-def _import_folder(project: Project, folder: Path, name: str, config: ImportConfig,
-                   progress: ProgressFn, cancel: CancelToken | None,
-                   source: str | None) -> Dataset:
-    folder = folder.expanduser().absolute()
-    if not name or not name.strip():
-        raise DatasetError(f"a dataset needs a non-empty name, got {name!r}")
-    folder = check_folder(folder)
-    check_name(project, name)
-    dataset_id = new_dataset_id(project.assets)
-    final_root = project.assets / "datasets" / dataset_id
-    work_root = partial_root(final_root)
-    root_rel = project.rel(final_root)
-    try:
-        written = write_dataset_files(folder, work_root, root_rel, dataset_id, config,
-                                      progress, cancel)
-        # move the folder into place, then one transaction for every row
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        os.replace(work_root, final_root)
-        dataset = project.add_dataset(
-            dataset_row(dataset_id, name, source if source is not None else str(folder),
-                        root_rel, written, config), written["images"])
-    except BaseException:
-        shutil.rmtree(work_root, ignore_errors=True)
-        shutil.rmtree(final_root, ignore_errors=True)
-        raise
-    log.info("imported %s as dataset %r (%s): %d images in %d classes, %d train / %d test, "
-             "%d skipped", folder, name, dataset_id, dataset.num_images, dataset.num_classes,
-             dataset.num_train, dataset.num_test, len(written["skipped"]))
-    return dataset
-
-
-def import_demo(project: Project, name: str = "digits",
-                config: ImportConfig = DEFAULT_IMPORT,
-                progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None) -> Dataset:
-    """Import the bundled handwritten digits (1,797 images, 10 classes) as dataset ``name``,
-    in this thread (the ``import`` job kind does it in a worker with ``demo=True``).
-
-    Raises:
-        DatasetError: a dataset with that name exists.
-    """
-    check_name(project, name)
-    with tempfile.TemporaryDirectory(prefix="rcdm-demo-") as tmp:
-        folder = write_demo_dataset(Path(tmp) / "digits")
-        return _import_folder(project, folder, name, config, progress, cancel,
-                              source=DEMO_SOURCE)
 
 
 # ---------------------------------------------------------------------------- pixels

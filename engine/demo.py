@@ -7,6 +7,11 @@ evaluate six training mixes on the real test split -> export the middle-band sel
 The mixes: real only; RCDM synthetic 1x (the first variation of every training image,
 unfiltered); the middle band of the 2x (the paper's filter, also 1x); the whole 2x; the
 class-conditioned baseline 1x; real + the RCDM 2x.
+
+The low-data regime: ``DemoConfig().with_per_class(N)`` imports the digits keeping N training
+images per class (and a validation split) as the dataset ``digits-nN``; its test images are
+the same as the full ``digits`` dataset's (``engine.data.split_images``), so results at
+N = 10, 25, 50 and all compare on the same held-out images.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.config import BandConfig, EncodeConfig, EvalConfig, ExportConfig, GenerateConfig, TrainConfig
+from engine.config import (
+    BandConfig,
+    EncodeConfig,
+    EvalConfig,
+    ExportConfig,
+    GenerateConfig,
+    ImportConfig,
+    TrainConfig,
+)
 from engine.errors import InvalidConfigError
 from engine.jobs import JobManager
 from engine.progress import CancelToken, ProgressFn, no_progress
@@ -29,6 +42,7 @@ from engine.stages import (
     evaluate_stage,
     export_stage,
     generate_stage,
+    import_stage,
     train_stage,
 )
 
@@ -36,13 +50,19 @@ log = logging.getLogger(__name__)
 
 
 DEMO_ENCODERS = ("pca", "simclr")  # offline: the demo needs no download
+DEMO_VAL_FRACTION = 0.1  # the validation split of the low-data demo (about 18 per class)
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo run. ``quick()`` fits in a few minutes on a 2-core CPU."""
+    """Sizes of the demo run. ``quick()`` fits in a few minutes on a 2-core CPU.
+
+    ``importing`` says how the digits are imported (the default: every non-test image
+    trains, as before); ``with_per_class(N)`` sets the low-data regime.
+    """
 
     encoder: str = "pca"
+    importing: ImportConfig = field(default_factory=ImportConfig)
     encode: EncodeConfig = field(default_factory=lambda: EncodeConfig(encoder="pca", dim=32))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         block_channels=(32, 64), steps=1200, batch_size=64, checkpoint_every=300,
@@ -67,8 +87,28 @@ class DemoConfig:
                 f"the demo runs offline encoders only ({', '.join(DEMO_ENCODERS)}), got {name!r}")
         return replace(self, encoder=name, encode=self.encode.replace(encoder=name))
 
+    def with_per_class(self, n: int | None,
+                       val_fraction: float = DEMO_VAL_FRACTION) -> "DemoConfig":
+        """The same sizes in the low-data regime: ``n`` real training images per class
+        (None: all) and a validation split of ``val_fraction`` of each class.
+
+        Raises:
+            InvalidConfigError: ``n`` < 1, a bad fraction (``ImportConfig.validate``).
+        """
+        if n is None:
+            return replace(self, importing=self.importing.replace(train_per_class=None))
+        return replace(self, importing=self.importing.replace(train_per_class=n,
+                                                              val_fraction=val_fraction))
+
+    @property
+    def dataset_name(self) -> str:
+        """``digits``, or ``digits-nN`` in the low-data regime."""
+        n = self.importing.train_per_class
+        return "digits" if n is None else f"digits-n{n}"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"encoder": self.encoder, "encode": self.encode.to_dict(),
+        return {"encoder": self.encoder, "importing": self.importing.to_dict(),
+                "encode": self.encode.to_dict(),
                 "train": self.train.to_dict(), "generate": self.generate.to_dict(),
                 "band": self.band.to_dict(), "evaluate": self.evaluate.to_dict(),
                 "export": self.export.to_dict()}
@@ -77,9 +117,13 @@ class DemoConfig:
 def run_demo(project: Project, config: DemoConfig, export_dir: Path | None = None,
              progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
              say=print) -> dict[str, Any]:
-    """Run every stage on the digits and return the results (top-1/top-5 per mix, counts)."""
-    from engine import data
+    """Run every stage on the digits and return the results (top-1/top-5 per mix, on the
+    real test split, and counts).
 
+    Raises:
+        InvalidConfigError: the project holds a dataset of the demo's name imported with
+            other split options.
+    """
     t0 = time.time()
     jobs = JobManager(project)
     cancel = cancel or CancelToken()
@@ -89,10 +133,18 @@ def run_demo(project: Project, config: DemoConfig, export_dir: Path | None = Non
         return jobs.run_inline(spec, progress=progress, cancel=cancel)
 
     # 1. the dataset
-    existing = [d for d in project.list(Dataset) if d.name == "digits"]
-    ds = existing[0] if existing else data.import_demo(project, name="digits")
+    existing = [d for d in project.list(Dataset) if d.name == config.dataset_name]
+    if existing:
+        ds = existing[0]
+        if ImportConfig.from_dict(ds.config) != config.importing:
+            raise InvalidConfigError(
+                f"dataset {ds.name} of {project.path.name} was imported with other split "
+                f"options ({ds.config}); run the demo in another project")
+    else:
+        ds = project.get(Dataset, run(import_stage.prepare(
+            project, None, config.dataset_name, config.importing, demo=True)).result_id)
     say(f"dataset {ds.name}: {ds.num_images} images, {ds.num_classes} classes, "
-        f"{ds.num_train} train / {ds.num_test} test")
+        f"{ds.num_train} train / {ds.num_val} val / {ds.num_test} test")
     # 2. representations: the offline encoder, and the class label for the baseline
     enc_cfg = config.encode.replace(image_size=config.train.image_size)
     run(encode_stage.prepare(project, enc_cfg, dataset_ref=ds.id))
@@ -136,7 +188,10 @@ def run_demo(project: Project, config: DemoConfig, export_dir: Path | None = Non
         key: {"top1": round(e.top1, 2), "top5": round(e.top5, 2), "train_images": e.num_train}
         for key, e in evals.items()}
     results.update(generated=int(bd.distances.shape[0]), selected=int(selection.count),
-                   export=str(folder), test_images=int(ds.num_test),
+                   export=str(folder), test_images=int(ds.num_test), eval_split="test",
+                   train_per_class=config.importing.train_per_class,
+                   dataset=ds.name, train_images=int(ds.num_train),
+                   val_images=int(ds.num_val),
                    encoder=config.encoder, seconds=round(time.time() - t0, 1))
     return results
 
@@ -150,11 +205,17 @@ def results_table(results: dict[str, Any]) -> str:
              "synthetic_2x": f"RCDM-{enc} synthetic 2x",
              "class_conditioned": "class-conditioned synthetic 1x",
              "real_plus_synthetic": f"real + RCDM-{enc} synthetic 2x"}
-    lines = [f"{'training data':<42} {'images':>7} {'top-1':>7} {'top-5':>7}"]
+    split = results.get("eval_split", "test")
+    lines = [f"{'training data':<42} {'images':>7} {f'top-1 ({split})':>12} "
+             f"{f'top-5 ({split})':>12}"]
     for key, label in names.items():
         r = results[key]
-        lines.append(f"{label:<42} {r['train_images']:>7} {r['top1']:>7.2f} {r['top5']:>7.2f}")
-    lines.append(f"tested on {results['test_images']} held-out real images; generated "
+        lines.append(f"{label:<42} {r['train_images']:>7} {r['top1']:>12.2f} "
+                     f"{r['top5']:>12.2f}")
+    n = results.get("train_per_class")
+    regime = f"{n} real training images per class; " if n else ""
+    lines.append(f"{regime}scored on the {results['test_images']} held-out real {split} "
+                 f"images; generated "
                  f"{results['generated']}, selected {results['selected']}; "
                  f"{results['seconds']:.0f} s")
     return "\n".join(lines)

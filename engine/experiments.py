@@ -8,6 +8,10 @@
 - "filtering": the unfiltered 1x (first variation of each image) against the middle band of
   a 2x generation (-> 1x) in the conditioning encoder's space (the paper's Table 1).
 
+Every evaluation of an experiment is scored on one real split, ``split``: ``"test"`` (the
+default, the final report) or ``"val"`` (the validation split carved from the training images,
+for choices); its tables say which.
+
 Every configuration runs with ``seeds`` seeds: one evaluation (one job, one ``Evaluation``
 row, its seed in its config) per seed. The experiment itself is one ``Experiment`` row
 holding its plan (kind, inputs, the recipe, the configurations), its member evaluations and
@@ -18,8 +22,8 @@ restart of the studio and fills in as its jobs finish; ``status`` stores the sta
 once done, the table) on the row.
 
 The functions here take and return the experiment as a *record*, a dict: ``id``, ``name``,
-``kind``, ``created_at`` (ISO text), ``dataset_id``, ``generations``, ``seeds``, ``config``
-(the recipe), ``options``, ``runs``, ``members`` (``evaluation_id``, ``job_id``, ``run``,
+``kind``, ``created_at`` (ISO text), ``dataset_id``, ``generations``, ``seeds``, ``split``,
+``config`` (the recipe), ``options``, ``runs``, ``members`` (``evaluation_id``, ``job_id``, ``run``,
 ``seed``), ``status``, ``code_version``.
 """
 
@@ -214,8 +218,7 @@ def plan(project: Project, kind: str, generations: list[str], eval_config: EvalC
 def _num_train(project: Project, dataset_id: str) -> int:
     from engine.stages import common
 
-    train_idx, _, _ = common.split_indices(project, common.dataset(project, dataset_id))
-    return len(train_idx)
+    return len(common.split_indices(project, common.dataset(project, dataset_id)).train)
 
 
 # ----------------------------------------------------------------------------- launching
@@ -223,13 +226,14 @@ def _num_train(project: Project, dataset_id: str) -> int:
 
 def launch(project: Project, kind: str, generations: list[str], eval_config: EvalConfig,
            submit: Callable[[JobSpec], Job], seeds: int = 3, name: str | None = None,
-           **plan_options: Any) -> dict[str, Any]:
+           split: str = "test", **plan_options: Any) -> dict[str, Any]:
     """Plan an experiment, record it, and hand its evaluation jobs to ``submit``.
 
     Args:
         submit: queues (``JobManager.submit``, ``StudioContext.submit``) or runs
             (``JobManager.run_inline``) one job and returns its row.
         seeds: runs per configuration, with seeds ``eval_config.seed + 0 .. seeds - 1``.
+        split: the real split every evaluation is scored on, ``"test"`` or ``"val"``.
         plan_options: ``sizes``, ``augmentations``, ``keep_fraction`` (see ``plan``).
 
     Returns:
@@ -239,6 +243,10 @@ def launch(project: Project, kind: str, generations: list[str], eval_config: Eva
 
     if seeds < 1:
         raise InvalidConfigError(f"seeds must be >= 1, got {seeds}")
+    from engine.stages.common import EVAL_SPLITS
+
+    if split not in EVAL_SPLITS:
+        raise InvalidConfigError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     dataset_id, runs = plan(project, kind, generations, eval_config, **plan_options)
     exp_id = new_id("exp")
     name = _unique_name(project, name or kind)
@@ -249,12 +257,13 @@ def launch(project: Project, kind: str, generations: list[str], eval_config: Eva
             config = eval_config.replace(seed=eval_config.seed + s, augment=run.augment)
             spec = evaluate_stage.prepare(project, config, mix=run.mix, dataset_ref=dataset_id,
                                     selection_ref=run.selection_id,
-                                    name=f"{name}/{run.label}/seed{config.seed}")
+                                    name=f"{name}/{run.label}/seed{config.seed}",
+                                    split=split)
             members.append({"evaluation_id": spec.params["evaluation_id"], "job_id": "",
                             "run": i, "seed": config.seed})
             specs.append(spec)
     config = {"recipe": eval_config.to_dict(), "generations": list(generations),
-              "seeds": seeds, "options": _jsonable(plan_options),
+              "seeds": seeds, "split": split, "options": _jsonable(plan_options),
               "runs": [run.__dict__ for run in runs]}
     project.add(Experiment(id=exp_id, name=name, kind=kind, dataset_id=dataset_id,
                            status="queued", config_json=dumps(config),
@@ -279,7 +288,8 @@ def record_of(row: Experiment) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "kind": row.kind,
             "created_at": created.isoformat() if created is not None else "",
             "dataset_id": row.dataset_id, "generations": config.get("generations", []),
-            "seeds": config.get("seeds", 1), "config": config.get("recipe", {}),
+            "seeds": config.get("seeds", 1), "split": config.get("split", "test"),
+            "config": config.get("recipe", {}),
             "options": config.get("options", {}), "runs": config.get("runs", []),
             "members": row.members, "status": row.status, "code_version": row.code_version}
 
@@ -375,7 +385,7 @@ def table(project: Project, record: dict[str, Any]) -> pd.DataFrame:
 
     Columns: training data, series, size (x real), images, seeds (done / planned),
     top-1 mean, top-1 std, top-5 mean, top-5 std (percent; NaN until a seed is done, std
-    NaN with fewer than two).
+    NaN with fewer than two), split (the real split they were scored on).
     """
     res = results(project, record)
     rows = []
@@ -390,6 +400,7 @@ def table(project: Project, record: dict[str, Any]) -> pd.DataFrame:
             "top-1 std": _std(done["top1"]),
             "top-5 mean": float(done["top5"].mean()) if len(done) else math.nan,
             "top-5 std": _std(done["top5"]),
+            "split": record.get("split", "test"),
         })
     return pd.DataFrame(rows)
 
@@ -402,25 +413,29 @@ def _fmt(mean: float, std: float) -> str:
 
 def formatted_table(project: Project, record: dict[str, Any]) -> pd.DataFrame:
     """The table for reading: training data, images, seeds, top-1 % and top-5 % as
-    "mean ± std" strings (empty until a seed is done)."""
+    "mean ± std" strings (empty until a seed is done), and the split they come from."""
     t = table(project, record)
     return pd.DataFrame({
         "training data": t["training data"], "images": t["images"], "seeds": t["seeds"],
         "top-1 %": [_fmt(m, s) for m, s in zip(t["top-1 mean"], t["top-1 std"])],
-        "top-5 %": [_fmt(m, s) for m, s in zip(t["top-5 mean"], t["top-5 std"])]})
+        "top-5 %": [_fmt(m, s) for m, s in zip(t["top-5 mean"], t["top-5 std"])],
+        "split": [record.get("split", "test")] * len(t)})
 
 
 def markdown(project: Project, record: dict[str, Any]) -> str:
     """The table as Markdown (top-1 / top-5 as mean ± std), with a line on the recipe."""
     t = formatted_table(project, record)
     cfg = record["config"]
-    lines = ["| training data | images | seeds | top-1 % | top-5 % |", "|---|---:|---:|---:|---:|"]
+    split = record.get("split", "test")
+    lines = [f"| training data | images | seeds | top-1 % ({split}) | top-5 % ({split}) |",
+             "|---|---:|---:|---:|---:|"]
     for r in t.itertuples(index=False):
         lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |")
     lines.append("")
     lines.append(f"{record['name']} ({record['kind']}): {cfg['arch']}, {cfg['epochs']} epochs, "
                  f"batch {cfg['batch_size']}, base augmentation {cfg['augment']}, "
-                 f"{record['seeds']} seed(s) per row; tested on the held-out real split.")
+                 f"{record['seeds']} seed(s) per row; scored on the held-out real {split} "
+                 f"split.")
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 
 from engine import settings
-from engine.project import Dataset
+from engine.project import Dataset, Job
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -52,7 +52,7 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
 
     Args:
         project_path: ``NAME`` or ``NAME.duckdb`` (created when missing).
-        demo: import the bundled digits when the project has no dataset yet.
+        demo: queue the import of the bundled digits (a job) when the project has no dataset yet.
         restrict: the studio is reachable from the network: the picker opens projects only
             inside the projects folder.
 
@@ -64,11 +64,13 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
     """
     ctx = StudioContext(project_path)
     try:
-        if demo and not ctx.project.list(Dataset):
-            from engine import data
+        if demo and not ctx.project.list(Dataset) and not any(
+                j.kind == "import" and j.status in ("queued", "running")
+                for j in ctx.project.list(Job)):
+            from studio.choices import import_demo
 
-            ds = data.import_demo(ctx.project, name="digits")
-            log.info("imported the demo dataset %s (%d images)", ds.name, ds.num_images)
+            job = import_demo(ctx)  # a job: the jobs panel shows it, the Data tab refreshes
+            log.info("importing the demo dataset (job %s)", job.id)
         settings.apply_environment(ctx.project)
         ctx.on_switch.append(apply_settings)
         projects_tab.remember(ctx.project.path)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs import read_progress
-from engine.progress import ProgressEvent
 from engine.project import Dataset, Encoding, Generation, Job, Model, Selection, reads
 from studio.context import StudioContext
 
@@ -140,22 +139,23 @@ def job_progress(ctx: StudioContext, job: Job) -> dict[str, Any]:
 # ---------------------------------------------------------------------- imports
 
 
-def progress_adapter(progress: Any) -> Any:
-    """An engine progress callback that drives a ``gr.Progress`` (None: no progress)."""
-    if progress is None:
-        from engine.progress import no_progress
+def import_demo(ctx: StudioContext, name: str = "digits", config: Any = None) -> Job:
+    """Queue the import of the bundled demo dataset into the open project (an ``import``
+    job: the jobs panel shows its progress and can cancel it). ``config``: an ImportConfig
+    (default: the engine's)."""
+    from engine.stages import import_stage
 
-        return no_progress
-
-    def report(ev: ProgressEvent) -> None:
-        progress((ev.step, max(ev.total, 1)), desc=f"{ev.stage}: {ev.step}/{ev.total}")
-
-    return report
+    extra = {} if config is None else {"config": config}
+    return ctx.submit(import_stage.prepare(ctx.project, None, name or "digits", demo=True,
+                                           **extra))
 
 
-def import_demo(ctx: StudioContext, name: str = "digits", progress: Any = None) -> Dataset:
-    """Import the bundled demo dataset into the open project."""
-    from engine import data
-
-    return data.import_demo(ctx.project, name=name or "digits",
-                            progress=progress_adapter(progress))
+def import_outcome(ctx: StudioContext, job_id: str) -> tuple[str, Dataset | None]:
+    """The state of an import job: ``("running", None)``, ``("done", dataset)`` or
+    ``(status, None)`` when it failed, was cancelled or interrupted (``job.error`` says why)."""
+    job = ctx.project.get(Job, job_id)
+    if job.status in ("queued", "running"):
+        return "running", None
+    if job.status == "done" and job.result_id:
+        return "done", ctx.project.get(Dataset, job.result_id)
+    return job.status, None

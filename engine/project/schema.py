@@ -30,7 +30,7 @@ from sqlmodel import Field, SQLModel
 
 from engine.version import code_version
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def new_id(prefix: str) -> str:
@@ -73,6 +73,7 @@ class Dataset(SQLModel, table=True):
     num_images: int = 0
     num_train: int = 0
     num_test: int = 0
+    num_val: int = 0  # validation images (schema 3); images of split "unused" count in none
     classes_json: str = "[]"  # class names in label order
     skipped_json: str = "[]"  # [{"path": ..., "reason": ...}] files refused at import
     config_json: str = "{}"
@@ -106,7 +107,7 @@ class Image(SQLModel, table=True):
     thumb: str = ""  # assets-relative thumbnail
     label: int = 0
     class_name: str = ""
-    split: str = "train"  # "train" or "test"
+    split: str = "train"  # "train", "val", "test" or "unused" (engine.data.split_images)
     width: int = 0
     height: int = 0
     source_path: str = ""  # file it was imported from, relative to the imported folder
@@ -240,7 +241,8 @@ class Evaluation(SQLModel, table=True):
     top1: float | None = None
     top5: float | None = None
     num_train: int = 0
-    num_test: int = 0
+    num_test: int = 0  # images of the split it was scored on (eval_split)
+    eval_split: str = "test"  # the real split top-1 / top-5 come from: "test" or "val" (schema 3)
     config_json: str = "{}"
     results_json: str = "{}"  # per-class accuracy, curves
     job_id: str = ""

@@ -71,6 +71,9 @@ ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
         ("dataset", "encoding", "model", "generation", "selection", "evaluation", "export",
          "job")]
        + [(table, "job_id", "VARCHAR") for table in ("dataset", "encoding", "export")],
+    # a validation split and the split an evaluation was scored on (older ones: test)
+    3: [("dataset", "num_val", "INTEGER DEFAULT 0"),
+        ("evaluation", "eval_split", "VARCHAR DEFAULT 'test'")],
 }
 # Experiments were JSON records in the meta table under this key prefix (schema version 1).
 LEGACY_EXPERIMENT_PREFIX = "experiment:"
@@ -328,11 +331,12 @@ class Project:
                 con.execute("INSERT INTO image SELECT * FROM frame")
                 con.execute(
                     "INSERT INTO dataset (id, name, source, root, num_classes, num_images, "
-                    "num_train, num_test, classes_json, skipped_json, config_json, job_id, "
-                    "code_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "num_train, num_test, num_val, classes_json, skipped_json, config_json, "
+                    "job_id, code_version, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [dataset.id, dataset.name, dataset.source, dataset.root,
                      dataset.num_classes, dataset.num_images, dataset.num_train,
-                     dataset.num_test, dataset.classes_json, dataset.skipped_json,
+                     dataset.num_test, dataset.num_val, dataset.classes_json, dataset.skipped_json,
                      dataset.config_json, dataset.job_id, dataset.code_version,
                      dataset.created_at or utcnow()])
                 con.execute("COMMIT")
@@ -449,7 +453,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _add_column(con: Any, table: str, column: str, sql_type: str) -> None:
-    """``ALTER TABLE table ADD COLUMN column sql_type DEFAULT ''`` (no-op when it exists).
+    """``ALTER TABLE table ADD COLUMN column sql_type`` (no-op when it exists); a type
+    without its own ``DEFAULT`` gets ``DEFAULT ''``.
 
     The table's indexes are dropped around it and made again: DuckDB 1.x refuses to alter a
     table that an index depends on.
@@ -458,8 +463,9 @@ def _add_column(con: Any, table: str, column: str, sql_type: str) -> None:
                           [table]).fetchall()
     for name, _ in indexes:
         con.execute(f'DROP INDEX "{name}"')
-    con.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {sql_type} '
-                f"DEFAULT ''")
+    if "DEFAULT" not in sql_type.upper():
+        sql_type += " DEFAULT ''"
+    con.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {sql_type}')
     for _, sql in indexes:
         con.execute(sql)
 

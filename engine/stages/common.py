@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.errors import DatasetError, NotFoundError, NotReadyError
+from engine.errors import DatasetError, InvalidConfigError, NotFoundError, NotReadyError
 from engine.progress import CancelToken, ProgressFn, no_progress
 from engine.project import Dataset, Encoding, Generation, Model, Project
 
@@ -115,10 +115,31 @@ def trained_model(project: Project, ref: str | None) -> Model:
     return model
 
 
-def split_indices(project: Project, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train idx, test idx, labels of all images) of a dataset, idx order."""
+class Splits(NamedTuple):
+    """The image indices (``idx``, int64, ascending) of each split of a dataset, and the
+    labels of ALL its images (int64 (N,), indexed by ``idx``). Images of split ``"unused"``
+    are in none of the three."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    labels: np.ndarray
+
+    def scored(self, split: str) -> np.ndarray:
+        """The indices of ``split`` (``"test"`` or ``"val"``), the one an evaluation scores."""
+        if split not in EVAL_SPLITS:
+            raise InvalidConfigError(f"an evaluation is scored on one of {EVAL_SPLITS}, "
+                                     f"got {split!r}")
+        return self.test if split == "test" else self.val
+
+
+EVAL_SPLITS = ("test", "val")
+
+
+def split_indices(project: Project, ds: Dataset) -> Splits:
+    """The train / val / test indices and the labels of a dataset (``Splits``)."""
     images = project.images(ds.id)
     labels = images["label"].to_numpy(np.int64)
     split = images["split"].to_numpy()
-    return (np.flatnonzero(split == "train"), np.flatnonzero(split == "test"), labels)
-
+    return Splits(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"),
+                  np.flatnonzero(split == "test"), labels)

@@ -66,7 +66,8 @@ def band_data(project: Project, generation_ref: str, encoding_ref: str | None = 
     source_id = enc.source_encoding_id
     real_enc = project.get(Encoding, source_id) if source_id else \
         common.dataset_encoding(project, ds, enc.encoder)
-    train_idx, _, labels_all = common.split_indices(project, ds)
+    splits = common.split_indices(project, ds)  # real centroids: the train split only
+    train_idx, labels_all = splits.train, splits.labels
     real = np.asarray(project.embeddings(real_enc)[train_idx], dtype=np.float32)
     real_labels = labels_all[train_idx]
     syn = project.embeddings(enc)

@@ -55,7 +55,8 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
         encoder = encoders.create_encoder(config, num_classes=ds.num_classes)
         if isinstance(encoder, encoders.PretrainedEncoder):
             encoder.check_available()
-        train_idx, _, labels = common.split_indices(project, ds)
+        splits = common.split_indices(project, ds)  # fits see the train split only
+        train_idx, labels = splits.train, splits.labels
         if encoder.reads_files:
             params["paths"] = [str(project.abs(p)) for p in project.images(ds.id)["path"]]
         else:

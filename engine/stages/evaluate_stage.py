@@ -1,7 +1,10 @@
-"""Evaluate: train a classifier on a training mix, test it on the held-out real split.
+"""Evaluate: train a classifier on a training mix, score it on a held-out real split.
 
 Mixes: ``real`` (the dataset's training split), ``synthetic`` (a selection, or a whole
-generation), ``real+synthetic``. The test split is always the dataset's real test images.
+generation), ``real+synthetic``. The scored split is the dataset's real ``test`` images (the
+final report) or its ``val`` images (every choice: bands, guidance, recipes); the Evaluation
+row says which in ``eval_split``, and ``num_test`` counts that split's images. Validation
+images are never in the training mix (the mix's real part is the train split only).
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ from engine.stages import JobSpec, common
 
 def prepare(project: Project, config: EvalConfig, mix: str = "real",
             dataset_ref: str | None = None, selection_ref: str | None = None,
-            generation_ref: str | None = None, name: str | None = None) -> JobSpec:
+            generation_ref: str | None = None, name: str | None = None,
+            split: str = "test") -> JobSpec:
+    """Queue the evaluation of a training mix scored on ``split`` (``"test"`` or ``"val"``).
+
+    Raises:
+        InvalidConfigError: an unknown mix or split, a mix without its synthetic part.
+        NotReadyError: the dataset has no image in ``split`` (import it with a validation
+            fraction to score on ``val``).
+    """
+    if split not in common.EVAL_SPLITS:
+        raise InvalidConfigError(f"split must be one of {common.EVAL_SPLITS}, got {split!r}")
     if mix not in MIXES:
         raise InvalidConfigError(f"mix must be one of {MIXES}, got {mix!r}")
     synthetic_paths: list[str] = []
@@ -48,27 +61,33 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         synthetic_labels = samples["label"].astype(int).tolist()
         dataset_ref = dataset_ref or gen.dataset_id
     ds = common.dataset(project, dataset_ref)
-    train_idx, test_idx, labels = common.split_indices(project, ds)
+    splits = common.split_indices(project, ds)
+    train_idx, labels = splits.train, splits.labels
+    test_idx = splits.scored(split)  # the split the classifier is scored on
     if len(test_idx) == 0:
-        raise NotReadyError(f"dataset {ds.name} has no test split to evaluate on")
+        hint = (" (import it with a validation fraction, e.g. rcdm-studio import "
+                "--val-fraction 0.1)" if split == "val" else "")
+        raise NotReadyError(f"dataset {ds.name} has no {split} split to evaluate on{hint}")
     eval_id = new_id("eval")
     name = project.unique_name(Evaluation, name or f"{mix}")
     num_train = (len(train_idx) if mix != "synthetic" else 0) + len(synthetic_paths)
     project.add(Evaluation(id=eval_id, name=name, dataset_id=ds.id, mix=mix,
                            selection_id=sel_id, generation_id=gen_id, status="queued",
-                           num_train=num_train, num_test=len(test_idx),
+                           num_train=num_train, num_test=len(test_idx), eval_split=split,
                            config_json=config.to_json()))
     params = {
-        "evaluation_id": eval_id, "mix": mix, "config": config.to_dict(),
+        "evaluation_id": eval_id, "mix": mix, "config": config.to_dict(), "eval_split": split,
         "processes": config.processes,  # worker processes (GPUs) this job uses at once
         "num_classes": ds.num_classes,
         **common.pixels_params(project, ds, config.image_size),  # the worker builds it
         "train_idx": train_idx.tolist() if mix != "synthetic" else [],
-        "test_idx": test_idx.tolist(), "labels": labels.tolist(),
+        "test_idx": test_idx.tolist(),  # the scored split (eval_split): test or val
+        "labels": labels.tolist(),
         "synthetic_paths": synthetic_paths, "synthetic_labels": synthetic_labels,
         "out_dir": str(project.new_folder("evaluations", eval_id)),
     }
-    return JobSpec(kind="evaluate", title=f"Evaluate {name} ({mix}, {num_train} images)",
+    return JobSpec(kind="evaluate",
+                   title=f"Evaluate {name} ({mix}, {num_train} images, on {split})",
                    params=params)
 
 

@@ -9,6 +9,11 @@
 - ``ingest`` renames the partial folder into place and inserts the dataset and its images in
   one transaction.
 
+Every import goes through this job: the command line (``run_job``), the studio (queued, in
+the jobs panel with progress and cancel), the demo and ``rcdm-studio --demo``. The splits
+(train / val / test / unused) follow ``engine.data.split_images``; classes whose splits are
+too small are listed in the result's ``warnings`` (and logged).
+
 A cancelled, failed or interrupted import leaves no half dataset: the worker removes its
 partial folder when it stops, ``on_failure`` removes whatever a killed worker left, a retry
 starts over, and an ingest that fails removes the folder it renamed.
@@ -37,12 +42,18 @@ ROWS_FILE = "images.parquet"
 
 
 def prepare(project: Project, folder: str | Path | None, name: str,
-            config: ImportConfig = data.DEFAULT_IMPORT, demo: bool = False) -> JobSpec:
+            config: ImportConfig = data.DEFAULT_IMPORT, demo: bool = False,
+            cleanup: str | Path | None = None) -> JobSpec:
     """Queue the import of the ImageFolder ``folder`` (or of the demo digits, ``demo=True``)
     as the dataset ``name``.
 
+    Args:
+        cleanup: a folder inside the project's ``uploads/`` (an unpacked zip) the owner
+            removes once the job has ended, whatever its outcome.
+
     Raises:
-        DatasetError: an empty or taken name, a missing folder or a file.
+        DatasetError: an empty or taken name, a missing folder or a file, a ``cleanup``
+            folder outside the project's uploads.
     """
     data.check_name(project, name)
     if demo:
@@ -59,9 +70,26 @@ def prepare(project: Project, folder: str | Path | None, name: str,
         "source": source, "config": config.to_dict(),
         "final_root": str(final_root), "work_root": str(data.partial_root(final_root)),
         "root_rel": project.rel(final_root),
+        "cleanup": _cleanup_folder(project, cleanup),
     }
     what = "the demo digits" if demo else folder_text
     return JobSpec(kind="import", title=f"Import {what} as {name}", params=params)
+
+
+def _cleanup_folder(project: Project, cleanup: str | Path | None) -> str:
+    if cleanup is None:
+        return ""
+    uploads = (project.assets / "uploads").resolve()
+    path = Path(cleanup).resolve()
+    if uploads not in path.parents:
+        raise DatasetError(f"only folders inside {uploads} are removed after an import, "
+                           f"got {path}")
+    return str(path)
+
+
+def _remove_cleanup(params: dict[str, Any]) -> None:
+    if params.get("cleanup"):
+        shutil.rmtree(Path(params["cleanup"]), ignore_errors=True)
 
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
@@ -90,13 +118,14 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         if params.get("demo"):
             shutil.rmtree(folder / "demo", ignore_errors=True)
     return {"rows": str(rows), "classes": written["classes"], "skipped": written["skipped"],
-            "num_images": int(len(written["images"]))}
+            "num_images": int(len(written["images"])), "warnings": written["warnings"]}
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
     """Move the images into place and write the dataset and its image rows (all or none)."""
     final_root, work_root = Path(params["final_root"]), Path(params["work_root"])
     if any(d.id == params["dataset_id"] for d in project.list(Dataset)):
+        _remove_cleanup(params)
         return params["dataset_id"]  # ingested already (the owner stopped before marking it)
     if not work_root.is_dir():
         raise DatasetError(f"the import's images are gone ({work_root} is missing); "
@@ -113,16 +142,22 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
     except BaseException:
         shutil.rmtree(work_root, ignore_errors=True)
         shutil.rmtree(final_root, ignore_errors=True)
+        _remove_cleanup(params)
         raise
     Path(result["rows"]).unlink(missing_ok=True)
-    log.info("imported %s as dataset %r (%s): %d images, %d skipped", params["source"],
-             params["name"], params["dataset_id"], row.num_images, len(result["skipped"]))
+    _remove_cleanup(params)
+    log.info("imported %s as dataset %r (%s): %d images (%d train / %d val / %d test), "
+             "%d skipped", params["source"], params["name"], params["dataset_id"],
+             row.num_images, row.num_train, row.num_val, row.num_test, len(result["skipped"]))
+    for line in result.get("warnings", []):
+        log.warning("dataset %s: %s", params["name"], line)
     return params["dataset_id"]
 
 
 def on_failure(project: Project, spec: dict[str, Any], status: str, error: str) -> None:
     """No half dataset: remove what a stopped or killed worker left."""
     shutil.rmtree(Path(spec["params"]["work_root"]), ignore_errors=True)
+    _remove_cleanup(spec["params"])
 
 
 def on_retry(project: Project, params: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
     """Queue the training of a new model; its row exists from now on (status ``queued``)."""
     ds = common.dataset(project, dataset_ref)
     enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
-    train_idx, _, _ = common.split_indices(project, ds)
+    train_idx = common.split_indices(project, ds).train  # never val / test / unused
     model_id = new_id("mdl")
     out = project.new_folder("models", model_id)
     name = project.unique_name(Model, name or f"rcdm-{enc.encoder}")

@@ -14,7 +14,6 @@ from engine.config import (
 from studio.cli.console import (
     device_arg,
     emit,
-    interruptible,
     json_arg,
     open_project,
     project_arg,
@@ -31,11 +30,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--test-fraction", type=float, default=ImportConfig.test_fraction,
                    help="held-out real test split (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    _split_args(p)
     json_arg(p)
 
     p = sub.add_parser("import-demo", help="import the bundled digits dataset")
     project_arg(p)
     p.add_argument("--name", default="digits", help="dataset name (default digits)")
+    p.add_argument("--test-fraction", type=float, default=ImportConfig.test_fraction,
+                   help="held-out real test split (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    _split_args(p)
     json_arg(p)
 
     p = sub.add_parser("encoders", help="list the encoders of the registry")
@@ -67,31 +71,62 @@ def add_parsers(sub: Any) -> None:
     json_arg(p)
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from engine import data
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-fraction", type=float, default=ImportConfig.val_fraction,
+                   help="validation split carved from the non-test images, as a fraction of "
+                        "each class (stratified, seeded; default %(default)s: none)")
+    p.add_argument("--train-per-class", type=int, metavar="N", default=None,
+                   help="keep N real training images per class (the low-data regime); the "
+                        "rest are kept as split 'unused'; the test split does not depend on "
+                        "N (default: all)")
 
-    config = ImportConfig(test_fraction=args.test_fraction, split_seed=args.seed)
-    with interruptible() as (bar, _), open_project(args) as project:
-        ds = data.import_image_folder(project, Path(args.folder), args.name, config,
-                                      progress=bar)
-        skipped = json.loads(ds.skipped_json)
+
+def _import_config(args: argparse.Namespace) -> ImportConfig:
+    return ImportConfig(test_fraction=args.test_fraction, split_seed=args.seed,
+                        val_fraction=args.val_fraction, train_per_class=args.train_per_class)
+
+
+def _imported(args: argparse.Namespace, project: Any, job: Any) -> None:
+    """Print the dataset an import job made: counts per split, skipped files, warnings."""
+    from engine import data
+    from engine.project import Dataset
+
+    ds = project.get(Dataset, job.result_id)
+    warnings = data.split_warnings(project.images(ds.id), ImportConfig.from_dict(ds.config))
+    skipped = ds.skipped
+    unused = ds.num_images - ds.num_train - ds.num_val - ds.num_test
     text = (f"imported {ds.name}: {ds.num_images} images in {ds.num_classes} classes "
-            f"({ds.num_train} train / {ds.num_test} test), {len(skipped)} file(s) skipped")
+            f"({ds.num_train} train / {ds.num_val} val / {ds.num_test} test"
+            f"{f' / {unused} unused' if unused else ''}), {len(skipped)} file(s) skipped")
     for s in skipped[:20]:
         text += f"\n  skipped {s['path']}: {s['reason']}"
+    for line in warnings:
+        text += f"\n  warning: {line}"
     emit(args, {"id": ds.id, "name": ds.name, "images": ds.num_images,
-                 "classes": ds.num_classes, "train": ds.num_train, "test": ds.num_test,
-                 "skipped": skipped}, text)
+                 "classes": ds.num_classes, "train": ds.num_train, "val": ds.num_val,
+                 "test": ds.num_test, "skipped": skipped, "warnings": warnings,
+                 "job_id": job.id}, text)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from engine.stages import import_stage
+
+    config = _import_config(args)
+    with open_project(args) as project:
+        job = run_job(project, import_stage.prepare(project, Path(args.folder), args.name,
+                                                    config))
+        _imported(args, project, job)
     return 0
 
 
 def cmd_import_demo(args: argparse.Namespace) -> int:
-    from engine import data
+    from engine.stages import import_stage
 
+    config = _import_config(args)
     with open_project(args) as project:
-        ds = data.import_demo(project, name=args.name)
-    emit(args, {"id": ds.id, "name": ds.name, "images": ds.num_images},
-          f"imported {ds.name}: {ds.num_images} images in {ds.num_classes} classes")
+        job = run_job(project, import_stage.prepare(project, None, args.name, config,
+                                                    demo=True))
+        _imported(args, project, job)
     return 0
 
 

@@ -27,7 +27,8 @@ from studio.cli.console import (
 
 def add_parsers(sub: Any) -> None:
     """Add this group's sub-commands to ``sub`` (argparse sub-parsers)."""
-    p = sub.add_parser("evaluate", help="train a classifier on a training mix (real test split)")
+    p = sub.add_parser("evaluate", help="train a classifier on a training mix, score it on a "
+                                        "real split (test, or val for choices)")
     project_arg(p)
     p.add_argument("--mix", default="real", choices=["real", "synthetic", "real+synthetic"])
     p.add_argument("--selection", help="synthetic part: a selection")
@@ -45,6 +46,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--processes", type=int, default=EvalConfig.processes,
                    help="data-parallel processes under torchrun (one per GPU; default 1)")
     p.add_argument("--name", help="evaluation name")
+    p.add_argument("--on", default="test", choices=["test", "val"],
+                   help="the real split the classifier is scored on: test (the final report, "
+                        "default) or val (the validation split, for choices)")
     set_arg(p, "EvalConfig")
     device_arg(p)
     json_arg(p)
@@ -81,6 +85,8 @@ def add_parsers(sub: Any) -> None:
                         "randaugment mixup cutmix; meada, the slowest, on request)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--name", help="experiment name")
+    p.add_argument("--on", default="test", choices=["test", "val"],
+                   help="the real split every evaluation is scored on (default test)")
     p.add_argument("--wait", action="store_true",
                    help="run the queued jobs now in worker processes and wait for them")
     p.add_argument("--max-running", type=int,
@@ -97,6 +103,10 @@ def add_parsers(sub: Any) -> None:
                                    "middle band, evaluate four training mixes, export.")
     project_arg(p)
     p.add_argument("--quick", action="store_true", help="smaller run (a few minutes on a CPU)")
+    p.add_argument("--per-class", type=int, metavar="N",
+                   help="the low-data regime: keep N real training images per class (and a "
+                        "10%% validation split); the test images stay those of the full "
+                        "dataset (default: all)")
     p.add_argument("--export", metavar="DIR", help="export folder (default: in the assets)")
     p.add_argument("--encoder", default="pca", choices=["pca", "simclr"],
                    help="offline image encoder to condition on (pca or simclr; the class "
@@ -116,12 +126,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         job = run_job(project, evaluate_stage.prepare(project, config, mix=args.mix,
                                              dataset_ref=args.dataset,
                                              selection_ref=args.selection,
-                                             generation_ref=args.generation, name=args.name))
+                                             generation_ref=args.generation, name=args.name,
+                                             split=args.on))
         e = project.get(Evaluation, job.result_id)
     emit(args, {"id": e.id, "name": e.name, "mix": e.mix, "top1": e.top1, "top5": e.top5,
-                 "train_images": e.num_train, "test_images": e.num_test},
+                 "eval_split": e.eval_split, "train_images": e.num_train,
+                 "test_images": e.num_test},
           f"evaluation {e.name}: {e.mix} ({e.num_train} images), top-1 {e.top1:.2f} %, "
-          f"top-5 {e.top5:.2f} % on {e.num_test} real test images")
+          f"top-5 {e.top5:.2f} % on {e.num_test} real {e.eval_split} images")
     return 0
 
 
@@ -179,7 +191,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             jobs = JobManager(project, max_running=args.max_running)
             record = experiments.launch(
                 project, args.action, args.generation, config, submit=jobs.create,
-                seeds=args.seeds, name=args.name, **({"sizes": tuple(args.sizes)}
+                seeds=args.seeds, name=args.name, split=args.on, **({"sizes": tuple(args.sizes)}
                                                      if args.action == "scaling" else {}),
                 **({"keep_fraction": args.keep} if args.action == "filtering" else {}),
                 **({"augmentations": tuple(args.augmentations)}
@@ -198,7 +210,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         text += (f"\n{st['done']}/{st['total']} done; the jobs run while a studio is open on "
                  f"the project, or now with `rcdm-studio experiment show {record['id']} "
                  f"--wait`")
-    emit(args, {"id": record["id"], "name": record["name"], "kind": record["kind"], **st,
+    emit(args, {"id": record["id"], "name": record["name"], "kind": record["kind"],
+                 "eval_split": record["split"], **st,
                  "table": json.loads(table.to_json(orient="records")), **written}, text)
     return 0 if st["status"] != "incomplete" else 1
 
@@ -207,6 +220,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import DemoConfig, results_table, run_demo
 
     config = (DemoConfig.quick() if args.quick else DemoConfig()).with_encoder(args.encoder)
+    if args.per_class is not None:
+        config = config.with_per_class(args.per_class)
     with interruptible() as (bar, cancel), open_project(args) as project:
         results = run_demo(project, config, Path(args.export) if args.export else None,
                            progress=bar, cancel=cancel, say=lambda m: print(m, file=sys.stderr))

@@ -48,7 +48,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"project {s['project']} (schema {s['schema_version']})")
     for d in s["datasets"]:
         print(f"  dataset   {d['name']:<24} {d['num_images']} images, {d['num_classes']} "
-              f"classes, {d['num_train']} train / {d['num_test']} test")
+              f"classes, {d['num_train']} train / {d.get('num_val', 0)} val / "
+              f"{d['num_test']} test")
     for e in s["encodings"]:
         print(f"  encoding  {e['id']:<24} {e['encoder']} {e['target']} {e['target_id']} "
               f"({e['count']} x {e['dim']}{', offline' if e['offline'] else ''})")

@@ -6,8 +6,8 @@ one line of wiring per event."""
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import pandas as pd
 
 from engine.config import ImportConfig
 from engine.errors import InvalidConfigError
-from engine.project import Dataset, Image
+from engine.project import Dataset, Image, Job
 from studio import ui
 from studio.choices import (
     ALL,
@@ -25,7 +25,7 @@ from studio.choices import (
     dataset_choices,
     image_page,
     import_demo,
-    progress_adapter,
+    import_outcome,
     projects_root,
 )
 from studio.context import StudioContext
@@ -37,27 +37,45 @@ ZIP_MAX_BYTES = 8 * 1024 ** 3  # unpacked size of an uploaded zip
 ZIP_MAX_FILES = 1_000_000
 
 
+SPLIT_COLUMNS = ["train", "val", "test", "unused"]
+
+
 def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFrame]:
-    """Markdown summary and per-class counts (class, train, test) of a dataset."""
+    """Markdown summary and per-class counts (class, train, val, test, unused) of a dataset,
+    with a warning per class whose splits are too small."""
+    from engine import data
+
     if not dataset_id:
         return ("No dataset yet. Import the bundled **digits** (1,797 images of 10 classes, "
                 "no download) or an image folder with one sub-folder per class."), \
-            pd.DataFrame(columns=["class", "train", "test"])
+            pd.DataFrame(columns=["class", *SPLIT_COLUMNS])
     ds = ctx.project.get(Dataset, dataset_id)
     images = ctx.project.images(ds.id)
     counts = (images.groupby(["label", "class_name", "split"]).size().unstack(fill_value=0)
               .reset_index().sort_values("label"))
-    for col in ("train", "test"):
+    for col in SPLIT_COLUMNS:
         if col not in counts:
             counts[col] = 0
-    table = counts[["class_name", "train", "test"]].rename(columns={"class_name": "class"})
-    skipped = json.loads(ds.skipped_json or "[]")
+    table = counts[["class_name", *SPLIT_COLUMNS]].rename(columns={"class_name": "class"})
+    skipped = ds.skipped
+    unused = ds.num_images - ds.num_train - ds.num_val - ds.num_test
+    config = ds.config
+    regime = (f"  \n{config['train_per_class']} real training images per class "
+              f"(the low-data regime; {unused:,} unused)" if config.get("train_per_class")
+              else "")
     text = (f"**{ds.name}** — {ds.num_images:,} images, {ds.num_classes} classes, "
-            f"{ds.num_train:,} train / {ds.num_test:,} held-out test  \n"
+            f"{ds.num_train:,} train / {ds.num_val:,} validation / {ds.num_test:,} held-out "
+            f"test{regime}  \n"
             f"<small>from {ds.source or 'unknown'} · id {ds.id}</small>")
     if skipped:
         text += f"  \n{len(skipped)} file(s) skipped at import, e.g. " \
                 f"`{skipped[0].get('path')}`: {skipped[0].get('reason')}"
+    known = {k: v for k, v in config.items() if k in ImportConfig.__dataclass_fields__}
+    warned = data.split_warnings(images, ImportConfig.from_dict(known))
+    if warned:
+        text += "  \n⚠ " + "  \n⚠ ".join(warned[:5])
+        if len(warned) > 5:
+            text += f"  \n… and {len(warned) - 5} more class(es)"
     return text, table
 
 
@@ -70,9 +88,29 @@ def image_details(ctx: StudioContext, image_id: str) -> tuple[str, str]:
     return str(ctx.project.abs(img.path)), text
 
 
-def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: float,
-                  progress: Any = None) -> Dataset:
-    from engine import data
+def import_config(test_fraction: float | None, val_fraction: float | None,
+                  train_per_class: float | None) -> ImportConfig:
+    """The form's split options as an ImportConfig (an empty or 0 N: every image trains).
+
+    Raises:
+        InvalidConfigError: a value out of bounds (the config's own message), a fractional N.
+    """
+    n = None
+    if train_per_class not in (None, "") and float(train_per_class) != 0:
+        if float(train_per_class) != int(float(train_per_class)):
+            raise InvalidConfigError(f"images per class must be a whole number, got "
+                                     f"{train_per_class}")
+        n = int(float(train_per_class))
+    return ImportConfig(
+        test_fraction=float(ImportConfig.test_fraction if test_fraction is None
+                            else test_fraction),
+        val_fraction=float(val_fraction or 0.0), train_per_class=n)
+
+
+def import_folder(ctx: StudioContext, folder: str, name: str,
+                  config: ImportConfig | None = None) -> Job:
+    """Queue the import of a folder of the server (an ``import`` job)."""
+    from engine.stages import import_stage
 
     if not folder or not folder.strip():
         raise InvalidConfigError("type the path of an image folder (one sub-folder per class)")
@@ -84,22 +122,21 @@ def import_folder(ctx: StudioContext, folder: str, name: str, test_fraction: flo
                 f"this studio is reachable from the network: it imports folders only from "
                 f"inside the projects folder {root}; upload a zip of the ImageFolder instead")
     name = (name or "").strip() or path.name
-    return data.import_image_folder(ctx.project, path, name,
-                                    ImportConfig(test_fraction=float(test_fraction)),
-                                    progress=progress_adapter(progress))
+    return ctx.submit(import_stage.prepare(ctx.project, path, name, config or ImportConfig()))
 
 
-def import_zip(ctx: StudioContext, zip_path: str | None, name: str, test_fraction: float,
-               progress: Any = None) -> Dataset:
-    """Import an uploaded zip of an ImageFolder: extracted safely (``engine.safezip``) into a
-    temporary folder of the project's assets, imported, then removed.
+def import_zip(ctx: StudioContext, zip_path: str | None, name: str,
+               config: ImportConfig | None = None) -> Job:
+    """Queue the import of an uploaded zip of an ImageFolder: extracted safely
+    (``engine.safezip``) into a folder of the project's ``uploads/``, imported by a job that
+    removes that folder when it ends.
 
     Raises:
         InvalidConfigError: no file; UnsafeArchiveError: traversal, links, a zip bomb;
-        DatasetError: no class folder with images.
+        DatasetError: no class folder with images, a taken name.
     """
-    from engine import data
     from engine.safezip import extract_zip
+    from engine.stages import import_stage
 
     if not zip_path:
         raise InvalidConfigError("upload a .zip of an image folder first")
@@ -109,17 +146,19 @@ def import_zip(ctx: StudioContext, zip_path: str | None, name: str, test_fractio
     name = (name or "").strip() or src.stem
     tmp_root = ctx.project.assets / "uploads"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_root, prefix="unzip-") as tmp:
-        root = extract_zip(src, Path(tmp) / "x", max_bytes=ZIP_MAX_BYTES,
-                           max_files=ZIP_MAX_FILES)
+    tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="unzip-"))
+    try:
+        root = extract_zip(src, tmp / "x", max_bytes=ZIP_MAX_BYTES, max_files=ZIP_MAX_FILES)
         # a zip of the folder itself holds one top folder: the ImageFolder is inside it
         entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
         if len(entries) == 1 and entries[0].is_dir() and \
                 any(c.is_dir() for c in entries[0].iterdir()):
             root = entries[0]
-        return data.import_image_folder(ctx.project, root, name,
-                                        ImportConfig(test_fraction=float(test_fraction)),
-                                        progress=progress_adapter(progress))
+        return ctx.submit(import_stage.prepare(ctx.project, root, name, config or ImportConfig(),
+                                               cleanup=tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ---------------------------------------------------------------------- event handlers
@@ -161,30 +200,50 @@ def select_image(ctx: StudioContext, ids: list[str], evt: gr.SelectData) -> tupl
     return image_details(ctx, ids[evt.index])
 
 
-def imported(ctx: StudioContext, ds: Dataset) -> tuple[str, Any]:
-    return (ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
-                     f"classes"), ui.dropdown(dataset_choices(ctx), ds.id))
+def submitted(job: Job) -> tuple[str, str]:
+    """(status, pending job id) once an import job is queued."""
+    return (ui.ok_md(f"{job.title}: queued; follow it in the Jobs panel below (the dataset "
+                     f"appears here when it is done)"), job.id)
 
 
 @ui.guard(2)
-def on_demo(ctx: StudioContext, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-    return imported(ctx, import_demo(ctx, progress=progress))
+def on_demo(ctx: StudioContext, test_fraction: float | None, val_fraction: float | None,
+            per_class: float | None) -> tuple[str, str]:
+    return submitted(import_demo(ctx, config=import_config(test_fraction, val_fraction,
+                                                            per_class)))
 
 
 @ui.guard(2)
-def on_folder(ctx: StudioContext, folder: str, name: str, fraction: float,
-              progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-    return imported(ctx, import_folder(ctx, folder, name, fraction, progress=progress))
+def on_folder(ctx: StudioContext, folder: str, name: str, test_fraction: float | None,
+              val_fraction: float | None, per_class: float | None) -> tuple[str, str]:
+    config = import_config(test_fraction, val_fraction, per_class)
+    return submitted(import_folder(ctx, folder, name, config))
 
 
 @ui.guard(2)
-def on_zip(ctx: StudioContext, zip_path: str | None, name: str, fraction: float,
-           progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-    return imported(ctx, import_zip(ctx, zip_path, name, fraction, progress=progress))
+def on_zip(ctx: StudioContext, zip_path: str | None, name: str, test_fraction: float | None,
+           val_fraction: float | None, per_class: float | None) -> tuple[str, str]:
+    config = import_config(test_fraction, val_fraction, per_class)
+    return submitted(import_zip(ctx, zip_path, name, config))
 
 
-def refresh(ctx: StudioContext, dataset_id: str | None) -> Any:
-    return ui.dropdown(dataset_choices(ctx), dataset_id)
+def refresh(ctx: StudioContext, dataset_id: str | None, pending: str | None
+            ) -> tuple[Any, str, Any]:
+    """(dataset dropdown, pending import job, status) after the project's rows changed: a
+    finished import selects its dataset and says so; a failed one says why."""
+    if not pending:
+        return ui.dropdown(dataset_choices(ctx), dataset_id), "", gr.skip()
+    state, ds = import_outcome(ctx, pending)
+    if state == "running":
+        return ui.dropdown(dataset_choices(ctx), dataset_id), pending, gr.skip()
+    if ds is None:
+        job = ctx.project.get(Job, pending)
+        return (ui.dropdown(dataset_choices(ctx), dataset_id), "",
+                ui.error_md(f"{job.title}: {state}" + (f": {job.error}" if job.error else "")))
+    return (ui.dropdown(dataset_choices(ctx), ds.id), "",
+            ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
+                     f"classes ({ds.num_train:,} train / {ds.num_val:,} val / "
+                     f"{ds.num_test:,} test)"))
 
 
 # ---------------------------------------------------------------------- layout and wiring
@@ -196,13 +255,27 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             gr.Markdown("#### Import", elem_classes=["section-title"])
             demo_btn = gr.Button("Import the demo digits (1,797 images, no download)",
                                  variant="primary", elem_id="import-demo")
+            with gr.Accordion("Splits (every import below)", open=False):
+                with gr.Row():
+                    test_fraction = gr.Number(
+                        label="Test fraction", value=ImportConfig.test_fraction, minimum=0.01,
+                        maximum=0.9, step=0.05, elem_id="import-test-fraction",
+                        info="held out for the final report; fixed by the folder and the "
+                             "seed, whatever the two options beside it")
+                    val_fraction = gr.Number(
+                        label="Validation fraction", value=ImportConfig.val_fraction,
+                        minimum=0.0, maximum=0.9, step=0.05, elem_id="import-val-fraction",
+                        info="carved from the non-test images of each class; every choice "
+                             "(band, recipe) is made on it; 0: none")
+                    per_class = gr.Number(
+                        label="Training images per class", value=None, precision=0,
+                        minimum=0, elem_id="import-train-per-class",
+                        info="the low-data regime: keep N real training images per class "
+                             "(the rest kept as 'unused'); empty or 0: all")
             with gr.Accordion("…or an image folder on this machine", open=False):
                 folder = gr.Textbox(label="Folder (one sub-folder per class)",
                                     placeholder="/data/imagenet-100/train")
-                with gr.Row():
-                    name = gr.Textbox(label="Dataset name", placeholder="default: folder name")
-                    test_fraction = gr.Number(label="Test fraction", value=0.2, minimum=0.01,
-                                              maximum=0.9, step=0.05)
+                name = gr.Textbox(label="Dataset name", placeholder="default: folder name")
                 folder_btn = gr.Button("Import folder")
             with gr.Accordion("…or upload a .zip of an image folder", open=False):
                 upload = gr.File(label="Zip of an ImageFolder (one sub-folder per class)",
@@ -221,7 +294,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             with gr.Row(elem_classes=["bottom-align"]):
                 cls = gr.Dropdown(label="Class", choices=[ALL], value=ALL,
                                   allow_custom_value=True, scale=2)
-                split = gr.Radio(["all", "train", "test"], value="all", label="Split", scale=3)
+                split = gr.Radio(["all", "train", "val", "test", "unused"], value="all",
+                                 label="Split", scale=3)
                 prev_btn = gr.Button("◀ Prev", size="sm", scale=1, min_width=70)
                 page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1,
                                  min_width=70)
@@ -237,6 +311,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                           buttons=[], elem_id="image-detail")
                     detail_txt = gr.Markdown("Click a thumbnail for its details.")
     page_ids = gr.State([])
+    pending = gr.State("")  # the import job this page waits for
+    splits = [test_fraction, val_fraction, per_class]
     dataset = shared.dataset
     page_out = [gallery, page_ids, page, page_info]
 
@@ -247,10 +323,10 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     prev_btn.click(ui.bind(prev_page, ctx), [dataset, cls, split, page], page_out)
     next_btn.click(ui.bind(next_page, ctx), [dataset, cls, split, page], page_out)
     gallery.select(ui.bind(select_image, ctx), page_ids, [detail_img, detail_txt])
-    zip_btn.click(ui.bind(on_zip, ctx), [upload, zip_name, test_fraction], [status, dataset],
+    zip_btn.click(ui.bind(on_zip, ctx), [upload, zip_name, *splits], [status, pending],
                   concurrency_id="import", api_name="import_zip")
-    demo_btn.click(ui.bind(on_demo, ctx), None, [status, dataset], concurrency_id="import",
+    demo_btn.click(ui.bind(on_demo, ctx), splits, [status, pending], concurrency_id="import",
                    api_name="import_demo")
-    folder_btn.click(ui.bind(on_folder, ctx), [folder, name, test_fraction], [status, dataset],
+    folder_btn.click(ui.bind(on_folder, ctx), [folder, name, *splits], [status, pending],
                      concurrency_id="import", api_name="import_folder")
-    shared.on_refresh(ui.bind(refresh, ctx), [dataset], [dataset])
+    shared.on_refresh(ui.bind(refresh, ctx), [dataset, pending], [dataset, pending, status])

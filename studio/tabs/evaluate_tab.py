@@ -48,7 +48,8 @@ def recipe(ctx: StudioContext, arch: str, epochs: int, augment: str = EvalConfig
 
 def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id: str | None,
              arch: str, epochs: int, name: str | None, augment: str = EvalConfig.augment,
-             options: str | None = "") -> Job:
+             options: str | None = "", split: str = "test") -> Job:
+    """Queue an evaluation of ``mix`` scored on the real ``split`` (``"test"`` or ``"val"``)."""
     from engine.stages import evaluate_stage
 
     if mix not in MIXES:
@@ -62,7 +63,7 @@ def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id:
     return ctx.submit(evaluate_stage.prepare(
         ctx.project, config, mix=mix, dataset_ref=dataset_id if mix == "real" else None,
         selection_ref=selection_id if mix != "real" else None,
-        name=(name or "").strip() or None))
+        name=(name or "").strip() or None, split=split or "test"))
 
 
 def results_table(ctx: StudioContext) -> pd.DataFrame:
@@ -71,12 +72,13 @@ def results_table(ctx: StudioContext) -> pd.DataFrame:
     for e in ctx.project.list(Evaluation):
         cfg = ui.loads(e.config_json)
         rows.append([e.name, MIX_LABELS.get(e.mix, e.mix).split(" (")[0],
-                     sels.get(e.selection_id, ""), ui.pct(e.top1), ui.pct(e.top5), e.status,
+                     sels.get(e.selection_id, ""), ui.pct(e.top1), ui.pct(e.top5),
+                     e.eval_split, e.status,
                      e.num_train, f"{cfg.get('arch', '')}, {cfg.get('epochs', '')} ep"
                      + (f", {cfg['augment']}" if cfg.get("augment", "crop") != "crop" else "")
                      + (f", seed {cfg['seed']}" if cfg.get("seed") else "")])
     return pd.DataFrame(rows, columns=["evaluation", "mix", "selection", "top-1 %", "top-5 %",
-                                       "status", "images", "classifier"])
+                                       "split", "status", "images", "classifier"])
 
 
 SHOWN_BARS = 20  # single evaluations drawn in the top-1 chart
@@ -98,12 +100,14 @@ def results_figure(ctx: StudioContext) -> Any:
     for mix in MIXES:
         rows = [e for e in done if e.mix == mix]
         if rows:
-            fig.add_trace(go.Bar(x=[e.name for e in rows], y=[e.top1 for e in rows],
+            fig.add_trace(go.Bar(x=[f"{e.name} ({e.eval_split})" for e in rows],
+                                 y=[e.top1 for e in rows],
                                  name=MIX_LABELS[mix].split(" (")[0],
                                  marker_color=colors[mix],
                                  text=[f"{e.top1:.1f}" for e in rows], textposition="outside"))
     fig.update_layout(template="plotly_white", height=320,
-                      title=dict(text="Top-1 accuracy on the held-out real test split"
+                      title=dict(text="Top-1 accuracy on a held-out real split (in brackets: "
+                                      "test, or val for choices)"
                                  if done else "No finished evaluation yet", x=0.01),
                       yaxis=dict(title="top-1 %", range=[floor, 104]),
                       margin=dict(l=60, r=20, t=50, b=60), barmode="group",
@@ -166,7 +170,8 @@ def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, A
     from studio import figures
 
     if not exp_id:
-        empty = pd.DataFrame(columns=["training data", "images", "seeds", "top-1 %", "top-5 %"])
+        empty = pd.DataFrame(columns=["training data", "images", "seeds", "top-1 %", "top-5 %",
+                                      "split"])
         return empty, None, gr.update(value=None, visible=False), \
             gr.update(value=None, visible=False)
     record = experiments.get(ctx.project, exp_id)
@@ -207,8 +212,9 @@ def refresh_experiments(ctx: StudioContext, gens_v: list[str] | None,
 
 @ui.guard(2)
 def on_run(ctx: StudioContext, mix_v, dataset_id, sel, arch_v, epochs_v, name_v,
-           augment_v=EvalConfig.augment, options_v="") -> tuple[str, Any]:
-    job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v, options_v)
+           augment_v=EvalConfig.augment, options_v="", split_v="test") -> tuple[str, Any]:
+    job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v, options_v,
+                   split_v)
     return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
 
 
@@ -305,19 +311,23 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                      placeholder="batch_size=128", elem_id="eval-options")
                 gr.HTML(OPTIONS_HELP)
             name = gr.Textbox(label="Evaluation name", placeholder="default: the mix")
+            split = gr.Radio([("validation (for choices)", "val"), ("test (final report)", "test")],
+                             value="test", label="Score on", elem_id="eval-split")
             run_btn = gr.Button("Launch evaluation", variant="primary", elem_id="eval-button")
             status = gr.HTML(elem_id="eval-status")
-            gr.Markdown("<small>Every mix is tested on the dataset's held-out real images; "
-                        "the classifier recipe is the same for all.</small>")
+            gr.Markdown("<small>Every mix is scored on held-out real images: the validation "
+                        "split (carved from the training images at import) for choices, the "
+                        "test split for the final report; the classifier recipe is the same "
+                        "for all.</small>")
             running = gr.Markdown(elem_id="eval-running")
         with gr.Column(scale=2):
             plot = gr.Plot(show_label=False, elem_id="eval-plot")
             table = gr.Dataframe(value=results_table(ctx), interactive=False, max_height=280,
                                  label="All evaluations", elem_id="eval-table", wrap=True,
-                                 column_widths=["17%", "14%", "15%", "9%", "9%", "10%",
-                                                "9%", "17%"])
+                                 column_widths=["16%", "13%", "14%", "8%", "8%", "6%",
+                                                "10%", "8%", "17%"])
 
-    form = [mix, shared.dataset, selection, arch, epochs, name, augment, options]
+    form = [mix, shared.dataset, selection, arch, epochs, name, augment, options, split]
 
     shared.on_project(ui.bind(default_epochs, ctx), [], [epochs])
     run_btn.click(ui.bind(on_run, ctx), form, [status, table], api_name="evaluate")

@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 
 from engine.errors import InvalidConfigError
-from engine.project import Dataset, project_paths
+from engine.project import Dataset, Job, project_paths
 from studio import ui
 from studio.choices import import_demo, projects_root, studio_home
 from studio.context import StudioContext
@@ -140,20 +140,21 @@ def open_project(ctx: StudioContext, ref: str, restrict: bool = False,
     return ctx.project.path
 
 
-def open_demo(ctx: StudioContext, progress: Any = None) -> tuple[Path, Dataset | None]:
-    """Open (or create) the demo project under the projects folder; import the digits once.
+def open_demo(ctx: StudioContext) -> tuple[Path, Job | None]:
+    """Open (or create) the demo project under the projects folder; queue the import of the
+    digits once (an ``import`` job, in the jobs panel).
 
     Returns:
-        (the project path, the imported dataset or None when it had one already).
+        (the project path, the import job or None when it had a dataset already).
     """
     db = project_paths(projects_root() / DEMO_NAME)[0]
     db.parent.mkdir(parents=True, exist_ok=True)
     ctx.switch(db, create=True)
     remember(ctx.project.path)
-    ds = None
+    job = None
     if not ctx.project.list(Dataset):
-        ds = import_demo(ctx, progress=progress)
-    return ctx.project.path, ds
+        job = import_demo(ctx)
+    return ctx.project.path, job
 
 
 def current_md(ctx: StudioContext) -> str:
@@ -171,10 +172,9 @@ def recent_update(ctx: StudioContext, restrict: bool) -> Any:
 
 
 @ui.guard(2)
-def on_demo(ctx: StudioContext, restrict: bool,
-            progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-    db, ds = open_demo(ctx, progress=progress)
-    extra = f", imported {ds.name} ({ds.num_images:,} images)" if ds else ""
+def on_demo(ctx: StudioContext, restrict: bool) -> tuple[str, Any]:
+    db, job = open_demo(ctx)
+    extra = f", importing the digits (job {job.id}, in the jobs panel)" if job else ""
     return (ui.ok_md(f"opened {db.stem}{extra}; next: the Train tab"),
             recent_update(ctx, restrict))
 
