@@ -60,6 +60,21 @@ def write_tiny_folder(root: Path, classes: int = 3, per_class: int = 8, size: in
     return root
 
 
+def import_folder(project, folder: Path | None, name: str, config=None, demo: bool = False,
+                  progress=None, cancel=None):
+    """Import ``folder`` (or the demo digits) through the ``import`` job, run in this
+    process (``JobManager.run_inline``: same worker code, same ingest); returns the Dataset."""
+    from engine.config import ImportConfig
+    from engine.jobs import JobManager
+    from engine.progress import no_progress
+    from engine.project import Dataset
+    from engine.stages import import_stage
+
+    spec = import_stage.prepare(project, folder, name, config or ImportConfig(), demo=demo)
+    job = JobManager(project).run_inline(spec, progress=progress or no_progress, cancel=cancel)
+    return project.get(Dataset, job.result_id)
+
+
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     return write_tiny_folder(tmp_path / "tiny")
@@ -83,7 +98,6 @@ def tiny_generation_project(root: Path, dim: int = 5, classes: int = 3, per_clas
     import torch
 
     from engine.config import EncodeConfig, ImportConfig, TrainConfig
-    from engine.data import import_image_folder
     from engine.jobs import JobManager
     from engine.project import Encoding, Model, Project
     from engine.rcdm.model import build_rcdm, save_rcdm
@@ -93,7 +107,7 @@ def tiny_generation_project(root: Path, dim: int = 5, classes: int = 3, per_clas
     config = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
                          attention_head_dim=8, cond_tokens=1)
     with Project(root / "gen") as project:
-        ds = import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
+        ds = import_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
         JobManager(project).run_inline(encode_stage.prepare(
             project, EncodeConfig(encoder="pca", dim=dim, image_size=8), dataset_ref=ds.id))
         enc = project.list(Encoding, dataset_id=ds.id)[-1]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import import_folder
 
 from engine.check import check_project
 from engine.config import EncodeConfig, ImportConfig
@@ -18,10 +19,9 @@ from studio.cli import main
 @pytest.fixture
 def built(project, tiny_folder):
     """A project with the tiny dataset (24 images) and a PCA encoding of it (24 x 4)."""
-    from engine import data
     from engine.stages import encode_stage
 
-    data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    import_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     JobManager(project).run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4,
                                                                         image_size=8)))
     return project

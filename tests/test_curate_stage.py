@@ -16,10 +16,9 @@ def curated_project(tmp_path, one_thread):
     source) re-encoded by both encoders. No RCDM training: the curation stage only needs rows,
     PNGs and embeddings."""
     import pandas as pd
-    from conftest import write_tiny_folder
+    from conftest import import_folder, write_tiny_folder
     from PIL import Image as PILImage
 
-    from engine import data
     from engine.config import EncodeConfig, ImportConfig
     from engine.jobs import JobManager
     from engine.project import Generation, Model, Project
@@ -27,7 +26,7 @@ def curated_project(tmp_path, one_thread):
 
     project = Project(tmp_path / "proj")
     jobs = JobManager(project)
-    ds = data.import_image_folder(project, write_tiny_folder(tmp_path / "tiny", per_class=8),
+    ds = import_folder(project, write_tiny_folder(tmp_path / "tiny", per_class=8),
                                   "tiny", ImportConfig(test_fraction=0.25))
     enc8 = jobs.run_inline(encode_stage.prepare(project, EncodeConfig(dim=8, image_size=12),
                                           dataset_ref=ds.id)).result_id

@@ -11,26 +11,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_folder
 from PIL import Image
 
 from engine.config import ImportConfig
 from engine.data import (
+    SPLITS,
     dataset_pixels,
-    import_demo,
-    import_image_folder,
     load_pixels,
     make_thumbnail,
     pixels_cache_path,
     resize_pixels,
+    split_images,
+    split_warnings,
     stratified_split,
     validate_image,
     write_demo_dataset,
 )
-from engine.errors import Cancelled, DatasetError
+from engine.errors import Cancelled, DatasetError, JobError
 from engine.progress import CancelToken
 from engine.project import Dataset, Project
 
 CFG = ImportConfig()
+# a bad folder found by the import job's worker is reported as the job's failure
+IMPORT_ERRORS = (DatasetError, JobError)
 
 
 @pytest.fixture
@@ -228,6 +232,86 @@ def test_stratified_split_keeps_one_train_image():
         assert sorted(split[2 * c: 2 * c + 2]) == ["test", "train"]
 
 
+def _split_counts(labels: np.ndarray, split: np.ndarray) -> dict[tuple[int, str], int]:
+    return {(int(c), k): int(((labels == c) & (split == k)).sum())
+            for c in np.unique(labels) for k in SPLITS}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_split_images_test_fixed_across_n_and_validation(seed):
+    """Property: over N, seeds and validation settings, the four splits partition the
+    images, the test split is the same whatever N and the validation fraction, validation
+    never overlaps test, the counts per class are right, and smaller N nest in larger N."""
+    rng = np.random.default_rng(100 + seed)
+    sizes = rng.integers(20, 90, size=5)  # uneven classes
+    labels = rng.permutation(np.repeat(np.arange(5), sizes))
+    base_test = stratified_split(labels, 0.2, seed) == "test"
+    for val_fraction in (0.0, 0.1, 0.25):
+        trains = {}
+        vals = []
+        for n in (None, 50, 25, 10, 3):
+            cfg = ImportConfig(test_fraction=0.2, split_seed=seed, val_fraction=val_fraction,
+                               train_per_class=n)
+            split = split_images(labels, cfg)
+            assert set(split) <= set(SPLITS)
+            # the test split is the one computed from all the images, whatever N and val
+            np.testing.assert_array_equal(split == "test", base_test)
+            # val never overlaps test (a partition: each image has exactly one split)
+            assert not ((split == "val") & base_test).any()
+            counts = _split_counts(labels, split)
+            for c, size in enumerate(sizes):
+                n_test = counts[(c, "test")]
+                assert n_test == min(max(round(size * 0.2), 1), size - 1)
+                expect_val = (min(max(round(size * val_fraction), 1), size - n_test - 1)
+                              if val_fraction > 0 else 0)
+                assert counts[(c, "val")] == expect_val
+                rest = size - n_test - expect_val
+                assert counts[(c, "train")] == (rest if n is None else min(n, rest))
+                assert counts[(c, "unused")] == rest - counts[(c, "train")]
+            vals.append(split == "val")
+            trains[n] = set(np.flatnonzero(split == "train"))
+            # the same config gives the same split
+            np.testing.assert_array_equal(split, split_images(labels, cfg))
+        # validation does not depend on N; smaller N are subsets of larger ones
+        for v in vals[1:]:
+            np.testing.assert_array_equal(v, vals[0])
+        assert trains[3] <= trains[10] <= trains[25] <= trains[50] <= trains[None]
+
+
+def test_split_images_defaults_keep_todays_split():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1 + [3] * 2)
+    np.testing.assert_array_equal(split_images(labels, ImportConfig(split_seed=4)),
+                                  stratified_split(labels, 0.2, seed=4))
+
+
+def test_split_warnings_name_small_classes():
+    import pandas as pd
+
+    labels = np.array([0] * 40 + [1] * 6)
+    cfg = ImportConfig(val_fraction=0.1, train_per_class=10)
+    split = split_images(labels, cfg)
+    images = pd.DataFrame({"class_name": np.where(labels == 0, "big", "small"),
+                           "split": split})
+    warned = split_warnings(images, cfg)
+    assert len(warned) == 1 and "'small'" in warned[0]
+    assert "validation" in warned[0] and "test" in warned[0] and "training" in warned[0]
+    assert split_warnings(images, ImportConfig()) == ["class 'small' has only 1 test "
+                                                      "image(s): its accuracy is noisy; "
+                                                      "import more images of it or lower "
+                                                      "the fractions"]
+
+
+def test_import_config_bounds():
+    from engine.errors import InvalidConfigError
+
+    for bad in (dict(train_per_class=0), dict(train_per_class=2.5),
+                dict(train_per_class=True), dict(val_fraction=-0.1), dict(val_fraction=1.0),
+                dict(test_fraction=0.5, val_fraction=0.5)):
+        with pytest.raises(InvalidConfigError, match=str(list(bad.values())[-1])):
+            ImportConfig(**bad)
+    assert ImportConfig.from_dict(ImportConfig(train_per_class=5).to_dict()).train_per_class == 5
+
+
 # ---------------------------------------------------------------------------- import
 
 
@@ -254,7 +338,7 @@ def _leftovers(project: Project) -> list[str]:
 def test_import_folder(project, tmp_path):
     src = _make_folder(tmp_path / "src")
     events = []
-    ds = import_image_folder(project, src, "pets", ImportConfig(test_fraction=0.25),
+    ds = import_folder(project, src, "pets", ImportConfig(test_fraction=0.25),
                              progress=events.append)
     assert ds.name == "pets" and ds.source == str(src.absolute())
     assert (ds.num_classes, ds.num_images) == (2, 9)
@@ -281,27 +365,27 @@ def test_import_folder(project, tmp_path):
     assert _leftovers(project) == [ds.id]
 
     with pytest.raises(DatasetError, match="already exists"):
-        import_image_folder(project, src, "pets")
+        import_folder(project, src, "pets")
 
 
 def test_import_errors_leave_nothing(project, tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
-        import_image_folder(project, tmp_path / "missing", "x")
+        import_folder(project, tmp_path / "missing", "x")
     with pytest.raises(DatasetError, match="non-empty name"):
-        import_image_folder(project, tmp_path, " ")
+        import_folder(project, tmp_path, " ")
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(DatasetError, match="not a folder"):
-        import_image_folder(project, tmp_path / "file.txt", "x")
+        import_folder(project, tmp_path / "file.txt", "x")
     flat = tmp_path / "flat"
     _save_image(flat / "a.png")
-    with pytest.raises(DatasetError, match="no class sub-folders"):
-        import_image_folder(project, flat, "x")
+    with pytest.raises(IMPORT_ERRORS, match="no class sub-folders"):
+        import_folder(project, flat, "x")
 
     empty = tmp_path / "empty_class"
     _save_image(empty / "a" / "1.png")
     (empty / "b").mkdir()
-    with pytest.raises(DatasetError, match="class 'b' has no image"):
-        import_image_folder(project, empty, "x")
+    with pytest.raises(IMPORT_ERRORS, match="class 'b' has no image"):
+        import_folder(project, empty, "x")
 
     # class "a" is fully written before class "b" fails: everything must go
     bad = tmp_path / "bad_class"
@@ -310,8 +394,8 @@ def test_import_errors_leave_nothing(project, tmp_path):
     (bad / "b").mkdir()
     (bad / "b" / "1.png").write_bytes(b"")
     (bad / "b" / "2.jpg").write_bytes(b"text")
-    with pytest.raises(DatasetError) as info:
-        import_image_folder(project, bad, "x")
+    with pytest.raises(IMPORT_ERRORS) as info:
+        import_folder(project, bad, "x")
     message = str(info.value)
     assert "'b'" in message and "2 file(s)" in message and "empty file" in message
     assert project.list(Dataset) == [] and project.query("SELECT * FROM image").empty
@@ -327,7 +411,7 @@ def test_import_cancel_leaves_nothing(project, tmp_path):
             token.cancel()
 
     with pytest.raises(Cancelled):
-        import_image_folder(project, src, "pets", progress=cancel_after_first_image,
+        import_folder(project, src, "pets", progress=cancel_after_first_image,
                             cancel=token)
     assert project.list(Dataset) == [] and _leftovers(project) == []
 
@@ -338,7 +422,7 @@ def test_import_single_class_warns_and_symlink_loop_ends(project, tmp_path, capl
     _save_image(src / "only" / "b.png")
     os.symlink(src / "only", src / "only" / "loop")  # a link back to its own folder
     with caplog.at_level("WARNING", logger="engine.data"):
-        ds = import_image_folder(project, src, "one")
+        ds = import_folder(project, src, "one")
     assert ds.num_images == 2 and ds.num_classes == 1
     assert "single class" in caplog.text
 
@@ -365,7 +449,7 @@ def test_write_demo_dataset(tmp_path):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     p = Project(tmp_path_factory.mktemp("demo") / "p")
-    ds = import_demo(p)
+    ds = import_folder(p, None, "digits", demo=True)
     yield p, ds
     p.close()
 
@@ -377,7 +461,7 @@ def test_import_demo(demo):
     assert ds.classes == [str(i) for i in range(10)]
     assert "load_digits" in ds.source
     with pytest.raises(DatasetError, match="already exists"):
-        import_demo(project)
+        import_folder(project, None, "digits", demo=True)
 
 
 def test_dataset_pixels_cache(demo):

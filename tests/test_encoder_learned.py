@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import import_folder
 
 from engine.config import EncodeConfig, ImportConfig
 from engine.encoders import MANIFEST, SimCLREncoder, create_encoder, load_encoder
@@ -114,7 +115,7 @@ def test_encode_job_fits_on_the_training_split(project, tiny_folder):
     from engine.project import Encoding
     from engine.stages import encode_stage
 
-    ds = data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    ds = import_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     cfg = EncodeConfig(encoder="simclr", dim=8, image_size=12, fit_epochs=2, fit_batch_size=9)
     jobs = JobManager(project)
     job = jobs.run_inline(encode_stage.prepare(project, cfg, dataset_ref=ds.id))

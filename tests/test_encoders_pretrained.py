@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_folder
 
 from engine.config import EncodeConfig, ImportConfig
 from engine.encoders import (
@@ -303,9 +304,8 @@ def test_variant_names_resolve_to_hub_ids():
 
 @pytest.fixture
 def tiny_project(project, tiny_folder):
-    from engine import data
 
-    data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    import_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     return project
 
 

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import import_folder
 
 from engine import experiments
 from engine.config import EncodeConfig, EvalConfig, ImportConfig
@@ -57,12 +58,11 @@ def add_noisy_generation(project: Project, dataset_id: str, k: int, name: str) -
 @pytest.fixture
 def lab(tmp_path, tiny_folder):
     """(project path, generation name): dataset, PCA encoding, a re-encoded 4x generation."""
-    from engine import data
     from engine.stages import encode_stage
 
     path = tmp_path / "lab"
     with Project(path) as project:
-        ds = data.import_image_folder(project, tiny_folder, "tiny",
+        ds = import_folder(project, tiny_folder, "tiny",
                                       ImportConfig(test_fraction=0.25))
         jobs = JobManager(project, max_running=1)
         jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4,

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import import_folder
 
 from engine import data
 from engine.config import EncodeConfig, EvalConfig, ImportConfig, TrainConfig
@@ -46,7 +47,7 @@ def test_import_job_runs_in_a_worker_and_ingests_the_rows(project, tiny_folder):
     events = read_progress(jobs.folder(job))
     assert events[-1]["stage"] == "import" and events[-1]["step"] == events[-1]["total"] == 24
     # the same images and split as the in-thread import
-    other = data.import_image_folder(project, tiny_folder, "again",
+    other = import_folder(project, tiny_folder, "again",
                                      ImportConfig(test_fraction=0.25))
     again = project.images(other.id)
     assert images["split"].tolist() == again["split"].tolist()
@@ -66,7 +67,7 @@ def test_import_demo_job_inline(project):
 def test_import_job_refuses_bad_inputs_before_queuing(project, tiny_folder, tmp_path):
     from engine.stages import import_stage
 
-    data.import_image_folder(project, tiny_folder, "tiny")
+    import_folder(project, tiny_folder, "tiny")
     with pytest.raises(DatasetError, match="already exists"):
         import_stage.prepare(project, tiny_folder, "tiny")
     with pytest.raises(DatasetError, match="does not exist"):
@@ -127,7 +128,7 @@ def test_cancelled_and_killed_imports_leave_no_half_dataset(project, tmp_path, m
 def test_pixel_caches_are_built_by_the_worker(project, tiny_folder):
     from engine.stages import encode_stage, evaluate_stage, train_stage
 
-    ds = data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    ds = import_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     jobs = JobManager(project)
     spec = encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4, image_size=8))
     cache = data.pixels_cache_path(project, ds, 8)

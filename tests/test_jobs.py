@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+from conftest import import_folder
 
 from engine.config import EncodeConfig, ImportConfig, TrainConfig
 from engine.errors import JobError
@@ -17,9 +18,8 @@ from engine.project import Dataset, Encoding, Job, Model
 
 @pytest.fixture
 def tiny_project(project, tiny_folder):
-    from engine import data
 
-    data.import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    import_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     return project
 
 

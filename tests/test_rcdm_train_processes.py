@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import import_folder
 from safetensors.torch import load_file
 
 from engine.config import EncodeConfig, ImportConfig, TrainConfig
@@ -43,9 +44,8 @@ def _one_thread_per_rank(monkeypatch):
 @pytest.fixture
 def dataset(project, tiny_folder):
     """The tiny ImageFolder (24 images, 18 in the training split) with a 5-d PCA encoding."""
-    from engine.data import import_image_folder
 
-    ds = import_image_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
+    ds = import_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     JobManager(project).run_inline(encode_stage.prepare(
         project, EncodeConfig(encoder="pca", dim=5, image_size=8), dataset_ref=ds.id))
     return ds

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_folder
+from conftest import import_folder, write_tiny_folder
 
 from engine.config import EncodeConfig, GenerateConfig, TrainConfig
 
@@ -29,7 +29,6 @@ def _free_port() -> int:
 
 def _prepare_project(path: Path, folder: Path) -> str:
     """Import, encode (pca), train, generate 2 variations, re-encode; returns the generation."""
-    from engine import data
     from engine.config import ImportConfig
     from engine.jobs import JobManager
     from engine.project import Project
@@ -37,7 +36,7 @@ def _prepare_project(path: Path, folder: Path) -> str:
 
     with Project(path) as project:
         jobs = JobManager(project)
-        ds = data.import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
+        ds = import_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
         enc = EncodeConfig(encoder="pca", dim=8, image_size=16)
         jobs.run_inline(encode_stage.prepare(project, enc, dataset_ref=ds.id))
         cfg = TrainConfig(steps=3, batch_size=8, block_channels=(8, 16), cross_attention_dim=16,

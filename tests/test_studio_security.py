@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import write_tiny_folder
+from conftest import import_folder, write_tiny_folder
 
 USER, PASSWORD = "alice", "s3cret-pass"
 
@@ -29,7 +29,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from engine import data
     from engine.config import ImportConfig
     from engine.project import Project
     from studio.app import close, launch
@@ -40,7 +39,7 @@ def server(tmp_path_factory):
     mp.setenv("RCDM_STUDIO_PROJECTS", str(root / "projects"))
     path = root / "projects" / "guarded"
     with Project(path) as p:
-        data.import_image_folder(p, write_tiny_folder(root / "tiny", per_class=4), "tiny",
+        import_folder(p, write_tiny_folder(root / "tiny", per_class=4), "tiny",
                                  ImportConfig(test_fraction=0.25))
     port = _free_port()
     blocks = launch(path, port=port, open_browser=False, prevent_thread_lock=True,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_tiny_folder
+from conftest import import_folder, write_tiny_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("dataset", "image", "encoding", "model", "generation", "sample", "selection",
@@ -84,7 +84,6 @@ def built_base(tmp_path_factory) -> Path:
     (dim 4, 8 px) and a trained tiny RCDM (3 steps). Copied by ``built``; never opened."""
     import torch
 
-    from engine import data
     from engine.config import EncodeConfig, ImportConfig, TrainConfig
     from engine.jobs import JobManager
     from engine.project import Project
@@ -95,7 +94,7 @@ def built_base(tmp_path_factory) -> Path:
     folder = write_tiny_folder(root / "tiny")
     with Project(root / "base") as project:
         jobs = JobManager(project)
-        data.import_image_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
+        import_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
         jobs.run_inline(encode_stage.prepare(project, EncodeConfig(encoder="pca", dim=4,
                                                              image_size=8)))
         jobs.run_inline(train_stage.prepare(project, TrainConfig(steps=3, checkpoint_every=100,

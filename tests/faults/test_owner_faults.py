@@ -13,7 +13,7 @@ import signal
 import textwrap
 
 import pytest
-from conftest import write_tiny_folder
+from conftest import import_folder, write_tiny_folder
 
 from engine.config import GenerateConfig, ImportConfig
 from engine.errors import ProjectLockedError
@@ -119,25 +119,29 @@ def test_sigkill_of_the_owner_while_it_imports(tmp_path, where):
         code = textwrap.dedent("""
             import sys, time
             from pathlib import Path
-            from engine import data
+            from engine.jobs import JobManager
             from engine.project import Project
+            from engine.stages import import_stage
 
             def hold(event):
-                if event.step >= 9:
+                if event.stage == "import" and event.step >= 9:
                     Path(sys.argv[3]).write_text("paused")
                     time.sleep(600)
 
-            data.import_image_folder(Project(sys.argv[1]), Path(sys.argv[2]), "tiny",
-                                     progress=hold)
+            project = Project(sys.argv[1])
+            JobManager(project).run_inline(
+                import_stage.prepare(project, Path(sys.argv[2]), "tiny"), progress=hold)
         """)
         proc = child(code, str(path), str(folder), str(marker))
     else:
         code = _PAUSE_IN_TRANSACTION.replace("sys.argv[2], Path(sys.argv[3])",
                                              "'INSERT INTO image', Path(sys.argv[3])")
         code += textwrap.dedent("""
-            from engine import data
+            from engine.jobs import JobManager
             from engine.project import Project
-            data.import_image_folder(Project(sys.argv[1]), Path(sys.argv[2]), "tiny")
+            from engine.stages import import_stage
+            project = Project(sys.argv[1])
+            JobManager(project).run_inline(import_stage.prepare(project, Path(sys.argv[2]), "tiny"))
         """)
         proc = child(code, str(path), str(folder), str(marker))
     _kill_child_at_marker(proc, marker)
@@ -158,9 +162,8 @@ def test_sigkill_of_the_owner_while_it_imports(tmp_path, where):
             assert [p["kind"] for p in report.problems] == ["orphan_folder"]
             assert report.problems[0]["path"] == f"datasets/{leftovers[0]}"
         # importing again works and gives the whole dataset
-        from engine import data
 
-        ds = data.import_image_folder(project, folder, "tiny", ImportConfig())
+        ds = import_folder(project, folder, "tiny", ImportConfig())
         assert ds.num_images == 18 and len(project.images(ds.id)) == 18
 
 

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import import_folder
 from PIL import Image
 
 from engine.errors import DatasetError, StudioError
@@ -41,7 +42,6 @@ def _nothing_written(tmp_path: Path, dest: Path) -> None:
 
 
 def test_a_good_imagefolder_zip_unpacks_and_imports(project, tmp_path):
-    from engine.data import import_image_folder
 
     z = _zip(tmp_path / "ok.zip", [("cats/", b""), ("cats/1.png", _png()),
                                    ("cats/2.png", _png()), ("dogs/a/1.png", _png()),
@@ -49,7 +49,7 @@ def test_a_good_imagefolder_zip_unpacks_and_imports(project, tmp_path):
     dest = extract_zip(z, tmp_path / "out")
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.png")) == [
         "cats/1.png", "cats/2.png", "dogs/2.png", "dogs/a/1.png"]
-    ds = import_image_folder(project, dest, "zipped")
+    ds = import_folder(project, dest, "zipped")
     assert (ds.num_classes, ds.num_images) == (2, 4)
 
 
