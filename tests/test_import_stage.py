@@ -4,7 +4,9 @@ dataset are built by workers, never by the owner's ``prepare``."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
 
@@ -187,3 +189,85 @@ def test_every_run_row_a_job_writes_records_the_job_and_the_code_version(project
         assert (row.job_id, row.code_version) == (job.id, code_version()), table
         assert project.get(Job, job.id).code_version == code_version()
     assert sel.code_version == code_version()
+
+
+def test_low_data_import_splits_and_downstream_use_train_only(project, tmp_path):
+    """N per class and a validation split through the job: the test images are those of a
+    full import of the same folder; training, encoding fits and generation sources see the
+    train split only; an evaluation scores test or val and records which."""
+    from conftest import write_tiny_folder
+
+    from engine.config import GenerateConfig
+    from engine.errors import InvalidConfigError, NotReadyError
+    from engine.stages import (
+        common,
+        encode_stage,
+        evaluate_stage,
+        generate_stage,
+        import_stage,
+        train_stage,
+    )
+
+    folder = write_tiny_folder(tmp_path / "ten", classes=2, per_class=20, size=8)
+    full = import_folder(project, folder, "full", ImportConfig(test_fraction=0.25))
+    cfg = ImportConfig(test_fraction=0.25, val_fraction=0.2, train_per_class=6)
+    spec = import_stage.prepare(project, folder, "low", cfg)
+    job = JobManager(project).run_inline(spec)
+    low = project.get(Dataset, job.result_id)
+    assert (low.num_train, low.num_val, low.num_test) == (12, 8, 10)
+    assert low.config["train_per_class"] == 6 and low.config["val_fraction"] == 0.2
+    a, b = project.images(full.id), project.images(low.id)
+    assert (a["split"] == "test").tolist() == (b["split"] == "test").tolist()
+    assert (b["split"] == "unused").sum() == 40 - 12 - 8 - 10
+    splits = common.split_indices(project, low)
+    assert isinstance(splits, common.Splits)
+    assert not (set(splits.train) | set(splits.test)) & set(splits.val)
+    assert len(splits.labels) == 40
+    # encoding fits, RCDM training and generation sources: the train split only
+    enc = JobManager(project).run_inline(encode_stage.prepare(
+        project, EncodeConfig(encoder="pca", dim=3, image_size=8), dataset_ref=low.id))
+    assert enc.status == "done"
+    train = train_stage.prepare(project, TrainConfig(image_size=8, steps=1), low.id,
+                                encoder="pca")
+    assert train.params["train_idx"] == splits.train.tolist()
+    pool = generate_stage._pool(project.images(low.id), None, GenerateConfig(), low.name)
+    assert set(pool["split"]) == {"train"} and len(pool) == 12
+    # evaluation: on val, on test, never on a split the dataset lacks
+    ev_val = evaluate_stage.prepare(project, EvalConfig(image_size=8, epochs=1), mix="real",
+                                    dataset_ref=low.id, split="val")
+    assert ev_val.params["test_idx"] == splits.val.tolist()
+    assert ev_val.params["train_idx"] == splits.train.tolist()
+    row = project.get(Evaluation, ev_val.params["evaluation_id"])
+    assert (row.eval_split, row.num_test) == ("val", 8)
+    ev_test = evaluate_stage.prepare(project, EvalConfig(image_size=8, epochs=1), mix="real",
+                                     dataset_ref=low.id)
+    assert project.get(Evaluation, ev_test.params["evaluation_id"]).eval_split == "test"
+    with pytest.raises(NotReadyError, match="no val split"):
+        evaluate_stage.prepare(project, EvalConfig(image_size=8), dataset_ref=full.id,
+                               split="val")
+    with pytest.raises(InvalidConfigError, match="'train'"):
+        evaluate_stage.prepare(project, EvalConfig(image_size=8), dataset_ref=low.id,
+                               split="train")
+
+
+def test_import_job_reports_small_classes_and_refuses_foreign_cleanup(project, tmp_path):
+    from conftest import write_tiny_folder
+
+    from engine.stages import import_stage
+
+    folder = write_tiny_folder(tmp_path / "few", classes=2, per_class=4, size=8)
+    job = JobManager(project).run_inline(import_stage.prepare(
+        project, folder, "few", ImportConfig(val_fraction=0.25, train_per_class=5)))
+    result = json.loads((JobManager(project).folder(job) / "result.json").read_text())
+    # 4 images a class: 1 test, 1 val, 2 train of the 5 asked
+    warned = result["warnings"]
+    assert len(warned) == 2 and all("1 test" in w and "1 validation" in w and
+                                    "2 training image(s) of the 5" in w for w in warned)
+    with pytest.raises(DatasetError, match="uploads"):
+        import_stage.prepare(project, folder, "x", cleanup=tmp_path)
+    # an unpacked upload is removed once its import has ended
+    upload = project.assets / "uploads" / "unzip-x"
+    copy = upload / "x"
+    shutil.copytree(folder, copy)
+    JobManager(project).run_inline(import_stage.prepare(project, copy, "up", cleanup=upload))
+    assert not upload.exists()
