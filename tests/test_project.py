@@ -166,6 +166,33 @@ def test_a_version_1_project_is_migrated_on_open(tmp_path):
     assert {"ix_dataset_name", "ix_model_name", "ix_experiment_name"} <= names
 
 
+def test_a_version_2_project_gets_validation_columns(tmp_path):
+    """Schema 2 -> 3: datasets get num_val (0), evaluations eval_split ("test": every older
+    evaluation was scored on the test split)."""
+    from engine.project import Evaluation
+
+    db, _ = project_paths(tmp_path / "v2")
+    with Project(tmp_path / "v2") as p:
+        p.add(Evaluation(id="eval_old", name="old", top1=50.0, num_test=7))
+        p.add(Dataset(id="ds_v2", name="v2", num_images=10, num_train=8, num_test=2))
+    con = duckdb.connect(str(db))
+    for name, in con.execute("SELECT index_name FROM duckdb_indexes() "
+                             "WHERE table_name IN ('dataset', 'evaluation')").fetchall():
+        con.execute(f'DROP INDEX "{name}"')
+    con.execute("ALTER TABLE dataset DROP COLUMN num_val")
+    con.execute("ALTER TABLE evaluation DROP COLUMN eval_split")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    with Project(tmp_path / "v2") as p:
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        ev = p.get(Evaluation, "eval_old")
+        assert (ev.eval_split, ev.num_test, ev.top1) == ("test", 7, 50.0)
+        ds = p.get(Dataset, "ds_v2")
+        assert (ds.num_train, ds.num_val, ds.num_test) == (8, 0, 2)
+        new = p.add(Evaluation(id="eval_new", name="new", eval_split="val"))
+        assert p.get(Evaluation, new.id).eval_split == "val"
+
+
 def test_an_old_project_is_not_migrated_read_only(tmp_path):
     db, _ = project_paths(tmp_path / "old")
     _v1_project(db)
