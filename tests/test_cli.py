@@ -103,3 +103,54 @@ def test_commands_run_on_the_device_saved_in_the_project_settings(tmp_path):
     assert given.device == "cpu"  # an explicit --device wins
     parser = build_parser()
     assert parser.parse_args(["encode", "--project", path]).device is None
+
+
+def test_import_low_data_and_evaluate_on_val(tmp_path, capsys):
+    from conftest import write_tiny_folder
+
+    from engine.project import Evaluation, Job, Project
+
+    folder = write_tiny_folder(tmp_path / "img", classes=2, per_class=20, size=8)
+    proj = str(tmp_path / "low")
+    assert main(["import", "--project", proj, "--name", "low", str(folder),
+                 "--test-fraction", "0.25", "--val-fraction", "0.2",
+                 "--train-per-class", "6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["train"], out["val"], out["test"], out["warnings"]) == (12, 8, 10, [])
+    with Project(tmp_path / "low") as p:  # the import ran as a job
+        assert [j.kind for j in p.list(Job)] == ["import"] and out["job_id"]
+    # a class with too few images is named in a warning
+    assert main(["import", "--project", proj, "--name", "few", str(folder),
+                 "--train-per-class", "30"]) == 0
+    assert "warning: class 'class_0' has only 16 training image(s) of the 30" in \
+        capsys.readouterr().out
+    assert main(["import", "--project", proj, "--name", "bad", str(folder),
+                 "--train-per-class", "0"]) == 2
+    assert "train_per_class must be" in capsys.readouterr().err
+    # evaluate --on val: scored on the validation images, and says so
+    assert main(["evaluate", "--project", proj, "--dataset", "low", "--epochs", "1",
+                 "--set", "image_size=8", "--on", "val", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["eval_split"], out["test_images"], out["train_images"]) == ("val", 8, 12)
+    assert main(["evaluate", "--project", proj, "--dataset", "low", "--epochs", "1",
+                 "--set", "image_size=8"]) == 0
+    assert "on 10 real test images" in capsys.readouterr().out
+    with Project(tmp_path / "low") as p:
+        assert sorted(e.eval_split for e in p.list(Evaluation)) == ["test", "val"]
+    # a dataset without validation split: --on val is refused with the way out
+    assert main(["evaluate", "--project", proj, "--dataset", "few", "--on", "val"]) == 2
+    assert "no val split" in capsys.readouterr().err
+
+
+def test_demo_and_import_demo_take_the_low_data_options():
+    args = build_parser().parse_args(["demo", "--quick", "--per-class", "25"])
+    assert (args.per_class, args.quick) == (25, True)
+    args = build_parser().parse_args(["import-demo", "--train-per-class", "10",
+                                      "--val-fraction", "0.1"])
+    assert (args.train_per_class, args.val_fraction) == (10, 0.1)
+    from engine.demo import DemoConfig
+
+    cfg = DemoConfig.quick().with_per_class(25)
+    assert (cfg.importing.train_per_class, cfg.importing.val_fraction) == (25, 0.1)
+    assert cfg.dataset_name == "digits-n25" and DemoConfig().dataset_name == "digits"
+    assert cfg.importing.test_fraction == DemoConfig().importing.test_fraction
