@@ -86,7 +86,7 @@ def test_scaling_experiment_table_figure_exports_and_reopen(lab, tmp_path):
     record, table = run_experiment(path, "scaling", gen)
     assert list(table["training data"]) == ["real only"] + [f"noisy-x4 {k}x" for k in (1, 2,
                                                                                         3, 4)]
-    assert table.shape == (5, 9)
+    assert table.shape == (5, 10) and (table["split"] == "test").all()
     assert list(table["size (x real)"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert list(table["images"]) == [18, 18, 36, 54, 72]
     assert (table["seeds"] == "1/1").all()
@@ -276,7 +276,8 @@ def test_studio_experiments_section(lab):
         assert [v for _, v in evaluate_tab.generation_choices(ctx)] == ["gen_noisy-x4"]
         gen_id = "gen_noisy-x4"
         table, fig, csv, md = evaluate_tab.experiment_view(ctx, exp_id)
-        assert list(table.columns) == ["training data", "images", "seeds", "top-1 %", "top-5 %"]
+        assert list(table.columns) == ["training data", "images", "seeds", "top-1 %", "top-5 %",
+                                       "split"]
         assert len(table) == 2 and fig.data[0].type == "bar"
         assert csv["visible"] and str(ctx.project.assets) in csv["value"]
         assert md["value"].endswith("table.md")
@@ -358,3 +359,33 @@ def test_an_experiment_is_a_row_with_members_jobs_status_and_code_version(lab):
         assert row.status == "done" and row.finished_at is not None
         assert [r["training data"] for r in row.results] == ["real only", "noisy-x4 1x"]
         assert experiments.get(project, record["id"])["status"] == "done"
+
+
+def test_an_experiment_on_the_validation_split(tmp_path, tiny_folder):
+    """split="val": every evaluation is scored on the validation images (never test), the
+    record and its tables say so; a dataset without validation split is refused."""
+    from engine.errors import NotReadyError
+
+    with Project(tmp_path / "val") as project:
+        ds = import_folder(project, tiny_folder, "tiny",
+                           ImportConfig(test_fraction=0.25, val_fraction=0.25))
+        assert (ds.num_train, ds.num_val, ds.num_test) == (12, 6, 6)
+        add_noisy_generation(project, ds.id, 1, "noisy-x1")
+        jobs = JobManager(project, max_running=1)
+        record = experiments.launch(project, "scaling", ["noisy-x1"], EVAL,
+                                    submit=jobs.run_inline, seeds=1, sizes=(1,), split="val")
+        assert record["split"] == "val"
+        evals = [project.get(Evaluation, m["evaluation_id"]) for m in record["members"]]
+        assert [(e.eval_split, e.num_test, e.status) for e in evals] == [("val", 6, "done")] * 2
+        assert experiments.get(project, record["id"])["split"] == "val"
+        assert (experiments.table(project, record)["split"] == "val").all()
+        md = experiments.markdown(project, record)
+        assert "top-1 % (val)" in md and "held-out real val split" in md
+        with pytest.raises(InvalidConfigError, match="split must be one of"):
+            experiments.launch(project, "scaling", ["noisy-x1"], EVAL, submit=jobs.create,
+                               split="train")
+        full = import_folder(project, tiny_folder, "full", ImportConfig(test_fraction=0.25))
+        add_noisy_generation(project, full.id, 1, "full-x1")
+        with pytest.raises(NotReadyError, match="no val split"):
+            experiments.launch(project, "scaling", ["full-x1"], EVAL, submit=jobs.create,
+                               sizes=(1,), split="val")
