@@ -140,3 +140,31 @@ def test_generation_reproduces_from_its_recorded_inputs(demo_run):
                                          guidance=float(row["guidance"])))[0]
     stored = np.asarray(Image.open(project.abs(row["path"])).convert("RGB"))
     assert np.abs(again.astype(int) - stored.astype(int)).max() <= 1
+
+
+def test_low_data_demo_keeps_the_full_demos_test_images(demo_run, tmp_path):
+    """``demo --per-class N``: N training images per class and a validation split, scored on
+    the very test images of the full demo; the table says the regime and the split."""
+    from dataclasses import replace
+
+    from engine.project import Dataset, Project
+
+    full_project, full_results, _ = demo_run
+    config = replace(DemoConfig(
+        train=TrainConfig(steps=4, batch_size=16, block_channels=(8, 16),
+                          cross_attention_dim=16, attention_head_dim=8, checkpoint_every=100,
+                          preview_every=100, warmup_steps=1),
+        generate=GenerateConfig(variations=2, steps=2, batch_size=512),
+        evaluate=EvalConfig(epochs=1, batch_size=256))).with_per_class(10)
+    with Project(tmp_path / "low") as project:
+        results = run_demo(project, config, export_dir=tmp_path / "export", say=lambda m: None)
+        (ds,) = project.list(Dataset)
+        low = project.images(ds.id)
+    full_ds = [d for d in full_project.list(Dataset) if d.name == "digits"][0]
+    full = full_project.images(full_ds.id)
+    assert ds.name == "digits-n10" and (ds.num_train, results["train_per_class"]) == (100, 10)
+    assert low["split"].eq("test").tolist() == full["split"].eq("test").tolist()
+    assert results["test_images"] == full_results["test_images"] and ds.num_val > 0
+    assert results["real"]["train_images"] == 100 and results["generated"] == 200
+    table = results_table(results)
+    assert "10 real training images per class" in table and "top-1 (test)" in table
