@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import import_folder, write_tiny_folder
 
-from engine.config import EncodeConfig, GenerateConfig, TrainConfig
+from engine.config import EncodeConfig, GenerateConfig, ImportConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,21 +69,75 @@ def studio(tmp_path_factory):
     mp.undo()
 
 
+def _wait_for_job(ctx, job_id: str, timeout: float = 180.0):
+    """Poll the jobs like the page's timer until ``job_id`` has ended."""
+    import time
+
+    from engine.project import Job
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ctx.poll()
+        job = ctx.project.get(Job, job_id)
+        if job.status not in ("queued", "running"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+
+
 def test_import_demo_then_list_datasets(studio):
+    from engine.project import Dataset, Job
     from studio.tabs import data_tab
 
     blocks, client, _, _ = studio
-    status, dataset = client.predict(api_name="/import_demo")
-    assert "imported digits: 1,797 images, 10 classes" in status
-    names = [label for label, _ in data_tab.dataset_choices(blocks.studio)]
+    ctx = blocks.studio
+    # the form's split options: test fraction, validation fraction, images per class
+    # (the pending job id is page state: the API returns the status only)
+    status = client.predict(0.2, 0.1, 25, api_name="/import_demo")
+    assert "queued" in status and "Jobs panel" in status
+    job = ctx.project.list(Job, kind="import")[-1]  # the first imported "tiny"
+    pending = job.id
+    assert job.kind == "import" and job.title == "Import the demo digits as digits"
+    # the tab waits for the job; when it is done the dataset is selected and announced
+    dropdown, still, _ = data_tab.refresh(ctx, None, pending)
+    assert still in (pending, "")
+    assert _wait_for_job(ctx, pending).status == "done"
+    dropdown, still, status = data_tab.refresh(ctx, None, pending)
+    ds = ctx.project.get(Dataset, ctx.project.get(Job, pending).result_id)
+    assert still == "" and dropdown["value"] == ds.id
+    assert ds.num_train == 250 and 170 <= ds.num_val <= 190 and 340 <= ds.num_test <= 380
+    assert (f"imported digits: 1,797 images, 10 classes (250 train / {ds.num_val} val / "
+            f"{ds.num_test} test)") in status
+    assert (ds.config["train_per_class"], ds.config["val_fraction"]) == (25, 0.1)
+    names = [label for label, _ in data_tab.dataset_choices(ctx)]
     assert names == ["tiny (24 images, 3 classes)", "digits (1797 images, 10 classes)"]
-    # the dataset dropdown now lists both and shows the new one
-    assert dataset["value"] == data_tab.dataset_choices(blocks.studio)[-1][1]
-    assert [c[0] for c in dataset["choices"]] == names
+    assert [c[0] for c in dropdown["choices"]] == names
+    # the summary counts every split, per class
+    text, counts = data_tab.summary(ctx, ds.id)
+    assert f"250 train / {ds.num_val} validation / {ds.num_test} held-out test" in text
+    assert list(counts.columns) == ["class", "train", "val", "test", "unused"]
+    assert (counts["train"] == 25).all()
+    assert counts["unused"].sum() == 1797 - 250 - ds.num_val - ds.num_test
     # the same import again is refused with the engine's sentence, not a stack trace
-    status, _ = client.predict(api_name="/import_demo")
+    status = client.predict(0.2, 0, None, api_name="/import_demo")
     assert "status-error" in status and "already exists" in status
     assert "Traceback" not in status
+    # a bad form value is refused before anything is queued
+    status = client.predict(0.6, 0.5, None, api_name="/import_demo")
+    assert "status-error" in status and "test_fraction + val_fraction" in status
+    assert len(ctx.project.list(Job, kind="import")) == 2  # tiny, digits: no other queued
+
+
+def test_import_form_values():
+    from engine.errors import InvalidConfigError
+    from studio.tabs import data_tab
+
+    assert data_tab.import_config(0.2, None, None) == ImportConfig()
+    assert data_tab.import_config(0.3, 0.1, 0).train_per_class is None
+    cfg = data_tab.import_config(0.25, 0.15, 10.0)
+    assert (cfg.test_fraction, cfg.val_fraction, cfg.train_per_class) == (0.25, 0.15, 10)
+    with pytest.raises(InvalidConfigError, match="whole number, got 2.5"):
+        data_tab.import_config(0.2, 0.1, 2.5)
 
 
 def test_band_change_returns_counts(studio):
