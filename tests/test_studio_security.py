@@ -11,12 +11,15 @@ import contextlib
 import io
 import socket
 import stat
+import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import import_folder, write_tiny_folder
+
+from engine.project import Dataset, Job
 
 USER, PASSWORD = "alice", "s3cret-pass"
 
@@ -118,14 +121,26 @@ def test_zip_upload_imports_and_traversal_is_refused(server, tmp_path):
                for p in sorted(folder.rglob("*.png"))}
     good = tmp_path / "pets.zip"
     good.write_bytes(_zip(entries))
-    status, _ = client.predict(handle_file(str(good)), "pets", 0.34, api_name="/import_zip")
-    assert "imported pets: 6 images, 2 classes" in status
-    assert not any((blocks.studio.project.assets / "uploads").iterdir())  # temp removed
+    status = client.predict(handle_file(str(good)), "pets", 0.34, 0, None,
+                            api_name="/import_zip")
+    assert "queued" in status  # an import job; the unpacked folder waits for it
+    ctx = blocks.studio
+    job = ctx.project.list(Job, kind="import")[-1]
+    deadline = time.monotonic() + 120
+    while job.status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        ctx.poll()
+        job = ctx.project.get(Job, job.id)
+    assert job.status == "done", job.error
+    ds = ctx.project.get(Dataset, job.result_id)
+    assert (ds.name, ds.num_images, ds.num_classes) == ("pets", 6, 2)
+    assert not any((ctx.project.assets / "uploads").iterdir())  # temp removed
 
     evil = tmp_path / "evil.zip"
     evil.write_bytes(_zip({"a/x.png": entries[next(iter(entries))],
                            "../../escaped.txt": b"owned"}))
-    status, _ = client.predict(handle_file(str(evil)), "evil", 0.2, api_name="/import_zip")
+    status = client.predict(handle_file(str(evil)), "evil", 0.2, 0, None,
+                            api_name="/import_zip")
     assert "status-error" in status and "Traceback" not in status
     assert not list(root.rglob("escaped.txt"))
 
@@ -168,7 +183,7 @@ def test_folder_import_stays_inside_the_projects_folder_when_exposed(tmp_path, m
     from engine.errors import InvalidConfigError
     from engine.project import Dataset
     from studio.context import StudioContext
-    from studio.tabs.data_tab import import_folder
+    from studio.tabs import data_tab
     from tests.conftest import write_tiny_folder
 
     monkeypatch.setenv("RCDM_STUDIO_PROJECTS", str(tmp_path / "projects"))
@@ -178,10 +193,12 @@ def test_folder_import_stays_inside_the_projects_folder_when_exposed(tmp_path, m
     try:
         ctx.restrict = True
         with pytest.raises(InvalidConfigError, match="upload a zip"):
-            import_folder(ctx, str(outside), "out", 0.25)
-        assert ctx.project.list(Dataset) == []
-        assert import_folder(ctx, str(inside), "in", 0.25).num_images > 0
+            data_tab.import_folder(ctx, str(outside), "out")
+        assert ctx.project.list(Dataset) == [] and ctx.project.list(Job) == []
+        job = ctx.jobs.wait(data_tab.import_folder(ctx, str(inside), "in").id, timeout=120)
+        assert ctx.project.get(Dataset, job.result_id).num_images > 0
         ctx.restrict = False  # a local studio reads any folder
-        assert import_folder(ctx, str(outside), "out", 0.25).name == "out"
+        job = ctx.jobs.wait(data_tab.import_folder(ctx, str(outside), "out").id, timeout=120)
+        assert ctx.project.get(Dataset, job.result_id).name == "out"
     finally:
         ctx.close()
