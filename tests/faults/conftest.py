@@ -24,12 +24,17 @@ TABLES = ("dataset", "image", "encoding", "model", "generation", "sample", "sele
           "evaluation", "export", "job", "meta")
 
 
-def snapshot(project) -> dict[str, Any]:
-    """Row counts of every table and (path, size, sha1) of every asset file."""
-    counts = {t: int(project.query(f"SELECT count(*) AS n FROM {t}")["n"][0]) for t in TABLES}
+def snapshot(project, without_jobs: bool = False) -> dict[str, Any]:
+    """Row counts of every table and (path, size, sha1) of every asset file;
+    ``without_jobs``: leave out the job table and the job folders (the record a failed job
+    keeps of itself)."""
+    counts = {t: int(project.query(f"SELECT count(*) AS n FROM {t}")["n"][0]) for t in TABLES
+              if not (without_jobs and t == "job")}
     files = {}
     if project.assets.exists():
         for p in sorted(project.assets.rglob("*")):
+            if without_jobs and p.relative_to(project.assets).parts[0] == "jobs":
+                continue
             if p.is_file():
                 files[p.relative_to(project.assets).as_posix()] = (
                     p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
