@@ -304,7 +304,6 @@ def test_variant_names_resolve_to_hub_ids():
 
 @pytest.fixture
 def tiny_project(project, tiny_folder):
-
     import_folder(project, tiny_folder, "tiny", ImportConfig(test_fraction=0.25))
     return project
 
@@ -332,7 +331,7 @@ def test_encode_prepare_fails_early_when_offline_weights_are_missing(tiny_projec
 
     with pytest.raises(WeightsNotFoundError, match="hf download facebook/dinov2-small"):
         encode_stage.prepare(tiny_project, EncodeConfig(encoder="dinov2", model_id="s"))
-    assert tiny_project.list(Job) == []
+    assert tiny_project.list(Job, kind="encode") == []  # nothing queued
 
 
 def test_encode_job_resumes_after_a_cancel(tiny_project):
@@ -424,4 +423,4 @@ def test_encode_prepare_fails_early_on_a_missing_local_folder(tiny_project, tmp_
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
         encode_stage.prepare(tiny_project, EncodeConfig(encoder="dinov2",
                                                   model_id=str(tmp_path / "nowhere")))
-    assert tiny_project.list(Job) == []
+    assert tiny_project.list(Job, kind="encode") == []
