@@ -283,6 +283,12 @@ def test_studio_experiments_section(lab):
         assert md["value"].endswith("table.md")
         with pytest.raises(InvalidConfigError, match="needs a generation"):
             evaluate_tab.launch_experiment(ctx, "filtering", [], 1, "resnet_tiny", 1, None)
+        # the page's "Score on" reaches the engine: this dataset has no validation split
+        from engine.errors import NotReadyError
+
+        with pytest.raises(NotReadyError, match="no val split"):
+            evaluate_tab.launch_experiment(ctx, "filtering", [gen_id], 1, "resnet_tiny", 1,
+                                           None, split="val")
         # recipe options from the page, the same KEY=VALUE lines as --set on the CLI
         cfg = evaluate_tab.recipe(ctx, "resnet_tiny", 3, "meada",
                          "# a comment\nmeada_adv_lr=0.25\n\nlabel-smoothing = 0.1\n")

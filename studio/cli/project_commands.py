@@ -62,7 +62,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for sel in s["selections"]:
         print(f"  selection {sel['name']:<24} {sel['count']} samples")
     for e in s["evaluations"]:
-        acc = f"top-1 {e['top1']:.2f}, top-5 {e['top5']:.2f}" if e["top1"] is not None else ""
+        acc = (f"top-1 {e['top1']:.2f}, top-5 {e['top5']:.2f} on "
+               f"{e.get('eval_split') or 'test'}" if e["top1"] is not None else "")
         print(f"  evaluation {e['name']:<23} {e['mix']}, {e['status']} {acc}")
     for x in s["exports"]:
         print(f"  export    {x['folder']} ({x['count']} images)")

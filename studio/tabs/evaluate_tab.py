@@ -149,8 +149,10 @@ def experiment_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 
 def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] | None,
                       seeds: int, arch: str, epochs: int, name: str | None,
-                      options: str | None = "", with_meada: bool = False) -> dict[str, Any]:
-    """Plan the experiment, record it in the project and queue its evaluations.
+                      options: str | None = "", with_meada: bool = False,
+                      split: str = "test") -> dict[str, Any]:
+    """Plan the experiment, record it in the project and queue its evaluations, each scored
+    on the real ``split`` (``"test"`` or ``"val"``).
 
     ``with_meada`` adds ME-ADA to the augmentation experiment's classical baselines (it is
     left out by default: it costs about as much again as a plain run)."""
@@ -162,7 +164,8 @@ def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] |
         extra["augmentations"] = experiments.CLASSICAL
     return experiments.launch(ctx.project, kind, list(generation_ids or []), config,
                               submit=ctx.submit, seeds=int(seeds),
-                              name=(name or "").strip() or None, **extra)
+                              name=(name or "").strip() or None, split=split or "test",
+                              **extra)
 
 
 def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, Any, Any]:
@@ -187,9 +190,9 @@ def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, A
 
 @ui.guard(3)
 def on_launch(ctx: StudioContext, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v,
-              options_v="", meada_v=False) -> tuple[Any, ...]:
+              options_v="", meada_v=False, split_v="test") -> tuple[Any, ...]:
     record = launch_experiment(ctx, kind_v, gens_v, seeds_v, arch_v, epochs_v, name_v,
-                               options_v, bool(meada_v))
+                               options_v, bool(meada_v), split_v)
     return (ui.ok_md(f"experiment {record['name']}: {len(record['members'])} evaluations "
                      f"queued (progress in the Jobs panel)"),
             experiments.summary_table(ctx.project),
@@ -263,6 +266,9 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> None:
                                          elem_id="exp-options")
                 gr.HTML(OPTIONS_HELP)
             name = gr.Textbox(label="Experiment name", placeholder="default: the kind")
+            exp_split = gr.Radio([("validation (for choices)", "val"),
+                                  ("test (final report)", "test")], value="test",
+                                 label="Score on", elem_id="exp-split")
             launch_btn = gr.Button("Launch experiment", variant="primary",
                                    elem_id="exp-button")
             status = gr.HTML(elem_id="exp-status")
@@ -281,7 +287,7 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> None:
                                      elem_id="exp-table", wrap=True)
             exp_plot = gr.Plot(show_label=False, elem_id="exp-plot")
 
-    exp_form = [kind, gens, seeds, arch, epochs, name, exp_options, with_meada]
+    exp_form = [kind, gens, seeds, arch, epochs, name, exp_options, with_meada, exp_split]
     exp_view = [exp_table, exp_plot, csv_btn, md_btn]
 
     launch_btn.click(ui.bind(on_launch, ctx), exp_form, [status, listing, chosen],
