@@ -234,3 +234,16 @@ def experiment_figure(t: pd.DataFrame, record: dict[str, Any]) -> go.Figure:
                       yaxis=dict(title="top-1 % (mean ± std over seeds)", range=[low, 101.5]),
                       margin=dict(l=60, r=20, t=50, b=60))
     return fig
+
+
+def loss_figure(points: list[tuple[float, float]], title: str) -> go.Figure:
+    """A model's training loss: ``points`` are (step, loss) pairs."""
+    fig = go.Figure()
+    if points:
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                                 mode="lines+markers" if len(points) < 40 else "lines",
+                                 line=dict(color="#4C72B0", width=2), name="loss"))
+    fig.update_layout(template="plotly_white", height=300, title=dict(text=title, x=0.01),
+                      xaxis_title="step", yaxis_title="training loss (MSE)",
+                      margin=dict(l=60, r=20, t=50, b=50), showlegend=False)
+    return fig

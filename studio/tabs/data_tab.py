@@ -6,7 +6,6 @@ one line of wiring per event."""
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -51,7 +50,7 @@ def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFra
         if col not in counts:
             counts[col] = 0
     table = counts[["class_name", "train", "test"]].rename(columns={"class_name": "class"})
-    skipped = json.loads(ds.skipped_json or "[]")
+    skipped = ds.skipped
     text = (f"**{ds.name}** — {ds.num_images:,} images, {ds.num_classes} classes, "
             f"{ds.num_train:,} train / {ds.num_test:,} held-out test  \n"
             f"<small>from {ds.source or 'unknown'} · id {ds.id}</small>")

@@ -69,7 +69,7 @@ def results_table(ctx: StudioContext) -> pd.DataFrame:
     sels = {s.id: s.name for s in ctx.project.list(Selection)}
     rows = []
     for e in ctx.project.list(Evaluation):
-        cfg = ui.loads(e.config_json)
+        cfg = e.config
         rows.append([e.name, MIX_LABELS.get(e.mix, e.mix).split(" (")[0],
                      sels.get(e.selection_id, ""), ui.pct(e.top1), ui.pct(e.top5), e.status,
                      e.num_train, f"{cfg.get('arch', '')}, {cfg.get('epochs', '')} ep"
@@ -133,7 +133,7 @@ EXPERIMENT_LABELS = {
 def generation_choices(ctx: StudioContext) -> list[tuple[str, str]]:
     out = []
     for g in ctx.project.list(Generation):
-        k = ui.loads(g.config_json).get("variations", 1)
+        k = g.variations
         out.append((f"{g.name} · {g.count:,} images · {k} per image", g.id))
     return out
 

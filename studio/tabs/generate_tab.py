@@ -118,7 +118,7 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     page, pages, rows = p.page, p.pages, p.rows
     items = [(ui.gallery_path(ctx.project.abs(r.path)), f"{r.class_name}")
              for r in rows.itertuples()]
-    cfg = ui.loads(gen.config_json)
+    cfg = gen.config
     reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
     mode = (cfg.get("conditions") or {}).get("mode", cfg.get("mode", "variations"))
     what = "" if mode == "variations" else f"{dict((v, k) for k, v in MODES).get(mode, mode)} · "
