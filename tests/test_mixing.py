@@ -20,6 +20,7 @@ from engine.evaluate.classifier_training import (
     _epoch_batches,
     _rows_loss,
     _Schedule,
+    check_mixing,
     train_classifier,
 )
 from engine.evaluate.domain_batchnorm import DomainBatchNorm, batch_domains, separate_batchnorm
@@ -132,6 +133,10 @@ def test_the_mix_must_serve_the_options():
             train_classifier(x, y, xt, yt, 4, config(**changes), is_synthetic=real_only)
     with pytest.raises(InvalidConfigError, match="syn_bn=separate .* has none"):
         train_classifier(x, y, xt, yt, 4, config(**SEPARATE), is_synthetic=~real_only)
+    # the same checks before any training, for a caller that knows the mix's parts
+    check_mixing(config(**FRACTION), 10, 5)
+    with pytest.raises(InvalidConfigError, match="10 real and 0 synthetic"):
+        check_mixing(config(**CURRICULUM), 10, 0)
 
 
 # ----------------------------------------------------------------------------- each option

@@ -379,15 +379,40 @@ def uses_synthetic_rows(config: EvalConfig) -> bool:
                if k != "curriculum_split")
 
 
+def check_mixing(config: EvalConfig, n_real: int, n_syn: int) -> None:
+    """Refuse mixing options that a mix of ``n_real`` real and ``n_syn`` synthetic images
+    cannot serve (what ``train_classifier`` checks; a caller can check before a job starts).
+
+    Raises:
+        InvalidConfigError: a ratio or a curriculum without real or without synthetic
+            images; separate BatchNorm statistics without real images (the test-time
+            statistics come from them); a ratio in batches of fewer than 2 images.
+    """
+    both = {"syn_fraction": config.syn_fraction is not None,
+            "curriculum": config.curriculum != "mixed"}
+    for name, active in both.items():
+        if active and not (n_real > 0 and n_syn > 0):
+            raise InvalidConfigError(
+                f"{name}={getattr(config, name)} needs real and synthetic images in the "
+                f"training mix, got {n_real} real and {n_syn} synthetic")
+    if config.syn_bn == "separate" and n_real == 0:
+        raise InvalidConfigError(
+            f"syn_bn=separate takes the test-time BatchNorm statistics from the real images, "
+            f"and the training mix has none ({n_syn} synthetic)")
+    if config.syn_fraction is not None and min(config.batch_size, n_real + n_syn) < 2:
+        raise InvalidConfigError(
+            f"syn_fraction needs batches of at least 2 images, got batch_size "
+            f"{config.batch_size}")
+
+
 def _synthetic_rows(is_synthetic: np.ndarray | None, n: int,
                     config: EvalConfig) -> torch.Tensor | None:
     """``is_synthetic`` as a (N,) bool CPU tensor, or None when not given; checked against
-    the mix's size and what the mixing options need.
+    the mix's size and what the mixing options need (``check_mixing``).
 
     Raises:
-        InvalidConfigError: a mask of the wrong shape; a mixing option without a mask; a
-            ratio or a curriculum without real or without synthetic rows; separate BatchNorm
-            statistics without real rows (the test-time statistics come from them).
+        InvalidConfigError: a mask of the wrong shape, a mixing option without a mask, or
+            what ``check_mixing`` refuses.
     """
     if is_synthetic is None:
         if uses_synthetic_rows(config):
@@ -402,21 +427,7 @@ def _synthetic_rows(is_synthetic: np.ndarray | None, n: int,
         raise InvalidConfigError(
             f"is_synthetic must be a ({n},) bool array, got {mask.dtype} {mask.shape}")
     n_syn = int(mask.sum())
-    both = {"syn_fraction": config.syn_fraction is not None,
-            "curriculum": config.curriculum != "mixed"}
-    for name, active in both.items():
-        if active and not 0 < n_syn < n:
-            raise InvalidConfigError(
-                f"{name}={getattr(config, name)} needs real and synthetic images in the "
-                f"training mix, got {n - n_syn} real and {n_syn} synthetic")
-    if config.syn_bn == "separate" and n_syn == n:
-        raise InvalidConfigError(
-            f"syn_bn=separate takes the test-time BatchNorm statistics from the real images, "
-            f"and the training mix has none ({n_syn} synthetic)")
-    if config.syn_fraction is not None and min(config.batch_size, n) < 2:
-        raise InvalidConfigError(
-            f"syn_fraction needs batches of at least 2 images, got batch_size "
-            f"{config.batch_size}")
+    check_mixing(config, n - n_syn, n_syn)
     return torch.from_numpy(mask.copy())
 
 
@@ -629,7 +640,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         InvalidConfigError: an empty training mix or test split, labels outside [0, C),
             images not at ``config.image_size``, a checkpoint from another config or data,
             a batch smaller than the number of processes, or mixing options the mix cannot
-            serve (see ``_synthetic_rows``).
+            serve (see ``check_mixing``).
         Cancelled: when ``cancel`` is set.
     """
     started = time.perf_counter()
