@@ -331,3 +331,16 @@ def test_resume_with_each_option(tmp_path, name):
     with pytest.raises(InvalidConfigError, match="another training mix"):
         train_classifier(x, y, xt, yt, 4, cfg, out_dir=tmp_path / "split",
                          is_synthetic=np.roll(syn, 1))
+
+
+@pytest.mark.parametrize("augment, changes", [("mixup", dict(syn_weight=2.0, **SEPARATE)),
+                                              ("cutmix", FRACTION),
+                                              ("randaugment", CURRICULUM)])
+def test_options_combine_with_the_augmentations(augment, changes):
+    """Soft targets (mixup / cutmix) take the weight of the row's own image; policies and
+    batch mixes run on composed batches and curriculum phases alike."""
+    x, y, syn = mix(n_real=4, n_syn=2)
+    xt, yt = blobs(2, seed=1)
+    res = train_classifier(x, y, xt, yt, 4, config(augment=augment, **changes),
+                           is_synthetic=syn)
+    assert np.isfinite(res["curves"]["train_loss"]).all() and res["num_synthetic"] == 8
