@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -377,6 +378,10 @@ MIXES = ("real", "synthetic", "real+synthetic")
 # "meada" grows the training set with adversarial images (engine/evaluate/meada.py)
 AUGMENTS = ("none", "crop", "autoaugment", "randaugment", "mixup", "cutmix", "meada")
 SCHEDULES = ("cosine", "step")
+# how synthetic images join classifier training (engine/evaluate/classifier_training.py)
+SYN_BATCHNORMS = ("shared", "separate")  # separate: own batch statistics, running ones real
+CURRICULA = ("mixed", "synthetic_then_real")
+MAX_SYN_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -413,9 +418,23 @@ class EvalConfig(StageConfig):
     meada_gamma: float = 1.0  # weight of the penultimate-feature distance (semantic constraint)
     meada_eta: float = 1.0  # weight of the prediction entropy (the "maximum entropy" term)
     meada_batch: int = 10000  # images perturbed per phase: the whole current set up to this cap
+    # how synthetic images join training (the defaults: one shuffled set, as real ones)
+    syn_weight: float = 1.0  # loss weight of a synthetic image, in (0, MAX_SYN_WEIGHT]
+    syn_fraction: float | None = None  # None: natural; else synthetic share of every batch
+    syn_bn: str = "shared"  # "separate": own BatchNorm batch statistics, running ones real
+    curriculum: str = "mixed"  # or "synthetic_then_real": synthetic epochs first, then real
+    curriculum_split: float = 0.5  # synthetic_then_real: the fraction of synthetic epochs
+
+    def curriculum_epochs(self) -> int:
+        """Epochs trained on synthetic images only under "synthetic_then_real" (the first
+        ``curriculum_split`` of ``epochs``, rounded half up); 0 under "mixed"."""
+        if self.curriculum == "mixed":
+            return 0
+        return math.floor(self.curriculum_split * self.epochs + 0.5)
 
     def validate(self) -> None:
         _check(self.processes >= 1, f"processes must be >= 1, got {self.processes}")
+        self._validate_mixing()
         _check(self.meada_phases >= 1 and self.meada_every >= 0 and self.meada_adv_steps >= 1
                and self.meada_batch >= 1,
                f"meada needs meada_phases >= 1, meada_every >= 0, meada_adv_steps >= 1 and "
@@ -451,6 +470,47 @@ class EvalConfig(StageConfig):
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(0.0 <= self.label_smoothing < 1.0,
                f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def _validate_mixing(self) -> None:
+        """Bounds of the options that say how synthetic images join training."""
+        _check(_is_number(self.syn_weight) and 0.0 < self.syn_weight <= MAX_SYN_WEIGHT,
+               f"syn_weight must be in (0, {MAX_SYN_WEIGHT:g}], got {self.syn_weight!r}")
+        _check(self.syn_fraction is None
+               or (_is_number(self.syn_fraction) and 0.0 < self.syn_fraction < 1.0),
+               f"syn_fraction must be null (the mix's natural proportion) or in (0, 1), got "
+               f"{self.syn_fraction!r}")
+        _check(self.syn_bn in SYN_BATCHNORMS,
+               f"syn_bn must be one of {SYN_BATCHNORMS}, got {self.syn_bn!r}")
+        _check(self.curriculum in CURRICULA,
+               f"curriculum must be one of {CURRICULA}, got {self.curriculum!r}")
+        _check(_is_number(self.curriculum_split) and 0.0 < self.curriculum_split < 1.0,
+               f"curriculum_split must be in (0, 1), got {self.curriculum_split!r}")
+        if self.curriculum != "mixed":
+            first = self.curriculum_epochs()
+            _check(1 <= first < self.epochs,
+                   f"curriculum {self.curriculum} needs at least one synthetic and one real "
+                   f"epoch: curriculum_split={self.curriculum_split} of epochs={self.epochs} "
+                   f"gives {first} synthetic epoch(s)")
+            _check(self.syn_fraction is None,
+                   f"syn_fraction={self.syn_fraction} composes mixed batches, curriculum "
+                   f"{self.curriculum} trains on one kind at a time: choose one")
+        if self.augment == "meada":
+            changed = {k: getattr(self, k) for k, v in SYN_DEFAULTS.items()
+                       if getattr(self, k) != v and k != "curriculum_split"}
+            _check(not changed,
+                   f"meada grows the training set with adversarial images that are neither "
+                   f"real nor synthetic: it runs with the default mixing options only, got "
+                   f"{changed}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# the mixing options at their defaults: synthetic images train exactly as real ones
+SYN_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(EvalConfig)
+    if f.name in ("syn_weight", "syn_fraction", "syn_bn", "curriculum", "curriculum_split")}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ MIX_LABELS = {"real": "real only", "synthetic": "synthetic only (a selection)",
 OPTIONS_HELP = ("<small>Any other recipe option, one <code>KEY=VALUE</code> per line, e.g. "
                 "<code>batch_size=128</code>, <code>label_smoothing=0.1</code>, "
                 "<code>meada_adv_lr=0.25</code>, <code>processes=2</code> (one per GPU). "
+                "How synthetic images join training: <code>syn_weight=0.5</code> (their loss "
+                "weight), <code>syn_fraction=0.5</code> (their share of every batch), "
+                "<code>syn_bn=separate</code> (their own BatchNorm statistics), "
+                "<code>curriculum=synthetic_then_real</code>. "
                 "The same as <code>--set</code> on the command line.</small>")
 
 
