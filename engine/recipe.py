@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import math
 from typing import Any, Callable
@@ -702,8 +703,8 @@ def materialise(project: Any, candidate: dict[str, Any], generation_id: str,
         return {"selection_id": "", "count": 0, "copy_fraction": 0.0}
     fake = np.asarray(project.embeddings(bd.encoding), dtype=np.float32)[mask]
     copies = curation.memorisation(fake, real, space.copy_factor)["copy"].to_numpy()
-    how = {"kind": "recipe_band", "k": candidate["variations"], "band": band.to_dict(),
-           "encoder": bd.encoding.encoder}
+    how = json.loads(dumps({"kind": "recipe_band", "k": candidate["variations"],
+                            "band": band.to_dict(), "encoder": bd.encoding.encoder}))
     sel = next((s for s in project.list(Selection, generation_id=gen.id) if s.config == how),
                None)
     if sel is None:
@@ -802,9 +803,9 @@ def advance(project: Any, ref: str, submit: Callable, report: bool = True) -> di
                 res = _evaluation_result(project, known[key])
                 if res is not None:
                     results.append(res)
-        state, _new = step(state, results)
+        state, new = step(state, results)
         if state["phase"] == "chosen" and report:
-            state, _new = start_report(state)
+            state, new = start_report(state)
         cfg["state"] = state
         project.update(Experiment, row.id, config_json=dumps(cfg))
         # 3. queue the evaluations not submitted yet (new ones, or lost in a crash)
@@ -813,7 +814,7 @@ def advance(project: Any, ref: str, submit: Callable, report: bool = True) -> di
                 if r["kind"] == "evaluate" and k not in known]
         for req in todo:
             _submit_evaluation(project, row, cfg, members, req, submit)
-        if not results and not todo:
+        if not results and not todo and not new:
             break
     status = {"materialise": "running", "search": "running", "chosen": "running",
               "report": "running", "done": "done"}[cfg["state"]["phase"]]
