@@ -8,6 +8,7 @@ candidate has a true quality q, and a classifier trained for e epochs scores
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -378,6 +379,7 @@ def test_driver_runs_a_tiny_search_and_reports_on_test_last(lab_project, monkeyp
     splits: list[str] = []
     real_prepare = evaluate_stage.prepare
 
+    @functools.wraps(real_prepare)  # keeps the signature the driver inspects
     def spy(*args, **kwargs):
         splits.append(kwargs.get("split", "test"))
         return real_prepare(*args, **kwargs)
@@ -386,13 +388,15 @@ def test_driver_runs_a_tiny_search_and_reports_on_test_last(lab_project, monkeyp
     path, ds_id, _ = lab_project
     with Project(path) as project:
         jobs = JobManager(project, max_running=1)
-        record = recipe.start(project, TINY_SPACE, TINY_EVAL, dataset_ref=ds_id)
+        space = TINY_SPACE.replace(bands=("all", "middle"))  # 4 candidates
+        record = recipe.start(project, space, TINY_EVAL, dataset_ref=ds_id)
         record = recipe.advance(project, record["id"], submit=jobs.run_inline)
         assert record["status"] == "done"
         _, state = recipe.load(project, record["id"])
         first_test = splits.index("test")
         assert set(splits[:first_test]) == {"val"} and set(splits[first_test:]) == {"test"}
-        assert splits.count("test") == 3 * TINY_SPACE.report_seeds
+        assert splits.count("test") == 3 * space.report_seeds
+        assert state["phase"] == "done" and recipe.queued_epochs(state) <= space.budget_epochs
         cand, rep = recipe.results(project, record["id"])
         assert cand["winner"].sum() == 1 and rep["seeds"].tolist() == [1, 1, 1]
         n = len(project.list(Evaluation))
