@@ -402,3 +402,16 @@ def test_driver_runs_a_tiny_search_and_reports_on_test_last(lab_project, monkeyp
         n = len(project.list(Evaluation))
         recipe.advance(project, record["id"], submit=jobs.run_inline)
         assert len(project.list(Evaluation)) == n  # a finished search queues nothing
+
+
+def test_recipe_figure_draws_each_evaluated_candidate_and_marks_the_winner():
+    from studio.figures import recipe_figure
+
+    state, _ = run_all(RecipeSpace(**{**NINE, "max_copy_fraction": 0.1}),
+                       copy_fraction={"c000": 0.5})
+    fig = recipe_figure(recipe.table(state))
+    assert len(fig.data) == 8  # nine candidates, one excluded
+    winners = [t for t in fig.data if t.showlegend]
+    assert len(winners) == 1 and list(winners[0].x) == [1, 3, 9]
+    # 8 at 1 epoch, top 8 // 3 = 2 at 3 epochs, the best at 9
+    assert sorted(len(t.x) for t in fig.data) == [1] * 6 + [2, 3]
