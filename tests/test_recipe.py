@@ -280,6 +280,15 @@ def test_adapters_refuse_options_the_stages_do_not_have_yet():
     if "syn_bn" not in EvalConfig().to_dict():  # TODO(issue 12c): goes once it lands
         with pytest.raises(NotReadyError, match="syn_bn"):
             recipe.eval_config_for(EvalConfig(), req, {**cand, "syn_bn": "separate"})
+    from engine.config import GenerateConfig
+
+    gen = recipe.generate_config_for(GenerateConfig(steps=7), 2.5, 3, 0.0)
+    assert (gen.guidance, gen.variations, gen.steps, gen.mode) == (2.5, 3, 7, "variations")
+    if "perturb" not in GenerateConfig().to_dict():  # TODO(issue 12b): goes once it lands
+        with pytest.raises(NotReadyError, match="perturb"):
+            recipe.generate_config_for(GenerateConfig(), 1.0, 1, 0.1)
+    else:
+        assert recipe.generate_config_for(GenerateConfig(), 1.0, 1, 0.1).perturb == 0.1
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -415,3 +424,39 @@ def test_recipe_figure_draws_each_evaluated_candidate_and_marks_the_winner():
     assert len(winners) == 1 and list(winners[0].x) == [1, 3, 9]
     # 8 at 1 epoch, top 8 // 3 = 2 at 3 epochs, the best at 9
     assert sorted(len(t.x) for t in fig.data) == [1] * 6 + [2, 3]
+
+
+def test_driver_generates_each_generation_once_and_reencodes_it(tmp_path):
+    """The expensive axis: one generation per (guidance, lambda) at the largest variations,
+    re-encoded, shared by its candidates; a second advance makes nothing twice."""
+    from engine.config import GenerateConfig
+    from engine.jobs import JobManager
+    from engine.project import Encoding, Generation, Project
+    from tests.conftest import tiny_generation_project
+
+    path, model_id = tiny_generation_project(tmp_path)
+    space = RecipeSpace(guidance=(1.0, 2.0), variations=(1, 2), bands=("all",),
+                        classical=("mixup",), rungs=(1, 2), eta=2, report_seeds=1,
+                        budget_epochs=100)
+    with Project(path) as project:
+        jobs = JobManager(project, max_running=1)
+        record = recipe.start(project, space, TINY_EVAL, GenerateConfig(steps=2, batch_size=64),
+                              model_ref=model_id)
+
+        def advance():
+            if HAS_VAL:
+                return recipe.advance(project, record["id"], submit=jobs.run_inline)
+            with pytest.raises(NotReadyError, match="validation split"):  # TODO(issue 12a)
+                recipe.advance(project, record["id"], submit=jobs.run_inline)
+
+        advance()
+        gens = project.list(Generation)
+        assert sorted(g.config["guidance"] for g in gens) == [1.0, 2.0]
+        assert {g.variations for g in gens} == {2} and {g.count for g in gens} == {36}
+        assert all(project.list(Encoding, target="generation", target_id=g.id) for g in gens)
+        _, state = recipe.load(project, record["id"])
+        assert len(state["made"]) == 4 and not state["excluded"]
+        counts = {c["id"]: state["made"][c["id"]]["count"] for c in state["candidates"]}
+        assert sorted(counts.values()) == [18, 18, 36, 36]
+        advance()
+        assert len(project.list(Generation)) == 2
