@@ -459,6 +459,13 @@ def report_table(state: dict[str, Any]) -> pd.DataFrame:
                                        "test top-1 mean", "test top-1 std"])
 
 
+def winner_selection(state: dict[str, Any]) -> str | None:
+    """The id of the winner's synthetic set (a ``Selection`` the search saved: its band over
+    the first k variations), for "save as selection" / export; None before the winner."""
+    win = state.get("winner")
+    return state["made"].get(win, {}).get("selection_id") or None if win else None
+
+
 def queued_epochs(state: dict[str, Any]) -> int:
     """Evaluation-epochs of every evaluation ever queued (finished or pending)."""
     return sum(int(r["epochs"]) for r in (*state["finished"].values(),

@@ -166,6 +166,8 @@ def test_successive_halving_keeps_the_top_third_and_stops_the_weak_early():
     assert rep["arm"].tolist() == [best, "real", "mixup"]
     assert (rep["seeds"] == 2).all() and rep["test top-1 std"].notna().all()
     assert rep.loc[0, "test top-1 mean"] > rep.loc[1, "test top-1 mean"]
+    assert recipe.winner_selection(state) == f"sel-{best}"
+    assert recipe.winner_selection(recipe.new_state(space)) is None
 
 
 def test_the_budget_bounds_every_evaluation_queued():
