@@ -219,6 +219,7 @@ class TrainConfig(StageConfig):
 SAMPLERS = ("ddpm", "ddim", "dpm++")  # short names; diffusers class names work too
 GENERATE_MODES = ("variations", "interpolate", "mixup", "class_sample")
 COVARIANCES = ("ledoit_wolf", "diagonal")
+PERTURB_MAX = 4.0  # GenerateConfig.perturb: noise up to 4 standard deviations per dimension
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,11 @@ class GenerateConfig(StageConfig):
     per class drawn from a Gaussian fitted to the class). Each representation gets
     ``variations`` seeds. ``sampler`` is "ddpm" (100 steps: the paper's), "ddim", "dpm++"
     or a diffusers scheduler class name.
+
+    ``perturb`` (λ, 0 = off) adds Gaussian noise ``λ · σ · ε`` to each sample's
+    representation before sampling, σ the per-dimension standard deviation of the dataset's
+    training encodings and ε ~ N(0, I) drawn from the sample's own seed
+    (``engine.rcdm.conditions.perturb``): more diverse images, less faithful to the source.
     """
 
     variations: int = 1  # seeds per source image
@@ -247,6 +253,7 @@ class GenerateConfig(StageConfig):
     per_class: int = 10  # mixup / class_sample: new representations per class
     mix_alpha: float = 1.0  # mixup: weight of the partner ~ Beta(a, a); 1.0 = uniform
     covariance: str = "ledoit_wolf"  # class_sample: "ledoit_wolf" or "diagonal" (+ eps)
+    perturb: float = 0.0  # λ: noise of λ training-set standard deviations per dimension
 
     def validate(self) -> None:
         _check(self.variations >= 1, f"variations must be >= 1, got {self.variations}")
@@ -264,6 +271,10 @@ class GenerateConfig(StageConfig):
         _check(1 <= self.steps <= 1000, f"steps must be in [1, 1000], got {self.steps}")
         _check(0.0 <= self.guidance <= 20.0, f"guidance must be in [0, 20], got {self.guidance}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(isinstance(self.perturb, (int, float)) and not isinstance(self.perturb, bool)
+               and 0.0 <= self.perturb <= PERTURB_MAX,
+               f"perturb (the perturbation strength λ) must be in [0, {PERTURB_MAX:g}], got "
+               f"{self.perturb!r}")
 
 
 BAND_PRESETS = ("middle", "all", "nearest", "farthest")
