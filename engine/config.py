@@ -500,7 +500,7 @@ class RecipeSpace(StageConfig):
     keep_fraction: float = 0.5  # the fraction of each class the middle / nearest / farthest keep
     guidance: tuple[float, ...] = (1.0,)
     variations: tuple[int, ...] = (1, 2)
-    perturb: tuple[float, ...] = (0.0,)  # representation perturbation lambda (0 = none)
+    perturb: tuple[float, ...] = (0.0,)  # GenerateConfig.perturb: lambda (0 = none)
     syn_weight: tuple[float, ...] = (1.0,)
     syn_fraction: tuple[float | None, ...] = (None,)  # None: natural proportion
     syn_bn: tuple[str, ...] = ("shared",)
@@ -527,7 +527,8 @@ class RecipeSpace(StageConfig):
         axis("guidance", self.guidance, lambda v: _number(v) and 0.0 <= v <= 20.0, "in [0, 20]")
         axis("variations", self.variations, lambda v: isinstance(v, int) and 1 <= v <= 4,
              "integers in [1, 4]")
-        axis("perturb", self.perturb, lambda v: _number(v) and 0.0 <= v <= 5.0, "in [0, 5]")
+        axis("perturb", self.perturb, lambda v: _number(v) and 0.0 <= v <= PERTURB_MAX,
+             f"in [0, {PERTURB_MAX:g}] (GenerateConfig.perturb's bounds)")
         axis("syn_weight", self.syn_weight, lambda v: _number(v) and 0.0 < v <= 10.0,
              "in (0, 10]")
         axis("syn_fraction", self.syn_fraction,

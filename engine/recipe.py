@@ -505,23 +505,10 @@ def eval_config_for(base: EvalConfig, request: dict[str, Any],
 
 def generate_config_for(base: GenerateConfig, guidance: float, variations: int,
                         perturb: float) -> GenerateConfig:
-    """The GenerateConfig of one generation of the search (variations of the training
-    images).
-
-    TODO(issue 12b, perturb helper): GenerateConfig gains ``perturb``; until then only
-    perturb = 0 can run.
-
-    Raises:
-        NotReadyError: perturb > 0 and this GenerateConfig has no ``perturb`` yet.
-    """
-    changes: dict[str, Any] = {"mode": "variations", "guidance": float(guidance),
-                               "variations": int(variations)}
-    if "perturb" in base.to_dict():
-        changes["perturb"] = float(perturb)
-    elif perturb:
-        raise NotReadyError(f"GenerateConfig has no perturb yet (the recipe asks for "
-                            f"lambda={perturb})")
-    return base.replace(**changes)
+    """The GenerateConfig of one generation of the search: variations of the training
+    images at this guidance and perturbation strength lambda (``GenerateConfig.perturb``)."""
+    return base.replace(mode="variations", guidance=float(guidance),
+                        variations=int(variations), perturb=float(perturb))
 
 
 def prepare_evaluation(project: Any, config: EvalConfig, dataset_id: str, mix: str,

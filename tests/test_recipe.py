@@ -87,7 +87,7 @@ def run_all(space: RecipeSpace, **lab_options) -> tuple[dict, FakeLab]:
 
 @pytest.mark.parametrize("bad, value", [
     ({"variations": (0, 2)}, "[0]"), ({"variations": (5,)}, "[5]"),
-    ({"guidance": (-1.0,)}, "[-1.0]"), ({"perturb": (6.0,)}, "[6.0]"),
+    ({"guidance": (-1.0,)}, "[-1.0]"), ({"perturb": (4.5,)}, "[4.5]"),
     ({"syn_fraction": (1.0,)}, "[1.0]"), ({"syn_weight": (0.0,)}, "[0.0]"),
     ({"bands": ("widest",)}, "widest"), ({"syn_bn": ("both",)}, "both"),
     ({"curriculum": ("real_first",)}, "real_first"), ({"rungs": (3, 3)}, "(3, 3)"),
@@ -286,11 +286,7 @@ def test_adapters_refuse_options_the_stages_do_not_have_yet():
 
     gen = recipe.generate_config_for(GenerateConfig(steps=7), 2.5, 3, 0.0)
     assert (gen.guidance, gen.variations, gen.steps, gen.mode) == (2.5, 3, 7, "variations")
-    if "perturb" not in GenerateConfig().to_dict():  # TODO(issue 12b): goes once it lands
-        with pytest.raises(NotReadyError, match="perturb"):
-            recipe.generate_config_for(GenerateConfig(), 1.0, 1, 0.1)
-    else:
-        assert recipe.generate_config_for(GenerateConfig(), 1.0, 1, 0.1).perturb == 0.1
+    assert recipe.generate_config_for(GenerateConfig(), 1.0, 1, 0.1).perturb == 0.1
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -437,7 +433,8 @@ def test_driver_generates_each_generation_once_and_reencodes_it(tmp_path):
     from tests.conftest import tiny_generation_project
 
     path, model_id = tiny_generation_project(tmp_path)
-    space = RecipeSpace(guidance=(1.0, 2.0), variations=(1, 2), bands=("all",),
+    space = RecipeSpace(guidance=(1.0, 2.0), perturb=(0.0, 0.5), variations=(1, 2),
+                        bands=("all",), max_generations=2,
                         classical=("mixup",), rungs=(1, 2), eta=2, report_seeds=1,
                         budget_epochs=100)
     with Project(path) as project:
@@ -453,7 +450,11 @@ def test_driver_generates_each_generation_once_and_reencodes_it(tmp_path):
 
         advance()
         gens = project.list(Generation)
-        assert sorted(g.config["guidance"] for g in gens) == [1.0, 2.0]
+        _, state = recipe.load(project, record["id"])
+        keys = sorted({c["gen_key"] for c in state["candidates"]})
+        assert len(keys) == 2  # max_generations of the four (guidance, lambda) pairs
+        assert sorted(recipe.generation_key(g.config["guidance"], g.config["perturb"])
+                      for g in gens) == keys
         assert {g.variations for g in gens} == {2} and {g.count for g in gens} == {36}
         assert all(project.list(Encoding, target="generation", target_id=g.id) for g in gens)
         _, state = recipe.load(project, record["id"])
