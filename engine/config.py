@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from engine.errors import InvalidConfigError
 
@@ -525,3 +525,97 @@ class ExportConfig(StageConfig):
     def validate(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0,
                f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+# the recipe search's curation bands: the four BandConfig presets, and "outliers" = keep all but
+# the far outliers (BandConfig outlier="real": farther than the class's real images' outlier_q)
+RECIPE_BANDS = ("all", "middle", "nearest", "farthest", "outliers")
+SYN_BN = ("shared", "separate")
+CURRICULA = ("mixed", "synthetic_then_real")
+CLASSICAL_AUGMENTS = ("autoaugment", "randaugment", "mixup", "cutmix")
+
+
+@dataclass(frozen=True)
+class RecipeSpace(StageConfig):
+    """The recipe search's space, budget and schedule (``engine.recipe``).
+
+    A candidate is (generation settings: ``guidance`` x ``variations`` x ``perturb``) x
+    (``bands``) x (mixing: ``syn_weight`` x ``syn_fraction`` x ``syn_bn`` x ``curriculum``).
+    One generation per (guidance, perturb) at the largest ``variations``; a candidate with k
+    variations uses the first k of each source image.
+
+    Budget: ``budget_epochs`` evaluation-epochs in all (the search on validation, the
+    classical baselines on validation and the final report on test); ``budget_seconds`` > 0
+    also stops promoting candidates once the finished search evaluations took that long.
+    Schedule: successive halving; rung i trains each surviving candidate for ``rungs[i]``
+    epochs (from scratch: a cosine schedule depends on its length) and keeps the top
+    ``1/eta``; the report trains ``report_seeds`` seeds at ``rungs[-1]`` epochs.
+    Memorisation: a candidate's near-copy fraction is the fraction of its synthetic images
+    closer to their nearest real training image than ``copy_factor`` x the median real-real
+    nearest-neighbour distance; with ``max_copy_fraction`` set, candidates above it are
+    excluded.
+    """
+
+    bands: tuple[str, ...] = ("all", "middle")
+    keep_fraction: float = 0.5  # the fraction of each class the middle / nearest / farthest keep
+    guidance: tuple[float, ...] = (1.0,)
+    variations: tuple[int, ...] = (1, 2)
+    perturb: tuple[float, ...] = (0.0,)  # GenerateConfig.perturb: lambda (0 = none)
+    syn_weight: tuple[float, ...] = (1.0,)
+    syn_fraction: tuple[float | None, ...] = (None,)  # None: natural proportion
+    syn_bn: tuple[str, ...] = ("shared",)
+    curriculum: tuple[str, ...] = ("mixed",)
+    classical: tuple[str, ...] = CLASSICAL_AUGMENTS
+    budget_epochs: int = 2000
+    budget_seconds: float = 0.0  # 0: no wall-clock limit
+    rungs: tuple[int, ...] = (5, 15)
+    eta: int = 3
+    report_seeds: int = 3
+    seed: int = 0  # candidate sampling and the search's evaluation seed
+    max_generations: int = 4  # at most this many (guidance, perturb) generations
+    copy_factor: float = 0.5
+    max_copy_fraction: float | None = None  # None: near-copies are shown, nothing excluded
+
+    def validate(self) -> None:
+        def axis(name: str, values: tuple, ok: Callable[[Any], bool], what: str) -> None:
+            _check(isinstance(values, tuple) and len(values) >= 1,
+                   f"{name} must list at least one value, got {values!r}")
+            bad = [v for v in values if not ok(v)]
+            _check(not bad, f"{name} must be {what}, got {bad}")
+
+        axis("bands", self.bands, lambda v: v in RECIPE_BANDS, f"in {RECIPE_BANDS}")
+        axis("guidance", self.guidance, lambda v: _number(v) and 0.0 <= v <= 20.0, "in [0, 20]")
+        axis("variations", self.variations, lambda v: isinstance(v, int) and 1 <= v <= 4,
+             "integers in [1, 4]")
+        axis("perturb", self.perturb, lambda v: _number(v) and 0.0 <= v <= PERTURB_MAX,
+             f"in [0, {PERTURB_MAX:g}] (GenerateConfig.perturb's bounds)")
+        axis("syn_weight", self.syn_weight, lambda v: _number(v) and 0.0 < v <= 10.0,
+             "in (0, 10]")
+        axis("syn_fraction", self.syn_fraction,
+             lambda v: v is None or (_number(v) and 0.0 < v < 1.0), "None or in (0, 1)")
+        axis("syn_bn", self.syn_bn, lambda v: v in SYN_BN, f"in {SYN_BN}")
+        axis("curriculum", self.curriculum, lambda v: v in CURRICULA, f"in {CURRICULA}")
+        axis("rungs", self.rungs, lambda v: isinstance(v, int) and 1 <= v <= 1000,
+             "integers in [1, 1000]")
+        _check(all(a < b for a, b in zip(self.rungs, self.rungs[1:])),
+               f"rungs must increase strictly, got {self.rungs}")
+        _check(all(c in CLASSICAL_AUGMENTS for c in self.classical),
+               f"classical must be in {CLASSICAL_AUGMENTS}, got {self.classical}")
+        _check(0.0 < self.keep_fraction <= 1.0,
+               f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        _check(1 <= self.budget_epochs <= 10_000_000,
+               f"budget_epochs must be in [1, 1e7], got {self.budget_epochs}")
+        _check(self.budget_seconds >= 0.0,
+               f"budget_seconds must be >= 0 (0 = no limit), got {self.budget_seconds}")
+        _check(2 <= self.eta <= 10, f"eta must be in [2, 10], got {self.eta}")
+        _check(1 <= self.report_seeds <= 20,
+               f"report_seeds must be in [1, 20], got {self.report_seeds}")
+        _check(1 <= self.max_generations <= 100,
+               f"max_generations must be in [1, 100], got {self.max_generations}")
+        _check(self.copy_factor > 0.0, f"copy_factor must be > 0, got {self.copy_factor}")
+        _check(self.max_copy_fraction is None or 0.0 <= self.max_copy_fraction < 1.0,
+               f"max_copy_fraction must be None or in [0, 1), got {self.max_copy_fraction}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
