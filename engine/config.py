@@ -530,8 +530,6 @@ class ExportConfig(StageConfig):
 # the recipe search's curation bands: the four BandConfig presets, and "outliers" = keep all but
 # the far outliers (BandConfig outlier="real": farther than the class's real images' outlier_q)
 RECIPE_BANDS = ("all", "middle", "nearest", "farthest", "outliers")
-SYN_BN = ("shared", "separate")
-CURRICULA = ("mixed", "synthetic_then_real")
 CLASSICAL_AUGMENTS = ("autoaugment", "randaugment", "mixup", "cutmix")
 
 
@@ -593,7 +591,7 @@ class RecipeSpace(StageConfig):
              "in (0, 10]")
         axis("syn_fraction", self.syn_fraction,
              lambda v: v is None or (_number(v) and 0.0 < v < 1.0), "None or in (0, 1)")
-        axis("syn_bn", self.syn_bn, lambda v: v in SYN_BN, f"in {SYN_BN}")
+        axis("syn_bn", self.syn_bn, lambda v: v in SYN_BATCHNORMS, f"in {SYN_BATCHNORMS}")
         axis("curriculum", self.curriculum, lambda v: v in CURRICULA, f"in {CURRICULA}")
         axis("rungs", self.rungs, lambda v: isinstance(v, int) and 1 <= v <= 1000,
              "integers in [1, 1000]")
