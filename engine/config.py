@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from engine.errors import InvalidConfigError
 
@@ -240,6 +241,7 @@ class TrainConfig(StageConfig):
 SAMPLERS = ("ddpm", "ddim", "dpm++")  # short names; diffusers class names work too
 GENERATE_MODES = ("variations", "interpolate", "mixup", "class_sample")
 COVARIANCES = ("ledoit_wolf", "diagonal")
+PERTURB_MAX = 4.0  # GenerateConfig.perturb: noise up to 4 standard deviations per dimension
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,11 @@ class GenerateConfig(StageConfig):
     per class drawn from a Gaussian fitted to the class). Each representation gets
     ``variations`` seeds. ``sampler`` is "ddpm" (100 steps: the paper's), "ddim", "dpm++"
     or a diffusers scheduler class name.
+
+    ``perturb`` (λ, 0 = off) adds Gaussian noise ``λ · σ · ε`` to each sample's
+    representation before sampling, σ the per-dimension standard deviation of the dataset's
+    training encodings and ε ~ N(0, I) drawn from the sample's own seed
+    (``engine.rcdm.conditions.perturb``): more diverse images, less faithful to the source.
     """
 
     variations: int = 1  # seeds per source image
@@ -268,6 +275,7 @@ class GenerateConfig(StageConfig):
     per_class: int = 10  # mixup / class_sample: new representations per class
     mix_alpha: float = 1.0  # mixup: weight of the partner ~ Beta(a, a); 1.0 = uniform
     covariance: str = "ledoit_wolf"  # class_sample: "ledoit_wolf" or "diagonal" (+ eps)
+    perturb: float = 0.0  # λ: noise of λ training-set standard deviations per dimension
 
     def validate(self) -> None:
         _check(self.variations >= 1, f"variations must be >= 1, got {self.variations}")
@@ -285,6 +293,10 @@ class GenerateConfig(StageConfig):
         _check(1 <= self.steps <= 1000, f"steps must be in [1, 1000], got {self.steps}")
         _check(0.0 <= self.guidance <= 20.0, f"guidance must be in [0, 20], got {self.guidance}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(isinstance(self.perturb, (int, float)) and not isinstance(self.perturb, bool)
+               and 0.0 <= self.perturb <= PERTURB_MAX,
+               f"perturb (the perturbation strength λ) must be in [0, {PERTURB_MAX:g}], got "
+               f"{self.perturb!r}")
 
 
 BAND_PRESETS = ("middle", "all", "nearest", "farthest")
@@ -387,6 +399,10 @@ MIXES = ("real", "synthetic", "real+synthetic")
 # "meada" grows the training set with adversarial images (engine/evaluate/meada.py)
 AUGMENTS = ("none", "crop", "autoaugment", "randaugment", "mixup", "cutmix", "meada")
 SCHEDULES = ("cosine", "step")
+# how synthetic images join classifier training (engine/evaluate/classifier_training.py)
+SYN_BATCHNORMS = ("shared", "separate")  # separate: own batch statistics, running ones real
+CURRICULA = ("mixed", "synthetic_then_real")
+MAX_SYN_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -423,9 +439,23 @@ class EvalConfig(StageConfig):
     meada_gamma: float = 1.0  # weight of the penultimate-feature distance (semantic constraint)
     meada_eta: float = 1.0  # weight of the prediction entropy (the "maximum entropy" term)
     meada_batch: int = 10000  # images perturbed per phase: the whole current set up to this cap
+    # how synthetic images join training (the defaults: one shuffled set, as real ones)
+    syn_weight: float = 1.0  # loss weight of a synthetic image, in (0, MAX_SYN_WEIGHT]
+    syn_fraction: float | None = None  # None: natural; else synthetic share of every batch
+    syn_bn: str = "shared"  # "separate": own BatchNorm batch statistics, running ones real
+    curriculum: str = "mixed"  # or "synthetic_then_real": synthetic epochs first, then real
+    curriculum_split: float = 0.5  # synthetic_then_real: the fraction of synthetic epochs
+
+    def curriculum_epochs(self) -> int:
+        """Epochs trained on synthetic images only under "synthetic_then_real" (the first
+        ``curriculum_split`` of ``epochs``, rounded half up); 0 under "mixed"."""
+        if self.curriculum == "mixed":
+            return 0
+        return math.floor(self.curriculum_split * self.epochs + 0.5)
 
     def validate(self) -> None:
         _check(self.processes >= 1, f"processes must be >= 1, got {self.processes}")
+        self._validate_mixing()
         _check(self.meada_phases >= 1 and self.meada_every >= 0 and self.meada_adv_steps >= 1
                and self.meada_batch >= 1,
                f"meada needs meada_phases >= 1, meada_every >= 0, meada_adv_steps >= 1 and "
@@ -462,6 +492,47 @@ class EvalConfig(StageConfig):
         _check(0.0 <= self.label_smoothing < 1.0,
                f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
+    def _validate_mixing(self) -> None:
+        """Bounds of the options that say how synthetic images join training."""
+        _check(_is_number(self.syn_weight) and 0.0 < self.syn_weight <= MAX_SYN_WEIGHT,
+               f"syn_weight must be in (0, {MAX_SYN_WEIGHT:g}], got {self.syn_weight!r}")
+        _check(self.syn_fraction is None
+               or (_is_number(self.syn_fraction) and 0.0 < self.syn_fraction < 1.0),
+               f"syn_fraction must be null (the mix's natural proportion) or in (0, 1), got "
+               f"{self.syn_fraction!r}")
+        _check(self.syn_bn in SYN_BATCHNORMS,
+               f"syn_bn must be one of {SYN_BATCHNORMS}, got {self.syn_bn!r}")
+        _check(self.curriculum in CURRICULA,
+               f"curriculum must be one of {CURRICULA}, got {self.curriculum!r}")
+        _check(_is_number(self.curriculum_split) and 0.0 < self.curriculum_split < 1.0,
+               f"curriculum_split must be in (0, 1), got {self.curriculum_split!r}")
+        if self.curriculum != "mixed":
+            first = self.curriculum_epochs()
+            _check(1 <= first < self.epochs,
+                   f"curriculum {self.curriculum} needs at least one synthetic and one real "
+                   f"epoch: curriculum_split={self.curriculum_split} of epochs={self.epochs} "
+                   f"gives {first} synthetic epoch(s)")
+            _check(self.syn_fraction is None,
+                   f"syn_fraction={self.syn_fraction} composes mixed batches, curriculum "
+                   f"{self.curriculum} trains on one kind at a time: choose one")
+        if self.augment == "meada":
+            changed = {k: getattr(self, k) for k, v in SYN_DEFAULTS.items()
+                       if getattr(self, k) != v and k != "curriculum_split"}
+            _check(not changed,
+                   f"meada grows the training set with adversarial images that are neither "
+                   f"real nor synthetic: it runs with the default mixing options only, got "
+                   f"{changed}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# the mixing options at their defaults: synthetic images train exactly as real ones
+SYN_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(EvalConfig)
+    if f.name in ("syn_weight", "syn_fraction", "syn_bn", "curriculum", "curriculum_split")}
+
 
 @dataclass(frozen=True)
 class ExportConfig(StageConfig):
@@ -475,3 +546,95 @@ class ExportConfig(StageConfig):
     def validate(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0,
                f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+# the recipe search's curation bands: the four BandConfig presets, and "outliers" = keep all but
+# the far outliers (BandConfig outlier="real": farther than the class's real images' outlier_q)
+RECIPE_BANDS = ("all", "middle", "nearest", "farthest", "outliers")
+CLASSICAL_AUGMENTS = ("autoaugment", "randaugment", "mixup", "cutmix")
+
+
+@dataclass(frozen=True)
+class RecipeSpace(StageConfig):
+    """The recipe search's space, budget and schedule (``engine.recipe``).
+
+    A candidate is (generation settings: ``guidance`` x ``variations`` x ``perturb``) x
+    (``bands``) x (mixing: ``syn_weight`` x ``syn_fraction`` x ``syn_bn`` x ``curriculum``).
+    One generation per (guidance, perturb) at the largest ``variations``; a candidate with k
+    variations uses the first k of each source image.
+
+    Budget: ``budget_epochs`` evaluation-epochs in all (the search on validation, the
+    classical baselines on validation and the final report on test); ``budget_seconds`` > 0
+    also stops promoting candidates once the finished search evaluations took that long.
+    Schedule: successive halving; rung i trains each surviving candidate for ``rungs[i]``
+    epochs (from scratch: a cosine schedule depends on its length) and keeps the top
+    ``1/eta``; the report trains ``report_seeds`` seeds at ``rungs[-1]`` epochs.
+    Memorisation: a candidate's near-copy fraction is the fraction of its synthetic images
+    closer to their nearest real training image than ``copy_factor`` x the median real-real
+    nearest-neighbour distance; with ``max_copy_fraction`` set, candidates above it are
+    excluded.
+    """
+
+    bands: tuple[str, ...] = ("all", "middle")
+    keep_fraction: float = 0.5  # the fraction of each class the middle / nearest / farthest keep
+    guidance: tuple[float, ...] = (1.0,)
+    variations: tuple[int, ...] = (1, 2)
+    perturb: tuple[float, ...] = (0.0,)  # GenerateConfig.perturb: lambda (0 = none)
+    syn_weight: tuple[float, ...] = (1.0,)
+    syn_fraction: tuple[float | None, ...] = (None,)  # None: natural proportion
+    syn_bn: tuple[str, ...] = ("shared",)
+    curriculum: tuple[str, ...] = ("mixed",)
+    classical: tuple[str, ...] = CLASSICAL_AUGMENTS
+    budget_epochs: int = 2000
+    budget_seconds: float = 0.0  # 0: no wall-clock limit
+    rungs: tuple[int, ...] = (5, 15)
+    eta: int = 3
+    report_seeds: int = 3
+    seed: int = 0  # candidate sampling and the search's evaluation seed
+    max_generations: int = 4  # at most this many (guidance, perturb) generations
+    copy_factor: float = 0.5
+    max_copy_fraction: float | None = None  # None: near-copies are shown, nothing excluded
+
+    def validate(self) -> None:
+        def axis(name: str, values: tuple, ok: Callable[[Any], bool], what: str) -> None:
+            _check(isinstance(values, tuple) and len(values) >= 1,
+                   f"{name} must list at least one value, got {values!r}")
+            bad = [v for v in values if not ok(v)]
+            _check(not bad, f"{name} must be {what}, got {bad}")
+
+        axis("bands", self.bands, lambda v: v in RECIPE_BANDS, f"in {RECIPE_BANDS}")
+        axis("guidance", self.guidance, lambda v: _number(v) and 0.0 <= v <= 20.0, "in [0, 20]")
+        axis("variations", self.variations, lambda v: isinstance(v, int) and 1 <= v <= 4,
+             "integers in [1, 4]")
+        axis("perturb", self.perturb, lambda v: _number(v) and 0.0 <= v <= PERTURB_MAX,
+             f"in [0, {PERTURB_MAX:g}] (GenerateConfig.perturb's bounds)")
+        axis("syn_weight", self.syn_weight, lambda v: _number(v) and 0.0 < v <= 10.0,
+             "in (0, 10]")
+        axis("syn_fraction", self.syn_fraction,
+             lambda v: v is None or (_number(v) and 0.0 < v < 1.0), "None or in (0, 1)")
+        axis("syn_bn", self.syn_bn, lambda v: v in SYN_BATCHNORMS, f"in {SYN_BATCHNORMS}")
+        axis("curriculum", self.curriculum, lambda v: v in CURRICULA, f"in {CURRICULA}")
+        axis("rungs", self.rungs, lambda v: isinstance(v, int) and 1 <= v <= 1000,
+             "integers in [1, 1000]")
+        _check(all(a < b for a, b in zip(self.rungs, self.rungs[1:])),
+               f"rungs must increase strictly, got {self.rungs}")
+        _check(all(c in CLASSICAL_AUGMENTS for c in self.classical),
+               f"classical must be in {CLASSICAL_AUGMENTS}, got {self.classical}")
+        _check(0.0 < self.keep_fraction <= 1.0,
+               f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        _check(1 <= self.budget_epochs <= 10_000_000,
+               f"budget_epochs must be in [1, 1e7], got {self.budget_epochs}")
+        _check(self.budget_seconds >= 0.0,
+               f"budget_seconds must be >= 0 (0 = no limit), got {self.budget_seconds}")
+        _check(2 <= self.eta <= 10, f"eta must be in [2, 10], got {self.eta}")
+        _check(1 <= self.report_seeds <= 20,
+               f"report_seeds must be in [1, 20], got {self.report_seeds}")
+        _check(1 <= self.max_generations <= 100,
+               f"max_generations must be in [1, 100], got {self.max_generations}")
+        _check(self.copy_factor > 0.0, f"copy_factor must be > 0, got {self.copy_factor}")
+        _check(self.max_copy_fraction is None or 0.0 <= self.max_copy_fraction < 1.0,
+               f"max_copy_fraction must be None or in [0, 1), got {self.max_copy_fraction}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v

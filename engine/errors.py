@@ -49,3 +49,7 @@ class JobError(StudioError):
 
 class Cancelled(StudioError):
     """Raised inside an engine loop when its cancel token is set."""
+
+
+class SplitLeakError(StudioError):
+    """A choice tried to read the test split before the final report (``engine.recipe``)."""

@@ -358,7 +358,7 @@ def status(project: Project, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_status(project: Project, record: dict[str, Any], state: str) -> None:
-    if project.read_only:
+    if project.read_only or record["kind"] == "recipe":  # engine.recipe.advance owns its row
         return
     try:
         row = project.get(Experiment, record["id"])

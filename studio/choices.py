@@ -4,7 +4,6 @@ studio's folders and the demo import. Tabs import these; they never import each 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -53,7 +52,7 @@ def class_choices(ctx: StudioContext, dataset_id: str | None) -> list[str]:
     if not dataset_id:
         return [ALL]
     ds = ctx.project.get(Dataset, dataset_id)
-    return [ALL] + list(json.loads(ds.classes_json))
+    return [ALL] + list(ds.classes)
 
 
 def model_choices(ctx: StudioContext, trained_only: bool = False) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.jobs import JobManager
-from engine.project import Dataset, Job, Project, reads
+from engine.project import Job, Project, reads
 from engine.stages import JobSpec
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,6 @@ class StudioContext:
     def project_key(self) -> str:
         """Which project is open and with which settings (form defaults reload on change)."""
         return f"{self.project.path}#{self.epoch}#{self.project.get_meta('settings', '{}')}"
-
-    def latest_dataset(self) -> Dataset | None:
-        rows = self.project.list(Dataset)
-        return rows[-1] if rows else None
 
     def close(self) -> None:
         self.project.close()

@@ -234,3 +234,46 @@ def experiment_figure(t: pd.DataFrame, record: dict[str, Any]) -> go.Figure:
                       yaxis=dict(title="top-1 % (mean ± std over seeds)", range=[low, 101.5]),
                       margin=dict(l=60, r=20, t=50, b=60))
     return fig
+
+
+def loss_figure(points: list[tuple[float, float]], title: str) -> go.Figure:
+    """A model's training loss: ``points`` are (step, loss) pairs."""
+    fig = go.Figure()
+    if points:
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                                 mode="lines+markers" if len(points) < 40 else "lines",
+                                 line=dict(color="#4C72B0", width=2), name="loss"))
+    fig.update_layout(template="plotly_white", height=300, title=dict(text=title, x=0.01),
+                      xaxis_title="step", yaxis_title="training loss (MSE)",
+                      margin=dict(l=60, r=20, t=50, b=50), showlegend=False)
+    return fig
+
+
+def recipe_figure(candidates: pd.DataFrame, name: str = "recipe search") -> go.Figure:
+    """Successive halving at a glance: each candidate's validation top-1 over the epochs of
+    the rungs it reached (grey: stopped early, green: the winner; excluded candidates are
+    left out).
+
+    Args:
+        candidates: ``engine.recipe.table(state)``: one row per candidate, with label,
+            ``val top-1 @<e>ep`` columns, excluded and winner.
+    """
+    rungs = [c for c in candidates.columns if c.startswith("val top-1 @")]
+    epochs = [int(c[len("val top-1 @"):-2]) for c in rungs]
+    fig = go.Figure()
+    for r in candidates.to_dict("records"):
+        points = [(e, float(r[c])) for e, c in zip(epochs, rungs) if not math.isnan(r[c])]
+        if not points or r["excluded"]:
+            continue
+        winner = bool(r["winner"])
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+            name=r["label"], showlegend=winner,
+            line=dict(color="#55A868" if winner else "#B0B0B0", width=3 if winner else 1),
+            hovertemplate=f"{r['label']}<br>%{{x}} epochs: %{{y:.2f}} %<extra></extra>"))
+    fig.update_xaxes(title="epochs (rungs)", tickvals=epochs, type="log")
+    fig.update_yaxes(title="top-1 % (validation)")
+    fig.update_layout(template="plotly_white", height=360,
+                      title=dict(text=f"{name}: successive halving on validation", x=0.01),
+                      margin=dict(l=60, r=20, t=50, b=50))
+    return fig

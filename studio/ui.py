@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import math
 import os
@@ -136,11 +135,6 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
 
 
-def loads(text: str | None) -> Any:
-    try:
-        return json.loads(text) if text else {}
-    except ValueError:
-        return {}
 
 
 def first(values: Iterable[Any], default: Any = None) -> Any:

@@ -89,9 +89,11 @@ def project(tmp_path: Path):
     p.close()
 
 
-def tiny_generation_project(root: Path, dim: int = 5, classes: int = 3, per_class: int = 8):
-    """A closed project at ``root/gen`` with a tiny ImageFolder imported, a ``dim``-d PCA
-    encoding and an untrained 8x8 RCDM registered as the trained model "tiny-rcdm".
+def tiny_generation_project(root: Path, dim: int = 5, classes: int = 3, per_class: int = 8,
+                            val_fraction: float = 0.0):
+    """A closed project at ``root/gen`` with a tiny ImageFolder imported (a quarter of each
+    class for test, ``val_fraction`` for validation), a ``dim``-d PCA encoding and an
+    untrained 8x8 RCDM registered as the trained model "tiny-rcdm".
 
     Returns the project path (pass it to ``Project``) and the model id.
     """
@@ -107,7 +109,8 @@ def tiny_generation_project(root: Path, dim: int = 5, classes: int = 3, per_clas
     config = TrainConfig(image_size=8, block_channels=(8, 16), cross_attention_dim=16,
                          attention_head_dim=8, cond_tokens=1)
     with Project(root / "gen") as project:
-        ds = import_folder(project, folder, "tiny", ImportConfig(test_fraction=0.25))
+        ds = import_folder(project, folder, "tiny",
+                           ImportConfig(test_fraction=0.25, val_fraction=val_fraction))
         JobManager(project).run_inline(encode_stage.prepare(
             project, EncodeConfig(encoder="pca", dim=dim, image_size=8), dataset_ref=ds.id))
         enc = project.list(Encoding, dataset_id=ds.id)[-1]

@@ -270,6 +270,37 @@ def test_generate_tab_interpolates_and_draws_from_class_distributions(studio):
     assert f"drawn from the distribution of class {first.class_name}" in md
 
 
+def test_generate_tab_perturbation_slider_and_provenance(studio):
+    import json
+
+    from engine.errors import InvalidConfigError
+    from engine.project import Generation, Job, Model, Sample
+    from studio.tabs import generate_tab
+
+    blocks, client, _, _ = studio
+    ctx = blocks.studio
+    model = next(m for m in ctx.project.list(Model) if m.status == "trained")
+    with pytest.raises(InvalidConfigError, match=r"must be in \[0, 4\], got 4.5"):
+        generate_tab.generate(ctx, model.id, "N per class", [], 1, 1, "ddim", 2, 1.0, 0, "",
+                              perturb=4.5)
+    # over HTTP as the page sends it: the slider's λ is the form's last input
+    status, _ = client.predict(model.id, "N per class", 1, 2, "ddim", 2, 1.0, 7, "noisy",
+                               "variations", 8, 10, 1.0, "ledoit_wolf", 0.75,
+                               api_name="/generate")
+    assert "submitted" in status and "perturbed by λ = 0.75" in status, status
+    for job in ctx.project.list(Job):
+        if job.status in ("queued", "running", "ingesting"):
+            assert ctx.jobs.wait(job.id, timeout=180).status == "done"
+    gen = ctx.project.get(Generation, "noisy")
+    assert gen.count == 3 * 2 and json.loads(gen.config_json)["perturb"] == 0.75
+    _, text, ids, _ = generate_tab.sample_page(ctx, gen.id)
+    assert "perturbed, λ = 0.75" in text
+    _, md = generate_tab.sample_details(ctx, ids[1])
+    s = ctx.project.get(Sample, ids[1])
+    assert "representation perturbed: λ = 0.75" in md and f"noise seed {s.seed}" in md
+    assert "variation of real image" in md
+
+
 def test_train_tab_advanced_options_latent_space_and_presets(studio, tmp_path):
     import json
     import math

@@ -6,12 +6,13 @@ real, synthetic and real + synthetic mixes and compare top-1 on the same real te
 
 from engine.evaluate.augment import BatchAugment
 from engine.evaluate.classifier import build_classifier, count_parameters
-from engine.evaluate.classifier_training import mix_arrays, train_classifier
+from engine.evaluate.classifier_training import check_mixing, mix_arrays, train_classifier
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 
 __all__ = [
     "BatchAugment",
     "build_classifier",
+    "check_mixing",
     "confusion_matrix",
     "count_parameters",
     "mix_arrays",

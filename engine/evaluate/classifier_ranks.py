@@ -12,8 +12,9 @@ of processes that wrote it::
     accelerate launch --multi_gpu --num_processes 8 -m engine.evaluate.classifier_ranks ...
 
 ``--train-x`` / ``--test-x`` are (N, S, S, 3) uint8 ``.npy`` images, ``--train-y`` /
-``--test-y`` (N,) int labels. Rank 0 writes ``OUT/result.json`` (the dict of
-``train_classifier``) and, with ``--progress FILE``, one ProgressEvent JSON per line to FILE;
+``--test-y`` (N,) int labels, ``--is-synthetic`` (optional) (N,) bool, True for the synthetic
+rows of the training mix (see ``train_classifier``). Rank 0 writes ``OUT/result.json`` (the
+dict of ``train_classifier``) and, with ``--progress FILE``, one ProgressEvent JSON per line to FILE;
 every rank writes ``OUT/ranks/rank_<r>.json`` (rank, world size, weights digest) when done.
 
 ``launch_train_classifier`` is what the evaluate job stage calls when ``config.processes`` > 1:
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-x", required=True, help="(M, S, S, 3) uint8 .npy real test images")
     ap.add_argument("--test-y", required=True, help="(M,) int .npy labels")
     ap.add_argument("--out", required=True, help="run folder (checkpoint, result)")
+    ap.add_argument("--is-synthetic", help="(N,) bool .npy: the synthetic rows of the mix")
     ap.add_argument("--num-classes", type=int,
                     help="C (default: the largest label + 1)")
     ap.add_argument("--config", help="JSON file of EvalConfig fields")
@@ -80,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             np.load(getattr(args, name), allow_pickle=False) for name in ARRAYS)
         num_classes = args.num_classes or int(max(train_y.max(initial=0),
                                                   test_y.max(initial=0))) + 1
+        is_synthetic = (np.load(args.is_synthetic, allow_pickle=False)
+                        if args.is_synthetic else None)
         return train_classifier(train_x, train_y, test_x, test_y, num_classes, config,
-                                out_dir=out, progress=progress, cancel=cancel)
+                                out_dir=out, progress=progress, cancel=cancel,
+                                is_synthetic=is_synthetic)
 
     code, result = run_rank(body)
     if code:
@@ -99,7 +104,8 @@ def launch_train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np
                             test_y: np.ndarray, num_classes: int, config: EvalConfig,
                             out_dir: Path, progress: ProgressFn = no_progress,
                             cancel: CancelToken | None = None,
-                            poll_seconds: float = 0.5) -> dict[str, Any]:
+                            poll_seconds: float = 0.5,
+                            is_synthetic: np.ndarray | None = None) -> dict[str, Any]:
     """``train_classifier`` in ``config.processes`` processes started by torchrun.
 
     The arrays are written to ``out_dir/launch/`` (removed after success), the processes
@@ -107,7 +113,8 @@ def launch_train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np
     also one written by a single process), their output goes to ``out_dir/launch/log.txt``.
 
     Args:
-        train_x, train_y, test_x, test_y, num_classes, config: as for ``train_classifier``.
+        train_x, train_y, test_x, test_y, num_classes, config, is_synthetic: as for
+            ``train_classifier``.
         out_dir: the run folder.
         progress: receives rank 0's events (forwarded every ``poll_seconds``).
         cancel: when set, the processes get SIGTERM, stop after their current step and
@@ -126,17 +133,21 @@ def launch_train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np
     # 1. the arrays and the config, for every process to read
     arrays = dict(zip(ARRAYS, (np.asarray(train_x, np.uint8), np.asarray(train_y, np.int64),
                                np.asarray(test_x, np.uint8), np.asarray(test_y, np.int64))))
+    if is_synthetic is not None:
+        arrays["is_synthetic"] = np.asarray(is_synthetic)
     for name, value in arrays.items():
         np.save(work / f"{name}.npy", value)
     (work / "config.json").write_text(config.to_json(), encoding="utf-8")
     args = [*(a for name in ARRAYS for a in (f"--{name.replace('_', '-')}",
                                              str(work / f"{name}.npy"))),
             "--out", str(out_dir), "--num-classes", str(num_classes),
-            "--config", str(work / "config.json")]
+            "--config", str(work / "config.json"),
+            *(["--is-synthetic", str(work / "is_synthetic.npy")] if is_synthetic is not None
+              else [])]
     # 2. torchrun; 3. rank 0's result
     result = run_processes(MODULE, args, config.processes, out_dir, out_dir / RESULT,
                            "evaluation", progress, cancel, poll_seconds, kept=out_dir)
-    for name in ARRAYS:
+    for name in arrays:
         (work / f"{name}.npy").unlink(missing_ok=True)
     return result
 

@@ -13,6 +13,28 @@ classical augmentation baselines (AutoAugment, RandAugment, Mixup, CutMix) come 
 crop from ``engine.evaluate.augment``; ME-ADA (``engine.evaluate.meada``) grows the training
 tensor with adversarial images at the start of some epochs and keeps them in the checkpoint.
 
+How synthetic images join training (``EvalConfig``'s mixing options; ``is_synthetic`` says
+which rows are synthetic). At their defaults a synthetic image is one more training image:
+the mix is shuffled as one set, weighed and normalised as the real images. Otherwise:
+
+- ``syn_weight`` w: a synthetic image's loss counts w times (the batch loss is
+  ``sum_i w_i l_i / B``, real images keeping weight 1); with mixup / cutmix a row has the
+  weight of the image in its place.
+- ``syn_fraction`` f: every batch holds ``round(f B)`` synthetic images and the rest real;
+  an epoch is one pass over the real images, the synthetic ones drawn from successive shuffles
+  (each once before any twice; as many passes as needed, or part of one).
+- ``syn_bn="separate"``: BatchNorm normalises the real and the synthetic rows of a batch
+  with their own statistics, and keeps running statistics of the real rows only, used at
+  test time (``engine.evaluate.domain_batchnorm``, after "Diversify, Don't Fine-Tune").
+- ``curriculum="synthetic_then_real"``: the first ``curriculum_split`` of the epochs train on
+  the synthetic images only, the rest on the real images only, an epoch being a pass over
+  the phase's images. Real only, not real + synthetic, in the second phase: "mixed" already
+  covers real + synthetic throughout, the run ends on the distribution it is tested on, and
+  the BatchNorm running statistics (a moving average) are then the real images'.
+
+The learning-rate schedule follows the epochs' actual lengths. ME-ADA refuses the mixing
+options (its adversarial images are neither real nor synthetic).
+
 Several processes: started by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1, see
 ``engine.evaluate.classifier_ranks``), training is data-parallel through the runtime's
 ``engine.torchrun.ranks.Ranks``, and the loop is the same for 1..N processes. Every rank draws
@@ -31,6 +53,7 @@ other way round.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,11 +68,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import EvalConfig
+from engine.config import SYN_DEFAULTS, EvalConfig
 from engine.errors import Cancelled, InvalidConfigError, StudioError
 from engine.evaluate import meada
 from engine.evaluate.augment import BatchAugment
 from engine.evaluate.classifier import build_classifier
+from engine.evaluate.domain_batchnorm import batch_domains, separate_batchnorm
 from engine.evaluate.metrics import confusion_matrix, per_class_accuracy, topk_accuracy
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.torchrun.ranks import Ranks, weights_digest
@@ -216,12 +240,15 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float,
 
 
 def _fingerprint(train_y: np.ndarray, train_shape: tuple[int, ...], test_y: np.ndarray,
-                 num_classes: int) -> str:
-    """A cheap identity of the data a checkpoint belongs to (shapes and labels)."""
+                 num_classes: int, is_synthetic: torch.Tensor | None = None) -> str:
+    """A cheap identity of the data a checkpoint belongs to (shapes and labels, and which
+    rows are synthetic when the recipe treats them apart)."""
     h = hashlib.sha1()
     h.update(repr((tuple(train_shape), len(test_y), num_classes)).encode())
     h.update(np.ascontiguousarray(train_y, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(test_y, dtype=np.int64).tobytes())
+    if is_synthetic is not None:
+        h.update(is_synthetic.cpu().numpy().astype(np.uint8).tobytes())
     return h.hexdigest()
 
 
@@ -232,6 +259,10 @@ def _config_key(config: EvalConfig) -> str:
     values.pop("processes", None)
     if config.augment != meada.KIND:  # options that change nothing: older checkpoints resume
         values = {k: v for k, v in values.items() if not k.startswith("meada_")}
+    if config.curriculum == SYN_DEFAULTS["curriculum"]:
+        values.pop("curriculum_split")
+    # the mixing options at their defaults: checkpoints from before them resume
+    values = {k: v for k, v in values.items() if k not in SYN_DEFAULTS or v != SYN_DEFAULTS[k]}
     return json.dumps(values, sort_keys=True)
 
 
@@ -268,22 +299,58 @@ def _load_checkpoint(path: Path, config: EvalConfig, fingerprint: str) -> dict[s
 # The loop's parts
 
 
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
 class _Schedule(NamedTuple):
-    """The numbers of a run that follow from the mix's size ``n`` and the recipe."""
+    """The numbers of a run that follow from the mix's size and the recipe.
+
+    An epoch is one pass over the images it trains on: the whole mix ("mixed"), the synthetic
+    or the real images (a curriculum's phases), the real images (``syn_fraction``, whose
+    batches add ``syn_per_batch`` synthetic images to ``batch - syn_per_batch`` real ones).
+    """
 
     batch: int  # B, images per optimiser step (all ranks together)
-    steps_per_epoch: int
-    total_steps: int
+    epoch_steps: tuple[int, ...]  # optimiser steps of each epoch
     warmup_steps: int
     peak_lr: float  # config.learning_rate scaled from batch 256 to B
+    syn_per_batch: int = 0  # syn_fraction: the synthetic images of every batch
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.epoch_steps)
+
+    def first_step(self, epoch: int) -> int:
+        """Optimiser steps done before ``epoch`` (0-based) starts."""
+        return sum(self.epoch_steps[:epoch])
 
     @classmethod
-    def of(cls, n: int, config: EvalConfig) -> _Schedule:
+    def of(cls, n: int, n_syn: int, config: EvalConfig) -> _Schedule:
+        """The schedule of a mix of ``n`` images, ``n_syn`` of them synthetic."""
         batch = min(config.batch_size, n)
-        steps_per_epoch = math.ceil(n / batch)
-        return cls(batch, steps_per_epoch, config.epochs * steps_per_epoch,
-                   config.warmup_epochs * steps_per_epoch,
-                   config.learning_rate * batch / 256.0)
+        n_real = n - n_syn
+        syn_per_batch = 0
+        if config.syn_fraction is not None:
+            f = config.syn_fraction
+            syn_per_batch = min(max(_round_half_up(f * batch), 1), batch - 1)
+            real_per_batch = batch - syn_per_batch
+            if real_per_batch > n_real:  # fewer real images than a batch: smaller, same ratio
+                real_per_batch = n_real
+                syn_per_batch = max(1, _round_half_up(n_real * f / (1.0 - f)))
+                batch = real_per_batch + syn_per_batch
+            epoch_steps = (math.ceil(n_real / real_per_batch),) * config.epochs
+        elif config.curriculum == "synthetic_then_real":
+            first = config.curriculum_epochs()
+            epoch_steps = ((math.ceil(n_syn / batch),) * first
+                           + (math.ceil(n_real / batch),) * (config.epochs - first))
+        else:
+            epoch_steps = (math.ceil(n / batch),) * config.epochs
+        # warm-up epochs beyond the run's count as long as its last one
+        warmup_steps = sum(epoch_steps[min(e, config.epochs - 1)]
+                           for e in range(config.warmup_epochs))
+        return cls(batch, epoch_steps, warmup_steps, config.learning_rate * batch / 256.0,
+                   syn_per_batch)
 
 
 def _checked_inputs(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -305,14 +372,123 @@ def _checked_inputs(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     return train_x, train_y, test_x, test_y
 
 
+def uses_synthetic_rows(config: EvalConfig) -> bool:
+    """True when the recipe treats synthetic rows apart from real ones (a mixing option off
+    its default), so that training needs to know which rows are synthetic."""
+    return any(getattr(config, k) != v for k, v in SYN_DEFAULTS.items()
+               if k != "curriculum_split")
+
+
+def check_mixing(config: EvalConfig, n_real: int, n_syn: int) -> None:
+    """Refuse mixing options that a mix of ``n_real`` real and ``n_syn`` synthetic images
+    cannot serve (what ``train_classifier`` checks; a caller can check before a job starts).
+
+    Raises:
+        InvalidConfigError: a ratio or a curriculum without real or without synthetic
+            images; separate BatchNorm statistics without real images (the test-time
+            statistics come from them); a ratio in batches of fewer than 2 images.
+    """
+    both = {"syn_fraction": config.syn_fraction is not None,
+            "curriculum": config.curriculum != "mixed"}
+    for name, active in both.items():
+        if active and not (n_real > 0 and n_syn > 0):
+            raise InvalidConfigError(
+                f"{name}={getattr(config, name)} needs real and synthetic images in the "
+                f"training mix, got {n_real} real and {n_syn} synthetic")
+    if config.syn_bn == "separate" and n_real == 0:
+        raise InvalidConfigError(
+            f"syn_bn=separate takes the test-time BatchNorm statistics from the real images, "
+            f"and the training mix has none ({n_syn} synthetic)")
+    if config.syn_fraction is not None and min(config.batch_size, n_real + n_syn) < 2:
+        raise InvalidConfigError(
+            f"syn_fraction needs batches of at least 2 images, got batch_size "
+            f"{config.batch_size}")
+
+
+def _synthetic_rows(is_synthetic: np.ndarray | None, n: int,
+                    config: EvalConfig) -> torch.Tensor | None:
+    """``is_synthetic`` as a (N,) bool CPU tensor, or None when not given; checked against
+    the mix's size and what the mixing options need (``check_mixing``).
+
+    Raises:
+        InvalidConfigError: a mask of the wrong shape, a mixing option without a mask, or
+            what ``check_mixing`` refuses.
+    """
+    if is_synthetic is None:
+        if uses_synthetic_rows(config):
+            changed = {k: getattr(config, k) for k, v in SYN_DEFAULTS.items()
+                       if getattr(config, k) != v}
+            raise InvalidConfigError(
+                f"the recipe treats synthetic images apart ({changed}) but the training mix "
+                f"does not say which are synthetic: pass is_synthetic")
+        return None
+    mask = np.asarray(is_synthetic)
+    if mask.shape != (n,) or mask.dtype != np.bool_:
+        raise InvalidConfigError(
+            f"is_synthetic must be a ({n},) bool array, got {mask.dtype} {mask.shape}")
+    n_syn = int(mask.sum())
+    check_mixing(config, n - n_syn, n_syn)
+    return torch.from_numpy(mask.copy())
+
+
+def _epoch_batches(epoch: int, size: int, syn: torch.Tensor | None, sched: _Schedule,
+                   config: EvalConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """The batches of ``epoch``: (B,) int64 CPU indices into the ``size`` training rows
+    (the last batch may be shorter), drawn from the run's generator.
+
+    - "mixed": one shuffle of all rows, cut into batches of B;
+    - a curriculum: one shuffle of the synthetic rows (its first epochs), else the real ones;
+    - ``syn_fraction``: one shuffle of the real rows, ``B - s`` per batch, joined by ``s``
+      synthetic rows taken from successive shuffles of the synthetic ones (every synthetic
+      image once before any twice, as many passes as the epoch needs), each batch shuffled.
+    """
+    b, steps = sched.batch, sched.epoch_steps[epoch]
+    if config.syn_fraction is not None:
+        real = torch.nonzero(~syn).squeeze(1)  # (n_real,)
+        synth = torch.nonzero(syn).squeeze(1)  # (n_syn,)
+        real = real[torch.randperm(real.numel(), generator=generator)]
+        s = sched.syn_per_batch
+        passes = math.ceil(steps * s / synth.numel())
+        synth = synth[torch.cat([torch.randperm(synth.numel(), generator=generator)
+                                 for _ in range(passes)])]  # (passes * n_syn,)
+        batches = []
+        for i in range(steps):
+            idx = torch.cat([real[i * (b - s):(i + 1) * (b - s)], synth[i * s:(i + 1) * s]])
+            batches.append(idx[torch.randperm(idx.numel(), generator=generator)])
+        return batches
+    if config.curriculum != "mixed":
+        pool = torch.nonzero(syn if epoch < config.curriculum_epochs() else ~syn).squeeze(1)
+        perm = pool[torch.randperm(pool.numel(), generator=generator)]
+    else:
+        perm = torch.randperm(size, generator=generator)
+    return [perm[i * b:(i + 1) * b] for i in range(steps)]
+
+
+def _rows_loss(logits: torch.Tensor, yb: torch.Tensor, criterion: nn.Module,
+               kinds: torch.Tensor | None, config: EvalConfig) -> torch.Tensor:
+    """The mean loss of this rank's rows: logits (b, C), labels (b,) or soft targets (b, C).
+    With ``syn_weight`` != 1 a synthetic row's loss counts ``syn_weight`` times (kinds (b,)
+    bool): ``sum_i w_i l_i / b``, so the real rows keep their weight."""
+    if config.syn_weight == 1.0 or kinds is None:
+        return criterion(logits, yb)
+    per_row = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing,
+                              reduction="none")  # (b,)
+    weights = torch.where(kinds, config.syn_weight, 1.0).to(per_row.dtype)  # (b,)
+    return (per_row * weights).mean()
+
+
 def _model_and_optimizer(config: EvalConfig, num_classes: int, peak_lr: float,
                          ranks: Ranks) -> tuple[nn.Module, torch.optim.Optimizer]:
     """``config.arch`` seeded by ``config.seed`` (the global RNG untouched), its BatchNorm
-    over the whole batch of all ranks, on the device; SGD without decay on BN and biases."""
+    over the whole batch of all ranks (with ``syn_bn="separate"``: of each kind of rows), on
+    the device; SGD without decay on BN and biases."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_classifier(config.arch, num_classes, config.image_size)
-    model = ranks.sync_batchnorm(model)  # same parameters and state dict; alone: model
+    if config.syn_bn == "separate":  # own statistics for synthetic rows, over all ranks
+        model = separate_batchnorm(model)
+    else:
+        model = ranks.sync_batchnorm(model)  # same parameters and state dict; alone: model
     model.to(device=ranks.device, memory_format=torch.channels_last)  # faster convs
     decay = [p for p in model.parameters() if p.ndim > 1]  # conv / linear weights
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
@@ -379,7 +555,7 @@ def _meada_phase(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, mean: tor
     (N',) with its adversarial images appended."""
     phase = meada.phase_at(config, epoch)
     progress(ProgressEvent(
-        stage=STAGE, step=epoch * sched.steps_per_epoch, total=sched.total_steps,
+        stage=STAGE, step=sched.first_step(epoch), total=sched.total_steps,
         message=f"ME-ADA phase {phase}/{config.meada_phases}: "
                 f"{min(config.meada_batch, xs.shape[0])} images"))
     x_adv, y_adv = meada.maximisation_phase(model, xs, ys, mean, std, config, generator, cancel)
@@ -421,7 +597,8 @@ def _final_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> d
 def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                      test_y: np.ndarray, num_classes: int, config: EvalConfig,
                      out_dir: Path | None = None, progress: ProgressFn = no_progress,
-                     cancel: CancelToken | None = None) -> dict[str, Any]:
+                     cancel: CancelToken | None = None,
+                     is_synthetic: np.ndarray | None = None) -> dict[str, Any]:
     """Train ``config.arch`` from scratch on the training mix; test on the real test split.
 
     One path for 1..N processes: with ``WORLD_SIZE`` > 1 (torchrun) each rank trains on its
@@ -443,6 +620,9 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         cancel: polled at every step; on cancel the last end-of-epoch checkpoint is kept
             and ``Cancelled`` is raised. With several processes, a cancel on any rank stops
             them all after the current step's forward pass.
+        is_synthetic: (N,) bool, True for the synthetic rows of the mix; needed by the
+            mixing options (``syn_weight``, ``syn_fraction``, ``syn_bn``, ``curriculum``),
+            which at their defaults train synthetic rows exactly as real ones.
 
     Returns:
         ``top1``, ``top5`` (percent; top5 is top-min(5, C)), ``per_class`` (C percents, NaN
@@ -450,15 +630,17 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         ``curves`` {"epoch", "train_loss", "test_loss", "test_top1"}, ``num_train``,
         ``num_test``, ``num_params``, ``seconds`` (training time, including before a resume),
         ``world_size``, ``rank``; with meada, ``meada_images`` (adversarial images appended,
-        ``num_train`` staying the mix's size). With several processes (``WORLD_SIZE`` > 1)
+        ``num_train`` staying the mix's size); with ``is_synthetic``, ``num_synthetic``
+        (synthetic images in the mix). With several processes (``WORLD_SIZE`` > 1)
         only rank 0 tests and returns all of this; every rank adds ``weights_digest`` (same
         on all ranks when they agree), and the other ranks return only ``world_size``, ``rank``,
         ``weights_digest``, ``curves`` (train loss) and ``num_train``.
 
     Raises:
         InvalidConfigError: an empty training mix or test split, labels outside [0, C),
-            images not at ``config.image_size``, a checkpoint from another config or data, or
-            a batch smaller than the number of processes.
+            images not at ``config.image_size``, a checkpoint from another config or data,
+            a batch smaller than the number of processes, or mixing options the mix cannot
+            serve (see ``check_mixing``).
         Cancelled: when ``cancel`` is set.
     """
     started = time.perf_counter()
@@ -477,8 +659,13 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     yt = torch.from_numpy(test_y)  # (M,) on the CPU, for the metrics
     mean, std = channel_stats(xs)
     n = xs.shape[0]  # the mix's size: the schedule's, even when meada grows xs
-    sched = _Schedule.of(n, config)
+    syn = _synthetic_rows(is_synthetic, n, config)  # (N,) bool on the CPU, or None
+    n_syn = int(syn.sum()) if syn is not None else 0
+    sched = _Schedule.of(n, n_syn, config)
     batch = sched.batch
+    # the kind of each row, for the loss weight and separate BatchNorm statistics
+    kinds_all = (syn.to(device) if syn is not None and
+                 (config.syn_weight != 1.0 or config.syn_bn == "separate") else None)
     if batch < ranks.world:
         raise InvalidConfigError(
             f"a batch of {batch} images cannot be split between {ranks.world} processes")
@@ -490,40 +677,44 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     extra = BatchAugment(config, num_classes)  # policy / batch mix on top of the crop
 
     # 3. resume: weights, optimiser, generator, curves, the meada images of the epochs done
-    fingerprint = _fingerprint(train_y, train_x.shape, test_y, num_classes)
+    fingerprint = _fingerprint(train_y, train_x.shape, test_y, num_classes,
+                               syn if uses_synthetic_rows(config) else None)
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     start_epoch, seconds_before, curves, xs, ys = _resume(ckpt_path, config, fingerprint, model,
                                                           optimizer, generator, xs, ys)
     wrapped = ranks.wrap(model)  # DDP with several processes (all start from rank 0's)
 
-    report_every = max(1, sched.steps_per_epoch // REPORTS_PER_EPOCH)
     for epoch in range(start_epoch, config.epochs):
         # 4. meada: a maximisation phase may first append adversarial images to xs; an
-        #    epoch stays steps_per_epoch batches of B images, drawn without replacement from
-        #    the grown set (the schedule is the mix's)
+        #    epoch stays its scheduled number of batches of B images, drawn without
+        #    replacement from the grown set (the schedule is the mix's)
         if meada.phase_at(config, epoch):
             xs, ys = _meada_phase(model, xs, ys, mean, std, config, generator, epoch, sched,
                                   progress, cancel)
         model.train()
-        perm = torch.randperm(xs.shape[0], generator=generator).to(device)
+        batches = _epoch_batches(epoch, xs.shape[0], syn, sched, config, generator)
+        report_every = max(1, len(batches) // REPORTS_PER_EPOCH)
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for i in range(sched.steps_per_epoch):
-            step = epoch * sched.steps_per_epoch + i
-            idx = perm[i * batch:(i + 1) * batch]
+        for i, idx in enumerate(batches):
+            step = sched.first_step(epoch) + i
+            idx = idx.to(device)
             if idx.numel() < max(2, ranks.world) and n > 1:
                 continue  # a lone last sample gives BatchNorm one value per channel
-            # 5. this rank's rows of the augmented batch, (b, 3, S, S)
-            xb, yb = _batch(xs, ys, idx, ranks.rows(idx.numel()), mean, std, config, extra,
-                            generator)
+            # 5. this rank's rows of the augmented batch, (b, 3, S, S), and their kinds (b,)
+            rows = ranks.rows(idx.numel())
+            xb, yb = _batch(xs, ys, idx, rows, mean, std, config, extra, generator)
+            kinds = kinds_all[idx[rows]] if kinds_all is not None else None
             # 6. forward at the scheduled rate; the rows' mean loss, weighted by b * W / B
             #    so that DDP's mean of the gradients over the ranks is the whole batch's
             lr = lr_at(step, sched.total_steps, sched.warmup_steps, sched.peak_lr,
                        config.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = wrapped(xb.contiguous(memory_format=torch.channels_last))  # (b, C)
-            rows_loss = criterion(logits, yb)
+            with (batch_domains(model, kinds) if config.syn_bn == "separate"
+                  else contextlib.nullcontext()):
+                logits = wrapped(xb.contiguous(memory_format=torch.channels_last))  # (b, C)
+            rows_loss = _rows_loss(logits, yb, criterion, kinds, config)
             loss = rows_loss * (ranks.world * xb.shape[0] / idx.numel())
             # 7. one collective: the batch's summed loss, and whether any rank was cancelled
             summed, stop = ranks.sum([float(rows_loss.detach() * xb.shape[0]),
@@ -541,7 +732,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
             optimizer.step()
             loss_sum += torch.tensor(summed, device=device)
             seen += idx.numel()
-            if (i + 1) % report_every == 0 and i + 1 < sched.steps_per_epoch:
+            if (i + 1) % report_every == 0 and i + 1 < len(batches):
                 progress(ProgressEvent(
                     stage=STAGE, step=step + 1, total=sched.total_steps,
                     metrics={"loss": float(loss_sum) / max(1, seen), "lr": lr},
@@ -571,7 +762,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
                 **({"meada_x": xs[n:].cpu(), "meada_y": ys[n:].cpu()}
                    if config.augment == meada.KIND else {})})
         progress(ProgressEvent(
-            stage=STAGE, step=(epoch + 1) * sched.steps_per_epoch, total=sched.total_steps,
+            stage=STAGE, step=sched.first_step(epoch + 1), total=sched.total_steps,
             metrics={"loss": train_loss, "test_loss": test_loss, "top1": top1},
             message=f"epoch {epoch + 1}/{config.epochs}"))
 
@@ -592,4 +783,5 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         "num_params": sum(p.numel() for p in model.parameters()),
         "seconds": seconds_before + time.perf_counter() - started,
         **({"meada_images": int(xs.shape[0] - n)} if config.augment == meada.KIND else {}),
+        **({"num_synthetic": n_syn} if syn is not None else {}),
     }

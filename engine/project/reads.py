@@ -96,9 +96,11 @@ def sample_page(project: Project, generation_id: str, page: int = 1,
 
 
 def sample_plan(project: Project, generation: Generation, idx: int) -> dict[str, Any]:
-    """The plan columns (``mode, cond_index, partner_image_id, weight``) of sample ``idx``,
-    read from the generation's ``samples.parquet``; {} for generations written before plans
-    or when the file cannot be read (provenance is a courtesy: the rest still shows)."""
+    """The plan columns (``mode, cond_index, partner_image_id, weight``, and since
+    perturbation ``perturb`` (λ), ``noise_seed`` (-1: none), ``perturb_distance``) of sample
+    ``idx``, read from the generation's ``samples.parquet``; {} for generations written
+    before plans or when the file cannot be read (provenance is a courtesy: the rest still
+    shows). Older files lack the perturbation columns: read them with ``.get``."""
     path = project.abs(generation.folder) / "samples.parquet"
     if not path.exists():
         return {}

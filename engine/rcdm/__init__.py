@@ -7,7 +7,8 @@
     latent      the VAE latent space and its cache
     sample      make_scheduler, sample_images (any diffusers scheduler of the DDPM family by
                 name: ddpm, ddim, dpm++, EulerDiscreteScheduler, ...; seeded per sample, CFG)
-    conditions  the conditioning space: variations, interpolation, mix-up, class samples
+    conditions  the conditioning space: variations, interpolation, mix-up, class samples,
+                seeded perturbation of any of them
     generation  generate_plan / generate_variations: seeded images written as PNGs (a subset
                 of a plan's samples for one shard; sharding itself is engine.stages.shard_stage)
 

@@ -16,10 +16,28 @@ here, from the representations of a pool of real images, in one of four modes:
 Everything random is seeded per class (``np.random.default_rng([seed, label])``), so a
 class's plan does not depend on which other classes are in the pool. Normalised pools give
 normalised plans.
+
+Any plan can be **perturbed** (``GenerateConfig.perturb`` = λ > 0): sample ``i`` is then
+drawn from ``c_j + λ · σ ⊙ ε_i`` instead of its plan representation ``c_j``, where
+
+* σ (D,) is the *representation's scale*: the per-dimension standard deviation of the
+  dataset's training encodings (``representation_scale``), so λ = 1 moves each coordinate
+  by about one spread of the real data along it, whatever the encoder's units;
+* ε_i ~ N(0, I_D) is drawn from ``np.random.default_rng([PERTURB_STREAM, seed_i])`` with
+  ``seed_i`` the sample's own seed (the one that draws its diffusion noise, in another
+  generator), so (model, plan representation, seed, λ, σ) reproduces the perturbed
+  representation and the image, whatever the batch or shard;
+* an L2-normalised pool gives normalised perturbed representations (the noise is added,
+  then the sum is normalised).
+
+The perturbation happens before sampling, so classifier-free guidance conditions on the
+perturbed representation (the null pass is the learned null embedding, as always). λ = 0
+leaves the plan's representations untouched, bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -31,6 +49,9 @@ from engine.errors import DatasetError, InvalidConfigError
 log = logging.getLogger(__name__)
 
 UNIT_NORM_TOL = 1e-3
+# keys the perturbation noise's generator apart from anything else seeded with a sample's seed
+PERTURB_STREAM = 0x7065727475  # b"pertu"
+_PERTURB_CHUNK = 4096  # samples whose perturbed representations are held at once
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,10 @@ class ConditionPlan:
         partner_ids: K image ids of the second image ("" when there is none).
         weights: (K,) float64 weight of the partner: t on the path (interpolate), w
             (mixup); 0 otherwise.
+        perturb: λ, the perturbation strength (0: the samples are drawn from ``cond``).
+        scale: (D,) float64 σ, the representation's scale the noise is relative to
+            (``representation_scale``); needed when ``perturb > 0``.
+        unit: whether perturbed representations are L2-normalised (a normalised pool).
     """
 
     mode: str
@@ -54,6 +79,9 @@ class ConditionPlan:
     source_ids: list[str]
     partner_ids: list[str]
     weights: np.ndarray
+    perturb: float = 0.0
+    scale: np.ndarray | None = None
+    unit: bool = False
 
     def __post_init__(self) -> None:
         k = len(self.cond)
@@ -65,9 +93,45 @@ class ConditionPlan:
                 f"a plan of {k} representations needs {k} labels, source ids, partner ids "
                 f"and weights; got {len(self.labels)}, {len(self.source_ids)}, "
                 f"{len(self.partner_ids)}, {len(self.weights)}")
+        if not (np.isfinite(self.perturb) and self.perturb >= 0):
+            raise InvalidConfigError(f"perturb must be >= 0, got {self.perturb!r}")
+        if self.perturb > 0:
+            scale = None if self.scale is None else np.asarray(self.scale, dtype=np.float64)
+            if scale is None or scale.shape != (self.cond.shape[1],):
+                raise InvalidConfigError(
+                    f"a perturbed plan needs the representation's scale, shape "
+                    f"({self.cond.shape[1]},); got "
+                    f"{None if scale is None else scale.shape}")
+            if not (np.all(np.isfinite(scale)) and np.all(scale >= 0)):
+                raise InvalidConfigError("the representation's scale must be finite and "
+                                         ">= 0 in every dimension")
+            object.__setattr__(self, "scale", scale)
 
     def __len__(self) -> int:
         return len(self.cond)
+
+    def sample_conditions(self, cond_index: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """(n,) plan rows and (n,) sample seeds -> (n, D) float32: the representations the
+        samples are drawn from. Without perturbation, ``cond[cond_index]`` itself."""
+        base = self.cond[np.asarray(cond_index, dtype=np.int64)]
+        if self.perturb == 0:
+            return base
+        return perturb(base, seeds, self.scale, self.perturb, self.unit)
+
+    def perturbation_distances(self, cond_index: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """(n,) float64 L2 distance between each sample's plan representation and the
+        perturbed one it is drawn from (0 without perturbation); computed in chunks."""
+        cond_index = np.asarray(cond_index, dtype=np.int64)
+        seeds = np.asarray(seeds).astype(np.int64).reshape(-1)
+        out = np.zeros(len(cond_index), dtype=np.float64)
+        if self.perturb == 0:
+            return out
+        for start in range(0, len(out), _PERTURB_CHUNK):
+            part = slice(start, start + _PERTURB_CHUNK)
+            base = self.cond[cond_index[part]].astype(np.float64)
+            moved = self.sample_conditions(cond_index[part], seeds[part]).astype(np.float64)
+            out[part] = np.linalg.norm(moved - base, axis=1)
+        return out
 
 
 def is_unit_norm(x: np.ndarray, tol: float = UNIT_NORM_TOL) -> bool:
@@ -100,6 +164,71 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
         return _unit(lerp(a, b, t))
     out = (np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
     return _unit(out)
+
+
+def representation_scale(x: np.ndarray) -> np.ndarray:
+    """(N, D) encodings (the dataset's training split) -> (D,) float64 per-dimension standard
+    deviation: σ, the scale perturbation noise is relative to.
+
+    Raises:
+        DatasetError: fewer than two encodings, or no spread at all (every dimension
+            constant): the noise would have no scale.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise DatasetError(f"the representation's scale needs at least two (N, D) encodings, "
+                           f"got shape {x.shape}")
+    scale = x.std(axis=0)
+    if not np.any(scale > 0):
+        raise DatasetError(f"the {len(x)} encodings are all equal: the representation has no "
+                           f"scale to perturb it by")
+    return scale
+
+
+def perturbation_noise(seeds: np.ndarray, dim: int) -> np.ndarray:
+    """(n,) sample seeds -> (n, D) float64 ε ~ N(0, I), row i from
+    ``np.random.default_rng([PERTURB_STREAM, seeds[i] mod 2**64])``."""
+    seeds = np.asarray(seeds).astype(np.int64).reshape(-1)
+    out = np.empty((len(seeds), int(dim)), dtype=np.float64)
+    for i, s in enumerate(seeds):
+        out[i] = np.random.default_rng([PERTURB_STREAM, int(s) % 2**64]).standard_normal(dim)
+    return out
+
+
+def perturb(cond: np.ndarray, seeds: np.ndarray, scale: np.ndarray, strength: float,
+            unit: bool = False) -> np.ndarray:
+    """Perturbed representations: (n, D) ``cond`` + strength · (D,) ``scale`` ⊙ ε(seed).
+
+    Args:
+        cond: (n, D) representations, one per sample.
+        seeds: (n,) the samples' seeds (``perturbation_noise``).
+        scale: (D,) σ (``representation_scale``).
+        strength: λ >= 0; 0 returns ``cond`` unchanged (float32).
+        unit: L2-normalise the results (for a normalised pool).
+
+    Returns:
+        (n, D) float32.
+    """
+    cond = np.asarray(cond, dtype=np.float32)
+    if strength == 0:
+        return cond
+    scale = np.asarray(scale, dtype=np.float64).reshape(1, -1)  # (1, D)
+    eps = perturbation_noise(seeds, cond.shape[1])  # (n, D)
+    if len(eps) != len(cond):
+        raise InvalidConfigError(f"got {len(eps)} seeds for {len(cond)} representations")
+    moved = cond.astype(np.float64) + float(strength) * scale * eps  # (n, D)
+    return (_unit(moved) if unit else moved).astype(np.float32)
+
+
+def with_perturbation(plan: ConditionPlan, strength: float, scale: np.ndarray
+                      ) -> ConditionPlan:
+    """``plan`` perturbed by λ = ``strength`` relative to (D,) ``scale``; normalised plans
+    stay normalised. λ = 0 returns ``plan`` itself."""
+    if strength == 0:
+        return plan
+    return dataclasses.replace(plan, perturb=float(strength),
+                               scale=np.asarray(scale, dtype=np.float64),
+                               unit=is_unit_norm(plan.cond))
 
 
 def _pool(cond: np.ndarray, ids: list[str], labels: np.ndarray
@@ -226,15 +355,25 @@ def class_sample_plan(cond: np.ndarray, labels: np.ndarray, per_class: int,
 
 
 def build_plan(config: GenerateConfig, cond: np.ndarray, ids: list[str],
-               labels: np.ndarray) -> ConditionPlan:
-    """The plan of ``config.mode`` from a pool: (M, D) representations, M ids, (M,) labels."""
+               labels: np.ndarray, scale: np.ndarray | None = None) -> ConditionPlan:
+    """The plan of ``config.mode`` from a pool: (M, D) representations, M ids, (M,) labels.
+
+    With ``config.perturb > 0`` the plan is perturbed relative to ``scale`` (D,), the
+    per-dimension std of the dataset's training encodings; None = the pool's own
+    (``representation_scale``).
+    """
     if config.mode == "variations":
-        return variations_plan(cond, ids, labels)
-    if config.mode == "interpolate":
-        return interpolation_plan(cond, ids, labels, config.points)
-    if config.mode == "mixup":
-        return mixup_plan(cond, ids, labels, config.per_class, config.mix_alpha, config.seed)
-    if config.mode == "class_sample":
-        return class_sample_plan(cond, labels, config.per_class, config.covariance,
+        plan = variations_plan(cond, ids, labels)
+    elif config.mode == "interpolate":
+        plan = interpolation_plan(cond, ids, labels, config.points)
+    elif config.mode == "mixup":
+        plan = mixup_plan(cond, ids, labels, config.per_class, config.mix_alpha, config.seed)
+    elif config.mode == "class_sample":
+        plan = class_sample_plan(cond, labels, config.per_class, config.covariance,
                                  config.seed)
-    raise InvalidConfigError(f"unknown generation mode {config.mode!r}")
+    else:
+        raise InvalidConfigError(f"unknown generation mode {config.mode!r}")
+    if config.perturb == 0:
+        return plan
+    return with_perturbation(plan, config.perturb,
+                             representation_scale(cond) if scale is None else scale)

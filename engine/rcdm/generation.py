@@ -4,7 +4,10 @@ Sample ``idx = j * variations + v`` is variation ``v`` of the plan's representat
 with seed ``config.seed + idx``; it is written to ``out_dir/images/<label:04d>/<idx:07d>.png``
 with its provenance in PNG text chunks (``rcdm:seed``, ``rcdm:source``, ``rcdm:model``,
 ``rcdm:sampler``, ``rcdm:steps``, ``rcdm:guidance``, ``rcdm:class``, and for the modes other
-than variations ``rcdm:mode``, ``rcdm:partner``, ``rcdm:weight``). Each PNG is written
+than variations ``rcdm:mode``, ``rcdm:partner``, ``rcdm:weight``; for a perturbed plan
+``rcdm:perturb`` (λ), ``rcdm:noise_seed`` and ``rcdm:perturb_distance``, the L2 distance
+between the plan's representation and the perturbed one the image is drawn from, 6
+significant digits; engine.rcdm.conditions says how the noise is drawn). Each PNG is written
 atomically, so a rerun after a crash or a cancel skips the files already there. A subset
 of the indices (a shard) can be generated alone: every image depends only on its own row.
 """
@@ -22,7 +25,7 @@ from PIL import Image, PngImagePlugin
 from engine.config import GenerateConfig
 from engine.errors import DatasetError, InvalidConfigError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
-from engine.rcdm.conditions import ConditionPlan, variations_plan
+from engine.rcdm.conditions import ConditionPlan, build_plan
 from engine.rcdm.model import load_rcdm
 from engine.rcdm.sample import sample_images
 
@@ -31,7 +34,10 @@ log = logging.getLogger(__name__)
 COLUMNS = ["idx", "path", "source_image_id", "label", "class_name", "seed", "sampler", "steps",
            "guidance"]
 # provenance beyond the Sample table's columns: kept in samples.parquet and the PNG text
-PLAN_COLUMNS = ["cond_index", "mode", "partner_image_id", "weight"]
+# perturb: λ (0 = none); noise_seed: the seed of the perturbation noise (-1 = none);
+# perturb_distance: L2 distance between the plan's representation and the perturbed one
+PLAN_COLUMNS = ["cond_index", "mode", "partner_image_id", "weight", "perturb", "noise_seed",
+                "perturb_distance"]
 
 
 def png_metadata(row: dict, model_id: str) -> dict[str, str]:
@@ -48,6 +54,11 @@ def png_metadata(row: dict, model_id: str) -> dict[str, str]:
             "rcdm:mode": str(row["mode"]),
             "rcdm:partner": str(row["partner_image_id"]),
             "rcdm:weight": repr(float(row["weight"])),
+        }),
+        **({} if not float(row.get("perturb", 0.0)) else {
+            "rcdm:perturb": repr(float(row["perturb"])),
+            "rcdm:noise_seed": str(row["noise_seed"]),
+            "rcdm:perturb_distance": f"{float(row['perturb_distance']):.6g}",
         }),
     }
 
@@ -80,8 +91,9 @@ def _already_written(path: Path, expected: dict[str, str]) -> bool:
 
 
 def sample_table(plan: ConditionPlan, class_names: list[str], config: GenerateConfig,
-                 out_dir: Path) -> pd.DataFrame:
-    """Every sample of a plan: ``len(plan) * config.variations`` rows sorted by idx.
+                 out_dir: Path, subset: np.ndarray | None = None) -> pd.DataFrame:
+    """The samples of a plan: ``len(plan) * config.variations`` rows (or those of
+    ``subset``, sorted sample indices) sorted by idx.
 
     Columns: ``COLUMNS`` (path absolute under ``out_dir/images``) then ``PLAN_COLUMNS``.
     """
@@ -91,8 +103,17 @@ def sample_table(plan: ConditionPlan, class_names: list[str], config: GenerateCo
         raise DatasetError(f"label {int(bad[0])} is not an index into {len(class_names)} classes")
     out_dir = Path(out_dir).resolve()
     v = config.variations
-    idx = np.arange(len(plan) * v, dtype=np.int64)
+    n = len(plan) * v
+    idx = np.arange(n, dtype=np.int64)
+    if subset is not None:
+        subset = np.asarray(subset, dtype=np.int64)
+        if len(subset) and (subset.min() < 0 or subset.max() >= n):
+            raise InvalidConfigError(f"subset indices must be in [0, {n}), got "
+                                     f"[{subset.min()}, {subset.max()}]")
+        idx = np.unique(subset)
     src = idx // v  # the plan's representation j of each sample
+    seeds = config.seed + idx
+    perturbed = plan.perturb > 0
     return pd.DataFrame({
         "idx": idx,
         "path": [str(out_dir / "images" / f"{labels[j]:04d}" / f"{i:07d}.png")
@@ -100,7 +121,7 @@ def sample_table(plan: ConditionPlan, class_names: list[str], config: GenerateCo
         "source_image_id": [plan.source_ids[j] for j in src],
         "label": labels[src],
         "class_name": [str(class_names[labels[j]]) for j in src],
-        "seed": config.seed + idx,
+        "seed": seeds,
         "sampler": config.sampler,
         "steps": config.steps,
         "guidance": float(config.guidance),
@@ -108,6 +129,9 @@ def sample_table(plan: ConditionPlan, class_names: list[str], config: GenerateCo
         "mode": plan.mode,
         "partner_image_id": [plan.partner_ids[j] for j in src],
         "weight": plan.weights[src].astype(np.float64),
+        "perturb": float(plan.perturb),
+        "noise_seed": seeds if perturbed else np.full(len(idx), -1, dtype=np.int64),
+        "perturb_distance": plan.perturbation_distances(src, seeds),
     })[COLUMNS + PLAN_COLUMNS]
 
 
@@ -121,7 +145,8 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
         model_dir: a folder written by ``save_rcdm`` (e.g. ``train_rcdm``'s ``model_dir``).
         plan: K representations (engine.rcdm.conditions) with labels and provenance.
         class_names: the dataset's class names (labels index them).
-        config: sampler, steps, guidance, seed, variations, batch_size, device.
+        config: sampler, steps, guidance, seed, variations, batch_size, device; its
+            ``perturb`` must be the plan's (``build_plan`` perturbs the plan).
         out_dir: the generation folder; images go to ``out_dir/images``.
         model_id: stored as ``rcdm:model``.
         subset: sorted sample indices to generate (a shard); None = all of them.
@@ -131,13 +156,11 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
         with ``COLUMNS + PLAN_COLUMNS`` — files skipped because they already existed
         included.
     """
-    rows = sample_table(plan, class_names, config, out_dir)
-    if subset is not None:
-        subset = np.asarray(subset, dtype=np.int64)
-        if len(subset) and (subset.min() < 0 or subset.max() >= len(rows)):
-            raise InvalidConfigError(f"subset indices must be in [0, {len(rows)}), got "
-                                     f"[{subset.min()}, {subset.max()}]")
-        rows = rows.iloc[np.unique(subset)].reset_index(drop=True)
+    if float(config.perturb) != float(plan.perturb):
+        raise InvalidConfigError(f"the config asks for perturbation λ = {config.perturb:g}, the "
+                                 f"plan is perturbed by λ = {plan.perturb:g}; build the plan "
+                                 f"with this config (engine.rcdm.conditions.build_plan)")
+    rows = sample_table(plan, class_names, config, out_dir, subset)
     model, _, _ = load_rcdm(Path(model_dir), device=config.device)
     if plan.cond.shape[1] != model.cond_dim:
         raise InvalidConfigError(f"the representations have D={plan.cond.shape[1]}, the "
@@ -157,7 +180,10 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
     progress(ProgressEvent(stage="generate", step=done, total=total))
     for start in range(0, len(todo), config.batch_size):
         part = todo[start:start + config.batch_size]
-        images = sample_images(model, plan.cond[cond_index[part]], seeds[part], config,
+        # the representations the samples are drawn from: the plan's, perturbed per seed
+        # when the plan is (guidance then conditions on these)
+        cond = plan.sample_conditions(cond_index[part], seeds[part])  # (b, D) float32
+        images = sample_images(model, cond, seeds[part], config,
                                cancel=cancel)  # (b, H, W, 3) uint8
         for i, image in zip(part, images):
             write_png_atomic(Path(records[i]["path"]), image, texts[i])
@@ -179,14 +205,15 @@ def generate_variations(model_dir: Path, source_cond: np.ndarray, source_ids: li
         source_cond: (M, D) float32 representations of the source images.
         source_ids: M image ids (stored as ``rcdm:source``).
         labels: (M,) integer class indices into ``class_names``.
-        The others as in ``generate_plan``.
+        The others as in ``generate_plan``; with ``config.perturb > 0`` the noise is
+        relative to the per-dimension std of ``source_cond`` (at least two sources).
 
     Returns:
         One row per sample (M * variations rows, sorted by idx) with the columns
         idx, path (absolute), source_image_id, label, class_name, seed, sampler, steps,
         guidance — files skipped because they already existed included.
     """
-    plan = variations_plan(source_cond, source_ids, labels)
+    plan = build_plan(config.replace(mode="variations"), source_cond, source_ids, labels)
     rows = generate_plan(model_dir, plan, class_names, config, out_dir, model_id,
                          progress=progress, cancel=cancel)
     return rows[COLUMNS]

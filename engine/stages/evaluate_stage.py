@@ -101,7 +101,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     labels = np.asarray(params["labels"], dtype=np.int64)
     train_idx = np.asarray(params["train_idx"], dtype=np.int64)
     test_idx = np.asarray(params["test_idx"], dtype=np.int64)
-    # 1. the training mix: real part, synthetic part
+    # 1. the training mix: real part, synthetic part, and which rows are synthetic
     parts = []
     if len(train_idx):
         parts.append((np.asarray(pixels[train_idx]), labels[train_idx]))
@@ -109,6 +109,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         syn = data.load_pixels([Path(p) for p in params["synthetic_paths"]], config.image_size)
         parts.append((syn, np.asarray(params["synthetic_labels"], dtype=np.int64)))
     train_x, train_y = mix_arrays(parts)
+    is_synthetic = np.arange(len(train_y)) >= len(train_idx)  # (N,) the real rows come first
     # 2. train, test on the real held-out split (several processes: torchrun, rank 0's result)
     if config.processes > 1:
         from engine.evaluate.classifier_ranks import launch_train_classifier
@@ -116,10 +117,10 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         return launch_train_classifier(train_x, train_y, np.asarray(pixels[test_idx]),
                                        labels[test_idx], params["num_classes"], config,
                                        Path(params["out_dir"]), progress=progress,
-                                       cancel=cancel)
+                                       cancel=cancel, is_synthetic=is_synthetic)
     result = train_classifier(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
                               params["num_classes"], config, out_dir=Path(params["out_dir"]),
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, is_synthetic=is_synthetic)
     return result
 
 

@@ -6,6 +6,12 @@ draws from each class's distribution. Representation ``j`` of the plan gets seed
 ``seed + j * variations + v``, so (model, representation, seed, sampler, steps, guidance)
 reproduces every image; the plan's representations are kept in the generation folder
 (``source_cond.npy``) and each sample's provenance in ``samples.parquet``.
+
+With ``GenerateConfig.perturb`` = λ > 0 every sample's representation gets Gaussian noise
+relative to σ, the per-dimension standard deviation of the dataset's training encodings
+(engine.rcdm.conditions); σ travels in the job's params, is saved as ``perturb_scale.npy``
+in the generation folder, and the generation's config_json names it under
+``conditions.perturb``.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Encoding, Generation, Project, dumps, new_id
+from engine.project.store import save_array_atomic
 from engine.stages import JobSpec, common
 
 # per-sample weights go into the generation's config_json up to this many representations
 # (beyond, they are in samples.parquet only)
 MAX_INLINE_WEIGHTS = 1000
+# σ of a perturbed generation, (D,) float64, in its folder
+PERTURB_SCALE_FILE = "perturb_scale.npy"
 
 
 def _pool(images: pd.DataFrame, image_ids: list[str] | None, config: GenerateConfig,
@@ -61,17 +70,23 @@ def plan_params(project: Project, config: GenerateConfig, model_ref: str | None 
         (params, plan): params holds the model, dataset, config and the plan's labels and
         provenance (JSON); plan holds the (K, D) representations too.
     """
-    from engine.rcdm.conditions import build_plan
+    from engine.rcdm.conditions import build_plan, representation_scale
     from engine.rcdm.sample import check_sampler
 
     check_sampler(config.sampler)
     model = common.trained_model(project, model_ref)
     ds = common.dataset(project, model.dataset_id)
     enc = project.get(Encoding, model.encoding_id)
-    chosen = _pool(project.images(ds.id), image_ids, config, ds.name)
-    cond = np.asarray(project.embeddings(enc)[chosen["idx"].to_numpy(np.int64)],
-                      dtype=np.float32)
-    plan = build_plan(config, cond, chosen["id"].tolist(), chosen["label"].to_numpy(np.int64))
+    images = project.images(ds.id)
+    chosen = _pool(images, image_ids, config, ds.name)
+    embeddings = project.embeddings(enc)
+    cond = np.asarray(embeddings[chosen["idx"].to_numpy(np.int64)], dtype=np.float32)
+    scale = None
+    if config.perturb > 0:  # σ: the spread of the training encodings, whatever the pool
+        train = images.loc[images["split"] == "train", "idx"].to_numpy(np.int64)
+        scale = representation_scale(np.asarray(embeddings[np.sort(train)]))
+    plan = build_plan(config, cond, chosen["id"].tolist(), chosen["label"].to_numpy(np.int64),
+                      scale)
     params = {
         "model_id": model.id, "model_name": model.name, "dataset_id": ds.id,
         "encoder": model.encoder, "config": config.to_dict(),
@@ -80,6 +95,9 @@ def plan_params(project: Project, config: GenerateConfig, model_ref: str | None 
         "weights": plan.weights.tolist(), "labels": plan.labels.astype(int).tolist(),
         "class_names": ds.classes, "pool_size": int(len(chosen)),
     }
+    if plan.perturb > 0:  # absent at λ = 0: the params (and a shard plan's fingerprint) of
+        # an unperturbed generation stay what they were
+        params.update(perturb_scale=plan.scale.tolist(), perturb_unit=bool(plan.unit))
     return params, plan
 
 
@@ -93,7 +111,17 @@ def plan_from_params(params: dict[str, Any], cond: np.ndarray):
         labels=np.asarray(params["labels"], dtype=np.int64),
         source_ids=list(params["source_ids"]),
         partner_ids=list(params.get("partner_ids") or [""] * k),
-        weights=np.asarray(params.get("weights") or [0.0] * k, dtype=np.float64))
+        weights=np.asarray(params.get("weights") or [0.0] * k, dtype=np.float64),
+        perturb=float(params["config"].get("perturb", 0.0)),
+        scale=(None if params.get("perturb_scale") is None
+               else np.asarray(params["perturb_scale"], dtype=np.float64)),
+        unit=bool(params.get("perturb_unit", False)))
+
+
+def default_suffix(config: GenerateConfig) -> str:
+    """The default generation name's suffix: "x4", "mixup", "x4-perturb0.5"..."""
+    suffix = f"x{config.variations}" if config.mode == "variations" else config.mode
+    return suffix + (f"-perturb{config.perturb:g}" if config.perturb > 0 else "")
 
 
 def prepare(project: Project, config: GenerateConfig, model_ref: str | None = None,
@@ -108,11 +136,13 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
     out = project.new_folder("generations", gen_id)
     cond_path = out / "source_cond.npy"
     np.save(cond_path, plan.cond, allow_pickle=False)
-    suffix = f"x{config.variations}" if plan.mode == "variations" else plan.mode
-    name = project.unique_name(Generation, name or f"{params['model_name']}-{suffix}")
+    name = project.unique_name(Generation,
+                               name or f"{params['model_name']}-{default_suffix(config)}")
     params.update(generation_id=gen_id, name=name, cond_path=str(cond_path),
                   out_dir=str(out))
     what = "" if plan.mode == "variations" else f" ({plan.mode})"
+    if plan.perturb > 0:
+        what += f" perturbed by λ = {plan.perturb:g}"
     title = (f"Generate {len(plan) * config.variations} images{what} with "
              f"{params['model_name']}")
     return JobSpec(kind="generate", title=title, params=params)
@@ -149,12 +179,29 @@ def generation_config(params: dict[str, Any], project: Project,
         conditions["pair"] = [params["source_ids"][0], params["partner_ids"][0]]
     if conditions["mode"] in ("interpolate", "mixup") and k <= MAX_INLINE_WEIGHTS:
         conditions["weights"] = params["weights"]
+    if params.get("perturb_scale") is not None:
+        from engine.rcdm.conditions import PERTURB_STREAM
+
+        scale = np.asarray(params["perturb_scale"], dtype=np.float64)
+        conditions["perturb"] = {
+            "strength": float(params["config"].get("perturb", 0.0)),
+            "scale": "per-dimension std of the training encodings",
+            "scale_rms": float(np.sqrt(np.mean(scale ** 2))),
+            "scale_file": project.rel(Path(params["out_dir"]) / PERTURB_SCALE_FILE),
+            "unit": bool(params.get("perturb_unit", False)),
+            "noise": f"cond + strength * scale * eps, eps ~ N(0, I) from numpy's "
+                     f"default_rng([{PERTURB_STREAM}, sample seed])"
+                     + (", then L2-normalised" if params.get("perturb_unit") else ""),
+        }
     return {**params["config"], "conditions": conditions, **(extra or {})}
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
     rows = pd.read_parquet(result["samples"])
     gen_id = params["generation_id"]
+    if params.get("perturb_scale") is not None:  # σ beside the plan's representations
+        save_array_atomic(Path(params["out_dir"]) / PERTURB_SCALE_FILE,
+                          np.asarray(params["perturb_scale"], dtype=np.float64))
     samples = pd.DataFrame({
         "id": [f"{gen_id}_{i:07d}" for i in rows["idx"]],
         "generation_id": gen_id,

@@ -14,7 +14,9 @@ writes (same representation, same seed). Workers never open the project for writ
 An output folder ``DIR`` (shared by the workers, or one per worker) holds::
 
     plan.json                  the generation (config, model, plan) and its fingerprint
-    conditions.npy             (K, D) float32 representations of the plan
+    conditions.npy             (K, D) float32 representations of the plan (a perturbed
+                               plan's σ and λ are in plan.json: each worker perturbs its own
+                               samples from their seeds)
     shard-00003-of-00008/      one per shard run into DIR
         images/<label>/<idx>.png
         samples.parquet        the shard's rows (paths relative to the shard folder)
@@ -124,7 +126,8 @@ def plan_fingerprint(params: dict[str, Any], cond: np.ndarray, model_hash: str) 
     """sha256 of what makes the images: config, model, plan and its representations."""
     keep = {k: params[k] for k in ("model_id", "dataset_id", "encoder", "config", "mode",
                                    "source_ids", "partner_ids", "weights", "labels",
-                                   "class_names") if k in params}
+                                   "class_names", "perturb_scale", "perturb_unit")
+            if k in params}
     h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
     h.update(np.ascontiguousarray(cond, dtype=np.float32).tobytes())
     h.update(model_hash.encode())
@@ -325,7 +328,7 @@ def merge_shards(project: Project, dirs: list[Path], name: str | None = None,
     table = out / "samples.parquet"
     rows.to_parquet(table, index=False)
     config = GenerateConfig.from_dict(params["config"])
-    suffix = f"x{config.variations}" if params.get("mode") == "variations" else params["mode"]
+    suffix = generate_stage.default_suffix(config.replace(mode=params.get("mode", config.mode)))
     params.update(generation_id=gen_id, cond_path=str(cond_path), out_dir=str(out),
                   name=project.unique_name(Generation, name or
                                            f"{params.get('model_name', 'model')}-{suffix}"))

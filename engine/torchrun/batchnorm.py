@@ -29,6 +29,11 @@ class _SumOverRanks(torch.autograd.Function):
         return grad
 
 
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the ranks (all-reduce), its gradient summed back to every rank."""
+    return _SumOverRanks.apply(x)
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the whole batch over all ranks.
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import (
+    PERTURB_MAX,
     GenerateConfig,
     TrainConfig,
 )
@@ -64,7 +65,8 @@ def add_parsers(sub: Any) -> None:
         description="Generate images with a trained RCDM. --mode picks the representations: "
                     "variations of real images (the paper's), interpolate between two images "
                     "(--images A B), mixup within a class, class_sample (new representations "
-                    "drawn from each class's Gaussian). With --shard K/P --out DIR it "
+                    "drawn from each class's Gaussian); --perturb λ adds seeded noise to every "
+                    "representation, in any mode. With --shard K/P --out DIR it "
                     "generates shard K (0..P-1) of the generation into DIR without writing "
                     "to the project; `generate-merge` ingests the shards.")
     project_arg(p)
@@ -83,6 +85,11 @@ def add_parsers(sub: Any) -> None:
                    help="mixup: weights ~ Beta(a, a) (1 = uniform)")
     p.add_argument("--covariance", default=GenerateConfig.covariance,
                    choices=["ledoit_wolf", "diagonal"], help="class_sample: covariance")
+    p.add_argument("--perturb", type=float, default=GenerateConfig.perturb, metavar="λ",
+                   help="representation perturbation: add Gaussian noise of λ times the "
+                        "per-dimension std of the training encodings to each sample's "
+                        f"representation, seeded by the sample's seed (0 = off, the default; "
+                        f"at most {PERTURB_MAX:g}): more diverse, less faithful images")
     p.add_argument("--sampler", default=GenerateConfig.sampler,
                    help="ddpm (default, 100 steps: the paper's), ddim, dpm++ or a diffusers "
                         "scheduler class name, e.g. EulerDiscreteScheduler (see `samplers`)")
@@ -153,7 +160,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               steps=args.steps, guidance=args.guidance, seed=args.seed,
                               device=machine_device(args), batch_size=args.batch_size,
                               mode=args.mode, points=args.points, per_class=args.per_class,
-                              mix_alpha=args.mix_alpha, covariance=args.covariance)
+                              mix_alpha=args.mix_alpha, covariance=args.covariance,
+                              perturb=args.perturb)
 
     if args.shard or args.plan_only:
         return _generate_shard(args, config())

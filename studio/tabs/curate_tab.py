@@ -144,7 +144,7 @@ def selections_table(ctx: StudioContext) -> pd.DataFrame:
     gens = {g.id: g.name for g in ctx.project.list(Generation)}
     for s in ctx.project.list(Selection):
         rows.append([s.name, gens.get(s.generation_id, s.generation_id), s.count,
-                     band_text(ui.loads(s.config_json)), s.id])
+                     band_text(s.config), s.id])
     return pd.DataFrame(rows, columns=["selection", "generation", "images", "how", "id"])
 
 

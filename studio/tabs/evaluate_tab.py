@@ -32,6 +32,10 @@ MIX_LABELS = {"real": "real only", "synthetic": "synthetic only (a selection)",
 OPTIONS_HELP = ("<small>Any other recipe option, one <code>KEY=VALUE</code> per line, e.g. "
                 "<code>batch_size=128</code>, <code>label_smoothing=0.1</code>, "
                 "<code>meada_adv_lr=0.25</code>, <code>processes=2</code> (one per GPU). "
+                "How synthetic images join training: <code>syn_weight=0.5</code> (their loss "
+                "weight), <code>syn_fraction=0.5</code> (their share of every batch), "
+                "<code>syn_bn=separate</code> (their own BatchNorm statistics), "
+                "<code>curriculum=synthetic_then_real</code>. "
                 "The same as <code>--set</code> on the command line.</small>")
 
 
@@ -70,7 +74,7 @@ def results_table(ctx: StudioContext) -> pd.DataFrame:
     sels = {s.id: s.name for s in ctx.project.list(Selection)}
     rows = []
     for e in ctx.project.list(Evaluation):
-        cfg = ui.loads(e.config_json)
+        cfg = e.config
         rows.append([e.name, MIX_LABELS.get(e.mix, e.mix).split(" (")[0],
                      sels.get(e.selection_id, ""), ui.pct(e.top1), ui.pct(e.top5),
                      e.eval_split, e.status,
@@ -137,7 +141,7 @@ EXPERIMENT_LABELS = {
 def generation_choices(ctx: StudioContext) -> list[tuple[str, str]]:
     out = []
     for g in ctx.project.list(Generation):
-        k = ui.loads(g.config_json).get("variations", 1)
+        k = g.variations
         out.append((f"{g.name} · {g.count:,} images · {k} per image", g.id))
     return out
 

@@ -46,9 +46,9 @@ def export_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 def exports_table(ctx: StudioContext) -> pd.DataFrame:
     sels = {s.id: s.name for s in ctx.project.list(Selection)}
     rows = [[sels.get(x.selection_id, x.selection_id), x.count,
-             ("yes" if ui.loads(x.config_json).get("include_real") else "no")
-             + (f" · val {ui.loads(x.config_json)['val_fraction']:.0%}"
-                if ui.loads(x.config_json).get("val_fraction") else ""),
+             ("yes" if x.config.get("include_real") else "no")
+             + (f" · val {x.config['val_fraction']:.0%}"
+                if x.config.get("val_fraction") else ""),
              x.created_at.strftime("%Y-%m-%d %H:%M") if x.created_at else "", x.folder]
             for x in ctx.project.list(Export)]
     return pd.DataFrame(rows, columns=["selection", "images", "with real", "created", "folder"])

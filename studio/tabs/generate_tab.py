@@ -2,7 +2,8 @@
 
 The representations are the chosen images' own (seeded variations: the paper's), points on
 the path between two chosen images, mix-ups within each class, or new draws from each
-class's fitted distribution (``GenerateConfig.mode``).
+class's fitted distribution (``GenerateConfig.mode``); any of them can be perturbed
+(``GenerateConfig.perturb``: seeded Gaussian noise relative to the training encodings' spread).
 
 Handlers first (module-level, the context as first argument), then ``build``: the layout and
 one line of wiring per event.
@@ -15,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.config import COVARIANCES, SAMPLERS, EncodeConfig, GenerateConfig
+from engine.config import COVARIANCES, PERTURB_MAX, SAMPLERS, EncodeConfig, GenerateConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Encoding, Generation, Image, Job, Model, Sample, reads
 from engine.settings import device, effective
@@ -46,6 +47,10 @@ MODE_HINTS = {
                     "images: <b>new per class</b> draws per class, <b>k</b> seeds each. Goes "
                     "beyond the real images.",
 }
+PERTURB_HELP = ("Adds Gaussian noise of λ times the per-dimension standard deviation of the "
+                "training encodings to each sample's representation, seeded by the sample's "
+                "seed: 0 = off; higher = more diverse images, less like their source. Applies "
+                "to every mode.")
 
 
 def source_ids(ctx: StudioContext, model_id: str, source: str, selected: list[str],
@@ -70,7 +75,7 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
              per_class: int, variations: int, sampler: str, steps: int, guidance: float,
              seed: int, name: str | None, mode: str = "variations", points: int = 8,
              new_per_class: int = 10, mix_alpha: float = 1.0,
-             covariance: str = "ledoit_wolf") -> Job:
+             covariance: str = "ledoit_wolf", perturb: float = 0.0) -> Job:
     from engine.stages import generate_stage
 
     if not model_id:
@@ -83,7 +88,8 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
                             guidance=float(guidance), seed=int(seed), device=device(ctx.project),
                             mode=mode, points=int(points or 0),
                             per_class=int(new_per_class or 0), mix_alpha=float(mix_alpha or 0),
-                            covariance=covariance or "ledoit_wolf")
+                            covariance=covariance or "ledoit_wolf",
+                            perturb=float(perturb or 0.0))
     ids = list(selected) if mode == "interpolate" else \
         source_ids(ctx, model_id, source, selected, per_class)
     return ctx.submit(generate_stage.prepare(ctx.project, config, model_id, ids,
@@ -118,14 +124,16 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     page, pages, rows = p.page, p.pages, p.rows
     items = [(ui.gallery_path(ctx.project.abs(r.path)), f"{r.class_name}")
              for r in rows.itertuples()]
-    cfg = ui.loads(gen.config_json)
+    cfg = gen.config
     reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
     mode = (cfg.get("conditions") or {}).get("mode", cfg.get("mode", "variations"))
     what = "" if mode == "variations" else f"{dict((v, k) for k, v in MODES).get(mode, mode)} · "
     k = cfg.get("variations", "?")
+    perturb = float(cfg.get("perturb") or 0.0)
     text = (f"**{gen.name}** · {gen.count:,} images · {what}{k} "
             f"seed{'' if k == 1 else 's'} per representation · "
-            f"{cfg.get('sampler', '?')} {cfg.get('steps', '?')} steps · guidance "
+            + (f"perturbed, λ = {perturb:g} · " if perturb > 0 else "")
+            + f"{cfg.get('sampler', '?')} {cfg.get('steps', '?')} steps · guidance "
             f"{cfg.get('guidance', '?')} · "
             + ("re-encoded ✓" if reencoded else "**not re-encoded yet** (needed to curate)")
             + f" · page {page} of {pages}")
@@ -165,6 +173,12 @@ def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
                      f"{s.class_name} (representation {plan.get('cond_index', '?')})")
     elif s.source_image_id:
         lines.append(f"variation of real image {describe_image(ctx, s.source_image_id)}")
+    strength = float(plan.get("perturb") or 0.0)
+    if strength > 0:
+        lines.append(f"representation perturbed: λ = {strength:g} (× the training encodings' "
+                     f"per-dimension std), noise seed {int(plan.get('noise_seed', s.seed))}, "
+                     f"distance {float(plan.get('perturb_distance') or 0.0):.4g} from the "
+                     f"unperturbed representation")
     lines.append(f"<small>sample {s.id}<br>file {s.path}</small>")
     return str(ctx.project.abs(s.path)), "  \n".join(lines)
 
@@ -242,10 +256,10 @@ def show_mode(mode: str | None) -> tuple[Any, ...]:
 def on_generate(ctx: StudioContext, model_id, source_v, sel, n, k, sampler_v, steps_v,
                 guidance_v, seed_v, name_v, mode_v="variations",
                 points_v=GenerateConfig.points, new_v=GenerateConfig.per_class,
-                alpha_v=GenerateConfig.mix_alpha,
-                cov_v=GenerateConfig.covariance) -> tuple[str, Any]:
+                alpha_v=GenerateConfig.mix_alpha, cov_v=GenerateConfig.covariance,
+                perturb_v=GenerateConfig.perturb) -> tuple[str, Any]:
     job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
-                   seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v)
+                   seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v, perturb_v)
     return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
                      f"panel below"), gr.skip())
 
@@ -373,6 +387,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                   minimum=1, maximum=1000, elem_id="gen-steps")
             guidance = gr.Slider(0.0, 10.0, value=GenerateConfig.guidance, step=0.25,
                                  label="Guidance (1 = none)")
+            perturb = gr.Slider(0.0, PERTURB_MAX, value=GenerateConfig.perturb, step=0.05,
+                                label="Perturbation λ", info=PERTURB_HELP,
+                                elem_id="gen-perturb")
             name = gr.Textbox(label="Generation name", placeholder="default: <model>-x<k>")
             gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-button")
             status = gr.HTML(elem_id="gen-status")
@@ -405,7 +422,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     pick_out = [picker, page_ids, page]
     sample_out = [samples, gen_info, sample_ids, gen_page]
     form = [model, source, selected, per_class, variations, sampler, steps, guidance, seed,
-            name, mode, points, new_per_class, mix_alpha, covariance]
+            name, mode, points, new_per_class, mix_alpha, covariance, perturb]
 
     model.change(ui.bind(show_model, ctx), model, [cls, *pick_out])
     cls.change(ui.bind(picker_first, ctx), [model, cls], pick_out)

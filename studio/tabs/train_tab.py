@@ -18,7 +18,7 @@ from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import read_progress
 from engine.project import Dataset, Encoding, Job, Model
 from engine.settings import device, effective
-from studio import ui
+from studio import figures, ui
 from studio.choices import model_choices
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -68,7 +68,7 @@ def train_job(ctx: StudioContext, model_id: str) -> Job | None:
 
 def loss_points(ctx: StudioContext, model: Model) -> list[tuple[float, float]]:
     """(step, loss) points: the saved curve of a trained model, else the live progress."""
-    saved = ui.loads(model.metrics_json).get("losses") or []
+    saved = model.metrics.get("losses") or []
     points = []
     for i, item in enumerate(saved):
         if isinstance(item, (list, tuple)) and len(item) >= 2:
@@ -101,26 +101,12 @@ def preview_history(ctx: StudioContext, model_id: str | None) -> list[tuple[str,
             if f.stem.split("_")[-1].isdigit()]
 
 
-def loss_figure(points: list[tuple[float, float]], title: str) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    if points:
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
-                                 mode="lines+markers" if len(points) < 40 else "lines",
-                                 line=dict(color="#4C72B0", width=2), name="loss"))
-    fig.update_layout(template="plotly_white", height=300, title=dict(text=title, x=0.01),
-                      xaxis_title="step", yaxis_title="training loss (MSE)",
-                      margin=dict(l=60, r=20, t=50, b=50), showlegend=False)
-    return fig
-
-
 def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]:
     """(loss figure, preview path, markdown) of a model."""
     if not model_id:
-        return loss_figure([], "no model yet"), None, "Train a model to see its loss curve."
+        return figures.loss_figure([], "no model yet"), None, "Train a model to see its loss curve."
     m = ctx.project.get(Model, model_id)
-    cfg = ui.loads(m.config_json)
+    cfg = m.config
     points = loss_points(ctx, m)
     steps_done = m.steps_done or (int(points[-1][0]) if points else 0)
     text = (f"**{m.name}** · conditioned on **{m.encoder}** · {m.status} · "
@@ -132,7 +118,7 @@ def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]
              "conditioned on their representation</small>")
     title = f"{m.name}: loss ({points[-1][1]:.4f} at step {int(points[-1][0])})" if points \
         else f"{m.name}: waiting for the first steps"
-    return loss_figure(points, title), latest_preview(ctx, m), text
+    return figures.loss_figure(points, title), latest_preview(ctx, m), text
 
 
 # ---------------------------------------------------------------------- actions
