@@ -9,7 +9,6 @@ candidate has a true quality q, and a classifier trained for e epochs scores
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import math
 
@@ -349,37 +348,6 @@ def test_materialise_saves_the_band_of_the_first_variations_and_its_copy_fractio
         assert len(project.list(Selection)) == count
 
 
-HAS_VAL = "split" in inspect.signature(
-    __import__("engine.stages.evaluate_stage", fromlist=["prepare"]).prepare).parameters
-
-
-@pytest.mark.skipif(HAS_VAL, reason="the validation split exists: the full driver test runs")
-def test_driver_materialises_then_waits_for_the_validation_split(lab_project):
-    """TODO(issue 12a): until evaluate_stage.prepare(split=) lands the driver stops, with a
-    clear error, at the first validation evaluation, its candidates materialised and kept."""
-    from engine.jobs import JobManager
-    from engine.project import Evaluation, Project, Selection
-
-    path, ds_id, _ = lab_project
-    with Project(path) as project:
-        jobs = JobManager(project, max_running=1)
-        record = recipe.start(project, TINY_SPACE, TINY_EVAL, dataset_ref=ds_id)
-        with pytest.raises(NotReadyError, match="validation split"):
-            recipe.advance(project, record["id"], submit=jobs.run_inline)
-        _, state = recipe.load(project, record["id"])
-        assert state["phase"] == "search" and len(state["made"]) == 6
-        assert not project.list(Evaluation)  # nothing ran on the test split
-        sels = len(project.list(Selection))
-        with pytest.raises(NotReadyError):
-            recipe.advance(project, record["id"], submit=jobs.run_inline)
-        assert len(project.list(Selection)) == sels  # resumed: nothing made twice
-        # the other experiments' views still read the project
-        from engine import experiments
-
-        assert "recipe" in experiments.summary_table(project)["kind"].tolist()
-
-
-@pytest.mark.skipif(not HAS_VAL, reason="TODO(issue 12a): needs evaluate_stage.prepare(split=)")
 def test_driver_runs_a_tiny_search_and_reports_on_test_last(lab_project, monkeypatch):
     from engine.jobs import JobManager
     from engine.project import Evaluation, Project
@@ -445,10 +413,7 @@ def test_driver_generates_each_generation_once_and_reencodes_it(tmp_path):
                               model_ref=model_id)
 
         def advance():
-            if HAS_VAL:
-                return recipe.advance(project, record["id"], submit=jobs.run_inline)
-            with pytest.raises(NotReadyError, match="validation split"):  # TODO(issue 12a)
-                recipe.advance(project, record["id"], submit=jobs.run_inline)
+            return recipe.advance(project, record["id"], submit=jobs.run_inline)
 
         advance()
         gens = project.list(Generation)
@@ -465,3 +430,41 @@ def test_driver_generates_each_generation_once_and_reencodes_it(tmp_path):
         assert sorted(counts.values()) == [12, 12, 24, 24]
         advance()
         assert len(project.list(Generation)) == 2
+
+
+def test_cli_recipe_runs_the_search_then_resumes_without_redoing_work(tmp_path, capsys):
+    """`rcdm-studio experiment recipe --wait`: the whole search through the command line,
+    validation first, the report on test; `experiment show ID --wait` afterwards queues
+    nothing new; `experiment list` lists it."""
+    import json
+
+    from engine.project import Evaluation, Project
+    from studio.cli import main
+    from tests.conftest import tiny_generation_project
+
+    path, model_id = tiny_generation_project(tmp_path, val_fraction=0.25)
+    code = main(["experiment", "recipe", "--project", str(path), "--model", model_id,
+                 "--arch", "resnet_tiny", "--epochs", "1", "--batch-size", "16", "--seeds", "1",
+                 "--set", "image_size=8", "--set", "warmup_epochs=0",
+                 "--space", 'bands=["all","middle"]', "--space", "variations=[1]",
+                 "--space", "rungs=[1,2]", "--space", "eta=2",
+                 "--space", 'classical=["mixup"]', "--wait", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["kind"] == "recipe" and out["phase"] == "done"
+    assert len(out["candidates"]) == 2 and sum(bool(c["winner"]) for c in out["candidates"]) == 1
+    assert len(out["report"]) == 3 and out["winner_selection"]
+    with Project(path) as project:
+        evals = project.list(Evaluation)
+        splits = [e.eval_split for e in evals]
+        assert splits.count("test") == 3 and splits.count("val") >= 3
+        assert splits.index("test") > max(i for i, s in enumerate(splits) if s == "val")
+    assert main(["experiment", "show", out["id"], "--project", str(path), "--wait",
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["phase"] == "done" and again["report"] == out["report"]
+    with Project(path) as project:
+        assert len(project.list(Evaluation)) == len(evals)
+    assert main(["experiment", "list", "--project", str(path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [e["kind"] for e in listed["experiments"]] == ["recipe"]

@@ -7,18 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.config import (
-    EncodeConfig,
-    ImportConfig,
-)
-from studio.cli.console import (
-    device_arg,
-    emit,
-    json_arg,
-    open_project,
-    project_arg,
-    run_job,
-)
+from engine.config import EncodeConfig, ImportConfig
+from studio.cli.console import device_arg, emit, json_arg, open_project, project_arg, run_job
 
 
 def add_parsers(sub: Any) -> None:

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import (
-    EvalConfig,
-)
+from engine.config import EvalConfig, GenerateConfig
 from engine.errors import StudioError
 from studio.cli.console import (
     device_arg,
@@ -54,16 +52,31 @@ def add_parsers(sub: Any) -> None:
     json_arg(p)
 
     p = sub.add_parser(
-        "experiment", help="the paper's experiments: scaling, augmentation, filtering",
+        "experiment", help="the paper's experiments (scaling, augmentation, filtering) and the "
+                           "recipe search",
         description="scaling: synthetic-only at 1x..4x per generation, with real only as a "
                     "line; augmentation: real, real + AutoAugment / RandAugment / Mixup / "
                     "CutMix, real + 1x and 2x synthetic; filtering: unfiltered 1x vs the "
                     "middle band of 2x. Each configuration runs --seeds times; the jobs are "
                     "queued in the project (a studio open on it runs them) or run now with "
-                    "--wait. `list` shows the experiments, `show ID` one table.")
+                    "--wait. recipe: search, on the validation split, for the synthetic set "
+                    "and the way it joins training that help the classifier most "
+                    "(successive halving over bands, guidance, variations, perturbation and "
+                    "mixing; --space KEY=VALUE sets the space, e.g. --space "
+                    "'perturb=[0,0.5,1]'), then report the winner, real-only and the best "
+                    "classical augmentation on test over --seeds seeds. `list` shows the "
+                    "experiments, `show ID` one table (`show ID --wait` resumes a search).")
     project_arg(p)
-    p.add_argument("action", choices=["scaling", "augmentation", "filtering", "list", "show"])
+    p.add_argument("action", choices=["scaling", "augmentation", "filtering", "recipe", "list",
+                                      "show"])
     p.add_argument("ref", nargs="?", help="experiment id or name (show)")
+    p.add_argument("--model", help="recipe: the RCDM that generates the candidates' images "
+                                   "(default: the latest trained)")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe: a RecipeSpace option (repeatable), e.g. guidance=[1,2], "
+                        "perturb=[0,0.5], variations=[1,2,4], bands=[\"all\",\"middle\"], "
+                        "syn_bn=[\"shared\",\"separate\"], budget_epochs=600, "
+                        "max_copy_fraction=0.05")
     p.add_argument("--generation", action="append", default=[],
                    help="generation name or id with enough variations per image (repeat "
                         "for one line per model in scaling)")
@@ -173,6 +186,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from engine.jobs import JobManager
 
     with open_project(args, create=args.action not in ("list", "show")) as project:
+        if args.action == "recipe" or (args.action == "show" and args.ref and
+                                       experiments.get(project, args.ref)["kind"] == "recipe"):
+            return _recipe(project, args)
         if args.action == "list":
             table = experiments.summary_table(project)
             emit(args, {"experiments": table.to_dict(orient="records")},
@@ -214,6 +230,60 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                  "eval_split": record["split"], **st,
                  "table": json.loads(table.to_json(orient="records")), **written}, text)
     return 0 if st["status"] != "incomplete" else 1
+
+
+def _recipe(project: Any, args: argparse.Namespace) -> int:
+    """`experiment recipe` (a new search) and `experiment show ID` of one: advance the search
+    (with --wait: run its jobs here until it is done; a later `show ID --wait` resumes), then
+    print the candidates (validation) and the final report (test)."""
+    from engine import recipe, settings
+    from engine.config import RecipeSpace
+    from engine.jobs import JobManager
+
+    jobs = JobManager(project, max_running=args.max_running)
+    if args.action == "recipe":
+        space = with_sets(RecipeSpace(report_seeds=args.seeds), args.space)
+        eval_config = with_sets(EvalConfig(
+            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+            augment=args.augment, schedule=args.schedule, seed=args.seed,
+            device=args.device), args.sets)
+        prefs = settings.effective(project)
+        generate_config = GenerateConfig(sampler=prefs["gen_sampler"], steps=prefs["gen_steps"],
+                                         device=args.device)
+        record = recipe.start(project, space, eval_config, generate_config,
+                              model_ref=args.model, name=args.name)
+        print(f"recipe search {record['name']} ({record['id']}) started", file=sys.stderr)
+    else:
+        record = {"id": recipe.load(project, args.ref)[0].id}
+    if args.wait:
+        with interruptible() as (bar, cancel):
+            record = recipe.advance(
+                project, record["id"],
+                submit=lambda spec: jobs.run_inline(spec, progress=bar, cancel=cancel))
+    else:
+        record = recipe.advance(project, record["id"], submit=jobs.create)
+    row, state = recipe.load(project, record["id"])
+    candidates, report = recipe.table(state), recipe.report_table(state)
+    winner = recipe.winner_selection(state)
+    text = (f"recipe search {row.name} ({row.id}): {state['phase']}, "
+            f"{recipe.queued_epochs(state)} evaluation-epochs queued so far\n\n"
+            "candidates (top-1 on the validation split):\n"
+            + (candidates.to_string(index=False, float_format="%.2f") if len(candidates)
+               else "none yet"))
+    if len(report):
+        text += "\n\nfinal report (top-1 on the test split, mean ± std over seeds):\n" + \
+            report.to_string(index=False, float_format="%.2f")
+    if winner:
+        text += f"\n\nthe winner's selection: {winner} (export it with `rcdm-studio export " \
+                f"--selection {winner}`)"
+    if state["phase"] != "done" and not args.wait:
+        text += (f"\n\nits jobs are queued; run them now with `rcdm-studio experiment show "
+                 f"{row.id} --wait` (it resumes where the search stands)")
+    emit(args, {"id": row.id, "name": row.name, "kind": "recipe", "phase": state["phase"],
+                "candidates": json.loads(candidates.to_json(orient="records")),
+                "report": json.loads(report.to_json(orient="records")),
+                "winner_selection": winner}, text)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

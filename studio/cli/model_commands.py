@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import (
-    PERTURB_MAX,
-    GenerateConfig,
-    TrainConfig,
-)
+from engine.config import PERTURB_MAX, GenerateConfig, TrainConfig
 from studio.cli.console import (
     device_arg,
     emit,

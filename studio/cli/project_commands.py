@@ -8,11 +8,7 @@ import sys
 from typing import Any
 
 from engine.errors import StudioError
-from studio.cli.console import (
-    json_arg,
-    open_project,
-    project_arg,
-)
+from studio.cli.console import json_arg, open_project, project_arg
 
 
 def add_parsers(sub: Any) -> None:

@@ -5,17 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.config import (
-    BandConfig,
-    ExportConfig,
-)
-from studio.cli.console import (
-    emit,
-    json_arg,
-    open_project,
-    project_arg,
-    run_job,
-)
+from engine.config import BandConfig, ExportConfig
+from studio.cli.console import emit, json_arg, open_project, project_arg, run_job
 
 
 def add_parsers(sub: Any) -> None:
