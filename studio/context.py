@@ -7,6 +7,11 @@ at once never start the same queued job twice.
 
 ``switch(path)`` replaces the open project in place (the handlers read ``ctx.project`` at
 call time, so every handler follows); the revision then changes and every view refreshes.
+
+``poll`` also drives the project's recipe searches (``engine.recipe``): when a job has
+finished since the previous poll, every search still queued or running is advanced (its
+finished jobs fed back, its next jobs queued), so a search runs to its end while a studio is
+open on the project, and resumes when one is opened again.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.jobs import JobManager
-from engine.project import Job, Project, reads
+from engine.errors import StudioError
+from engine.jobs import FINISHED, JobManager
+from engine.project import Experiment, Job, Project, reads
 from engine.stages import JobSpec
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,8 @@ class StudioContext:
         self._band_lock = threading.Lock()
         self._bands: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._last_poll: tuple[float, Any, list[Job]] | None = None
+        self._finished_seen: frozenset[str] | None = None  # None: advance at the first poll
+        self.recipe_errors: dict[str, str] = {}  # experiment id -> its last advance's error
         with self._jobs_lock:
             self.jobs.reconcile()
 
@@ -77,6 +85,8 @@ class StudioContext:
             self.project = new
             self.jobs = JobManager(new, max_running=self.max_running)
             self.epoch += 1
+            self._finished_seen = None
+            self.recipe_errors.clear()
             try:
                 self.jobs.reconcile()
             finally:
@@ -92,15 +102,59 @@ class StudioContext:
 
     def poll(self) -> list[Job]:
         """Poll the job manager; several browser tabs polling within ``POLL_REUSE_S`` share
-        one poll (the jobs panel's timer fires in every open tab)."""
+        one poll (the jobs panel's timer fires in every open tab). When a job has finished
+        since the previous poll, the running recipe searches are advanced."""
         with self._jobs_lock:
             now = time.monotonic()
             last = self._last_poll
             if last is not None and now - last[0] < POLL_REUSE_S and last[1] == self.epoch:
                 return list(last[2])
             jobs = self.jobs.poll()
+            if self._advance_searches(jobs):
+                jobs = self.project.list(Job)
             self._last_poll = (now, self.epoch, jobs)
             return jobs
+
+    def _advance_searches(self, jobs: list[Job]) -> bool:
+        """Advance every queued / running recipe search when the set of finished jobs changed
+        since the last call (the first call after start-up or a switch always does: a search
+        resumes). An error is logged and kept in ``recipe_errors`` (the experiment's view shows
+        it), never raised: the jobs panel keeps working. Returns whether a search advanced."""
+        finished = frozenset(j.id for j in jobs if j.status in FINISHED)
+        if finished == self._finished_seen:
+            return False
+        self._finished_seen = finished
+        if self.project.read_only:
+            return False
+        searches = [row.id for row in self.project.list(Experiment, kind="recipe")
+                    if row.status in ("queued", "running")]
+        for exp_id in searches:
+            try:
+                self.advance_recipe(exp_id)
+            except Exception:  # noqa: BLE001 - recorded for the view; the poll goes on
+                continue
+        return bool(searches)
+
+    def advance_recipe(self, exp_id: str) -> dict[str, Any]:
+        """``engine.recipe.advance`` of one search with this studio's ``submit``, under the
+        jobs lock (the poll and a button never advance a search twice at once). Its error,
+        if any, is recorded in ``recipe_errors`` and raised; success clears it."""
+        from engine import recipe
+
+        with self._jobs_lock:
+            try:
+                record = recipe.advance(self.project, exp_id, submit=self.submit)
+            except Exception as exc:
+                if isinstance(exc, StudioError):
+                    log.info("recipe search %s: %s", exp_id, exc)
+                    self.recipe_errors[exp_id] = str(exc)
+                else:
+                    log.exception("recipe search %s could not advance", exp_id)
+                    self.recipe_errors[exp_id] = (f"unexpected {type(exc).__name__}: {exc} "
+                                                  f"(details in the studio's log)")
+                raise
+            self.recipe_errors.pop(exp_id, None)
+            return record
 
     def submit(self, spec: JobSpec) -> Job:
         with self._jobs_lock:

@@ -501,3 +501,145 @@ def test_preview_history_lists_every_grid_by_step(tmp_path):
                                                                   "step 1,200"]
     finally:
         ctx.close()
+
+
+# ---------------------------------------------------------------------- the recipe search
+
+# the search form's values (evaluate_tab.on_recipe after the model), at tiny sizes: one
+# generation (1 variation), two bands, rungs of 1 and 2 epochs, one classical baseline
+RECIPE_FORM = {"seeds": 2, "arch": "resnet_tiny", "epochs": 1, "bands": ["all", "middle"],
+               "variations": [1], "guidance": "1", "perturb": "0", "separate_bn": False,
+               "curriculum": False, "weights": [1.0], "budget": 2000, "rungs": "1, 2",
+               "max_copy": None, "space_options": 'eta=2\nclassical=["mixup"]',
+               "eval_options": "image_size=8\nwarmup_epochs=0\nbatch_size=16", "name": ""}
+
+
+def _recipe_form(model_id: str, **changes) -> list:
+    return [model_id, *{**RECIPE_FORM, **changes}.values()]
+
+
+def _inline_jobs(project):
+    """A JobManager whose poll runs each queued job in this process at once (the real stages,
+    job folders and ingest; no worker process), and whose submit only queues: a search then
+    moves only when the studio polls, as it does with worker processes."""
+    import os
+
+    from engine.jobs import JobManager, execute
+    from engine.project import Job, utcnow
+
+    class InlineJobs(JobManager):
+        def submit(self, spec):
+            return self.create(spec)
+
+        def _start(self, job):
+            self.project.update(Job, job.id, status="running", pid=os.getpid(),
+                                started_at=utcnow())
+            self._on_start(job)
+            execute(self.folder(job))
+            self._finish(self.project.get(Job, job.id))
+
+    return InlineJobs(project, max_running=4)
+
+
+def test_recipe_search_from_the_evaluate_tab_advances_by_polling(tmp_path, monkeypatch):
+    """One click starts the search; only the jobs panel's polls move it on (validation
+    first, the report on test); a search that cannot advance shows why without stopping the
+    others; the view of the finished search; the winner exported in one click."""
+    from engine import recipe
+    from engine.errors import NotReadyError
+    from engine.project import Evaluation, Experiment, Export, Job, Selection
+    from studio import choices, context
+    from studio.context import StudioContext
+    from studio.tabs import evaluate_tab
+    from tests.conftest import tiny_generation_project
+
+    monkeypatch.setattr(context, "POLL_REUSE_S", 0.0)
+    path, model_id = tiny_generation_project(tmp_path, val_fraction=0.25)
+    ctx = StudioContext(path)
+    ctx.jobs = _inline_jobs(ctx.project)
+    try:
+        assert [v for _, v in evaluate_tab.recipe_models(ctx, None)["choices"]] == [model_id]
+        # bad form values are refused, named, before anything is recorded
+        for changes, message in (({"rungs": "2, 1"}, "rungs must increase strictly"),
+                                 ({"guidance": "1, x"}, "guidance must be comma-separated"),
+                                 ({"max_copy": 150}, "percentage in [0, 100)"),
+                                 ({"bands": []}, "bands must list at least one value"),
+                                 ({"space_options": "eta=1"}, "eta must be in [2, 10]")):
+            status, *_ = evaluate_tab.on_recipe(ctx, *_recipe_form(model_id, **changes))
+            assert "status-error" in status and message in status, (changes, status)
+        assert ctx.project.list(Experiment) == []
+
+        # a search whose generation job is cancelled cannot advance: the poll records why
+        status, _, chosen = evaluate_tab.on_recipe(ctx, *_recipe_form(model_id,
+                                                                      name="broken"))
+        broken = chosen["value"]
+        (job,) = ctx.project.list(Job, status="queued")
+        ctx.cancel(job.id)
+        ctx.poll()
+        assert "did not finish" in ctx.recipe_errors[broken]
+        _, text, _, _ = evaluate_tab.recipe_view(ctx, broken)
+        assert "could not advance" in text and "did not finish" in text
+
+        status, listing, chosen = evaluate_tab.on_recipe(ctx, *_recipe_form(model_id))
+        assert "status-ok" in status and "first jobs are queued" in status, status
+        exp_id = chosen["value"]
+        assert exp_id != broken and listing["status"].tolist() == ["running", "running"]
+        _, state = recipe.load(ctx.project, exp_id)
+        assert state["phase"] == "materialise"
+        assert [j.kind for j in ctx.project.list(Job, status="queued")] == ["generate"]
+        box, text, report, export = evaluate_tab.recipe_view(ctx, exp_id)
+        assert box["visible"] and "searching on validation" in text
+        assert not export["interactive"] and report["training data"].tolist() == ["real only"]
+        with pytest.raises(NotReadyError, match="not done"):
+            evaluate_tab.export_winner(ctx, exp_id)
+
+        for _ in range(60):  # the jobs panel's timer
+            ctx.poll()
+            if ctx.project.get(Experiment, exp_id).status == "done":
+                break
+        assert ctx.project.get(Experiment, exp_id).status == "done"
+        assert broken in ctx.recipe_errors  # the broken one still says why, the other ran
+        splits = [e.eval_split for e in ctx.project.list(Evaluation)]
+        assert splits.count("test") == 6  # winner, real, mixup x 2 seeds
+        assert splits.index("test") > max(i for i, s in enumerate(splits) if s == "val")
+
+        table, fig, csv, _ = evaluate_tab.experiment_view(ctx, exp_id)
+        assert len(table) == 2 and table["winner"].tolist().count("★") == 1
+        assert {"val top-1 % @1ep", "near-copies %", "excluded"} <= set(table.columns)
+        assert all(table["val top-1 % @1ep"] != "") and not csv["visible"]
+        assert len(fig.data) >= 1
+        box, text, report, export = evaluate_tab.recipe_view(ctx, exp_id)
+        assert box["visible"] and export["interactive"] and ": done" in text
+        assert report["training data"].tolist()[1:] == ["real only", "real + mixup"]
+        assert report["seeds"].tolist() == [2, 2, 2]
+        assert all("±" in v for v in report["test top-1 % (mean ± std)"])
+        _, state = recipe.load(ctx.project, exp_id)
+        sel = ctx.project.get(Selection, recipe.winner_selection(state))
+        assert f"**{sel.name}**" in text
+        assert sel.id in [v for _, v in choices.selection_choices(ctx)]  # Curate / Export
+
+        status = evaluate_tab.on_recipe_export(ctx, exp_id, True)
+        assert "status-ok" in status and "it goes to" in status, status
+        ctx.poll()
+        (export_row,) = ctx.project.list(Export)
+        assert export_row.selection_id == sel.id and export_row.folder in status
+        assert export_row.count > sel.count and Path(export_row.folder).is_dir()  # + real
+    finally:
+        ctx.close()
+
+
+def test_recipe_button_refuses_a_dataset_without_validation_split(studio):
+    """Through the app's API: the studio's project was imported without a validation split;
+    the search is refused with what to do, and nothing is recorded."""
+    from engine.project import Experiment, Model
+
+    blocks, client, _, _ = studio
+    ctx = blocks.studio
+    model_id = [m.id for m in ctx.project.list(Model) if m.status == "trained"][0]
+    status, _, _ = client.predict(*_recipe_form(model_id), api_name="/recipe")
+    assert "status-error" in status and "no validation split" in status
+    assert "Data tab" in status and "Traceback" not in status
+    assert ctx.project.list(Experiment, kind="recipe") == []
+    # no search picked: the export button says so
+    status = client.predict(None, True, api_name="/recipe_export")
+    assert "status-error" in status and "pick a recipe search" in status

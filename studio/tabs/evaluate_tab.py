@@ -1,5 +1,7 @@
 """Evaluate tab: train a classifier on a training mix, compare top-1 / top-5 of every run;
-launch the paper's experiments (scaling, augmentation, filtering) and read their tables.
+find the synthetic set that helps most (the recipe search, ``engine.recipe``: choices on the
+validation split, the final report on test); launch the paper's experiments (scaling,
+augmentation, filtering) and read their tables.
 
 Handlers first (module-level, the context as first argument), then ``build``: the layout and
 one line of wiring per event."""
@@ -12,14 +14,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+import engine.recipe  # engine.recipe.*: the tab's recipe() is the classifier's EvalConfig
 from engine import experiments
-from engine.config import AUGMENTS, CLASSIFIERS, MIXES, EvalConfig
+from engine.config import AUGMENTS, CLASSIFIERS, MIXES, RECIPE_BANDS, EvalConfig, RecipeSpace
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import ACTIVE
-from engine.project import Evaluation, Generation, Job, Selection
+from engine.project import Dataset, Evaluation, Generation, Job, Model, Selection
 from engine.settings import device, effective
 from studio import ui
-from studio.choices import job_progress, selection_choices
+from studio.choices import job_progress, model_choices, selection_choices
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -182,11 +185,248 @@ def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, A
         return empty, None, gr.update(value=None, visible=False), \
             gr.update(value=None, visible=False)
     record = experiments.get(ctx.project, exp_id)
+    if record["kind"] == "recipe":  # its candidates (validation); the report is below
+        _, state = engine.recipe.load(ctx.project, exp_id)
+        return (recipe_candidates(state),
+                figures.recipe_figure(engine.recipe.table(state), record["name"]),
+                gr.update(value=None, visible=False), gr.update(value=None, visible=False))
     paths = experiments.export(ctx.project, record)
     return (experiments.formatted_table(ctx.project, record),
             figures.experiment_figure(experiments.table(ctx.project, record), record),
             gr.update(value=paths["csv"], visible=True),
             gr.update(value=paths["markdown"], visible=True))
+
+
+# ---------------------------------------------------------------------- the recipe search
+
+RECIPE_HELP = (
+    "<small>One click searches which synthetic set, and how it joins training, helps your "
+    "classifier most: the curation band, guidance, variations per image, perturbation "
+    "&lambda; and the mixing options. Weak candidates stop early (successive halving) within "
+    "the budget. <b>Every choice is made on the validation split</b>; the winner, real only "
+    "and the best classical augmentation are then trained once per seed and reported on the "
+    "<b>test split</b> (mean &plusmn; std). The dataset needs a validation split: import it "
+    "with a validation fraction (Data tab, <i>Splits</i>). Everything runs as queued jobs "
+    "(Jobs panel) while the studio is open; the result shows under Experiments.</small>")
+BAND_LABELS = {"all": "all (no curation)", "middle": "middle band",
+               "nearest": "nearest to the class centre", "farthest": "farthest from it",
+               "outliers": "all but outliers"}
+SYN_WEIGHTS = (0.25, 0.5, 1.0, 2.0)  # the loss weights the form offers
+PHASE_TEXT = {"materialise": "searching on validation", "search": "searching on validation",
+              "chosen": "final report on test", "report": "final report on test",
+              "done": "done"}
+SPACE_HELP = ("<small>Any other search option, one <code>KEY=VALUE</code> per line, e.g. "
+              "<code>eta=2</code>, <code>keep_fraction=0.5</code>, "
+              "<code>classical=[\"mixup\"]</code>, <code>syn_fraction=[0.5]</code>, "
+              "<code>budget_seconds=3600</code> (the same as <code>--space</code> of "
+              "<code>rcdm-studio experiment recipe</code>); the classifier's options as in "
+              "the recipe options above (<code>--set</code>).</small>")
+
+
+def numbers(text: str | None, name: str, whole: bool = False) -> tuple:
+    """The comma-separated numbers of a text field (``"1, 2.5"`` -> ``(1.0, 2.5)``).
+
+    Raises:
+        InvalidConfigError: an item that is not a number (a whole one with ``whole``).
+    """
+    out: list[float | int] = []
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(int(item) if whole else float(item))
+        except ValueError:
+            what = "whole numbers" if whole else "numbers"
+            raise InvalidConfigError(f"{name} must be comma-separated {what}, got {item!r}"
+                                     ) from None
+    return tuple(out)
+
+
+def recipe_space(bands: list[str] | None, variations: list[int] | None, guidance: str | None,
+                 perturb: str | None, separate_bn: bool, curriculum: bool,
+                 syn_weights: list[float] | None, budget: float | None, rungs: str | None,
+                 max_copy_pct: float | None, seeds: float | None,
+                 options: str | None = "") -> RecipeSpace:
+    """The search form as a ``RecipeSpace`` (its ``validate`` checks every bound).
+
+    ``separate_bn`` / ``curriculum`` add separate BatchNorm / the synthetic-then-real
+    curriculum to the space (beside the shared / mixed default); ``max_copy_pct`` is a
+    percentage (None: nothing is excluded); ``options`` are ``KEY=VALUE`` lines of any other
+    field (``engine.config.with_overrides``).
+
+    Raises:
+        InvalidConfigError: a value out of its bounds, named with the value.
+    """
+    from engine.config import with_overrides
+
+    limit = None
+    if max_copy_pct is not None and max_copy_pct == max_copy_pct:  # NaN: an emptied field
+        if not 0.0 <= float(max_copy_pct) < 100.0:
+            raise InvalidConfigError(f"the near-copy limit must be a percentage in [0, 100) "
+                                     f"(empty: keep all), got {max_copy_pct}")
+        limit = float(max_copy_pct) / 100.0
+    space = RecipeSpace(
+        bands=tuple(bands or ()),
+        variations=tuple(int(v) for v in variations or ()),
+        guidance=numbers(guidance, "guidance"), perturb=numbers(perturb, "perturbation λ"),
+        syn_weight=tuple(float(w) for w in syn_weights or ()),
+        syn_bn=("shared", "separate") if separate_bn else ("shared",),
+        curriculum=("mixed", "synthetic_then_real") if curriculum else ("mixed",),
+        budget_epochs=int(budget if budget is not None else RecipeSpace.budget_epochs),
+        rungs=numbers(rungs, "rungs", whole=True),
+        report_seeds=int(seeds if seeds is not None else RecipeSpace.report_seeds),
+        max_copy_fraction=limit)
+    return with_overrides(space, (options or "").splitlines())
+
+
+def recipe_dataset(ctx: StudioContext, model_id: str | None) -> Dataset:
+    """The dataset a search on ``model_id`` runs on; refused without a validation split.
+
+    Raises:
+        NotReadyError: no model picked, or its dataset has no validation split.
+    """
+    if not model_id:
+        raise NotReadyError("pick a trained RCDM (Train tab): it generates the candidates")
+    ds = ctx.project.get(Dataset, ctx.project.get(Model, model_id).dataset_id)
+    if ds.num_val == 0:
+        raise NotReadyError(f"dataset {ds.name} has no validation split: the search makes "
+                            f"every choice on validation and keeps the test split for the "
+                            f"final report. Import it with a validation fraction (Data tab, "
+                            f"Splits), then train on it")
+    return ds
+
+
+def launch_recipe(ctx: StudioContext, model_id: str | None, seeds: float | None, arch: str,
+                  epochs: float, bands: list[str] | None, variations: list[int] | None,
+                  guidance: str | None, perturb: str | None, separate_bn: bool,
+                  curriculum: bool, syn_weights: list[float] | None, budget: float | None,
+                  rungs: str | None, max_copy_pct: float | None, space_options: str | None,
+                  eval_options: str | None, name: str | None) -> dict[str, Any]:
+    """Start a recipe search (``engine.recipe.start``) and queue its first jobs
+    (``advance``); ``ctx.poll`` advances it as they finish. Returns the experiment's record.
+
+    Raises:
+        NotReadyError: no trained model, or no validation split.
+        InvalidConfigError: a form value out of bounds.
+    """
+    from engine.config import GenerateConfig
+
+    recipe_dataset(ctx, model_id)
+    space = recipe_space(bands, variations, guidance, perturb, separate_bn, curriculum,
+                         syn_weights, budget, rungs, max_copy_pct, seeds, space_options)
+    config = recipe(ctx, arch, int(epochs), EvalConfig.augment, eval_options)
+    prefs = effective(ctx.project)
+    generate = GenerateConfig(sampler=prefs["gen_sampler"], steps=int(prefs["gen_steps"]),
+                              device=device(ctx.project))
+    record = engine.recipe.start(ctx.project, space, config, generate, model_ref=model_id,
+                                 name=(name or "").strip() or None)
+    return ctx.advance_recipe(record["id"])
+
+
+def recipe_candidates(state: dict[str, Any]) -> pd.DataFrame:
+    """The candidates table for reading (``engine.recipe.table``): validation top-1 % per
+    rung, evaluation-epochs spent, near-copy %, why it was excluded, the winner."""
+    t = engine.recipe.table(state)
+    if not len(t):
+        return pd.DataFrame(columns=["candidate", "settings", "images", "epochs",
+                                     "near-copies %", "excluded", "winner"])
+    rungs = [c for c in t.columns if c.startswith("val top-1 @")]
+    out = pd.DataFrame({"candidate": t["candidate"], "settings": t["label"],
+                        "images": ["" if n != n else int(n) for n in t["images"]]})
+    for c in rungs:
+        out[f"val top-1 % {c[len('val top-1 '):]}"] = [ui.pct(v) for v in t[c]]
+    out["epochs"] = t["epochs"]
+    out["near-copies %"] = [ui.pct(100.0 * f) for f in t["near-copy fraction"]]
+    out["excluded"] = t["excluded"]
+    out["winner"] = ["★" if w else "" for w in t["winner"]]
+    return out
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if mean != mean:
+        return ""
+    return f"{mean:.2f}" if std != std else f"{mean:.2f} ± {std:.2f}"
+
+
+REPORT_COLUMNS = ["training data", "val top-1 %", "seeds", "test top-1 % (mean ± std)"]
+
+
+def recipe_report(state: dict[str, Any]) -> pd.DataFrame:
+    """The final report for reading (``engine.recipe.report_table``): the winner, real only
+    and the best classical augmentation; validation top-1 (the choice) and test top-1 as
+    mean ± std over the report's seeds (empty until they are done)."""
+    t = engine.recipe.report_table(state)
+    return pd.DataFrame({"training data": t["training data"],
+                         "val top-1 %": [ui.pct(v) for v in t["val top-1"]],
+                         "seeds": t["seeds"],
+                         "test top-1 % (mean ± std)": [
+                             _mean_std(m, s) for m, s in zip(t["test top-1 mean"],
+                                                            t["test top-1 std"])]},
+                        columns=REPORT_COLUMNS)
+
+
+def recipe_summary(ctx: StudioContext, exp_id: str) -> str:
+    """A search's phase, budget spent, stop reason, last error and winner (Markdown)."""
+    row, state = engine.recipe.load(ctx.project, exp_id)
+    budget = state["space"]["budget_epochs"]
+    lines = [f"**{row.name}**: {PHASE_TEXT.get(state['phase'], state['phase'])} · "
+             f"{engine.recipe.queued_epochs(state):,} of {budget:,} evaluation-epochs "
+             f"queued"]
+    if state.get("stop_reason"):
+        lines.append(f"stopped early: {state['stop_reason']}")
+    if exp_id in ctx.recipe_errors:
+        lines.append(f"⚠ the search could not advance: {ui.escape(ctx.recipe_errors[exp_id])}")
+    by_id = {c["id"]: c for c in state["candidates"]}
+    if state.get("winner") in by_id:
+        lines.append(f"the winner (chosen on validation): real + "
+                     f"{engine.recipe.candidate_label(by_id[state['winner']])}")
+    sel_id = engine.recipe.winner_selection(state)
+    if sel_id:
+        sel = ctx.project.get(Selection, sel_id)
+        lines.append(f"its synthetic set is the selection **{sel.name}** ({sel.count:,} "
+                     f"images): pick it in the Curate and Export tabs too")
+    return "\n\n".join(lines)
+
+
+def recipe_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, Any, Any]:
+    """(the recipe box, its summary, the final report, the export button) of an experiment:
+    hidden unless it is a recipe search; the export button is live once it is done."""
+    record = experiments.get(ctx.project, exp_id) if exp_id else None
+    if record is None or record["kind"] != "recipe":
+        return (gr.update(visible=False), "", pd.DataFrame(columns=REPORT_COLUMNS),
+                gr.update(interactive=False))
+    _, state = engine.recipe.load(ctx.project, exp_id)
+    done = state["phase"] == "done" and engine.recipe.winner_selection(state) is not None
+    return (gr.update(visible=True), recipe_summary(ctx, exp_id), recipe_report(state),
+            gr.update(interactive=done))
+
+
+def export_winner(ctx: StudioContext, exp_id: str | None,
+                  include_real: bool = True) -> tuple[Job, str]:
+    """Queue the export of a finished search's winner (its selection, as the Export tab
+    does); returns the job and the folder it writes.
+
+    Raises:
+        NotReadyError: no search picked, or it is not done.
+    """
+    from engine.config import ExportConfig
+    from engine.stages import export_stage
+
+    if not exp_id:
+        raise NotReadyError("pick a recipe search under Experiments")
+    _, state = engine.recipe.load(ctx.project, exp_id)
+    sel_id = engine.recipe.winner_selection(state)
+    if state["phase"] != "done" or not sel_id:
+        raise NotReadyError(f"the search is not done ({PHASE_TEXT.get(state['phase'])}): "
+                            f"its winner is exported once its final report is in")
+    spec = export_stage.prepare(ctx.project, ExportConfig(include_real=bool(include_real)),
+                                sel_id)
+    return ctx.submit(spec), spec.params["out_dir"]
+
+
+def recipe_models(ctx: StudioContext, current: str | None) -> Any:
+    return ui.dropdown(model_choices(ctx, trained_only=True), current)
 
 
 # ---------------------------------------------------------------------- event handlers
@@ -214,7 +454,37 @@ def refresh_experiments(ctx: StudioContext, gens_v: list[str] | None,
                       value=[g for g in (gens_v or []) if g in gen_ids]),
             experiments.summary_table(ctx.project),
             gr.update(choices=choices, value=current),
-            *experiment_view(ctx, current))
+            *show_experiment(ctx, current))
+
+
+def show_experiment(ctx: StudioContext, exp_id: str | None) -> tuple[Any, ...]:
+    """``experiment_view`` then ``recipe_view``: everything the picked experiment shows."""
+    return (*experiment_view(ctx, exp_id), *recipe_view(ctx, exp_id))
+
+
+@ui.guard(3)
+def on_recipe(ctx: StudioContext, model_v, seeds_v, arch_v, epochs_v, bands_v, variations_v,
+              guidance_v, perturb_v, separate_bn_v, curriculum_v, weights_v, budget_v, rungs_v,
+              max_copy_v, space_options_v="", eval_options_v="", name_v=None
+              ) -> tuple[Any, ...]:
+    record = launch_recipe(ctx, model_v, seeds_v, arch_v, epochs_v, bands_v, variations_v,
+                           guidance_v, perturb_v, bool(separate_bn_v), bool(curriculum_v),
+                           weights_v, budget_v, rungs_v, max_copy_v, space_options_v,
+                           eval_options_v, name_v)
+    _, state = engine.recipe.load(ctx.project, record["id"])
+    return (ui.ok_md(f"recipe search {record['name']}: {len(state['candidates'])} candidates, "
+                     f"{engine.recipe.queued_epochs(state):,} evaluation-epochs queued so far; "
+                     f"its first jobs are queued (progress in the Jobs panel, the result under "
+                     f"Experiments)"),
+            experiments.summary_table(ctx.project),
+            ui.dropdown(experiment_choices(ctx), record["id"]))
+
+
+@ui.guard(1)
+def on_recipe_export(ctx: StudioContext, exp_id: str | None, include_real: bool = True) -> str:
+    job, folder = export_winner(ctx, exp_id, bool(include_real))
+    return ui.ok_md(f"{job.title}: {job.status}; it goes to {folder} (progress in the Jobs "
+                    f"panel; listed in the Export tab)")
 
 
 @ui.guard(2)
@@ -244,7 +514,77 @@ def refresh(ctx: StudioContext, sel: str | None) -> tuple[Any, ...]:
 # ---------------------------------------------------------------------- layout and wiring
 
 
-def build_experiments(ctx: StudioContext, shared: Shared) -> None:
+def build_recipe(ctx: StudioContext, shared: Shared) -> dict[str, Any]:
+    """The search form (layout, its own refreshes); the button is wired in ``build``."""
+    gr.Markdown("### Find the synthetic set that helps most\n" + RECIPE_HELP)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            model = gr.Dropdown(label="RCDM (generates the candidates)", choices=[],
+                                value=None, allow_custom_value=True, elem_id="recipe-model")
+            with gr.Row():
+                seeds = gr.Number(label="Seeds for the report", value=RecipeSpace.report_seeds,
+                                  precision=0, minimum=1, elem_id="recipe-seeds")
+                arch = gr.Dropdown(list(CLASSIFIERS), value=EvalConfig.arch, label="Classifier")
+                epochs = gr.Number(label="Classifier base epochs", value=EvalConfig.epochs,
+                                   precision=0, minimum=1, elem_id="recipe-epochs")
+            name = gr.Textbox(label="Search name", placeholder="default: recipe")
+        with gr.Column(scale=2):
+            with gr.Accordion("Search space", open=False, elem_id="recipe-space-panel"):
+                bands = gr.CheckboxGroup([(BAND_LABELS[b], b) for b in RECIPE_BANDS],
+                                         value=list(RecipeSpace.bands), label="Curation bands",
+                                         elem_id="recipe-bands")
+                with gr.Row():
+                    variations = gr.CheckboxGroup([(f"{k}x", k) for k in range(1, 5)],
+                                                  value=list(RecipeSpace.variations),
+                                                  label="Variations per image",
+                                                  elem_id="recipe-variations")
+                    guidance = gr.Textbox(label="Guidance values (comma-separated)",
+                                          value=", ".join(f"{g:g}" for g in RecipeSpace.guidance),
+                                          elem_id="recipe-guidance")
+                    perturb = gr.Textbox(label="Perturbation λ values (comma-separated)",
+                                         value=", ".join(f"{p:g}" for p in RecipeSpace.perturb),
+                                         elem_id="recipe-perturb")
+                with gr.Row():
+                    weights = gr.CheckboxGroup([(f"{w:g}", w) for w in SYN_WEIGHTS],
+                                               value=list(RecipeSpace.syn_weight),
+                                               label="Loss weight of synthetic images",
+                                               elem_id="recipe-weights")
+                    separate_bn = gr.Checkbox(label="Also try separate BatchNorm for synthetic "
+                                                    "images", value=False,
+                                              elem_id="recipe-sepbn")
+                    curriculum = gr.Checkbox(label="Also try synthetic first, then real",
+                                             value=False, elem_id="recipe-curriculum")
+                with gr.Row():
+                    budget = gr.Number(label="Budget (evaluation-epochs)",
+                                       value=RecipeSpace.budget_epochs, precision=0, minimum=1,
+                                       elem_id="recipe-budget")
+                    rungs = gr.Textbox(label="Rungs (epochs, comma-separated)",
+                                       value=", ".join(str(r) for r in RecipeSpace.rungs),
+                                       elem_id="recipe-rungs")
+                    max_copy = gr.Number(label="Exclude candidates with more than X % "
+                                               "near-copies (empty: keep all)", value=None,
+                                         minimum=0, maximum=100, elem_id="recipe-max-copy")
+                with gr.Row():
+                    space_options = gr.Textbox(label="Search options (KEY=VALUE lines)",
+                                               lines=2, value="", placeholder="eta=2",
+                                               elem_id="recipe-space-options")
+                    eval_options = gr.Textbox(label="Classifier options (KEY=VALUE lines)",
+                                              lines=2, value="", placeholder="batch_size=128",
+                                              elem_id="recipe-eval-options")
+                gr.HTML(SPACE_HELP)
+            button = gr.Button("Find the synthetic set that helps most", variant="primary",
+                               elem_id="recipe-button")
+            status = gr.HTML(elem_id="recipe-status")
+
+    shared.on_project(ui.bind(default_epochs, ctx), [], [epochs])
+    shared.on_refresh(ui.bind(recipe_models, ctx), [model], [model])
+    return {"button": button, "status": status,
+            "form": [model, seeds, arch, epochs, bands, variations, guidance, perturb,
+                     separate_bn, curriculum, weights, budget, rungs, max_copy, space_options,
+                     eval_options, name]}
+
+
+def build_experiments(ctx: StudioContext, shared: Shared) -> dict[str, Any]:
     gr.Markdown("### Experiments\n<small>The paper's comparisons, one click each: every "
                 "configuration is trained with the same recipe, once per seed, as queued "
                 "background evaluations (live progress in the Jobs panel). The table shows "
@@ -290,16 +630,31 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> None:
             exp_table = gr.Dataframe(interactive=False, max_height=300, label="Results",
                                      elem_id="exp-table", wrap=True)
             exp_plot = gr.Plot(show_label=False, elem_id="exp-plot")
+            with gr.Group(visible=False, elem_id="recipe-view") as recipe_box:
+                recipe_text = gr.Markdown(elem_id="recipe-phase")
+                report = gr.Dataframe(interactive=False, label="Final report: top-1 on the "
+                                      "test split, mean ± std over seeds",
+                                      elem_id="recipe-report", wrap=True)
+                with gr.Row(elem_classes=["bottom-align"]):
+                    export_real = gr.Checkbox(label="with the real training images",
+                                              value=True, elem_id="recipe-export-real")
+                    export_btn = gr.Button("Export the winner", interactive=False,
+                                           elem_id="recipe-export")
+                export_status = gr.HTML(elem_id="recipe-export-status")
 
     exp_form = [kind, gens, seeds, arch, epochs, name, exp_options, with_meada, exp_split]
-    exp_view = [exp_table, exp_plot, csv_btn, md_btn]
+    exp_view = [exp_table, exp_plot, csv_btn, md_btn, recipe_box, recipe_text, report,
+                export_btn]
 
     launch_btn.click(ui.bind(on_launch, ctx), exp_form, [status, listing, chosen],
                      api_name="experiment")
-    chosen.change(ui.guard_refresh(ui.bind(experiment_view, ctx), 4), chosen, exp_view,
+    chosen.change(ui.guard_refresh(ui.bind(show_experiment, ctx), 8), chosen, exp_view,
                   show_progress="hidden")
+    export_btn.click(ui.bind(on_recipe_export, ctx), [chosen, export_real], export_status,
+                     api_name="recipe_export")
     shared.on_refresh(ui.bind(refresh_experiments, ctx), [gens, chosen],
                       [gens, listing, chosen, *exp_view])
+    return {"listing": listing, "chosen": chosen}
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
@@ -343,4 +698,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     run_btn.click(ui.bind(on_run, ctx), form, [status, table], api_name="evaluate")
     gr.Timer(3.0).tick(ui.bind(live, ctx), None, running, show_progress="hidden")
     shared.on_refresh(ui.bind(refresh, ctx), [selection], [selection, table, plot, running])
-    build_experiments(ctx, shared)
+    search = build_recipe(ctx, shared)
+    shown = build_experiments(ctx, shared)
+    search["button"].click(ui.bind(on_recipe, ctx), search["form"],
+                           [search["status"], shown["listing"], shown["chosen"]],
+                           api_name="recipe")
