@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine.torchrun.batchnorm import sum_over_ranks
+from engine.torchrun.batchnorm import replace_batchnorm, sum_over_ranks
 
 
 class DomainBatchNorm(nn.BatchNorm2d):
@@ -85,16 +85,9 @@ def separate_batchnorm(module: nn.Module) -> nn.Module:
     """``module`` with every BatchNorm2d (plain or ``GlobalBatchNorm``) replaced by a
     ``DomainBatchNorm`` sharing its parameters and buffers, so an optimiser built on
     ``module`` still holds them and the state dict is unchanged."""
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, DomainBatchNorm):
-        bn = DomainBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats)
-        bn.weight, bn.bias = module.weight, module.bias
-        bn.running_mean, bn.running_var = module.running_mean, module.running_var
-        bn.num_batches_tracked = module.num_batches_tracked
-        return bn
-    for name, child in module.named_children():
-        module.add_module(name, separate_batchnorm(child))
-    return module
+    return replace_batchnorm(module, DomainBatchNorm,
+                             lambda m: isinstance(m, nn.BatchNorm2d)
+                             and not isinstance(m, DomainBatchNorm))
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ on W ranks of B/W images each is the step of one process on B images (up to floa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -73,16 +75,23 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         return x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
 
 
-def global_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every BatchNorm2d replaced by a GlobalBatchNorm that shares its
-    parameters and buffers (so an optimiser built on ``module`` still holds them)."""
-    if type(module) is nn.BatchNorm2d:
-        bn = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats)
+def replace_batchnorm(module: nn.Module, cls: type[nn.BatchNorm2d],
+                      select: Callable[[nn.Module], bool]) -> nn.Module:
+    """``module`` with every sub-module ``m`` for which ``select(m)`` is true (a BatchNorm2d)
+    replaced by a ``cls`` sharing its parameters and buffers, so an optimiser built on
+    ``module`` still holds them and the state dict is unchanged."""
+    if select(module):
+        bn = cls(module.num_features, module.eps, module.momentum, module.affine,
+                 module.track_running_stats)
         bn.weight, bn.bias = module.weight, module.bias
         bn.running_mean, bn.running_var = module.running_mean, module.running_var
         bn.num_batches_tracked = module.num_batches_tracked
         return bn
     for name, child in module.named_children():
-        module.add_module(name, global_batchnorm(child))
+        module.add_module(name, replace_batchnorm(child, cls, select))
     return module
+
+
+def global_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every plain BatchNorm2d replaced by a GlobalBatchNorm."""
+    return replace_batchnorm(module, GlobalBatchNorm, lambda m: type(m) is nn.BatchNorm2d)
