@@ -541,6 +541,10 @@ def start(project: Any, space: RecipeSpace, eval_config: EvalConfig,
 
         dataset_ref = dataset_ref or project.get(Model, model_id).dataset_id
     ds = common.dataset(project, dataset_ref)
+    if not ds.num_val:  # refused before anything is recorded: the search chooses on val
+        raise NotReadyError(f"dataset {ds.name} has no validation split; the recipe search "
+                            f"makes its choices on one: import it again with a validation "
+                            f"fraction (--val-fraction, or the Data tab's Splits)")
     state = new_state(space)
     exp_id = new_id("exp")
     name = free_name({r["name"] for r in experiments.list_experiments(project)},

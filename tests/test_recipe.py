@@ -468,3 +468,19 @@ def test_cli_recipe_runs_the_search_then_resumes_without_redoing_work(tmp_path, 
     assert main(["experiment", "list", "--project", str(path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [e["kind"] for e in listed["experiments"]] == ["recipe"]
+
+
+def test_cli_recipe_refuses_a_dataset_without_validation_split(tmp_path, capsys):
+    """One sentence, exit code 2, and no Experiment row left behind."""
+    from engine import experiments
+    from engine.project import Project
+    from studio.cli import main
+    from tests.conftest import tiny_generation_project
+
+    path, model_id = tiny_generation_project(tmp_path)  # no validation split
+    code = main(["experiment", "recipe", "--project", str(path), "--model", model_id,
+                 "--wait"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no validation split" in err and "Traceback" not in err
+    with Project(path) as project:
+        assert experiments.list_experiments(project) == []
