@@ -45,7 +45,7 @@ from engine.errors import InvalidConfigError, NotReadyError, SplitLeakError
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: baselines scored at several lengths ({arm: {epochs: top1}})
 PHASES = ("materialise", "search", "chosen", "report", "done")
 MIXING_FIELDS = ("syn_weight", "syn_fraction", "syn_bn", "curriculum")
 REAL = "real"  # the real-only arm
@@ -118,12 +118,21 @@ def halving_cost(n: int, rungs: tuple[int, ...], eta: int) -> int:
     return cost
 
 
+def baseline_epochs(space: RecipeSpace) -> list[int]:
+    """The lengths each baseline (real-only, each classical augmentation) trains for on
+    validation: ``rungs[-1]`` x each of ``baseline_epoch_factors``, distinct, ascending."""
+    return sorted({space.rungs[-1] * f for f in space.baseline_epoch_factors})
+
+
 def fixed_cost(space: RecipeSpace) -> int:
     """Evaluation-epochs outside the halving: real-only and each classical augmentation on
-    validation, then winner, real-only and the best classical augmentation on test over
-    ``report_seeds`` seeds, all at ``rungs[-1]`` epochs."""
-    arms = 2 + (1 if space.classical else 0)
-    return (1 + len(space.classical) + arms * space.report_seeds) * space.rungs[-1]
+    validation at each of ``baseline_epochs``; then, on test over ``report_seeds`` seeds, the
+    winner at ``rungs[-1]`` epochs and real-only and the best classical augmentation at their
+    chosen lengths (counted at the longest, the budget's worst case)."""
+    lengths = baseline_epochs(space)
+    baselines = 1 + len(space.classical)
+    report = space.rungs[-1] + (2 if space.classical else 1) * lengths[-1]
+    return baselines * sum(lengths) + space.report_seeds * report
 
 
 def affordable(space: RecipeSpace, size: int) -> int:
@@ -183,12 +192,32 @@ def new_state(space: RecipeSpace, cands: list[dict[str, Any]] | None = None) -> 
     return {"version": STATE_VERSION, "space": space.to_dict(), "candidates": cands,
             "phase": "materialise", "started": False, "rung": 0, "alive": [],
             "scores": {}, "made": {}, "excluded": {}, "baselines": {}, "pending": {},
-            "finished": {}, "winner": None, "best_classical": None, "stop_reason": "",
+            "finished": {}, "winner": None, "best_classical": None, "baseline_epochs": {},
+            "stop_reason": "",
             "epochs_spent": 0, "seconds_spent": 0.0, "report": {}}
 
 
 def space_of(state: dict[str, Any]) -> RecipeSpace:
-    return RecipeSpace.from_dict(state["space"])
+    space = dict(state["space"])
+    space.setdefault("baseline_epoch_factors", [1])  # a version-1 state: one length
+    return RecipeSpace.from_dict(space)
+
+
+def _baseline_scores(state: dict[str, Any], arm: str) -> dict[int, float | None]:
+    """{epochs: validation top-1} of a baseline arm (a version-1 state kept one float)."""
+    got = state["baselines"].get(arm)
+    if got is None or isinstance(got, dict):
+        return {int(e): v for e, v in (got or {}).items()}
+    return {int(state["space"]["rungs"][-1]): got}
+
+
+def _best_length(state: dict[str, Any], arm: str) -> tuple[int, float | None]:
+    """(epochs, validation top-1) of a baseline's best length; the shortest on ties."""
+    scores = {e: v for e, v in _baseline_scores(state, arm).items() if v is not None}
+    if not scores:
+        return int(state["space"]["rungs"][-1]), None
+    best = max(sorted(scores), key=lambda e: scores[e])
+    return best, scores[best]
 
 
 def _request(state: dict[str, Any], key: str, **fields: Any) -> dict[str, Any]:
@@ -202,7 +231,7 @@ def _search_eval(state: dict[str, Any], phase: str, arm: str, epochs: int,
     """A validation evaluation of the search phase (the only split it asks for)."""
     seed = state["space"]["seed"]
     rung = state["rung"]
-    key = f"{phase}/r{rung}/{arm}" if phase == "search" else f"{phase}/{arm}"
+    key = f"{phase}/r{rung}/{arm}" if phase == "search" else f"{phase}/{arm}@{epochs}"
     return _request(state, key, kind="evaluate", phase=phase, arm=arm, epochs=int(epochs),
                     seed=int(seed), split="val", augment=augment)
 
@@ -236,7 +265,7 @@ def _record(state: dict[str, Any], result: dict[str, Any]) -> None:
         else:
             state["scores"].setdefault(req["arm"], {})[str(state["rung"])] = top1
     elif req["phase"] == "baseline":
-        state["baselines"][req["arm"]] = top1
+        state["baselines"].setdefault(req["arm"], {})[str(req["epochs"])] = top1
     else:
         state["report"][req["key"]] = {"arm": req["arm"], "seed": req["seed"], "top1": top1}
     state["finished"][req["key"]] = {**req, "top1": top1, "error": error}
@@ -308,9 +337,10 @@ def step(state: dict[str, Any], results: list[dict[str, Any]] | None = None,
                               if c["id"] not in state["excluded"]]
             state["phase"] = "search"
             new += _queue_rung(state)
-            new.append(_search_eval(state, "baseline", REAL, space.rungs[-1]))
-            new += [_search_eval(state, "baseline", a, space.rungs[-1], augment=a)
-                    for a in space.classical]
+            for epochs in baseline_epochs(space):
+                new.append(_search_eval(state, "baseline", REAL, epochs))
+                new += [_search_eval(state, "baseline", a, epochs, augment=a)
+                        for a in space.classical]
     # 2. successive halving on validation
     while state["phase"] == "search" and state["winner"] is None and state["alive"] \
             and not _pending(state, "search"):
@@ -322,7 +352,9 @@ def step(state: dict[str, Any], results: list[dict[str, Any]] | None = None,
     # 3. the winner and the best classical augmentation are fixed on validation
     if state["phase"] == "search" and (state["winner"] or state["stop_reason"]) \
             and not _pending(state, "baseline") and not _pending(state, "search"):
-        scored = {a: s for a, s in state["baselines"].items() if a != REAL and s is not None}
+        best = {a: _best_length(state, a) for a in state["baselines"]}
+        state["baseline_epochs"] = {a: e for a, (e, _) in best.items()}
+        scored = {a: s for a, (_, s) in best.items() if a != REAL and s is not None}
         state["best_classical"] = max(sorted(scored), key=lambda a: scored[a]) if scored \
             else None
         state["phase"] = "chosen" if state["winner"] else "done"
@@ -333,8 +365,9 @@ def step(state: dict[str, Any], results: list[dict[str, Any]] | None = None,
 
 
 def start_report(state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The final report's requests, on the TEST split: the winner, real-only and the best
-    classical augmentation, ``report_seeds`` seeds each at ``rungs[-1]`` epochs.
+    """The final report's requests, on the TEST split: the winner (at ``rungs[-1]`` epochs),
+    real-only and the best classical augmentation (each at the length it chose on
+    validation), ``report_seeds`` seeds each.
 
     Raises:
         SplitLeakError: the search is not over (no winner fixed on validation yet): nothing
@@ -345,13 +378,16 @@ def start_report(state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, 
                              f"on validation first; the search is in phase {state['phase']!r}")
     state = copy.deepcopy(state)
     space = space_of(state)
-    arms = [(state["winner"], None), (REAL, None)]
+    lengths = state.get("baseline_epochs", {})
+    arms = [(state["winner"], None, space.rungs[-1]),
+            (REAL, None, lengths.get(REAL, space.rungs[-1]))]
     if state["best_classical"]:
-        arms.append((state["best_classical"], state["best_classical"]))
+        arm = state["best_classical"]
+        arms.append((arm, arm, lengths.get(arm, space.rungs[-1])))
     new = [_request(state, f"report/{arm}/s{space.seed + s}", kind="evaluate", phase="report",
-                    arm=arm, epochs=space.rungs[-1], seed=space.seed + s, split="test",
+                    arm=arm, epochs=int(epochs), seed=space.seed + s, split="test",
                     augment=augment)
-           for arm, augment in arms for s in range(space.report_seeds)]
+           for arm, augment, epochs in arms for s in range(space.report_seeds)]
     state["phase"] = "report"
     return state, new
 
@@ -433,8 +469,9 @@ def table(state: dict[str, Any]) -> pd.DataFrame:
 
 
 def report_table(state: dict[str, Any]) -> pd.DataFrame:
-    """The final comparison: winner, real only, best classical augmentation; validation
-    top-1 (one seed, at the last rung's epochs) and test top-1 mean / std over the report
+    """The final comparison: winner, real only, best classical augmentation; the epochs each
+    trains for (the winner: the last rung's; a baseline: its best length on validation),
+    validation top-1 (one seed, at those epochs) and test top-1 mean / std over the report
     seeds (NaN until done; std NaN with fewer than two)."""
     rows = []
     by_id = {c["id"]: c for c in state["candidates"]}
@@ -444,18 +481,19 @@ def report_table(state: dict[str, Any]) -> pd.DataFrame:
         if arm in by_id:
             label, val = f"real + {candidate_label(by_id[arm])}", state["scores"].get(arm, {})
             val_top1 = val.get(last, val[max(val, key=int)] if val else math.nan)
+            epochs = state["space"]["rungs"][-1]
         else:
             label = "real only" if arm == REAL else f"real + {arm}"
-            val_top1 = state["baselines"].get(arm)
+            epochs, val_top1 = _best_length(state, arm)
         tops = [r["top1"] for r in state["report"].values()
                 if r["arm"] == arm and r["top1"] is not None]
-        rows.append({"arm": arm, "training data": label,
+        rows.append({"arm": arm, "training data": label, "epochs": int(epochs),
                      "val top-1": math.nan if val_top1 is None else val_top1,
                      "seeds": len(tops),
                      "test top-1 mean": float(np.mean(tops)) if tops else math.nan,
                      "test top-1 std": float(np.std(tops, ddof=1)) if len(tops) >= 2
                      else math.nan})
-    return pd.DataFrame(rows, columns=["arm", "training data", "val top-1", "seeds",
+    return pd.DataFrame(rows, columns=["arm", "training data", "epochs", "val top-1", "seeds",
                                        "test top-1 mean", "test top-1 std"])
 
 

@@ -21,7 +21,8 @@ from engine.errors import InvalidConfigError, NotReadyError, SplitLeakError
 
 # 9 candidates: 3 bands x 3 variations, one generation
 NINE = dict(bands=("all", "middle", "nearest"), variations=(1, 2, 3), classical=("mixup",),
-            rungs=(1, 3, 9), eta=3, report_seeds=2, budget_epochs=10_000)
+            rungs=(1, 3, 9), eta=3, report_seeds=2, budget_epochs=10_000,
+            baseline_epoch_factors=(1,))
 
 
 def quality(c: dict) -> float:
@@ -167,6 +168,47 @@ def test_successive_halving_keeps_the_top_third_and_stops_the_weak_early():
     assert rep.loc[0, "test top-1 mean"] > rep.loc[1, "test top-1 mean"]
     assert recipe.winner_selection(state) == f"sel-{best}"
     assert recipe.winner_selection(recipe.new_state(space)) is None
+
+
+def test_baselines_train_at_several_lengths_and_report_at_their_best_on_validation():
+    """A synthetic mix has more images, so more optimizer steps per epoch: real-only and the
+    classical augmentations try ``rungs[-1]`` x each factor on validation, and the report
+    trains each at the length it chose (real-only peaks at 27 here, mixup at the longest)."""
+    space = RecipeSpace(**{**NINE, "baseline_epoch_factors": (1, 3, 9)})
+    state = recipe.new_state(space)
+    lab = FakeLab(state)
+    plain = lab.evaluate
+
+    def evaluate(req):
+        if req["arm"] == "real":
+            return {"top1": {9: 50.0, 27: 60.0, 81: 55.0}[req["epochs"]]}
+        return plain(req)
+
+    state = recipe.search(state, lab.make, evaluate)
+    assert sorted(k for k in lab.calls if k.startswith("baseline/mixup")) == \
+        ["baseline/mixup@27", "baseline/mixup@81", "baseline/mixup@9"]
+    assert state["baseline_epochs"] == {"real": 27, "mixup": 81}
+    state, queue = recipe.start_report(state)
+    lengths = {(r["arm"], r["epochs"]) for r in queue}
+    assert lengths == {(state["winner"], 9), ("real", 27), ("mixup", 81)}
+    rep = recipe.report_table(state).set_index("arm")
+    assert rep.loc["real", "epochs"] == 27 and rep.loc["real", "val top-1"] == 60.0
+    assert rep.loc[state["winner"], "epochs"] == 9
+    # what the plan counted covers what was queued (the report counted at the longest)
+    assert recipe.queued_epochs(state) <= \
+        recipe.halving_cost(9, space.rungs, space.eta) + recipe.fixed_cost(space)
+
+
+def test_a_version_1_state_without_lengths_still_reports():
+    """Searches saved before the baselines had lengths kept one score per baseline."""
+    space = RecipeSpace(**NINE)
+    state, _ = run_all(space)
+    old = json.loads(json.dumps(state))
+    old["baselines"] = {a: s[str(space.rungs[-1])] for a, s in old["baselines"].items()}
+    del old["space"]["baseline_epoch_factors"], old["baseline_epochs"]
+    rep = recipe.report_table(old).set_index("arm")
+    assert rep.loc["real", "val top-1"] == state["baselines"]["real"]["9"]
+    assert recipe.space_of(old).baseline_epoch_factors == (1,)
 
 
 def test_the_budget_bounds_every_evaluation_queued():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EvalConfig, GenerateConfig
-from engine.errors import StudioError
+from engine.errors import InvalidConfigError, StudioError
 from studio.cli.console import (
     device_arg,
     emit,
@@ -113,13 +113,20 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled digits dataset",
                        description="Import the digits, encode, train an RCDM and the "
                                    "class-conditioned baseline, generate, re-encode, keep the "
-                                   "middle band, evaluate four training mixes, export.")
+                                   "middle band, evaluate six training mixes, export. With "
+                                   "--per-class: the low-data regime, where a recipe search "
+                                   "picks the synthetic set on a validation split and the "
+                                   "test split scores the result over several seeds.")
     project_arg(p)
     p.add_argument("--quick", action="store_true", help="smaller run (a few minutes on a CPU)")
-    p.add_argument("--per-class", type=int, metavar="N",
-                   help="the low-data regime: keep N real training images per class (and a "
-                        "10%% validation split); the test images stay those of the full "
-                        "dataset (default: all)")
+    p.add_argument("--per-class", type=per_class_list, metavar="N[,N...]",
+                   help="the low-data regime: keep N real training images per class (or "
+                        "'all'), carve a 10%% validation split, search the synthetic set on "
+                        "it and report on the full dataset's test images; a list such as "
+                        "10,25,50,all runs each regime in its own project (NAME-nN.duckdb) "
+                        "and prints one table")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="--per-class: classifier seeds per reported figure (default 3)")
     p.add_argument("--export", metavar="DIR", help="export folder (default: in the assets)")
     p.add_argument("--encoder", default="pca", choices=["pca", "simclr"],
                    help="offline image encoder to condition on (pca or simclr; the class "
@@ -286,18 +293,48 @@ def _recipe(project: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def per_class_list(text: str) -> list[int | None]:
+    """``--per-class``: ``25``, ``all`` or a list ``10,25,50,all`` (None = all)."""
+    out: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "all":
+            out.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"expected N >= 1, 'all' or a list such as 10,25,50,all, got {text!r}")
+    return out
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine.demo import DemoConfig, results_table, run_demo
+    from engine.demo import DemoConfig, regimes_table, results_table, run_demo
 
     config = (DemoConfig.quick() if args.quick else DemoConfig()).with_encoder(args.encoder)
-    if args.per_class is not None:
-        config = config.with_per_class(args.per_class)
-    with interruptible() as (bar, cancel), open_project(args) as project:
-        results = run_demo(project, config, Path(args.export) if args.export else None,
-                           progress=bar, cancel=cancel, say=lambda m: print(m, file=sys.stderr))
-    print(results_table(results))
+    if not 1 <= args.seeds <= 20:
+        raise InvalidConfigError(f"--seeds must be in [1, 20], got {args.seeds}")
+    regimes = args.per_class or [0]  # 0: the full demo, no --per-class
+    many = len(regimes) > 1
+    base, results = Path(args.project), []
+    for n in regimes:
+        cfg = config if n == 0 else config.with_per_class(n, seeds=args.seeds)
+        export = Path(args.export) if args.export else None
+        if many:  # one project (and export folder) per regime
+            tag = f"n{n or 'all'}"
+            args.project = str(base.with_name(f"{base.name.removesuffix('.duckdb')}-{tag}"
+                                              f".duckdb"))
+            export = export / tag if export else None
+            print(f"== {n or 'all'} real training images per class: {args.project}",
+                  file=sys.stderr)
+        with interruptible() as (bar, cancel), open_project(args) as project:
+            results.append(run_demo(project, cfg, export, progress=bar, cancel=cancel,
+                                    say=lambda m: print(m, file=sys.stderr)))
+        print(results_table(results[-1]))
+    if many:
+        print(regimes_table(results))
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps({"regimes": results} if many else results[0]))
     return 0
 
 
