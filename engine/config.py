@@ -569,8 +569,9 @@ class RecipeSpace(StageConfig):
     Schedule: successive halving; rung i trains each surviving candidate for ``rungs[i]``
     epochs (from scratch: a cosine schedule depends on its length) and keeps the top
     ``1/eta``; the report trains ``report_seeds`` seeds at ``rungs[-1]`` epochs.
-    Baselines: real-only and each of ``classical`` train on validation for ``rungs[-1]`` x
-    each of ``baseline_epoch_factors`` epochs; each keeps its best length for the report.
+    Lengths: real-only, each of ``classical`` and the search's winner train on validation for
+    ``rungs[-1]`` x each of ``baseline_epoch_factors`` epochs; each keeps its best length for
+    the report.
     Memorisation: a candidate's near-copy fraction is the fraction of its synthetic images
     closer to their nearest real training image than ``copy_factor`` x the median real-real
     nearest-neighbour distance; with ``max_copy_fraction`` set, candidates above it are
@@ -587,9 +588,10 @@ class RecipeSpace(StageConfig):
     syn_bn: tuple[str, ...] = ("shared",)
     curriculum: tuple[str, ...] = ("mixed",)
     classical: tuple[str, ...] = CLASSICAL_AUGMENTS
-    # real-only and each classical augmentation train, on validation, for rungs[-1] x each of
-    # these factors, and the report uses the best: a synthetic mix has more images, hence more
-    # optimizer steps per epoch, and the baselines must not lose for want of training
+    # real-only, each classical augmentation and the winner train, on validation, for
+    # rungs[-1] x each of these factors, and the report uses each one's best: a synthetic mix
+    # has more images, hence more optimizer steps per epoch, and the baselines must not lose
+    # for want of training
     baseline_epoch_factors: tuple[int, ...] = (1, 3)
     budget_epochs: int = 2000
     budget_seconds: float = 0.0  # 0: no wall-clock limit

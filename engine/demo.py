@@ -69,7 +69,8 @@ def low_data_space(epochs: int, seeds: int = 3) -> RecipeSpace:
     generations, successive halving from ``epochs // 4`` to ``epochs`` epochs; real only and
     the classical augmentations at ``epochs`` and 3 x ``epochs``."""
     return RecipeSpace(bands=("all", "middle"), variations=(1, 2, 4), perturb=(0.0, 0.5),
-                       rungs=(max(1, epochs // 4), epochs), eta=3, report_seeds=seeds,
+                       rungs=(epochs // 4, epochs) if epochs >= 4 else (epochs,), eta=3,
+                       report_seeds=seeds,
                        baseline_epoch_factors=(1, 3), budget_epochs=100_000)
 
 

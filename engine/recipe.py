@@ -126,13 +126,14 @@ def baseline_epochs(space: RecipeSpace) -> list[int]:
 
 def fixed_cost(space: RecipeSpace) -> int:
     """Evaluation-epochs outside the halving: real-only and each classical augmentation on
-    validation at each of ``baseline_epochs``; then, on test over ``report_seeds`` seeds, the
-    winner at ``rungs[-1]`` epochs and real-only and the best classical augmentation at their
-    chosen lengths (counted at the longest, the budget's worst case)."""
+    validation at each of ``baseline_epochs``, the winner at those beyond ``rungs[-1]``; then,
+    on test over ``report_seeds`` seeds, the winner, real-only and the best classical
+    augmentation at their chosen lengths (counted at the longest, the budget's worst case)."""
     lengths = baseline_epochs(space)
     baselines = 1 + len(space.classical)
-    report = space.rungs[-1] + (2 if space.classical else 1) * lengths[-1]
-    return baselines * sum(lengths) + space.report_seeds * report
+    winner = sum(e for e in lengths if e != space.rungs[-1])
+    report = (3 if space.classical else 2) * lengths[-1]
+    return baselines * sum(lengths) + winner + space.report_seeds * report
 
 
 def affordable(space: RecipeSpace, size: int) -> int:
@@ -349,25 +350,37 @@ def step(state: dict[str, Any], results: list[dict[str, Any]] | None = None,
             new += _queue_rung(state)
     if state["phase"] == "search" and not state["alive"] and not state["stop_reason"]:
         state["stop_reason"] = "every candidate failed or was excluded"
-    # 3. the winner and the best classical augmentation are fixed on validation
+    # 3. the winner, too, tries the baselines' lengths on validation (it scored rungs[-1]
+    #    in the search, unless a time budget stopped it earlier)
+    if state["phase"] == "search" and state["winner"] and not state.get("winner_lengths"):
+        state["winner_lengths"] = True
+        win, last = state["winner"], str(len(space.rungs) - 1)
+        if state["scores"].get(win, {}).get(last) is not None:
+            state["baselines"].setdefault(win, {})[str(space.rungs[-1])] = \
+                state["scores"][win][last]
+        new += [_search_eval(state, "baseline", win, e) for e in baseline_epochs(space)
+                if str(e) not in state["baselines"].get(win, {})]
+    # 4. the winner's length and the best classical augmentation are fixed on validation
     if state["phase"] == "search" and (state["winner"] or state["stop_reason"]) \
             and not _pending(state, "baseline") and not _pending(state, "search"):
         best = {a: _best_length(state, a) for a in state["baselines"]}
         state["baseline_epochs"] = {a: e for a, (e, _) in best.items()}
-        scored = {a: s for a, (_, s) in best.items() if a != REAL and s is not None}
+        candidates_ = {c["id"] for c in state["candidates"]}
+        scored = {a: s for a, (_, s) in best.items()
+                  if a != REAL and a not in candidates_ and s is not None}
         state["best_classical"] = max(sorted(scored), key=lambda a: scored[a]) if scored \
             else None
         state["phase"] = "chosen" if state["winner"] else "done"
-    # 4. the report: done when its evaluations are in
+    # 5. the report: done when its evaluations are in
     if state["phase"] == "report" and not _pending(state, "report"):
         state["phase"] = "done"
     return state, new
 
 
 def start_report(state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The final report's requests, on the TEST split: the winner (at ``rungs[-1]`` epochs),
-    real-only and the best classical augmentation (each at the length it chose on
-    validation), ``report_seeds`` seeds each.
+    """The final report's requests, on the TEST split: the winner, real-only and the best
+    classical augmentation, each at the length it chose on validation, ``report_seeds``
+    seeds each.
 
     Raises:
         SplitLeakError: the search is not over (no winner fixed on validation yet): nothing
@@ -379,7 +392,7 @@ def start_report(state: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, 
     state = copy.deepcopy(state)
     space = space_of(state)
     lengths = state.get("baseline_epochs", {})
-    arms = [(state["winner"], None, space.rungs[-1]),
+    arms = [(state["winner"], None, lengths.get(state["winner"], space.rungs[-1])),
             (REAL, None, lengths.get(REAL, space.rungs[-1]))]
     if state["best_classical"]:
         arm = state["best_classical"]
@@ -448,7 +461,7 @@ def table(state: dict[str, Any]) -> pd.DataFrame:
     rungs = state["space"]["rungs"]
     spent: dict[str, int] = {}
     for r in state["finished"].values():
-        if r.get("phase") == "search":
+        if r.get("phase") in ("search", "baseline"):  # baseline: the winner's lengths
             spent[r["arm"]] = spent.get(r["arm"], 0) + int(r["epochs"])
     rows = []
     for c in state["candidates"]:
@@ -470,7 +483,7 @@ def table(state: dict[str, Any]) -> pd.DataFrame:
 
 def report_table(state: dict[str, Any]) -> pd.DataFrame:
     """The final comparison: winner, real only, best classical augmentation; the epochs each
-    trains for (the winner: the last rung's; a baseline: its best length on validation),
+    trains for (its best length on validation),
     validation top-1 (one seed, at those epochs) and test top-1 mean / std over the report
     seeds (NaN until done; std NaN with fewer than two)."""
     rows = []
@@ -478,10 +491,13 @@ def report_table(state: dict[str, Any]) -> pd.DataFrame:
     arms = [a for a in (state["winner"], REAL, state["best_classical"]) if a]
     last = str(len(state["space"]["rungs"]) - 1)
     for arm in arms:
-        if arm in by_id:
+        if arm in by_id and arm not in state["baselines"]:  # a version-1 state
             label, val = f"real + {candidate_label(by_id[arm])}", state["scores"].get(arm, {})
             val_top1 = val.get(last, val[max(val, key=int)] if val else math.nan)
             epochs = state["space"]["rungs"][-1]
+        elif arm in by_id:
+            label = f"real + {candidate_label(by_id[arm])}"
+            epochs, val_top1 = _best_length(state, arm)
         else:
             label = "real only" if arm == REAL else f"real + {arm}"
             epochs, val_top1 = _best_length(state, arm)

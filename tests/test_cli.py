@@ -144,7 +144,12 @@ def test_import_low_data_and_evaluate_on_val(tmp_path, capsys):
 
 def test_demo_and_import_demo_take_the_low_data_options():
     args = build_parser().parse_args(["demo", "--quick", "--per-class", "25"])
-    assert (args.per_class, args.quick) == (25, True)
+    assert (args.per_class, args.quick, args.seeds) == ([25], True, 3)
+    args = build_parser().parse_args(["demo", "--per-class", "10,25, 50,ALL", "--seeds", "2"])
+    assert (args.per_class, args.seeds) == ([10, 25, 50, None], 2)
+    for bad in ("0", "ten", "10,,25", "-5"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["demo", "--per-class", bad])
     args = build_parser().parse_args(["import-demo", "--train-per-class", "10",
                                       "--val-fraction", "0.1"])
     assert (args.train_per_class, args.val_fraction) == (10, 0.1)
@@ -153,4 +158,45 @@ def test_demo_and_import_demo_take_the_low_data_options():
     cfg = DemoConfig.quick().with_per_class(25)
     assert (cfg.importing.train_per_class, cfg.importing.val_fraction) == (25, 0.1)
     assert cfg.dataset_name == "digits-n25" and DemoConfig().dataset_name == "digits"
+    # the low-data regime searches on validation; "all" keeps every image, with validation
+    assert cfg.recipe.rungs[-1] == cfg.evaluate.epochs and cfg.recipe.report_seeds == 3
+    every = DemoConfig.quick().with_per_class(None)
+    assert every.dataset_name == "digits-all" and every.importing.val_fraction == 0.1
+    assert DemoConfig().recipe is None
     assert cfg.importing.test_fraction == DemoConfig().importing.test_fraction
+
+
+def test_demo_over_several_regimes_runs_each_in_its_own_project(tmp_path, monkeypatch,
+                                                                capsys):
+    """``demo --per-class 10,all``: one project per regime (NAME-n10, NAME-nall), one row
+    each in the closing table, and ``{"regimes": [...]}`` as the JSON line."""
+    import engine.demo
+
+    seen = []
+
+    def fake_run(project, config, export_dir, **_):
+        seen.append((project.path.name, config.dataset_name, export_dir))
+        n = config.importing.train_per_class
+        arm = {"top1": 90.0 + (n or 100) / 100, "top1_std": 0.5, "top5": 99.0,
+               "train_images": (n or 126) * 10, "seeds": 3, "epochs": 8, "val_top1": 90.0}
+        return {"real": arm, "classical": {**arm, "augment": "mixup"},
+                "real_plus_synthetic": arm, "synthetic": {**arm, "variations": 1},
+                "synthetic_max": {**arm, "variations": 4},
+                "class_conditioned": {**arm, "variations": 1},
+                "recipe": {"winner": "2x g1 λ0 middle", "candidates": 12,
+                           "evaluation_epochs": 500},
+                "train_per_class": n, "classes": 10, "train_images": (n or 126) * 10,
+                "val_images": 179, "test_images": 359, "encoder": "pca", "seconds": 1.0}
+
+    monkeypatch.setattr(engine.demo, "run_demo", fake_run)
+    rc = main(["demo", "--project", str(tmp_path / "study.duckdb"), "--per-class", "10,all",
+               "--export", str(tmp_path / "out"), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert [(p, d) for p, d, _ in seen] == [("study-n10.duckdb", "digits-n10"),
+                                            ("study-nall.duckdb", "digits-all")]
+    assert [e.name for _, _, e in seen] == ["n10", "nall"]
+    regimes = json.loads(out.strip().splitlines()[-1])["regimes"]
+    assert [r["train_per_class"] for r in regimes] == [10, None]
+    table = out[out.index("N / class"):]
+    assert "90.10 ± 0.50" in table and "all (126)" in table and "(mixup)" in table

@@ -144,10 +144,13 @@ def test_generation_reproduces_from_its_recorded_inputs(demo_run):
 
 def test_low_data_demo_keeps_the_full_demos_test_images(demo_run, tmp_path):
     """``demo --per-class N``: N training images per class and a validation split, scored on
-    the very test images of the full demo; the table says the regime and the split."""
+    the very test images of the full demo. The recipe search chooses on validation: no test
+    evaluation is queued before the last validation one; the report gives mean ± std over
+    seeds for real only, the best classical augmentation, the recommended set and the
+    references, and exports the recommended set."""
     from dataclasses import replace
 
-    from engine.project import Dataset, Project
+    from engine.project import Dataset, Evaluation, Project
 
     full_project, full_results, _ = demo_run
     config = replace(DemoConfig(
@@ -155,16 +158,30 @@ def test_low_data_demo_keeps_the_full_demos_test_images(demo_run, tmp_path):
                           cross_attention_dim=16, attention_head_dim=8, checkpoint_every=100,
                           preview_every=100, warmup_steps=1),
         generate=GenerateConfig(variations=2, steps=2, batch_size=512),
-        evaluate=EvalConfig(epochs=1, batch_size=256))).with_per_class(10)
+        evaluate=EvalConfig(epochs=1, batch_size=256))).with_per_class(10, seeds=2)
     with Project(tmp_path / "low") as project:
         results = run_demo(project, config, export_dir=tmp_path / "export", say=lambda m: None)
         (ds,) = project.list(Dataset)
         low = project.images(ds.id)
+        evals = sorted(project.list(Evaluation), key=lambda e: e.created_at)
     full_ds = [d for d in full_project.list(Dataset) if d.name == "digits"][0]
     full = full_project.images(full_ds.id)
     assert ds.name == "digits-n10" and (ds.num_train, results["train_per_class"]) == (100, 10)
     assert low["split"].eq("test").tolist() == full["split"].eq("test").tolist()
     assert results["test_images"] == full_results["test_images"] and ds.num_val > 0
-    assert results["real"]["train_images"] == 100 and results["generated"] == 200
+    # every choice on validation, the test split only afterwards
+    splits = [e.eval_split for e in evals]
+    assert "val" in splits and splits == sorted(splits, key=lambda s: s == "test")
+    # 2 seeds per reported arm: the report (3 arms) and the references (3)
+    assert splits.count("test") == 2 * 6
+    for key in ("real", "classical", "real_plus_synthetic", "synthetic", "synthetic_max",
+                "class_conditioned"):
+        assert results[key]["seeds"] == 2 and results[key]["top1_std"] is not None, key
+    assert results["real"]["train_images"] == 100 and results["generated"] == 400
+    assert results["synthetic_max"]["train_images"] == 400  # 4x, unfiltered
+    assert results["real_plus_synthetic"]["train_images"] == 100 + results["selected"]
+    assert results["classical"]["augment"] in ("autoaugment", "randaugment", "mixup", "cutmix")
+    assert len(list((tmp_path / "export").rglob("*.png"))) == results["selected"]
     table = results_table(results)
-    assert "10 real training images per class" in table and "top-1 (test)" in table
+    assert "10 real training images per class" in table and "(recommended)" in table
+    assert results["recipe"]["winner"] in table and "± " in table

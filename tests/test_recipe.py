@@ -129,7 +129,7 @@ def test_a_space_larger_than_the_budget_is_sampled_with_its_seed():
     space = RecipeSpace(guidance=(1.0, 2.0, 3.0), perturb=(0.0, 0.1), variations=(1, 2, 3, 4),
                         bands=("all", "middle", "nearest", "farthest", "outliers"),
                         max_generations=3, rungs=(2, 6), eta=3, report_seeds=2,
-                        classical=("mixup", "cutmix"), budget_epochs=200)
+                        classical=("mixup", "cutmix"), budget_epochs=400)
     picked = recipe.candidates(space)
     assert len(picked) == recipe.affordable(space, 10**6) < len(recipe.all_candidates(space))
     assert len({c["gen_key"] for c in picked}) <= 3
@@ -171,9 +171,10 @@ def test_successive_halving_keeps_the_top_third_and_stops_the_weak_early():
 
 
 def test_baselines_train_at_several_lengths_and_report_at_their_best_on_validation():
-    """A synthetic mix has more images, so more optimizer steps per epoch: real-only and the
-    classical augmentations try ``rungs[-1]`` x each factor on validation, and the report
-    trains each at the length it chose (real-only peaks at 27 here, mixup at the longest)."""
+    """A synthetic mix has more images, so more optimizer steps per epoch: real-only, the
+    classical augmentations and the winner try ``rungs[-1]`` x each factor on validation, and
+    the report trains each at the length it chose (real-only peaks at 27 here, the others at
+    the longest)."""
     space = RecipeSpace(**{**NINE, "baseline_epoch_factors": (1, 3, 9)})
     state = recipe.new_state(space)
     lab = FakeLab(state)
@@ -187,13 +188,17 @@ def test_baselines_train_at_several_lengths_and_report_at_their_best_on_validati
     state = recipe.search(state, lab.make, evaluate)
     assert sorted(k for k in lab.calls if k.startswith("baseline/mixup")) == \
         ["baseline/mixup@27", "baseline/mixup@81", "baseline/mixup@9"]
-    assert state["baseline_epochs"] == {"real": 27, "mixup": 81}
+    win = state["winner"]
+    # the winner, too, tried the longer lengths (its 9 epochs came from the search)
+    assert sorted(k for k in lab.calls if k.startswith(f"baseline/{win}")) == \
+        [f"baseline/{win}@27", f"baseline/{win}@81"]
+    assert state["baseline_epochs"] == {"real": 27, "mixup": 81, win: 81}
     state, queue = recipe.start_report(state)
     lengths = {(r["arm"], r["epochs"]) for r in queue}
-    assert lengths == {(state["winner"], 9), ("real", 27), ("mixup", 81)}
+    assert lengths == {(win, 81), ("real", 27), ("mixup", 81)}
     rep = recipe.report_table(state).set_index("arm")
     assert rep.loc["real", "epochs"] == 27 and rep.loc["real", "val top-1"] == 60.0
-    assert rep.loc[state["winner"], "epochs"] == 9
+    assert rep.loc[win, "epochs"] == 81 and state["best_classical"] == "mixup"
     # what the plan counted covers what was queued (the report counted at the longest)
     assert recipe.queued_epochs(state) <= \
         recipe.halving_cost(9, space.rungs, space.eta) + recipe.fixed_cost(space)
