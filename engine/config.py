@@ -22,6 +22,10 @@ class StageConfig:
     """Base: JSON round trip and validation hook."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a number where a number is due, before the bounds
+            if _is_number(f.default):
+                value = getattr(self, f.name)
+                _check(_is_number(value), f"{f.name} must be a number, got {value!r}")
         self.validate()
 
     def validate(self) -> None:  # overridden by stages
@@ -96,6 +100,34 @@ def _check(cond: bool, message: str) -> None:
         raise InvalidConfigError(message)
 
 
+# bounds shared by several configs: generous for ImageNet-scale work, refusing absurd values
+MAX_SEED = 2**31 - 1
+MAX_IMAGE_SIZE = 1024  # pixels per side, at which a stage looks at images
+MAX_BATCH = 65_536
+MAX_EPOCHS = 10_000
+MAX_STEPS = 100_000_000  # optimiser steps (ImageNet-1k at batch 16 for 125 epochs is 1e7)
+MAX_PROCESSES = 1024
+MAX_VARIATIONS = 64
+MAX_PER_CLASS = 100_000  # images or representations per class
+MAX_COUNT = 10_000_000  # images in one chunk, phase or class target
+
+
+def _range(name: str, value: Any, low: float, high: float) -> None:
+    """``low <= value <= high`` for a number (a bool, a string, NaN are refused), else one
+    sentence naming the limit, e.g. "epochs must be in [1, 10000], got 100000000000"."""
+    def text(v: float) -> str:
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
+    _check(_is_number(value) and low <= value <= high,
+           f"{name} must be in [{text(low)}, {text(high)}], got {value!r}")
+
+
+def _positive(name: str, value: Any, high: float) -> None:
+    """``0 < value <= high`` for a number, else one sentence naming the limit."""
+    _check(_is_number(value) and 0 < value <= high,
+           f"{name} must be in (0, {high:g}], got {value!r}")
+
+
 @dataclass(frozen=True)
 class ImportConfig(StageConfig):
     """Import of an ImageFolder: validation limits and the splits (``engine.data.split_images``).
@@ -132,6 +164,10 @@ class ImportConfig(StageConfig):
                f"{self.train_per_class!r}")
         _check(self.thumbnail_size >= 8, f"thumbnail_size must be >= 8, got {self.thumbnail_size}")
         _check(self.max_side >= 8, f"max_side must be >= 8, got {self.max_side}")
+        _range("split_seed", self.split_seed, 0, MAX_SEED)
+        _range("max_pixels", self.max_pixels, 1, 1_000_000_000)
+        _range("thumbnail_size", self.thumbnail_size, 8, 512)
+        _range("max_side", self.max_side, 8, 16_384)
 
 
 @dataclass(frozen=True)
@@ -169,6 +205,16 @@ class EncodeConfig(StageConfig):
                f"fit_batch_size must be >= 2, got {self.fit_batch_size}")
         _check(self.fit_lr > 0, f"fit_lr must be > 0, got {self.fit_lr}")
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _range("dim", self.dim, 1, 65_536)
+        _range("image_size", self.image_size, 4, MAX_IMAGE_SIZE)
+        _range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _range("seed", self.seed, 0, MAX_SEED)
+        _range("chunk_size", self.chunk_size, 1, MAX_COUNT)
+        _range("read_threads", self.read_threads, 1, 256)
+        _range("fit_epochs", self.fit_epochs, 1, MAX_EPOCHS)
+        _range("fit_batch_size", self.fit_batch_size, 2, MAX_BATCH)
+        _positive("fit_lr", self.fit_lr, 10.0)
+        _positive("temperature", self.temperature, 100.0)
 
 
 @dataclass(frozen=True)
@@ -236,6 +282,32 @@ class TrainConfig(StageConfig):
         _check(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         _check(len(self.block_channels) >= 1, "block_channels must not be empty")
         _check(self.cond_tokens >= 1, f"cond_tokens must be >= 1, got {self.cond_tokens}")
+        _range("image_size", self.image_size, 8, MAX_IMAGE_SIZE)
+        _range("channels", self.channels, 1, 16)
+        _check(len(self.block_channels) <= 8 and all(
+            _is_number(c) and 1 <= c <= 4096 for c in self.block_channels),
+            f"block_channels must list 1 to 8 widths in [1, 4096], got {self.block_channels}")
+        _range("layers_per_block", self.layers_per_block, 1, 16)
+        _range("cross_attention_dim", self.cross_attention_dim, 1, 8192)
+        _range("cond_tokens", self.cond_tokens, 1, 1024)
+        _range("attention_head_dim", self.attention_head_dim, 1, 1024)
+        _range("num_train_timesteps", self.num_train_timesteps, 1, 10_000)
+        _range("steps", self.steps, 1, MAX_STEPS)
+        _range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _positive("learning_rate", self.learning_rate, 10.0)
+        _range("warmup_steps", self.warmup_steps, 0, MAX_STEPS)
+        _range("weight_decay", self.weight_decay, 0.0, 10.0)
+        _range("checkpoint_every", self.checkpoint_every, 0, MAX_STEPS)
+        _range("preview_every", self.preview_every, 0, MAX_STEPS)
+        _range("seed", self.seed, 0, MAX_SEED)
+        _check(self.latent_scale is None or (_is_number(self.latent_scale)
+                                             and 0 < self.latent_scale <= 100),
+               f"latent_scale must be None or in (0, 100], got {self.latent_scale!r}")
+        _check(self.min_snr_gamma is None or (_is_number(self.min_snr_gamma)
+                                              and 0 < self.min_snr_gamma <= 1000),
+               f"min_snr_gamma must be None or in (0, 1000], got {self.min_snr_gamma!r}")
+        _range("grad_accum", self.grad_accum, 1, 1024)
+        _range("processes", self.processes, 1, MAX_PROCESSES)
 
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")  # short names; diffusers class names work too
@@ -297,6 +369,12 @@ class GenerateConfig(StageConfig):
                and 0.0 <= self.perturb <= PERTURB_MAX,
                f"perturb (the perturbation strength λ) must be in [0, {PERTURB_MAX:g}], got "
                f"{self.perturb!r}")
+        _range("variations", self.variations, 1, MAX_VARIATIONS)
+        _range("seed", self.seed, 0, MAX_SEED)
+        _range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _range("points", self.points, 2, 1024)
+        _range("per_class", self.per_class, 1, MAX_PER_CLASS)
+        _positive("mix_alpha", self.mix_alpha, 100.0)
 
 
 BAND_PRESETS = ("middle", "all", "nearest", "farthest")
@@ -376,6 +454,9 @@ class BandConfig(StageConfig):
                f"centroid must be real, generated or both, got {self.centroid!r}")
         _check(self.metric in ("cosine", "euclidean"),
                f"metric must be cosine or euclidean, got {self.metric!r}")
+        _positive("outlier_z", self.outlier_z, 1000.0)
+        _range("target_per_class", self.target_per_class, 0, MAX_COUNT)
+        _range("target_seed", self.target_seed, 0, MAX_SEED)
 
     @classmethod
     def preset(cls, name: str, keep_fraction: float = 0.5) -> "BandConfig":
@@ -491,6 +572,26 @@ class EvalConfig(StageConfig):
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(0.0 <= self.label_smoothing < 1.0,
                f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _range("image_size", self.image_size, 4, MAX_IMAGE_SIZE)
+        _range("epochs", self.epochs, 1, MAX_EPOCHS)
+        _range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _positive("learning_rate", self.learning_rate, 100.0)
+        _check(_is_number(self.momentum) and 0.0 <= self.momentum < 1.0,
+               f"momentum must be in [0, 1), got {self.momentum!r}")
+        _range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _range("warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
+        _range("seed", self.seed, 0, MAX_SEED)
+        _positive("mixup_alpha", self.mixup_alpha, 100.0)
+        _positive("cutmix_alpha", self.cutmix_alpha, 100.0)
+        _range("randaugment_ops", self.randaugment_ops, 1, 16)
+        _range("processes", self.processes, 1, MAX_PROCESSES)
+        _range("meada_phases", self.meada_phases, 1, 100)
+        _range("meada_every", self.meada_every, 0, MAX_EPOCHS)
+        _range("meada_adv_steps", self.meada_adv_steps, 1, 1000)
+        _positive("meada_adv_lr", self.meada_adv_lr, 1000.0)
+        _range("meada_gamma", self.meada_gamma, 0.0, 1000.0)
+        _range("meada_eta", self.meada_eta, 0.0, 1000.0)
+        _range("meada_batch", self.meada_batch, 1, MAX_COUNT)
 
     def _validate_mixing(self) -> None:
         """Bounds of the options that say how synthetic images join training."""
@@ -546,6 +647,7 @@ class ExportConfig(StageConfig):
     def validate(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0,
                f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _range("split_seed", self.split_seed, 0, MAX_SEED)
 
 
 # the recipe search's curation bands: the four BandConfig presets, and "outliers" = keep all but
@@ -645,6 +747,9 @@ class RecipeSpace(StageConfig):
         _check(self.copy_factor > 0.0, f"copy_factor must be > 0, got {self.copy_factor}")
         _check(self.max_copy_fraction is None or 0.0 <= self.max_copy_fraction < 1.0,
                f"max_copy_fraction must be None or in [0, 1), got {self.max_copy_fraction}")
+        _range("budget_seconds", self.budget_seconds, 0.0, 1e8)
+        _positive("copy_factor", self.copy_factor, 100.0)
+        _range("seed", self.seed, 0, MAX_SEED)
 
 
 def _number(v: Any) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+import engine.paths
 from engine.config import ImportConfig
 from engine.errors import DatasetError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
@@ -329,13 +330,17 @@ def _list_classes(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
-def check_name(project: Project, name: str) -> None:
-    """Raise DatasetError when ``name`` is empty or a dataset of the project has it."""
-    if not name or not name.strip():
+def check_name(project: Project, name: str) -> str:
+    """``name`` without its outer spaces; DatasetError when it is empty or a dataset of the
+    project has it, InvalidConfigError when ``engine.paths.check_name`` refuses it (too long,
+    a control character, a path separator, ``..``)."""
+    if not isinstance(name, str) or not name.strip():
         raise DatasetError(f"a dataset needs a non-empty name, got {name!r}")
+    name = engine.paths.check_name(name, "dataset name")
     if any(d.name == name for d in project.list(Dataset)):
         raise DatasetError(f"a dataset named {name!r} already exists in {project.path.name}; "
                            f"choose another name")
+    return name
 
 
 def check_folder(folder: Path) -> Path:

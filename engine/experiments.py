@@ -40,6 +40,7 @@ import pandas as pd
 
 from engine.config import AUGMENTS, BandConfig, EvalConfig
 from engine.errors import InvalidConfigError, NotFoundError
+from engine.paths import given_name
 from engine.project import (
     Evaluation,
     Experiment,
@@ -58,6 +59,7 @@ from engine.stages import JobSpec
 log = logging.getLogger(__name__)
 
 KINDS = ("scaling", "augmentation", "filtering")
+MAX_SEEDS = 100  # runs per configuration of an experiment
 CLASSICAL = tuple(a for a in AUGMENTS if a not in ("none", "crop"))
 ACTIVE = ("queued", "running")
 
@@ -241,8 +243,9 @@ def launch(project: Project, kind: str, generations: list[str], eval_config: Eva
     """
     from engine.stages import evaluate_stage
 
-    if seeds < 1:
-        raise InvalidConfigError(f"seeds must be >= 1, got {seeds}")
+    name = given_name(name, "experiment name")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise InvalidConfigError(f"seeds must be in [1, {MAX_SEEDS}], got {seeds}")
     from engine.stages.common import EVAL_SPLITS
 
     if split not in EVAL_SPLITS:

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import time
-import unicodedata
 import uuid
 import zipfile
 from datetime import datetime, timezone
@@ -36,6 +34,7 @@ import pandas as pd
 
 from engine.config import ExportConfig
 from engine.errors import DatasetError, InvalidConfigError
+from engine.paths import MAX_NAME_BYTES, sanitize_name
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -56,47 +55,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 PROVENANCE_COLUMNS = ("model_id", "encoder", "sampler", "steps", "guidance", "selection",
                       "generation_id", "selection_id")
 
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                     *(f"LPT{i}" for i in range(1, 10))}
-_FORBIDDEN = re.compile(r'[/\\<>:"|?*]')
-MAX_NAME_BYTES = 120  # well under the 255-byte limit of common filesystems, leaves room to suffix
-
-
 # ----------------------------------------------------------------------------------------------
-# names
-
-
-def sanitize_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
-    """A safe single path component for a class or file name.
-
-    Unicode is kept (NFC-normalised) and inner spaces are kept. Replaced by "_": path
-    separators, the characters Windows forbids (``<>:"|?*``), control and format characters
-    (Unicode categories Cc, Cf), and leading dots (so "." / ".." / hidden names cannot occur).
-    Trailing dots and spaces are stripped (Windows drops them), the result is capped at
-    ``max_bytes`` UTF-8 bytes on a character boundary, Windows device names (CON, NUL, COM1,
-    ... also with an extension) get a leading "_", and an empty result becomes "_".
-
-    Distinct names can map to the same result ("a/b" and "a_b"); ``export_imagefolder`` gives
-    such collisions suffixes.
-    """
-    text = unicodedata.normalize("NFC", str(name))
-    chars = []
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cf", "Cs", "Zl", "Zp") or _FORBIDDEN.match(ch):
-            chars.append("_")
-        else:
-            chars.append(ch)
-    text = "".join(chars).strip()
-    stripped = text.lstrip(".")
-    text = "_" * (len(text) - len(stripped)) + stripped
-    text = text.rstrip(". ")
-    encoded = text.encode("utf-8")
-    if len(encoded) > max_bytes:
-        text = encoded[:max_bytes].decode("utf-8", errors="ignore").rstrip(". ")
-    if text.split(".")[0].upper().rstrip(" ") in _WINDOWS_RESERVED:
-        text = "_" + text
-    return text or "_"
+# names: one safe path component per class and file (``engine.paths.sanitize_name``)
 
 
 def _unique(stem: str, taken: set[str], ext: str = "") -> str:

@@ -10,7 +10,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engine.errors import InvalidConfigError
 from engine.jobs import read_progress
+from engine.paths import inside
 from engine.project import Dataset, Encoding, Generation, Job, Model, Selection, reads
 from studio.context import StudioContext
 
@@ -38,6 +40,26 @@ def studio_home() -> Path:
 def projects_root() -> Path:
     """The folder new projects go to (``$RCDM_STUDIO_PROJECTS``, default ``./projects``)."""
     return Path(os.environ.get("RCDM_STUDIO_PROJECTS") or "projects").expanduser().absolute()
+
+
+def server_folder(ctx: StudioContext, text: str, what: str = "folder") -> Path:
+    """A folder of the server typed in a form, where the studio may write: inside the projects
+    folder (a relative path is taken under it) or the open project's ``exports/``; symlinks
+    are resolved before the check (``engine.paths.inside``), so neither ``..`` nor a link
+    leads out.
+
+    Raises:
+        InvalidConfigError: the folder resolves elsewhere.
+    """
+    root = projects_root()
+    path = Path(text.strip()).expanduser()
+    if not path.is_absolute():
+        path = root / path
+    try:
+        return inside(path, ctx.project.assets / "exports", what)
+    except InvalidConfigError:
+        return inside(path, root, what, f"the projects folder {root} (the studio writes only "
+                                        f"there and in the open project's exports)")
 
 
 # ---------------------------------------------------------------------- dropdown choices

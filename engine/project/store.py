@@ -23,12 +23,14 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, select
 
 from engine.errors import (
+    InvalidConfigError,
     NotFoundError,
     ProjectLockedError,
     ProjectNotFoundError,
     SchemaVersionError,
     StudioError,
 )
+from engine.paths import check_name
 from engine.project.schema import (
     SCHEMA_VERSION,
     Dataset,
@@ -56,8 +58,16 @@ SAMPLE_COLUMNS = [c.name for c in Sample.__table__.columns]
 
 
 def project_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``foo`` or ``foo.duckdb`` -> (``foo.duckdb``, ``foo.assets``)."""
-    p = Path(path).expanduser()
+    """``foo`` or ``foo.duckdb`` -> (``foo.duckdb``, ``foo.assets``).
+
+    Raises:
+        InvalidConfigError: the path names no file (``/``, ``.``, ``..``, empty, a NUL byte).
+    """
+    text = os.fspath(path)
+    p = Path(text).expanduser()
+    if "\x00" in str(text) or p.name in ("", ".", ".."):
+        raise InvalidConfigError(f"project path {str(text)!r} names a folder, not a project "
+                                 f"file: give NAME or NAME.duckdb")
     if p.suffix != ".duckdb":
         p = p.with_name(p.name + ".duckdb")
     p = p.absolute()
@@ -97,6 +107,14 @@ def free_name(names: set[str], base: str) -> str:
     return f"{base}-{i}"
 
 
+def _check_row_name(row: Any) -> None:
+    """Every name stored in the project passes here (``Project.add``, ``add_dataset``,
+    ``add_generation``, ``update``)."""
+    name = getattr(row, "name", None)
+    if name is not None:
+        check_name(name, f"{type(row).__name__.lower()} name", nested=True)
+
+
 class Project:
     """An open project. Use as a context manager or call ``close()``.
 
@@ -110,10 +128,20 @@ class Project:
                  read_only: bool = False) -> None:
         self.path, self.assets = project_paths(path)
         self.read_only = read_only
+        if self.path.is_dir():
+            raise StudioError(f"project file {self.path} is a folder; give the path of a "
+                              f"NAME.duckdb file")
         if not self.path.exists():
             if not create or read_only:
                 raise ProjectNotFoundError(f"no project at {self.path}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudioError(f"cannot create project {self.path}: cannot make its folder "
+                                  f"({exc.strerror or exc})") from exc
+            if not os.access(self.path.parent, os.W_OK):
+                raise StudioError(f"cannot create project {self.path}: its folder "
+                                  f"{self.path.parent} is not writable")
         self._lock = threading.RLock()
         try:
             self._engine = sa.create_engine(
@@ -127,7 +155,12 @@ class Project:
             if "lock" in str(exc).lower():
                 raise ProjectLockedError(_locked_message(self.path, exc)) from exc
             raise StudioError(f"cannot open project {self.path}: {exc}") from exc
-        self.assets.mkdir(parents=True, exist_ok=True)
+        try:
+            self.assets.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._engine.dispose()
+            raise StudioError(f"cannot open project {self.path}: cannot make its assets folder "
+                              f"{self.assets} ({exc.strerror or exc})") from exc
         if not read_only:
             self._init_schema()
         else:
@@ -269,6 +302,14 @@ class Project:
     # ---------------------------------------------------------------- generic rows
 
     def add(self, row: RowT) -> RowT:
+        """Insert ``row``; its name, when it has one, must pass ``engine.paths.check_name``
+        (nested: an experiment's evaluations are named ``experiment/run/seed0``).
+
+        Raises:
+            InvalidConfigError: the row's name is empty, too long, has a control character or
+                could name a folder elsewhere (``..``, ``\\``).
+        """
+        _check_row_name(row)
         with self.session() as s:
             s.add(row)
             s.commit()
@@ -282,6 +323,7 @@ class Project:
                 raise NotFoundError(f"no {row_type.__name__.lower()} {row_id!r}")
             for k, v in values.items():
                 setattr(row, k, v)
+            _check_row_name(row)
             s.add(row)
             s.commit()
             s.refresh(row)
@@ -324,6 +366,7 @@ class Project:
 
     def add_dataset(self, dataset: Dataset, images: pd.DataFrame) -> Dataset:
         """Insert a dataset and all its images in one transaction (all or nothing)."""
+        _check_row_name(dataset)
         frame = images.reindex(columns=IMAGE_COLUMNS)  # noqa: F841 (used by DuckDB by name)
         with self.duck() as con:
             con.execute("BEGIN TRANSACTION")
@@ -347,6 +390,7 @@ class Project:
 
     def add_generation(self, generation: Generation, samples: pd.DataFrame) -> Generation:
         """Insert a generation and all its samples in one transaction."""
+        _check_row_name(generation)
         frame = samples.reindex(columns=SAMPLE_COLUMNS)  # noqa: F841
         with self.duck() as con:
             con.execute("BEGIN TRANSACTION")

@@ -15,6 +15,7 @@ import pandas as pd
 from engine import curation
 from engine.config import BandConfig
 from engine.errors import InvalidConfigError
+from engine.paths import check_name, given_name
 from engine.project import Encoding, Generation, Project, Selection, dumps, new_id
 from engine.stages import common
 
@@ -193,6 +194,7 @@ def provenance(project: Project, bd: BandData, index: int) -> dict[str, Any]:
 def save_selection(project: Project, bd: BandData, band: BandConfig,
                    name: str | None = None, mask: np.ndarray | None = None) -> Selection:
     """Save the samples inside ``band`` as a named selection."""
+    name = given_name(name, "selection name")
     mask = band_mask(bd, band) if mask is None else mask
     members = np.flatnonzero(mask).astype(np.int64)
     if len(members) == 0:
@@ -205,6 +207,7 @@ def save_selection(project: Project, bd: BandData, band: BandConfig,
 def save_all(project: Project, generation_ref: str, name: str | None = None,
              first_variations: int | None = None) -> Selection:
     """A selection of a whole generation (or only its first ``k`` variations per source)."""
+    name = given_name(name, "selection name")
     gen = project.get(Generation, generation_ref)
     samples = project.samples(gen.id)
     if first_variations is None:
@@ -220,6 +223,7 @@ def save_all(project: Project, generation_ref: str, name: str | None = None,
 
 def combine(project: Project, a_ref: str, b_ref: str, op: str, name: str) -> Selection:
     """Union, intersection or difference of two selections of the same generation."""
+    name = check_name(name, "selection name")
     a, b = project.get(Selection, a_ref), project.get(Selection, b_ref)
     if a.generation_id != b.generation_id:
         raise InvalidConfigError(f"selections {a.name} and {b.name} come from different "
@@ -235,6 +239,7 @@ def combine(project: Project, a_ref: str, b_ref: str, op: str, name: str) -> Sel
 
 def _store(project: Project, gen: Generation, encoding_id: str, members: np.ndarray,
            name: str, how: dict[str, Any]) -> Selection:
+    check_name(name, "selection name", nested=True)  # before anything is written
     sel_id = new_id("sel")
     rel = f"selections/{sel_id}.npy"
     project.save_array(rel, np.sort(members).astype(np.int64))

@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.config import MIXES, EvalConfig
 from engine.errors import InvalidConfigError, NotReadyError
+from engine.paths import given_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Evaluation, Generation, Project, Selection, dumps, new_id
 from engine.stages import JobSpec, common
@@ -32,6 +33,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         NotReadyError: the dataset has no image in ``split`` (import it with a validation
             fraction to score on ``val``).
     """
+    name = given_name(name, "evaluation name", nested=True)  # experiment/run/seed0
     if split not in common.EVAL_SPLITS:
         raise InvalidConfigError(f"split must be one of {common.EVAL_SPLITS}, got {split!r}")
     if mix not in MIXES:

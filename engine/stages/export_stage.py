@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import ExportConfig
+from engine.paths import inside, sanitize_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Export, Generation, Model, Project, Selection, dumps, new_id
 from engine.stages import JobSpec, common
@@ -35,6 +36,17 @@ def band_text(how: dict[str, Any]) -> str:
 
 def prepare(project: Project, config: ExportConfig, selection_ref: str,
             out_dir: str | Path | None = None) -> JobSpec:
+    """Queue the export of a selection.
+
+    Args:
+        out_dir: the folder to write, anywhere (the caller checks it: the studio keeps it in
+            the projects folder; on the command line the local user chose it); None: a new
+            folder in the project's ``exports/``, named after the selection (sanitised by
+            ``engine.paths.sanitize_name``, so no name leaves that folder).
+
+    Raises:
+        InvalidConfigError: an empty selection.
+    """
     from engine.errors import InvalidConfigError
 
     sel = project.get(Selection, selection_ref)
@@ -83,8 +95,12 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
                              "sample_id": images["id"].to_numpy()})
         rows = pd.concat([real, rows], ignore_index=True)
     export_id = new_id("exp")
-    out = Path(out_dir).expanduser().absolute() if out_dir else \
-        project.assets / "exports" / f"{sel.name}-{export_id}"
+    if out_dir:
+        out = Path(out_dir).expanduser().absolute()
+    else:
+        exports = project.assets / "exports"
+        out = exports / f"{sanitize_name(sel.name, 80)}-{export_id}"
+        inside(out, exports, "export folder", "the project's exports folder")
     rows_path = project.new_folder("exports", "_specs") / f"{export_id}.parquet"
     rows.to_parquet(rows_path, index=False)
     card = {"title": f"{sel.name} ({ds.name})", "dataset": ds.name, "generation": gen.name,

@@ -24,6 +24,7 @@ import pandas as pd
 
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError
+from engine.paths import given_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Encoding, Generation, Project, dumps, new_id
 from engine.project.store import save_array_atomic
@@ -131,6 +132,7 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
     Args:
         image_ids: see ``plan_params``; None = every image of the training split.
     """
+    name = given_name(name, "generation name")
     params, plan = plan_params(project, config, model_ref, image_ids)
     gen_id = new_id("gen")
     out = project.new_folder("generations", gen_id)

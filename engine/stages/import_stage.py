@@ -55,7 +55,7 @@ def prepare(project: Project, folder: str | Path | None, name: str,
         DatasetError: an empty or taken name, a missing folder or a file, a ``cleanup``
             folder outside the project's uploads.
     """
-    data.check_name(project, name)
+    name = data.check_name(project, name)
     if demo:
         source, folder_text = data.DEMO_SOURCE, ""
     else:

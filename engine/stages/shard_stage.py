@@ -44,6 +44,7 @@ import pandas as pd
 
 from engine.config import GenerateConfig
 from engine.errors import InvalidConfigError, NotReadyError
+from engine.paths import given_name
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Dataset, Generation, Model, Project, new_id
 from engine.project.store import save_array_atomic
@@ -308,6 +309,7 @@ def merge_shards(project: Project, dirs: list[Path], name: str | None = None,
     The images are hard-linked (or copied) into the project's assets with the layout of an
     unsharded generation. Returns the generation id.
     """
+    name = given_name(name, "generation name")
     plan, cond, rows = collect_shards(list(dirs))
     params = dict(plan["params"])
     for row_type, ref in ((Model, params["model_id"]), (Dataset, params["dataset_id"])):

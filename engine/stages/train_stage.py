@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import TrainConfig
+from engine.paths import given_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Model, Project, dumps, new_id
 from engine.stages import JobSpec, common
@@ -21,6 +22,7 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
             encoder: str | None = None, encoding_ref: str | None = None,
             name: str | None = None) -> JobSpec:
     """Queue the training of a new model; its row exists from now on (status ``queued``)."""
+    name = given_name(name, "model name")
     ds = common.dataset(project, dataset_ref)
     enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
     train_idx = common.split_indices(project, ds).train  # never val / test / unused

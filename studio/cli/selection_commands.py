@@ -43,7 +43,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("export", help="export a selection as an ImageFolder with a manifest")
     project_arg(p)
     p.add_argument("--selection", required=True, help="selection name or id")
-    p.add_argument("--out", help="output folder (default: in the project's assets)")
+    p.add_argument("--out", help="output folder, anywhere you may write (the studio's page "
+                                 "allows only the projects folder); default: a new folder in "
+                                 "the project's assets/exports/, named after the selection")
     p.add_argument("--include-real", action="store_true", help="add the real training images")
     p.add_argument("--link", action="store_true", help="hard-link files instead of copying")
     p.add_argument("--val-fraction", type=float, default=0.0,

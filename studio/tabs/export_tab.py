@@ -16,7 +16,7 @@ from engine.config import ExportConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Export, Job, Selection
 from studio import ui
-from studio.choices import selection_choices
+from studio.choices import selection_choices, server_folder
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -34,8 +34,9 @@ def export(ctx: StudioContext, selection_id: str | None, include_real: bool,
         raise NotReadyError("save a selection in the Curate tab first")
     config = ExportConfig(include_real=bool(include_real), link=bool(link),
                           val_fraction=float(val_fraction or 0.0), split_seed=int(split_seed or 0))
-    return ctx.submit(export_stage.prepare(ctx.project, config, selection_id,
-                                           (out_dir or "").strip() or None))
+    # a folder from the page stays in the projects folder (or the project's assets)
+    folder = server_folder(ctx, out_dir, "export folder") if (out_dir or "").strip() else None
+    return ctx.submit(export_stage.prepare(ctx.project, config, selection_id, folder))
 
 
 def export_choices(ctx: StudioContext) -> list[tuple[str, str]]:
@@ -120,7 +121,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                          elem_id="export-val-fraction")
                 split_seed = gr.Number(value=0, precision=0, label="Split seed", minimum=0,
                                        elem_id="export-split-seed")
-            out_dir = gr.Textbox(label="Folder (optional)",
+            out_dir = gr.Textbox(label="Folder (optional; inside the projects folder, a "
+                                       "relative path is taken there)",
                                  placeholder="default: inside the project's assets")
             export_btn = gr.Button("Export ImageFolder", variant="primary",
                                    elem_id="export-button")

@@ -14,8 +14,10 @@ from typing import Any
 import gradio as gr
 
 from engine.config import SAMPLERS
+from engine.paths import inside
 from engine.settings import DEVICES, KEYS, PRECISIONS, effective, machine_profile, save
 from studio import ui
+from studio.choices import projects_root
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -36,8 +38,17 @@ def machine_md(prof: dict[str, Any] | None = None) -> str:
 
 @ui.guard(1)
 def on_save(ctx: StudioContext, *values: Any) -> str:
-    """Store the form (values in the order of ``engine.settings.KEYS``) in the project."""
-    stored = save(ctx.project, dict(zip(KEYS, values)))
+    """Store the form (values in the order of ``engine.settings.KEYS``) in the project. When
+    the studio is reachable from the network, the model folder (where the hub cache writes)
+    must be inside the projects folder."""
+    values_by_key = dict(zip(KEYS, values))
+    folder = str(values_by_key.get("model_folder") or "").strip()
+    if ctx.restrict and folder:
+        root = projects_root()
+        values_by_key["model_folder"] = str(inside(
+            folder, root, "model folder", f"the projects folder {root}; this studio is "
+                                          f"reachable from the network"))
+    stored = save(ctx.project, values_by_key)
     return ui.ok_md(f"saved in {ctx.project.path.stem}: device {stored['device']}, "
                     f"{stored['train_steps']} training steps; the Train and Generate "
                     f"forms now start from them")
