@@ -23,9 +23,12 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # a number where a number is due, before the bounds
+            value = getattr(self, f.name)
             if _is_number(f.default):
-                value = getattr(self, f.name)
                 _check(_is_number(value), f"{f.name} must be a number, got {value!r}")
+            elif f.default is None and str(f.type) in ("int | None", "float | None"):
+                _check(value is None or _is_number(value),
+                       f"{f.name} must be a number or None, got {value!r}")
         self.validate()
 
     def validate(self) -> None:  # overridden by stages
@@ -561,7 +564,7 @@ class EvalConfig(StageConfig):
                f"mixup_alpha and cutmix_alpha must be > 0, got {self.mixup_alpha}, "
                f"{self.cutmix_alpha}")
         _check(self.randaugment_ops >= 1 and 0 <= self.randaugment_magnitude <= 30,
-               f"randaugment needs ops >= 1 and magnitude in [0, 30], got "
+               f"randaugment needs randaugment_ops >= 1 and randaugment_magnitude in [0, 30], got "
                f"{self.randaugment_ops}, {self.randaugment_magnitude}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

@@ -44,9 +44,9 @@ def projects_root() -> Path:
 
 def server_folder(ctx: StudioContext, text: str, what: str = "folder") -> Path:
     """A folder of the server typed in a form, where the studio may write: inside the projects
-    folder (a relative path is taken under it) or the open project's ``exports/``; symlinks
-    are resolved before the check (``engine.paths.inside``), so neither ``..`` nor a link
-    leads out.
+    folder (a relative path is taken under it) but in no project's assets, or in the open
+    project's ``exports/``; symlinks are resolved before the check (``engine.paths.inside``),
+    so neither ``..`` nor a link leads out.
 
     Raises:
         InvalidConfigError: the folder resolves elsewhere.
@@ -55,11 +55,21 @@ def server_folder(ctx: StudioContext, text: str, what: str = "folder") -> Path:
     path = Path(text.strip()).expanduser()
     if not path.is_absolute():
         path = root / path
+    exports = ctx.project.assets / "exports"
     try:
-        return inside(path, ctx.project.assets / "exports", what)
+        return inside(path, exports, what)
     except InvalidConfigError:
-        return inside(path, root, what, f"the projects folder {root} (the studio writes only "
+        real = inside(path, root, what, f"the projects folder {root} (the studio writes only "
                                         f"there and in the open project's exports)")
+    parts = real.relative_to(root.resolve()).parts
+    if not parts:
+        raise InvalidConfigError(f"{what} {text.strip()} is the projects folder itself; "
+                                 f"choose a folder inside it")
+    if any(part.endswith(".assets") for part in parts):
+        raise InvalidConfigError(f"{what} {text.strip()} is inside a project's assets, which "
+                                 f"its stages own; choose a folder of its own, or one in "
+                                 f"{exports}")
+    return real
 
 
 # ---------------------------------------------------------------------- dropdown choices
