@@ -18,7 +18,15 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.config import SAMPLERS, EvalConfig, TrainConfig
+from engine.config import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_STEPS,
+    MAX_VARIATIONS,
+    SAMPLERS,
+    EvalConfig,
+    TrainConfig,
+)
 from engine.errors import InvalidConfigError
 
 log = logging.getLogger(__name__)
@@ -118,10 +126,18 @@ def save(project: SettingsStore, values: dict[str, Any]) -> dict[str, Any]:
     if v.get("gen_sampler") not in SAMPLERS:
         raise InvalidConfigError(f"sampler must be one of {list(SAMPLERS)}, got "
                                  f"{v.get('gen_sampler')!r}")
-    for key in ("train_steps", "train_batch", "gen_steps", "gen_variations", "eval_epochs"):
-        n = int(v.get(key) or 0)
+    limits = {"train_steps": MAX_STEPS, "train_batch": MAX_BATCH, "gen_steps": 1000,
+              "gen_variations": MAX_VARIATIONS, "eval_epochs": MAX_EPOCHS}  # the configs' bounds
+    for key, high in limits.items():
+        try:
+            n = int(v.get(key) or 0)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidConfigError(f"{key.replace('_', ' ')} must be a whole number, got "
+                                     f"{v.get(key)!r}") from exc
         if n < 1:
             raise InvalidConfigError(f"{key.replace('_', ' ')} must be >= 1, got {n}")
+        if n > high:
+            raise InvalidConfigError(f"{key.replace('_', ' ')} must be in [1, {high}], got {n}")
         v[key] = n
     folder = str(v.get("model_folder") or "").strip()
     if folder:

@@ -425,3 +425,19 @@ def test_cli_os_error_text_names_the_path_and_a_hint():
     assert text == "permission denied: /data/out (check the folder's permissions)"
     text = os_error_text(OSError(28, "No space left on device", "/data/out/x.png"))
     assert text.startswith("no space left on device: /data/out/x.png") and "disk" in text
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("eval_epochs", 10**11, r"eval epochs must be in \[1, 10000\]"),
+    ("train_steps", 10**12, r"train steps must be in \[1, 100000000\]"),
+    ("gen_variations", 10**6, r"gen variations must be in \[1, 64\]"),
+    ("train_batch", float("inf"), r"train batch must be a whole number"),
+])
+def test_settings_refuse_absurd_defaults(built, key, value, message):
+    """The Settings tab's per-stage defaults feed the configs: the same bounds, nothing saved."""
+    from engine.settings import effective, save
+
+    before = built.settings()
+    with pytest.raises(InvalidConfigError, match=message):
+        save(built, dict(effective(built), **{key: value}))
+    assert built.settings() == before
