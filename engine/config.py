@@ -126,7 +126,12 @@ def _range(name: str, value: Any, low: float, high: float) -> None:
 
 
 def _positive(name: str, value: Any, high: float) -> None:
-    """``0 < value <= high`` for a number, else one sentence naming the limit."""
+    """``0 < value <= high`` for a number (finite when ``high`` is infinite), else one
+    sentence naming the limit."""
+    if math.isinf(high):
+        _check(_is_number(value) and 0 < value < high,
+               f"{name} must be a finite number > 0, got {value!r}")
+        return
     _check(_is_number(value) and 0 < value <= high,
            f"{name} must be in (0, {high:g}], got {value!r}")
 
@@ -297,7 +302,8 @@ class TrainConfig(StageConfig):
         _range("num_train_timesteps", self.num_train_timesteps, 1, 10_000)
         _range("steps", self.steps, 1, MAX_STEPS)
         _range("batch_size", self.batch_size, 1, MAX_BATCH)
-        _positive("learning_rate", self.learning_rate, 10.0)
+        # no upper bound: a diverging rate costs nothing and stops at its first NaN loss
+        _positive("learning_rate", self.learning_rate, float("inf"))
         _range("warmup_steps", self.warmup_steps, 0, MAX_STEPS)
         _range("weight_decay", self.weight_decay, 0.0, 10.0)
         _range("checkpoint_every", self.checkpoint_every, 0, MAX_STEPS)
@@ -578,7 +584,8 @@ class EvalConfig(StageConfig):
         _range("image_size", self.image_size, 4, MAX_IMAGE_SIZE)
         _range("epochs", self.epochs, 1, MAX_EPOCHS)
         _range("batch_size", self.batch_size, 1, MAX_BATCH)
-        _positive("learning_rate", self.learning_rate, 100.0)
+        # no upper bound: a diverging rate costs nothing and stops at its first NaN loss
+        _positive("learning_rate", self.learning_rate, float("inf"))
         _check(_is_number(self.momentum) and 0.0 <= self.momentum < 1.0,
                f"momentum must be in [0, 1), got {self.momentum!r}")
         _range("weight_decay", self.weight_decay, 0.0, 1.0)
