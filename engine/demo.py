@@ -66,8 +66,9 @@ DEMO_VAL_FRACTION = 0.1  # the validation split of the low-data demo (about 18 p
 def low_data_space(epochs: int, seeds: int = 3) -> RecipeSpace:
     """The recipe search of the low-data demo: the curation band (all / middle), variations
     per image (1x, 2x, 4x) and the perturbation lambda (0, 0.5): 12 candidates over two
-    generations, successive halving from ``epochs // 4`` to ``epochs`` epochs; real only and
-    the classical augmentations at ``epochs`` and 3 x ``epochs``."""
+    generations, successive halving from ``epochs // 4`` to ``epochs`` epochs; real only, the
+    classical augmentations and the winner at ``epochs`` and 3 x ``epochs``, each keeping its
+    best on validation."""
     return RecipeSpace(bands=("all", "middle"), variations=(1, 2, 4), perturb=(0.0, 0.5),
                        rungs=(epochs // 4, epochs) if epochs >= 4 else (epochs,), eta=3,
                        report_seeds=seeds,

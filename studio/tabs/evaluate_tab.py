@@ -349,15 +349,17 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.2f}" if std != std else f"{mean:.2f} ± {std:.2f}"
 
 
-REPORT_COLUMNS = ["training data", "val top-1 %", "seeds", "test top-1 % (mean ± std)"]
+REPORT_COLUMNS = ["training data", "epochs", "val top-1 %", "seeds",
+                  "test top-1 % (mean ± std)"]
 
 
 def recipe_report(state: dict[str, Any]) -> pd.DataFrame:
     """The final report for reading (``engine.recipe.report_table``): the winner, real only
-    and the best classical augmentation; validation top-1 (the choice) and test top-1 as
-    mean ± std over the report's seeds (empty until they are done)."""
+    and the best classical augmentation; the epochs each chose on validation, validation
+    top-1 (the choice) and test top-1 as mean ± std over the report's seeds (empty until
+    they are done)."""
     t = engine.recipe.report_table(state)
-    return pd.DataFrame({"training data": t["training data"],
+    return pd.DataFrame({"training data": t["training data"], "epochs": t["epochs"],
                          "val top-1 %": [ui.pct(v) for v in t["val top-1"]],
                          "seeds": t["seeds"],
                          "test top-1 % (mean ± std)": [
