@@ -312,6 +312,7 @@ def _searched_mixes(project: Project, config: DemoConfig, ds: Dataset, rcdm: str
         recipe={"winner": recipe.candidate_label(winner),
                 **{k: winner[k] for k in ("band", "variations", "guidance", "perturb",
                                           *recipe.MIXING_FIELDS)},
+                "verdict": recipe.verdict(state), "advice": recipe.verdict_text(state),
                 "candidates": len(state["candidates"]),
                 "evaluation_epochs": recipe.queued_epochs(state),
                 "experiment": row.name, "selection": sel_id},
@@ -386,6 +387,8 @@ def _searched_table(results: dict[str, Any]) -> str:
                  f"{results['val_images']} validation images ({rec['candidates']} candidates, "
                  f"{rec['evaluation_epochs']} evaluation-epochs), scored on the "
                  f"{results['test_images']} held-out test images; {results['seconds']:.0f} s")
+    if rec.get("advice"):
+        lines.append(rec["advice"])
     return "\n".join(lines)
 
 
@@ -410,7 +413,10 @@ def regimes_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
             if key == "synthetic_max" and key in r:
                 cell += f" ({r[key]['variations']}x)"
             cells.append(cell)
-        cells.append(r["recipe"]["winner"] if "recipe" in r else "-")
+        rec = r.get("recipe", {})
+        verdict = rec.get("verdict") or {}
+        cells.append(rec.get("winner", "-") + ("" if verdict.get("helps", True) else
+                                               f" (on val: use {verdict['label']})"))
         rows.append(cells)
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

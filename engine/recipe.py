@@ -513,6 +513,55 @@ def report_table(state: dict[str, Any]) -> pd.DataFrame:
                                        "test top-1 mean", "test top-1 std"])
 
 
+def verdict(state: dict[str, Any]) -> dict[str, Any] | None:
+    """What validation says once the winner is fixed (None before): does the best synthetic
+    set beat both real only and the best classical augmentation?
+
+    Returns:
+        ``{"helps": bool, "use": arm, "label": its training data, "val": {arm: top-1}}``:
+        ``use`` is the arm with the best validation top-1 at its chosen length, real only
+        first and the classical augmentation second on ties (synthetic data has to win
+        outright to be recommended); ``helps`` is ``use == winner``. Decided on validation
+        only, so it is known before the report reads the test split.
+    """
+    win = state.get("winner")
+    if not win or state["phase"] not in ("chosen", "report", "done"):
+        return None
+    last = str(len(state["space"]["rungs"]) - 1)
+    val: dict[str, float] = {}
+    for arm in (REAL, state.get("best_classical"), win):
+        if not arm:
+            continue
+        score = _best_length(state, arm)[1]
+        if score is None and arm == win:  # a version-1 state: the winner's last rung
+            score = state["scores"].get(win, {}).get(last)
+        if score is not None:
+            val[arm] = float(score)
+    if not val:
+        return None
+    use = max(val, key=lambda a: val[a])  # dicts keep order: real, classical, winner on ties
+    by_id = {c["id"]: c for c in state["candidates"]}
+    label = f"real + {candidate_label(by_id[use])}" if use in by_id else \
+        ("real only" if use == REAL else f"real + {use}")
+    return {"helps": use == win, "use": use, "label": label, "val": val}
+
+
+def verdict_text(state: dict[str, Any]) -> str:
+    """One sentence of the verdict ("" before the winner is fixed)."""
+    v = verdict(state)
+    if v is None:
+        return ""
+    win = state["winner"]
+    if v["helps"]:
+        others = ", ".join(f"{'real only' if a == REAL else a} {s:.2f}"
+                           for a, s in v["val"].items() if a != win)
+        return (f"on validation the synthetic set helps: {v['val'][win]:.2f} top-1 against "
+                f"{others}: use {v['label']}")
+    return (f"on validation the best synthetic set ({v['val'].get(win, math.nan):.2f}) does "
+            f"not beat {v['label']} ({v['val'][v['use']]:.2f}): at this size, use "
+            f"{v['label']}")
+
+
 def winner_selection(state: dict[str, Any]) -> str | None:
     """The id of the winner's synthetic set (a ``Selection`` the search saved: its band over
     the first k variations), for "save as selection" / export; None before the winner."""

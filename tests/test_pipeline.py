@@ -185,3 +185,10 @@ def test_low_data_demo_keeps_the_full_demos_test_images(demo_run, tmp_path):
     table = results_table(results)
     assert "10 real training images per class" in table and "(recommended)" in table
     assert results["recipe"]["winner"] in table and "± " in table
+    # the verdict is decided on validation: the arm to use, and its sentence in the table
+    verdict = results["recipe"]["verdict"]
+    baselines = {"real", results["classical"]["augment"]}
+    assert len(verdict["val"]) == 3 and baselines < set(verdict["val"])
+    assert verdict["val"][verdict["use"]] == max(verdict["val"].values())
+    assert verdict["helps"] == (verdict["use"] not in baselines)
+    assert results["recipe"]["advice"] in table and "on validation" in table

@@ -204,6 +204,37 @@ def test_baselines_train_at_several_lengths_and_report_at_their_best_on_validati
         recipe.halving_cost(9, space.rungs, space.eta) + recipe.fixed_cost(space)
 
 
+def test_the_verdict_recommends_synthetic_data_only_when_it_wins_on_validation():
+    """Once the winner is fixed (before any test evaluation), the verdict compares it with
+    real only and the best classical augmentation on validation; synthetic data has to win
+    outright, ties go to real only."""
+    space = RecipeSpace(**NINE)
+    state = recipe.new_state(space)
+    assert recipe.verdict(state) is None and recipe.verdict_text(state) == ""
+    lab = FakeLab(state)
+    state = recipe.search(state, lab.make, lab.evaluate)  # candidates beat mixup and real
+    v = recipe.verdict(state)
+    assert state["phase"] == "chosen" and v["helps"] and v["use"] == state["winner"]
+    assert set(v["val"]) == {"real", "mixup", state["winner"]}
+    assert "the synthetic set helps" in recipe.verdict_text(state)
+
+    def strong_mixup(req):
+        if req["arm"] == "mixup":
+            return {"top1": 99.5}
+        return lab.evaluate(req)
+
+    state = recipe.search(recipe.new_state(space), lab.make, strong_mixup)
+    v = recipe.verdict(state)
+    assert not v["helps"] and v["use"] == "mixup" and v["label"] == "real + mixup"
+    assert "does not beat real + mixup (99.50)" in recipe.verdict_text(state)
+
+    def tie_with_real(req):  # every arm scores the same on validation
+        return {"top1": 90.0}
+
+    state = recipe.search(recipe.new_state(space), lab.make, tie_with_real)
+    assert recipe.verdict(state)["use"] == "real"
+
+
 def test_a_version_1_state_without_lengths_still_reports():
     """Searches saved before the baselines had lengths kept one score per baseline."""
     space = RecipeSpace(**NINE)

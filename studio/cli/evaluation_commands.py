@@ -280,6 +280,8 @@ def _recipe(project: Any, args: argparse.Namespace) -> int:
     if len(report):
         text += "\n\nfinal report (top-1 on the test split, mean ± std over seeds):\n" + \
             report.to_string(index=False, float_format="%.2f")
+    if recipe.verdict(state):
+        text += f"\n\n{recipe.verdict_text(state)}"
     if winner:
         text += f"\n\nthe winner's selection: {winner} (export it with `rcdm-studio export " \
                 f"--selection {winner}`)"
@@ -287,6 +289,7 @@ def _recipe(project: Any, args: argparse.Namespace) -> int:
         text += (f"\n\nits jobs are queued; run them now with `rcdm-studio experiment show "
                  f"{row.id} --wait` (it resumes where the search stands)")
     emit(args, {"id": row.id, "name": row.name, "kind": "recipe", "phase": state["phase"],
+                "verdict": recipe.verdict(state),
                 "candidates": json.loads(candidates.to_json(orient="records")),
                 "report": json.loads(report.to_json(orient="records")),
                 "winner_selection": winner}, text)

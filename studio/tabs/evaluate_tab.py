@@ -383,6 +383,8 @@ def recipe_summary(ctx: StudioContext, exp_id: str) -> str:
     if state.get("winner") in by_id:
         lines.append(f"the winner (chosen on validation): real + "
                      f"{engine.recipe.candidate_label(by_id[state['winner']])}")
+    if engine.recipe.verdict(state):
+        lines.append(ui.escape(engine.recipe.verdict_text(state)))
     sel_id = engine.recipe.winner_selection(state)
     if sel_id:
         sel = ctx.project.get(Selection, sel_id)
