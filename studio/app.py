@@ -180,8 +180,8 @@ def exposure_warning(host: str, credentials: list[tuple[str, str]] | None,
     if projects_tab.is_local(host) or credentials or env.get("SPACE_ID"):
         return None
     return (f"the studio is reachable from the network on {host} without a login: anyone who "
-            f"can reach this port can use it and its files. Pass --auth user:password or set "
-            f"RCDM_STUDIO_AUTH.")
+            f"can reach this port can use it and its files. Set RCDM_STUDIO_AUTH=user:password "
+            f"in the environment (or pass --auth).")
 
 
 def _served_folder(ctx: StudioContext) -> str:
@@ -238,8 +238,8 @@ def _stop(blocks: gr.Blocks, received: str | None) -> None:
     if left:
         ids = ", ".join(f"{j.id} (pid {j.pid})" for j in left)
         print(f"{len(left)} job(s) keep running in their own processes: {ids}. The next "  # noqa: T201 - for the terminal
-              f"studio or command on this project ingests their results; `rcdm-studio jobs "
-              f"cancel ID` stops one.", flush=True)
+              f"studio on this project (or `rcdm-studio jobs`) ingests their results; "
+              f"`rcdm-studio jobs cancel ID` stops one.", flush=True)
 
 
 def _start(project_path: str | Path, host: str, port: int, open_browser: bool, demo: bool,
