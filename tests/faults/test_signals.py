@@ -160,6 +160,7 @@ def test_the_studio_stops_cleanly_on_a_signal(tmp_path, sig):
 def test_the_studio_stops_cleanly_as_pid_1(tmp_path, sig, unshare_pid):
     project, port = tmp_path / "p", _free_port()
     proc = _studio(tmp_path, project, port, prefix=tuple(unshare_pid))
+    init = 0
     try:
         init = _namespace_init(proc)
         # NSpid: the PID in each namespace from the host's down; the last is its own
@@ -169,6 +170,8 @@ def test_the_studio_stops_cleanly_as_pid_1(tmp_path, sig, unshare_pid):
         _wait_until_served(proc, port, tmp_path)
         rc = _stop(proc, init, sig, tmp_path)  # unshare returns the exit code of its child
     finally:
+        if init and pid_alive(init):  # a failed test: killing unshare would not end it
+            os.kill(init, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
