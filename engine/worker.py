@@ -7,7 +7,8 @@ stops at its next step, saves what it can, and the worker exits with ``status.js
 Fault injection (tests only): with ``RCDM_STUDIO_FAULT_HOLD=N`` in its environment, the
 worker pauses at the first progress event with ``N <= step < total`` — in the middle of its
 work, with part of its outputs written — creates ``JOB_FOLDER/fault-hold`` and sleeps until
-it is cancelled or killed. The fault tests (``tests/faults``) kill it there.
+it is cancelled or killed, or the file is deleted (then it goes on with its work). The fault
+tests (``tests/faults``) kill it there, or release it after its owner is gone.
 
 Priority: a worker lowers its own CPU priority by ``RCDM_STUDIO_WORKER_NICE`` (default 10;
 ``0`` keeps it) before it imports anything heavy, so that a job using every core never
@@ -62,8 +63,9 @@ def _fault_hold(folder: Path, cancel: CancelToken) -> ProgressFn:
         held = True
         logging.getLogger(__name__).warning("fault hold at %s step %d/%d", event.stage,
                                             event.step, event.total)
-        (folder / FAULT_HOLD_FILE).write_text(f"{event.stage} {event.step} {os.getpid()}\n")
-        while not cancel.cancelled:
+        mark = folder / FAULT_HOLD_FILE
+        mark.write_text(f"{event.stage} {event.step} {os.getpid()}\n")
+        while not cancel.cancelled and mark.exists():
             time.sleep(0.05)
 
     return hold

@@ -23,6 +23,7 @@ from engine.project import Dataset, Job
 from studio import ui
 from studio.context import StudioContext
 from studio.shared import Shared
+from studio.shutdown import Shutdown
 from studio.tabs import (
     curate_tab,
     data_tab,
@@ -179,8 +180,8 @@ def exposure_warning(host: str, credentials: list[tuple[str, str]] | None,
     if projects_tab.is_local(host) or credentials or env.get("SPACE_ID"):
         return None
     return (f"the studio is reachable from the network on {host} without a login: anyone who "
-            f"can reach this port can use it and its files. Pass --auth user:password or set "
-            f"RCDM_STUDIO_AUTH.")
+            f"can reach this port can use it and its files. Set RCDM_STUDIO_AUTH=user:password "
+            f"in the environment (or pass --auth).")
 
 
 def _served_folder(ctx: StudioContext) -> str:
@@ -203,11 +204,47 @@ def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
         auth: ``user:password[,user:password]``: a login page in front of the studio.
         max_file_size: the largest upload (e.g. ``"512mb"``).
 
-    Blocks until the server stops unless ``prevent_thread_lock``; returns the Blocks.
+    Unless ``prevent_thread_lock``, blocks until SIGTERM or SIGINT (also as PID 1: see
+    ``studio.shutdown``), then stops the server and closes the project (DuckDB checkpoints)
+    and returns; running job workers are left to finish. Returns the Blocks.
 
     Raises:
         InvalidConfigError: a malformed ``auth``; ProjectLockedError (see ``build_app``).
     """
+    if prevent_thread_lock:
+        return _start(project_path, host, port, open_browser, demo, auth, max_file_size)
+    # the handlers go in first: a signal during the (slow) start stops the studio right after
+    with Shutdown() as shutdown:
+        blocks = _start(project_path, host, port, open_browser, demo, auth, max_file_size)
+        received = None
+        try:
+            received = shutdown.wait(lambda: blocks.is_running)
+        finally:
+            _stop(blocks, received)
+    return blocks
+
+
+def _stop(blocks: gr.Blocks, received: str | None) -> None:
+    """Close the server and the project; say which jobs are left running, and to whom."""
+    ctx: StudioContext = blocks.studio  # type: ignore[attr-defined]
+    try:
+        left = [j for j in ctx.project.list(Job) if j.status == "running"]
+    except Exception:  # noqa: BLE001 - a failing read must not stop the close
+        log.exception("cannot list the running jobs")
+        left = []
+    close(blocks)
+    why = f" ({received})" if received else ""
+    print(f"RCDM Studio stopped{why}; project {ctx.project.path} closed", flush=True)  # noqa: T201 - for the terminal
+    if left:
+        ids = ", ".join(f"{j.id} (pid {j.pid})" for j in left)
+        print(f"{len(left)} job(s) keep running in their own processes: {ids}. The next "  # noqa: T201 - for the terminal
+              f"studio on this project (or `rcdm-studio jobs`) ingests their results; "
+              f"`rcdm-studio jobs cancel ID` stops one.", flush=True)
+
+
+def _start(project_path: str | Path, host: str, port: int, open_browser: bool, demo: bool,
+           auth: str | None, max_file_size: str | int) -> gr.Blocks:
+    """Build the app, start its server (not blocking) and return the Blocks."""
     credentials = parse_auth(auth)
     restrict = not projects_tab.is_local(host)
     warning = exposure_warning(host, credentials)
@@ -245,11 +282,6 @@ def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
     print(f"RCDM Studio: {url} (project {ctx.project.path})", flush=True)  # noqa: T201 - for the terminal
     if open_browser:
         webbrowser.open(url)
-    if not prevent_thread_lock:
-        try:
-            blocks.block_thread()
-        finally:
-            ctx.close()
     return blocks
 
 

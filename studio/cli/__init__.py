@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", default=os.environ.get("RCDM_STUDIO_AUTH") or None,
                         metavar="USER:PASSWORD",
                         help="ask for this login (several: comma-separated); default "
-                             "$RCDM_STUDIO_AUTH. Use it whenever --host is not 127.0.0.1")
+                             "$RCDM_STUDIO_AUTH, the better place for it (a command line is "
+                             "visible to every user of the machine). Use it whenever --host "
+                             "is not 127.0.0.1")
     parser.add_argument("--max-upload", default=os.environ.get("RCDM_STUDIO_MAX_UPLOAD",
                                                                "512mb"),
                         help="largest file the studio accepts as an upload (default 512mb)")
