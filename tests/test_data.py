@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import import_folder
-from PIL import Image
+from PIL import Image, ImageOps
 
 from engine.config import ImportConfig
 from engine.data import (
@@ -26,6 +26,7 @@ from engine.data import (
     split_warnings,
     stratified_split,
     validate_image,
+    write_dataset_files,
     write_demo_dataset,
 )
 from engine.errors import Cancelled, DatasetError, JobError
@@ -201,6 +202,58 @@ def test_validate_downscales_to_max_side(tmp_path):
     path = _save_image(tmp_path / "wide.png", size=(100, 50))
     img, _ = validate_image(path, ImportConfig(max_side=20))
     assert img.size == (20, 10)
+
+
+def _plain_import(path: Path, max_side: int) -> Image.Image:
+    """What validate_image did before it reduced big images: full decode, EXIF transpose,
+    RGB, one LANCZOS resize."""
+    from engine.data import _to_rgb
+
+    with Image.open(path) as img:
+        img.load()
+        rgb = _to_rgb(ImageOps.exif_transpose(img))
+    scale = max_side / max(rgb.size)
+    size = (round(rgb.width * scale), round(rgb.height * scale))
+    return rgb.resize(size, Image.Resampling.LANCZOS)
+
+
+def test_big_images_import_as_a_plain_resize_did(tmp_path):
+    # 3000x2000 with max_side 256 takes the bounded-memory path: the JPEG is decoded at 1/2
+    # scale (draft), the PNGs are box-reduced by 3 in strips, then LANCZOS to 256
+    h, w = 2000, 3000
+    ramp = np.linspace(0, 255, w, dtype=np.float64)[None, :].repeat(h, 0)  # (h, w)
+    rgb = np.stack([ramp, ramp[::-1, ::-1], np.full((h, w), 90.0)], -1).astype(np.uint8)
+    rgb[:400, :600] = (10, 240, 10)  # a green block at the top left shows the orientation
+    folder = tmp_path / "src"
+    (folder / "a").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": stored 2000 wide, 3000 high
+    Image.fromarray(rgb).save(folder / "a" / "1.jpg", quality=95, exif=exif.tobytes())
+    alpha = np.where(np.arange(w)[None, :] < w // 2, 255, 100).repeat(h, 0).astype(np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(folder / "a" / "2.png")
+    Image.fromarray((ramp * 257).astype(np.uint16)).save(folder / "a" / "3.png")  # I;16
+    assert Image.open(folder / "a" / "3.png").mode.startswith("I")
+
+    config = ImportConfig(max_side=256, thumbnail_size=96)
+    written = write_dataset_files(folder, tmp_path / "ds", "datasets/ds", "ds", config)
+    images = written["images"]
+    assert written["skipped"] == [] and len(images) == 3
+    for name, (_, row) in zip(["1.jpg", "2.png", "3.png"], images.iterrows()):
+        expected = _plain_import(folder / "a" / name, 256)
+        stored = Image.open(tmp_path / "ds" / row["path"].removeprefix("datasets/ds/"))
+        thumb = Image.open(tmp_path / "ds" / row["thumb"].removeprefix("datasets/ds/"))
+        assert stored.mode == "RGB" and stored.size == expected.size, name
+        assert (row["width"], row["height"]) == expected.size
+        diff = np.abs(np.asarray(stored, np.int16) - np.asarray(expected, np.int16))
+        assert diff.mean() < 0.5 and diff.max() <= 4, (name, diff.mean(), diff.max())
+        expected_thumb = make_thumbnail(expected, 96)
+        assert thumb.size == expected_thumb.size and max(thumb.size) == 96, name
+        diff = np.abs(np.asarray(thumb, np.int16) - np.asarray(expected_thumb, np.int16))
+        assert diff.mean() < 0.5, (name, diff.mean())
+    # orientation: the JPEG shows 2000 wide, its green block (top left) now at the top right
+    assert images["width"].iloc[0] == 171 and images["height"].iloc[0] == 256
+    r, g, b = Image.open(tmp_path / "ds" / "images/0000/000000.png").getpixel((165, 10))
+    assert g > 200 and r < 60
 
 
 def test_thumbnail_sizes():
