@@ -393,7 +393,7 @@ def _searched_table(results: dict[str, Any]) -> str:
 
 
 REGIME_COLUMNS = (("real", "real only"), ("classical", "best classical aug."),
-                  ("real_plus_synthetic", "real + synthetic (recommended)"),
+                  ("real_plus_synthetic", "real + best synthetic"),
                   ("synthetic", "synthetic only 1x"), ("synthetic_max", "synthetic only max"),
                   ("class_conditioned", "class-cond. 1x"))
 
@@ -401,7 +401,8 @@ REGIME_COLUMNS = (("real", "real only"), ("classical", "best classical aug."),
 def regimes_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     """One row per low-data regime (N real images per class): test top-1 mean ± std of each
     arm, and the recipe that won; plain text, or a Markdown table."""
-    head = ["N / class", *[label for _, label in REGIME_COLUMNS], "recommended recipe"]
+    head = ["N / class", *[label for _, label in REGIME_COLUMNS],
+            "best synthetic recipe (verdict on validation)"]
     rows = []
     for r in results:
         per_class = r["train_images"] // max(1, r.get("classes", 1))
@@ -415,8 +416,9 @@ def regimes_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
             cells.append(cell)
         rec = r.get("recipe", {})
         verdict = rec.get("verdict") or {}
-        cells.append(rec.get("winner", "-") + ("" if verdict.get("helps", True) else
-                                               f" (on val: use {verdict['label']})"))
+        advice = "" if not verdict else " (on val: helps, use it)" if verdict["helps"] \
+            else f" (on val: use {verdict['label']})"
+        cells.append(rec.get("winner", "-") + advice)
         rows.append(cells)
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
