@@ -356,7 +356,7 @@ def searched_rows(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any
     if "classical" in results:
         rows.append(("classical", f"real + {results['classical']['augment']} (best classical)",
                      results["classical"]))
-    rows += [("real_plus_synthetic", f"real + {results['recipe']['winner']} (recommended)",
+    rows += [("real_plus_synthetic", f"real + {results['recipe']['winner']} (best synthetic)",
               results["real_plus_synthetic"]),
              ("synthetic", f"RCDM-{enc} synthetic only 1x", results["synthetic"]),
              ("synthetic_max", f"RCDM-{enc} synthetic only "

@@ -183,7 +183,7 @@ def test_low_data_demo_keeps_the_full_demos_test_images(demo_run, tmp_path):
     assert results["classical"]["augment"] in ("autoaugment", "randaugment", "mixup", "cutmix")
     assert len(list((tmp_path / "export").rglob("*.png"))) == results["selected"]
     table = results_table(results)
-    assert "10 real training images per class" in table and "(recommended)" in table
+    assert "10 real training images per class" in table and "(best synthetic)" in table
     assert results["recipe"]["winner"] in table and "± " in table
     # the verdict is decided on validation: the arm to use, and its sentence in the table
     verdict = results["recipe"]["verdict"]
