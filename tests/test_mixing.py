@@ -92,7 +92,7 @@ def test_defaults_train_exactly_as_before(tmp_path):
     (dict(syn_weight=0), "syn_weight must be in .*got 0"),
     (dict(syn_weight=-1.0), "syn_weight must be in .*got -1.0"),
     (dict(syn_weight=10.5), "syn_weight must be in .*got 10.5"),
-    (dict(syn_weight="heavy"), "syn_weight must be in .*'heavy'"),
+    (dict(syn_weight="heavy"), "syn_weight must be a number, got 'heavy'"),
     (dict(syn_fraction=0.0), "syn_fraction must be .*got 0.0"),
     (dict(syn_fraction=1.0), "syn_fraction must be .*got 1.0"),
     (dict(syn_bn="mixed"), "syn_bn must be one of .*'mixed'"),
