@@ -138,6 +138,16 @@ def unshare_pid() -> list[str]:
     return prefix
 
 
+def _assert_stopped_cleanly(rc: int, sig: signal.Signals, tmp_path: Path,
+                            project: Path) -> None:
+    """Exit 0, the shutdown line naming the signal, no traceback, the project closed."""
+    out = _output(tmp_path)
+    assert rc == 0, out
+    assert f"RCDM Studio stopped ({sig.name})" in out, out
+    assert "Traceback" not in out, out
+    _assert_closed_cleanly(project)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_studio_stops_cleanly_on_a_signal(tmp_path, sig):
     project, port = tmp_path / "p", _free_port()
@@ -149,11 +159,7 @@ def test_the_studio_stops_cleanly_on_a_signal(tmp_path, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    out = _output(tmp_path)
-    assert rc == 0, out
-    assert f"RCDM Studio stopped ({sig.name})" in out, out
-    assert "Traceback" not in out, out
-    _assert_closed_cleanly(project)
+    _assert_stopped_cleanly(rc, sig, tmp_path, project)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -175,11 +181,7 @@ def test_the_studio_stops_cleanly_as_pid_1(tmp_path, sig, unshare_pid):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    out = _output(tmp_path)
-    assert rc == 0, out
-    assert f"RCDM Studio stopped ({sig.name})" in out, out
-    assert "Traceback" not in out, out
-    _assert_closed_cleanly(project)
+    _assert_stopped_cleanly(rc, sig, tmp_path, project)
 
 
 def test_a_running_worker_is_left_to_finish_and_ingested_by_the_next_owner(tmp_path):
