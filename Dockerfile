@@ -22,6 +22,7 @@ ENV HOME=/home/user \
     GRADIO_SERVER_NAME=0.0.0.0 \
     GRADIO_SERVER_PORT=7860 \
     GRADIO_ANALYTICS_ENABLED=False \
+    RCDM_STUDIO_SHARE=public \
     HF_HOME=/home/user/.cache/huggingface
 WORKDIR /home/user/app
 

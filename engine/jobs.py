@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.errors import Cancelled, JobError, StudioError
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
@@ -158,10 +158,12 @@ class JobManager:
         gpus: with two or more, each worker is pinned to a GPU no other running worker of
             this manager holds (``CUDA_VISIBLE_DEVICES``), so its "cuda" is that GPU. None =
             the GPUs this process sees, unless ``CUDA_VISIBLE_DEVICES`` is already set.
+        busy: worker slots held elsewhere that count against ``max_running`` (the studio
+            holds several projects open, one manager each, and one limit for all).
     """
 
     def __init__(self, project: Project, max_running: int | None = None,
-                 gpus: list[int] | None = None) -> None:
+                 gpus: list[int] | None = None, busy: Callable[[], int] | None = None) -> None:
         self.project = project
         self.max_running = default_max_running() if max_running is None else max_running
         if self.max_running < 1:
@@ -171,6 +173,8 @@ class JobManager:
         self.gpus = list(gpus) if len(gpus) > 1 else []
         self._procs: dict[str, subprocess.Popen] = {}
         self._gpu_of: dict[str, list[int]] = {}  # running job id -> the GPUs it was pinned to
+        self.busy = busy
+        self._width: dict[str, int] = {}  # started job id -> its slots
 
     # -- submission
 
@@ -215,6 +219,7 @@ class JobManager:
                     self._finish(job)
             elif job.status == "ingesting":
                 self._finish(job)
+        running += self.busy() if self.busy is not None else 0
         for job in self.project.list(Job, status="queued"):
             slots = self._slots(job)
             # a job wider than the limit still runs, alone, rather than waiting forever
@@ -223,6 +228,11 @@ class JobManager:
             self._start(job)
             running += slots
         return self.project.list(Job)
+
+    def running_slots(self) -> int:
+        """Slots held by the workers this manager started and that still run."""
+        return sum(self._width.get(job_id, 1) for job_id, proc in list(self._procs.items())
+                   if proc.poll() is None)
 
     def _slots(self, job: Job) -> int:
         """How many processes (GPUs) the job runs: its ``processes`` parameter, else 1."""
@@ -280,6 +290,7 @@ class JobManager:
             return
         logf.close()
         self._procs[job.id] = proc
+        self._width[job.id] = self._slots(job)
         if gpus:
             self._gpu_of[job.id] = gpus
         self.project.update(Job, job.id, status="running", pid=proc.pid, started_at=utcnow(),
@@ -298,6 +309,7 @@ class JobManager:
         """The worker is gone: read its status and ingest, or mark the job."""
         self._procs.pop(job.id, None)
         self._gpu_of.pop(job.id, None)
+        self._width.pop(job.id, None)
         folder = self.folder(job)
         status = read_status(folder)
         if status is None:

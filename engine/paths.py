@@ -9,6 +9,9 @@ where a path is checked to stay inside a folder.
 - ``sanitize_name``: any name -> one safe path component (for a class folder, a file, the
   default folder of an export named after its selection).
 - ``inside``: ``path`` with symlinks resolved, refused unless it lies in ``root``.
+- ``projects_root`` / ``resolve_project``: the projects folder, and what a project reference
+  (a bare name, or a path) means — the same rule in the command line and the studio, so
+  ``--project demo`` and the Projects tab's demo are one project.
 """
 
 from __future__ import annotations
@@ -129,3 +132,55 @@ def given_name(name: object, what: str = "name", nested: bool = False) -> str | 
     if name is None or (isinstance(name, str) and not name.strip()):
         return None
     return check_name(name, what, nested)
+
+
+PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def projects_root() -> Path:
+    """The folder projects named by a bare name live in (``$RCDM_STUDIO_PROJECTS``, default
+    ``./projects``)."""
+    return Path(os.environ.get("RCDM_STUDIO_PROJECTS") or "projects").expanduser().absolute()
+
+
+def resolve_project(ref: str | os.PathLike, root: Path | None = None,
+                    restrict: bool = False) -> Path:
+    """A project reference -> its ``.duckdb`` path.
+
+    A bare name (letters, digits, ``_ . -``; ``NAME`` or ``NAME.duckdb``, no folder) is
+    ``ROOT/NAME.duckdb``; anything with a folder (``./NAME``, ``/data/NAME.duckdb``, ``~/x``)
+    is that path.
+
+    Args:
+        ref: the reference as given (a CLI flag, a form field).
+        root: the projects folder (default ``projects_root()``).
+        restrict: refuse paths outside ``root`` (the studio is reachable from the network).
+
+    Raises:
+        InvalidConfigError: empty or malformed name, or a path outside ``root`` when
+            ``restrict``.
+    """
+    root = (root or projects_root()).absolute()
+    text = os.fspath(ref).strip() if ref is not None else ""
+    if not text:
+        raise InvalidConfigError("type a project name, e.g. flowers")
+    if "\x00" in text:
+        raise InvalidConfigError(f"project {text!r} contains a NUL character")
+    if "/" not in text and os.sep not in text and not text.startswith("~"):
+        stem = text[:-len(".duckdb")] if text.endswith(".duckdb") else text
+        if not PROJECT_NAME.match(stem):
+            raise InvalidConfigError(f"project name {text!r}: use letters, digits, '_', '.' "
+                                     f"or '-' (at most 64 characters)")
+        return root / f"{stem}.duckdb"
+    p = Path(text).expanduser()
+    if p.name in ("", ".", ".."):
+        raise InvalidConfigError(f"project path {text!r} names a folder, not a project file: "
+                                 f"give NAME or NAME.duckdb")
+    db = (p if p.suffix == ".duckdb" else p.with_name(p.name + ".duckdb")).absolute()
+    if restrict:
+        real_root, real_db = root.resolve(), db.resolve()
+        if real_root not in real_db.parents:
+            raise InvalidConfigError(f"{db} is outside the projects folder {root}; this studio "
+                                     f"is reachable from the network, so it opens projects "
+                                     f"only from there")
+    return db

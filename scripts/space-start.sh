@@ -4,8 +4,10 @@
 # the studio opens the demo project (the digits are imported at its first start).
 # Environment: RCDM_STUDIO_PROJECTS (projects folder), RCDM_STUDIO_PROJECT (the project to
 # open), RCDM_STUDIO_AUTH (user:password login: a Space secret, or `docker run -e`),
-# GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. The login is taken from the environment only: on
-# the command line every process (and `docker inspect`) could read it.
+# RCDM_STUDIO_SHARE (public by default in the image: visitors browse, editors sign in),
+# RCDM_STUDIO_EDITORS (Hugging Face users that are editors), GRADIO_SERVER_NAME /
+# GRADIO_SERVER_PORT. The login is taken from the environment only: on the command line
+# every process (and `docker inspect`) could read it.
 # `exec` makes the studio tini's child (PID 1 without tini), so SIGTERM reaches it.
 set -e
 for arg in "$@"; do

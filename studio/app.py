@@ -21,10 +21,12 @@ import gradio as gr
 from engine import settings
 from engine.project import Dataset, Job
 from studio import ui
+from studio.access import Access, Quotas, parse_size
 from studio.context import StudioContext
 from studio.shared import Shared
 from studio.shutdown import Shutdown
 from studio.tabs import (
+    access_tab,
     curate_tab,
     data_tab,
     evaluate_tab,
@@ -47,15 +49,17 @@ TAB_IDS = ["projects"] + [label.lower() for label, _ in TABS] + ["settings"]
 MAX_FILE_SIZE = "512mb"  # uploads (zip archives of an ImageFolder)
 
 
-def build_app(project_path: str | Path, demo: bool = False, restrict: bool = False
-              ) -> gr.Blocks:
-    """Open the project and build its studio.
+def build_app(project_path: str | Path | None, demo: bool = False, restrict: bool = False,
+              access: Access | None = None) -> gr.Blocks:
+    """Open the default project (if any) and build its studio.
 
     Args:
-        project_path: ``NAME`` or ``NAME.duckdb`` (created when missing).
+        project_path: ``NAME`` or ``NAME.duckdb`` (created when missing): the project every
+            new browser session starts on; None: sessions start on the Projects tab.
         demo: queue the import of the bundled digits (a job) when the project has no dataset yet.
         restrict: the studio is reachable from the network: the picker opens projects only
             inside the projects folder.
+        access: share mode, sign-in and quotas (default: private).
 
     Returns:
         The Blocks; its ``studio`` attribute is the StudioContext (``.close()`` it when done).
@@ -63,18 +67,19 @@ def build_app(project_path: str | Path, demo: bool = False, restrict: bool = Fal
     Raises:
         ProjectLockedError: another process holds the project (its message names it).
     """
-    ctx = StudioContext(project_path)
+    ctx = StudioContext(project_path, access=access)
     try:
-        if demo and not ctx.project.list(Dataset) and not any(
-                j.kind == "import" and j.status in ("queued", "running")
-                for j in ctx.project.list(Job)):
-            from studio.choices import import_demo
+        if project_path is not None:
+            if demo and not ctx.project.list(Dataset) and not any(
+                    j.kind == "import" and j.status in ("queued", "running")
+                    for j in ctx.project.list(Job)):
+                from studio.choices import import_demo
 
-            job = import_demo(ctx)  # a job: the jobs panel shows it, the Data tab refreshes
-            log.info("importing the demo dataset (job %s)", job.id)
-        settings.apply_environment(ctx.project)
+                job = import_demo(ctx)  # a job: the jobs panel shows it, the Data tab refreshes
+                log.info("importing the demo dataset (job %s)", job.id)
+            settings.apply_environment(ctx.project)
+            projects_tab.remember(ctx.project.path)
         ctx.on_switch.append(apply_settings)
-        projects_tab.remember(ctx.project.path)
         ctx.restrict = restrict
         blocks = _layout(ctx, restrict)
     except BaseException:
@@ -91,8 +96,9 @@ def apply_settings(ctx: StudioContext) -> None:
 
 def remember_tab(ctx: StudioContext, tab_id: str, loaded: bool = True) -> None:
     """Store the tab the user is on (reopened there next time). ``loaded`` is false while
-    the page is still starting: the first tab reports a select then, not the user."""
-    if not loaded:
+    the page is still starting: the first tab reports a select then, not the user. Visitors
+    of a public studio leave no trace in the project."""
+    if not loaded or not ctx.has_project() or not ctx.editor:
         return
     try:
         ctx.project.set_meta(LAST_TAB, tab_id)
@@ -101,16 +107,35 @@ def remember_tab(ctx: StudioContext, tab_id: str, loaded: bool = True) -> None:
 
 
 def first_tab(ctx: StudioContext) -> str:
-    """The tab to show on load: the one the user left, else Projects (no dataset) or Data."""
+    """The tab to show on load: the one the user left, else Projects (no project, no
+    dataset) or Data."""
+    if not ctx.has_project():
+        return "projects"
     last = ctx.project.get_meta(LAST_TAB, "")
     if last in TAB_IDS:
         return last
     return "data" if ctx.project.list(Dataset) else "projects"
 
 
-def on_load(ctx: StudioContext) -> tuple[str, Any, bool]:
-    """Page load: the project's revision (every view refreshes), the tab the user left."""
+def on_load(ctx: StudioContext, stored: str | None = None) -> tuple[str, Any, bool]:
+    """Page load: reopen the project this browser showed last (``stored``, kept in the
+    browser's local storage) when it still exists and may be opened here; then the
+    project's revision (every view refreshes) and the tab the user left."""
+    if stored and ctx.session().path is None:
+        try:
+            db = projects_tab.resolve_project(stored, restrict=ctx.restrict)
+            if db.is_file():
+                ctx.switch(db, create=False)
+        except Exception as exc:  # noqa: BLE001 - a stale or locked project: the default opens
+            log.info("cannot reopen %s: %s", stored, exc)
     return ctx.revision(), gr.Tabs(selected=first_tab(ctx)), True
+
+
+def stored_project(ctx: StudioContext) -> Any:
+    """What the browser keeps as its project: this session's own choice (nothing while it
+    follows the studio's default)."""
+    s = ctx.session()
+    return str(s.path) if s.path is not None else gr.skip()
 
 
 def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
@@ -119,7 +144,9 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         shared.revision = gr.State("")
         shared.project = gr.State("")
         loaded = gr.State(False)  # true once the load event has chosen the tab
+        stored = gr.BrowserState("", storage_key="rcdm-studio-project")
         header_tab.build(ctx, shared)
+        access_tab.build(ctx, shared)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Projects", id="projects", elem_id="tab-projects") as t:
                 projects_tab.build(ctx, shared, restrict=restrict)
@@ -139,6 +166,7 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         # (the state starts empty) and whenever the jobs timer sees a new row or status.
         # Form defaults reload when the project (or its settings) changes.
         shared.on_refresh(ctx.project_key, [], [shared.project])
+        shared.on_refresh(ui.bind(stored_project, ctx), [], [stored])
         # Refreshers only read the project (under its lock): they run concurrently, so ten
         # open tabs do not wait in one queue behind each other.
         for r in shared.refreshers:
@@ -147,8 +175,9 @@ def _layout(ctx: StudioContext, restrict: bool = False) -> gr.Blocks:
         for r in shared.loaders:
             shared.project.change(ui.guard_refresh(r.fn, len(r.outputs)), r.inputs,
                                   r.outputs, show_progress="hidden", concurrency_limit=None)
-        blocks.load(ui.bind(on_load, ctx), None,
+        blocks.load(ui.bind(on_load, ctx), stored,
                     [shared.revision, tabs, loaded], show_progress="hidden")
+        blocks.unload(ctx.end_session)
     return blocks
 
 
@@ -184,38 +213,53 @@ def exposure_warning(host: str, credentials: list[tuple[str, str]] | None,
             f"in the environment (or pass --auth).")
 
 
-def _served_folder(ctx: StudioContext) -> str:
-    assets = ctx.project.assets.resolve()
-    if assets == Path(assets.anchor):
-        raise ValueError(f"refusing to serve the filesystem root ({assets})")
-    return str(assets)
+def _served_folders(ctx: StudioContext) -> list[str]:
+    """The folders the server may send files from: the assets of every open project."""
+    from engine.project import project_paths
+
+    out = []
+    for db in ctx.open_paths():
+        assets = project_paths(db)[1].resolve()
+        if assets == Path(assets.anchor):
+            raise ValueError(f"refusing to serve the filesystem root ({assets})")
+        out.append(str(assets))
+    return out
 
 
-def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
+def launch(project_path: str | Path | None, host: str = "127.0.0.1", port: int = 7860,
            open_browser: bool = True, demo: bool = False,
            prevent_thread_lock: bool = False, auth: str | None = None,
-           max_file_size: str | int = MAX_FILE_SIZE) -> gr.Blocks:
-    """Build and serve the studio. Files are served only from the open project's assets.
+           max_file_size: str | int = MAX_FILE_SIZE, share: str = "private",
+           quotas: Quotas | None = None, editors: str | None = None) -> gr.Blocks:
+    """Build and serve the studio. Files are served only from the open projects' assets.
 
     Args:
+        project_path: the project new browser sessions start on (None: the Projects tab).
         host: bind address; anything but 127.0.0.1 / localhost makes the picker open
             projects only inside the projects folder, and asks for ``auth`` (a warning
             without it, except on a Hugging Face Space, which has its own access control).
-        auth: ``user:password[,user:password]``: a login page in front of the studio.
+        auth: ``user:password[,user:password]``: in private mode a login page in front of
+            the studio; in public mode the accounts that sign in as editors.
         max_file_size: the largest upload (e.g. ``"512mb"``).
+        share: ``private`` or ``public`` (``studio.access``).
+        quotas: per-visitor limits of a public studio.
+        editors: Hugging Face user names (comma-separated) that are editors once signed in
+            with Hugging Face (a Space with OAuth); default ``$RCDM_STUDIO_EDITORS``.
 
     Unless ``prevent_thread_lock``, blocks until SIGTERM or SIGINT (also as PID 1: see
-    ``studio.shutdown``), then stops the server and closes the project (DuckDB checkpoints)
+    ``studio.shutdown``), then stops the server and closes the projects (DuckDB checkpoints)
     and returns; running job workers are left to finish. Returns the Blocks.
 
     Raises:
-        InvalidConfigError: a malformed ``auth``; ProjectLockedError (see ``build_app``).
+        InvalidConfigError: a malformed ``auth``, an unknown ``share``; ProjectLockedError.
     """
+    args = (project_path, host, port, open_browser, demo, auth, max_file_size, share, quotas,
+            editors)
     if prevent_thread_lock:
-        return _start(project_path, host, port, open_browser, demo, auth, max_file_size)
+        return _start(*args)
     # the handlers go in first: a signal during the (slow) start stops the studio right after
     with Shutdown() as shutdown:
-        blocks = _start(project_path, host, port, open_browser, demo, auth, max_file_size)
+        blocks = _start(*args)
         received = None
         try:
             received = shutdown.wait(lambda: blocks.is_running)
@@ -225,16 +269,14 @@ def launch(project_path: str | Path, host: str = "127.0.0.1", port: int = 7860,
 
 
 def _stop(blocks: gr.Blocks, received: str | None) -> None:
-    """Close the server and the project; say which jobs are left running, and to whom."""
+    """Close the server and the projects; say which jobs are left running, and to whom."""
     ctx: StudioContext = blocks.studio  # type: ignore[attr-defined]
-    try:
-        left = [j for j in ctx.project.list(Job) if j.status == "running"]
-    except Exception:  # noqa: BLE001 - a failing read must not stop the close
-        log.exception("cannot list the running jobs")
-        left = []
+    paths = ctx.open_paths()
+    left = ctx.running_jobs()
     close(blocks)
     why = f" ({received})" if received else ""
-    print(f"RCDM Studio stopped{why}; project {ctx.project.path} closed", flush=True)  # noqa: T201 - for the terminal
+    names = ", ".join(str(p) for p in paths) or "no project was open"
+    print(f"RCDM Studio stopped{why}; closed {names}", flush=True)  # noqa: T201 - for the terminal
     if left:
         ids = ", ".join(f"{j.id} (pid {j.pid})" for j in left)
         print(f"{len(left)} job(s) keep running in their own processes: {ids}. The next "  # noqa: T201 - for the terminal
@@ -242,24 +284,33 @@ def _stop(blocks: gr.Blocks, received: str | None) -> None:
               f"`rcdm-studio jobs cancel ID` stops one.", flush=True)
 
 
-def _start(project_path: str | Path, host: str, port: int, open_browser: bool, demo: bool,
-           auth: str | None, max_file_size: str | int) -> gr.Blocks:
+def _start(project_path: str | Path | None, host: str, port: int, open_browser: bool,
+           demo: bool, auth: str | None, max_file_size: str | int, share: str,
+           quotas: Quotas | None, editors: str | None) -> gr.Blocks:
     """Build the app, start its server (not blocking) and return the Blocks."""
+    from studio.choices import projects_root
+
     credentials = parse_auth(auth)
-    restrict = not projects_tab.is_local(host)
-    warning = exposure_warning(host, credentials)
+    restrict = not projects_tab.is_local(host) or share == "public"
+    if editors is None:
+        editors = os.environ.get("RCDM_STUDIO_EDITORS", "")
+    access = Access(share, credentials, editors.split(","), quotas,
+                    projects_root=projects_root())
+    if access.public and quotas is not None and quotas.max_upload is not None:
+        max_file_size = min(parse_size(max_file_size) or quotas.max_upload, quotas.max_upload)
+    warning = exposure_warning(host, credentials) if not access.public else None
     if warning:
         log.warning(warning)
-    blocks = build_app(project_path, demo=demo, restrict=restrict)
+    blocks = build_app(project_path, demo=demo, restrict=restrict, access=access)
     ctx: StudioContext = blocks.studio  # type: ignore[attr-defined]
     try:
-        assets = _served_folder(ctx)
+        assets = _served_folders(ctx)
     except ValueError:
         ctx.close()
         raise
 
     def serve_new_assets(c: StudioContext) -> None:
-        blocks.allowed_paths = [_served_folder(c)]
+        blocks.allowed_paths = sorted(set(blocks.allowed_paths or []) | set(_served_folders(c)))
 
     ctx.on_switch.append(serve_new_assets)
     # System fonts only: the studio must work offline (no Google Fonts request).
@@ -271,15 +322,18 @@ def _start(project_path: str | Path, host: str, port: int, open_browser: bool, d
     try:
         _, url, _ = blocks.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=port, prevent_thread_lock=True, inbrowser=False,
-            allowed_paths=[assets], show_error=False, quiet=True, theme=theme,
-            css_paths=[str(CSS_PATH)], footer_links=[], auth=credentials,
+            allowed_paths=assets, show_error=False, quiet=True, theme=theme,
+            css_paths=[str(CSS_PATH)], footer_links=[],
+            auth=None if access.public else credentials,
             auth_message="RCDM Studio: log in with the user and password given to "
                          "--auth / RCDM_STUDIO_AUTH.", max_file_size=max_file_size)
     except BaseException:
         ctx.close()
         raise
-    log.info("RCDM Studio on %s (project %s)", url, ctx.project.path)
-    print(f"RCDM Studio: {url} (project {ctx.project.path})", flush=True)  # noqa: T201 - for the terminal
+    where = f"project {ctx.open_paths()[0]}" if ctx.open_paths() else "no project: Projects tab"
+    mode = ", shared publicly: visitors browse, editors sign in" if access.public else ""
+    log.info("RCDM Studio on %s (%s%s)", url, where, mode)
+    print(f"RCDM Studio: {url} ({where}{mode})", flush=True)  # noqa: T201 - for the terminal
     if open_browser:
         webbrowser.open(url)
     return blocks

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.errors import InvalidConfigError
 from engine.jobs import read_progress
-from engine.paths import inside
+from engine.paths import inside, projects_root  # noqa: F401 - projects_root: used by the tabs
 from engine.project import Dataset, Encoding, Generation, Job, Model, Selection, reads
 from studio.context import StudioContext
 
@@ -35,11 +35,6 @@ def studio_home() -> Path:
     xdg = os.environ.get("XDG_CONFIG_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
     return base / "rcdm-studio"
-
-
-def projects_root() -> Path:
-    """The folder new projects go to (``$RCDM_STUDIO_PROJECTS``, default ``./projects``)."""
-    return Path(os.environ.get("RCDM_STUDIO_PROJECTS") or "projects").expanduser().absolute()
 
 
 def server_folder(ctx: StudioContext, text: str, what: str = "folder") -> Path:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import gradio as gr
 
 from engine.errors import StudioError
+from studio.context import NoProjectError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ def bind(fn: Callable, *args: Any) -> Callable:
     bound.__signature__ = sig.replace(  # type: ignore[attr-defined]
         parameters=list(sig.parameters.values())[len(args):])
     return bound
+
+
+def initial(fn: Callable, ctx: Any) -> Any:
+    """A view's value when the page is built: ``fn(ctx)`` on the default project, None when
+    the studio has none (every view is filled in again when a session loads)."""
+    return fn(ctx) if ctx.has_project() else None
 
 
 def error_text(exc: BaseException) -> str:
@@ -79,6 +86,9 @@ def guard_refresh(fn: Callable, n_outputs: int) -> Callable:
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - shown in the page, logged in full
+            if isinstance(exc, NoProjectError):  # the access bar says it, once
+                out = [gr.skip()] * n_outputs
+                return out[0] if n_outputs == 1 else tuple(out)
             if isinstance(exc, StudioError):
                 log.info("refresh %s: %s", getattr(fn, "__name__", fn), exc)
             else:

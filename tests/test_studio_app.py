@@ -444,25 +444,33 @@ def test_gallery_page_is_fast_at_12k_images(tmp_path):
 
 
 def test_switch_project_in_the_running_app(studio):
-    """Create a project from the picker, then open the first one again; every view follows."""
+    """Create a project from the picker, then open the first one again: the session that
+    switched follows, the studio's default project and the other sessions do not."""
+    from gradio_client import Client
+
     from studio.tabs import projects_tab
 
     blocks, client, _, path = studio
     ctx = blocks.studio
-    rev = ctx.revision()
+    default = ctx.project.path
     status, recent = client.predict("second", api_name="/create_project")
     assert "created second" in status
-    assert ctx.project.path == projects_tab.projects_root() / "second.duckdb"
-    assert ctx.revision() != rev
-    assert blocks.allowed_paths == [str(ctx.project.assets.resolve())]
-    assert recent["value"] == str(ctx.project.path)
+    second = projects_tab.projects_root() / "second.duckdb"
+    assert recent["value"] == str(second)  # the client's session shows it...
+    assert ctx.project.path == default  # ...the default (and so every new session) does not
+    assert set(blocks.allowed_paths) >= {str(default.with_suffix(".assets").resolve()),
+                                         str(second.with_suffix(".assets").resolve())}
+    other = Client(client.src, verbose=False)  # a second visitor, its own session
+    status, recent = other.predict(str(path), api_name="/open_project")
+    assert "opened proj" in status and recent["value"] == str(default)
     status, _ = client.predict("second", api_name="/create_project")
     assert "already exists" in status
-    status, _ = client.predict(str(path), api_name="/open_project")
-    assert "opened proj" in status and ctx.project.path == Path(f"{path}.duckdb")
+    status, recent = client.predict(str(path), api_name="/open_project")
+    assert "opened proj" in status and recent["value"] == str(default)
     assert [p.stem for p in projects_tab.recent_projects()][:2] == ["proj", "second"]
     status, _ = client.predict("nope", api_name="/open_project")
     assert "status-error" in status and "no project 'nope'" in status
+    assert second.resolve() not in ctx.open_paths()  # no session shows it: closed
 
 
 def test_galleries_get_thumbnails_of_large_images(tmp_path):
@@ -556,7 +564,7 @@ def test_recipe_search_from_the_evaluate_tab_advances_by_polling(tmp_path, monke
     monkeypatch.setattr(context, "POLL_REUSE_S", 0.0)
     path, model_id = tiny_generation_project(tmp_path, val_fraction=0.25)
     ctx = StudioContext(path)
-    ctx.jobs = _inline_jobs(ctx.project)
+    ctx.current().jobs = _inline_jobs(ctx.project)  # this project's manager
     try:
         assert [v for _, v in evaluate_tab.recipe_models(ctx, None)["choices"]] == [model_id]
         # bad form values are refused, named, before anything is recorded

@@ -24,7 +24,7 @@ from studio.cli import (
     project_commands,
     selection_commands,
 )
-from studio.cli.console import project_arg
+from studio.cli.console import project_arg, resolve_project_arg
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest file the studio accepts as an upload (default 512mb)")
     parser.add_argument("--demo", action="store_true",
                         help="import the bundled digits dataset when the project has no dataset")
+    parser.add_argument("--share", choices=("private", "public"),
+                        default=os.environ.get("RCDM_STUDIO_SHARE", "private"),
+                        help="private (default): whoever reaches the page may do everything "
+                             "(behind --auth's login page when given); public: visitors browse, "
+                             "curate and download, and sign in (--auth accounts, or Hugging "
+                             "Face users in $RCDM_STUDIO_EDITORS) to write. Default "
+                             "$RCDM_STUDIO_SHARE")
+    parser.add_argument("--max-jobs", type=int,
+                        default=int(os.environ.get("RCDM_STUDIO_MAX_JOBS", "2")),
+                        help="public: jobs one visitor may have queued or running (default 2)")
+    parser.add_argument("--max-disk", default=os.environ.get("RCDM_STUDIO_MAX_DISK", "20gb"),
+                        help="public: no job starts once the projects folder holds this much "
+                             "(default 20gb; 0: no limit)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in GROUPS:
@@ -71,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        resolve_project_arg(args)
         return COMMANDS.get(args.command, project_commands.cmd_launch)(args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,15 +14,32 @@ from typing import Any
 
 from engine.progress import CancelToken, ProgressFn, console_progress
 
-DEFAULT_PROJECT = "rcdm-studio.duckdb"
-
 
 def project_arg(p: argparse.ArgumentParser, top: bool = False) -> None:
     # Sub-commands do not repeat the default, so `rcdm-studio --project X demo` keeps X.
-    default = os.environ.get("RCDM_STUDIO_PROJECT", DEFAULT_PROJECT) if top else argparse.SUPPRESS
+    default = (os.environ.get("RCDM_STUDIO_PROJECT") or None) if top else argparse.SUPPRESS
     p.add_argument("--project", default=default,
-                   help="project file NAME.duckdb (its assets go to NAME.assets/); default "
-                        f"$RCDM_STUDIO_PROJECT or ./{DEFAULT_PROJECT}")
+                   help="the project: a bare NAME is NAME.duckdb in the projects folder "
+                        "($RCDM_STUDIO_PROJECTS, default ./projects), the one the studio's "
+                        "Projects tab opens; a path (./NAME, /data/NAME.duckdb) is that file; "
+                        "its assets go beside it in NAME.assets/. Default $RCDM_STUDIO_PROJECT; "
+                        "the studio without one opens on its Projects tab")
+
+
+def resolve_project_arg(args: argparse.Namespace) -> None:
+    """Turn ``--project`` into the project file's path (``engine.paths.resolve_project``).
+
+    Raises:
+        InvalidConfigError: a malformed name, or a subcommand without a project.
+    """
+    from engine.errors import InvalidConfigError
+    from engine.paths import resolve_project
+
+    if getattr(args, "project", None):
+        args.project = str(resolve_project(args.project))
+    elif getattr(args, "command", None):
+        raise InvalidConfigError(f"`{args.command}` needs a project: --project NAME (in the "
+                                 f"projects folder) or --project PATH/NAME.duckdb")
 
 
 def json_arg(p: argparse.ArgumentParser) -> None:

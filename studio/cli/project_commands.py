@@ -118,11 +118,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from engine.paths import resolve_project
+    from studio.access import Quotas, parse_size
     from studio.app import launch
 
+    if args.demo and not args.project:
+        args.project = str(resolve_project("demo"))
+
+    quotas = Quotas(max_jobs=args.max_jobs, max_upload=parse_size(args.max_upload, "--max-upload"),
+                    max_disk=parse_size(args.max_disk, "--max-disk"))
     launch(project_path=args.project, host=args.host, port=args.port,
            open_browser=not args.no_browser, demo=args.demo, auth=args.auth,
-           max_file_size=args.max_upload)
+           max_file_size=args.max_upload, share=args.share, quotas=quotas)
     return 0
 
 

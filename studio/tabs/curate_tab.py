@@ -458,7 +458,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                      min_width=160, elem_id="save-selection")
             status = gr.HTML(elem_id="curate-status")
             selections = gr.Dataframe(label="Selections", interactive=False, max_height=220,
-                                      value=selections_table(ctx), elem_id="selections-table")
+                                      value=ui.initial(selections_table, ctx), elem_id="selections-table")
             with gr.Row(elem_classes=["bottom-align"]):
                 comb_a = gr.Dropdown(label="A", choices=[], value=None, elem_id="combine-a")
                 comb_op = gr.Dropdown(["union", "intersection", "difference"],

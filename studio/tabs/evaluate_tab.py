@@ -621,7 +621,7 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> dict[str, Any]:
                                    elem_id="exp-button")
             status = gr.HTML(elem_id="exp-status")
         with gr.Column(scale=2):
-            listing = gr.Dataframe(value=experiments.summary_table(ctx.project),
+            listing = gr.Dataframe(value=ui.initial(lambda c: experiments.summary_table(c.project), ctx),
                                    interactive=False, max_height=200, label="Experiments",
                                    elem_id="exp-list", wrap=True)
             with gr.Row(elem_classes=["bottom-align"]):
@@ -691,7 +691,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             running = gr.Markdown(elem_id="eval-running")
         with gr.Column(scale=2):
             plot = gr.Plot(show_label=False, elem_id="eval-plot")
-            table = gr.Dataframe(value=results_table(ctx), interactive=False, max_height=280,
+            table = gr.Dataframe(value=ui.initial(results_table, ctx), interactive=False, max_height=280,
                                  label="All evaluations", elem_id="eval-table", wrap=True,
                                  column_widths=["16%", "13%", "14%", "8%", "8%", "6%",
                                                 "10%", "8%", "17%"])

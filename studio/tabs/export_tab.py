@@ -128,7 +128,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                    elem_id="export-button")
             status = gr.HTML(elem_id="export-status")
         with gr.Column(scale=2):
-            table = gr.Dataframe(value=exports_table(ctx), interactive=False, max_height=240,
+            table = gr.Dataframe(value=ui.initial(exports_table, ctx), interactive=False, max_height=240,
                                  label="Exports", wrap=True, elem_id="exports-table",
                                  column_widths=["18%", "10%", "11%", "17%", "44%"])
             with gr.Row(elem_classes=["bottom-align"]):

@@ -121,7 +121,7 @@ def redraw(ctx: StudioContext) -> tuple[pd.DataFrame, str]:
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Column(elem_classes=["jobs-panel"], elem_id="jobs-panel"):
         gr.Markdown("### Jobs", elem_classes=["panel-title"])
-        table = gr.Dataframe(value=jobs_table(ctx), interactive=False, wrap=True,
+        table = gr.Dataframe(value=ui.initial(jobs_table, ctx), interactive=False, wrap=True,
                              max_height=260, elem_id="jobs-table", show_label=False,
                              column_widths=["30%", "20%", "8%", "8%", "16%", "8%", "10%"])
         with gr.Row(elem_classes=["bottom-align"]):

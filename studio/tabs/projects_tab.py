@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from engine.errors import InvalidConfigError
-from engine.project import Dataset, Job, project_paths
+from engine.paths import resolve_project
+from engine.project import Dataset, Job
 from studio import ui
 from studio.choices import import_demo, projects_root, studio_home
 from studio.context import StudioContext
@@ -32,44 +31,11 @@ log = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 MAX_RECENT = 12
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def is_local(host: str | None) -> bool:
     return (host or "127.0.0.1") in LOCAL_HOSTS
-
-
-def resolve_project(ref: str, root: Path | None = None, restrict: bool = False) -> Path:
-    """A project name (``NAME`` -> ``ROOT/NAME.duckdb``) or path -> the ``.duckdb`` path.
-
-    Args:
-        ref: a bare name (letters, digits, ``_ . -``) or a path to ``NAME[.duckdb]``.
-        root: the projects folder (default ``projects_root()``).
-        restrict: refuse paths outside ``root`` (the studio is reachable from the network).
-
-    Raises:
-        InvalidConfigError: empty or malformed name, or a path outside ``root`` when
-            ``restrict``.
-    """
-    root = (root or projects_root()).absolute()
-    ref = (ref or "").strip()
-    if not ref:
-        raise InvalidConfigError("type a project name, e.g. flowers")
-    if "/" not in ref and os.sep not in ref and not ref.startswith("~"):
-        stem = ref[:-len(".duckdb")] if ref.endswith(".duckdb") else ref
-        if not _NAME.match(stem):
-            raise InvalidConfigError(f"project name {ref!r}: use letters, digits, '_', '.' "
-                                     f"or '-' (at most 64 characters)")
-        return project_paths(root / stem)[0]
-    db = project_paths(ref)[0]
-    if restrict:
-        real_root, real_db = root.resolve(), db.resolve()
-        if real_root not in real_db.parents:
-            raise InvalidConfigError(f"{db} is outside the projects folder {root}; this studio "
-                                     f"is reachable from the network, so it opens projects "
-                                     f"only from there")
-    return db
 
 
 # ---------------------------------------------------------------------- recent projects
@@ -106,10 +72,24 @@ def remember(db: Path) -> None:
         log.warning("cannot write the recent projects list %s: %s", path, exc)
 
 
+def folder_projects(root: Path | None = None, limit: int = 200) -> list[Path]:
+    """The projects in the projects folder, by name (at most ``limit``)."""
+    root = (root or projects_root())
+    try:
+        return sorted(p for p in root.glob("*.duckdb") if p.is_file())[:limit]
+    except OSError:
+        return []
+
+
 def recent_choices(restrict: bool = False, root: Path | None = None) -> list[tuple[str, str]]:
+    """Recent projects, then (when the studio is reachable from the network, where the list
+    is every visitor's) the other projects of the projects folder."""
     root = (root or projects_root()).resolve()
     out = []
-    for p in recent_projects():
+    recent = recent_projects()
+    if restrict:
+        recent += [p for p in folder_projects(root) if p not in recent]
+    for p in recent:
         inside = p.resolve().parent == root
         if restrict and root not in p.resolve().parents:
             continue
@@ -123,12 +103,16 @@ def recent_choices(restrict: bool = False, root: Path | None = None) -> list[tup
 
 def open_project(ctx: StudioContext, ref: str, restrict: bool = False,
                  create: bool = False) -> Path:
-    """Switch the studio to project ``ref`` (see ``resolve_project``) and remember it.
+    """Switch this browser session to project ``ref`` (see ``resolve_project``) and remember
+    it. Other sessions keep their project.
 
     Raises:
         InvalidConfigError: bad name, path outside the projects folder, or missing and not
-            ``create``; ProjectLockedError: another process holds it.
+            ``create``; ProjectLockedError: another process holds it; SignInRequiredError:
+            a visitor of a public studio asked to create one.
     """
+    if create:
+        ctx.access.check_write(ctx.editor, "create a project")
     db = resolve_project(ref, restrict=restrict)
     if not create and not db.is_file():
         raise InvalidConfigError(f"no project {db.stem!r} at {db}; create it instead")
@@ -147,17 +131,29 @@ def open_demo(ctx: StudioContext) -> tuple[Path, Job | None]:
     Returns:
         (the project path, the import job or None when it had a dataset already).
     """
-    db = project_paths(projects_root() / DEMO_NAME)[0]
+    db = demo_path()
+    if not db.is_file():
+        ctx.access.check_write(ctx.editor, "create the demo project")
     db.parent.mkdir(parents=True, exist_ok=True)
     ctx.switch(db, create=True)
     remember(ctx.project.path)
     job = None
-    if not ctx.project.list(Dataset):
+    if not ctx.project.list(Dataset) and ctx.editor and not any(
+            j.kind == "import" and j.status in ("queued", "running")
+            for j in ctx.project.list(Job)):
         job = import_demo(ctx)
     return ctx.project.path, job
 
 
+def demo_path() -> Path:
+    """The demo project: ``demo`` in the projects folder, wherever it is opened from (the
+    Projects tab, ``rcdm-studio --project demo``, ``rcdm-studio demo``)."""
+    return resolve_project(DEMO_NAME)
+
+
 def current_md(ctx: StudioContext) -> str:
+    if not ctx.has_project():
+        return "**No project is open.** Open the demo, create a project or open one."
     p = ctx.project
     n = len(p.list(Dataset))
     return (f"**Open project: {p.path.stem}** · {n} dataset(s)  \n"
@@ -168,7 +164,8 @@ def current_md(ctx: StudioContext) -> str:
 
 
 def recent_update(ctx: StudioContext, restrict: bool) -> Any:
-    return ui.dropdown(recent_choices(restrict), str(ctx.project.path), prefer_last=False)
+    current = str(ctx.project.path) if ctx.has_project() else None
+    return ui.dropdown(recent_choices(restrict), current, prefer_last=False)
 
 
 @ui.guard(2)
