@@ -30,16 +30,26 @@ def resolve_project_arg(args: argparse.Namespace) -> None:
     """Turn ``--project`` into the project file's path (``engine.paths.resolve_project``).
 
     Raises:
-        InvalidConfigError: a malformed name, or a subcommand without a project.
+        InvalidConfigError: a malformed name.
     """
-    from engine.errors import InvalidConfigError
     from engine.paths import resolve_project
 
     if getattr(args, "project", None):
         args.project = str(resolve_project(args.project))
-    elif getattr(args, "command", None):
+
+
+def project_file(args: argparse.Namespace) -> str:
+    """``--project`` as a path, for a command that needs one.
+
+    Raises:
+        InvalidConfigError: no ``--project`` (and no ``$RCDM_STUDIO_PROJECT``).
+    """
+    from engine.errors import InvalidConfigError
+
+    if not getattr(args, "project", None):
         raise InvalidConfigError(f"`{args.command}` needs a project: --project NAME (in the "
                                  f"projects folder) or --project PATH/NAME.duckdb")
+    return str(args.project)
 
 
 def json_arg(p: argparse.ArgumentParser) -> None:
@@ -73,7 +83,7 @@ def open_project(args: argparse.Namespace, create: bool = True):
     from engine import settings
     from engine.project import Project
 
-    project = Project(args.project, create=create)
+    project = Project(project_file(args), create=create)
     if hasattr(args, "device") and not args.device:
         args.device = settings.device(project)
     return project

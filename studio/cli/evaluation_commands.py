@@ -319,7 +319,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise InvalidConfigError(f"--seeds must be in [1, 20], got {args.seeds}")
     regimes = args.per_class or [0]  # 0: the full demo, no --per-class
     many = len(regimes) > 1
-    base, results = Path(args.project), []
+    from engine.paths import resolve_project
+
+    # without --project: the demo project, the one the studio's Projects tab opens
+    base, results = Path(args.project or resolve_project("demo")), []
     for n in regimes:
         cfg = config if n == 0 else config.with_per_class(n, seeds=args.seeds)
         export = Path(args.export) if args.export else None

@@ -17,6 +17,7 @@ from studio.cli.console import (
     machine_device,
     open_project,
     project_arg,
+    project_file,
     run_job,
 )
 
@@ -181,7 +182,7 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
     out = Path(args.out)
     k, p = shard_stage.parse_shard(args.shard) if args.shard else (0, 1)
     try:
-        with Project(args.project, create=False, read_only=True) as project:
+        with Project(project_file(args), create=False, read_only=True) as project:
             params, plan = generate_stage.plan_params(project, config, args.model, args.images)
         written = shard_stage.write_plan(out, params, plan.cond)
     except (ProjectNotFoundError, ProjectLockedError) as exc:

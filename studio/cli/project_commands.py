@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from engine.errors import StudioError
-from studio.cli.console import json_arg, open_project, project_arg
+from studio.cli.console import json_arg, open_project, project_arg, project_file
 
 
 def add_parsers(sub: Any) -> None:
@@ -36,7 +36,7 @@ def add_parsers(sub: Any) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.project import Project
 
-    with Project(args.project, create=False) as project:
+    with Project(project_file(args), create=False) as project:
         s = project.summary()
     if args.json:
         print(json.dumps(s, default=str))

@@ -41,36 +41,38 @@ def status_html(ctx: StudioContext) -> str:
     return " ".join(parts)
 
 
-def refresh(ctx: StudioContext) -> tuple[str, Any, Any]:
+def refresh(ctx: StudioContext) -> tuple[str, Any, Any, Any]:
+    """The bar's text, the sign-in form, the sign-out button, and the bar itself (hidden
+    when it has nothing to say: a private studio with a project open)."""
     signed = ctx.access.public and ctx.editor
-    return (status_html(ctx), gr.update(visible=ctx.access.can_sign_in and not signed),
-            gr.update(visible=signed))
+    text = status_html(ctx)
+    return (text, gr.update(visible=ctx.access.can_sign_in and not signed),
+            gr.update(visible=signed), gr.update(visible=bool(text)))
 
 
-def refresh_oauth(ctx: StudioContext, profile: gr.OAuthProfile | None) -> tuple[str, Any, Any]:
+def refresh_oauth(ctx: StudioContext, profile: gr.OAuthProfile | None
+                  ) -> tuple[str, Any, Any, Any]:
     """``refresh`` on a Space with OAuth: a Hugging Face user among the editors signs in."""
     if profile is not None and not ctx.editor:
         ctx.sign_in_hf(getattr(profile, "username", None))
     return refresh(ctx)
 
 
-@ui.guard(4)
-def on_sign_in(ctx: StudioContext, user: str, password: str) -> tuple[str, Any, Any, Any]:
+@ui.guard(5)
+def on_sign_in(ctx: StudioContext, user: str, password: str) -> tuple[Any, ...]:
     if not ctx.sign_in((user or "").strip(), password or ""):
-        return (ui.error_md("wrong user or password"), gr.skip(), gr.skip(), gr.skip())
-    status, form, out = refresh(ctx)
-    return status, form, out, ctx.revision()
+        return (ui.error_md("wrong user or password"),) + (gr.skip(),) * 4
+    return (*refresh(ctx), ctx.revision())
 
 
-def on_sign_out(ctx: StudioContext) -> tuple[str, Any, Any, Any]:
+def on_sign_out(ctx: StudioContext) -> tuple[Any, ...]:
     ctx.sign_out()
-    status, form, out = refresh(ctx)
-    return status, form, out, ctx.revision()
+    return (*refresh(ctx), ctx.revision())
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
     access = ctx.access
-    with gr.Row(elem_classes=["access-bar"]):
+    with gr.Row(elem_classes=["access-bar"], visible=False) as bar:
         status = gr.HTML(elem_id="access-status")
         with gr.Row(visible=False, elem_classes=["bottom-align"]) as form:
             user = gr.Textbox(label="User", scale=2, min_width=120, elem_id="sign-in-user")
@@ -81,7 +83,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             sign_out = gr.Button("Sign out", size="sm", elem_id="sign-out")
         if access.oauth:
             gr.LoginButton(elem_id="hf-sign-in")
-    outputs = [status, form, out]
+    outputs = [status, form, out, bar]
 
     sign_in.click(ui.bind(on_sign_in, ctx), [user, password], outputs + [shared.revision],
                   concurrency_id="access", api_name="sign_in")
