@@ -139,6 +139,9 @@ def visible_gpus() -> list[int]:
         return []
 
 
+WORKER_SECRETS = ("RCDM_STUDIO_AUTH",)  # owner-side settings a worker never receives
+
+
 def default_max_running() -> int:
     """One worker per GPU; one on a machine without a GPU."""
     return max(1, len(visible_gpus()))
@@ -270,7 +273,12 @@ class JobManager:
         for name in ("status.json",):
             (folder / name).unlink(missing_ok=True)
         logf = open(folder / "log.txt", "ab")
-        env = dict(os.environ)
+        from engine.settings import worker_environment
+
+        # the owner's environment less its secrets (a worker needs no login), plus the
+        # project's own settings
+        env = {k: v for k, v in os.environ.items() if k not in WORKER_SECRETS}
+        env.update(worker_environment(self.project))
         env.setdefault("PYTHONUNBUFFERED", "1")
         gpus = self._free_gpus(self._slots(job))
         if gpus:

@@ -96,6 +96,14 @@ def device(project: SettingsStore) -> str:
     return d
 
 
+def worker_environment(project: SettingsStore) -> dict[str, str]:
+    """The environment a worker of ``project`` gets on top of its owner's: the hub cache in
+    the project's model folder (set per job, so projects open side by side in one studio
+    each keep their own)."""
+    folder = str(effective(project).get("model_folder") or "").strip()
+    return {"HF_HOME": folder, "HF_HUB_CACHE": str(Path(folder) / "hub")} if folder else {}
+
+
 def apply_environment(project: SettingsStore) -> None:
     """Point the hub cache at the project's model folder (``HF_HOME`` / ``HF_HUB_CACHE`` of
     this process, inherited by every worker it starts)."""

@@ -140,3 +140,34 @@ def test_worker_priority_follows_the_environment(value, step):
                          capture_output=True, text=True, env=env, check=True, timeout=60)
     assert int(out.stdout) == os.getpriority(os.PRIO_PROCESS, 0) + step
     assert ("not an integer" in out.stderr) == (value == "x")
+
+
+def test_a_worker_gets_its_projects_hub_cache_and_no_login(tmp_path, monkeypatch):
+    """Two projects open in one studio each give their workers their own model folder; the
+    studio's login (RCDM_STUDIO_AUTH) never reaches a worker."""
+    import subprocess
+
+    from engine import settings
+    from engine.project import Project
+    from engine.stages import JobSpec
+
+    seen, real_popen = [], subprocess.Popen
+
+    def fake_popen(cmd, *args, **kwargs):  # a worker: record its environment, do not start it
+        if "engine.worker" not in cmd:
+            return real_popen(cmd, *args, **kwargs)
+        seen.append(kwargs["env"])
+        raise OSError("not started in this test")
+
+    monkeypatch.setenv("RCDM_STUDIO_AUTH", "me:secret")
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    for name in ("a", "b"):
+        folder = tmp_path / f"models-{name}"
+        folder.mkdir()
+        with Project(tmp_path / name) as project:
+            settings.save(project, {**settings.effective(project), "model_folder": str(folder)})
+            job = JobManager(project).submit(JobSpec(kind="export", title="x", params={}))
+            assert project.get(Job, job.id).status == "failed"
+    assert [env["HF_HOME"] for env in seen] == [str(tmp_path / "models-a"),
+                                                 str(tmp_path / "models-b")]
+    assert all("RCDM_STUDIO_AUTH" not in env for env in seen)
