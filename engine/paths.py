@@ -9,14 +9,19 @@ where a path is checked to stay inside a folder.
 - ``sanitize_name``: any name -> one safe path component (for a class folder, a file, the
   default folder of an export named after its selection).
 - ``inside``: ``path`` with symlinks resolved, refused unless it lies in ``root``.
+- ``new_memmap``: a new ``.npy`` array file, memory-mapped, its disk space reserved first
+  (a write into a memory map on a full disk is a SIGBUS that kills the process; a
+  reservation is an ``OSError`` the caller can report).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InvalidConfigError
 
@@ -129,3 +134,22 @@ def given_name(name: object, what: str = "name", nested: bool = False) -> str | 
     if name is None or (isinstance(name, str) and not name.strip()):
         return None
     return check_name(name, what, nested)
+
+
+def new_memmap(path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...]) -> Any:
+    """``np.lib.format.open_memmap(path, "w+", dtype, shape)`` with the file's blocks reserved
+    (``posix_fallocate``) before anything is written through the map: on a full disk this
+    raises ``OSError`` (ENOSPC) here instead of killing the process with SIGBUS later.
+    File systems without the call keep the sparse file."""
+    import numpy as np
+
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "rb+") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                del out
+                raise
+    return out
