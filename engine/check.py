@@ -8,11 +8,15 @@ files, so a crash, a killed worker or a hand-edited assets folder can leave
   evaluations or jobs are gone included,
 - jobs marked running whose process is gone (``stale_job``),
 - temp files of interrupted writes (``temp_file``),
-- top-level asset folders that no row and no job knows (``orphan_folder``).
+- top-level asset folders that no row and no job knows (``orphan_folder``): what a crash
+  between writing a folder and its row leaves.
 
 ``check_project(project, repair=True)`` fixes only what is safe to fix: it reconciles the
-job table (``JobManager.reconcile``) and deletes temp files while no job is running. It never
-deletes rows, nor user data, nor orphan folders (they may be work in progress).
+job table (``JobManager.reconcile``), then, while no job is running, deletes temp files and
+orphan folders. An orphan folder is deleted only when its name is one the studio makes (an
+id); a folder of a job not done (queued, running, or failed and retryable) is no orphan.
+Symbolic links are never followed (a link is removed, not its target). It never deletes
+rows, nor user data.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ PNG_SAMPLE = 50
 MAX_LISTED = 50
 
 ASSET_KINDS = ("datasets", "encodings", "models", "generations")
+# the top-level asset folders whose entries belong to a row or a job (orphans otherwise)
+ORPHAN_KINDS = (*ASSET_KINDS, "evaluations", "experiments", "exports", "jobs", "uploads")
+_RESERVED = {("exports", "zips")}  # the Export tab's downloads
+_ID_RE = re.compile(r"(^|-)[a-z]+_[0-9a-f]{8}$")  # engine.project.new_id, maybe after NAME-
 _TEMP_RE = re.compile(r"(\.tmp|\.tmp-\d+)$")
 
 
@@ -92,7 +100,8 @@ def check_project(project: Project, repair: bool = False) -> CheckReport:
 
     Args:
         project: an open, writable project (this process is its owner).
-        repair: reconcile stale jobs and delete temp files (never rows nor user data).
+        repair: reconcile stale jobs, delete temp files and orphan folders (never rows
+            nor user data).
     Returns:
         the report; ``report.ok`` is True when nothing is left to fix.
     """
@@ -110,7 +119,7 @@ def check_project(project: Project, repair: bool = False) -> CheckReport:
     _check_selections(project, report)
     # 4. files -> rows: temp files and folders nobody knows
     _check_temp_files(project, report, repair)
-    _check_orphan_folders(project, report)
+    _check_orphan_folders(project, report, repair)
     log.info("check of %s: %d problem(s), %d repaired", project.path, len(report.problems),
              sum(p["repaired"] for p in report.problems))
     return report
@@ -380,21 +389,28 @@ def _check_temp_files(project: Project, report: CheckReport, repair: bool) -> No
 
 
 def _known_folder_names(project: Project) -> set[str]:
-    """Top-level asset folder names (``kind/id``) referenced by a row."""
+    """Top-level asset folder names (``kind/NAME``) referenced by a row."""
     names: set[str] = set()
     for table, columns in [(Dataset, ["root"]), (Encoding, ["array_path", "state_path"]),
-                           (Model, ["checkpoint"]), (Generation, ["folder"])]:
+                           (Model, ["checkpoint"]), (Generation, ["folder"]),
+                           (Evaluation, []), (Experiment, []), (Job, ["folder"])]:
         for row in project.list(table):
             names.add(row.id)
             for c in columns:
                 parts = Path(getattr(row, c) or "").parts
-                if len(parts) >= 2 and parts[0] in ASSET_KINDS:
+                if len(parts) >= 2 and parts[0] in ORPHAN_KINDS:
                     names.add(parts[1])
+    exports = project.assets / "exports"
+    for x in project.list(Export):  # absolute folders, maybe elsewhere
+        folder = Path(x.folder or "")
+        if folder.parent == exports or folder.absolute().parent == exports.absolute():
+            names.add(folder.name)
     return names
 
 
 def _job_specs(project: Project) -> list[str]:
-    """spec.json texts of jobs not done: their folders belong to work that may come back."""
+    """spec.json texts of jobs not done: their folders belong to work that may come back
+    (a queued or running job writes there; a failed one resumes there when retried)."""
     texts = []
     for job in project.list(Job):
         if job.status == "done":
@@ -407,23 +423,62 @@ def _job_specs(project: Project) -> list[str]:
     return texts
 
 
-def _check_orphan_folders(project: Project, report: CheckReport) -> None:
+def _made_by_the_studio(kind: str, name: str) -> bool:
+    """The folder's name is one the studio makes (an id, an export's ``NAME-ID``, an upload's
+    ``unzip-*``): only such folders are deleted; anything else is the user's and is kept."""
+    if kind == "uploads":
+        return name.startswith("unzip-")
+    return _ID_RE.search(name) is not None
+
+
+def _orphan_folders(project: Project) -> list[tuple[str, Path]]:
+    """(kind, folder) of every top-level asset folder no row and no pending job knows."""
     known = _known_folder_names(project)
     specs = None
-    for kind in ASSET_KINDS:
+    found = []
+    for kind in ORPHAN_KINDS:
         top = project.assets / kind
-        if not top.is_dir():
-            continue
+        if top.is_symlink() or not top.is_dir():
+            continue  # never walk a link out of the assets
         for entry in sorted(top.iterdir()):
             if not entry.is_dir() or entry.name in known or _is_temp(entry, kind):
                 continue
-            if entry.name.startswith((".", "_")):
+            if entry.name.startswith((".", "_")) or (kind, entry.name) in _RESERVED:
                 continue
             if specs is None:
                 specs = _job_specs(project)
             if any(json.dumps(entry.name)[1:-1] in s for s in specs):
                 continue
-            report.add("orphan_folder", f"{kind}/{entry.name} belongs to no row and no "
-                                        f"pending job (kept: it may be work in progress; "
-                                        f"delete it by hand if it is not)",
-                       path=f"{kind}/{entry.name}")
+            found.append((kind, entry))
+    return found
+
+
+def _check_orphan_folders(project: Project, report: CheckReport, repair: bool) -> None:
+    orphans = _orphan_folders(project)
+    if not orphans:
+        return
+    # belt and braces: every running job's folders are in its spec, but a live worker may
+    # still create one; delete only while none runs (as for temp files)
+    busy = [j.id for j in project.list(Job)
+            if j.status in ("running", "ingesting") and pid_alive(j.pid)]
+    for kind, entry in orphans:
+        rel = f"{kind}/{entry.name}"
+        message = f"{rel} belongs to no row and no pending job"
+        fixed = False
+        if not _made_by_the_studio(kind, entry.name):
+            message += " and was not made by the studio (kept: delete it by hand if unused)"
+        elif not repair:
+            message += " (check --repair deletes it)"
+        elif busy:
+            message += f"; kept while job(s) {', '.join(busy)} run"
+        else:
+            try:
+                if entry.is_symlink():
+                    entry.unlink()  # the link only, never what it points at
+                else:
+                    shutil.rmtree(entry)  # removes links inside, never follows them
+                fixed = True
+                message += "; deleted"
+            except OSError as exc:
+                message += f"; cannot delete it ({exc})"
+        report.add("orphan_folder", message, path=rel, repaired=fixed)

@@ -661,8 +661,7 @@ def pixel_cache(paths: list[Path] | list[str], cache: Path, size: int,
         del arr
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(n, size, size, 3))
+        out = engine.paths.new_memmap(tmp, np.uint8, (n, size, size, 3))
         last_report = 0.0
         for i, path in enumerate(paths):
             if cancel is not None:

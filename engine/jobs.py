@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.errors import Cancelled, JobError, StudioError
+from engine.errors import Cancelled, JobError, StudioError, describe_os_error
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Job, Project, new_id, utcnow, write_json_atomic
 from engine.stages import JobSpec
@@ -188,19 +189,33 @@ class JobManager:
         """Write the job folder and its row (status ``queued``).
 
         The stage's hooks and its ingest find the job's id in their params as ``job_id``, so
-        the rows they write record the job that made them.
+        the rows they write record the job that made them. When the job cannot be created
+        (a full disk, a permission refused), nothing is left behind: its folder and what
+        ``prepare`` wrote (``spec.made``) are removed, and the stage's ``on_failure`` hook
+        settles the rows ``prepare`` added.
         """
         from engine import stages
 
-        stages.get(spec.kind)  # unknown kinds fail here, not in the worker
+        stage = stages.get(spec.kind)  # unknown kinds fail here, not in the worker
         job_id = new_id("job")
-        folder = self.project.new_folder("jobs", job_id)
         params = {**spec.params, "job_id": job_id}
-        write_json_atomic(folder / "spec.json",
-                          {"kind": spec.kind, "title": spec.title, "params": params,
-                           "job_id": job_id, "project": str(self.project.path)})
-        return self.project.add(Job(id=job_id, kind=spec.kind, title=spec.title,
-                                    status="queued", folder=self.project.rel(folder)))
+        folder = self.project.assets / "jobs" / job_id
+        try:
+            folder = self.project.new_folder("jobs", job_id)
+            write_json_atomic(folder / "spec.json",
+                              {"kind": spec.kind, "title": spec.title, "params": params,
+                               "job_id": job_id, "project": str(self.project.path)})
+            return self.project.add(Job(id=job_id, kind=spec.kind, title=spec.title,
+                                        status="queued", folder=self.project.rel(folder)))
+        except BaseException as exc:
+            for path in (folder, *(Path(p) for p in spec.made)):
+                remove_path(path)
+            try:
+                stage.on_failure(self.project, {"kind": spec.kind, "params": params}, "failed",
+                                 error_sentence(exc))
+            except Exception:  # noqa: BLE001 - the job's own error is the one to raise
+                log.exception("on_failure hook of a job that could not be created failed")
+            raise
 
     def submit(self, spec: JobSpec) -> Job:
         """Queue a job; it starts at the next ``poll()`` when a slot is free."""
@@ -423,8 +438,13 @@ class JobManager:
         folder = self.folder(job)
         self.project.update(Job, job.id, status="running", pid=os.getpid(),
                             started_at=utcnow())
-        self._on_start(job)
-        execute(folder, progress=progress, cancel=cancel or CancelToken())
+        try:
+            self._on_start(job)
+            execute(folder, progress=progress, cancel=cancel or CancelToken())
+        except BaseException as exc:  # execute could not even record the outcome (full disk)
+            self._mark(job, "failed" if isinstance(exc, Exception) else "interrupted",
+                       error_sentence(exc))
+            raise
         job = self.project.get(Job, job.id)
         self._finish(job)
         job = self.project.get(Job, job.id)
@@ -466,7 +486,29 @@ def execute(folder: Path, progress: ProgressFn = no_progress,
         write_json_atomic(folder / "status.json", {"status": "failed", "error": str(exc)})
         return {"status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - the worker reports every failure
-        log.exception("job crashed")
-        write_json_atomic(folder / "status.json",
-                          {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        if describe_os_error(exc) is None:
+            log.exception("job crashed")
+        else:  # the input or the machine (a full disk...): one sentence, the trace in the log
+            log.error("job failed: %s", describe_os_error(exc), exc_info=True)
+        error = error_sentence(exc)
+        write_json_atomic(folder / "status.json", {"status": "failed", "error": error})
+        return {"status": "failed", "error": error}
+
+
+def error_sentence(exc: BaseException) -> str:
+    """What a failed job's row says: the engine's own sentence, the OS's refusal in plain
+    words (``describe_os_error``), else the exception's type and message."""
+    if isinstance(exc, StudioError):
+        return str(exc)
+    return describe_os_error(exc) or f"{type(exc).__name__}: {exc}"
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a link (never what it points at) or a folder; quietly when gone."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)

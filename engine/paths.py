@@ -12,14 +12,19 @@ where a path is checked to stay inside a folder.
 - ``projects_root`` / ``resolve_project``: the projects folder, and what a project reference
   (a bare name, or a path) means — the same rule in the command line and the studio, so
   ``--project demo`` and the Projects tab's demo are one project.
+- ``new_memmap``: a new ``.npy`` array file, memory-mapped, its disk space reserved first
+  (a write into a memory map on a full disk is a SIGBUS that kills the process; a
+  reservation is an ``OSError`` the caller can report).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InvalidConfigError
 
@@ -184,3 +189,20 @@ def resolve_project(ref: str | os.PathLike, root: Path | None = None,
                                      f"is reachable from the network, so it opens projects "
                                      f"only from there")
     return db
+def new_memmap(path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...]) -> Any:
+    """``np.lib.format.open_memmap(path, "w+", dtype, shape)`` with the file's blocks reserved
+    (``posix_fallocate``) before anything is written through the map: on a full disk this
+    raises ``OSError`` (ENOSPC) here instead of killing the process with SIGBUS later.
+    File systems without the call keep the sparse file."""
+    import numpy as np
+
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "rb+") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                del out
+                raise
+    return out

@@ -1,8 +1,10 @@
 """Small helpers shared by the tabs: error display, dropdown choices, formatting.
 
 Engine errors the user can cause (``StudioError``) reach the page as one sentence in the
-tab's status line (and a toast); anything else is logged with its traceback and shown as a
-short line that points to the log, never as a stack trace.
+tab's status line (and a toast), and so do the operating system's refusals the input or the
+machine causes (permission denied, a full disk, a file gone, input nested too deeply: worded
+by ``engine.errors.describe_os_error``, as in the CLI); anything else is logged with its
+traceback and shown as a short line that points to the log, never as a stack trace.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import gradio as gr
 
-from engine.errors import StudioError
+from engine.errors import StudioError, describe_os_error
 from studio.context import NoProjectError
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,16 @@ def initial(fn: Callable, ctx: Any) -> Any:
 def error_text(exc: BaseException) -> str:
     if isinstance(exc, StudioError):
         return str(exc)
+    text = describe_os_error(exc)
+    if text is not None:
+        return text
     return f"unexpected {type(exc).__name__}: {exc} (details in the studio's log)"
+
+
+def expected(exc: BaseException) -> bool:
+    """True for an error the user or the machine caused (shown as one sentence), False for a
+    bug (logged with its traceback)."""
+    return isinstance(exc, StudioError) or describe_os_error(exc) is not None
 
 
 def guard(n_outputs: int, status: int = 0) -> Callable:
@@ -63,8 +74,9 @@ def guard(n_outputs: int, status: int = 0) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - shown in the page, logged in full
-                if isinstance(exc, StudioError):
-                    log.info("%s: %s", fn.__name__, exc)
+                if expected(exc):
+                    log.info("%s: %s", fn.__name__, exc, exc_info=not isinstance(exc,
+                                                                                  StudioError))
                 else:
                     log.exception("handler %s failed", fn.__name__)
                 gr.Warning(error_text(exc))
@@ -89,7 +101,7 @@ def guard_refresh(fn: Callable, n_outputs: int) -> Callable:
             if isinstance(exc, NoProjectError):  # the access bar says it, once
                 out = [gr.skip()] * n_outputs
                 return out[0] if n_outputs == 1 else tuple(out)
-            if isinstance(exc, StudioError):
+            if expected(exc):
                 log.info("refresh %s: %s", getattr(fn, "__name__", fn), exc)
             else:
                 log.exception("refresh %s failed", getattr(fn, "__name__", fn))

@@ -72,18 +72,66 @@ def test_an_embeddings_array_of_the_wrong_shape_is_reported(built):
     assert _kinds(report) == ["broken_file"] and "shape" in report.problems[0]["message"]
 
 
-def test_a_stray_temp_file_is_removed_by_repair_and_orphans_are_kept(built):
+def test_repair_removes_temp_files_and_orphan_folders_and_keeps_the_rest(built, tmp_path):
+    """Repair deletes a stray temp file and the folders no row and no pending job knows
+    (the studio's own ids only, links removed but never followed); it keeps every referenced
+    folder, a failed job's folder (a retry resumes there) and folders the user put there."""
+    from engine.stages import encode_stage
+
     stray = built.assets / "encodings" / "x.tmp"
     stray.write_bytes(b"half")
-    orphan = built.assets / "generations" / "gen_deadbeef"
-    orphan.mkdir(parents=True)
+    orphans = [built.assets / "generations" / "gen_deadbeef",
+               built.assets / "encodings" / "enc_0badc0de" / "encoder",
+               built.assets / "jobs" / "job_0000abcd",
+               built.assets / "exports" / "my-sel-exp_12345678",
+               built.assets / "uploads" / "unzip-k2j3"]
+    for folder in orphans:
+        folder.mkdir(parents=True)
+    (orphans[0] / "0001.png").write_bytes(b"png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the project's")
+    (built.assets / "models").mkdir(exist_ok=True)
+    (built.assets / "models" / "mdl_1234abcd").symlink_to(outside, target_is_directory=True)
+    (orphans[0] / "link").symlink_to(outside, target_is_directory=True)
+    mine = built.assets / "generations" / "my own folder"
+    mine.mkdir()
+    # a failed (retryable) job's output folder is not an orphan
+    failed = JobManager(built).create(encode_stage.prepare(built,
+                                                           EncodeConfig(encoder="class")))
+    built.update(Job, failed.id, status="failed", error="disk full")
+    failed_out = built.assets / "encodings" / json.loads(
+        (built.assets / failed.folder / "spec.json").read_text())["params"]["encoding_id"]
+    failed_out.mkdir()
+    referenced = sorted(p.relative_to(built.assets).as_posix()
+                        for p in built.assets.glob("*/*") if p.is_dir())
+
     report = check_project(built)
-    assert _kinds(report) == ["orphan_folder", "temp_file"] and not report.ok
+    paths = sorted(p["path"] for p in report.problems if p["kind"] == "orphan_folder")
+    expected = sorted([*(f"{o.relative_to(built.assets).parts[0]}/"
+                         f"{o.relative_to(built.assets).parts[1]}" for o in orphans),
+                       "models/mdl_1234abcd", "generations/my own folder"])
+    assert paths == expected and not report.ok
+    assert all(o.exists() for o in orphans)  # no repair, no change
+
     report = check_project(built, repair=True)
-    by_kind = {p["kind"]: p for p in report.problems}
-    assert by_kind["temp_file"]["repaired"] and not stray.exists()
-    assert not by_kind["orphan_folder"]["repaired"] and orphan.is_dir()
-    assert by_kind["orphan_folder"]["path"] == "generations/gen_deadbeef"
+    by_path = {p.get("path"): p for p in report.problems}
+    assert by_path["encodings/x.tmp"]["repaired"] and not stray.exists()
+    for folder in orphans:
+        rel = "/".join(folder.relative_to(built.assets).parts[:2])
+        assert by_path[rel]["repaired"] and not (built.assets / rel).exists(), rel
+    assert by_path["models/mdl_1234abcd"]["repaired"]
+    assert not (built.assets / "models" / "mdl_1234abcd").exists()
+    assert (outside / "keep.txt").read_text() == "not the project's"  # links never followed
+    assert not by_path["generations/my own folder"]["repaired"] and mine.is_dir()
+    assert failed_out.is_dir()
+    kept = sorted(p.relative_to(built.assets).as_posix()
+                  for p in built.assets.glob("*/*") if p.is_dir())
+    assert set(referenced) - set(kept) == {
+        "/".join(o.relative_to(built.assets).parts[:2]) for o in orphans} | {
+        "models/mdl_1234abcd"}
+    mine.rmdir()
+    assert check_project(built).problems == []
 
 
 def test_a_dangling_reference_is_reported(built):

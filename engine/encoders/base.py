@@ -167,8 +167,12 @@ class Encoder(ABC):
         state = self.state_dict()
         if state:
             tmp = folder / f"{STATE}.tmp"
-            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
-            os.replace(tmp, folder / STATE)
+            try:
+                save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
+                os.replace(tmp, folder / STATE)
+            except BaseException:  # a full disk: no half-written state left behind
+                tmp.unlink(missing_ok=True)
+                raise
         manifest = {
             "name": self.name,
             "version": self.version,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from engine.errors import InvalidConfigError, WeightsNotFoundError
+from engine.paths import new_memmap
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def cached_latents(pixels: np.ndarray, vae_id: str, cache_dir: Path, flip: bool 
                         arr.shape, shape)
             del arr
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        out = new_memmap(tmp, np.float32, shape)
         encode_pixels(vae, pixels, batch_size, flipped, progress, cancel, out=out)
         out.flush()
         del out

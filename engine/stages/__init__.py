@@ -10,7 +10,10 @@ every run row a job writes records it. Curation (``curate``) is fast enough to r
 owner and has no job.
 
 Work that decodes or copies many files (an import, a pixel cache) happens in ``run``, in the
-worker: ``prepare`` only checks inputs and names paths.
+worker: ``prepare`` only checks inputs and names paths. It creates no output folder (``run``
+makes it): a ``prepare`` that fails, or a job that cannot be created, leaves nothing behind.
+What a ``prepare`` must write (a generation's plan) it lists in ``JobSpec.made`` and removes
+itself if it fails; ``JobManager.create`` removes it when the job cannot be created.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class JobSpec:
     kind: str
     title: str
     params: dict[str, Any]
+    made: tuple[str, ...] = ()  # files / folders prepare wrote (removed if no job is created)
 
 
 KINDS = ("import", "encode", "train", "generate", "evaluate", "export")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -143,3 +145,17 @@ def split_indices(project: Project, ds: Dataset) -> Splits:
     split = images["split"].to_numpy()
     return Splits(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"),
                   np.flatnonzero(split == "test"), labels)
+
+
+def remove_if_empty(folder: Path) -> bool:
+    """Remove ``folder`` when no file is left anywhere in it (only empty sub-folders): the
+    output folder of a failed attempt that wrote nothing a retry could reuse. Links are
+    never followed. Returns True when it was removed."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    for _root, dirs, files in os.walk(folder):
+        if files or any((Path(_root) / d).is_symlink() for d in dirs):
+            return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()

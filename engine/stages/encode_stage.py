@@ -25,6 +25,7 @@ import numpy as np
 
 from engine.config import EncodeConfig
 from engine.errors import InvalidConfigError
+from engine.paths import new_memmap
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Encoding, Generation, Project, dumps, new_id, write_json_atomic
 from engine.stages import JobSpec, common
@@ -42,7 +43,7 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
     from engine import encoders
 
     encoding_id = new_id("enc")
-    out = project.new_folder("encodings", encoding_id)
+    out = project.assets / "encodings" / encoding_id  # made by the worker
     params: dict[str, Any] = {
         "encoding_id": encoding_id,
         "config": config.to_dict(),
@@ -89,6 +90,17 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
+    out = Path(params["array_path"]).parent
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _encode(params, progress, cancel)
+    except BaseException:
+        common.remove_if_empty(out)  # an attempt that kept nothing a retry could reuse
+        raise
+
+
+def _encode(params: dict[str, Any], progress: ProgressFn, cancel: CancelToken
+            ) -> dict[str, Any]:
     from engine import encoders
 
     config = EncodeConfig.from_dict(params["config"])
@@ -164,7 +176,7 @@ def encode_chunks(encoder: Any, chunk_pixels: Any, labels: np.ndarray, array_pat
             done = int(saved.get("done", 0))
             log.info("resuming encoding at image %d of %d", done, n)
     if done == 0:
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+        out = new_memmap(partial, np.float32, (n, dim))
     else:
         out = np.load(partial, mmap_mode="r+", allow_pickle=False)
     try:

@@ -86,7 +86,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         "test_idx": test_idx.tolist(),  # the scored split (eval_split): test or val
         "labels": labels.tolist(),
         "synthetic_paths": synthetic_paths, "synthetic_labels": synthetic_labels,
-        "out_dir": str(project.new_folder("evaluations", eval_id)),
+        "out_dir": str(project.assets / "evaluations" / eval_id),  # made by the worker
     }
     return JobSpec(kind="evaluate",
                    title=f"Evaluate {name} ({mix}, {num_train} images, on {split})",
@@ -99,6 +99,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     from engine.evaluate.classifier_training import mix_arrays, train_classifier
 
     config = EvalConfig.from_dict(params["config"])
+    Path(params["out_dir"]).mkdir(parents=True, exist_ok=True)
     pixels = common.pixels(params, config.image_size, progress, cancel)  # (N, S, S, 3)
     labels = np.asarray(params["labels"], dtype=np.int64)
     train_idx = np.asarray(params["train_idx"], dtype=np.int64)

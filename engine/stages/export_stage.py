@@ -102,7 +102,11 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
         out = exports / f"{sanitize_name(sel.name, 80)}-{export_id}"
         inside(out, exports, "export folder", "the project's exports folder")
     rows_path = project.new_folder("exports", "_specs") / f"{export_id}.parquet"
-    rows.to_parquet(rows_path, index=False)
+    try:
+        rows.to_parquet(rows_path, index=False)
+    except BaseException:  # a full disk: no half-written file left behind
+        rows_path.unlink(missing_ok=True)
+        raise
     card = {"title": f"{sel.name} ({ds.name})", "dataset": ds.name, "generation": gen.name,
             "model": model.name, "encoder": model.encoder, "selection": sel.name,
             "selection_config": sel.config, "generation_config": gconf,
@@ -110,7 +114,8 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
             "offline_encoder": model.encoder not in ("dinov2", "dinov3", "clip")}
     params = {"export_id": export_id, "selection_id": sel.id, "rows_path": str(rows_path),
               "out_dir": str(out), "config": config.to_dict(), "card": card}
-    return JobSpec(kind="export", title=f"Export {sel.name} ({len(rows)} images)", params=params)
+    return JobSpec(kind="export", title=f"Export {sel.name} ({len(rows)} images)",
+                   params=params, made=(str(rows_path),))
 
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,

@@ -16,6 +16,7 @@ in the generation folder, and the generation's config_json names it under
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +136,15 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
     name = given_name(name, "generation name")
     params, plan = plan_params(project, config, model_ref, image_ids)
     gen_id = new_id("gen")
-    out = project.new_folder("generations", gen_id)
+    out = project.new_folder("generations", gen_id)  # the plan's representations go there
     cond_path = out / "source_cond.npy"
-    np.save(cond_path, plan.cond, allow_pickle=False)
-    name = project.unique_name(Generation,
-                               name or f"{params['model_name']}-{default_suffix(config)}")
+    try:
+        np.save(cond_path, plan.cond, allow_pickle=False)
+        name = project.unique_name(Generation,
+                                   name or f"{params['model_name']}-{default_suffix(config)}")
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     params.update(generation_id=gen_id, name=name, cond_path=str(cond_path),
                   out_dir=str(out))
     what = "" if plan.mode == "variations" else f" ({plan.mode})"
@@ -147,7 +152,7 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
         what += f" perturbed by λ = {plan.perturb:g}"
     title = (f"Generate {len(plan) * config.variations} images{what} with "
              f"{params['model_name']}")
-    return JobSpec(kind="generate", title=title, params=params)
+    return JobSpec(kind="generate", title=title, params=params, made=(str(out),))
 
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,

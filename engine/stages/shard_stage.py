@@ -316,25 +316,30 @@ def merge_shards(project: Project, dirs: list[Path], name: str | None = None,
         project.get(row_type, ref)  # NotFoundError when merging into another project
     gen_id = new_id("gen")
     out = project.new_folder("generations", gen_id)
-    images = out / "images"
-    new_paths = []
-    for i, (src, label, idx) in enumerate(zip(rows["path"], rows["label"], rows["idx"])):
-        dst = images / f"{int(label):04d}" / f"{int(idx):07d}.png"
-        _link_or_copy(Path(src), dst)
-        new_paths.append(str(dst))
-        if (i + 1) % 1000 == 0 or i + 1 == len(rows):
-            progress(ProgressEvent(stage="merge", step=i + 1, total=len(rows)))
-    rows["path"] = new_paths
-    cond_path = out / "source_cond.npy"
-    save_array_atomic(cond_path, np.asarray(cond, dtype=np.float32))
-    table = out / "samples.parquet"
-    rows.to_parquet(table, index=False)
-    config = GenerateConfig.from_dict(params["config"])
-    suffix = generate_stage.default_suffix(config.replace(mode=params.get("mode", config.mode)))
-    params.update(generation_id=gen_id, cond_path=str(cond_path), out_dir=str(out),
-                  name=project.unique_name(Generation, name or
-                                           f"{params.get('model_name', 'model')}-{suffix}"))
-    provenance = {"shards": {"num_shards": plan["num_shards"],
-                             "folders": [str(Path(d).resolve()) for d in dirs],
-                             "fingerprint": plan["fingerprint"]}}
-    return generate_stage.ingest(project, params, {"samples": str(table), "provenance": provenance})
+    try:  # a full disk, a shard gone: no half-made generation folder left behind
+        images = out / "images"
+        new_paths = []
+        for i, (src, label, idx) in enumerate(zip(rows["path"], rows["label"], rows["idx"])):
+            dst = images / f"{int(label):04d}" / f"{int(idx):07d}.png"
+            _link_or_copy(Path(src), dst)
+            new_paths.append(str(dst))
+            if (i + 1) % 1000 == 0 or i + 1 == len(rows):
+                progress(ProgressEvent(stage="merge", step=i + 1, total=len(rows)))
+        rows["path"] = new_paths
+        cond_path = out / "source_cond.npy"
+        save_array_atomic(cond_path, np.asarray(cond, dtype=np.float32))
+        table = out / "samples.parquet"
+        rows.to_parquet(table, index=False)
+        config = GenerateConfig.from_dict(params["config"])
+        suffix = generate_stage.default_suffix(config.replace(mode=params.get("mode", config.mode)))
+        params.update(generation_id=gen_id, cond_path=str(cond_path), out_dir=str(out),
+                      name=project.unique_name(Generation, name or
+                                               f"{params.get('model_name', 'model')}-{suffix}"))
+        provenance = {"shards": {"num_shards": plan["num_shards"],
+                                 "folders": [str(Path(d).resolve()) for d in dirs],
+                                 "fingerprint": plan["fingerprint"]}}
+        return generate_stage.ingest(project, params, {"samples": str(table),
+                                                       "provenance": provenance})
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise

@@ -27,7 +27,7 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
     enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
     train_idx = common.split_indices(project, ds).train  # never val / test / unused
     model_id = new_id("mdl")
-    out = project.new_folder("models", model_id)
+    out = project.assets / "models" / model_id  # made by the worker
     name = project.unique_name(Model, name or f"rcdm-{enc.encoder}")
     project.add(Model(id=model_id, name=name, dataset_id=ds.id, encoding_id=enc.id,
                       encoder=enc.encoder, status="queued", config_json=config.to_json()))
@@ -49,6 +49,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
     config = TrainConfig.from_dict(params["config"])
     idx = np.asarray(params["train_idx"], dtype=np.int64)
+    Path(params["out_dir"]).mkdir(parents=True, exist_ok=True)
     # 1. the pixel cache of the dataset, built here (in the worker) when it is missing
     common.pixels(params, config.image_size, progress, cancel)
     # 2. train on the rows idx of the pixel cache and of the encoding; a latent run's latents

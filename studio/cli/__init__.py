@@ -5,18 +5,18 @@ do too. The commands live in one module per group (``*_commands.py``: ``add_pars
 ``cmd_*`` functions); ``studio.cli.console`` holds what they share (options, Ctrl-C as cancel,
 progress bars, output). Errors the engine raises on purpose are printed as one sentence with
 exit code 2; so are the operating system's refusals a command meets (permission denied, a
-full disk, a file gone: ``OSError``) and input nested too deeply (``RecursionError``).
+full disk, a file gone: ``OSError``) and input nested too deeply (``RecursionError``),
+worded by ``engine.errors.describe_os_error`` as in the studio.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
 
-from engine.errors import StudioError
+from engine.errors import StudioError, describe_os_error, os_error_text
 from studio.cli import (
     data_commands,
     evaluation_commands,
@@ -89,30 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # permission, full disk, a file gone: the input or the machine
+    except (OSError, RecursionError) as exc:  # permission, full disk, a file gone, depth
         log.debug("command %s failed", args.command, exc_info=True)
-        print(f"error: {os_error_text(exc)}", file=sys.stderr)
-        return 2
-    except RecursionError:
-        log.debug("command %s failed", args.command, exc_info=True)
-        print("error: the input is nested too deeply to process (Python's recursion limit "
-              "was reached); nothing was recorded", file=sys.stderr)
+        text = describe_os_error(exc) or os_error_text(exc)  # type: ignore[arg-type]
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def os_error_text(exc: OSError) -> str:
-    """One sentence for an OSError: what failed and on which path, e.g. "permission denied:
-    /data/out (the file system refused the operation)"."""
-    what = (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
-    paths = [str(p) for p in (exc.filename, exc.filename2) if p]
-    text = what[:1].lower() + what[1:] + (f": {' -> '.join(paths)}" if paths else "")
-    hints = {errno.EACCES: "check the folder's permissions",
-             errno.EPERM: "check the folder's permissions",
-             errno.ENOSPC: "free some disk space and run the command again",
-             errno.EROFS: "the file system is read-only",
-             errno.ENOENT: "a file or folder is missing (moved or deleted meanwhile?)"}
-    hint = hints.get(exc.errno or 0)
-    return f"{text} ({hint})" if hint else text

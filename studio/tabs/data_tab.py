@@ -143,6 +143,10 @@ def import_zip(ctx: StudioContext, zip_path: str | None, name: str,
     src = Path(zip_path)
     if src.suffix.lower() != ".zip":
         raise InvalidConfigError(f"{src.name} is not a .zip archive")
+    # before any extraction: a visitor of a public studio may not import, nor upload past
+    # the quota
+    ctx.access.check_write(ctx.editor, "import a dataset")
+    ctx.access.check_upload(src)
     name = (name or "").strip() or src.stem
     tmp_root = ctx.project.assets / "uploads"
     tmp_root.mkdir(parents=True, exist_ok=True)
@@ -159,6 +163,28 @@ def import_zip(ctx: StudioContext, zip_path: str | None, name: str,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def discard_upload(path: str | None) -> bool:
+    """Delete an uploaded file from Gradio's upload cache once it is imported or refused (a
+    dataset's zip can take gigabytes there), with its per-upload folder when that is left
+    empty. A file outside the cache (a path typed by hand, the user's own file) is never
+    touched. Returns True when the file was deleted."""
+    from gradio.utils import get_upload_folder
+
+    if not path:
+        return False
+    cache = Path(get_upload_folder()).resolve()
+    real = Path(path).resolve()
+    if cache not in real.parents or not real.is_file():
+        return False
+    try:
+        real.unlink()
+        if real.parent != cache:
+            real.parent.rmdir()  # only when empty
+    except OSError as exc:
+        log.info("upload %s: %s", real, exc)
+    return not real.exists()
 
 
 # ---------------------------------------------------------------------- event handlers
@@ -223,8 +249,11 @@ def on_folder(ctx: StudioContext, folder: str, name: str, test_fraction: float |
 @ui.guard(2)
 def on_zip(ctx: StudioContext, zip_path: str | None, name: str, test_fraction: float | None,
            val_fraction: float | None, per_class: float | None) -> tuple[str, str]:
-    config = import_config(test_fraction, val_fraction, per_class)
-    return submitted(import_zip(ctx, zip_path, name, config))
+    try:
+        config = import_config(test_fraction, val_fraction, per_class)
+        return submitted(import_zip(ctx, zip_path, name, config))
+    finally:  # extracted (or refused): the upload itself is no longer needed
+        discard_upload(zip_path)
 
 
 def refresh(ctx: StudioContext, dataset_id: str | None, pending: str | None
@@ -324,7 +353,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     next_btn.click(ui.bind(next_page, ctx), [dataset, cls, split, page], page_out)
     gallery.select(ui.bind(select_image, ctx), page_ids, [detail_img, detail_txt])
     zip_btn.click(ui.bind(on_zip, ctx), [upload, zip_name, *splits], [status, pending],
-                  concurrency_id="import", api_name="import_zip")
+                  concurrency_id="import", api_name="import_zip").then(
+        lambda: None, None, upload, api_visibility="private")  # the upload is gone: clear it
     demo_btn.click(ui.bind(on_demo, ctx), splits, [status, pending], concurrency_id="import",
                    api_name="import_demo")
     folder_btn.click(ui.bind(on_folder, ctx), [folder, name, *splits], [status, pending],

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,38 @@ def child(code: str, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=str(ROOT), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str = "64k", full: bool = False, read_only: bool = False):
+    """A small ``tmpfs`` mounted on ``folder`` (made if missing) for the block: a disk that
+    fills up after ``size`` bytes, already full (``full``: a filler file takes every block),
+    or read-only. The tests run as root; skipped where mounting is not permitted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        if full:
+            with open(folder / "filler", "wb", buffering=0) as f:
+                try:
+                    while f.write(b"\0" * 4096):
+                        pass
+                except OSError:  # ENOSPC: full
+                    pass
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only); skipped where mounting is not permitted."""
+    with tmpfs(tmp_path / "small") as mnt:
+        yield mnt
 
 
 TRAIN = dict(image_size=8, block_channels=(8, 16), cross_attention_dim=16, attention_head_dim=8,

@@ -160,14 +160,16 @@ def test_sigkill_of_the_owner_while_it_imports(tmp_path, where):
             assert report.problems
             assert not any((project.assets / "datasets").iterdir())
         else:
-            # the folder was renamed into place just before the rows: an orphan, reported
-            # and kept (check never deletes folders); nothing was lost, the source is intact
-            report = assert_repairable(project, allow=("orphan_folder",))
+            # the folder was renamed into place just before the rows: an orphan, which
+            # repair deletes (nothing is lost: the source folder is intact)
+            report = assert_repairable(project)
             orphans = [p for p in report.problems if p["kind"] == "orphan_folder"]
             assert {p["kind"] for p in report.problems} <= {"orphan_folder", "stale_job"}
             # (an orphan unless the stale import job's record already accounts for it)
             assert [p["path"] for p in orphans] in ([f"datasets/{leftovers[0]}"], []), \
                 report.problems
+            if orphans:
+                assert not (project.assets / "datasets" / leftovers[0]).exists()
         # importing again works and gives the whole dataset
 
         ds = import_folder(project, folder, "tiny", ImportConfig())

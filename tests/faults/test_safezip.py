@@ -100,6 +100,41 @@ def test_a_zip_that_lies_about_its_sizes_is_refused(tmp_path):
     _nothing_written(tmp_path, tmp_path / "out")
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED],
+                         ids=["deflated", "stored"])
+def test_a_lying_entry_after_a_good_one_is_refused_while_streaming(tmp_path, method,
+                                                                   monkeypatch):
+    """A good first entry, then one whose headers (local and central) declare 100 bytes but
+    whose data inflates to 4 MB, with a limit (1 MB) above the declared total: the
+    declared sizes pass, the first entry is written, and the liar is stopped while it
+    streams (never more than its declared bytes are read); the temp folder, first entry
+    included, is removed."""
+    z = _zip(tmp_path / "liar.zip", [("a/1.png", _png()), ("a/2.png", b"\0" * (4 << 20))],
+             method=method)
+    data = bytearray(z.read_bytes())
+    with zipfile.ZipFile(z) as zf:
+        liar = zf.getinfo("a/2.png")
+    # local header: uncompressed size at offset 22; central directory record: offset 24
+    data[liar.header_offset + 22:liar.header_offset + 26] = (100).to_bytes(4, "little")
+    central = data.rindex(b"PK\x01\x02")  # the last record is a/2.png's
+    data[central + 24:central + 28] = (100).to_bytes(4, "little")
+    z.write_bytes(bytes(data))
+    with zipfile.ZipFile(z) as zf:
+        assert sum(i.file_size for i in zf.infolist()) < 1 << 20  # the declared sizes pass
+    opened = []
+    real_open = zipfile.ZipFile.open
+
+    def spy(self, name, *args, **kwargs):  # which entries extraction streams, in order
+        opened.append(getattr(name, "filename", name))
+        return real_open(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    with pytest.raises(UnsafeArchiveError, match="corrupt"):
+        extract_zip(z, tmp_path / "out", max_bytes=1 << 20)
+    assert opened == ["a/1.png", "a/2.png"]  # refused while streaming, after a good entry
+    _nothing_written(tmp_path, tmp_path / "out")
+
+
 def test_too_many_files(tmp_path):
     z = _zip(tmp_path / "many.zip", [(f"a/{i}.png", b"x") for i in range(11)])
     with pytest.raises(UnsafeArchiveError, match="11 entries"):
