@@ -163,3 +163,20 @@ def test_sessions_do_not_see_each_others_switches(tmp_path, monkeypatch):
         assert ctx.sessions() == 2
     finally:
         close(blocks)
+
+
+def test_a_visitors_zip_is_refused_before_it_is_unpacked(public, tmp_path):
+    import zipfile
+
+    from gradio_client import handle_file
+
+    blocks, url, projects, folder = public
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(folder.rglob("*.png")):
+            zf.write(p, f"pets/{p.relative_to(folder).as_posix()}")
+    status = _client(url).predict(handle_file(str(archive)), "pets", 0.34, 0, None,
+                                  api_name="/import_zip")
+    assert "sign in to import a dataset" in status
+    uploads = blocks.studio.project.assets / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())  # nothing was extracted
