@@ -80,7 +80,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                   elem_id="sign-in-password")
             sign_in = gr.Button("Sign in", scale=1, min_width=90, elem_id="sign-in")
         with gr.Row(visible=False) as out:
-            sign_out = gr.Button("Sign out", size="sm", elem_id="sign-out")
+            sign_out = gr.Button("Sign out", size="sm", scale=0, min_width=100, elem_id="sign-out")
         if access.oauth:
             gr.LoginButton(elem_id="hf-sign-in")
     outputs = [status, form, out, bar]
