@@ -57,6 +57,52 @@ def _kind(info: zipfile.ZipInfo) -> str:
     return "file"
 
 
+def _open(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UnsafeArchiveError(f"{path.name} is not a readable zip file ({exc})") from exc
+
+
+def _plan(archive: zipfile.ZipFile, path: Path, max_bytes: int,
+          max_files: int) -> list[tuple[zipfile.ZipInfo, PurePosixPath, str]]:
+    """(entry, safe relative name, kind) of every entry, from the central directory alone."""
+    infos = archive.infolist()
+    if len(infos) > max_files:
+        raise UnsafeArchiveError(f"{path.name} holds {len(infos):,} entries, more than "
+                                 f"the limit of {max_files:,}")
+    plan = []
+    declared = 0
+    for info in infos:
+        rel = _safe_name(info.filename)
+        kind = _kind(info)
+        if kind in ("link", "special"):
+            what = "symbolic link" if kind == "link" else "special file"
+            raise UnsafeArchiveError(f"entry {info.filename!r} is a {what}; only files "
+                                     f"and folders are accepted")
+        declared += info.file_size
+        if declared > max_bytes:
+            raise UnsafeArchiveError(f"{path.name} unpacks to more than {max_bytes:,} "
+                                     f"bytes (a zip bomb?)")
+        plan.append((info, rel, kind))
+    return plan
+
+
+def check_zip(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES,
+              max_files: int = DEFAULT_MAX_FILES) -> int:
+    """The checks ``extract_zip`` makes before writing anything (names, links, entry count,
+    declared sizes), reading only the archive's directory: quick enough for a request
+    handler, so a hostile zip is refused at once; the extraction (a job) still counts the real
+    bytes. Returns the number of entries.
+
+    Raises:
+        UnsafeArchiveError: as ``extract_zip``, from the directory.
+    """
+    path = Path(path)
+    with _open(path) as archive:
+        return len(_plan(archive, path, max_bytes, max_files))
+
+
 def extract_zip(path: str | os.PathLike, dest: str | os.PathLike,
                 max_bytes: int = DEFAULT_MAX_BYTES, max_files: int = DEFAULT_MAX_FILES) -> Path:
     """Unpack ``path`` into the new folder ``dest``, all or nothing.
@@ -78,31 +124,11 @@ def extract_zip(path: str | os.PathLike, dest: str | os.PathLike,
     path, dest = Path(path), Path(dest)
     if dest.exists():
         raise DatasetError(f"{dest} exists already; extract into a new folder")
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UnsafeArchiveError(f"{path.name} is not a readable zip file ({exc})") from exc
+    archive = _open(path)
     tmp = dest.with_name(f".{dest.name}.unzip.tmp")
     with archive:
         # 1. every name and kind, and the declared sizes, before writing anything
-        infos = archive.infolist()
-        if len(infos) > max_files:
-            raise UnsafeArchiveError(f"{path.name} holds {len(infos):,} entries, more than "
-                                     f"the limit of {max_files:,}")
-        plan = []
-        declared = 0
-        for info in infos:
-            rel = _safe_name(info.filename)
-            kind = _kind(info)
-            if kind in ("link", "special"):
-                what = "symbolic link" if kind == "link" else "special file"
-                raise UnsafeArchiveError(f"entry {info.filename!r} is a {what}; only files "
-                                         f"and folders are accepted")
-            declared += info.file_size
-            if declared > max_bytes:
-                raise UnsafeArchiveError(f"{path.name} unpacks to more than {max_bytes:,} "
-                                         f"bytes (a zip bomb?)")
-            plan.append((info, rel, kind))
+        plan = _plan(archive, path, max_bytes, max_files)
         # 2. stream each entry, counting the real bytes (declared sizes can lie)
         if tmp.exists():
             shutil.rmtree(tmp)

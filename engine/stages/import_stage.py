@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine import data
+from engine import data, safezip
 from engine.config import ImportConfig
 from engine.errors import DatasetError
 from engine.progress import CancelToken, ProgressFn
@@ -43,20 +43,35 @@ ROWS_FILE = "images.parquet"
 
 def prepare(project: Project, folder: str | Path | None, name: str,
             config: ImportConfig = data.DEFAULT_IMPORT, demo: bool = False,
-            cleanup: str | Path | None = None) -> JobSpec:
-    """Queue the import of the ImageFolder ``folder`` (or of the demo digits, ``demo=True``)
-    as the dataset ``name``.
+            cleanup: str | Path | None = None, archive: str | Path | None = None,
+            max_bytes: int | None = None, max_files: int | None = None) -> JobSpec:
+    """Queue the import of the ImageFolder ``folder`` (or of the demo digits, ``demo=True``,
+    or of a zip of an ImageFolder, ``archive``) as the dataset ``name``.
 
     Args:
-        cleanup: a folder inside the project's ``uploads/`` (an unpacked zip) the owner
-            removes once the job has ended, whatever its outcome.
+        cleanup: a folder inside the project's ``uploads/`` (an uploaded zip, an unpacked
+            one) the owner removes once the job has ended, whatever its outcome.
+        archive: a zip inside ``cleanup``: the worker unpacks it safely
+            (``engine.safezip``, at most ``max_bytes`` / ``max_files``) and imports the
+            ImageFolder in it (the one top folder of a zip of the folder itself).
 
     Raises:
         DatasetError: an empty or taken name, a missing folder or a file, a ``cleanup``
-            folder outside the project's uploads.
+            folder outside the project's uploads, an ``archive`` outside ``cleanup``.
     """
     name = data.check_name(project, name)
-    if demo:
+    cleanup_text = _cleanup_folder(project, cleanup)
+    extract: dict[str, Any] = {}
+    if archive is not None:
+        zip_path = Path(archive).resolve()
+        if not cleanup_text or Path(cleanup_text) not in zip_path.parents:
+            raise DatasetError(f"the archive {zip_path} must lie in the upload folder removed "
+                               f"after the import")
+        extract = {"archive": str(zip_path),
+                   "max_bytes": int(max_bytes or safezip.DEFAULT_MAX_BYTES),
+                   "max_files": int(max_files or safezip.DEFAULT_MAX_FILES)}
+        source = folder_text = ""
+    elif demo:
         source, folder_text = data.DEMO_SOURCE, ""
     else:
         if folder is None:
@@ -70,10 +85,27 @@ def prepare(project: Project, folder: str | Path | None, name: str,
         "source": source, "config": config.to_dict(),
         "final_root": str(final_root), "work_root": str(data.partial_root(final_root)),
         "root_rel": project.rel(final_root),
-        "cleanup": _cleanup_folder(project, cleanup),
+        "cleanup": cleanup_text, **extract,
     }
-    what = "the demo digits" if demo else folder_text
+    if extract:
+        params["source"] = f"upload:{Path(extract['archive']).name}"
+    what = ("the demo digits" if demo else
+            f"the upload {Path(extract['archive']).name}" if extract else folder_text)
     return JobSpec(kind="import", title=f"Import {what} as {name}", params=params)
+
+
+def _unpack(params: dict[str, Any], dest: Path) -> Path:
+    """Unpack the job's archive into ``dest`` (a retry starts over) and return the
+    ImageFolder in it: the archive's root, or its one top folder when the zip holds the
+    folder itself."""
+    shutil.rmtree(dest, ignore_errors=True)
+    root = safezip.extract_zip(params["archive"], dest, max_bytes=params["max_bytes"],
+                               max_files=params["max_files"])
+    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir() and \
+            any(c.is_dir() for c in entries[0].iterdir()):
+        return entries[0]
+    return root
 
 
 def _cleanup_folder(project: Project, cleanup: str | Path | None) -> str:
@@ -102,6 +134,8 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
             demo_dir = folder / "demo"
             shutil.rmtree(demo_dir, ignore_errors=True)
             source = data.write_demo_dataset(demo_dir / "digits")
+        elif params.get("archive"):
+            source = _unpack(params, folder / "unzipped")
         else:
             source = Path(params["folder"])
         written = data.write_dataset_files(source, work_root, params["root_rel"],
@@ -117,6 +151,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     finally:
         if params.get("demo"):
             shutil.rmtree(folder / "demo", ignore_errors=True)
+        shutil.rmtree(folder / "unzipped", ignore_errors=True)
     return {"rows": str(rows), "classes": written["classes"], "skipped": written["skipped"],
             "num_images": int(len(written["images"])), "warnings": written["warnings"]}
 

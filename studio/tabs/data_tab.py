@@ -127,15 +127,16 @@ def import_folder(ctx: StudioContext, folder: str, name: str,
 
 def import_zip(ctx: StudioContext, zip_path: str | None, name: str,
                config: ImportConfig | None = None) -> Job:
-    """Queue the import of an uploaded zip of an ImageFolder: extracted safely
-    (``engine.safezip``) into a folder of the project's ``uploads/``, imported by a job that
-    removes that folder when it ends.
+    """Queue the import of an uploaded zip of an ImageFolder. Here, only what is quick: the
+    archive's directory is checked (``engine.safezip.check_zip``: traversal, links, entry
+    count, declared size) and the upload moved into a folder of the project's ``uploads/``;
+    the job unpacks it (counting the real bytes), imports it and removes that folder.
 
     Raises:
         InvalidConfigError: no file; UnsafeArchiveError: traversal, links, a zip bomb;
-        DatasetError: no class folder with images, a taken name.
+        DatasetError: a taken name; SignInRequiredError / QuotaError (a public studio).
     """
-    from engine.safezip import extract_zip
+    from engine.safezip import check_zip
     from engine.stages import import_stage
 
     if not zip_path:
@@ -143,23 +144,21 @@ def import_zip(ctx: StudioContext, zip_path: str | None, name: str,
     src = Path(zip_path)
     if src.suffix.lower() != ".zip":
         raise InvalidConfigError(f"{src.name} is not a .zip archive")
-    # before any extraction: a visitor of a public studio may not import, nor upload past
+    # before anything else: a visitor of a public studio may not import, nor upload past
     # the quota
     ctx.access.check_write(ctx.editor, "import a dataset")
     ctx.access.check_upload(src)
+    check_zip(src, max_bytes=ZIP_MAX_BYTES, max_files=ZIP_MAX_FILES)
     name = (name or "").strip() or src.stem
     tmp_root = ctx.project.assets / "uploads"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="unzip-"))
+    tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="zip-"))
     try:
-        root = extract_zip(src, tmp / "x", max_bytes=ZIP_MAX_BYTES, max_files=ZIP_MAX_FILES)
-        # a zip of the folder itself holds one top folder: the ImageFolder is inside it
-        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if len(entries) == 1 and entries[0].is_dir() and \
-                any(c.is_dir() for c in entries[0].iterdir()):
-            root = entries[0]
-        return ctx.submit(import_stage.prepare(ctx.project, root, name, config or ImportConfig(),
-                                               cleanup=tmp))
+        archive = tmp / "upload.zip"
+        shutil.copyfile(src, archive)  # the upload cache's copy is deleted after this call
+        return ctx.submit(import_stage.prepare(
+            ctx.project, None, name, config or ImportConfig(), cleanup=tmp, archive=archive,
+            max_bytes=ZIP_MAX_BYTES, max_files=ZIP_MAX_FILES))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
