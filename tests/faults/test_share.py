@@ -180,3 +180,27 @@ def test_a_visitors_zip_is_refused_before_it_is_unpacked(public, tmp_path):
     assert "sign in to import a dataset" in status
     uploads = blocks.studio.project.assets / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())  # nothing was extracted
+
+
+def test_hugging_face_editors_sign_in_and_others_stay_visitors(tmp_path, monkeypatch):
+    """On a Space with OAuth (OAUTH_CLIENT_ID set), the access bar's refresh receives the
+    signed-in Hugging Face profile: a user listed in the editors becomes an editor, another
+    stays a visitor. (The OAuth round trip itself needs a Space; this is what follows it.)"""
+    import gradio as gr
+
+    from studio.access import Access
+    from studio.context import StudioContext
+    from studio.tabs import access_tab
+
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "space-client")
+    profile = {"name": "X", "profile": "", "picture": ""}
+    ctx = StudioContext(tmp_path / "p", access=Access("public", editors=["Alice"]))
+    try:
+        assert ctx.access.oauth and not ctx.editor
+        access_tab.refresh_oauth(ctx, gr.OAuthProfile({**profile, "preferred_username": "bob"}))
+        assert not ctx.editor
+        text, *_ = access_tab.refresh_oauth(
+            ctx, gr.OAuthProfile({**profile, "preferred_username": "alice"}))
+        assert ctx.editor and "Signed in as <b>alice</b>" in text
+    finally:
+        ctx.close()
