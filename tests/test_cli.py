@@ -200,3 +200,26 @@ def test_demo_over_several_regimes_runs_each_in_its_own_project(tmp_path, monkey
     assert [r["train_per_class"] for r in regimes] == [10, None]
     table = out[out.index("N / class"):]
     assert "90.10 ± 0.50" in table and "all (126)" in table and "(mixup)" in table
+
+
+def test_one_demo_project_from_the_cli_and_the_studio(tmp_path, monkeypatch, capsys):
+    """A bare NAME is the projects folder's project in the command line as in the studio:
+    `--project demo` is the Projects tab's demo; a path stays a path; a command that needs a
+    project and has none says so (rc 2) and creates nothing."""
+    from studio.cli.console import resolve_project_arg
+    from studio.tabs.projects_tab import demo_path
+
+    monkeypatch.setenv("RCDM_STUDIO_PROJECTS", str(tmp_path / "projects"))
+    monkeypatch.delenv("RCDM_STUDIO_PROJECT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["--project", "demo", "status"])
+    resolve_project_arg(args)
+    assert args.project == str(demo_path()) == str(tmp_path / "projects" / "demo.duckdb")
+    args = build_parser().parse_args(["--project", "./here/p", "status"])
+    resolve_project_arg(args)
+    assert args.project == str(tmp_path / "here" / "p.duckdb")
+    assert main(["status"]) == 2
+    assert "`status` needs a project: --project NAME" in capsys.readouterr().err
+    assert main(["--project", "bad name!", "status"]) == 2
+    assert "project name 'bad name!'" in capsys.readouterr().err
+    assert list(tmp_path.rglob("*.duckdb")) == []
