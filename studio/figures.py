@@ -374,7 +374,8 @@ def curves_figure(runs: dict[str, pd.DataFrame], title: str) -> go.Figure:
                                  mode=mode, line=dict(color=color), showlegend=False,
                                  hovertemplate=f"{name}<br>epoch %{{x}}: top-1 %{{y:.2f}} %"
                                                f"<extra></extra>"), row=1, col=2)
-    fig.update_xaxes(title="epoch")
+    last = max((float(c["epoch"].max()) for c in runs.values() if len(c)), default=1.0)
+    fig.update_xaxes(title="epoch", dtick=max(1, math.ceil(last / 10)))  # whole epochs
     fig.update_yaxes(title="cross-entropy", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title="top-1 %", range=ACCURACY_RANGE, row=1, col=2)
     fig.update_layout(template="plotly_white", height=360, title=dict(text=title, x=0.01),
@@ -399,3 +400,12 @@ def losses_figure(runs: dict[str, list[tuple[float, float]]], title: str) -> go.
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right",
                                   x=1.0))
     return fig
+
+
+def config_styled(table: pd.DataFrame) -> Any:
+    """A config table (``engine.project.reads.config_table``) with the rows whose values
+    differ shaded: a pandas Styler, which ``gr.Dataframe`` draws as it is."""
+    if "differs" not in table.columns or not len(table):
+        return table
+    return table.style.apply(
+        lambda row: ["background-color: #fff3c4" if row["differs"] else ""] * len(row), axis=1)

@@ -716,10 +716,13 @@ def test_evaluation_page_and_compare_runs_from_real_evaluations(tmp_path):
             "real-2ep-test (test)", "real-3ep-test (test)"]
         assert len({t.line.color for t in fig.data}) == 2
         assert "the test split" in fig.layout.title.text
-        assert list(diff.columns) == ["field", "real-2ep-test", "real-3ep-test", "differs"]
+        assert list(diff.columns) == ["field", "differs", "real-2ep-test", "real-3ep-test"]
         differing = list(diff.loc[diff["differs"] == "≠", "field"])
         assert "epochs" in differing and "mix" not in differing
         assert diff["differs"].tolist() == sorted(diff["differs"], key=lambda d: d != "≠")
+        styled = evaluate_tab.show_compare(ctx, [two.id, three.id])[1]  # what the page gets
+        cells = styled.to_html()
+        assert styled.data.equals(diff) and cells.count("background-color: #fff3c4") > 0
         fig, diff = evaluate_tab.compare_view(ctx, [two.id, three.id, val.id])
         assert sum(t.showlegend is not False for t in fig.data) == 3
         assert "each run's split" in fig.layout.title.text

@@ -260,7 +260,10 @@ def evaluation_settings(project: Project, evaluation: Evaluation) -> dict[str, A
     from engine.project.schema import Dataset, Generation, Selection
 
     ev = evaluation
-    return {"top-1 %": ev.top1, "top-5 %": ev.top5, "scored on (split)": ev.eval_split,
+    def pct(v: float | None) -> float | None:
+        return None if v is None else round(float(v), 2)
+
+    return {"top-1 %": pct(ev.top1), "top-5 %": pct(ev.top5), "scored on (split)": ev.eval_split,
             "status": ev.status, "mix": ev.mix,
             "dataset": row_name(project, Dataset, ev.dataset_id),
             "selection": row_name(project, Selection, ev.selection_id),
@@ -293,9 +296,9 @@ def _cell(value: Any) -> str:
 
 
 def config_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Runs' settings side by side: one row per field, one column per run, then ``differs``
-    ("≠" where the runs' values differ). Fields that differ come first (in their order of
-    appearance); a field a run lacks shows "—".
+    """Runs' settings side by side: columns ``field``, ``differs`` ("≠" where the runs'
+    values differ), then one per run; one row per field. Fields that differ come first (in
+    their order of appearance); a field a run lacks shows "—".
 
     Args:
         runs: run name -> flat settings (``evaluation_settings`` / ``model_settings``).
@@ -305,9 +308,9 @@ def config_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for f in fields:
         cells = [_cell(runs[n][f]) if f in runs[n] else "—" for n in names]
-        rows.append([f, *cells, "≠" if len(set(cells)) > 1 else ""])
-    rows.sort(key=lambda r: r[-1] != "≠")  # stable: the differing fields first
-    return pd.DataFrame(rows, columns=["field", *names, "differs"])
+        rows.append([f, "≠" if len(set(cells)) > 1 else "", *cells])
+    rows.sort(key=lambda r: r[1] != "≠")  # stable: the differing fields first
+    return pd.DataFrame(rows, columns=["field", "differs", *names])
 
 
 def model_losses(model: Model) -> list[tuple[float, float]]:

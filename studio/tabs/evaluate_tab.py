@@ -262,8 +262,11 @@ def show_evaluation(ctx: StudioContext, eval_id: str | None) -> tuple[Any, ...]:
 
 
 def show_compare(ctx: StudioContext, eval_ids: list[str] | None) -> tuple[Any, Any]:
+    from studio import figures
+
     try:
-        return compare_view(ctx, eval_ids)
+        fig, table = compare_view(ctx, eval_ids)
+        return fig, figures.config_styled(table)
     except Exception as exc:  # noqa: BLE001 - shown as a toast, the views keep their values
         log.exception("compare failed")
         gr.Warning(ui.error_text(exc))
@@ -274,12 +277,15 @@ def refresh_page(ctx: StudioContext, eval_id: str | None,
                  compared: list[str] | None) -> tuple[Any, ...]:
     """The page's lists and views: the evaluation shown (the latest finished one by default)
     and the ticked ones that still exist."""
+    from studio import figures
+
     choices = evaluation_choices(ctx)
     ids = [v for _, v in choices]
     current = eval_id if eval_id in ids else latest_done(ctx)
     ticked = [i for i in (compared or []) if i in ids]
+    fig, table = compare_view(ctx, ticked)
     return (gr.update(choices=choices, value=current), *evaluation_page(ctx, current),
-            gr.update(choices=choices, value=ticked), *compare_view(ctx, ticked))
+            gr.update(choices=choices, value=ticked), fig, figures.config_styled(table))
 
 
 EXPERIMENT_LABELS = {
@@ -883,12 +889,13 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     run_btn.click(ui.bind(on_run, ctx), form, [status, table], api_name="evaluate")
     gr.Timer(3.0).tick(ui.bind(live, ctx), None, running, show_progress="hidden")
     shared.on_refresh(ui.bind(refresh, ctx), [selection], [selection, table, plot, running])
+    # a second click while the page is drawn is not lost: the last one wins
     table.select(ui.bind(pick_evaluation, ctx), None, [page["chosen"], *views],
-                 show_progress="hidden")
+                 show_progress="hidden", trigger_mode="always_last")
     page["chosen"].input(ui.bind(show_evaluation, ctx), page["chosen"], views,
-                         show_progress="hidden")
+                         show_progress="hidden", trigger_mode="always_last")
     page["compared"].input(ui.bind(show_compare, ctx), page["compared"], compare,
-                           show_progress="hidden")
+                           show_progress="hidden", trigger_mode="always_last")
     shared.on_refresh(ui.guard_refresh(ui.bind(refresh_page, ctx), 10),
                       [page["chosen"], page["compared"]],
                       [page["chosen"], *views, page["compared"], *compare])

@@ -332,7 +332,8 @@ def refresh(ctx: StudioContext, dataset_id: str | None, enc: str | None,
 
 def show_compare(ctx: StudioContext, model_ids: list[str] | None) -> tuple[Any, Any]:
     try:
-        return compare_models(ctx, model_ids)
+        fig, table = compare_models(ctx, model_ids)
+        return fig, figures.config_styled(table)
     except Exception as exc:  # noqa: BLE001 - shown as a toast, the views keep their values
         log.exception("compare failed")
         gr.Warning(ui.error_text(exc))
@@ -343,7 +344,8 @@ def refresh_compare(ctx: StudioContext, model_ids: list[str] | None) -> tuple[An
     """The models to tick (those still there stay ticked) and their comparison."""
     choices = model_choices(ctx)
     ticked = [i for i in (model_ids or []) if i in [v for _, v in choices]]
-    return gr.update(choices=choices, value=ticked), *compare_models(ctx, ticked)
+    fig, table = compare_models(ctx, ticked)
+    return gr.update(choices=choices, value=ticked), fig, figures.config_styled(table)
 
 
 def defaults(ctx: StudioContext) -> tuple[int, int]:
@@ -466,6 +468,6 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     shared.on_project(ui.bind(defaults, ctx), [], [steps, batch])
     dataset.change(ui.bind(refresh, ctx), [dataset, encoder, model], lists)
     compared.input(ui.bind(show_compare, ctx), compared, [compare_plot, compare_table],
-                   show_progress="hidden")
+                   show_progress="hidden", trigger_mode="always_last")  # the last tick wins
     shared.on_refresh(ui.guard_refresh(ui.bind(refresh_compare, ctx), 3), [compared],
                       [compared, compare_plot, compare_table])
