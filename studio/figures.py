@@ -296,13 +296,12 @@ def per_class_figure(per_class: pd.DataFrame, split: str, title: str) -> go.Figu
     fig = go.Figure(go.Bar(
         x=per_class["class"].astype(str).tolist(), y=acc.fillna(0.0).tolist(),
         marker_color="#4C72B0", text=["" if v != v else f"{v:.0f}" for v in acc],
-        textposition="outside", customdata=images,
+        textposition="outside", cliponaxis=False, customdata=images,
         hovertemplate="%{x}: %{y:.1f} % of %{customdata} images<extra></extra>"))
     mean = float(acc.mean()) if acc.notna().any() else float("nan")
-    if mean == mean:
-        fig.add_hline(y=mean, line_dash="dot", line_color="#DD8452",
-                      annotation_text=f"mean of classes {mean:.1f}",
-                      annotation_position="bottom right")
+    if mean == mean:  # a dotted line, its value in the title (a label would cover bars)
+        fig.add_hline(y=mean, line_dash="dot", line_color="#DD8452")
+        title += f" · dotted: mean of classes {mean:.1f} %"
     fig.update_layout(template="plotly_white", height=340, title=dict(text=title, x=0.01),
                       yaxis=dict(title=f"accuracy % ({split} split)", range=ACCURACY_RANGE),
                       xaxis=dict(title="class", type="category"),

@@ -21,7 +21,7 @@ from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import ACTIVE
 from engine.project import Dataset, Evaluation, Generation, Job, Model, Selection, reads
 from engine.settings import device, effective
-from studio import ui
+from studio import figures, ui
 from studio.choices import job_progress, model_choices, selection_choices
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -93,8 +93,6 @@ SHOWN_BARS = 20  # single evaluations drawn in the top-1 chart
 
 def results_figure(ctx: StudioContext) -> Any:
     import plotly.graph_objects as go
-
-    from studio import figures
 
     done = [e for e in ctx.project.list(Evaluation) if e.status == "done" and e.top1 is not None]
     # experiments have their own chart below: this one shows the single evaluations, the
@@ -189,13 +187,12 @@ def page_summary(ctx: StudioContext, report: reads.EvaluationReport) -> str:
 
 
 PAGE_EMPTY = "<small>No evaluation picked: click a row of the table above.</small>"
+CONFUSION_COLUMNS = ["true class", "predicted as", "images", "% of the class"]
 
 
 def evaluation_page(ctx: StudioContext, eval_id: str | None) -> tuple[Any, ...]:
     """An evaluation's page: (summary, per-class figure, confusion figure, curves figure, top
     confusions table, config table); empty views without one."""
-    from studio import figures
-
     if not eval_id:
         return (PAGE_EMPTY, None, None, None, pd.DataFrame(columns=CONFUSION_COLUMNS),
                 pd.DataFrame(columns=["field", "value"]))
@@ -218,13 +215,8 @@ def evaluation_page(ctx: StudioContext, eval_id: str | None) -> tuple[Any, ...]:
     return page_summary(ctx, report), per_class, confusion, curves, top, config
 
 
-CONFUSION_COLUMNS = ["true class", "predicted as", "images", "% of the class"]
-
-
 def compare_view(ctx: StudioContext, eval_ids: list[str] | None) -> tuple[Any, Any]:
     """(curves overlaid, configs side by side) of the ticked evaluations."""
-    from studio import figures
-
     ids = [i for i in dict.fromkeys(eval_ids or []) if i]
     if not ids:
         return None, pd.DataFrame(columns=["field", "differs"])
@@ -262,8 +254,6 @@ def show_evaluation(ctx: StudioContext, eval_id: str | None) -> tuple[Any, ...]:
 
 
 def show_compare(ctx: StudioContext, eval_ids: list[str] | None) -> tuple[Any, Any]:
-    from studio import figures
-
     try:
         fig, table = compare_view(ctx, eval_ids)
         return fig, figures.config_styled(table)
@@ -277,8 +267,6 @@ def refresh_page(ctx: StudioContext, eval_id: str | None,
                  compared: list[str] | None) -> tuple[Any, ...]:
     """The page's lists and views: the evaluation shown (the latest finished one by default)
     and the ticked ones that still exist."""
-    from studio import figures
-
     choices = evaluation_choices(ctx)
     ids = [v for _, v in choices]
     current = eval_id if eval_id in ids else latest_done(ctx)
@@ -331,8 +319,6 @@ def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] |
 
 def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, Any, Any]:
     """(table, figure, CSV path, Markdown path) of an experiment; empty without one."""
-    from studio import figures
-
     if not exp_id:
         empty = pd.DataFrame(columns=["training data", "images", "seeds", "top-1 %", "top-5 %",
                                       "split"])
@@ -896,7 +882,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                          show_progress="hidden", trigger_mode="always_last")
     page["compared"].input(ui.bind(show_compare, ctx), page["compared"], compare,
                            show_progress="hidden", trigger_mode="always_last")
-    shared.on_refresh(ui.guard_refresh(ui.bind(refresh_page, ctx), 10),
+    shared.on_refresh(ui.bind(refresh_page, ctx),
                       [page["chosen"], page["compared"]],
                       [page["chosen"], *views, page["compared"], *compare])
     search = build_recipe(ctx, shared)

@@ -469,5 +469,5 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     dataset.change(ui.bind(refresh, ctx), [dataset, encoder, model], lists)
     compared.input(ui.bind(show_compare, ctx), compared, [compare_plot, compare_table],
                    show_progress="hidden", trigger_mode="always_last")  # the last tick wins
-    shared.on_refresh(ui.guard_refresh(ui.bind(refresh_compare, ctx), 3), [compared],
+    shared.on_refresh(ui.bind(refresh_compare, ctx), [compared],
                       [compared, compare_plot, compare_table])
