@@ -1,4 +1,6 @@
-"""Plotly figures of engine results: the band, the 2-D map, the per-class dashboard, experiments.
+"""Plotly figures of engine results: the band, the 2-D map, the per-class dashboard,
+experiments, an evaluation's page (per-class accuracy, confusion matrix, curves) and runs
+compared (their curves overlaid).
 
 The engine computes (``engine.curation``, ``engine.experiments``); these functions only draw
 what it returns. Every figure uses the "plotly_white" template and reads well at 1280 x 800.
@@ -17,6 +19,10 @@ import plotly.graph_objects as go
 from engine.curation.arrays import check_distances
 from engine.curation.bands import box_stats, kept_range
 from engine.errors import InvalidConfigError
+
+ACCURACY_RANGE = [0.0, 105.0]  # every accuracy axis: from 0 (room above 100 for the labels)
+RUN_COLORS = px.colors.qualitative.Plotly  # one colour per run in the compare charts
+CONFUSION_CELLS_MAX = 50  # classes beyond which the heatmap is left out (the table stays)
 
 EXPERIMENT_TITLES = {
     "scaling": "Synthetic-only training at 1x..4x the real set (paper Fig. 2)",
@@ -226,12 +232,10 @@ def experiment_figure(t: pd.DataFrame, record: dict[str, Any]) -> go.Figure:
             error_y=dict(type="data", array=t["top-1 std"].fillna(0.0).tolist()),
             text=[f"{v:.1f}" if not math.isnan(v) else "" for v in t["top-1 mean"]],
             textposition="outside", showlegend=False))
-    # zoom on the results (accuracies near 100 % would otherwise look all alike)
-    lows = (t["top-1 mean"] - t["top-1 std"].fillna(0.0)).dropna()
-    low = max(0.0, math.floor(float(lows.min())) - 2.0) if len(lows) else 0.0
+    # honest axes: from 0 (a zoom on the results exaggerates their differences)
     fig.update_layout(template="plotly_white", height=360,
                       title=dict(text=f"{record['name']}: {EXPERIMENT_TITLES[record['kind']]}", x=0.01),
-                      yaxis=dict(title="top-1 % (mean ± std over seeds)", range=[low, 101.5]),
+                      yaxis=dict(title="top-1 % (mean ± std over seeds)", range=ACCURACY_RANGE),
                       margin=dict(l=60, r=20, t=50, b=60))
     return fig
 
@@ -272,8 +276,135 @@ def recipe_figure(candidates: pd.DataFrame, name: str = "recipe search") -> go.F
             line=dict(color="#55A868" if winner else "#B0B0B0", width=3 if winner else 1),
             hovertemplate=f"{r['label']}<br>%{{x}} epochs: %{{y:.2f}} %<extra></extra>"))
     fig.update_xaxes(title="epochs (rungs)", tickvals=epochs, type="log")
-    fig.update_yaxes(title="top-1 % (validation)")
+    fig.update_yaxes(title="top-1 % (validation)", range=ACCURACY_RANGE)
     fig.update_layout(template="plotly_white", height=360,
                       title=dict(text=f"{name}: successive halving on validation", x=0.01),
                       margin=dict(l=60, r=20, t=50, b=50))
     return fig
+
+
+def per_class_figure(per_class: pd.DataFrame, split: str, title: str) -> go.Figure:
+    """An evaluation's accuracy per class as bars on a 0-100 % axis.
+
+    Args:
+        per_class: ``engine.project.reads.EvaluationReport.per_class``: class, accuracy (%,
+            NaN for a class without an image in the split), images.
+        split: the scored split ("test" / "val"), named on the axis.
+    """
+    acc = per_class["accuracy"].astype(float)
+    images = per_class["images"].tolist()
+    fig = go.Figure(go.Bar(
+        x=per_class["class"].astype(str).tolist(), y=acc.fillna(0.0).tolist(),
+        marker_color="#4C72B0", text=["" if v != v else f"{v:.0f}" for v in acc],
+        textposition="outside", cliponaxis=False, customdata=images,
+        hovertemplate="%{x}: %{y:.1f} % of %{customdata} images<extra></extra>"))
+    mean = float(acc.mean()) if acc.notna().any() else float("nan")
+    if mean == mean:  # a dotted line, its value in the title (a label would cover bars)
+        fig.add_hline(y=mean, line_dash="dot", line_color="#DD8452")
+        title += f" · dotted: mean of classes {mean:.1f} %"
+    fig.update_layout(template="plotly_white", height=340, title=dict(text=title, x=0.01),
+                      yaxis=dict(title=f"accuracy % ({split} split)", range=ACCURACY_RANGE),
+                      xaxis=dict(title="class", type="category"),
+                      margin=dict(l=60, r=20, t=50, b=60), showlegend=False)
+    if len(per_class) > 12:
+        fig.update_xaxes(tickangle=-45)
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, classes: Sequence[str], split: str,
+                     title: str) -> go.Figure:
+    """A confusion matrix as a heatmap: row = true class, column = predicted; the colour is
+    the share of the true class's images (0-1), the cell text the count (up to 20 classes).
+    Beyond ``CONFUSION_CELLS_MAX`` classes the figure only says so (the page shows the top
+    confusions as a table).
+
+    Args:
+        confusion: (C, C) counts; classes: C names; split: the scored split.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    names = [str(c) for c in classes]
+    fig = go.Figure()
+    if len(cm) > CONFUSION_CELLS_MAX:
+        fig.update_layout(template="plotly_white", height=120, title=dict(
+            text=f"{title}: {len(cm)} classes, too many for a heatmap (see the top "
+                 f"confusions)", x=0.01))
+        return fig
+    totals = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+    fig.add_trace(go.Heatmap(
+        z=share, x=names, y=names, zmin=0.0, zmax=1.0, colorscale="Blues",
+        text=cm.astype(int), texttemplate="%{text}" if len(cm) <= 20 else None,
+        colorbar=dict(title="share", thickness=12),
+        hovertemplate="true %{y}, predicted %{x}: %{text} images (%{z:.0%})<extra></extra>"))
+    side = max(320, min(720, 150 + 34 * len(cm)))
+    fig.update_layout(template="plotly_white", height=side, title=dict(text=title, x=0.01),
+                      margin=dict(l=70, r=20, t=50, b=60))
+    fig.update_xaxes(title=f"predicted class ({split} split)", type="category", side="bottom")
+    fig.update_yaxes(title="true class", type="category", autorange="reversed")
+    return fig
+
+
+def curves_figure(runs: dict[str, pd.DataFrame], title: str) -> go.Figure:
+    """Evaluations' per-epoch curves, overlaid: loss on the left (training solid, held-out
+    dotted), held-out top-1 on the right (0-100 %). One colour per run; the legend names each
+    run once (click it to hide the run).
+
+    Args:
+        runs: legend name (say which split: "real-2 (test)") -> curves with columns
+            ``epoch, train_loss, test_loss, test_top1`` (``EvaluationReport.curves``).
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("loss (solid: training, dotted: held-out)",
+                                        "held-out top-1 %"))
+    for i, (name, c) in enumerate(runs.items()):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        mode = "lines+markers" if len(c) < 40 else "lines"
+        fig.add_trace(go.Scatter(x=c["epoch"], y=c["train_loss"], name=name, legendgroup=name,
+                                 mode=mode, line=dict(color=color),
+                                 hovertemplate=f"{name}<br>epoch %{{x}}: training loss "
+                                               f"%{{y:.4f}}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=c["epoch"], y=c["test_loss"], name=name, legendgroup=name,
+                                 mode=mode, line=dict(color=color, dash="dot"), showlegend=False,
+                                 hovertemplate=f"{name}<br>epoch %{{x}}: held-out loss "
+                                               f"%{{y:.4f}}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=c["epoch"], y=c["test_top1"], name=name, legendgroup=name,
+                                 mode=mode, line=dict(color=color), showlegend=False,
+                                 hovertemplate=f"{name}<br>epoch %{{x}}: top-1 %{{y:.2f}} %"
+                                               f"<extra></extra>"), row=1, col=2)
+    last = max((float(c["epoch"].max()) for c in runs.values() if len(c)), default=1.0)
+    fig.update_xaxes(title="epoch", dtick=max(1, math.ceil(last / 10)))  # whole epochs
+    fig.update_yaxes(title="cross-entropy", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title="top-1 %", range=ACCURACY_RANGE, row=1, col=2)
+    fig.update_layout(template="plotly_white", height=360, title=dict(text=title, x=0.01),
+                      margin=dict(l=60, r=20, t=80, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="right",
+                                  x=1.0))
+    return fig
+
+
+def losses_figure(runs: dict[str, list[tuple[float, float]]], title: str) -> go.Figure:
+    """Models' training losses overlaid: ``runs`` maps a model's name to its (step, loss)
+    points; one colour per model, named in the legend."""
+    fig = go.Figure()
+    for i, (name, points) in enumerate(runs.items()):
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                                 name=name, mode="lines+markers" if len(points) < 40 else "lines",
+                                 line=dict(color=RUN_COLORS[i % len(RUN_COLORS)], width=2)))
+    fig.update_layout(template="plotly_white", height=320, title=dict(text=title, x=0.01),
+                      xaxis_title="step", yaxis=dict(title="training loss (MSE)",
+                                                     rangemode="tozero"),
+                      margin=dict(l=60, r=20, t=50, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right",
+                                  x=1.0))
+    return fig
+
+
+def config_styled(table: pd.DataFrame) -> Any:
+    """A config table (``engine.project.reads.config_table``) with the rows whose values
+    differ shaded: a pandas Styler, which ``gr.Dataframe`` draws as it is."""
+    if "differs" not in table.columns or not len(table):
+        return table
+    return table.style.apply(
+        lambda row: ["background-color: #fff3c4" if row["differs"] else ""] * len(row), axis=1)

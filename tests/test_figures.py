@@ -72,3 +72,39 @@ def test_dashboard_figure():
                    metric="euclidean", k=3)
     fig = dashboard_figure(out["per_class"])
     assert fig.data[0].type == "heatmap" and "acceptance" in fig.data[0].y
+
+
+def test_accuracy_axes_start_at_zero_and_big_confusions_stay_a_table():
+    """Honest axes: every accuracy chart spans 0-100 % (a zoom on 95-100 % exaggerates
+    differences); a confusion matrix of many classes is left to the top-confusions table."""
+    import pandas as pd
+
+    from studio.figures import (
+        confusion_figure,
+        curves_figure,
+        experiment_figure,
+        per_class_figure,
+        recipe_figure,
+    )
+
+    t = pd.DataFrame({"training data": ["real", "real + 2x"], "series": ["real", "synthetic"],
+                      "size (x real)": [0.0, 2.0], "top-1 mean": [97.5, 98.4],
+                      "top-1 std": [0.3, float("nan")]})
+    fig = experiment_figure(t, {"kind": "augmentation", "name": "aug"})
+    assert fig.layout.yaxis.range[0] == 0 and fig.layout.yaxis.range[1] >= 100
+    cands = pd.DataFrame({"label": ["a", "b"], "val top-1 @2ep": [96.0, 97.0],
+                          "excluded": ["", ""], "winner": [False, True]})
+    assert recipe_figure(cands).layout.yaxis.range[0] == 0
+    per_class = pd.DataFrame({"class": ["a", "b"], "accuracy": [99.0, float("nan")],
+                              "images": [4, 0]})
+    fig = per_class_figure(per_class, "test", "t")
+    assert fig.layout.yaxis.range[0] == 0 and list(fig.data[0].text) == ["99", ""]
+    curves = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "test_loss": [1.1, 0.7],
+                           "test_top1": [90.0, 95.0]})
+    fig = curves_figure({"r1 (test)": curves, "r2 (test)": curves}, "t")
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["r1 (test)", "r2 (test)"]
+    assert len(fig.data) == 6 and fig.layout.yaxis2.range[0] == 0
+    small = confusion_figure(np.eye(3, dtype=int) * 2, ["a", "b", "c"], "test", "t")
+    assert small.data[0].type == "heatmap" and small.data[0].zmax == 1.0
+    many = confusion_figure(np.eye(60, dtype=int), [str(i) for i in range(60)], "test", "t")
+    assert len(many.data) == 0 and "top confusions" in many.layout.title.text

@@ -74,3 +74,20 @@ def test_sample_plan_reads_the_generation_parquet(project):
     plan = reads.sample_plan(project, gen, 1)
     assert plan["mode"] == "mixup" and plan["partner_image_id"] == "b"
     assert plan["weight"] == 0.75
+
+
+def test_top_confusions_and_config_table():
+    """The largest off-diagonal cells, largest first, as a share of the true class; runs'
+    settings side by side with the fields that differ first."""
+    import numpy as np
+
+    cm = np.array([[5, 3, 0], [1, 6, 0], [0, 4, 2]])
+    top = reads.top_confusions(cm, ["a", "b", "c"], k=2)
+    assert top.values.tolist() == [["c", "b", 4, 66.7], ["a", "b", 3, 37.5]]
+    assert len(reads.top_confusions(np.eye(3, dtype=int), ["a", "b", "c"])) == 0
+    table = reads.config_table({"r1": {"arch": "resnet_tiny", "epochs": 2, "seed": None},
+                                "r2": {"arch": "resnet_tiny", "epochs": 3, "lr": 0.1}})
+    assert list(table.columns) == ["field", "differs", "r1", "r2"]
+    assert table.values.tolist() == [["epochs", "≠", "2", "3"], ["seed", "≠", "none", "—"],
+                                     ["lr", "≠", "—", "0.1"],
+                                     ["arch", "", "resnet_tiny", "resnet_tiny"]]

@@ -651,3 +651,105 @@ def test_recipe_button_refuses_a_dataset_without_validation_split(studio):
     # no search picked: the export button says so
     status = client.predict(None, True, api_name="/recipe_export")
     assert "status-error" in status and "pick a recipe search" in status
+
+
+def test_evaluation_page_and_compare_runs_from_real_evaluations(tmp_path):
+    """Three real tiny evaluations (2 and 3 epochs on test, 2 on validation) and a second
+    model: an evaluation's page (per-class accuracy, confusion matrix, curves, config, every
+    number naming its split, accuracy axes from 0), a click in the table opening it, and
+    runs compared (one legend entry per run ticked, the config diff listing the field that
+    differs first); the models side on the Train tab."""
+    import gradio as gr
+    import numpy as np
+
+    from engine.config import EvalConfig
+    from engine.jobs import JobManager
+    from engine.project import Dataset, Evaluation, Model, dumps
+    from engine.stages import evaluate_stage
+    from studio.context import StudioContext
+    from studio.tabs import evaluate_tab, train_tab
+    from tests.conftest import tiny_generation_project
+
+    path, model_id = tiny_generation_project(tmp_path, val_fraction=0.25)
+    ctx = StudioContext(path)
+    try:
+        project = ctx.project
+        jobs = JobManager(project)
+        for epochs, split in ((2, "test"), (3, "test"), (2, "val")):
+            jobs.run_inline(evaluate_stage.prepare(
+                project, EvalConfig(image_size=8, epochs=epochs), mix="real",
+                name=f"real-{epochs}ep-{split}", split=split))
+        evals = {e.name: e for e in project.list(Evaluation)}
+        classes = project.list(Dataset)[0].classes
+        two, three, val = (evals[n] for n in ("real-2ep-test", "real-3ep-test",
+                                             "real-2ep-val"))
+
+        # the page of one evaluation: every number names its split
+        summary, per_class, confusion, curves, top, config = \
+            evaluate_tab.evaluation_page(ctx, val.id)
+        assert f"top-1 **{val.top1:.2f} %**" in summary and "**validation** split" in summary
+        assert per_class.layout.yaxis.range[0] == 0
+        assert "validation split" in per_class.layout.yaxis.title.text
+        assert list(per_class.data[0].x) == classes
+        assert np.allclose(per_class.data[0].y, val.results["per_class"])
+        heat = confusion.data[0]
+        assert heat.type == "heatmap" and np.asarray(heat.text).shape == (3, 3)
+        assert np.asarray(heat.text).sum() == val.num_test  # every scored image once
+        assert "validation split" in confusion.layout.xaxis.title.text
+        assert [t.name for t in curves.data if t.showlegend is not False] == [
+            "real-2ep-val (val)"]
+        assert list(curves.data[0].x) == [1, 2]  # per epoch
+        assert curves.layout.yaxis2.range[0] == 0  # the top-1 panel from 0
+        assert list(top.columns) == ["true class", "predicted as", "images", "% of the class"]
+        assert dict(zip(config["field"], config["value"]))["epochs"] == "2"
+        assert dict(zip(config["field"], config["value"]))["scored on (split)"] == "val"
+        # the top-1 chart of all evaluations starts at 0 too
+        assert evaluate_tab.results_figure(ctx).layout.yaxis.range[0] == 0
+
+        # a click in the evaluations table opens the row's evaluation (by its name)
+        table = evaluate_tab.results_table(ctx)
+        row = table.index[table["evaluation"] == "real-3ep-test"][0]
+        evt = gr.SelectData(None, {"index": [int(row), 3], "value": "x",
+                                   "row_value": table.iloc[row].tolist()})
+        chosen, summary, *_ = evaluate_tab.pick_evaluation(ctx, evt)
+        assert chosen == three.id and "**real-3ep-test**" in summary and "**test** split" \
+            in summary
+        # the refresh opens the latest finished evaluation and keeps the ticked ones
+        out = evaluate_tab.refresh_page(ctx, None, [two.id, "eval_gone"])
+        assert out[0]["value"] == val.id and out[7]["value"] == [two.id]
+
+        # compare: one legend entry per run ticked, the differing field listed first
+        fig, diff = evaluate_tab.compare_view(ctx, [two.id, three.id])
+        assert [t.name for t in fig.data if t.showlegend is not False] == [
+            "real-2ep-test (test)", "real-3ep-test (test)"]
+        assert len({t.line.color for t in fig.data}) == 2
+        assert "the test split" in fig.layout.title.text
+        assert list(diff.columns) == ["field", "differs", "real-2ep-test", "real-3ep-test"]
+        differing = list(diff.loc[diff["differs"] == "≠", "field"])
+        assert "epochs" in differing and "mix" not in differing
+        assert diff["differs"].tolist() == sorted(diff["differs"], key=lambda d: d != "≠")
+        styled = evaluate_tab.show_compare(ctx, [two.id, three.id])[1]  # what the page gets
+        cells = styled.to_html()
+        assert styled.data.equals(diff) and cells.count("background-color: #fff3c4") > 0
+        fig, diff = evaluate_tab.compare_view(ctx, [two.id, three.id, val.id])
+        assert sum(t.showlegend is not False for t in fig.data) == 3
+        assert "each run's split" in fig.layout.title.text
+        assert "scored on (split)" in list(diff.loc[diff["differs"] == "≠", "field"])
+        assert evaluate_tab.compare_view(ctx, [])[0] is None
+
+        # models: their loss curves overlaid, their configs side by side
+        base = project.get(Model, model_id)
+        project.update(Model, model_id, metrics_json=dumps({"losses": [[1, 0.9], [2, 0.5]]}))
+        project.add(Model(id="mdl_other", name="other-rcdm", dataset_id=base.dataset_id,
+                          encoder="pca", status="trained",
+                          config_json=dumps({**base.config, "steps": 7}),
+                          metrics_json=dumps({"losses": [0.8, 0.6, 0.4]})))
+        fig, diff = train_tab.compare_models(ctx, [model_id, "mdl_other"])
+        assert [t.name for t in fig.data] == ["tiny-rcdm", "other-rcdm"]
+        assert list(fig.data[1].x) == [1.0, 2.0, 3.0]
+        assert diff.loc[diff["differs"] == "≠", "field"].tolist() == ["steps"]
+        assert diff["field"].iloc[0] == "steps"
+        choices, _, _ = train_tab.refresh_compare(ctx, ["mdl_other", "mdl_gone"])
+        assert choices["value"] == ["mdl_other"]
+    finally:
+        ctx.close()

@@ -2,11 +2,12 @@
 
 Projects tab -> "Open the demo project" (digits imported), Data gallery and details, encode,
 train (30 steps), pick 4 real images and generate, provenance of a generated image, move
-the band and save a selection, an evaluation, export + zip download, a long training
-cancelled from the jobs panel (its process is checked gone), Settings, and a reload that
-reopens the tab the user left. Opt-in tier marker ``browser``; skipped when Debian's
-chromium or Playwright is missing. A screenshot per step (1280x800, full page) and of every
-tab at 1920x1080 go to ``artifacts/screenshots/`` (repo-relative, git-ignored).
+the band and save a selection, an evaluation, export + zip download, an evaluation's page
+and two runs compared, a long training cancelled from the jobs panel (its process is
+checked gone), Settings, and a reload that reopens the tab the user left. Opt-in tier
+marker ``browser``; skipped when Debian's chromium or Playwright is missing. A screenshot
+per step (1280x800, full page) and of every tab at 1920x1080 go to
+``artifacts/screenshots/`` (repo-relative, git-ignored).
 Run: ``.venv/bin/pytest -m browser tests/test_studio_browser.py``.
 """
 
@@ -301,6 +302,25 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     expect(page.locator("#exp-table")).to_contain_text("unfiltered 1x")
     expect(page.locator("#exp-plot .js-plotly-plot")).to_be_visible()
     shot(page, "07b-experiment-filtering")
+
+    # 7b'. An evaluation's page: a click on a row of the evaluations table opens it (top-1
+    #      with its split, per-class accuracy, confusion matrix, curves, config); two runs
+    #      ticked are compared (curves overlaid, configs side by side, what differs first)
+    page.locator("#eval-table").get_by_text("real+synthetic", exact=True).first.click()
+    expect(page.locator("#eval-summary")).to_contain_text("real+synthetic")
+    expect(page.locator("#eval-summary")).to_contain_text("on the test split")
+    for elem in ("eval-per-class", "eval-confusion", "eval-curves"):
+        expect(page.locator(f"#{elem} .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#eval-config")).to_contain_text("epochs")
+    for name in (r"^real\+synthetic · ", "unfiltered"):
+        page.locator("#eval-compare input").click()
+        page.get_by_role("option", name=re.compile(name)).first.click()
+    page.keyboard.press("Escape")
+    expect(page.locator("#eval-compare-plot .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#eval-compare-table")).to_contain_text("≠")
+    expect(page.locator("#eval-compare-table")).to_contain_text("selection")
+    page.wait_for_timeout(1000)  # the charts drawn
+    shot(page, "07d-evaluation-page-compare")
 
     # 7c. Generate on the path between two selected images; the new generation shows by
     #     itself, and a click on an image says where on the path it lies

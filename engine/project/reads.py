@@ -9,19 +9,26 @@ function here, taking the open ``Project``:
 - ``sample_plan``: the plan row of one sample (how its representation was made), the
   provenance the sample's detail view shows;
 - ``revision``: a signature of the project's rows that changes when a row is added or a run
-  changes status (the studio refreshes its lists then).
+  changes status (the studio refreshes its lists then);
+- ``evaluation_report``: what an evaluation's page shows (per-class accuracy, confusion
+  matrix, per-epoch curves) and ``top_confusions``, its largest off-diagonal cells;
+- ``evaluation_settings`` / ``model_settings`` and ``config_table``: runs' configs side by
+  side, the fields that differ first; ``model_losses``: a model's saved loss curve.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import pandas as pd
 
+from engine.errors import NotFoundError
+
 if TYPE_CHECKING:
-    from engine.project.schema import Generation
+    from engine.project.schema import Evaluation, Generation, Model
     from engine.project.store import Project
 
 log = logging.getLogger(__name__)
@@ -127,3 +134,192 @@ def revision(project: Project) -> list[str]:
             "(SELECT count(*) FROM export), "
             "(SELECT string_agg(id || status, ',' ORDER BY id) FROM job)").fetchone()
     return [str(v) for v in row]
+
+
+# ---------------------------------------------------------------------- runs: details, compare
+
+CURVE_COLUMNS = ("epoch", "train_loss", "test_loss", "test_top1")
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """What an evaluation's page shows, read from its row (``Evaluation.results``).
+
+    Every held-out number (``per_class``, ``confusion``, ``test_loss``, ``test_top1``) comes
+    from the real split the evaluation was scored on, ``evaluation.eval_split`` ("test" or
+    "val"), as its top-1 / top-5 do.
+
+    Attributes:
+        evaluation: the row.
+        classes: C class names in label order (``class 0``, ... when the dataset is gone).
+        per_class: columns ``class, accuracy, images``: accuracy % on the scored split (NaN
+            for a class without an image there) and that class's images in it; no rows when
+            not recorded.
+        confusion: (C, C) ints, row = true class, column = predicted; None when not recorded.
+        curves: columns ``epoch, train_loss, test_loss, test_top1`` (test_* on the scored
+            split), one row per epoch; no rows when not recorded.
+        missing: what the row lacks (``"per-class accuracy"``, ``"confusion matrix"``,
+            ``"curves"``): an evaluation not finished yet, or one made before they were kept.
+    """
+
+    evaluation: Evaluation
+    classes: list[str]
+    per_class: pd.DataFrame
+    confusion: np.ndarray | None
+    curves: pd.DataFrame
+    missing: tuple[str, ...] = field(default=())
+
+
+def evaluation_report(project: Project, evaluation_id: str) -> EvaluationReport:
+    """The per-class accuracy, confusion matrix and per-epoch curves of an evaluation.
+
+    Raises:
+        NotFoundError: no such evaluation.
+    """
+    from engine.project.schema import Dataset, Evaluation
+
+    ev = project.get(Evaluation, evaluation_id)
+    res = ev.results
+    try:
+        classes = project.get(Dataset, ev.dataset_id).classes
+    except NotFoundError:  # a dataset deleted since: numbered classes still read
+        classes = []
+    missing = []
+    confusion = None
+    raw = res.get("confusion")
+    if isinstance(raw, list) and raw and all(isinstance(r, list) and len(r) == len(raw)
+                                             for r in raw):
+        confusion = np.asarray(raw, dtype=np.int64)  # (C, C)
+    else:
+        missing.append("confusion matrix")
+    accuracy = res.get("per_class")
+    if not isinstance(accuracy, list) or not accuracy:
+        accuracy = None
+        missing.append("per-class accuracy")
+    num_classes = (len(confusion) if confusion is not None
+                   else len(accuracy) if accuracy is not None else len(classes))
+    if len(classes) != num_classes:
+        classes = [f"class {i}" for i in range(num_classes)]
+    per_class = pd.DataFrame(columns=["class", "accuracy", "images"])
+    if accuracy is not None:
+        images = (confusion.sum(axis=1) if confusion is not None
+                  else np.full(len(accuracy), np.nan))
+        per_class = pd.DataFrame({
+            "class": classes[:len(accuracy)],
+            "accuracy": [float("nan") if v is None else float(v) for v in accuracy],
+            "images": images[:len(accuracy)]})
+    curves = res.get("curves") if isinstance(res.get("curves"), dict) else {}
+    epochs = curves.get("epoch") or []
+    table = {c: list(curves.get(c) or [])[:len(epochs)] for c in CURVE_COLUMNS}
+    table = {c: v + [float("nan")] * (len(epochs) - len(v)) for c, v in table.items()}
+    if not epochs:
+        missing.append("curves")
+    return EvaluationReport(ev, classes, per_class, confusion,
+                            pd.DataFrame(table, columns=list(CURVE_COLUMNS)), tuple(missing))
+
+
+def top_confusions(confusion: np.ndarray, classes: Sequence[str], k: int = 10) -> pd.DataFrame:
+    """The ``k`` largest off-diagonal cells of a confusion matrix, largest first.
+
+    Args:
+        confusion: (C, C) counts, row = true class.
+        classes: C names.
+
+    Returns:
+        columns ``true class, predicted as, images, % of the class`` (only cells > 0).
+    """
+    cm = np.asarray(confusion, dtype=np.int64)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:k]
+    rows = []
+    totals = cm.sum(axis=1)
+    for i, j in zip(*np.unravel_index(flat, off.shape)):
+        if off[i, j] <= 0:
+            break
+        rows.append([str(classes[i]), str(classes[j]), int(off[i, j]),
+                     round(100.0 * off[i, j] / max(int(totals[i]), 1), 1)])
+    return pd.DataFrame(rows, columns=["true class", "predicted as", "images",
+                                       "% of the class"])
+
+
+def row_name(project: Project, table: Any, row_id: str) -> str:
+    """The name of row ``row_id`` of ``table``; "" without an id, the id when it is gone."""
+    if not row_id:
+        return ""
+    try:
+        return project.get(table, row_id).name
+    except NotFoundError:  # a deleted input still shows its id
+        return row_id
+
+
+def evaluation_settings(project: Project, evaluation: Evaluation) -> dict[str, Any]:
+    """An evaluation's results and settings as one flat dict, for ``config_table``: top-1 /
+    top-5 and the split they come from, the training mix and its inputs, then every field of
+    its ``EvalConfig``."""
+    from engine.project.schema import Dataset, Generation, Selection
+
+    ev = evaluation
+    def pct(v: float | None) -> float | None:
+        return None if v is None else round(float(v), 2)
+
+    return {"top-1 %": pct(ev.top1), "top-5 %": pct(ev.top5), "scored on (split)": ev.eval_split,
+            "status": ev.status, "mix": ev.mix,
+            "dataset": row_name(project, Dataset, ev.dataset_id),
+            "selection": row_name(project, Selection, ev.selection_id),
+            "generation": row_name(project, Generation, ev.generation_id),
+            "training images": ev.num_train, "scored images": ev.num_test,
+            **ev.config, "code version": ev.code_version}
+
+
+def model_settings(project: Project, model: Model) -> dict[str, Any]:
+    """A model's results and settings as one flat dict, for ``config_table``: final loss,
+    steps, encoder and dataset, then every field of its ``TrainConfig``."""
+    from engine.project.schema import Dataset
+
+    return {"final loss": model.final_loss, "steps done": model.steps_done,
+            "status": model.status, "encoder": model.encoder,
+            "dataset": row_name(project, Dataset, model.dataset_id),
+            **model.config, "code version": model.code_version}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"
+    if isinstance(value, (list, tuple, dict)):
+        import json
+
+        return json.dumps(value)
+    return str(value)
+
+
+def config_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Runs' settings side by side: columns ``field``, ``differs`` ("≠" where the runs'
+    values differ), then one per run; one row per field. Fields that differ come first (in
+    their order of appearance); a field a run lacks shows "—".
+
+    Args:
+        runs: run name -> flat settings (``evaluation_settings`` / ``model_settings``).
+    """
+    names = list(runs)
+    fields = list(dict.fromkeys(k for settings in runs.values() for k in settings))
+    rows = []
+    for f in fields:
+        cells = [_cell(runs[n][f]) if f in runs[n] else "—" for n in names]
+        rows.append([f, "≠" if len(set(cells)) > 1 else "", *cells])
+    rows.sort(key=lambda r: r[1] != "≠")  # stable: the differing fields first
+    return pd.DataFrame(rows, columns=["field", "differs", *names])
+
+
+def model_losses(model: Model) -> list[tuple[float, float]]:
+    """A model's saved training loss as (step, loss) points (``Model.metrics["losses"]``:
+    pairs, or plain values one per step); [] while it trains."""
+    points = []
+    for i, item in enumerate(model.metrics.get("losses") or []):
+        if isinstance(item, (list, tuple)) and len(item) >= 2:
+            points.append((float(item[0]), float(item[1])))
+        elif isinstance(item, (int, float)):
+            points.append((float(i + 1), float(item)))
+    return points

@@ -19,9 +19,9 @@ from engine import experiments
 from engine.config import AUGMENTS, CLASSIFIERS, MIXES, RECIPE_BANDS, EvalConfig, RecipeSpace
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import ACTIVE
-from engine.project import Dataset, Evaluation, Generation, Job, Model, Selection
+from engine.project import Dataset, Evaluation, Generation, Job, Model, Selection, reads
 from engine.settings import device, effective
-from studio import ui
+from studio import figures, ui
 from studio.choices import job_progress, model_choices, selection_choices
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -100,8 +100,6 @@ def results_figure(ctx: StudioContext) -> Any:
     members = {m["evaluation_id"] for r in experiments.list_experiments(ctx.project)
                for m in r.get("members", [])}
     done = [e for e in done if e.id not in members][-SHOWN_BARS:]
-    lowest = min((e.top1 for e in done), default=0.0)
-    floor = max(0.0, (lowest - 5.0) // 5 * 5)  # zoom: accuracies near 100 % look alike
     fig = go.Figure()
     colors = {"real": "#DD8452", "synthetic": "#4C72B0", "real+synthetic": "#55A868"}
     for mix in MIXES:
@@ -116,7 +114,7 @@ def results_figure(ctx: StudioContext) -> Any:
                       title=dict(text="Top-1 accuracy on a held-out real split (in brackets: "
                                       "test, or val for choices)"
                                  if done else "No finished evaluation yet", x=0.01),
-                      yaxis=dict(title="top-1 %", range=[floor, 104]),
+                      yaxis=dict(title="top-1 %", range=figures.ACCURACY_RANGE),  # from 0
                       margin=dict(l=60, r=20, t=50, b=60), barmode="group",
                       legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     return fig
@@ -132,6 +130,150 @@ def running_text(ctx: StudioContext) -> str:
         lines.append(f"- **{job.title}**: {job.status} {p['percent']:.0f} %{eta} "
                      f"{('· ' + p['metric']) if p['metric'] else ''}")
     return "\n".join(lines) if lines else "<small>No evaluation running.</small>"
+
+
+# ---------------------------------------------------------------------- an evaluation's page
+
+SPLIT_NAMES = {"test": "test", "val": "validation"}
+PAGE_HELP = ("<small>Click a row of the table above, or pick an evaluation here. Every "
+             "number on the page comes from the held-out real split it was scored on, named "
+             "with it.</small>")
+COMPARE_HELP = ("<small>Tick two or more evaluations: their loss and top-1 curves overlaid "
+                "(the legend names each run and its split; click a name to hide it) and "
+                "their configs side by side, the fields that differ first (≠).</small>")
+
+
+def evaluation_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    """Every evaluation, newest last: ``name · top-1 % (split)`` or its status."""
+    out = []
+    for e in ctx.project.list(Evaluation):
+        what = (f"top-1 {e.top1:.2f} % ({e.eval_split})" if e.top1 is not None
+                else e.status)
+        out.append((f"{e.name} · {what}", e.id))
+    return out
+
+
+def _mix_text(ctx: StudioContext, ev: Evaluation) -> str:
+    mix = MIX_LABELS.get(ev.mix, ev.mix).split(" (")[0]
+    if ev.selection_id:
+        mix += f" (selection {reads.row_name(ctx.project, Selection, ev.selection_id)})"
+    elif ev.generation_id:
+        mix += f" (generation {reads.row_name(ctx.project, Generation, ev.generation_id)})"
+    return mix
+
+
+def page_summary(ctx: StudioContext, report: reads.EvaluationReport) -> str:
+    """The page's heading (Markdown): top-1 / top-5 with their split, the mix, the recipe."""
+    ev, res = report.evaluation, report.evaluation.results
+    split = SPLIT_NAMES.get(ev.eval_split, ev.eval_split)
+    cfg = ev.config
+    head = f"**{ui.escape(ev.name)}** · {ui.escape(_mix_text(ctx, ev))} · {ev.status}"
+    if ev.top1 is not None:
+        head += (f"  \ntop-1 **{ev.top1:.2f} %**, top-5 **{ui.pct(ev.top5)} %** on the "
+                 f"**{split}** split ({ev.num_test:,} real images)")
+    else:
+        head += f"  \nto be scored on the **{split}** split ({ev.num_test:,} real images)"
+    synthetic = res.get("num_synthetic")
+    head += (f"  \ntrained on {ev.num_train:,} images"
+             + (f" ({synthetic:,} synthetic)" if synthetic else "")
+             + f" · {cfg.get('arch', '?')}, {cfg.get('epochs', '?')} epochs, augmentation "
+               f"{cfg.get('augment', '?')}, seed {cfg.get('seed', 0)}"
+             + (f" · {ui.duration(res['seconds'])} of training" if res.get("seconds") else ""))
+    if report.missing:
+        why = ("it has not finished" if ev.status != "done"
+               else "it was recorded without them")
+        head += f"  \n<small>Not shown: {', '.join(report.missing)} ({why}).</small>"
+    return head
+
+
+PAGE_EMPTY = "<small>No evaluation picked: click a row of the table above.</small>"
+CONFUSION_COLUMNS = ["true class", "predicted as", "images", "% of the class"]
+
+
+def evaluation_page(ctx: StudioContext, eval_id: str | None) -> tuple[Any, ...]:
+    """An evaluation's page: (summary, per-class figure, confusion figure, curves figure, top
+    confusions table, config table); empty views without one."""
+    if not eval_id:
+        return (PAGE_EMPTY, None, None, None, pd.DataFrame(columns=CONFUSION_COLUMNS),
+                pd.DataFrame(columns=["field", "value"]))
+    report = reads.evaluation_report(ctx.project, eval_id)
+    ev = report.evaluation
+    split = SPLIT_NAMES.get(ev.eval_split, ev.eval_split)
+    per_class = (figures.per_class_figure(report.per_class, split,
+                                          f"{ev.name}: accuracy per class ({split} split)")
+                 if len(report.per_class) else None)
+    confusion = (figures.confusion_figure(report.confusion, report.classes, split,
+                                          f"Confusion matrix ({split} split)")
+                 if report.confusion is not None else None)
+    curves = (figures.curves_figure({f"{ev.name} ({ev.eval_split})": report.curves},
+                                    f"{ev.name}: per epoch (held-out: the {split} split)")
+              if len(report.curves) else None)
+    top = (reads.top_confusions(report.confusion, report.classes)
+           if report.confusion is not None else pd.DataFrame(columns=CONFUSION_COLUMNS))
+    config = reads.config_table({ev.name: reads.evaluation_settings(ctx.project, ev)})
+    config = config.drop(columns="differs").set_axis(["field", "value"], axis=1)
+    return page_summary(ctx, report), per_class, confusion, curves, top, config
+
+
+def compare_view(ctx: StudioContext, eval_ids: list[str] | None) -> tuple[Any, Any]:
+    """(curves overlaid, configs side by side) of the ticked evaluations."""
+    ids = [i for i in dict.fromkeys(eval_ids or []) if i]
+    if not ids:
+        return None, pd.DataFrame(columns=["field", "differs"])
+    curves, settings, splits = {}, {}, set()
+    for i in ids:
+        report = reads.evaluation_report(ctx.project, i)
+        ev = report.evaluation
+        curves[f"{ev.name} ({ev.eval_split})"] = report.curves
+        settings[ev.name] = reads.evaluation_settings(ctx.project, ev)
+        splits.add(ev.eval_split)
+    held_out = (f"held-out: the {SPLIT_NAMES.get(splits.pop(), '')} split"
+                if len(splits) == 1 else "held-out: each run's split, in brackets")
+    fig = figures.curves_figure(curves, f"{len(ids)} evaluation(s) compared ({held_out})")
+    return fig, reads.config_table(settings)
+
+
+def latest_done(ctx: StudioContext) -> str | None:
+    done = [e.id for e in ctx.project.list(Evaluation) if e.status == "done"]
+    return done[-1] if done else None
+
+
+@ui.guard(7, status=1)
+def pick_evaluation(ctx: StudioContext, evt: gr.SelectData) -> tuple[Any, ...]:
+    """A click in the evaluations table opens that row's evaluation (by its name)."""
+    row = evt.row_value or []
+    if not row or not row[0]:
+        return (gr.skip(),) * 7
+    ev = ctx.project.get(Evaluation, str(row[0]))
+    return (ev.id, *evaluation_page(ctx, ev.id))
+
+
+@ui.guard(6)
+def show_evaluation(ctx: StudioContext, eval_id: str | None) -> tuple[Any, ...]:
+    return evaluation_page(ctx, eval_id)
+
+
+def show_compare(ctx: StudioContext, eval_ids: list[str] | None) -> tuple[Any, Any]:
+    try:
+        fig, table = compare_view(ctx, eval_ids)
+        return fig, figures.config_styled(table)
+    except Exception as exc:  # noqa: BLE001 - shown as a toast, the views keep their values
+        log.exception("compare failed")
+        gr.Warning(ui.error_text(exc))
+        return gr.skip(), gr.skip()
+
+
+def refresh_page(ctx: StudioContext, eval_id: str | None,
+                 compared: list[str] | None) -> tuple[Any, ...]:
+    """The page's lists and views: the evaluation shown (the latest finished one by default)
+    and the ticked ones that still exist."""
+    choices = evaluation_choices(ctx)
+    ids = [v for _, v in choices]
+    current = eval_id if eval_id in ids else latest_done(ctx)
+    ticked = [i for i in (compared or []) if i in ids]
+    fig, table = compare_view(ctx, ticked)
+    return (gr.update(choices=choices, value=current), *evaluation_page(ctx, current),
+            gr.update(choices=choices, value=ticked), fig, figures.config_styled(table))
 
 
 EXPERIMENT_LABELS = {
@@ -177,8 +319,6 @@ def launch_experiment(ctx: StudioContext, kind: str, generation_ids: list[str] |
 
 def experiment_view(ctx: StudioContext, exp_id: str | None) -> tuple[Any, Any, Any, Any]:
     """(table, figure, CSV path, Markdown path) of an experiment; empty without one."""
-    from studio import figures
-
     if not exp_id:
         empty = pd.DataFrame(columns=["training data", "images", "seeds", "top-1 %", "top-5 %",
                                       "split"])
@@ -661,6 +801,35 @@ def build_experiments(ctx: StudioContext, shared: Shared) -> dict[str, Any]:
     return {"listing": listing, "chosen": chosen}
 
 
+def build_page() -> dict[str, Any]:
+    """An evaluation's page and the compare view (layout only; wired in ``build``)."""
+    gr.Markdown("### An evaluation's page\n" + PAGE_HELP)
+    chosen = gr.Dropdown(label="Evaluation", choices=[], value=None, allow_custom_value=True,
+                         elem_id="eval-choice")
+    summary = gr.Markdown(PAGE_EMPTY, elem_id="eval-summary")
+    with gr.Row():
+        per_class = gr.Plot(show_label=False, elem_id="eval-per-class", scale=3)
+        confusion = gr.Plot(show_label=False, elem_id="eval-confusion", scale=2)
+    curves = gr.Plot(show_label=False, elem_id="eval-curves")
+    with gr.Row():
+        confusions = gr.Dataframe(interactive=False, label="Top confusions (most often "
+                                  "mistaken pairs)", max_height=300, elem_id="eval-confusions",
+                                  wrap=True)
+        config = gr.Dataframe(interactive=False, label="Config", max_height=300,
+                              elem_id="eval-config", wrap=True)
+    gr.Markdown("### Compare runs\n" + COMPARE_HELP)
+    compared = gr.Dropdown(label="Evaluations to compare", choices=[], value=[],
+                           multiselect=True, elem_id="eval-compare")
+    compare_plot = gr.Plot(show_label=False, elem_id="eval-compare-plot")
+    compare_table = gr.Dataframe(interactive=False, max_height=420, wrap=True,
+                                 label="Configs side by side (fields that differ first, ≠)",
+                                 elem_id="eval-compare-table")
+    return {"chosen": chosen, "views": [summary, per_class, confusion, curves, confusions,
+                                        config],
+            "compared": compared, "compare_plot": compare_plot,
+            "compare_table": compare_table}
+
+
 def build(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
@@ -696,12 +865,26 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                  column_widths=["16%", "13%", "14%", "8%", "8%", "6%",
                                                 "10%", "8%", "17%"])
 
+    page = build_page()
+
     form = [mix, shared.dataset, selection, arch, epochs, name, augment, options, split]
+    views = page["views"]
+    compare = [page["compare_plot"], page["compare_table"]]
 
     shared.on_project(ui.bind(default_epochs, ctx), [], [epochs])
     run_btn.click(ui.bind(on_run, ctx), form, [status, table], api_name="evaluate")
     gr.Timer(3.0).tick(ui.bind(live, ctx), None, running, show_progress="hidden")
     shared.on_refresh(ui.bind(refresh, ctx), [selection], [selection, table, plot, running])
+    # a second click while the page is drawn is not lost: the last one wins
+    table.select(ui.bind(pick_evaluation, ctx), None, [page["chosen"], *views],
+                 show_progress="hidden", trigger_mode="always_last")
+    page["chosen"].input(ui.bind(show_evaluation, ctx), page["chosen"], views,
+                         show_progress="hidden", trigger_mode="always_last")
+    page["compared"].input(ui.bind(show_compare, ctx), page["compared"], compare,
+                           show_progress="hidden", trigger_mode="always_last")
+    shared.on_refresh(ui.bind(refresh_page, ctx),
+                      [page["chosen"], page["compared"]],
+                      [page["chosen"], *views, page["compared"], *compare])
     search = build_recipe(ctx, shared)
     shown = build_experiments(ctx, shared)
     search["button"].click(ui.bind(on_recipe, ctx), search["form"],

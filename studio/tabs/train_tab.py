@@ -16,7 +16,7 @@ import pandas as pd
 from engine.config import EncodeConfig, TrainConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.jobs import read_progress
-from engine.project import Dataset, Encoding, Job, Model
+from engine.project import Dataset, Encoding, Job, Model, reads
 from engine.settings import device, effective
 from studio import figures, ui
 from studio.choices import model_choices
@@ -68,13 +68,7 @@ def train_job(ctx: StudioContext, model_id: str) -> Job | None:
 
 def loss_points(ctx: StudioContext, model: Model) -> list[tuple[float, float]]:
     """(step, loss) points: the saved curve of a trained model, else the live progress."""
-    saved = model.metrics.get("losses") or []
-    points = []
-    for i, item in enumerate(saved):
-        if isinstance(item, (list, tuple)) and len(item) >= 2:
-            points.append((float(item[0]), float(item[1])))
-        elif isinstance(item, (int, float)):
-            points.append((float(i + 1), float(item)))
+    points = reads.model_losses(model)
     if points:
         return points
     job = train_job(ctx, model.id)
@@ -119,6 +113,21 @@ def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]
     title = f"{m.name}: loss ({points[-1][1]:.4f} at step {int(points[-1][0])})" if points \
         else f"{m.name}: waiting for the first steps"
     return figures.loss_figure(points, title), latest_preview(ctx, m), text
+
+
+def compare_models(ctx: StudioContext, model_ids: list[str] | None) -> tuple[Any, Any]:
+    """(loss curves overlaid, configs side by side with the differing fields first) of the
+    ticked models."""
+    ids = [i for i in dict.fromkeys(model_ids or []) if i]
+    if not ids:
+        return None, pd.DataFrame(columns=["field", "differs"])
+    curves, settings = {}, {}
+    for i in ids:
+        m = ctx.project.get(Model, i)
+        curves[m.name] = loss_points(ctx, m)
+        settings[m.name] = reads.model_settings(ctx.project, m)
+    return (figures.losses_figure(curves, f"{len(ids)} model(s) compared: training loss"),
+            reads.config_table(settings))
 
 
 # ---------------------------------------------------------------------- actions
@@ -321,6 +330,24 @@ def refresh(ctx: StudioContext, dataset_id: str | None, enc: str | None,
             ui.dropdown(model_choices(ctx), model_id), fig, prev, text)
 
 
+def show_compare(ctx: StudioContext, model_ids: list[str] | None) -> tuple[Any, Any]:
+    try:
+        fig, table = compare_models(ctx, model_ids)
+        return fig, figures.config_styled(table)
+    except Exception as exc:  # noqa: BLE001 - shown as a toast, the views keep their values
+        log.exception("compare failed")
+        gr.Warning(ui.error_text(exc))
+        return gr.skip(), gr.skip()
+
+
+def refresh_compare(ctx: StudioContext, model_ids: list[str] | None) -> tuple[Any, Any, Any]:
+    """The models to tick (those still there stay ticked) and their comparison."""
+    choices = model_choices(ctx)
+    ticked = [i for i in (model_ids or []) if i in [v for _, v in choices]]
+    fig, table = compare_models(ctx, ticked)
+    return gr.update(choices=choices, value=ticked), fig, figures.config_styled(table)
+
+
 def defaults(ctx: StudioContext) -> tuple[int, int]:
     """The form's defaults from the project's settings: steps, batch."""
     eff = effective(ctx.project)
@@ -411,6 +438,14 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 history = gr.Gallery(show_label=False, columns=1, height="auto",
                                      object_fit="contain", elem_id="train-previews",
                                      elem_classes=["preview-history"])
+            with gr.Accordion("Compare models: loss curves overlaid, configs side by side",
+                              open=False, elem_id="model-compare-panel"):
+                compared = gr.Dropdown(label="Models to compare", choices=[], value=[],
+                                       multiselect=True, elem_id="model-compare")
+                compare_plot = gr.Plot(show_label=False, elem_id="model-compare-plot")
+                compare_table = gr.Dataframe(interactive=False, max_height=360, wrap=True,
+                                             label="Configs side by side (fields that differ "
+                                                   "first, ≠)", elem_id="model-compare-table")
 
     form = [dataset, encoder, steps, batch, lr, name, preset, space, image_size, vae, min_snr,
             dropout, accum, procs]
@@ -432,3 +467,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     shared.on_refresh(ui.bind(refresh, ctx), [dataset, encoder, model], lists)
     shared.on_project(ui.bind(defaults, ctx), [], [steps, batch])
     dataset.change(ui.bind(refresh, ctx), [dataset, encoder, model], lists)
+    compared.input(ui.bind(show_compare, ctx), compared, [compare_plot, compare_table],
+                   show_progress="hidden", trigger_mode="always_last")  # the last tick wins
+    shared.on_refresh(ui.bind(refresh_compare, ctx), [compared],
+                      [compared, compare_plot, compare_table])
