@@ -40,18 +40,22 @@ def check_members(members: np.ndarray, n: int) -> np.ndarray:
     return np.unique(members.astype(np.int64))
 
 
-def hand_state(n: int, decisions: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
+def hand_state(n: int, decisions: Iterable[tuple[str, np.ndarray]],
+               start: np.ndarray | None = None) -> np.ndarray:
     """The state of every sample after replaying ``decisions`` in order.
 
     Args:
         n: samples in the generation.
         decisions: ``(decision, idx)`` pairs, oldest first; ``decision`` in ``DECISIONS``,
             ``idx`` int sample indices in ``[0, n)``.
+        start: (n,) int8 state to replay them on (default: no decision yet); not modified.
 
     Returns:
         (n,) int8: ``KEPT`` (1), ``DROPPED`` (-1) or ``NONE`` (0, the band decides).
     """
-    state = np.zeros(n, dtype=np.int8)
+    state = np.zeros(n, dtype=np.int8) if start is None else np.array(start, dtype=np.int8)
+    if state.shape != (n,):
+        raise InvalidConfigError(f"start state must have shape ({n},), got {state.shape}")
     value = {"keep": KEPT, "drop": DROPPED, "clear": NONE}
     for decision, idx in decisions:
         if decision not in value:
