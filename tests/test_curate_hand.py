@@ -250,3 +250,18 @@ def test_cli_curate_by_hand_neighbours_and_scores(curated_project, tmp_path, cap
     for name in ("neighbours", "scores", "curate"):
         for action in sub.choices[name]._actions:
             assert action.help, (name, action.dest)
+
+
+def test_check_knows_hand_decisions_and_indexes(curated_project):  # noqa: F811
+    from engine.check import check_project
+    from engine.stages import curate_stage
+
+    project, re8, _ = curated_project
+    row = curate_stage.record_hand(project, "gen", ["1", "2"], "drop", by="t")
+    curate_stage.neighbours(project, curate_stage.band_data(project, "gen", re8), "1", k=3)
+    problems = [p for p in check_project(project).problems
+                if p.get("row") != "model:mdl-test"]  # the fixture's model has no checkpoint
+    assert problems == []  # indexes/ and selections/overrides/ are no orphans
+    project.abs(row.members_path).unlink()
+    kinds = [(p["kind"], p.get("row")) for p in check_project(project).problems]
+    assert ("missing_file", f"hand_override:{row.id}") in kinds
