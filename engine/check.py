@@ -40,6 +40,7 @@ from engine.project import (
     Experiment,
     Export,
     Generation,
+    HandOverride,
     Job,
     Model,
     Project,
@@ -336,6 +337,13 @@ def _check_generations(project: Project, report: CheckReport) -> None:
 def _check_selections(project: Project, report: CheckReport) -> None:
     for s in project.list(Selection):
         _check_npy(project, report, f"selection:{s.id}", s.members_path, (s.count,))
+    generations = _ids(project, "generation")
+    for h in project.list(HandOverride):  # hand decisions: their members and generation
+        row = f"hand_override:{h.id}"
+        _check_npy(project, report, row, h.members_path, (h.count,))
+        if h.generation_id not in generations:
+            report.add("dangling_reference", f"{row} names generation {h.generation_id!r}, "
+                                             f"which does not exist", row=row)
 
 
 # --------------------------------------------------------------------------- leftovers

@@ -34,7 +34,7 @@ from engine.errors import InvalidConfigError, StudioError
 
 SHARE_MODES = ("private", "public")
 VISITOR_JOBS = frozenset({"export"})  # job kinds a visitor may start (curation's output)
-VISITOR_ROWS = frozenset({"Selection", "Export"})  # rows a visitor may add
+VISITOR_ROWS = frozenset({"Selection", "Export", "HandOverride"})  # rows a visitor may add
 VISITOR_FOLDERS = frozenset({"selections", "exports"})  # asset folders a visitor may write
 
 

@@ -184,13 +184,39 @@ def test_a_version_2_project_gets_validation_columns(tmp_path):
     con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     con.close()
     with Project(tmp_path / "v2") as p:
-        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION)
         ev = p.get(Evaluation, "eval_old")
         assert (ev.eval_split, ev.num_test, ev.top1) == ("test", 7, 50.0)
         ds = p.get(Dataset, "ds_v2")
         assert (ds.num_train, ds.num_val, ds.num_test) == (8, 0, 2)
         new = p.add(Evaluation(id="eval_new", name="new", eval_split="val"))
         assert p.get(Evaluation, new.id).eval_split == "val"
+
+
+def test_a_version_3_project_gets_the_hand_override_table(tmp_path):
+    """Schema 3 -> 4: the hand_override table appears, the rows already there stay, and a
+    hand decision can be recorded in the migrated file."""
+    import numpy as np
+
+    from engine.project import HandOverride, Selection
+
+    db, _ = project_paths(tmp_path / "v3")
+    with Project(tmp_path / "v3") as p:
+        p.add(Selection(id="sel_old", name="old", generation_id="gen_x", count=2))
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE hand_override")
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.close()
+    with Project(tmp_path / "v3") as p:
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
+        assert p.get(Selection, "sel_old").count == 2 and p.list(HandOverride) == []
+        p.save_array("selections/overrides/hand_1.npy", np.array([3], np.int64))
+        p.add(HandOverride(id="hand_1", generation_id="gen_x", decision="drop", count=1,
+                           members_path="selections/overrides/hand_1.npy", decided_by="test",
+                           seq=1))
+    with Project(tmp_path / "v3") as p:
+        row = p.get(HandOverride, "hand_1")
+        assert (row.decision, row.decided_by, row.code_version != "") == ("drop", "test", True)
 
 
 def test_an_old_project_is_not_migrated_read_only(tmp_path):

@@ -11,6 +11,9 @@ the farthest samples of every class and keep the middle band.
   fidelity, the per-class dashboard.
 - ``maps``: the 2-D map (PCA or t-SNE) of a stratified subsample of real + generated samples.
 - ``sets``: union, intersection and difference of selections.
+- ``hand``: samples kept or dropped by hand, replayed in order and applied on top of a band.
+- ``knn``: k nearest neighbours through a faiss index (exact up to 100,000 vectors,
+  IVF above), saved and loaded atomically; the NumPy brute force it is checked against.
 - ``arrays``: the input checks and helpers the modules above share.
 
 Everything is numpy on (memory-mapped) arrays; nothing here touches the project file or draws a
@@ -46,11 +49,16 @@ from engine.curation.generative_metrics import (
     prdc,
     subsample,
 )
+from engine.curation.hand import DECISIONS, apply_hand, hand_counts, hand_state
 from engine.curation.maps import MAP_METHODS, embedding_map
 from engine.curation.sets import COMBINE_OPS, combine
 
 __all__ = [
     "COMBINE_OPS",
+    "DECISIONS",
+    "apply_hand",
+    "hand_counts",
+    "hand_state",
     "MAP_METHODS",
     "band_edges",
     "band_mask",

@@ -10,6 +10,7 @@ from engine.project.schema import (
     Experiment,
     Export,
     Generation,
+    HandOverride,
     Image,
     Job,
     Meta,
@@ -30,7 +31,8 @@ from engine.project.store import (
 
 __all__ = [
     "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Experiment", "Export", "Generation",
-    "Image", "Job", "Meta", "Model", "Sample", "Selection", "dumps", "new_id", "utcnow", "Project",
+    "HandOverride", "Image", "Job", "Meta", "Model", "Sample", "Selection", "dumps", "new_id",
+    "utcnow", "Project",
     "free_name", "project_paths", "save_array_atomic", "write_json_atomic",
     "Page", "image_page", "sample_page", "sample_plan", "revision",
 ]

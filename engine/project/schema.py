@@ -16,7 +16,9 @@ with ``dumps``.
 
 Schema versions: 1 the first; 2 adds ``code_version`` to every run table, ``job_id`` to
 datasets, encodings and exports, and the ``experiment`` table (experiments were JSON records
-in ``meta`` before). ``engine.project.store`` migrates older project files on open.
+in ``meta`` before); 3 adds the validation split (``num_val``, ``eval_split``); 4 adds the
+``hand_override`` table (keep / drop decisions by hand, on top of a band). ``engine.project.store``
+migrates older project files on open.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from sqlmodel import Field, SQLModel
 
 from engine.version import code_version
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def new_id(prefix: str) -> str:
@@ -228,6 +230,32 @@ class Selection(SQLModel, table=True):
     def config(self) -> dict[str, Any]:
         """How it was made: ``{"kind": "band", "band": {...}, ...}``, ``{"kind": "all"}``..."""
         return _dict(self.config_json)
+
+
+class HandOverride(SQLModel, table=True):
+    """Samples of a generation kept or dropped by hand, on top of any band (schema 4).
+
+    An append-only log: one row per decision (a click, a lasso, a command), its samples' idx
+    in ``members_path`` (an int64 ``.npy`` under ``selections/overrides/``). A sample's hand
+    state is the latest decision naming it (``created_at``, then ``seq``): ``"keep"``,
+    ``"drop"``, or ``"clear"`` (back to what the band says). Rows are never updated or
+    deleted, so the log is also the history of who decided what, and when; a selection records
+    the last row it applied (``engine.stages.curate_stage``).
+    """
+
+    __tablename__ = "hand_override"
+
+    id: str = Field(primary_key=True)
+    generation_id: str = Field(index=True)
+    decision: str = "drop"  # "keep", "drop" or "clear"
+    count: int = 0
+    members_path: str = ""  # assets-relative .npy of int64 sample idx, sorted, unique
+    decided_by: str = ""  # who: "cli:alice", "studio:bob", "studio:visitor"
+    decided_via: str = ""  # with what: "cli", "lasso", "gallery", "neighbours of img_1a2b"
+    note: str = ""
+    seq: int = 0  # order of rows made in the same microsecond (1 + the latest row's)
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Evaluation(SQLModel, table=True):

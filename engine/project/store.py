@@ -39,6 +39,7 @@ from engine.project.schema import (
     Experiment,
     Export,
     Generation,
+    HandOverride,
     Image,
     Job,
     Meta,
@@ -84,6 +85,7 @@ ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
     # a validation split and the split an evaluation was scored on (older ones: test)
     3: [("dataset", "num_val", "INTEGER DEFAULT 0"),
         ("evaluation", "eval_split", "VARCHAR DEFAULT 'test'")],
+    # 4: the hand_override table only (made by create_all; nothing to move)
 }
 # Experiments were JSON records in the meta table under this key prefix (schema version 1).
 LEGACY_EXPERIMENT_PREFIX = "experiment:"
@@ -457,7 +459,8 @@ class Project:
         for name, table in [("datasets", Dataset), ("encodings", Encoding), ("models", Model),
                             ("generations", Generation), ("selections", Selection),
                             ("evaluations", Evaluation), ("exports", Export),
-                            ("experiments", Experiment), ("jobs", Job)]:
+                            ("experiments", Experiment), ("hand_overrides", HandOverride),
+                            ("jobs", Job)]:
             rows = self.list(table)
             out[name] = [_row_summary(r) for r in rows]
         return out

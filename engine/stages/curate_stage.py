@@ -1,22 +1,36 @@
-"""Curate: distances of generated samples to their class centroid, bands, selections.
+"""Curate: distances of generated samples to their class centroid, bands, selections; hand
+overrides on top of the band, "more like this" (k nearest neighbours) and per-sample scores.
 
 Fast enough to run in the owner process (vectorised numpy over memory-mapped arrays), so the
-studio recomputes a band as the user moves it; no job.
+studio recomputes a band as the user moves it; no job. The neighbour indexes (faiss, one per
+encoding and metric) are built on first use and kept in ``NAME.assets/indexes/``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from engine import curation
 from engine.config import BandConfig
-from engine.errors import InvalidConfigError
+from engine.curation import knn
+from engine.errors import InvalidConfigError, NotFoundError
 from engine.paths import check_name, given_name
-from engine.project import Encoding, Generation, Project, Selection, dumps, new_id
+from engine.project import (
+    Encoding,
+    Evaluation,
+    Generation,
+    HandOverride,
+    Image,
+    Project,
+    Sample,
+    Selection,
+    dumps,
+    new_id,
+)
 from engine.stages import common
 
 
@@ -161,9 +175,11 @@ def provenance(project: Project, bd: BandData, index: int) -> dict[str, Any]:
 
     Returns:
         {"sample", "path", "source_image_id", "source_path", "class", "seed", "model",
-        "sampler", "steps", "guidance", "distance", "class_quantile", "encoder"}.
+        "sampler", "steps", "guidance", "distance", "class_quantile", "encoder", "hand"};
+        "hand" is the latest hand decision naming the sample ({"decision", "by", "via",
+        "note", "at", "override_id"}, "clear" included) or None.
     """
-    from engine.project import Image, Model
+    from engine.project import Model
 
     samples = project.samples(bd.generation.id)
     if not 0 <= index < len(samples):
@@ -188,20 +204,30 @@ def provenance(project: Project, bd: BandData, index: int) -> dict[str, Any]:
         out["model"] = project.get(Model, bd.generation.model_id).name
     except Exception:  # noqa: BLE001
         out["model"] = bd.generation.model_id
+    out["hand"] = None
+    for row, members in _hand_log(project, bd.generation):
+        if np.isin(index, members):
+            out["hand"] = _decision_dict(row)
     return out
 
 
 def save_selection(project: Project, bd: BandData, band: BandConfig,
-                   name: str | None = None, mask: np.ndarray | None = None) -> Selection:
-    """Save the samples inside ``band`` as a named selection."""
+                   name: str | None = None, mask: np.ndarray | None = None,
+                   hand: bool = True) -> Selection:
+    """Save the samples inside ``band`` (or ``mask``), with the generation's hand overrides on
+    top unless ``hand`` is False, as a named selection. Its config records the band and, under
+    ``"hand"``, what the hand changed and the last override applied."""
     name = given_name(name, "selection name")
-    mask = band_mask(bd, band) if mask is None else mask
+    mask = band_mask(bd, band) if mask is None else np.asarray(mask, dtype=bool)
+    how: dict[str, Any] = {"kind": "band", "band": band.to_dict(),
+                           "encoder": bd.encoding.encoder}
+    if hand:
+        mask, how["hand"] = _with_hand(project, bd.generation, mask)
     members = np.flatnonzero(mask).astype(np.int64)
     if len(members) == 0:
         raise InvalidConfigError("the band keeps no sample; widen it before saving")
     return _store(project, bd.generation, bd.encoding.id, members,
-                  name or f"{bd.generation.name}-band-{band.low:.2f}-{band.high:.2f}",
-                  {"kind": "band", "band": band.to_dict(), "encoder": bd.encoding.encoder})
+                  name or f"{bd.generation.name}-band-{band.low:.2f}-{band.high:.2f}", how)
 
 
 def save_all(project: Project, generation_ref: str, name: str | None = None,
@@ -218,7 +244,13 @@ def save_all(project: Project, generation_ref: str, name: str | None = None,
         members = samples["idx"].to_numpy(np.int64)
         members = members[(members % k) < first_variations]
         how = {"kind": "first_variations", "k": first_variations}
-    return _store(project, gen, "", members, name or f"{gen.name}-all", how)
+    mask = np.zeros(len(samples), dtype=bool)
+    mask[members] = True
+    mask, how["hand"] = _with_hand(project, gen, mask)
+    if not mask.any():
+        raise InvalidConfigError(f"every sample of {gen.name} is dropped by hand; "
+                                 f"nothing was saved")
+    return _store(project, gen, "", np.flatnonzero(mask), name or f"{gen.name}-all", how)
 
 
 def combine(project: Project, a_ref: str, b_ref: str, op: str, name: str) -> Selection:
@@ -252,3 +284,387 @@ def _store(project: Project, gen: Generation, encoding_id: str, members: np.ndar
 def summary(bd: BandData, mask: np.ndarray) -> pd.DataFrame:
     return curation.band_summary(bd.distances, bd.labels, mask, bd.class_names,
                                  ranks=bd.class_ranks())
+
+
+# ------------------------------------------------------------------ hand overrides
+
+
+def resolve_samples(project: Project, generation: Generation,
+                    refs: Iterable[str | int]) -> np.ndarray:
+    """Sample ids or indices (``idx``, as ints or digit strings) of ``generation`` -> sorted
+    unique int64 idx.
+
+    Raises:
+        InvalidConfigError: none given, or one that is no sample of the generation (named).
+    """
+    samples = project.samples(generation.id)
+    row_of = dict(zip(samples["id"], samples["idx"]))
+    out = []
+    for ref in refs:
+        text = str(ref).strip()
+        if not text:
+            continue
+        if isinstance(ref, (int, np.integer)) or text.isdigit():
+            if not 0 <= int(text) < len(samples):
+                raise InvalidConfigError(f"sample index {text} is outside 0..{len(samples) - 1} "
+                                         f"of generation {generation.name}")
+            out.append(int(text))
+        elif text in row_of:
+            out.append(int(row_of[text]))
+        else:
+            raise InvalidConfigError(f"{text!r} is no sample of generation {generation.name}: "
+                                     f"give a sample id or an index in 0..{len(samples) - 1}")
+    if not out:
+        raise InvalidConfigError("no sample named: give at least one sample id or index")
+    return np.unique(np.asarray(out, dtype=np.int64))
+
+
+def record_hand(project: Project, generation_ref: str, samples: Iterable[str | int],
+                decision: str, *, by: str, via: str = "", note: str = "") -> HandOverride:
+    """Keep, drop or clear (back to the band) some samples of a generation by hand.
+
+    Args:
+        samples: sample ids or indices (``resolve_samples``).
+        decision: "keep", "drop" or "clear".
+        by: who decided ("cli:alice", "studio:visitor"); via: with what ("lasso", "gallery",
+            "neighbours of img_1a2b"); both go into the samples' provenance.
+
+    Returns:
+        the ``HandOverride`` row (its members in ``selections/overrides/<id>.npy``).
+    """
+    if decision not in curation.DECISIONS:
+        raise InvalidConfigError(f"decision must be one of {curation.DECISIONS}, "
+                                 f"got {decision!r}")
+    gen = project.get(Generation, generation_ref)
+    members = resolve_samples(project, gen, samples)
+    rows = project.list(HandOverride, generation_id=gen.id)
+    row_id = new_id("hand")
+    rel = f"selections/overrides/{row_id}.npy"
+    project.save_array(rel, members)
+    return project.add(HandOverride(
+        id=row_id, generation_id=gen.id, decision=decision, count=int(len(members)),
+        members_path=rel, decided_by=str(by)[:200], decided_via=str(via)[:200],
+        note=str(note)[:1000],
+        seq=1 + max((r.seq for r in rows), default=0)))
+
+
+def _hand_log(project: Project, gen: Generation,
+              through: str | None = None) -> list[tuple[HandOverride, np.ndarray]]:
+    """The generation's hand decisions, oldest first, with their members (up to and with
+    the row ``through`` when given)."""
+    rows = sorted(project.list(HandOverride, generation_id=gen.id),
+                  key=lambda r: (r.seq, r.created_at, r.id))
+    out = []
+    for row in rows:
+        out.append((row, np.asarray(project.load_array(row.members_path, mmap=False),
+                                    dtype=np.int64)))
+        if row.id == through:
+            break
+    return out
+
+
+def _decision_dict(row: HandOverride) -> dict[str, Any]:
+    return {"decision": row.decision, "by": row.decided_by, "via": row.decided_via,
+            "note": row.note,
+            "at": row.created_at.isoformat(timespec="seconds"), "override_id": row.id}
+
+
+def hand_state(project: Project, generation_ref: str, through: str | None = None
+               ) -> np.ndarray:
+    """(N,) int8 per sample: 1 kept by hand, -1 dropped by hand, 0 the band decides (after
+    every decision, or up to the override ``through``)."""
+    gen = project.get(Generation, generation_ref)
+    return curation.hand_state(gen.count or len(project.samples(gen.id)),
+                               [(r.decision, m) for r, m in _hand_log(project, gen, through)])
+
+
+def hand_table(project: Project, generation_ref: str) -> pd.DataFrame:
+    """One row per sample with a hand decision in force: idx, sample, class, decision
+    ("keep" / "drop"), by, via, note, at, override_id."""
+    gen = project.get(Generation, generation_ref)
+    latest: dict[int, HandOverride] = {}
+    for row, members in _hand_log(project, gen):
+        for i in members.tolist():
+            latest[i] = row
+    samples = project.samples(gen.id)
+    rows = [{"idx": i, "sample": str(samples["id"].iat[i]),
+             "class": str(samples["class_name"].iat[i]), **_decision_dict(r)}
+            for i, r in sorted(latest.items()) if r.decision != "clear"]
+    cols = ["idx", "sample", "class", "decision", "by", "via", "note", "at", "override_id"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _with_hand(project: Project, gen: Generation, mask: np.ndarray
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``mask`` with the hand decisions applied, and what they changed (for the config)."""
+    log_rows = _hand_log(project, gen)
+    state = curation.hand_state(len(mask), [(r.decision, m) for r, m in log_rows])
+    kept = curation.apply_hand(mask, state)
+    return kept, {"kept_by_band": int(mask.sum()),
+                  "kept_by_hand": int((kept & ~mask).sum()),
+                  "dropped_by_hand": int((mask & ~kept).sum()),
+                  "through": log_rows[-1][0].id if log_rows else ""}
+
+
+def kept_mask(project: Project, bd: BandData, band: BandConfig) -> np.ndarray:
+    """(N,) bool: what a selection saved now would keep (the band, then the hand)."""
+    return curation.apply_hand(band_mask(bd, band), hand_state(project, bd.generation.id))
+
+
+def hand_counts(project: Project, bd: BandData, mask: np.ndarray) -> pd.DataFrame:
+    """Per class (and ``all``): generated, kept by band, + kept by hand, - dropped by hand,
+    kept; ``mask`` is the band's."""
+    return curation.hand_counts(bd.labels, mask, hand_state(project, bd.generation.id),
+                                bd.class_names)
+
+
+# ------------------------------------------------------------------ more like this
+
+
+def _index(project: Project, bd: BandData, part: str):
+    """The faiss index of the real training images (``part="real"``) or of the samples
+    (``"synthetic"``) in this view's encodings and metric: from ``NAME.assets/indexes/``, or
+    built and saved there (atomically) when missing or stale; kept on the view."""
+    key = f"index-{part}-{bd.metric}"
+    if key in bd.cache:
+        return bd.cache[key]
+    enc = bd.real_encoding if part == "real" else bd.encoding
+    arr = project.embeddings(enc)
+    rows = bd.train_idx if part == "real" else None
+    n = len(rows) if rows is not None else len(arr)
+    path = project.assets / "indexes" / f"{enc.id}-{'train' if part == 'real' else 'all'}-" \
+                                        f"{bd.metric}.faiss"
+    index = None
+    if path.is_file():
+        try:
+            index = knn.load_index(path)
+            if index.ntotal != n or index.d != arr.shape[1]:
+                index = None  # stale: the encoding or the split changed
+        except InvalidConfigError:
+            index = None
+    if index is None:
+        index = knn.build_index(arr, bd.metric, rows=rows)
+        knn.save_index(index, path)
+    bd.cache[key] = index
+    return index
+
+
+def _query(project: Project, bd: BandData, image_ref: str | int
+           ) -> tuple[np.ndarray, str, int, str]:
+    """(1, D) vector of a real image of the dataset or a sample of the generation (id, or a
+    bare sample index); its kind ("real" / "synthetic"), row and id."""
+    text = str(image_ref).strip()
+    if text.isdigit():
+        text = str(project.samples(bd.generation.id)["id"].iat[
+            resolve_samples(project, bd.generation, [text])[0]])
+    try:
+        sample = project.get(Sample, text)
+    except NotFoundError:  # not a sample: a real image?
+        sample = None
+    if sample is not None:
+        if sample.generation_id != bd.generation.id:
+            raise InvalidConfigError(f"sample {text} belongs to another generation than "
+                                     f"{bd.generation.name}")
+        syn = project.embeddings(bd.encoding)
+        return np.asarray(syn[sample.idx:sample.idx + 1], np.float32), "synthetic", \
+            int(sample.idx), text
+    try:
+        img = project.get(Image, text)
+    except NotFoundError:
+        raise InvalidConfigError(f"{text!r} is neither a sample of generation "
+                                 f"{bd.generation.name} nor a real image") from None
+    if img.dataset_id != bd.generation.dataset_id:
+        raise InvalidConfigError(f"image {text} is not from the dataset of generation "
+                                 f"{bd.generation.name}")
+    real = project.embeddings(bd.real_encoding)
+    return np.asarray(real[img.idx:img.idx + 1], np.float32), "real", int(img.idx), text
+
+
+def generation_for(project: Project, image_ref: str,
+                   generation_ref: str | None = None) -> Generation:
+    """The generation to search around ``image_ref``: ``generation_ref`` when given, else the
+    sample's own generation, else (a real image) the latest re-encoded generation of its
+    dataset.
+
+    Raises:
+        InvalidConfigError: the image is unknown, or its dataset has no re-encoded generation.
+    """
+    if generation_ref:
+        return project.get(Generation, generation_ref)
+    text = str(image_ref).strip()
+    try:
+        return project.get(Generation, project.get(Sample, text).generation_id)
+    except NotFoundError:
+        pass
+    try:
+        img = project.get(Image, text)
+    except NotFoundError:
+        raise InvalidConfigError(f"{text!r} is neither a sample id nor a real image id "
+                                 f"(a sample index needs --generation)") from None
+    encoded = {e.target_id for e in project.list(Encoding, target="generation")}
+    gens = [g for g in project.list(Generation, dataset_id=img.dataset_id) if g.id in encoded]
+    if not gens:
+        raise InvalidConfigError(f"no re-encoded generation of image {text}'s dataset: "
+                                 f"generate and re-encode one first")
+    return gens[-1]
+
+
+def neighbours(project: Project, bd: BandData, image_ref: str | int, k: int = 20,
+               among: tuple[str, ...] = ("real", "synthetic")) -> pd.DataFrame:
+    """"More like this": the ``k`` nearest real training images and / or samples of the
+    generation to one image (a real image id, a sample id or a sample index), in this view's
+    encoding and metric (``bd.metric``), through the cached faiss indexes. The image itself is
+    left out.
+
+    Returns:
+        DataFrame of at most ``k`` rows, nearest first: rank, kind ("real" / "synthetic"), id,
+        idx (row in the dataset / the generation), class, distance, path (thumbnail or PNG,
+        absolute), hand ("keep" / "drop" / "" for samples). ``attrs``: query, query_kind, metric.
+    """
+    if not among or set(among) - {"real", "synthetic"}:
+        raise InvalidConfigError(f"among must name real and/or synthetic, got {among!r}")
+    if k < 1 or k > 1000:
+        raise InvalidConfigError(f"k must be in [1, 1000], got {k}")
+    q, kind, row, qid = _query(project, bd, image_ref)
+    parts = []
+    if "real" in among:
+        index = _index(project, bd, "real")
+        d, ids = knn.search(index, q, min(k + 1, index.ntotal), bd.metric)
+        ok = ids[0] >= 0
+        images = project.images(bd.generation.dataset_id)
+        rows_ = bd.train_idx[ids[0][ok]]
+        parts.append(pd.DataFrame({
+            "kind": "real", "id": images["id"].to_numpy()[rows_], "idx": rows_,
+            "class": images["class_name"].to_numpy()[rows_], "distance": d[0][ok],
+            "path": [str(project.abs(t or p)) for t, p in
+                     zip(images["thumb"].to_numpy()[rows_], images["path"].to_numpy()[rows_])],
+            "hand": ""}))
+    if "synthetic" in among:
+        index = _index(project, bd, "synthetic")
+        d, ids = knn.search(index, q, min(k + 1, index.ntotal), bd.metric)
+        ok = ids[0] >= 0
+        samples = project.samples(bd.generation.id)
+        rows_ = ids[0][ok]
+        state = hand_state(project, bd.generation.id)
+        parts.append(pd.DataFrame({
+            "kind": "synthetic", "id": samples["id"].to_numpy()[rows_], "idx": rows_,
+            "class": samples["class_name"].to_numpy()[rows_], "distance": d[0][ok],
+            "path": [str(project.abs(p)) for p in samples["path"].to_numpy()[rows_]],
+            "hand": np.array(["drop", "", "keep"])[state[rows_] + 1]}))
+    out = pd.concat(parts, ignore_index=True)
+    out = out[~((out["kind"] == kind) & (out["idx"] == row))]  # not the image itself
+    out = out.sort_values("distance", kind="stable").head(k).reset_index(drop=True)
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    out.attrs.update(query=qid, query_kind=kind, metric=bd.metric)
+    return out
+
+
+def real_neighbour_distance(project: Project, bd: BandData, max_queries: int = 2_000,
+                            seed: int = 0) -> float:
+    """Median distance of a real training image to its nearest other one (seeded subsample
+    of at most ``max_queries``), in the view's metric: the scale "copies" are judged on."""
+    key = f"real-nn-{bd.metric}-{max_queries}-{seed}"
+    if key not in bd.cache:
+        index = _index(project, bd, "real")
+        n = index.ntotal
+        if n < 2:
+            raise InvalidConfigError("finding copies needs at least 2 real training images")
+        pick = np.sort(np.random.default_rng(seed).choice(n, min(n, max_queries),
+                                                          replace=False))
+        real = project.embeddings(bd.real_encoding)
+        d, ids = knn.search(index, np.asarray(real[bd.train_idx[pick]], np.float32), 2,
+                           bd.metric)
+        own = ids[:, 0] == pick  # skip the query itself (ties may put it second)
+        bd.cache[key] = float(np.median(np.where(own, d[:, 1], d[:, 0])))
+    return bd.cache[key]
+
+
+def copies(project: Project, bd: BandData, image_ref: str, k: int = 20,
+           copy_factor: float = 0.5) -> pd.DataFrame:
+    """"Find copies of this training image": its ``k`` nearest samples, each flagged
+    ``copy`` when closer than ``copy_factor`` x the median real-real nearest-neighbour
+    distance (``real_neighbour_distance``). ``attrs["threshold"]`` is that distance."""
+    if copy_factor <= 0:
+        raise InvalidConfigError(f"copy_factor must be > 0, got {copy_factor}")
+    out = neighbours(project, bd, image_ref, k, among=("synthetic",))
+    threshold = copy_factor * real_neighbour_distance(project, bd)
+    out["copy"] = out["distance"] < threshold
+    out.attrs["threshold"] = threshold
+    return out
+
+
+# ------------------------------------------------------------------ per-sample scores
+
+SCORE_KEYS = ("centroid_distance", "class_quantile", "fidelity", "nearest_real",
+              "uniqueness")
+
+
+def scores(project: Project, bd: BandData, sort: str | None = None,
+           descending: bool = False) -> pd.DataFrame:
+    """Per-sample scores of the generation, in this view's encoding and metric.
+
+    Columns: idx, sample, class, source_image_id, ``centroid_distance`` (to the class
+    centroid), ``class_quantile`` (its rank in the class, 0..1), ``fidelity`` (cosine between
+    the source image and the sample; NaN when the source is unknown), ``nearest_real``
+    (distance to the nearest real training image) and ``nearest_real_id``, ``uniqueness``
+    (distance to the nearest other sample) and ``nearest_synthetic``, hand ("keep" / "drop" /
+    ""). A classifier's confidence in each label is not a column: evaluations store top-1,
+    top-5 and per-class accuracy, not per-sample predictions; ``attrs["notes"]`` says so.
+
+    Args:
+        sort: one of ``SCORE_KEYS`` (or any column); None keeps the sample order.
+    """
+    samples = project.samples(bd.generation.id)
+    n = len(samples)
+    syn = project.embeddings(bd.encoding)
+    rank, counts = bd.class_ranks()[:2]
+    out = pd.DataFrame({
+        "idx": samples["idx"].to_numpy(np.int64), "sample": samples["id"].to_numpy(),
+        "class": samples["class_name"].to_numpy(),
+        "source_image_id": samples["source_image_id"].to_numpy(),
+        "centroid_distance": bd.distances.astype(np.float32),
+        "class_quantile": ((rank + 0.5) / np.maximum(counts[bd.labels], 1)).astype(np.float32),
+        "fidelity": fidelity(project, bd)})
+    images = project.images(bd.generation.dataset_id)
+    near_d = np.full(n, np.nan, np.float32)
+    near_id = np.full(n, "", dtype=object)
+    uniq_d = np.full(n, np.nan, np.float32)
+    uniq_id = np.full(n, "", dtype=object)
+    real_index, syn_index = _index(project, bd, "real"), _index(project, bd, "synthetic")
+    for start in range(0, n, 8_192):  # 1. in chunks of queries: memory stays bounded
+        stop = min(n, start + 8_192)
+        q = np.asarray(syn[start:stop], np.float32)  # (c, D)
+        d, ids = knn.search(real_index, q, 1, bd.metric)
+        near_d[start:stop] = d[:, 0]
+        near_id[start:stop] = np.where(ids[:, 0] >= 0,
+                                       images["id"].to_numpy()[bd.train_idx[ids[:, 0]]], "")
+        if syn_index.ntotal >= 2:  # 2. nearest other sample (ties may put itself second)
+            d, ids = knn.search(syn_index, q, 2, bd.metric)
+            own = ids[:, 0] == np.arange(start, stop)
+            other = np.where(own, ids[:, 1], ids[:, 0])
+            uniq_d[start:stop] = np.where(own, d[:, 1], d[:, 0])
+            uniq_id[start:stop] = np.where(other >= 0, samples["id"].to_numpy()[other], "")
+    out["nearest_real"], out["nearest_real_id"] = near_d, near_id
+    out["uniqueness"], out["nearest_synthetic"] = uniq_d, uniq_id
+    out["hand"] = np.array(["drop", "", "keep"])[hand_state(project, bd.generation.id) + 1]
+    evaluated = [e for e in project.list(Evaluation) if e.generation_id == bd.generation.id
+                 or (e.selection_id and _selection_of(project, e.selection_id, bd.generation))]
+    out.attrs["notes"] = [
+        ("no classifier confidence: evaluations of this generation store top-1, top-5 and "
+         "per-class accuracy, not per-sample predictions" if evaluated else
+         "no classifier confidence: no evaluation of this generation yet"),
+        f"distances are {bd.metric} in {bd.encoding.encoder} (encoding {bd.encoding.id})"]
+    if sort:
+        if sort not in out.columns:
+            raise InvalidConfigError(f"cannot sort by {sort!r}: choose one of "
+                                     f"{', '.join(SCORE_KEYS)} (or idx, sample, class)")
+        out = out.sort_values(sort, ascending=not descending, kind="stable",
+                              na_position="last").reset_index(drop=True)
+    return out
+
+
+def _selection_of(project: Project, selection_id: str, gen: Generation) -> bool:
+    try:
+        return project.get(Selection, selection_id).generation_id == gen.id
+    except Exception:  # noqa: BLE001 - a deleted selection belongs to no generation
+        return False

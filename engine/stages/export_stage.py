@@ -88,6 +88,12 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
             rows["centroid"] = bd.centroid
         except Exception:  # noqa: BLE001 - distances are a nicety of the manifest
             log.info("export: no distances for selection %s", sel.name, exc_info=True)
+    through = sel.config.get("hand", {}).get("through", "")
+    if through:  # the hand decisions in force when the selection was saved
+        from engine.stages import curate_stage
+
+        state = curate_stage.hand_state(project, gen.id, through=through)
+        rows["hand"] = np.where(state[project.selection_members(sel)] == 1, "kept by hand", "")
     if config.include_real:
         images = project.images(ds.id, split="train")
         real = pd.DataFrame({"path": [str(project.abs(p)) for p in images["path"]],

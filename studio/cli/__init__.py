@@ -20,6 +20,7 @@ from engine.errors import StudioError, describe_os_error, os_error_text
 from studio.cli import (
     data_commands,
     evaluation_commands,
+    explore_commands,
     model_commands,
     project_commands,
     selection_commands,
@@ -28,8 +29,8 @@ from studio.cli.console import project_arg, resolve_project_arg
 
 log = logging.getLogger(__name__)
 
-GROUPS = (data_commands, model_commands, selection_commands, evaluation_commands,
-          project_commands)  # the order of `rcdm-studio --help`: the pipeline's
+GROUPS = (data_commands, model_commands, selection_commands, explore_commands,
+          evaluation_commands, project_commands)  # the order of `rcdm-studio --help`: the pipeline's
 COMMANDS = {name: fn for group in GROUPS for name, fn in group.COMMANDS.items()}
 
 

@@ -60,7 +60,7 @@ CASES = [
     (["encode", "--encoder", "no-such-encoder"], "no-such-encoder"),
     (["curate", "--generation", "nope"], "no generation 'nope'"),
     (["curate", "--generation", "nope", "--low", "0.8", "--high", "0.2"], "0 <= low < high"),
-    (["curate", "--generation", "nope", "--preset", "middle", "--keep", "0"], "keep_fraction"),
+    (["curate", "--generation", "nope", "--preset", "middle", "--fraction", "0"], "keep_fraction"),
     (["evaluate", "--epochs", "0"], "epochs must be >= 1"),
     (["evaluate", "--mix", "synthetic"], "needs a selection or a generation"),
     (["evaluate", "--mix", "synthetic", "--selection", "empty"], "no selection 'empty'"),

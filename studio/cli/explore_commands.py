@@ -1,0 +1,134 @@
+"""Looking at single samples: "more like this" (nearest neighbours) and per-sample scores."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from studio.cli.console import emit, json_arg, open_project, project_arg
+
+
+def _records(table: Any) -> list[dict[str, Any]]:
+    """Rows as plain JSON values (NaN -> null)."""
+    import json
+
+    return json.loads(table.to_json(orient="records"))
+
+
+def _view_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoding", help="the re-encoding of the generation whose space is "
+                                      "searched (a second encoder); default: the latest")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"],
+                   help="distance in the representation space (default cosine: 1 - cos)")
+    p.add_argument("--centroid", default="real", choices=["real", "generated", "both"],
+                   help="class centroids for the centroid distance (default real)")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add this group's sub-commands to ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("neighbours", help="the k nearest real and generated images of one "
+                                          "image in a representation space (more like this)")
+    project_arg(p)
+    p.add_argument("--image", required=True, metavar="ID",
+                   help="a real image id or a sample id (or, with --generation, a sample "
+                        "index)")
+    p.add_argument("-k", "--k", type=int, default=20, help="neighbours to list (default 20)")
+    p.add_argument("--generation", help="generation name or id; default: the sample's own, "
+                                        "or the latest re-encoded one of the image's dataset")
+    p.add_argument("--among", default="both", choices=["both", "real", "synthetic"],
+                   help="search the real training images, the samples, or both (default)")
+    p.add_argument("--copies", action="store_true",
+                   help="find copies of this training image among the samples: search the "
+                        "samples only and flag those closer than --copy-factor x the median "
+                        "real-real nearest-neighbour distance")
+    p.add_argument("--copy-factor", type=float, default=0.5,
+                   help="--copies: the fraction of the median real-real distance under which "
+                        "a sample is a copy (default 0.5)")
+    p.add_argument("--ids", action="store_true",
+                   help="print only the neighbours' ids, one per line (for curate --drop @FILE)")
+    _view_args(p)
+    json_arg(p)
+
+    p = sub.add_parser("scores", help="per-sample scores of a generation: centroid distance, "
+                                      "fidelity, nearest real, uniqueness")
+    project_arg(p)
+    p.add_argument("--generation", required=True, help="generation name or id")
+    p.add_argument("--sort", metavar="KEY",
+                   help="sort by centroid_distance, class_quantile, fidelity, nearest_real, "
+                        "uniqueness (or idx, sample, class); default: sample order")
+    p.add_argument("--desc", action="store_true", help="sort from the largest value down")
+    p.add_argument("--limit", type=int, default=20,
+                   help="rows to print (default 20; 0: all)")
+    p.add_argument("--out", help="also write every row to this CSV file")
+    _view_args(p)
+    json_arg(p)
+
+
+def cmd_neighbours(args: argparse.Namespace) -> int:
+    from engine.errors import InvalidConfigError
+    from engine.stages import curate_stage
+
+    if args.copies and args.among == "real":
+        raise InvalidConfigError("--copies searches the samples; leave out --among real")
+    with open_project(args, create=False) as project:
+        gen = curate_stage.generation_for(project, args.image, args.generation)
+        bd = curate_stage.band_data(project, gen.id, args.encoding, centroid=args.centroid,
+                                    metric=args.metric)
+        if args.copies:
+            table = curate_stage.copies(project, bd, args.image, args.k, args.copy_factor)
+        else:
+            among = ("real", "synthetic") if args.among == "both" else (args.among,)
+            table = curate_stage.neighbours(project, bd, args.image, args.k, among)
+    cols = [c for c in ("rank", "kind", "id", "class", "distance", "hand", "copy")
+            if c in table.columns]
+    obj = {"query": table.attrs["query"], "query_kind": table.attrs["query_kind"],
+           "generation": gen.name, "encoding": bd.encoding.id,
+           "encoder": bd.encoding.encoder, "metric": bd.metric,
+           "neighbours": _records(table[cols + ["idx", "path"]])}
+    if "threshold" in table.attrs:
+        obj["copy_threshold"] = table.attrs["threshold"]
+    if args.ids and not args.json:
+        print("\n".join(table["id"].astype(str)))
+        return 0
+    text = (f"{len(table)} nearest of {table.attrs['query_kind']} image {obj['query']} in "
+            f"{bd.encoding.encoder} ({bd.metric}), generation {gen.name}:\n"
+            + table[cols].to_string(index=False, float_format="%.4f"))
+    if "threshold" in table.attrs:
+        text += (f"\n{int(table['copy'].sum())} copies (distance under "
+                 f"{table.attrs['threshold']:.4f})")
+    emit(args, obj, text)
+    return 0
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    from engine.errors import InvalidConfigError
+    from engine.stages import curate_stage
+
+    if args.limit < 0:
+        raise InvalidConfigError(f"--limit must be >= 0, got {args.limit}")
+    with open_project(args, create=False) as project:
+        bd = curate_stage.band_data(project, args.generation, args.encoding,
+                                    centroid=args.centroid, metric=args.metric)
+        table = curate_stage.scores(project, bd, sort=args.sort, descending=args.desc)
+    if args.out:
+        table.to_csv(args.out, index=False)
+    shown = table if args.limit == 0 else table.head(args.limit)
+    obj = {"generation": bd.generation.name, "encoding": bd.encoding.id,
+           "encoder": bd.encoding.encoder, "metric": bd.metric, "count": int(len(table)),
+           "sort": args.sort, "notes": table.attrs["notes"],
+           "rows": _records(shown)}
+    cols = ["idx", "sample", "class", *curate_stage.SCORE_KEYS, "hand"]
+    text = (shown[cols].to_string(index=False, float_format="%.4f")
+            + f"\n{len(shown)} of {len(table)} samples"
+            + (f", sorted by {args.sort}{' (descending)' if args.desc else ''}"
+               if args.sort else "")
+            + (f"; all rows in {args.out}" if args.out else "")
+            + "".join(f"\nnote: {n}" for n in table.attrs["notes"]))
+    emit(args, obj, text)
+    return 0
+
+
+COMMANDS = {
+    "neighbours": cmd_neighbours,
+    "scores": cmd_scores,
+}
