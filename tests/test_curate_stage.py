@@ -162,3 +162,37 @@ def test_studio_curate_view_functions(curated_project):
         assert "quantile 0-0.5" in curate_tab.selections_table(ctx)["how"].tolist()
     finally:
         ctx.close()
+
+
+def test_studio_hand_decisions_and_more_like_this(curated_project):
+    """The Curate tab's hand buttons on a real StudioContext: drop a clicked sample, see the
+    counts and the summary say so, find more like it, keep the generated neighbours, and a
+    saved selection follows the hand."""
+    from engine.project import Selection
+    from studio.context import StudioContext
+    from studio.tabs import curate_tab
+
+    project, re8, re4 = curated_project
+    path = project.path
+    project.close()
+    ctx = StudioContext(path)
+    try:
+        band = ("gen-test", 0.25, 0.75, "real", "cosine")
+        v = curate_tab.band_view(ctx, *band)
+        inside = int(v["edge_idx"]["farthest_kept"][0])  # kept by the band
+        status, _fig, counts, summary, *_ = curate_tab.on_hand(ctx, "drop", [inside], *band)
+        assert "1 image(s) dropped by hand" in status
+        assert counts["- hand"].sum() == 1 and "by hand: +0 / −1" in summary
+        status, items, generated = curate_tab.on_more_like(ctx, [inside], *band)
+        assert "nearest images of sample" in status and 0 < len(items) <= curate_tab.NEIGHBOURS_K
+        assert inside not in generated and all(isinstance(i, int) for i in generated)
+        curate_tab.on_hand(ctx, "keep", generated, *band)
+        kept = curate_tab.band_view(ctx, *band)["counts"]
+        sel = curate_tab.save(ctx, *band, "hand")
+        assert sel.count == int(kept["kept with hand"].sum())
+        members = set(ctx.project.selection_members(ctx.project.get(Selection, sel.id)).tolist())
+        assert inside not in members and set(generated) <= members
+        status, *_ = curate_tab.on_hand(ctx, "keep", [], *band)
+        assert "click a generated image" in status
+    finally:
+        ctx.close()

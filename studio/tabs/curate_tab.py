@@ -101,6 +101,12 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     counts["kept distances"] = [
         "" if pd.isna(a) else f"{a:.3f} – {b:.3f}"
         for a, b in zip(table["low_distance"], table["high_distance"])]
+    hand = curate_stage.hand_counts(ctx.project, bd, mask)
+    by_hand = hand[hand["class"] != "all"].reset_index(drop=True)
+    if by_hand["+ kept by hand"].any() or by_hand["- dropped by hand"].any():
+        counts["+ hand"] = by_hand["+ kept by hand"].to_numpy()
+        counts["- hand"] = by_hand["- dropped by hand"].to_numpy()
+        counts["kept with hand"] = by_hand["kept"].to_numpy()
     fig = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
                               bd.real_labels, metric=metric)
     fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
@@ -112,6 +118,11 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
                        f"{bd.distances[i]:.2f}")
                       for i in idx.tolist()]
     kept, total = int(mask.sum()), int(len(mask))
+    total_hand = hand[hand["class"] == "all"].iloc[0]
+    hand_text = (f" · by hand: +{int(total_hand['+ kept by hand']):,} / "
+                 f"−{int(total_hand['- dropped by hand']):,} → **{int(total_hand['kept']):,}** "
+                 f"kept in a saved selection"
+                 if total_hand["+ kept by hand"] or total_hand["- dropped by hand"] else "")
     unit = "of each class's distance ranks" if band.mode == "quantile" else "distance"
     extra = "".join([
         f" · {len(band.per_class)} per-class override(s)" if band.per_class else "",
@@ -121,7 +132,7 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     text = (f"Keeping **{kept:,}** of {total:,} generated images "
             f"({100.0 * kept / max(total, 1):.0f} %) · band {band.low:.2f} – {band.high:.2f} "
             f"{unit} · centroid: {centroid} · {metric} · judged by {bd.encoding.encoder}"
-            f"{extra}")
+            f"{extra}{hand_text}")
     return {"figure": fig, "counts": counts, "edges": edges, "edge_idx": edge_idx, "text": text,
             "kept": kept, "total": total, "mask": mask, "bd": bd}
 
@@ -288,18 +299,71 @@ def mode_range(ctx: StudioContext, mode_v, generation_id, centroid_v, metric_v,
 
 
 def select_edge(ctx: StudioContext, key: str, evt: gr.SelectData,
-                *values: Any) -> tuple[Any, Any, Any]:
-    """A click in edge gallery ``key`` -> (sample, source image, provenance markdown)."""
+                *values: Any) -> tuple[Any, Any, Any, Any]:
+    """A click in edge gallery ``key`` -> (sample, source image, provenance markdown, the
+    sample's index: what Keep / Drop / More like this act on)."""
     from engine.stages import curate_stage
 
     try:
         v = current_band(ctx, *values)
         i = int(v["edge_idx"][key][evt.index])
         info = curate_stage.provenance(ctx.project, v["bd"], i)
-        return info["path"], info["source_path"] or None, provenance_md(info)
+        return info["path"], info["source_path"] or None, provenance_md(info), [i]
     except Exception as exc:  # noqa: BLE001 - shown in the panel
         log.info("provenance: %s", exc)
-        return gr.skip(), gr.skip(), ui.error_md(exc)
+        return gr.skip(), gr.skip(), ui.error_md(exc), gr.skip()
+
+
+def who(ctx: StudioContext) -> str:
+    """Who decides, for a hand decision's provenance: the signed-in user, else the studio."""
+    s = ctx.session()
+    return f"studio:{s.user}" if s.user else ("studio" if ctx.editor else "studio:visitor")
+
+
+NEIGHBOURS_K = 12
+
+
+@ui.guard(1 + 3 + len(EDGES), status=0)
+def on_hand(ctx: StudioContext, decision: str, picked: list[int] | None,
+            *values: Any) -> tuple[Any, ...]:
+    """Keep / drop / hand back to the band the picked samples (a clicked sample, or the
+    synthetic images of a "more like this" result); then the band view again."""
+    from engine.stages import curate_stage
+
+    if not picked:
+        raise NotReadyError("click a generated image in a gallery first (or find more like "
+                            "one)")
+    if not values[0]:
+        raise NotReadyError("choose a generation first")
+    row = curate_stage.record_hand(ctx.project, values[0], [int(i) for i in picked], decision,
+                                   by=who(ctx), via="curate tab")
+    what = {"keep": "kept by hand", "drop": "dropped by hand",
+            "clear": "handed back to the band"}[decision]
+    return (ui.ok_md(f"{len(picked)} image(s) {what} (decision {row.id}); saved selections "
+                     f"made from now on include it"), *show_band(ctx, *values))
+
+
+@ui.guard(3, status=0)
+def on_more_like(ctx: StudioContext, picked: list[int] | None,
+                 *values: Any) -> tuple[Any, Any, Any]:
+    """"More like this": the nearest real and generated images of the picked sample, in the
+    curation encoding (a cached faiss index). Returns (status, gallery, the generated
+    neighbours' indices: Keep / Drop all act on them)."""
+    from engine.stages import curate_stage
+
+    if not picked:
+        raise NotReadyError("click a generated image in a gallery first")
+    v = current_band(ctx, *values)
+    near = curate_stage.neighbours(ctx.project, v["bd"], int(picked[0]), k=NEIGHBOURS_K)
+    items = [(ui.gallery_path(r.path), f"{r.kind[:4]} · {r['class']} · {r.distance:.3f}"
+              + (f" · {r.hand}" if r.hand else ""))
+             for _, r in near.iterrows()]
+    synthetic = [int(i) for i in near.loc[near["kind"] == "synthetic", "idx"]]
+    return (ui.info_md(f"{len(near)} nearest images of sample {picked[0]} "
+                       f"({near.attrs.get('metric', v['bd'].metric)}): "
+                       f"{len(synthetic)} generated, {len(near) - len(synthetic)} real; "
+                       f"Keep / Drop below act on the generated ones"),
+            items, synthetic)
 
 
 def band_map(ctx: StudioContext, method_v: str, *values: Any) -> Any:
@@ -445,6 +509,25 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                elem_id="provenance-source")
         prov_text = gr.Markdown("Click a sample in a gallery to see where it comes from.",
                                 elem_id="provenance-text")
+    with gr.Row(elem_classes=["bottom-align"]):
+        keep_btn = gr.Button("Keep by hand", size="sm", elem_id="hand-keep")
+        drop_btn = gr.Button("Drop by hand", size="sm", elem_id="hand-drop")
+        clear_btn = gr.Button("Back to the band", size="sm", elem_id="hand-clear")
+        more_btn = gr.Button("More like this", size="sm", variant="primary",
+                             elem_id="more-like-this")
+    hand_status = gr.HTML(elem_id="hand-status")
+    with gr.Accordion("More like this: nearest real and generated images", open=True,
+                      elem_id="neighbours-panel"):
+        near_gallery = gr.Gallery(columns=6, height=190, object_fit="contain",
+                                  allow_preview=True, fit_columns=False, show_label=False,
+                                  elem_id="neighbours-gallery")
+        with gr.Row():
+            keep_near = gr.Button("Keep these generated images", size="sm",
+                                  elem_id="neighbours-keep")
+            drop_near = gr.Button("Drop these generated images", size="sm",
+                                  elem_id="neighbours-drop")
+    picked = gr.State([])  # the clicked sample (its index), what the hand buttons act on
+    near_picked = gr.State([])  # the generated images of the last "more like this"
     with gr.Row():
         with gr.Column(scale=3):
             counts = gr.Dataframe(label="Per class", interactive=False, max_height=300,
@@ -506,7 +589,15 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     mode.input(ui.bind(mode_range, ctx), [mode, generation, centroid, metric, encoding],
                [low, high])
     for key, gallery in galleries.items():
-        gallery.select(ui.bind(select_edge, ctx, key), inputs, provenance)
+        gallery.select(ui.bind(select_edge, ctx, key), inputs, [*provenance, picked])
+    hand_out = [hand_status, *outputs]
+    for btn, state, decision in ((keep_btn, picked, "keep"), (drop_btn, picked, "drop"),
+                                 (clear_btn, picked, "clear"), (keep_near, near_picked, "keep"),
+                                 (drop_near, near_picked, "drop")):
+        btn.click(ui.bind(on_hand, ctx, decision), [state, *inputs], hand_out,
+                  concurrency_id="curate-hand")
+    more_btn.click(ui.bind(on_more_like, ctx), [picked, *inputs],
+                   [hand_status, near_gallery, near_picked], api_name="more_like_this")
     map_btn.click(ui.bind(draw_map, ctx), [map_method, *inputs], [map_plot, map_shown],
                   api_name="band_map")
     gr.on(triggers, ui.bind(recolour, ctx), [map_shown, map_method, *inputs], map_plot,
