@@ -259,6 +259,18 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     expect(page.locator("#curate-status")).to_contain_text("saved selection browser-middle")
     expect(page.locator("#selections-table")).to_contain_text("browser-middle")
     shot(page, "05-curate-saved")
+    # by hand: click a kept sample, find more like it, drop it, hand it back to the band
+    page.locator("#edge-farthest-kept .thumbnail-item").first.click()
+    expect(page.locator("#provenance-text")).to_contain_text("sample")
+    page.locator("#more-like-this").click()
+    expect(page.locator("#hand-status")).to_contain_text("nearest images of sample")
+    expect(page.locator("#neighbours-gallery .thumbnail-item").first).to_be_visible()
+    page.locator("#hand-drop").click()
+    expect(page.locator("#hand-status")).to_contain_text("1 image(s) dropped by hand")
+    expect(page.locator("#band-summary")).to_contain_text("by hand: +0 / −1")
+    shot(page, "05b-curate-by-hand")
+    page.locator("#hand-clear").click()
+    expect(page.locator("#hand-status")).to_contain_text("handed back to the band")
 
     # 6. Evaluate: real + the selection, 2 epochs; the results table shows top-1
     tab(page, "Evaluate")
