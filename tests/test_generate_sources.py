@@ -119,6 +119,17 @@ def test_generate_from_an_outside_image_via_the_cli(gen_project, tmp_path, capsy
     with Image.open(src) as img:
         want = encoder.encode(image_pixels(img, encoder.load_size)[None])
     assert np.allclose(np.load(folder / "source_cond.npy"), want, atol=1e-5)
+    # the curation's details name the file and show its copy
+    from engine.config import EncodeConfig
+    from engine.jobs import JobManager
+    from engine.stages import curate_stage, encode_stage
+
+    with Project(gen_project) as project:
+        JobManager(project).run_inline(encode_stage.prepare(
+            project, EncodeConfig(encoder="pca", dim=D, image_size=8), generation_ref=gen.id))
+        info = curate_stage.provenance(project, curate_stage.band_data(project, gen.id), 1)
+    assert (info["source_name"], info["source_sha256"]) == ("my digit.png", sha)
+    assert info["source_path"] == str(copy)
 
     # a given class; a transparent wide image; two files interpolate
     other = tmp_path / "wide.png"
