@@ -170,6 +170,7 @@ def test_edit_sweep_of_a_class_via_the_cli(gen_project, capsys):
         images = project.images(project.list(Dataset)[0].id)
     train0 = images[(images["split"] == "train") & (images["label"] == 0)]
     assert gen.count == len(train0) * len(sweep)
+    assert gen.name == "tiny-rcdm-edit-class_0-to-class_2"
     assert samples.groupby("source_image_id").size().eq(len(sweep)).all()
     assert set(samples["source_image_id"]) == set(train0["id"])
     edit = conf["conditions"]["edit"]

@@ -259,6 +259,8 @@ def plan_from_params(params: dict[str, Any], cond: np.ndarray):
 def default_suffix(config: GenerateConfig) -> str:
     """The default generation name's suffix: "x4", "mixup", "x4-perturb0.5"..."""
     suffix = f"x{config.variations}" if config.mode == "variations" else config.mode
+    if config.mode == "edit":  # "edit-3-to-8"
+        suffix += "-" + sanitize_name(config.direction.replace(":", "-to-"), 40)
     return suffix + (f"-perturb{config.perturb:g}" if config.perturb > 0 else "")
 
 
