@@ -320,9 +320,12 @@ class TrainConfig(StageConfig):
 
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")  # short names; diffusers class names work too
-GENERATE_MODES = ("variations", "interpolate", "mixup", "class_sample")
+GENERATE_MODES = ("variations", "interpolate", "mixup", "class_sample", "edit")
 COVARIANCES = ("ledoit_wolf", "diagonal")
 PERTURB_MAX = 4.0  # GenerateConfig.perturb: noise up to 4 standard deviations per dimension
+EDIT_STRENGTH_MAX = 10.0  # GenerateConfig.strength / sweep: |λ| at most 10 directions long
+MAX_SWEEP = 64  # GenerateConfig.sweep: strengths per source
+MAX_DIRECTION_CHARS = 1024  # GenerateConfig.direction: "A:B", two class names
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,11 @@ class GenerateConfig(StageConfig):
     representation before sampling, σ the per-dimension standard deviation of the dataset's
     training encodings and ε ~ N(0, I) drawn from the sample's own seed
     (``engine.rcdm.conditions.perturb``): more diverse images, less faithful to the source.
+
+    ``mode="edit"`` moves each source representation along a direction: ``r + λ d`` with
+    ``d = mean(B) - mean(A)`` over the dataset's training encodings of the classes named by
+    ``direction`` ("A:B"), unit length with ``normalise``; λ is ``strength``, or each value of
+    ``sweep`` in turn (one representation per source per λ).
     """
 
     variations: int = 1  # seeds per source image
@@ -357,6 +365,14 @@ class GenerateConfig(StageConfig):
     mix_alpha: float = 1.0  # mixup: weight of the partner ~ Beta(a, a); 1.0 = uniform
     covariance: str = "ledoit_wolf"  # class_sample: "ledoit_wolf" or "diagonal" (+ eps)
     perturb: float = 0.0  # λ: noise of λ training-set standard deviations per dimension
+    direction: str = ""  # edit: "A:B", from class A's mean towards class B's
+    strength: float = 0.5  # edit: λ in r + λ d (without a sweep)
+    sweep: tuple[float, ...] = ()  # edit: several λ, one representation per source each
+    normalise: bool = False  # edit: d scaled to unit L2 length
+
+    def strengths(self) -> tuple[float, ...]:
+        """The edit's λ values: ``sweep``, or ``(strength,)``."""
+        return tuple(float(v) for v in self.sweep) or (float(self.strength),)
 
     def validate(self) -> None:
         _check(self.variations >= 1, f"variations must be >= 1, got {self.variations}")
@@ -384,6 +400,19 @@ class GenerateConfig(StageConfig):
         _range("points", self.points, 2, 1024)
         _range("per_class", self.per_class, 1, MAX_PER_CLASS)
         _positive("mix_alpha", self.mix_alpha, 100.0)
+        _check(isinstance(self.direction, str) and len(self.direction) <= MAX_DIRECTION_CHARS,
+               f"direction must be text of at most {MAX_DIRECTION_CHARS} characters")
+        _check(self.mode != "edit" or (self.direction.count(":") == 1 and all(
+            part.strip() for part in self.direction.split(":"))),
+               f"an edit needs direction 'A:B' (two class names), got {self.direction!r}")
+        _check(isinstance(self.sweep, tuple) and len(self.sweep) <= MAX_SWEEP,
+               f"sweep holds at most {MAX_SWEEP} strengths, got {len(self.sweep)}")
+        for value in (self.strength, *self.sweep):
+            _check(_number(value) and abs(value) <= EDIT_STRENGTH_MAX,
+                   f"edit strengths must be numbers in [-{EDIT_STRENGTH_MAX:g}, "
+                   f"{EDIT_STRENGTH_MAX:g}], got {value!r}")
+        _check(isinstance(self.normalise, bool),
+               f"normalise must be true or false, got {self.normalise!r}")
 
 
 BAND_PRESETS = ("middle", "all", "nearest", "farthest")
@@ -647,14 +676,23 @@ SYN_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ExportConfig(StageConfig):
-    """Export of a selection (and optionally the real training images) as an ImageFolder."""
+    """Export of a selection (and optionally the real training images) as an ImageFolder.
+
+    Every image is written at one size: ``size`` x ``size`` pixels, or with ``size = 0`` the
+    real images' size (their most common one; the synthetic images' when no real image
+    is in the export). Images already at that size are copied (or linked) as they are.
+    """
 
     include_real: bool = False
     link: bool = False  # hard-link instead of copy when possible
     val_fraction: float = 0.0  # > 0: train/ and val/ folders, stratified per class and kind
     split_seed: int = 0
+    size: int = 0  # pixels per side of every exported image; 0 = the real images' size
 
     def validate(self) -> None:
+        _check(isinstance(self.size, int), f"size must be a whole number of pixels, got "
+                                            f"{self.size!r}")
+        _range("size", self.size, 0, MAX_IMAGE_SIZE)
         _check(0.0 <= self.val_fraction < 1.0,
                f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _range("split_seed", self.split_seed, 0, MAX_SEED)

@@ -606,6 +606,12 @@ def load_pixels(paths: list[Path], size: int) -> np.ndarray:
     return out
 
 
+def image_pixels(img: Image.Image, size: int) -> np.ndarray:
+    """One image (any mode, e.g. from ``validate_image``) as uint8 (size, size, 3): RGB,
+    centre square, resized: the pixels an encoder sees of a dataset image."""
+    return np.asarray(_square(_to_rgb(img), size))
+
+
 def pixels_cache_path(project: Project, dataset: Dataset, size: int) -> Path:
     """Where the dataset's pixels at ``size`` are cached (``pixel_cache`` builds it)."""
     return project.abs(dataset.root) / f"pixels_{size}.npy"

@@ -13,6 +13,12 @@ With ``ExportConfig.val_fraction > 0`` the images go to ``OUT/train/CLASS/FILE.p
 its own ``metadata.csv``; ``ImageFolder("OUT/train")`` and
 ``load_dataset("imagefolder", data_dir="OUT")`` (splits "train" and "validation") read it.
 
+Every image is written at one size, ``side x side`` (``export_size``: ``ExportConfig.size``,
+or the real images' most common size): images of another size are centre-cropped to a square
+and resized (LANCZOS down, BICUBIC up) as the pixel caches are (``engine.data.image_pixels``);
+the manifest records each file's ``source_size`` and whether it was ``resized``, and the card
+the size.
+
 The export is built in a hidden sibling folder and moved into place, so ``OUT`` is never seen
 half-written.
 """
@@ -33,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import ExportConfig
+from engine.data import image_pixels
 from engine.errors import DatasetError, InvalidConfigError
 from engine.paths import MAX_NAME_BYTES, sanitize_name
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
@@ -89,6 +96,48 @@ def is_previous_export(folder: Path) -> bool:
     with open(manifest, encoding="utf-8", errors="replace") as f:
         header = f.readline()
     return header.split(",")[0].strip() == "relative_path"
+
+
+# ----------------------------------------------------------------------------------------------
+# one size
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read the size of {path}: {exc}") from exc
+
+
+def export_size(config: ExportConfig, reference: list[tuple[int, int]]) -> int:
+    """The side every exported image gets: ``config.size``, else that of the most common
+    (width, height) in ``reference`` (the real images' sizes; ties: the larger), its shorter
+    side when it is not square.
+
+    Raises:
+        DatasetError: ``config.size`` is 0 and there is no reference size.
+    """
+    if config.size:
+        return int(config.size)
+    if not reference:
+        raise DatasetError("no image to take the export's size from; give a size")
+    counts = pd.Series([f"{w}x{h}" for w, h in reference]).value_counts()
+    top = counts[counts == counts.max()].index
+    w, h = max((tuple(map(int, k.split("x"))) for k in top), key=lambda s: s[0] * s[1])
+    return min(w, h)
+
+
+def _write_resized(src: Path, dst: Path, side: int) -> None:
+    """``src`` as a ``side x side`` RGB image at ``dst`` (format from ``dst``'s extension)."""
+    from PIL import Image
+
+    with Image.open(src) as img:
+        img.load()
+        Image.fromarray(image_pixels(img, side)).save(dst)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +299,8 @@ def _card_text(manifest: pd.DataFrame, card: dict[str, Any] | None, config: Expo
 
 def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig | None = None,
                        progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                       card: dict[str, Any] | None = None) -> dict[str, Any]:
+                       card: dict[str, Any] | None = None,
+                       size_reference: list[str | Path] | None = None) -> dict[str, Any]:
     """Write ``rows`` as an ImageFolder at ``out_dir`` with a manifest and a dataset card.
 
     Args:
@@ -266,6 +316,9 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
             kind).
         card: free-form fields for the dataset card ("title", "description", and any
             ``key: value`` shown under "How it was made").
+        size_reference: image files whose most common size is the export's when
+            ``config.size`` is 0 and no real row is exported (the dataset's real images);
+            None = the exported images themselves.
 
     Overwrite rules: a missing or empty ``out_dir`` is created; an ``out_dir`` holding a previous
     export (a ``manifest.csv`` whose header starts with ``relative_path``) is replaced whole;
@@ -276,7 +329,8 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
     Returns:
         {"folder": str, "count": int, "per_class": {class_name: count}, "manifest": str path of
         manifest.csv, "folders": {class_name: folder name}, "linked": int files hard-linked,
-        "replaced": bool, "splits": {"train": int, "val": int}}.
+        "replaced": bool, "splits": {"train": int, "val": int}, "size": int side of every
+        image, "resized": int files resized}.
     """
     config = config or ExportConfig()
     out_dir = Path(out_dir).absolute()
@@ -316,21 +370,37 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
             replaced = True
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
+    # the one size: the given one, else the real images' (exported, or the reference)
+    sizes = [image_size(p) for p in sources]
+    real = (rows["kind"] == "real").to_numpy()
+    if real.any():
+        reference = [sz for sz, r in zip(sizes, real) if r]
+    elif size_reference:
+        reference = [image_size(Path(p)) for p in size_reference]
+    else:
+        reference = sizes
+    side = export_size(config, reference)
     plan = _plan(rows, config)
+    plan["source_size"] = [f"{w}x{h}" for w, h in sizes]
+    plan["resized"] = [(w, h) != (side, side) for w, h in sizes]
+    plan["width"] = plan["height"] = side
     tmp = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     linked, old = 0, None
     try:
         # 2. copy (or hard-link) every file into the temp folder
         total, last = len(plan), 0.0
-        for step, (src, rel) in enumerate(zip(sources, plan["relative_path"]), start=1):
+        for step, (src, rel, resize) in enumerate(zip(sources, plan["relative_path"],
+                                                      plan["resized"]), start=1):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             dst = tmp / rel
             if not _inside(tmp, dst):
                 raise InvalidConfigError(f"export path {rel!r} would leave the export folder")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if config.link:
+            if resize:
+                _write_resized(src, dst, side)
+            elif config.link:
                 try:
                     os.link(src, dst)
                     linked += 1
@@ -350,6 +420,8 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
         manifest = manifest[front + [c for c in manifest.columns if c not in front]]
         _write_manifest(manifest, tmp)
         _write_hf_metadata(manifest, tmp)
+        card = {**(card or {}), "image size": f"{side} x {side} pixels, every image "
+                f"({int(plan['resized'].sum())} resized: centre square, LANCZOS down, BICUBIC up)"}
         (tmp / CARD).write_text(_card_text(manifest, card, config, out_dir.name),
                                 encoding="utf-8")
 
@@ -376,7 +448,7 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
              len(per_class), out_dir, linked)
     return {"folder": str(out_dir), "count": int(len(plan)), "per_class": per_class,
             "manifest": str(out_dir / MANIFEST), "folders": folders, "linked": linked,
-            "replaced": replaced,
+            "replaced": replaced, "size": side, "resized": int(plan["resized"].sum()),
             "splits": ({k: int(v) for k, v in plan["split"].value_counts().items()}
                        if "split" in plan.columns else {"train": int(len(plan))})}
 

@@ -223,3 +223,33 @@ def test_export_loads_with_hugging_face_imagefolder(tmp_path):
     assert sorted(ds.keys()) == ["train", "validation"]
     assert len(ds["train"]) == 6 and len(ds["validation"]) == 2
     assert set(ds["validation"]["class_name"]) == {"cat", "dog"}
+
+
+def test_export_writes_one_size_recorded_in_the_manifest(tmp_path):
+    real = _rows(tmp_path, classes=["a", "b"], kind="real")  # 4x4
+    syn = _rows(tmp_path, classes=["a", "b"], kind="synthetic")
+    for p in syn["path"]:  # the synthetic images at 8x8, as a demo RCDM makes them
+        Image.fromarray(np.full((8, 8, 3), 77, np.uint8)).save(p)
+    rows = pd.concat([real, syn], ignore_index=True)
+    out = export_imagefolder(rows, tmp_path / "out", ExportConfig(include_real=True))
+    assert (out["size"], out["resized"]) == (4, 4)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    for rel in manifest["relative_path"]:
+        with Image.open(tmp_path / "out" / rel) as img:
+            assert img.size == (4, 4)
+    assert set(manifest["width"]) == set(manifest["height"]) == {4}
+    assert manifest.groupby("kind")["source_size"].first().to_dict() == {
+        "real": "4x4", "synthetic": "8x8"}
+    assert manifest["resized"].tolist() == [False] * 4 + [True] * 4
+    # a flat 8x8 image comes out flat: resizing keeps its value
+    with Image.open(tmp_path / "out" / manifest["relative_path"].iloc[-1]) as img:
+        assert np.abs(np.asarray(img).astype(int) - 77).max() <= 1
+    assert "4 x 4 pixels" in (tmp_path / "out" / "README.md").read_text()
+    # a given size; the synthetic images alone take the reference's (the real images') size
+    assert export_imagefolder(rows, tmp_path / "o2", ExportConfig(include_real=True,
+                                                                   size=6))["size"] == 6
+    out = export_imagefolder(syn, tmp_path / "o3", size_reference=list(real["path"]))
+    assert out["size"] == 4 and out["resized"] == 4
+    assert export_imagefolder(syn, tmp_path / "o4")["resized"] == 0  # its own size
+    with pytest.raises(InvalidConfigError, match=r"size must be in \[0, 1024\]"):
+        ExportConfig(size=5000)

@@ -301,7 +301,8 @@ class Export(SQLModel, table=True):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The ExportConfig (as a dict)."""
+        """The ExportConfig (as a dict), plus ``image_size``: the side every image was
+        written at."""
         return _dict(self.config_json)
 
 

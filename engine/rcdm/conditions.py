@@ -13,6 +13,15 @@ here, from the representations of a pool of real images, in one of four modes:
   the class mean and a shrunk covariance (Ledoit-Wolf, or the diagonal plus eps), to
   generate beyond the real set.
 
+and a fifth that moves representations instead of sampling them:
+
+* ``edit``: each pool representation moved along a direction, ``r + λ d`` for each λ of
+  the sweep, ``d = mean(B) - mean(A)`` of two groups of representations (two classes of
+  the dataset's training split; ``class_direction``), optionally of unit length. λ = 0
+  gives the source representation bit for bit; a normalised pool gives normalised edits.
+
+Sources outside the dataset (an uploaded image) get a class from ``nearest_centroid``.
+
 Everything random is seeded per class (``np.random.default_rng([seed, label])``), so a
 class's plan does not depend on which other classes are in the pool. Normalised pools give
 normalised plans.
@@ -309,6 +318,83 @@ def mixup_plan(cond: np.ndarray, ids: list[str], labels: np.ndarray, per_class: 
                          src, partner, np.asarray(weights, np.float64))
 
 
+def group_direction(a: np.ndarray, b: np.ndarray, normalise: bool = False) -> np.ndarray:
+    """(Na, D), (Nb, D) -> (D,) float64 ``mean(b) - mean(a)``, scaled to unit L2 length
+    with ``normalise``.
+
+    Raises:
+        DatasetError: an empty group, or a zero direction to normalise.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or len(a) == 0 or len(b) == 0 or a.shape[1] != b.shape[1]:
+        raise DatasetError(f"a direction needs two non-empty (N, D) groups of the same D, got "
+                           f"shapes {a.shape} and {b.shape}")
+    d = b.mean(axis=0) - a.mean(axis=0)
+    if normalise:
+        norm = float(np.linalg.norm(d))
+        if norm == 0:
+            raise DatasetError("the two groups have the same mean: the direction has no "
+                               "length to normalise")
+        d = d / norm
+    return d
+
+
+def class_direction(cond: np.ndarray, labels: np.ndarray, a: int, b: int,
+                    normalise: bool = False) -> np.ndarray:
+    """(N, D) representations with (N,) labels -> (D,) float64 direction from class ``a``'s
+    mean to class ``b``'s (``group_direction``)."""
+    labels = np.asarray(labels).reshape(-1)
+    cond = np.asarray(cond)
+    return group_direction(cond[labels == a], cond[labels == b], normalise)
+
+
+def edit(cond: np.ndarray, direction: np.ndarray, strength: float,
+         unit: bool = False) -> np.ndarray:
+    """(n, D) representations moved by λ = ``strength`` along (D,) ``direction``:
+    ``r + λ d`` (float64 sum, float32 result), L2-normalised when ``unit``. λ = 0 returns
+    ``cond`` as float32 unchanged (not renormalised)."""
+    cond = np.asarray(cond, dtype=np.float32)
+    d = np.asarray(direction, dtype=np.float64).reshape(1, -1)  # (1, D)
+    if d.shape[1] != cond.shape[1]:
+        raise InvalidConfigError(f"the direction has D={d.shape[1]}, the representations "
+                                 f"D={cond.shape[1]}")
+    if strength == 0:
+        return cond
+    moved = cond.astype(np.float64) + float(strength) * d  # (n, D)
+    return (_unit(moved) if unit else moved).astype(np.float32)
+
+
+def edit_plan(cond: np.ndarray, ids: list[str], labels: np.ndarray, direction: np.ndarray,
+              strengths: tuple[float, ...] | list[float]) -> ConditionPlan:
+    """Each pool representation edited with each λ of ``strengths``: (M, D) -> a plan of
+    M * S, source-major (source i, λ_s is row ``i * S + s``). The weight column holds λ;
+    labels stay the sources'."""
+    cond, ids, labels = _pool(cond, ids, labels)
+    lam = np.asarray(strengths, dtype=np.float64).reshape(-1)  # (S,)
+    if len(lam) == 0:
+        raise InvalidConfigError("an edit needs at least one strength")
+    unit = is_unit_norm(cond)
+    out = np.stack([edit(cond, direction, float(v), unit) for v in lam], axis=1)  # (M, S, D)
+    s = len(lam)
+    return ConditionPlan("edit", out.reshape(-1, cond.shape[1]), np.repeat(labels, s),
+                         [i for i in ids for _ in range(s)], [""] * (len(ids) * s),
+                         np.tile(lam, len(ids)))
+
+
+def nearest_centroid(x: np.ndarray, cond: np.ndarray, labels: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The class of each of (n, D) ``x`` by its nearest class centroid (Euclidean) of
+    (N, D) ``cond`` labelled (N,) ``labels``: ((n,) int64 labels, (n,) float64 distances)."""
+    x = np.asarray(x, dtype=np.float64)
+    cond, _, labels = _pool(cond, [""] * len(cond), labels)
+    classes = np.unique(labels)
+    centroids = np.stack([cond[labels == c].astype(np.float64).mean(axis=0)
+                          for c in classes])  # (C, D)
+    dist = np.linalg.norm(x[:, None, :] - centroids[None, :, :], axis=2)  # (n, C)
+    best = dist.argmin(axis=1)
+    return classes[best].astype(np.int64), dist[np.arange(len(x)), best]
+
+
 def class_gaussian(x: np.ndarray, covariance: str = "ledoit_wolf",
                    eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """(n, D) samples of one class -> (mean (D,), covariance (D, D)), float64.
@@ -355,12 +441,13 @@ def class_sample_plan(cond: np.ndarray, labels: np.ndarray, per_class: int,
 
 
 def build_plan(config: GenerateConfig, cond: np.ndarray, ids: list[str],
-               labels: np.ndarray, scale: np.ndarray | None = None) -> ConditionPlan:
+               labels: np.ndarray, scale: np.ndarray | None = None,
+               direction: np.ndarray | None = None) -> ConditionPlan:
     """The plan of ``config.mode`` from a pool: (M, D) representations, M ids, (M,) labels.
 
     With ``config.perturb > 0`` the plan is perturbed relative to ``scale`` (D,), the
     per-dimension std of the dataset's training encodings; None = the pool's own
-    (``representation_scale``).
+    (``representation_scale``). ``direction`` (D,) is the edit's ``d`` (mode "edit" only).
     """
     if config.mode == "variations":
         plan = variations_plan(cond, ids, labels)
@@ -371,6 +458,10 @@ def build_plan(config: GenerateConfig, cond: np.ndarray, ids: list[str],
     elif config.mode == "class_sample":
         plan = class_sample_plan(cond, labels, config.per_class, config.covariance,
                                  config.seed)
+    elif config.mode == "edit":
+        if direction is None:
+            raise InvalidConfigError("an edit needs its direction (class_direction)")
+        plan = edit_plan(cond, ids, labels, direction, config.strengths())
     else:
         raise InvalidConfigError(f"unknown generation mode {config.mode!r}")
     if config.perturb == 0:

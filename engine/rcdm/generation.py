@@ -7,7 +7,9 @@ with its provenance in PNG text chunks (``rcdm:seed``, ``rcdm:source``, ``rcdm:m
 than variations ``rcdm:mode``, ``rcdm:partner``, ``rcdm:weight``; for a perturbed plan
 ``rcdm:perturb`` (λ), ``rcdm:noise_seed`` and ``rcdm:perturb_distance``, the L2 distance
 between the plan's representation and the perturbed one the image is drawn from, 6
-significant digits; engine.rcdm.conditions says how the noise is drawn). Each PNG is written
+significant digits; engine.rcdm.conditions says how the noise is drawn). An edit adds
+``rcdm:direction`` ("A:B") and ``rcdm:strength`` (λ); a source file outside the dataset
+(source id ``sha256:<hex>``) adds ``rcdm:source_name``, its file name. Each PNG is written
 atomically, so a rerun after a crash or a cancel skips the files already there. A subset
 of the indices (a shard) can be generated alone: every image depends only on its own row.
 """
@@ -138,7 +140,8 @@ def sample_table(plan: ConditionPlan, class_names: list[str], config: GenerateCo
 def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
                   config: GenerateConfig, out_dir: Path, model_id: str = "",
                   subset: np.ndarray | None = None, progress: ProgressFn = no_progress,
-                  cancel: CancelToken | None = None) -> pd.DataFrame:
+                  cancel: CancelToken | None = None,
+                  source_names: dict[str, str] | None = None) -> pd.DataFrame:
     """Write ``config.variations`` seeded images of every representation of ``plan``.
 
     Args:
@@ -150,6 +153,8 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
         out_dir: the generation folder; images go to ``out_dir/images``.
         model_id: stored as ``rcdm:model``.
         subset: sorted sample indices to generate (a shard); None = all of them.
+        source_names: source id -> file name, for sources outside the dataset
+            (``rcdm:source_name``).
 
     Returns:
         One row per generated sample (all of them, or those of ``subset``), sorted by idx,
@@ -167,6 +172,12 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
                                  f"model at {model_dir} was trained with D={model.cond_dim}")
     records = rows.to_dict("records")
     texts = [png_metadata(r, model_id) for r in records]
+    for r, text in zip(records, texts):
+        if r["source_image_id"] in (source_names or {}):
+            text["rcdm:source_name"] = str(source_names[r["source_image_id"]])
+        if r["mode"] == "edit":
+            text["rcdm:direction"] = config.direction
+            text["rcdm:strength"] = repr(float(r["weight"]))
 
     # 1. skip what a previous run already wrote
     todo = np.array([i for i, r in enumerate(records)

@@ -177,7 +177,9 @@ def provenance(project: Project, bd: BandData, index: int) -> dict[str, Any]:
         {"sample", "path", "source_image_id", "source_path", "class", "seed", "model",
         "sampler", "steps", "guidance", "distance", "class_quantile", "encoder", "hand"};
         "hand" is the latest hand decision naming the sample ({"decision", "by", "via",
-        "note", "at", "override_id"}, "clear" included) or None.
+        "note", "at", "override_id"}, "clear" included) or None; for a source file from
+        outside the project also "source_name" and "source_sha256", and "source_path" is its
+        copy in the generation's folder.
     """
     from engine.project import Model
 
@@ -195,11 +197,18 @@ def provenance(project: Project, bd: BandData, index: int) -> dict[str, Any]:
         "guidance": float(row["guidance"]), "distance": float(bd.distances[index]),
         "class_quantile": float((rank[index] + 0.5) / max(counts[label], 1)),
         "encoder": bd.encoding.encoder, "metric": bd.metric, "centroid": bd.centroid}
-    try:
-        img = project.get(Image, str(row["source_image_id"]))
-        out["source_path"] = str(project.abs(img.thumb or img.path))
-    except Exception:  # noqa: BLE001 - a missing source is shown as such, not an error
-        pass
+    external = {r.get("id"): r for r in
+                bd.generation.config.get("conditions", {}).get("external") or []}
+    if out["source_image_id"] in external:  # a file from outside the project, copied in
+        ext = external[out["source_image_id"]]
+        out.update(source_name=str(ext.get("name", "")), source_sha256=str(ext.get("sha256")),
+                   source_path=str(project.abs(ext["file"])) if ext.get("file") else "")
+    else:
+        try:
+            img = project.get(Image, str(row["source_image_id"]))
+            out["source_path"] = str(project.abs(img.thumb or img.path))
+        except Exception:  # noqa: BLE001 - a missing source is shown as such, not an error
+            pass
     try:
         out["model"] = project.get(Model, bd.generation.model_id).name
     except Exception:  # noqa: BLE001

@@ -17,6 +17,8 @@ from engine.stages import JobSpec, common
 
 log = logging.getLogger(__name__)
 
+MAX_SIZE_REFERENCE = 256  # real images whose most common size is an export's default
+
 
 def band_text(how: dict[str, Any]) -> str:
     """A short description of how a selection was made, for the manifest's ``band`` column."""
@@ -118,8 +120,14 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
             "selection_config": sel.config, "generation_config": gconf,
             "model_config": model.config,
             "offline_encoder": model.encoder not in ("dinov2", "dinov3", "clip")}
+    # the real images whose size the export takes by default (their headers are read by the
+    # worker; evenly spaced, at most MAX_SIZE_REFERENCE)
+    train = project.images(ds.id, split="train")["path"].tolist()
+    step = max(1, len(train) // MAX_SIZE_REFERENCE)
+    reference = [str(project.abs(p)) for p in train[::step][:MAX_SIZE_REFERENCE]]
     params = {"export_id": export_id, "selection_id": sel.id, "rows_path": str(rows_path),
-              "out_dir": str(out), "config": config.to_dict(), "card": card}
+              "out_dir": str(out), "config": config.to_dict(), "card": card,
+              "size_reference": reference}
     return JobSpec(kind="export", title=f"Export {sel.name} ({len(rows)} images)",
                    params=params, made=(str(rows_path),))
 
@@ -131,14 +139,16 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     rows = pd.read_parquet(params["rows_path"])
     out = export_imagefolder(rows, Path(params["out_dir"]),
                              ExportConfig.from_dict(params["config"]), progress=progress,
-                             cancel=cancel, card=params["card"])
+                             cancel=cancel, card=params["card"],
+                             size_reference=params.get("size_reference"))
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
     project.add(Export(id=params["export_id"], selection_id=params["selection_id"],
                        folder=str(result["folder"]), count=int(result["count"]),
-                       manifest=str(result["manifest"]), config_json=dumps(params["config"]),
+                       manifest=str(result["manifest"]),
+                       config_json=dumps({**params["config"], "image_size": result.get("size")}),
                        job_id=params.get("job_id", "")))
     Path(params["rows_path"]).unlink(missing_ok=True)
     return params["export_id"]

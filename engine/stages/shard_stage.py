@@ -211,7 +211,8 @@ def run_shard(out_dir: Path, k: int, p: int, model_dir: Path | None = None,
     (folder / MANIFEST_FILE).unlink(missing_ok=True)
     rows = generate_plan(model_dir, generate_stage.plan_from_params(params, cond),
                          params["class_names"], config, folder, model_id=params["model_id"],
-                         subset=subset, progress=progress, cancel=cancel)
+                         subset=subset, progress=progress, cancel=cancel,
+                         source_names=generate_stage.source_names(params))
     rows["path"] = [Path(x).relative_to(folder.resolve()).as_posix() for x in rows["path"]]
     tmp = folder / f".{SAMPLES_FILE}.tmp-{os.getpid()}"
     rows.to_parquet(tmp, index=False)

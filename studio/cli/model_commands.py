@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import PERTURB_MAX, GenerateConfig, TrainConfig
+from engine.config import EDIT_STRENGTH_MAX, PERTURB_MAX, GenerateConfig, TrainConfig
 from studio.cli.console import (
     device_arg,
     emit,
@@ -63,7 +63,10 @@ def add_parsers(sub: Any) -> None:
                     "variations of real images (the paper's), interpolate between two images "
                     "(--images A B), mixup within a class, class_sample (new representations "
                     "drawn from each class's Gaussian); --perturb λ adds seeded noise to every "
-                    "representation, in any mode. With --shard K/P --out DIR it "
+                    "representation, in any mode; edit moves each source along the direction "
+                    "from one class's mean to another's (--direction A:B --strength λ or "
+                    "--sweep λ1,λ2,...). --image PATH adds an image file from outside the "
+                    "project as a source. With --shard K/P --out DIR it "
                     "generates shard K (0..P-1) of the generation into DIR without writing "
                     "to the project; `generate-merge` ingests the shards.")
     project_arg(p)
@@ -72,8 +75,27 @@ def add_parsers(sub: Any) -> None:
                    help="seeds per representation (per source image in variations mode)")
     p.add_argument("--images", nargs="*",
                    help="source image ids (default: the training split); two for interpolate")
+    p.add_argument("--image", action="append", metavar="PATH", dest="image_files",
+                   help="an image file outside the project as a source (repeat for more; "
+                        "validated like an import, encoded with the model's encoder, copied "
+                        "into the generation's folder; its sha256 and name are recorded)")
+    p.add_argument("--label", metavar="CLASS",
+                   help="the class of the --image files (default: the nearest class centroid "
+                        "of the model's training encodings)")
+    p.add_argument("--class", dest="source_class", metavar="CLASS",
+                   help="every training image of this class as a source (instead of --images)")
     p.add_argument("--mode", default=GenerateConfig.mode,
-                   choices=["variations", "interpolate", "mixup", "class_sample"])
+                   choices=["variations", "interpolate", "mixup", "class_sample", "edit"])
+    p.add_argument("--direction", default="", metavar="A:B",
+                   help="edit: move from class A's mean representation towards class B's")
+    p.add_argument("--strength", type=float, default=GenerateConfig.strength, metavar="λ",
+                   help=f"edit: r + λ (mean(B) - mean(A)); |λ| <= {EDIT_STRENGTH_MAX:g} "
+                        f"(default {GenerateConfig.strength:g})")
+    p.add_argument("--sweep", metavar="λ,λ,...",
+                   help="edit: several strengths, one image set per source per λ "
+                        "(e.g. 0,0.25,0.5,0.75,1); overrides --strength")
+    p.add_argument("--normalise", action="store_true",
+                   help="edit: scale the direction to unit length")
     p.add_argument("--points", type=int, default=GenerateConfig.points,
                    help="interpolate: representations on the path, ends included")
     p.add_argument("--per-class", type=int, default=GenerateConfig.per_class,
@@ -148,6 +170,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(text: str | None) -> tuple[float, ...]:
+    from engine.errors import InvalidConfigError
+
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InvalidConfigError(f"--sweep takes numbers separated by commas, e.g. "
+                                 f"0,0.5,1; got {text!r}") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from engine.project import Generation
     from engine.stages import generate_stage
@@ -158,13 +192,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               device=machine_device(args), batch_size=args.batch_size,
                               mode=args.mode, points=args.points, per_class=args.per_class,
                               mix_alpha=args.mix_alpha, covariance=args.covariance,
-                              perturb=args.perturb)
+                              perturb=args.perturb, direction=args.direction,
+                              strength=args.strength, sweep=_sweep(args.sweep),
+                              normalise=args.normalise)
 
     if args.shard or args.plan_only:
         return _generate_shard(args, config())
     with open_project(args) as project:
-        job = run_job(project, generate_stage.prepare(project, config(), args.model, args.images,
-                                                      args.name))
+        job = run_job(project, generate_stage.prepare(
+            project, config(), args.model, args.images, args.name,
+            image_files=args.image_files, label=args.label, source_class=args.source_class))
         g = project.get(Generation, job.result_id)
     emit(args, {"id": g.id, "name": g.name, "count": g.count},
           f"generation {g.name} ({g.id}): {g.count} images in {g.folder}")
@@ -183,7 +220,9 @@ def _generate_shard(args: argparse.Namespace, config: GenerateConfig) -> int:
     k, p = shard_stage.parse_shard(args.shard) if args.shard else (0, 1)
     try:
         with Project(project_file(args), create=False, read_only=True) as project:
-            params, plan = generate_stage.plan_params(project, config, args.model, args.images)
+            params, plan = generate_stage.plan_params(
+                project, config, args.model, args.images, args.image_files, args.label,
+                args.source_class)
         written = shard_stage.write_plan(out, params, plan.cond)
     except (ProjectNotFoundError, ProjectLockedError) as exc:
         if not (out / shard_stage.PLAN_FILE).is_file():

@@ -75,6 +75,9 @@ def add_parsers(sub: Any) -> None:
                    help="> 0: train/ and val/ folders, seeded and stratified per class")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the train/val split (default 0)")
+    p.add_argument("--size", type=int, default=0, metavar="N",
+                   help="write every image at N x N pixels (default 0: the real images' size; "
+                        "others are centre-cropped and resized)")
     json_arg(p)
 
 
@@ -244,12 +247,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine.stages import export_stage
 
     config = ExportConfig(include_real=args.include_real, link=args.link,
-                          val_fraction=args.val_fraction, split_seed=args.split_seed)
+                          val_fraction=args.val_fraction, split_seed=args.split_seed,
+                          size=args.size)
     with open_project(args) as project:
         job = run_job(project, export_stage.prepare(project, config, args.selection, args.out))
         x = project.get(Export, job.result_id)
-    emit(args, {"id": x.id, "folder": x.folder, "count": x.count, "manifest": x.manifest},
-          f"exported {x.count} images to {x.folder}")
+    size = x.config.get("image_size")
+    emit(args, {"id": x.id, "folder": x.folder, "count": x.count, "manifest": x.manifest,
+                "size": size},
+          f"exported {x.count} images at {size} x {size} pixels to {x.folder}")
     return 0
 
 
