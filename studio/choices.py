@@ -37,6 +37,16 @@ def studio_home() -> Path:
     return base / "rcdm-studio"
 
 
+def studio_cache() -> Path:
+    """Where the studio keeps what it can measure again (training step times of this
+    machine): ``$RCDM_STUDIO_HOME/cache`` when that is set (the tests), else
+    ``$XDG_CACHE_HOME/rcdm-studio``, else ``~/.cache/rcdm-studio``."""
+    if os.environ.get("RCDM_STUDIO_HOME"):
+        return studio_home() / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "rcdm-studio"
+
+
 def projects_root() -> Path:
     """The folder new projects go to (``$RCDM_STUDIO_PROJECTS``, default ``./projects``)."""
     return Path(os.environ.get("RCDM_STUDIO_PROJECTS") or "projects").expanduser().absolute()
