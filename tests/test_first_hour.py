@@ -99,6 +99,12 @@ def test_seconds_per_step_is_measured_once_then_read_from_the_cache(tmp_path):
     # a latent run is not timed here (its VAE encoding is not part of a step)
     with pytest.raises(InvalidConfigError, match="latent"):
         calibration.seconds_per_step(config.replace(space="latent"), 8, cache)
+    # a measurement older than a week is taken again
+    data = json.loads(cache.read_text())
+    for entry in data.values():
+        entry["measured_at"] -= calibration.MAX_AGE_SECONDS + 1
+    cache.write_text(json.dumps(data))
+    assert calibration.cached_seconds(config, 8, cache) is None
     # a broken cache file is measured over, not an error
     cache.write_text("{not json")
     assert calibration.seconds_per_step(config, 8, cache)[1] is True

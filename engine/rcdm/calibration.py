@@ -36,6 +36,8 @@ COST_FIELDS = ("image_size", "channels", "block_channels", "layers_per_block",
                "grad_accum", "precision", "device", "space")
 # a preview grid (8 EMA samples, DDIM 10 steps) and a checkpoint cost about this many steps
 PREVIEW_STEPS_EQUIVALENT = 3
+# a measurement is taken again after this long (the machine's load and software change)
+MAX_AGE_SECONDS = 7 * 24 * 3600
 # one measurement at a time in a process: two at once would slow each other and both be wrong
 _MEASURING = threading.Lock()
 
@@ -76,11 +78,15 @@ def read_cache(path: Path | None) -> dict[str, Any]:
 
 
 def cached_seconds(config: TrainConfig, cond_dim: int, cache: Path | None) -> float | None:
-    """The seconds per step measured before for this machine and cost, or None."""
+    """The seconds per step measured for this machine and cost within ``MAX_AGE_SECONDS``,
+    or None."""
     entry = read_cache(cache).get(cost_key(config, cond_dim))
-    if isinstance(entry, dict) and isinstance(entry.get("seconds_per_step"), (int, float)):
-        return float(entry["seconds_per_step"])
-    return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("seconds_per_step"),
+                                                     (int, float)):
+        return None
+    if time.time() - float(entry.get("measured_at") or 0) > MAX_AGE_SECONDS:
+        return None
+    return float(entry["seconds_per_step"])
 
 
 def measure_seconds(config: TrainConfig, cond_dim: int, steps: int = CALIBRATION_STEPS) -> float:
