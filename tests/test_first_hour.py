@@ -174,6 +174,23 @@ def test_header_follows_a_running_training_job_and_never_runs_ahead(ctx):
         header_tab.header_html(ctx)
 
 
+def test_header_follows_an_import_in_a_new_project(tmp_path):
+    from engine.stages import import_stage
+    from studio.context import StudioContext
+    from studio.tabs import header_tab
+
+    ctx = StudioContext(tmp_path / "new")
+    try:
+        assert "Next: import the demo digits" in header_tab.header_html(ctx)
+        ctx.jobs.create(import_stage.prepare(ctx.project, None, "digits", demo=True))
+        html = header_tab.header_html(ctx)
+        assert "Next: the import is queued" in html
+        assert '<span class="step running"><b>…</b> Data</span>' in html
+        assert '<span class="step todo"><b>2</b> Encode</span>' in html
+    finally:
+        ctx.close()
+
+
 # ---------------------------------------------------------------------- encode twice
 
 

@@ -23,7 +23,7 @@ RUNNING = {"import": "the import", "encode": "encoding", "train": "training",
            "generate": "generation", "evaluate": "the evaluation", "export": "the export"}
 # (key, label, job kind that produces it, hint for the next step: what it needs, where)
 STEPS = [
-    ("dataset", "Data", None, "import the demo digits (Data tab, or Projects → Open the demo "
+    ("dataset", "Data", "import", "import the demo digits (Data tab, or Projects → Open the demo "
                               "project) or an image folder"),
     ("encoding", "Encode", "encode", "encode the dataset with PCA in the Train tab"),
     ("model", "Train", "train", "train an RCDM in the Train tab, conditioned on the encoding"),
@@ -54,8 +54,8 @@ def progress_state(ctx: StudioContext) -> dict[str, bool]:
 
 
 def running_hint(ctx: StudioContext, job: Job) -> str:
-    """"training is running: 30 % (step 120 of 400), about 2 min left; ..." for an active
-    job (the next step waits for it)."""
+    """"training is running: 30 %, about 2 min left; ..." for an active job (the next step
+    waits for it)."""
     p = job_progress(ctx, job)
     what = RUNNING.get(job.kind, job.title)
     if job.status == "queued":
