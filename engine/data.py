@@ -295,7 +295,10 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
 
 
 SPLITS = ("train", "val", "test", "unused")  # "unused": kept out by train_per_class
-MIN_HELD_OUT = 2  # a class with fewer validation or test images than this gets a warning
+# a class with fewer validation or test images than this gets a warning: with 4, one image
+# moves its accuracy by 25 p.p.
+MIN_HELD_OUT = 5
+NAMED_CLASSES = 5  # a warning names this many classes, then counts the rest
 
 
 def split_images(labels: np.ndarray, config: ImportConfig) -> np.ndarray:
@@ -338,9 +341,9 @@ def split_images(labels: np.ndarray, config: ImportConfig) -> np.ndarray:
 
 
 def split_warnings(images: pd.DataFrame, config: ImportConfig) -> list[str]:
-    """One line per class whose splits are too small to trust: fewer than ``MIN_HELD_OUT``
-    test images (or validation images, when ``val_fraction > 0``), or fewer training images
-    than ``train_per_class`` asked for.
+    """One sentence per kind of split too small to trust, naming its classes: fewer than
+    ``MIN_HELD_OUT`` test images (or validation images, when ``val_fraction > 0``) per
+    class, or fewer training images than ``train_per_class`` asked for.
 
     Args:
         images: one row per image with ``class_name`` and ``split`` (the Image columns).
@@ -348,19 +351,39 @@ def split_warnings(images: pd.DataFrame, config: ImportConfig) -> list[str]:
     if images.empty:
         return []
     counts = images.groupby(["class_name", "split"], sort=False).size().unstack(fill_value=0)
-    out = []
+    short: dict[str, list[tuple[str, int]]] = {"test": [], "val": [], "train": []}
     for name, row in counts.iterrows():
         n_test, n_val, n_train = (int(row.get(k, 0)) for k in ("test", "val", "train"))
-        problems = []
         if n_test < MIN_HELD_OUT:
-            problems.append(f"{n_test} test image(s)")
+            short["test"].append((str(name), n_test))
         if config.val_fraction > 0 and n_val < MIN_HELD_OUT:
-            problems.append(f"{n_val} validation image(s)")
+            short["val"].append((str(name), n_val))
         if config.train_per_class is not None and n_train < config.train_per_class:
-            problems.append(f"{n_train} training image(s) of the {config.train_per_class} asked")
-        if problems:
-            out.append(f"class {name!r} has only {', '.join(problems)}: its accuracy is "
-                       f"noisy; import more images of it or lower the fractions")
+            short["train"].append((str(name), n_train))
+    n_classes = len(counts)
+    out = []
+    asked = config.train_per_class
+    for split, unit, many, advice in (
+            ("test", "test", f"fewer than {MIN_HELD_OUT} test images", "a class's test "
+             "accuracy moves in big steps; import more images or raise the test fraction"),
+            ("val", "validation", f"fewer than {MIN_HELD_OUT} validation images", "choices "
+             "made on validation are noisy; import more images or raise the validation "
+             "fraction"),
+            ("train", "training", f"fewer training images than the {asked} asked",
+             "they train on what there is")):
+        found = short[split]
+        if len(found) == 1:
+            name, n = found[0]
+            limit = f"the {asked} asked" if split == "train" else MIN_HELD_OUT
+            out.append(f"class {name!r} has {n} {unit} image{'' if n == 1 else 's'}, fewer "
+                       f"than {limit}: {advice}")
+        elif found:
+            named = ", ".join(f"{name!r}: {n}" for name, n in found[:NAMED_CLASSES])
+            more = f" and {len(found) - NAMED_CLASSES} more" if len(found) > NAMED_CLASSES \
+                else ""
+            whom = "every class has" if len(found) == n_classes else \
+                f"{len(found)} of {n_classes} classes have"
+            out.append(f"{whom} {many} ({named}{more}): {advice}")
     return out
 
 

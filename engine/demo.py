@@ -33,6 +33,7 @@ import numpy as np
 
 from engine import recipe
 from engine.config import (
+    QUICK_TRAIN,
     BandConfig,
     EncodeConfig,
     EvalConfig,
@@ -99,8 +100,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(train=TrainConfig(block_channels=(16, 32), steps=400, batch_size=64,
-                                     checkpoint_every=200, preview_every=200),
+        return cls(train=TrainConfig(**QUICK_TRAIN),  # the quick preset
                    generate=GenerateConfig(variations=2, sampler="ddim", steps=10),
                    evaluate=EvalConfig(epochs=8))
 

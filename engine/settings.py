@@ -23,6 +23,7 @@ from engine.config import (
     MAX_EPOCHS,
     MAX_STEPS,
     MAX_VARIATIONS,
+    QUICK_TRAIN,
     SAMPLERS,
     EvalConfig,
     TrainConfig,
@@ -66,8 +67,9 @@ def machine_profile() -> dict[str, Any]:
 def machine_defaults(prof: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-stage defaults sized for the machine (the engine's CPU-sized defaults on a CPU)."""
     prof = prof or machine_profile()
+    # a CPU trains the quick preset (the Train tab's default there): its steps and batch
     d = {"device": "auto", "precision": "fp32", "model_folder": "",
-         "train_steps": TrainConfig.steps, "train_batch": TrainConfig.batch_size,
+         "train_steps": QUICK_TRAIN["steps"], "train_batch": QUICK_TRAIN["batch_size"],
          # a CPU samples with 25 DDIM steps; a GPU affords the paper's 100 DDPM steps
          "gen_sampler": "ddim", "gen_steps": 25, "gen_variations": 2,
          "eval_epochs": EvalConfig.epochs}

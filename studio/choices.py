@@ -37,6 +37,16 @@ def studio_home() -> Path:
     return base / "rcdm-studio"
 
 
+def studio_cache() -> Path:
+    """Where the studio keeps what it can measure again (training step times of this
+    machine): ``$RCDM_STUDIO_HOME/cache`` when that is set (the tests), else
+    ``$XDG_CACHE_HOME/rcdm-studio``, else ``~/.cache/rcdm-studio``."""
+    if os.environ.get("RCDM_STUDIO_HOME"):
+        return studio_home() / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "rcdm-studio"
+
+
 def server_folder(ctx: StudioContext, text: str, what: str = "folder") -> Path:
     """A folder of the server typed in a form, where the studio may write: inside the projects
     folder (a relative path is taken under it) but in no project's assets, or in the open

@@ -116,14 +116,18 @@ def test_import_low_data_and_evaluate_on_val(tmp_path, capsys):
                  "--test-fraction", "0.25", "--val-fraction", "0.2",
                  "--train-per-class", "6", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (out["train"], out["val"], out["test"], out["warnings"]) == (12, 8, 10, [])
+    assert (out["train"], out["val"], out["test"]) == (12, 8, 10)
+    # 4 validation images a class: one sentence says the split is too small to trust
+    assert out["warnings"] == [
+        "every class has fewer than 5 validation images ('class_0': 4, 'class_1': 4): choices "
+        "made on validation are noisy; import more images or raise the validation fraction"]
     with Project(tmp_path / "low") as p:  # the import ran as a job
         assert [j.kind for j in p.list(Job)] == ["import"] and out["job_id"]
     # a class with too few images is named in a warning
     assert main(["import", "--project", proj, "--name", "few", str(folder),
                  "--train-per-class", "30"]) == 0
-    assert "warning: class 'class_0' has only 16 training image(s) of the 30" in \
-        capsys.readouterr().out
+    assert "warning: every class has fewer training images than the 30 asked ('class_0': " \
+        "16, 'class_1': 16)" in capsys.readouterr().out
     assert main(["import", "--project", proj, "--name", "bad", str(folder),
                  "--train-per-class", "0"]) == 2
     assert "train_per_class must be" in capsys.readouterr().err

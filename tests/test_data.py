@@ -346,12 +346,33 @@ def test_split_warnings_name_small_classes():
     images = pd.DataFrame({"class_name": np.where(labels == 0, "big", "small"),
                            "split": split})
     warned = split_warnings(images, cfg)
-    assert len(warned) == 1 and "'small'" in warned[0]
-    assert "validation" in warned[0] and "test" in warned[0] and "training" in warned[0]
-    assert split_warnings(images, ImportConfig()) == ["class 'small' has only 1 test "
-                                                      "image(s): its accuracy is noisy; "
-                                                      "import more images of it or lower "
-                                                      "the fractions"]
+    # one sentence per kind of small split, naming the classes and their counts
+    assert warned == [
+        "class 'small' has 1 test image, fewer than 5: a class's test accuracy moves in big "
+        "steps; import more images or raise the test fraction",
+        "every class has fewer than 5 validation images ('big': 4, 'small': 1): choices made "
+        "on validation are noisy; import more images or raise the validation fraction",
+        "class 'small' has 4 training images, fewer than the 10 asked: they train on what "
+        "there is"]
+    assert split_warnings(images, ImportConfig()) == [warned[0]]
+
+
+def test_split_warnings_six_images_a_class_with_a_fifth_held_out():
+    """Issue 16: 0.2 of 6 images a class leaves one test image each: one sentence says so."""
+    import pandas as pd
+
+    labels = np.repeat(np.arange(12), 6)
+    cfg = ImportConfig(test_fraction=0.2)
+    images = pd.DataFrame({"class_name": [f"circle-{c}" for c in labels],
+                           "split": split_images(labels, cfg)})
+    assert split_warnings(images, cfg) == [
+        "every class has fewer than 5 test images ('circle-0': 1, 'circle-1': 1, "
+        "'circle-2': 1, 'circle-3': 1, 'circle-4': 1 and 7 more): a class's test accuracy "
+        "moves in big steps; import more images or raise the test fraction"]
+    # 25 images a class hold out 5: no warning
+    labels = np.repeat(np.arange(3), 25)
+    images = pd.DataFrame({"class_name": labels.astype(str), "split": split_images(labels, cfg)})
+    assert split_warnings(images, cfg) == []
 
 
 def test_import_config_bounds():

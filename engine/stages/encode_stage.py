@@ -88,6 +88,38 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
     return JobSpec(kind="encode", title=title, params=params)
 
 
+def identical(project: Project, config: EncodeConfig, dataset_ref: str | None) -> str | None:
+    """What already encodes the dataset ``dataset_ref`` exactly like ``config`` (the same
+    encoder and options; the device aside): the id of such an encoding, or of a queued or
+    running encode job that will make one; None when there is none.
+
+    The studio asks before it queues, so a second click of Encode does not make a twin.
+    """
+    from engine.project import Job
+
+    ds = common.dataset(project, dataset_ref)
+    wanted = {k: v for k, v in config.to_dict().items() if k != "device"}
+
+    def same(values: dict[str, Any]) -> bool:
+        return {k: v for k, v in values.items()
+                if k != "device" and k != "source_encoding_id"} == wanted
+
+    for enc in project.list(Encoding, dataset_id=ds.id, target="dataset"):
+        if same(enc.config):
+            return enc.id
+    for job in project.list(Job, kind="encode"):
+        if job.status not in ("queued", "running", "ingesting"):  # engine.jobs.ACTIVE
+            continue
+        try:
+            params = json.loads((project.abs(job.folder) / "spec.json").read_text())["params"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if params.get("target") == "dataset" and params.get("dataset_id") == ds.id and \
+                same(params.get("config") or {}):
+            return job.id
+    return None
+
+
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
     out = Path(params["array_path"]).parent

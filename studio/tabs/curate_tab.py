@@ -28,6 +28,7 @@ from studio.shared import Shared
 log = logging.getLogger(__name__)
 
 EDGE_K = 8
+TABLE_HEIGHT = 760  # px: the per-class tables show about 20 classes before they scroll
 EDGES = [("nearest_dropped", "Dropped · nearest (near-prototypes)"),
          ("nearest_kept", "Kept · nearest edge"),
          ("farthest_kept", "Kept · farthest edge"),
@@ -496,12 +497,18 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             summary_md = gr.Markdown(elem_id="band-summary")
         with gr.Column(scale=5):
             plot = gr.Plot(show_label=False, elem_id="band-plot")
+    galleries = {}
     with gr.Row():
-        galleries = {key: gr.Gallery(label=label, columns=4, height=170, object_fit="contain",
-                                     allow_preview=True, fit_columns=False,
-                                     elem_id=f"edge-{key.replace('_', '-')}",
-                                     elem_classes=["edge-gallery"])
-                     for key, label in EDGES}
+        # a caption above each gallery (a label would cover its first row) and its
+        # EDGE_K images whole: no scroll box
+        for key, label in EDGES:
+            with gr.Column(min_width=200, elem_classes=["edge-gallery"]):
+                gr.Markdown(label, elem_classes=["image-caption"])
+                galleries[key] = gr.Gallery(show_label=False, columns=4, height="auto",
+                                            object_fit="contain", allow_preview=True,
+                                            fit_columns=False,
+                                            elem_id=f"edge-{key.replace('_', '-')}",
+                                            elem_classes=["captioned"])
     with gr.Row(elem_id="provenance"):
         prov_sample = gr.Image(label="Sample", height=150, interactive=False,
                                elem_id="provenance-sample")
@@ -530,8 +537,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     near_picked = gr.State([])  # the generated images of the last "more like this"
     with gr.Row():
         with gr.Column(scale=3):
-            counts = gr.Dataframe(label="Per class", interactive=False, max_height=300,
-                                  elem_id="band-counts")
+            counts = gr.Dataframe(label="Per class", interactive=False,
+                                  max_height=TABLE_HEIGHT, elem_id="band-counts")
         with gr.Column(scale=2, min_width=320):
             with gr.Row(elem_classes=["bottom-align"]):
                 name = gr.Textbox(label="Selection name",
@@ -565,8 +572,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             metrics_table = gr.Dataframe(label="Overall", interactive=False,
                                          elem_id="metrics-table")
         metrics_dash = gr.Plot(show_label=False, elem_id="metrics-dashboard")
-        metrics_class = gr.Dataframe(label="Per class", interactive=False, max_height=300,
-                                     elem_id="metrics-per-class")
+        metrics_class = gr.Dataframe(label="Per class", interactive=False,
+                                     max_height=TABLE_HEIGHT, elem_id="metrics-per-class")
 
     # the first five inputs are the original /band API (clients may pass only those)
     options = [mode, per_class, outlier, outlier_q, outlier_z, target, target_pick, encoding]

@@ -42,7 +42,7 @@ SPLIT_COLUMNS = ["train", "val", "test", "unused"]
 
 def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFrame]:
     """Markdown summary and per-class counts (class, train, val, test, unused) of a dataset,
-    with a warning per class whose splits are too small."""
+    with a warning per kind of split too small to trust (``engine.data.split_warnings``)."""
     from engine import data
 
     if not dataset_id:
@@ -73,9 +73,7 @@ def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFra
     known = {k: v for k, v in config.items() if k in ImportConfig.__dataclass_fields__}
     warned = data.split_warnings(images, ImportConfig.from_dict(known))
     if warned:
-        text += "  \n⚠ " + "  \n⚠ ".join(warned[:5])
-        if len(warned) > 5:
-            text += f"  \n… and {len(warned) - 5} more class(es)"
+        text += "  \n⚠ " + "  \n⚠ ".join(warned)
     return text, table
 
 
@@ -268,10 +266,17 @@ def refresh(ctx: StudioContext, dataset_id: str | None, pending: str | None
         job = ctx.project.get(Job, pending)
         return (ui.dropdown(dataset_choices(ctx), dataset_id), "",
                 ui.error_md(f"{job.title}: {state}" + (f": {job.error}" if job.error else "")))
-    return (ui.dropdown(dataset_choices(ctx), ds.id), "",
-            ui.ok_md(f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} "
-                     f"classes ({ds.num_train:,} train / {ds.num_val:,} val / "
-                     f"{ds.num_test:,} test)"))
+    text = (f"imported {ds.name}: {ds.num_images:,} images, {ds.num_classes} classes "
+            f"({ds.num_train:,} train / {ds.num_val:,} val / {ds.num_test:,} test)")
+    known = {k: v for k, v in ds.config.items() if k in ImportConfig.__dataclass_fields__}
+    from engine import data
+
+    warned = data.split_warnings(ctx.project.images(ds.id), ImportConfig.from_dict(known))
+    if warned:  # the splits are too small to trust: say so where the user looks
+        return (ui.dropdown(dataset_choices(ctx), ds.id), "",
+                f'<div class="status-warn">{ui.escape(text)}<br>⚠ '
+                + "<br>⚠ ".join(ui.escape(w) for w in warned) + "</div>")
+    return ui.dropdown(dataset_choices(ctx), ds.id), "", ui.ok_md(text)
 
 
 # ---------------------------------------------------------------------- layout and wiring

@@ -11,6 +11,7 @@ one line of wiring per event.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -190,56 +191,109 @@ def model_dataset(ctx: StudioContext, model_id: str | None) -> str | None:
     return ctx.project.get(Model, model_id).dataset_id if model_id else None
 
 
-def show_picker(ctx: StudioContext, model_id: str | None, class_name: str | None,
-                page: float | None) -> tuple[Any, ...]:
-    """(picker items, their image ids, page) of the model's training images."""
-    items, ids, p, _ = image_page(ctx, model_dataset(ctx, model_id), class_name, "train",
-                                  int(page or 1), PICK_PAGE)
+def picker_dataset(ctx: StudioContext, model_id: str | None, dataset_id: str | None
+                   ) -> str | None:
+    """The dataset the picker shows: the chosen model's, else the studio's current dataset
+    (images can be picked before any model is trained)."""
+    return model_dataset(ctx, model_id) or dataset_id or None
+
+
+PICKS_KEY = "generate-picks:"  # + dataset id: the picked images, kept in the project's meta
+
+
+def load_picks(ctx: StudioContext, dataset_id: str | None) -> list[str]:
+    """The images picked in ``dataset_id`` (kept in the project: a reload keeps them)."""
+    if not dataset_id:
+        return []
+    try:
+        ids = json.loads(ctx.project.get_meta(PICKS_KEY + dataset_id, "[]"))
+    except ValueError:
+        return []
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
+def save_picks(ctx: StudioContext, dataset_id: str | None, selected: list[str]) -> None:
+    if dataset_id and not ctx.project.read_only:
+        ctx.project.set_meta(PICKS_KEY + dataset_id, json.dumps(list(selected)))
+
+
+def show_picker(ctx: StudioContext, model_id: str | None, dataset_id: str | None,
+                class_name: str | None, page: float | None) -> tuple[Any, ...]:
+    """(picker items, their image ids, page) of the training images."""
+    items, ids, p, _ = image_page(ctx, picker_dataset(ctx, model_id, dataset_id), class_name,
+                                  "train", int(page or 1), PICK_PAGE)
     return items, ids, p
 
 
-def picker_first(ctx: StudioContext, model_id: str | None, class_name: str | None
-                 ) -> tuple[Any, ...]:
-    return show_picker(ctx, model_id, class_name, 1)
+def picker_first(ctx: StudioContext, model_id: str | None, dataset_id: str | None,
+                 class_name: str | None) -> tuple[Any, ...]:
+    return show_picker(ctx, model_id, dataset_id, class_name, 1)
 
 
-def picker_prev(ctx: StudioContext, model_id: str | None, class_name: str | None,
-                page: float | None) -> tuple[Any, ...]:
-    return show_picker(ctx, model_id, class_name, (page or 1) - 1)
+def picker_prev(ctx: StudioContext, model_id: str | None, dataset_id: str | None,
+                class_name: str | None, page: float | None) -> tuple[Any, ...]:
+    return show_picker(ctx, model_id, dataset_id, class_name, (page or 1) - 1)
 
 
-def picker_next(ctx: StudioContext, model_id: str | None, class_name: str | None,
-                page: float | None) -> tuple[Any, ...]:
-    return show_picker(ctx, model_id, class_name, (page or 1) + 1)
+def picker_next(ctx: StudioContext, model_id: str | None, dataset_id: str | None,
+                class_name: str | None, page: float | None) -> tuple[Any, ...]:
+    return show_picker(ctx, model_id, dataset_id, class_name, (page or 1) + 1)
 
 
-def show_model(ctx: StudioContext, model_id: str | None) -> tuple[Any, ...]:
-    """The class dropdown and the first picker page of a model's dataset."""
-    return (gr.update(choices=class_choices(ctx, model_dataset(ctx, model_id)), value=ALL),
-            *show_picker(ctx, model_id, ALL, 1))
+PICKER_CAPTION = "Training images: click to select / unselect"
+
+
+def source_hint(ctx: StudioContext, model_id: str | None, dataset_id: str | None) -> str:
+    """The picker's caption: what it shows, and what generating needs."""
+    ds = picker_dataset(ctx, model_id, dataset_id)
+    if ds is None:
+        return f"{PICKER_CAPTION} · import a dataset (Data tab) first"
+    if model_id:
+        return PICKER_CAPTION
+    if any(m.status == "trained" and m.dataset_id == ds for m in ctx.project.list(Model)):
+        return f"{PICKER_CAPTION} · choose a trained model above to generate from them"
+    return (f"{PICKER_CAPTION} · no trained model for this dataset yet: pick images now; "
+            f"generating needs a model trained in the Train tab")
+
+
+def show_source(ctx: StudioContext, model_id: str | None, dataset_id: str | None
+                ) -> tuple[Any, ...]:
+    """The class dropdown, the first picker page and the picks kept for the dataset."""
+    ds = picker_dataset(ctx, model_id, dataset_id)
+    selected = load_picks(ctx, ds)
+    return (gr.update(choices=class_choices(ctx, ds), value=ALL),
+            *show_picker(ctx, model_id, dataset_id, ALL, 1), selected,
+            *picked_view(ctx, selected), source_hint(ctx, model_id, dataset_id))
 
 
 def picked_view(ctx: StudioContext, selected: list[str]) -> tuple[Any, str]:
     """(gallery of the selected images, "N image(s) selected")."""
     items = []
     for image_id in selected[:48]:
-        img = ctx.project.get(Image, image_id)
+        try:
+            img = ctx.project.get(Image, image_id)
+        except Exception:  # noqa: BLE001 - a pick of a removed dataset shows nothing
+            continue
         items.append((str(ctx.project.abs(img.thumb or img.path)), img.class_name))
     return items, f"**{len(selected)}** image(s) selected"
 
 
-def toggle(ctx: StudioContext, ids: list[str], selected: list[str],
-           evt: gr.SelectData) -> tuple[Any, ...]:
-    """Select / unselect the clicked training image (the source becomes "selected images")."""
+def toggle(ctx: StudioContext, model_id: str | None, dataset_id: str | None, ids: list[str],
+           selected: list[str], evt: gr.SelectData) -> tuple[Any, ...]:
+    """Select / unselect the clicked training image (the source becomes "selected images");
+    the picks are kept in the project."""
     if evt.index is None or evt.index >= len(ids):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     image_id = ids[evt.index]
     selected = [s for s in selected if s != image_id] if image_id in selected \
         else [*selected, image_id]
+    save_picks(ctx, picker_dataset(ctx, model_id, dataset_id), selected)
     return (selected, *picked_view(ctx, selected), "selected images")
 
 
-def clear_selection() -> tuple[Any, ...]:
+def clear_selection(ctx: StudioContext, model_id: str | None, dataset_id: str | None
+                    ) -> tuple[Any, ...]:
+    save_picks(ctx, picker_dataset(ctx, model_id, dataset_id), [])
     return [], [], "0 images selected"
 
 
@@ -332,6 +386,7 @@ def forget_selection() -> tuple[Any, ...]:
 
 
 def build(ctx: StudioContext, shared: Shared) -> None:
+    dataset = shared.dataset
     with gr.Row():
         with gr.Column(scale=3):
             gr.Markdown("#### 1 · Source images", elem_classes=["section-title"])
@@ -350,9 +405,11 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 page = gr.Number(value=1, label="Page", precision=0, minimum=1, scale=1,
                                  min_width=60)
                 next_btn = gr.Button("▶", size="sm", scale=0, min_width=40)
-            picker = gr.Gallery(label="Training images: click to select / unselect", columns=10,
-                                height=300, allow_preview=False, object_fit="contain",
-                                elem_id="gen-picker")
+            source_note = gr.Markdown(PICKER_CAPTION, elem_classes=["image-caption"],
+                                      elem_id="gen-source-note")
+            picker = gr.Gallery(show_label=False, columns=10, height=320,
+                                allow_preview=False, object_fit="contain",
+                                elem_id="gen-picker", elem_classes=["captioned"])
             with gr.Row(elem_classes=["bottom-align"]):
                 picked_info = gr.Markdown("0 images selected", elem_id="gen-picked-info")
                 clear_btn = gr.Button("Clear selection", size="sm", scale=0, min_width=120)
@@ -424,14 +481,17 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     form = [model, source, selected, per_class, variations, sampler, steps, guidance, seed,
             name, mode, points, new_per_class, mix_alpha, covariance, perturb]
 
-    model.change(ui.bind(show_model, ctx), model, [cls, *pick_out])
-    cls.change(ui.bind(picker_first, ctx), [model, cls], pick_out)
-    page.submit(ui.bind(show_picker, ctx), [model, cls, page], pick_out)
-    prev_btn.click(ui.bind(picker_prev, ctx), [model, cls, page], pick_out)
-    next_btn.click(ui.bind(picker_next, ctx), [model, cls, page], pick_out)
-    picker.select(ui.bind(toggle, ctx), [page_ids, selected],
+    source_out = [cls, *pick_out, selected, picked, picked_info, source_note]
+    gr.on([model.change, dataset.change], ui.bind(show_source, ctx), [model, dataset],
+          source_out)
+    cls.change(ui.bind(picker_first, ctx), [model, dataset, cls], pick_out)
+    page.submit(ui.bind(show_picker, ctx), [model, dataset, cls, page], pick_out)
+    prev_btn.click(ui.bind(picker_prev, ctx), [model, dataset, cls, page], pick_out)
+    next_btn.click(ui.bind(picker_next, ctx), [model, dataset, cls, page], pick_out)
+    picker.select(ui.bind(toggle, ctx), [model, dataset, page_ids, selected],
                   [selected, picked, picked_info, source])
-    clear_btn.click(clear_selection, None, [selected, picked, picked_info])
+    clear_btn.click(ui.bind(clear_selection, ctx), [model, dataset],
+                    [selected, picked, picked_info])
     mode.change(show_mode, mode, [mode_hint, mode_row, points, new_per_class, mix_alpha,
                                   covariance], show_progress="hidden")
     gen_btn.click(ui.bind(on_generate, ctx), form, [status, generation], api_name="generate")

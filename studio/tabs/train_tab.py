@@ -14,12 +14,12 @@ import gradio as gr
 import pandas as pd
 
 from engine.config import EncodeConfig, TrainConfig
-from engine.errors import InvalidConfigError, NotReadyError
+from engine.errors import InvalidConfigError, NotReadyError, StudioError
 from engine.jobs import read_progress
 from engine.project import Dataset, Encoding, Job, Model, reads
-from engine.settings import device, effective
+from engine.settings import device, effective, machine_profile
 from studio import figures, ui
-from studio.choices import model_choices
+from studio.choices import model_choices, studio_cache
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -141,11 +141,16 @@ def encode(ctx: StudioContext, dataset_id: str | None, encoder: str,
         raise NotReadyError("import a dataset first (Data tab)")
     if not encoder:
         raise NotReadyError("choose an encoder")
-    return ctx.submit(encode_stage.prepare(
-        ctx.project, EncodeConfig(encoder=encoder, image_size=image_size,
-                                  device=device(ctx.project),
-                                  model_id=(model_id or "").strip() or None),
-        dataset_ref=dataset_id))
+    config = EncodeConfig(encoder=encoder, image_size=image_size, device=device(ctx.project),
+                          model_id=(model_id or "").strip() or None)
+    twin = encode_stage.identical(ctx.project, config, dataset_id)
+    if twin:
+        what = (f"an identical encoding exists: {twin}; train on it (Condition on: "
+                f"{encoder})" if twin.startswith("enc") else
+                f"an identical encoding is being made by job: {twin}; its progress is in the "
+                f"Jobs panel")
+        raise InvalidConfigError(f"{what}; nothing new was queued")
+    return ctx.submit(encode_stage.prepare(ctx.project, config, dataset_ref=dataset_id))
 
 
 def other_encoder_choices() -> list[tuple[str, str]]:
@@ -156,15 +161,24 @@ def other_encoder_choices() -> list[tuple[str, str]]:
             for e in available_encoders() if e["name"] not in ("pca", "class")]
 
 
-PRESET_LABELS = [("tiny-cpu · small pixel-space U-Net, minutes on a CPU", "tiny-cpu"),
+PRESET_LABELS = [("quick · the quick demo's 0.27 M-parameter U-Net, 400 steps: minutes on a "
+                  "CPU", "quick"),
+                 ("tiny-cpu · a 1.0 M-parameter U-Net, 1,500 steps: tens of minutes on a CPU",
+                  "tiny-cpu"),
                  ("imagenet256 · the paper's 256 px latent RCDM (414M, a GPU)", "imagenet256")]
+LONG_RUN_SECONDS = 30 * 60  # an estimate above this is shown as a warning
+
+
+def default_preset() -> str:
+    """The form's preset: ``quick`` on a machine without a GPU, ``tiny-cpu`` with one."""
+    return "tiny-cpu" if machine_profile()["cuda"] else "quick"
 
 
 @dataclasses.dataclass(frozen=True)
 class Advanced:
     """The Train tab's advanced options (the form's accordion)."""
 
-    preset: str = "tiny-cpu"
+    preset: str = "quick"
     space: str = "pixel"  # "pixel" or "latent"
     vae_id: str = TrainConfig.vae_id
     image_size: int = TrainConfig.image_size
@@ -178,7 +192,7 @@ def preset_form(name: str, num_images: int | None = None) -> dict[str, Any]:
     """The form values preset ``name`` fills in: steps, batch, lr and the advanced fields."""
     from engine.rcdm.presets import preset_config
 
-    c = preset_config(name or "tiny-cpu", num_images=num_images)
+    c = preset_config(name or default_preset(), num_images=num_images)
     return {"steps": c.steps, "batch_size": c.batch_size, "learning_rate": c.learning_rate,
             "space": c.space, "vae_id": c.vae_id, "image_size": c.image_size,
             "min_snr_gamma": c.min_snr_gamma or 0.0, "cond_dropout": c.cond_dropout,
@@ -201,12 +215,12 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
     if steps < 1:
         raise InvalidConfigError(f"steps must be >= 1, got {steps}")
     dev = device(ctx.project)
-    preset = adv.preset or "tiny-cpu"
+    preset = adv.preset or default_preset()
     base = preset_config(preset, num_images=num_images)  # refuses an unknown preset
     if base.device.startswith("cuda") and not dev.startswith("cuda"):
         raise InvalidConfigError(
             f"the {preset} preset is sized for a GPU; choose a CUDA device in Settings, or "
-            f"the tiny-cpu preset on this machine")
+            f"the quick or tiny-cpu preset on this machine")
     extra: dict[str, Any] = {}
     prec = str(effective(ctx.project).get("precision") or "fp32")
     # fp16/bf16 autocast needs a GPU here; CPU runs stay fp32
@@ -248,6 +262,51 @@ def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps
     return job, ctx.project.get(Model, spec.params["model_id"])
 
 
+def cond_dim(ctx: StudioContext, dataset_id: str | None, encoder: str | None) -> int:
+    """Width of the representations a model of ``encoder`` would be conditioned on (the
+    dataset's latest encoding with it; 32, the PCA's, before there is one)."""
+    if dataset_id and encoder:
+        encs = ctx.project.list(Encoding, dataset_id=dataset_id, target="dataset",
+                                encoder=encoder)
+        if encs and encs[-1].dim:
+            return int(encs[-1].dim)
+    return 32
+
+
+def time_estimate(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps: int,
+                  batch_size: int, lr: float, advanced: Advanced | None = None) -> str:
+    """Markdown: how long the form's run takes on this machine, from a few real training
+    steps of its model (``engine.rcdm.calibration``: measured once per machine and model
+    size, about a second for the quick preset, then read from the studio's cache), with a
+    warning above ``LONG_RUN_SECONDS``.
+
+    Raises:
+        InvalidConfigError: the form's values are refused (the same sentence Train gives).
+    """
+    from engine.rcdm import calibration
+
+    adv = advanced or Advanced()
+    if adv.space == "latent":
+        return "<small>No time estimate for VAE latents: their encoding is not timed.</small>"
+    n = ctx.project.get(Dataset, dataset_id).num_train if dataset_id else None
+    config = train_config(ctx, steps, batch_size, lr, adv, num_images=n)
+    why = calibration.calibratable(config)
+    if why:
+        return f"<small>{why.capitalize()}.</small>"
+    per_step, _ = calibration.seconds_per_step(
+        config, cond_dim(ctx, dataset_id, encoder), studio_cache() / "step_times.json")
+    total = calibration.estimate(config, per_step)
+    how = (f"{config.steps:,} steps × {per_step:.2f} s per step, measured on this machine "
+           f"with {calibration.CALIBRATION_STEPS} steps of this model; previews and "
+           f"checkpoints included")
+    if total > LONG_RUN_SECONDS:
+        return (f'<div class="status-warn">⚠ Estimated time on this machine: '
+                f"<b>about {ui.duration(total)}</b>, a long run. The quick preset, fewer "
+                f"steps or a smaller batch take less.<br><small>{how}</small></div>")
+    return (f"Estimated time on this machine: **about {ui.duration(total)}**  \n"
+            f"<small>{how}</small>")
+
+
 # ---------------------------------------------------------------------- event handlers
 
 
@@ -276,24 +335,46 @@ def on_encode_other(ctx: StudioContext, dataset_id: str | None, which: str | Non
     return submitted(job), encodings_table(ctx, dataset_id)
 
 
+def advanced_form(preset_v=None, space_v="pixel", size_v=TrainConfig.image_size,
+                  vae_v=TrainConfig.vae_id, snr_v=0.0, dropout_v=TrainConfig.cond_dropout,
+                  accum_v=1, procs_v=1) -> Advanced:
+    """The accordion's widgets as an Advanced."""
+    return Advanced(preset=preset_v or default_preset(), space=space_v or "pixel",
+                    vae_id=vae_v or "", image_size=int(size_v or 0),
+                    min_snr_gamma=float(snr_v or 0.0), cond_dropout=float(dropout_v or 0.0),
+                    grad_accum=int(accum_v or 0), processes=int(procs_v or 0))
+
+
 @ui.guard(2)
 def on_train(ctx: StudioContext, dataset_id, enc, steps_v, batch_v, lr_v, name_v,
-             preset_v="tiny-cpu", space_v="pixel", size_v=TrainConfig.image_size,
+             preset_v=None, space_v="pixel", size_v=TrainConfig.image_size,
              vae_v=TrainConfig.vae_id, snr_v=0.0, dropout_v=TrainConfig.cond_dropout, accum_v=1,
              procs_v=1) -> tuple[str, Any]:
-    adv = Advanced(preset=preset_v or "tiny-cpu", space=space_v or "pixel",
-                   vae_id=vae_v or "", image_size=int(size_v or 0),
-                   min_snr_gamma=float(snr_v or 0.0), cond_dropout=float(dropout_v or 0.0),
-                   grad_accum=int(accum_v or 0), processes=int(procs_v or 0))
+    adv = advanced_form(preset_v, space_v, size_v, vae_v, snr_v, dropout_v, accum_v, procs_v)
     job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v, adv)
     return submitted(job), ui.dropdown(model_choices(ctx), m.id)
+
+
+def on_estimate(ctx: StudioContext, dataset_id, enc, steps_v, batch_v, lr_v, name_v,
+                preset_v=None, space_v="pixel", size_v=TrainConfig.image_size,
+                vae_v=TrainConfig.vae_id, snr_v=0.0, dropout_v=TrainConfig.cond_dropout,
+                accum_v=1, procs_v=1) -> str:
+    """The form's time estimate (the Train form's inputs); a refused value says why."""
+    try:
+        adv = advanced_form(preset_v, space_v, size_v, vae_v, snr_v, dropout_v, accum_v,
+                            procs_v)
+        return time_estimate(ctx, dataset_id, enc, steps_v, batch_v, lr_v, adv)
+    except Exception as exc:  # noqa: BLE001 - an estimate never breaks the form
+        if not isinstance(exc, StudioError):
+            log.exception("time estimate failed")
+        return f"<small>No time estimate: {ui.escape(ui.error_text(exc))}</small>"
 
 
 def on_preset(ctx: StudioContext, name_v: str | None, dataset_id: str | None
               ) -> tuple[Any, ...]:
     """The form values of a preset (sized for the dataset)."""
     n = ctx.project.get(Dataset, dataset_id).num_train if dataset_id else None
-    f = preset_form(name_v or "tiny-cpu", n)
+    f = preset_form(name_v or default_preset(), n)
     return (f["steps"], f["batch_size"], f["learning_rate"], f["space"], f["image_size"],
             f["vae_id"], f["min_snr_gamma"], f["cond_dropout"], f["grad_accum"])
 
@@ -389,15 +470,16 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                   allow_custom_value=True,
                                   elem_id="train-encoder")
             with gr.Row():
-                steps = gr.Number(label="Steps", value=TrainConfig.steps, precision=0,
+                start = preset_form(default_preset())
+                steps = gr.Number(label="Steps", value=start["steps"], precision=0,
                                   minimum=1, elem_id="train-steps")
-                batch = gr.Number(label="Batch", value=TrainConfig.batch_size, precision=0,
+                batch = gr.Number(label="Batch", value=start["batch_size"], precision=0,
                                   minimum=1, elem_id="train-batch")
                 lr = gr.Number(label="Learning rate", value=TrainConfig.learning_rate,
                                minimum=1e-6)
             with gr.Accordion("Advanced: preset, latent space, loss", open=False,
                               elem_id="train-advanced"):
-                preset = gr.Dropdown(PRESET_LABELS, value="tiny-cpu", label="Preset",
+                preset = gr.Dropdown(PRESET_LABELS, value=default_preset(), label="Preset",
                                      elem_id="train-preset")
                 with gr.Row():
                     space = gr.Radio([("pixels", "pixel"), ("VAE latents", "latent")],
@@ -423,6 +505,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                             "with several processes the job runs them under torchrun and "
                             "holds that many GPUs of the queue.</small>")
             name = gr.Textbox(label="Model name", placeholder="default: rcdm-<encoder>")
+            estimate = gr.Markdown(elem_id="train-estimate")
             train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
             status = gr.HTML(elem_id="train-status")
         with gr.Column(scale=3):
@@ -460,6 +543,10 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     preset.change(ui.bind(on_preset, ctx), [preset, dataset],
                   [steps, batch, lr, space, image_size, vae, min_snr, dropout, accum],
                   show_progress="hidden")
+    # the estimate follows the form (a cache read; the first time a model size is seen,
+    # a few timed training steps)
+    gr.on([c.change for c in form if c is not name], ui.bind(on_estimate, ctx), form, estimate,
+          show_progress="hidden", trigger_mode="always_last")
     model.change(ui.bind(show_model, ctx), model, model_out, show_progress="hidden")
     # a new preview grid (or another model) redraws the history of grids
     preview.change(ui.bind(preview_history, ctx), model, history, show_progress="hidden")
