@@ -193,6 +193,11 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     expect(page.locator("#train-encoder input")).to_have_value(re.compile("PCA"))
     set_number(page, "train-steps", 30)
     set_number(page, "train-batch", 16)
+    # before the click: the run's time on this machine, measured from a few real steps
+    expect(page.locator("#train-estimate")).to_contain_text("Estimated time on this machine",
+                                                            timeout=90_000)
+    expect(page.locator("#train-estimate")).to_contain_text("30 steps")
+    shot(page, "03a-train-estimate")
     page.locator("#train-button").click()
     expect(page.locator("#train-status")).to_contain_text("Train rcdm-pca")
     expect(page.locator("#jobs-table")).to_contain_text("Train rcdm-pca")
