@@ -109,14 +109,16 @@ def results_figure(ctx: StudioContext) -> Any:
                                  y=[e.top1 for e in rows],
                                  name=MIX_LABELS[mix].split(" (")[0],
                                  marker_color=colors[mix],
-                                 text=[f"{e.top1:.1f}" for e in rows], textposition="outside"))
-    fig.update_layout(template="plotly_white", height=320,
+                                 text=[f"{e.top1:.1f}" for e in rows], textposition="outside",
+                                 cliponaxis=False))  # labels above 100 % stay readable
+    fig.update_layout(template="plotly_white", height=340,
                       title=dict(text="Top-1 accuracy on a held-out real split (in brackets: "
                                       "test, or val for choices)"
                                  if done else "No finished evaluation yet", x=0.01),
                       yaxis=dict(title="top-1 %", range=figures.ACCURACY_RANGE),  # from 0
-                      margin=dict(l=60, r=20, t=50, b=60), barmode="group",
-                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+                      margin=dict(l=60, r=20, t=90, b=60), barmode="group",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.08, x=1,
+                                  xanchor="right"))
     return fig
 
 
