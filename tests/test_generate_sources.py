@@ -194,3 +194,82 @@ def test_edit_sweep_of_a_class_via_the_cli(gen_project, capsys):
     assert main(["generate", "--project", str(gen_project), "--mode", "edit",
                  "--direction", "class_0:nope", *FAST]) == 2
     assert "not a class" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the studio
+
+
+def test_studio_uploads_and_lambda_strip(gen_project, tmp_path, monkeypatch):
+    """The Generate tab's handlers: uploaded images as sources (alone, with a given class;
+    beside picked images), an edit's λ strip shown one row per source with λ captions and
+    provenance, and one-sentence refusals."""
+    from engine.jobs import JobManager
+    from engine.project import Dataset, Generation, Model
+    from studio.context import StudioContext
+    from studio.tabs import generate_tab
+
+    ctx = StudioContext(gen_project)
+    try:
+        monkeypatch.setattr(ctx, "submit", lambda spec: JobManager(ctx.project).run_inline(spec))
+        model_id = ctx.project.list(Model)[0].id
+        ds = ctx.project.list(Dataset)[0]
+        train = ctx.project.images(ds.id, split="train")
+        up = tmp_path / "upload.png"
+        Image.fromarray(np.full((10, 10, 3), 90, np.uint8)).save(up)
+        sha = hashlib.sha256(up.read_bytes()).hexdigest()
+        # the class lists follow the model's dataset
+        a, b, c = generate_tab.class_lists(ctx, model_id, None)
+        assert a["value"] == "class_0" and b["value"] == "class_2"
+        assert c["value"] == generate_tab.AUTO_CLASS
+        assert "1 uploaded image(s)" in generate_tab.show_uploads([str(up)])
+        common = dict(per_class=1, sampler="ddim", steps=2, guidance=1.0, seed=0)
+
+        # the upload alone: two variations of it, in the class given
+        generate_tab.generate(ctx, model_id, "selected images", [], variations=2,
+                              name="from-upload", uploads=[str(up)], upload_class="class_1",
+                              **common)
+        gen = ctx.project.get(Generation, "from-upload")
+        samples = ctx.project.samples(gen.id)
+        assert gen.count == 2 and set(samples["source_image_id"]) == {f"sha256:{sha}"}
+        assert set(samples["class_name"]) == {"class_1"}
+        _, md = generate_tab.sample_details(ctx, samples["id"].iloc[0])
+        assert "uploaded file upload.png (class_1, label given" in md
+
+        # an edit strip of 3 λ for two picked images and the upload: 9 images, one row each
+        picked = train["id"][:2].tolist()
+        job = generate_tab.generate(ctx, model_id, "selected images", picked, variations=1,
+                                    name="strip", mode="edit", uploads=[str(up)],
+                                    edit_from="class_0", edit_to="class_2", strip="0, 0.5 1",
+                                    **common)
+        assert "Generate 9 images (edit class_0:class_2, λ = 0, 0.5, 1)" in job.title
+        gen = ctx.project.get(Generation, "strip")
+        gallery, text, ids, _ = generate_tab.sample_view(ctx, gen.id, 1)
+        assert gallery["columns"] == 3 and len(ids) == 9
+        assert [cap for _, cap in gallery["value"]][:3] == ["λ 0", "λ 0.5", "λ 1"]
+        assert "edit class_0 → class_2, one row per source" in text
+        _, md = generate_tab.sample_details(ctx, ids[-1])
+        assert "edit of uploaded file upload.png" in md
+        assert "λ = 1 from class class_0 towards class class_2" in md
+        _, md = generate_tab.sample_details(ctx, ids[1])
+        assert f"edit of {picked[0]}" in md and "λ = 0.5" in md
+        # other generations keep 12 columns
+        gallery, *_ = generate_tab.sample_view(ctx, ctx.project.get(Generation,
+                                                                     "from-upload").id, 1)
+        assert gallery["columns"] == generate_tab.SAMPLE_COLUMNS
+
+        # refusals, one sentence each, nothing queued
+        before = len(ctx.project.list(Generation))
+        with pytest.raises(InvalidConfigError, match="two different classes"):
+            generate_tab.generate(ctx, model_id, "selected images", picked, variations=1,
+                                  name="x", mode="edit", edit_from="class_0",
+                                  edit_to="class_0", **common)
+        with pytest.raises(InvalidConfigError, match="λ values must be numbers"):
+            generate_tab.generate(ctx, model_id, "selected images", picked, variations=1,
+                                  name="x", mode="edit", edit_from="class_0",
+                                  edit_to="class_1", strip="0, half", **common)
+        with pytest.raises(InvalidConfigError, match="at most 16 uploaded images"):
+            generate_tab.generate(ctx, model_id, "selected images", [], variations=1,
+                                  name="x", uploads=[str(up)] * 17, **common)
+        assert len(ctx.project.list(Generation)) == before
+    finally:
+        ctx.close()

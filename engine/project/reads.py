@@ -90,14 +90,15 @@ def image_page(project: Project, dataset_id: str, class_name: str | None = None,
 
 def sample_page(project: Project, generation_id: str, page: int = 1,
                 page_size: int = 48) -> Page:
-    """A page of a generation's samples in ``idx`` order: columns ``id, path, class_name,
-    seed``."""
+    """A page of a generation's samples in ``idx`` order: columns ``id, idx, path,
+    class_name, seed``."""
     with project.duck() as con:
         total = int(con.execute("SELECT count(*) FROM sample WHERE generation_id = ?",
                                 [generation_id]).fetchone()[0])
         page, pages = _clamp(page, total, page_size)
         rows = con.execute(
-            "SELECT id, path, class_name, seed FROM sample WHERE generation_id = ? ORDER BY idx "
+            "SELECT id, idx, path, class_name, seed FROM sample WHERE generation_id = ? "
+            "ORDER BY idx "
             "LIMIT ? OFFSET ?", [generation_id, page_size, (page - 1) * page_size]).df()
     return Page(rows, page, pages, total)
 
@@ -119,6 +120,22 @@ def sample_plan(project: Project, generation: Generation, idx: int) -> dict[str,
         log.exception("cannot read %s", path)
         return {}
     return rows.iloc[0].to_dict() if len(rows) else {}
+
+
+def plan_weights(project: Project, generation: Generation, idxs: list[int]) -> dict[int, float]:
+    """Sample idx -> the plan's weight column (an edit's λ, an interpolation's t) for
+    ``idxs``, from the generation's ``samples.parquet``; {} when it cannot be read."""
+    path = project.abs(generation.folder) / "samples.parquet"
+    if not idxs or not path.exists():
+        return {}
+    try:
+        with project.duck() as con:
+            rows = con.execute("SELECT idx, weight FROM read_parquet(?) WHERE list_contains(?, idx)",
+                               [str(path), [int(i) for i in idxs]]).fetchall()
+    except Exception:  # noqa: BLE001 - captions are a courtesy; the images still show
+        log.exception("cannot read %s", path)
+        return {}
+    return {int(i): float(w) for i, w in rows}
 
 
 def revision(project: Project) -> list[str]:

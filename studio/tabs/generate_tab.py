@@ -30,12 +30,15 @@ log = logging.getLogger(__name__)
 
 PICK_PAGE = 40
 SAMPLE_PAGE = 48
+SAMPLE_COLUMNS = 12
+STRIP_COLUMNS_MAX = 12  # an edit's strip (λ values x seeds) up to this wide: one row each
 SOURCES = ["selected images", "N per class", "all training images"]
 # (label, GenerateConfig.mode): what the model is conditioned on
 MODES = [("variations of each image (the paper's)", "variations"),
          ("interpolation between two selected images", "interpolate"),
          ("mix-ups of two images of a class", "mixup"),
-         ("new draws from each class's distribution", "class_sample")]
+         ("new draws from each class's distribution", "class_sample"),
+         ("edit: move along a class direction (λ strip)", "edit")]
 MODE_HINTS = {
     "variations": "Each source image's own representation, with <b>k</b> seeds each.",
     "interpolate": "Select exactly <b>two</b> images (in order): <b>points</b> "
@@ -47,7 +50,14 @@ MODE_HINTS = {
     "class_sample": "A Gaussian fitted to each class's representations among the source "
                     "images: <b>new per class</b> draws per class, <b>k</b> seeds each. Goes "
                     "beyond the real images.",
+    "edit": "Each source moved along the direction from class <b>A</b>'s mean "
+            "representation towards class <b>B</b>'s: <b>r + λ (mean B − mean A)</b>, one "
+            "image per λ of the strip (and seed): λ = 0 is the source's own representation, "
+            "λ = 1 moves it by the whole gap between the two class means.",
 }
+MAX_UPLOADS = 16  # images uploaded as sources of one generation in the studio
+AUTO_CLASS = "nearest class (auto)"
+DEFAULT_STRIP = "0, 0.25, 0.5, 0.75, 1"
 PERTURB_HELP = ("Adds Gaussian noise of λ times the per-dimension standard deviation of the "
                 "training encodings to each sample's representation, seeded by the sample's "
                 "seed: 0 = off; higher = more diverse images, less like their source. Applies "
@@ -76,25 +86,71 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
              per_class: int, variations: int, sampler: str, steps: int, guidance: float,
              seed: int, name: str | None, mode: str = "variations", points: int = 8,
              new_per_class: int = 10, mix_alpha: float = 1.0,
-             covariance: str = "ledoit_wolf", perturb: float = 0.0) -> Job:
+             covariance: str = "ledoit_wolf", perturb: float = 0.0,
+             uploads: list[str] | None = None, upload_class: str | None = None,
+             edit_from: str | None = None, edit_to: str | None = None,
+             strip: str | None = None, normalise: bool = False) -> Job:
+    """Submit a generation. ``uploads``: image files that are not in the project (from the
+    upload box), sources beside the selected images, labelled ``upload_class`` or by the
+    nearest class centroid; ``edit_from``/``edit_to``/``strip``: an edit's direction (two
+    class names) and its λ values ("0, 0.5, 1")."""
     from engine.stages import generate_stage
 
     if not model_id:
         raise NotReadyError("the project has no trained model yet; train one in the Train tab")
     mode = mode or "variations"
-    if mode == "interpolate" and len(selected or []) != 2:
-        raise InvalidConfigError(f"interpolation needs exactly two selected images (click two "
-                                 f"in the picker); {len(selected or [])} selected")
+    files = [str(f) for f in (uploads or []) if f]
+    if len(files) > MAX_UPLOADS:
+        raise InvalidConfigError(f"at most {MAX_UPLOADS} uploaded images per generation, got "
+                                 f"{len(files)}")
+    if files:  # encoded below, before the job: only an editor may make the studio work
+        ctx.access.check_write(ctx.editor, "generate from uploaded images")
+        for f in files:
+            ctx.access.check_upload(f)
+    if mode == "interpolate" and len(selected or []) + len(files) != 2:
+        raise InvalidConfigError(f"interpolation needs exactly two source images (click two "
+                                 f"in the picker, or upload them); "
+                                 f"{len(selected or []) + len(files)} given")
+    edit = {}
+    if mode == "edit":
+        if not edit_from or not edit_to or edit_from == edit_to:
+            raise InvalidConfigError("an edit needs two different classes: the direction goes "
+                                     "from class A's mean towards class B's")
+        strengths = parse_strip(strip)
+        edit = {"direction": f"{edit_from}:{edit_to}", "normalise": bool(normalise),
+                "strength": strengths[0], "sweep": strengths if len(strengths) > 1 else ()}
     config = GenerateConfig(variations=int(variations), sampler=sampler, steps=int(steps),
                             guidance=float(guidance), seed=int(seed), device=device(ctx.project),
                             mode=mode, points=int(points or 0),
                             per_class=int(new_per_class or 0), mix_alpha=float(mix_alpha or 0),
                             covariance=covariance or "ledoit_wolf",
-                            perturb=float(perturb or 0.0))
-    ids = list(selected) if mode == "interpolate" else \
-        source_ids(ctx, model_id, source, selected, per_class)
+                            perturb=float(perturb or 0.0), **edit)
+    if mode == "interpolate":
+        ids = list(selected or [])
+    elif files and source == "selected images":
+        ids = list(selected or [])  # the uploads alone are a pool too
+    else:
+        ids = source_ids(ctx, model_id, source, selected, per_class)
+        if ids is None and files:  # every training image, and the uploads
+            m = ctx.project.get(Model, model_id)
+            ids = ctx.project.images(m.dataset_id, split="train")["id"].tolist()
+    label = None if not upload_class or upload_class == AUTO_CLASS else upload_class
     return ctx.submit(generate_stage.prepare(ctx.project, config, model_id, ids,
-                                             (name or "").strip() or None))
+                                             (name or "").strip() or None,
+                                             image_files=files or None,
+                                             label=label if files else None))
+
+
+def parse_strip(text: str | None) -> tuple[float, ...]:
+    """λ values from "0, 0.25, 0.5" (commas or spaces); bounds are GenerateConfig's."""
+    parts = [p for p in str(text or "").replace(",", " ").split() if p]
+    if not parts:
+        raise InvalidConfigError("give the edit's λ values, e.g. 0, 0.5, 1")
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise InvalidConfigError(f"λ values must be numbers separated by commas, got "
+                                 f"{text!r}") from None
 
 
 def reencode(ctx: StudioContext, generation_id: str | None) -> Job:
@@ -123,11 +179,13 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
     gen = ctx.project.get(Generation, generation_id)
     p = reads.sample_page(ctx.project, gen.id, page, page_size)
     page, pages, rows = p.page, p.pages, p.rows
-    items = [(ui.gallery_path(ctx.project.abs(r.path)), f"{r.class_name}")
-             for r in rows.itertuples()]
     cfg = gen.config
-    reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
     mode = (cfg.get("conditions") or {}).get("mode", cfg.get("mode", "variations"))
+    lam = reads.plan_weights(ctx.project, gen, rows["idx"].tolist()) if mode == "edit" else {}
+    items = [(ui.gallery_path(ctx.project.abs(r.path)),
+              f"λ {lam[r.idx]:g}" if r.idx in lam else f"{r.class_name}")
+             for r in rows.itertuples()]
+    reencoded = bool(ctx.project.list(Encoding, target="generation", target_id=gen.id))
     what = "" if mode == "variations" else f"{dict((v, k) for k, v in MODES).get(mode, mode)} · "
     k = cfg.get("variations", "?")
     perturb = float(cfg.get("perturb") or 0.0)
@@ -138,11 +196,40 @@ def sample_page(ctx: StudioContext, generation_id: str | None, page: int = 1,
             f"{cfg.get('guidance', '?')} · "
             + ("re-encoded ✓" if reencoded else "**not re-encoded yet** (needed to curate)")
             + f" · page {page} of {pages}")
+    if mode == "edit":
+        edit = (cfg.get("conditions") or {}).get("edit") or {}
+        text += f" · edit {edit.get('direction', '?').replace(':', ' → ')}"
+        if strip_width(gen) <= STRIP_COLUMNS_MAX:
+            text += ", one row per source"
     return items, text, rows["id"].tolist(), page
 
 
-def describe_image(ctx: StudioContext, image_id: str) -> str:
-    """"ID (class, file)" of a real image, or says it is gone."""
+def strip_width(gen: Generation) -> int:
+    """Samples per source of an edit (λ values x seeds); 0 for other modes."""
+    cfg = gen.config
+    edit = (cfg.get("conditions") or {}).get("edit")
+    if not edit:
+        return 0
+    return len(edit.get("strengths") or [1]) * int(cfg.get("variations") or 1)
+
+
+def sample_view(ctx: StudioContext, generation_id: str | None, page: int) -> tuple[Any, ...]:
+    """``sample_page`` for the gallery: an edit's strips one row per source."""
+    items, text, ids, page = sample_page(ctx, generation_id, page)
+    width = strip_width(ctx.project.get(Generation, generation_id)) if generation_id else 0
+    columns = width if 0 < width <= STRIP_COLUMNS_MAX else SAMPLE_COLUMNS
+    return gr.update(value=items, columns=columns), text, ids, page
+
+
+def describe_image(ctx: StudioContext, image_id: str, gen: Generation | None = None) -> str:
+    """"ID (class, file)" of a real image, the file name of an uploaded source, or says it
+    is gone."""
+    if image_id.startswith("sha256:") and gen is not None:
+        for r in (gen.config.get("conditions") or {}).get("external") or []:
+            if r.get("id") == image_id:
+                return (f"uploaded file {r.get('name')} ({r.get('class_name')}, "
+                        f"{'label given' if r.get('label_from') == 'given' else 'nearest class'}"
+                        f", sha256 {str(r.get('sha256'))[:12]}…)")
     try:
         img = ctx.project.get(Image, image_id)
         return f"{img.id} ({img.class_name}, {img.source_path or img.path})"
@@ -172,8 +259,15 @@ def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
     elif mode == "class_sample":
         lines.append(f"new representation drawn from the distribution of class "
                      f"{s.class_name} (representation {plan.get('cond_index', '?')})")
+    elif mode == "edit":
+        edit = (gen.config.get("conditions") or {}).get("edit") or {}
+        a, _, b = str(edit.get("direction", "?:?")).partition(":")
+        lines.append(f"edit of {describe_image(ctx, s.source_image_id, gen)}: moved by "
+                     f"λ = {weight:g} from class {a} towards class {b}"
+                     + (" (unit direction)" if edit.get("normalise") else ""))
     elif s.source_image_id:
-        lines.append(f"variation of real image {describe_image(ctx, s.source_image_id)}")
+        lines.append(f"variation of {'real image ' if not s.source_image_id.startswith('sha256:') else ''}"
+                     f"{describe_image(ctx, s.source_image_id, gen)}")
     strength = float(plan.get("perturb") or 0.0)
     if strength > 0:
         lines.append(f"representation perturbed: λ = {strength:g} (× the training encodings' "
@@ -300,10 +394,32 @@ def clear_selection(ctx: StudioContext, model_id: str | None, dataset_id: str | 
 def show_mode(mode: str | None) -> tuple[Any, ...]:
     """The hint and the visible fields of a representation mode."""
     m = mode or "variations"
-    return (f"<small>{MODE_HINTS.get(m, '')}</small>", gr.update(visible=m != "variations"),
+    return (f"<small>{MODE_HINTS.get(m, '')}</small>",
+            gr.update(visible=m not in ("variations", "edit")),
             gr.update(visible=m == "interpolate"),
             gr.update(visible=m in ("mixup", "class_sample")),
-            gr.update(visible=m == "mixup"), gr.update(visible=m == "class_sample"))
+            gr.update(visible=m == "mixup"), gr.update(visible=m == "class_sample"),
+            gr.update(visible=m == "edit"))
+
+
+def class_lists(ctx: StudioContext, model_id: str | None, dataset_id: str | None
+                ) -> tuple[Any, ...]:
+    """The edit's two class dropdowns and the uploads' class, from the model's dataset."""
+    from engine.project import Dataset
+
+    ds = picker_dataset(ctx, model_id, dataset_id)
+    names = [str(c) for c in ctx.project.get(Dataset, ds).classes] if ds else []
+    return (gr.update(choices=names, value=names[0] if names else None),
+            gr.update(choices=names, value=names[-1] if names else None),
+            gr.update(choices=[AUTO_CLASS, *names], value=AUTO_CLASS))
+
+
+def show_uploads(files: list[str] | None) -> str:
+    n = len([f for f in files or [] if f])
+    if not n:
+        return ""
+    more = f" (at most {MAX_UPLOADS})" if n > MAX_UPLOADS else ""
+    return f"<small>{n} uploaded image(s){more} join the source images</small>"
 
 
 @ui.guard(2)
@@ -311,9 +427,12 @@ def on_generate(ctx: StudioContext, model_id, source_v, sel, n, k, sampler_v, st
                 guidance_v, seed_v, name_v, mode_v="variations",
                 points_v=GenerateConfig.points, new_v=GenerateConfig.per_class,
                 alpha_v=GenerateConfig.mix_alpha, cov_v=GenerateConfig.covariance,
-                perturb_v=GenerateConfig.perturb) -> tuple[str, Any]:
+                perturb_v=GenerateConfig.perturb, uploads_v=None, upload_class_v=None,
+                from_v=None, to_v=None, strip_v=DEFAULT_STRIP, normalise_v=False
+                ) -> tuple[str, Any]:
     job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
-                   seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v, perturb_v)
+                   seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v, perturb_v,
+                   uploads_v, upload_class_v, from_v, to_v, strip_v, normalise_v)
     return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
                      f"panel below"), gr.skip())
 
@@ -328,7 +447,7 @@ def on_reencode(ctx: StudioContext, generation_id: str | None) -> str:
 @ui.guard(4, status=1)
 def show_samples(ctx: StudioContext, generation_id: str | None,
                  page: float | None) -> tuple[Any, ...]:
-    return sample_page(ctx, generation_id, int(page or 1))
+    return sample_view(ctx, generation_id, int(page or 1))
 
 
 def samples_first(ctx: StudioContext, generation_id: str | None) -> tuple[Any, ...]:
@@ -365,7 +484,7 @@ def refresh(ctx: StudioContext, model_id: str | None, generation_id: str | None,
     else:
         gen_value = ids[-1] if ids else None
     # same generation: redraw its page (its info line may say re-encoded now)
-    view = sample_page(ctx, gen_value, int(page or 1)) if gen_value == generation_id \
+    view = sample_view(ctx, gen_value, int(page or 1)) if gen_value == generation_id \
         else (gr.skip(),) * 4
     return (ui.dropdown(model_choices(ctx, True), model_id),
             gr.update(choices=gens, value=gen_value), *view, ids)
@@ -415,6 +534,17 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 clear_btn = gr.Button("Clear selection", size="sm", scale=0, min_width=120)
             picked = gr.Gallery(show_label=False, columns=12, height=112, allow_preview=False,
                                 object_fit="contain", fit_columns=False, elem_id="gen-picked")
+            with gr.Accordion("…or upload images that are not in the project", open=False,
+                              elem_id="gen-upload-panel"):
+                with gr.Row(elem_classes=["bottom-align"]):
+                    uploads = gr.File(label=f"Images (up to {MAX_UPLOADS}): encoded with the "
+                                            f"model's encoder, used as sources",
+                                      file_count="multiple", file_types=["image"],
+                                      type="filepath", elem_id="gen-uploads", scale=3)
+                    upload_class = gr.Dropdown([AUTO_CLASS], value=AUTO_CLASS,
+                                               label="Their class", elem_id="gen-upload-class", min_width=190,
+                                               scale=1)
+                uploads_info = gr.HTML(elem_id="gen-uploads-info")
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("#### 2 · Representations and sampling",
                         elem_classes=["section-title"])
@@ -433,6 +563,17 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 covariance = gr.Dropdown(list(COVARIANCES), value=GenerateConfig.covariance,
                                          label="Covariance", visible=False,
                                          elem_id="gen-covariance")
+            with gr.Group(visible=False) as edit_group:
+                with gr.Row():
+                    edit_from = gr.Dropdown([], label="From class A", elem_id="gen-edit-from",
+                                            allow_custom_value=True)
+                    edit_to = gr.Dropdown([], label="towards class B", elem_id="gen-edit-to",
+                                          allow_custom_value=True)
+                with gr.Row(elem_classes=["bottom-align"]):
+                    strip = gr.Textbox(DEFAULT_STRIP, label="λ strip (one image per value)",
+                                       elem_id="gen-edit-strip", scale=3)
+                    normalise = gr.Checkbox(False, label="unit direction", scale=1,
+                                            elem_id="gen-edit-normalise")
             with gr.Row():
                 variations = gr.Number(label="Seeds per representation (k)", value=2,
                                        precision=0, minimum=1, elem_id="gen-variations")
@@ -479,7 +620,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     pick_out = [picker, page_ids, page]
     sample_out = [samples, gen_info, sample_ids, gen_page]
     form = [model, source, selected, per_class, variations, sampler, steps, guidance, seed,
-            name, mode, points, new_per_class, mix_alpha, covariance, perturb]
+            name, mode, points, new_per_class, mix_alpha, covariance, perturb, uploads,
+            upload_class, edit_from, edit_to, strip, normalise]
 
     source_out = [cls, *pick_out, selected, picked, picked_info, source_note]
     gr.on([model.change, dataset.change], ui.bind(show_source, ctx), [model, dataset],
@@ -492,8 +634,11 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                   [selected, picked, picked_info, source])
     clear_btn.click(ui.bind(clear_selection, ctx), [model, dataset],
                     [selected, picked, picked_info])
+    gr.on([model.change, dataset.change], ui.bind(class_lists, ctx), [model, dataset],
+          [edit_from, edit_to, upload_class])
     mode.change(show_mode, mode, [mode_hint, mode_row, points, new_per_class, mix_alpha,
-                                  covariance], show_progress="hidden")
+                                  covariance, edit_group], show_progress="hidden")
+    uploads.change(show_uploads, uploads, uploads_info, show_progress="hidden")
     gen_btn.click(ui.bind(on_generate, ctx), form, [status, generation], api_name="generate")
     reencode_btn.click(ui.bind(on_reencode, ctx), generation, status, api_name="reencode")
     generation.change(ui.bind(samples_first, ctx), generation, sample_out)
