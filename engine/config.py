@@ -355,6 +355,11 @@ class GenerateConfig(StageConfig):
     ``d = mean(B) - mean(A)`` over the dataset's training encodings of the classes named by
     ``direction`` ("A:B"), unit length with ``normalise``; λ is ``strength``, or each value of
     ``sweep`` in turn (one representation per source per λ).
+
+    ``invert`` (edits and interpolations of images): each source image is inverted into the
+    DDPM noise space under its own representation (``engine.rcdm.inversion``, edit-friendly
+    DDPM inversion) and regenerated under the edited or interpolated one with that noise, so
+    the image keeps the source's layout; ``steps`` DDPM posterior steps, ``sampler`` unused.
     """
 
     variations: int = 1  # seeds per source image
@@ -375,6 +380,7 @@ class GenerateConfig(StageConfig):
     strength: float = 0.5  # edit: λ in r + λ d (without a sweep)
     sweep: tuple[float, ...] = ()  # edit: several λ, one representation per source each
     normalise: bool = False  # edit: d scaled to unit L2 length
+    invert: bool = False  # edit / interpolate: regenerate from the source's inverted noise
 
     def strengths(self) -> tuple[float, ...]:
         """The edit's λ values: ``sweep``, or ``(strength,)``."""
@@ -419,6 +425,11 @@ class GenerateConfig(StageConfig):
                    f"{EDIT_STRENGTH_MAX:g}], got {value!r}")
         _check(isinstance(self.normalise, bool),
                f"normalise must be true or false, got {self.normalise!r}")
+        _check(isinstance(self.invert, bool),
+               f"invert must be true or false, got {self.invert!r}")
+        _check(not self.invert or self.mode in ("edit", "interpolate"),
+               f"invert applies to edits and interpolations of images, not mode "
+               f"{self.mode!r}")
 
 
 BAND_PRESETS = ("middle", "all", "nearest", "farthest")

@@ -252,6 +252,15 @@ def test_studio_uploads_and_lambda_strip(gen_project, tmp_path, monkeypatch):
         assert "λ = 1 from class class_0 towards class class_2" in md
         _, md = generate_tab.sample_details(ctx, ids[1])
         assert f"edit of {picked[0]}" in md and "λ = 0.5" in md
+        # the same strip from the sources' inverted noise: λ 0 gives each source back
+        generate_tab.generate(ctx, model_id, "selected images", picked[:1], variations=1,
+                              name="strip-inverted", mode="edit", edit_from="class_0",
+                              edit_to="class_2", strip="0, 1", invert=True,
+                              **{**common, "sampler": "ddpm"})
+        gen = ctx.project.get(Generation, "strip-inverted")
+        _, _, ids, _ = generate_tab.sample_view(ctx, gen.id, 1)
+        _, md = generate_tab.sample_details(ctx, ids[0])
+        assert "regenerated from the source's inverted DDPM noise (2 steps)" in md
         # other generations keep 12 columns
         gallery, *_ = generate_tab.sample_view(ctx, ctx.project.get(Generation,
                                                                      "from-upload").id, 1)
@@ -273,3 +282,47 @@ def test_studio_uploads_and_lambda_strip(gen_project, tmp_path, monkeypatch):
         assert len(ctx.project.list(Generation)) == before
     finally:
         ctx.close()
+
+
+def test_inverted_edit_strip_via_the_cli(gen_project, tmp_path, capsys):
+    """``--invert``: λ = 0 of an inverted edit gives the source image back; every λ of a
+    source shares one inversion; provenance names the method; sharding is refused."""
+    from engine.project import Dataset, Project
+
+    with Project(gen_project) as project:
+        ds = project.list(Dataset)[0]
+        images = project.images(ds.id, split="train")
+        first = images.iloc[0]
+        src_path = project.abs(first["path"])
+    assert main(["generate", "--project", str(gen_project), "--mode", "edit",
+                 "--direction", "class_0:class_2", "--sweep", "0,1", "--invert",
+                 "--images", first["id"], "--sampler", "ddpm", "--steps", "6", "--json"]) == 0
+    gen, conf, samples, files, folder = _generation(gen_project, _last_json(capsys)["id"])
+    assert gen.count == 2
+    inv = conf["conditions"]["inversion"]
+    assert "edit-friendly DDPM inversion" in inv["method"] and inv["steps"] == 6
+    assert np.load(folder / "invert_cond.npy").shape == (2, D)
+    from engine.data import image_pixels
+
+    with Image.open(src_path) as img:
+        want = image_pixels(img.convert("RGB"), 8).astype(int)
+    with Image.open(files[0]) as img:  # λ = 0: the source itself, to a grey level
+        got = np.asarray(img.convert("RGB")).astype(int)
+    assert np.abs(got - want).max() <= 1
+    with Image.open(files[1]) as img:  # λ = 1: moved
+        assert not np.array_equal(np.asarray(img.convert("RGB")).astype(int), want)
+    # an outside file, interpolated with inversion; sharding refused in one sentence
+    up = tmp_path / "up.png"
+    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(up)
+    assert main(["generate", "--project", str(gen_project), "--mode", "interpolate",
+                 "--images", first["id"], "--image", str(up), "--points", "3", "--invert",
+                 "--steps", "4", "--json"]) == 0
+    gen, conf, _, files, _ = _generation(gen_project, _last_json(capsys)["id"])
+    with Image.open(files[0]) as img:  # t = 0: the first image
+        assert np.abs(np.asarray(img.convert("RGB")).astype(int) - want).max() <= 1
+    assert main(["generate", "--project", str(gen_project), "--mode", "edit",
+                 "--direction", "class_0:class_2", "--invert", "--images", first["id"],
+                 "--plan-only", "--out", str(tmp_path / "plan")]) == 2
+    assert "without --shard / --plan-only" in capsys.readouterr().err
+    assert main(["generate", "--project", str(gen_project), "--invert", *FAST]) == 2
+    assert "invert applies to edits and interpolations" in capsys.readouterr().err

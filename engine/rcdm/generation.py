@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,9 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
                   config: GenerateConfig, out_dir: Path, model_id: str = "",
                   subset: np.ndarray | None = None, progress: ProgressFn = no_progress,
                   cancel: CancelToken | None = None,
-                  source_names: dict[str, str] | None = None) -> pd.DataFrame:
+                  source_names: dict[str, str] | None = None,
+                  invert_pixels: Callable[[list[str], int], np.ndarray] | None = None,
+                  invert_cond: np.ndarray | None = None) -> pd.DataFrame:
     """Write ``config.variations`` seeded images of every representation of ``plan``.
 
     Args:
@@ -155,6 +158,12 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
         subset: sorted sample indices to generate (a shard); None = all of them.
         source_names: source id -> file name, for sources outside the dataset
             (``rcdm:source_name``).
+        invert_pixels, invert_cond: with ``config.invert``, (source ids, size) -> their
+            images (b, size, size, 3) uint8 as the model sees them, and (K, D) the source's
+            own representation of each plan row: each sample is the
+            source inverted under that (seeded by ``config.seed`` + its variation index,
+            so a strip shares one inversion) and regenerated under the plan's
+            representation (``engine.rcdm.inversion``).
 
     Returns:
         One row per generated sample (all of them, or those of ``subset``), sorted by idx,
@@ -194,8 +203,12 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
         # the representations the samples are drawn from: the plan's, perturbed per seed
         # when the plan is (guidance then conditions on these)
         cond = plan.sample_conditions(cond_index[part], seeds[part])  # (b, D) float32
-        images = sample_images(model, cond, seeds[part], config,
-                               cancel=cancel)  # (b, H, W, 3) uint8
+        if config.invert:
+            images = _inverted(model, [records[i] for i in part], cond, invert_pixels,
+                               invert_cond, config)
+        else:
+            images = sample_images(model, cond, seeds[part], config,
+                                   cancel=cancel)  # (b, H, W, 3) uint8
         for i, image in zip(part, images):
             write_png_atomic(Path(records[i]["path"]), image, texts[i])
         done += len(part)
@@ -204,6 +217,26 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
         if cancel is not None:
             cancel.raise_if_cancelled()
     return rows
+
+
+def _inverted(model, rows: list[dict], cond: np.ndarray,
+              pixels_of: Callable[[list[str], int], np.ndarray] | None,
+              own: np.ndarray | None, config: GenerateConfig) -> np.ndarray:
+    """The samples of ``rows``: each row's source image inverted under its own
+    representation, regenerated under ``cond`` (b, D). (b, H, W, 3) uint8."""
+    from engine.rcdm import inversion
+    from engine.rcdm.latent import image_shape
+
+    if own is None or pixels_of is None:
+        raise InvalidConfigError("an inverted generation needs its source images and their "
+                                 "representations")
+    model.eval()
+    pixels = pixels_of([r["source_image_id"] for r in rows], image_shape(model)[0])
+    x0 = inversion.to_model_space(model, pixels)
+    seeds = np.array([config.seed + int(r["idx"]) % config.variations for r in rows])
+    inv = inversion.invert(model, x0, own[[int(r["cond_index"]) for r in rows]], seeds,
+                           config.steps, config.guidance)
+    return inversion.regenerate(model, inv, cond, config.guidance)
 
 
 def generate_variations(model_dir: Path, source_cond: np.ndarray, source_ids: list[str],

@@ -49,6 +49,7 @@ MAX_INLINE_WEIGHTS = 1000
 PERTURB_SCALE_FILE = "perturb_scale.npy"
 # an edit's direction d, (D,) float64, in its folder
 EDIT_DIRECTION_FILE = "edit_direction.npy"
+INVERT_COND_FILE = "invert_cond.npy"  # (K, D) each plan row's source's own representation
 SOURCES_DIR = "sources"  # copies of the source files from outside the project
 MAX_SOURCE_FILES = 1024  # image files given as sources to one generation
 LABEL_GIVEN, LABEL_NEAREST = "given", "nearest class centroid"
@@ -221,6 +222,12 @@ def plan_params(project: Project, config: GenerateConfig, model_ref: str | None 
                 for part in config.direction.split(":"))
         direction = class_direction(train_cond, train_labels, a, b, config.normalise)
     plan = build_plan(config, cond, ids, labels, scale, direction)
+    if config.invert:  # each plan row's source image and its own representation
+        own = {i: row for i, row in zip(ids, cond)}
+        plan_own = np.stack([own[s] for s in plan.source_ids]) if len(plan) else cond[:0]
+        rows_by_id = chosen.set_index("id")
+        files = {i: str(project.abs(rows_by_id.loc[i, "path"])) for i in chosen["id"]}
+        files.update({r["id"]: r["path"] for r in external})
     params = {
         "model_id": model.id, "model_name": model.name, "dataset_id": ds.id,
         "encoder": model.encoder, "config": config.to_dict(),
@@ -233,6 +240,9 @@ def plan_params(project: Project, config: GenerateConfig, model_ref: str | None 
         params["external"] = external
     if direction is not None:
         params["edit_direction"] = direction.tolist()
+    if config.invert:  # replaced by the copies' paths for outside files in prepare
+        params["invert_sources"] = {s: files[s] for s in dict.fromkeys(plan.source_ids)}
+        params["invert_cond"] = plan_own.tolist()
     if plan.perturb > 0:  # absent at λ = 0: the params (and a shard plan's fingerprint) of
         # an unperturbed generation stay what they were
         params.update(perturb_scale=plan.scale.tolist(), perturb_unit=bool(plan.unit))
@@ -284,6 +294,15 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
         np.save(cond_path, plan.cond, allow_pickle=False)
         if params.get("external"):
             copy_sources(params["external"], out, project)
+            if params.get("invert_sources"):  # invert the copies: the originals may vanish
+                for r in params["external"]:
+                    if r["id"] in params["invert_sources"]:
+                        params["invert_sources"][r["id"]] = str(project.abs(r["file"]))
+        if "invert_cond" in params:  # (K, D): a file, not JSON in the job's spec
+            invert_path = out / INVERT_COND_FILE
+            np.save(invert_path, np.asarray(params.pop("invert_cond"), np.float32),
+                    allow_pickle=False)
+            params["invert_cond_path"] = str(invert_path)
         if params.get("edit_direction") is not None:
             save_array_atomic(out / EDIT_DIRECTION_FILE,
                               np.asarray(params["edit_direction"], dtype=np.float64))
@@ -299,6 +318,8 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
         what = f" (edit {config.direction}, λ = {', '.join(f'{v:g}' for v in config.strengths())})"
     if plan.perturb > 0:
         what += f" perturbed by λ = {plan.perturb:g}"
+    if config.invert:
+        what += " from the sources' inverted noise"
     title = (f"Generate {len(plan) * config.variations} images{what} with "
              f"{params['model_name']}")
     return JobSpec(kind="generate", title=title, params=params, made=(str(out),))
@@ -311,9 +332,12 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     config = GenerateConfig.from_dict(params["config"])
     plan = plan_from_params(params, np.load(params["cond_path"], allow_pickle=False))
     out_dir = Path(params["out_dir"])
+    own = params.get("invert_cond_path")
     rows = generate_plan(Path(params["model_dir"]), plan, params["class_names"], config,
                          out_dir, model_id=params["model_id"], progress=progress,
-                         cancel=cancel, source_names=source_names(params))
+                         cancel=cancel, source_names=source_names(params),
+                         invert_pixels=_source_pixels(params.get("invert_sources") or {}),
+                         invert_cond=None if own is None else np.load(own, allow_pickle=False))
     table = out_dir / "samples.parquet"
     tmp = table.with_name(table.name + ".tmp")
     rows.to_parquet(tmp, index=False)
@@ -351,6 +375,14 @@ def generation_config(params: dict[str, Any], project: Project,
                        + (", the direction of unit length" if conf.get("normalise") else "")}
         if k <= MAX_INLINE_WEIGHTS:
             conditions["weights"] = params["weights"]
+    if params["config"].get("invert"):
+        conditions["inversion"] = {
+            "method": "edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024): "
+                      "each source inverted under its own representation, regenerated under "
+                      "the sample's with the same noise",
+            "steps": int(params["config"]["steps"]),
+            "forward_seed": "config seed + the sample's variation index",
+            "sources_cond_file": project.rel(params["invert_cond_path"])}
     if params.get("perturb_scale") is not None:
         from engine.rcdm.conditions import PERTURB_STREAM
 
@@ -366,6 +398,25 @@ def generation_config(params: dict[str, Any], project: Project,
                      + (", then L2-normalised" if params.get("perturb_unit") else ""),
         }
     return {**params["config"], "conditions": conditions, **(extra or {})}
+
+
+def _source_pixels(files: dict[str, str]):
+    """(source ids, size) -> (b, size, size, 3) uint8: the sources' image files, seen as the
+    dataset's images are (``engine.data.image_pixels``: RGB, centre square, resized)."""
+    from PIL import Image as PILImage
+
+    from engine.data import image_pixels
+
+    def load(ids: list[str], size: int) -> np.ndarray:
+        out = []
+        for i in ids:
+            if i not in files:
+                raise DatasetError(f"no image file for source {i} to invert")
+            with PILImage.open(files[i]) as img:
+                out.append(image_pixels(img.convert("RGB"), size))
+        return np.stack(out)
+
+    return load
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:

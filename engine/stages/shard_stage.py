@@ -147,6 +147,9 @@ def write_plan(out_dir: Path, params: dict[str, Any], cond: np.ndarray) -> dict[
     model_hash = model_fingerprint(Path(params["model_dir"]))
     fp = plan_fingerprint(params, cond, model_hash)
     config = GenerateConfig.from_dict(params["config"])
+    if params["config"].get("invert"):
+        raise InvalidConfigError("an inverted generation (--invert) reads its source images "
+                                 "from the project: run it without --shard / --plan-only")
     plan = {"format_version": FORMAT_VERSION, "fingerprint": fp, "model_hash": model_hash,
             "total": len(cond) * config.variations, "params": params}
     existing = out_dir / PLAN_FILE

@@ -98,6 +98,11 @@ def add_parsers(sub: Any) -> None:
                         "(e.g. 0,0.25,0.5,0.75,1); overrides --strength")
     p.add_argument("--normalise", action="store_true",
                    help="edit: scale the direction to unit length")
+    p.add_argument("--invert", action="store_true",
+                   help="edit / interpolate: invert each source image into the DDPM noise "
+                        "space under its own representation and regenerate it under the "
+                        "new one with that noise (edit-friendly DDPM inversion): the images "
+                        "keep the source's layout; --steps posterior steps, --sampler unused")
     p.add_argument("--points", type=int, default=GenerateConfig.points,
                    help="interpolate: representations on the path, ends included")
     p.add_argument("--per-class", type=int, default=GenerateConfig.per_class,
@@ -196,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               mix_alpha=args.mix_alpha, covariance=args.covariance,
                               perturb=args.perturb, direction=args.direction,
                               strength=args.strength, sweep=_sweep(args.sweep),
-                              normalise=args.normalise)
+                              normalise=args.normalise, invert=args.invert)
 
     if args.shard or args.plan_only:
         return _generate_shard(args, config())

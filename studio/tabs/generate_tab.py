@@ -89,7 +89,7 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
              covariance: str = "ledoit_wolf", perturb: float = 0.0,
              uploads: list[str] | None = None, upload_class: str | None = None,
              edit_from: str | None = None, edit_to: str | None = None,
-             strip: str | None = None, normalise: bool = False) -> Job:
+             strip: str | None = None, normalise: bool = False, invert: bool = False) -> Job:
     """Submit a generation. ``uploads``: image files that are not in the project (from the
     upload box), sources beside the selected images, labelled ``upload_class`` or by the
     nearest class centroid; ``edit_from``/``edit_to``/``strip``: an edit's direction (two
@@ -124,7 +124,8 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
                             mode=mode, points=int(points or 0),
                             per_class=int(new_per_class or 0), mix_alpha=float(mix_alpha or 0),
                             covariance=covariance or "ledoit_wolf",
-                            perturb=float(perturb or 0.0), **edit)
+                            perturb=float(perturb or 0.0),
+                            invert=bool(invert) and mode in ("edit", "interpolate"), **edit)
     if mode == "interpolate":
         ids = list(selected or [])
     elif files and source == "selected images":
@@ -268,6 +269,10 @@ def sample_details(ctx: StudioContext, sample_id: str) -> tuple[str, str]:
     elif s.source_image_id:
         lines.append(f"variation of {'real image ' if not s.source_image_id.startswith('sha256:') else ''}"
                      f"{describe_image(ctx, s.source_image_id, gen)}")
+    inversion = (gen.config.get("conditions") or {}).get("inversion")
+    if inversion:
+        lines.append(f"regenerated from the source's inverted DDPM noise "
+                     f"({inversion.get('steps')} steps): it keeps the source's layout")
     strength = float(plan.get("perturb") or 0.0)
     if strength > 0:
         lines.append(f"representation perturbed: λ = {strength:g} (× the training encodings' "
@@ -399,7 +404,7 @@ def show_mode(mode: str | None) -> tuple[Any, ...]:
             gr.update(visible=m == "interpolate"),
             gr.update(visible=m in ("mixup", "class_sample")),
             gr.update(visible=m == "mixup"), gr.update(visible=m == "class_sample"),
-            gr.update(visible=m == "edit"))
+            gr.update(visible=m == "edit"), gr.update(visible=m in ("edit", "interpolate")))
 
 
 def class_lists(ctx: StudioContext, model_id: str | None, dataset_id: str | None
@@ -428,11 +433,11 @@ def on_generate(ctx: StudioContext, model_id, source_v, sel, n, k, sampler_v, st
                 points_v=GenerateConfig.points, new_v=GenerateConfig.per_class,
                 alpha_v=GenerateConfig.mix_alpha, cov_v=GenerateConfig.covariance,
                 perturb_v=GenerateConfig.perturb, uploads_v=None, upload_class_v=None,
-                from_v=None, to_v=None, strip_v=DEFAULT_STRIP, normalise_v=False
-                ) -> tuple[str, Any]:
+                from_v=None, to_v=None, strip_v=DEFAULT_STRIP, normalise_v=False,
+                invert_v=False) -> tuple[str, Any]:
     job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
                    seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v, perturb_v,
-                   uploads_v, upload_class_v, from_v, to_v, strip_v, normalise_v)
+                   uploads_v, upload_class_v, from_v, to_v, strip_v, normalise_v, invert_v)
     return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
                      f"panel below"), gr.skip())
 
@@ -574,6 +579,10 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                        elem_id="gen-edit-strip", scale=3)
                     normalise = gr.Checkbox(False, label="unit direction", scale=1,
                                             elem_id="gen-edit-normalise")
+            invert = gr.Checkbox(False, visible=False, elem_id="gen-invert",
+                                 label="keep each source's layout (DDPM inversion: the source "
+                                       "inverted under its own representation, regenerated "
+                                       "under the new one; Steps = posterior steps)")
             with gr.Row():
                 variations = gr.Number(label="Seeds per representation (k)", value=2,
                                        precision=0, minimum=1, elem_id="gen-variations")
@@ -621,7 +630,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     sample_out = [samples, gen_info, sample_ids, gen_page]
     form = [model, source, selected, per_class, variations, sampler, steps, guidance, seed,
             name, mode, points, new_per_class, mix_alpha, covariance, perturb, uploads,
-            upload_class, edit_from, edit_to, strip, normalise]
+            upload_class, edit_from, edit_to, strip, normalise, invert]
 
     source_out = [cls, *pick_out, selected, picked, picked_info, source_note]
     gr.on([model.change, dataset.change], ui.bind(show_source, ctx), [model, dataset],
@@ -637,7 +646,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     gr.on([model.change, dataset.change], ui.bind(class_lists, ctx), [model, dataset],
           [edit_from, edit_to, upload_class])
     mode.change(show_mode, mode, [mode_hint, mode_row, points, new_per_class, mix_alpha,
-                                  covariance, edit_group], show_progress="hidden")
+                                  covariance, edit_group, invert], show_progress="hidden")
     uploads.change(show_uploads, uploads, uploads_info, show_progress="hidden")
     gen_btn.click(ui.bind(on_generate, ctx), form, [status, generation], api_name="generate")
     reencode_btn.click(ui.bind(on_reencode, ctx), generation, status, api_name="reencode")
