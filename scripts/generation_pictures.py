@@ -37,8 +37,14 @@ def main() -> int:
                 src, what = project.abs(img.path), f"{img.class_name}"
             rows.append((src, [project.abs(p) for p in group["path"]], what))
         edit = conditions.get("edit")
-        heads = ["source", *[f"λ {v:g}" for v in edit["strengths"]]] if edit else \
-            ["source", *[f"seed {i}" for i in range(len(rows[0][1]))]]
+        if edit:
+            heads = ["source", *[f"λ {v:g}" for v in edit["strengths"]]]
+        elif conditions.get("mode") == "interpolate":  # the other end closes the row
+            heads = ["image A", *[f"t {w:.2f}" for w in conditions["weights"]], "image B"]
+            other = project.get(ImageRow, conditions["pair"][1])
+            rows[0][1].append(project.abs(other.path))
+        else:
+            heads = ["source", *[f"seed {i}" for i in range(len(rows[0][1]))]]
     width = max(len(r[1]) for r in rows) + 1
     sheet = Image.new("RGB", (width * (t + 4) + 4, len(rows) * (t + 4) + 22), "white")
     draw = ImageDraw.Draw(sheet)
