@@ -381,6 +381,9 @@ class GenerateConfig(StageConfig):
     sweep: tuple[float, ...] = ()  # edit: several λ, one representation per source each
     normalise: bool = False  # edit: d scaled to unit L2 length
     invert: bool = False  # edit / interpolate: regenerate from the source's inverted noise
+    # > 1: the generate job runs its shards on this many processes under torchrun (one per
+    # GPU), merged into one generation, each image the one a single process writes
+    processes: int = 1
 
     def strengths(self) -> tuple[float, ...]:
         """The edit's λ values: ``sweep``, or ``(strength,)``."""
@@ -427,6 +430,10 @@ class GenerateConfig(StageConfig):
                f"normalise must be true or false, got {self.normalise!r}")
         _check(isinstance(self.invert, bool),
                f"invert must be true or false, got {self.invert!r}")
+        _range("processes", self.processes, 1, MAX_PROCESSES)
+        _check(not (self.invert and self.processes > 1),
+               "an inverted generation runs on one process (its sources are read from the "
+               "project); drop --processes or --invert")
         _check(not self.invert or self.mode in ("edit", "interpolate"),
                f"invert applies to edits and interpolations of images, not mode "
                f"{self.mode!r}")

@@ -145,3 +145,35 @@ def test_worker_without_the_project_uses_the_plan(sharded, tmp_path, capsys):
     for png in (sharded["out"] / shard_name(0, 2) / "images").rglob("*.png"):
         rel = png.relative_to(sharded["out"])
         assert (copy / rel).read_bytes() == png.read_bytes()
+
+
+def test_generate_on_two_processes_is_byte_identical_to_one(tmp_path, capsys):
+    """``generate --processes 2``: one job, two torchrun ranks on the CPU, each a shard,
+    merged into the generation's own layout: the same rows and the same bytes as one
+    process; the plan folder is gone afterwards."""
+    import json
+
+    from conftest import tiny_generation_project
+
+    from engine.project import Generation, Project
+    from studio.cli import main
+
+    path, _ = tiny_generation_project(tmp_path)
+    common = ["generate", "--project", str(path), "--variations", "2", "--sampler", "ddim",
+              "--steps", "2", "--json"]
+    assert main([*common, "--name", "one"]) == 0
+    assert main([*common, "--name", "two", "--processes", "2"]) == 0
+    capsys.readouterr()
+    with Project(path) as project:
+        gens = {g.name: g for g in project.list(Generation)}
+        one, two = (project.samples(gens[n].id).sort_values("idx") for n in ("one", "two"))
+        folder = project.abs(gens["two"].folder)
+        files_one = [project.abs(p) for p in one["path"]]
+        files_two = [project.abs(p) for p in two["path"]]
+        conf = json.loads(gens["two"].config_json)
+    assert len(one) == len(two) == 36 and conf["processes"] == 2  # 18 training images x 2
+    assert one["seed"].tolist() == two["seed"].tolist()
+    assert [p.relative_to(files_one[0].parents[2]) for p in files_one] == \
+        [p.relative_to(files_two[0].parents[2]) for p in files_two]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(files_one, files_two))
+    assert not (folder / "ranks-plan").exists()

@@ -27,6 +27,7 @@ training encodings (``conditions.edit``; the direction is saved as ``edit_direct
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,8 @@ def prepare(project: Project, config: GenerateConfig, model_ref: str | None = No
         what += f" perturbed by λ = {plan.perturb:g}"
     if config.invert:
         what += " from the sources' inverted noise"
+    if config.processes > 1:
+        what += f" on {config.processes} processes"
     title = (f"Generate {len(plan) * config.variations} images{what} with "
              f"{params['model_name']}")
     return JobSpec(kind="generate", title=title, params=params, made=(str(out),))
@@ -330,19 +333,51 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     from engine.rcdm.generation import generate_plan
 
     config = GenerateConfig.from_dict(params["config"])
-    plan = plan_from_params(params, np.load(params["cond_path"], allow_pickle=False))
+    cond = np.load(params["cond_path"], allow_pickle=False)
     out_dir = Path(params["out_dir"])
-    own = params.get("invert_cond_path")
-    rows = generate_plan(Path(params["model_dir"]), plan, params["class_names"], config,
-                         out_dir, model_id=params["model_id"], progress=progress,
-                         cancel=cancel, source_names=source_names(params),
-                         invert_pixels=_source_pixels(params.get("invert_sources") or {}),
-                         invert_cond=None if own is None else np.load(own, allow_pickle=False))
+    if config.processes > 1:
+        rows = _run_on_processes(params, cond, config, out_dir, progress, cancel)
+    else:
+        plan = plan_from_params(params, cond)
+        own = params.get("invert_cond_path")
+        rows = generate_plan(Path(params["model_dir"]), plan, params["class_names"], config,
+                             out_dir, model_id=params["model_id"], progress=progress,
+                             cancel=cancel, source_names=source_names(params),
+                             invert_pixels=_source_pixels(params.get("invert_sources") or {}),
+                             invert_cond=None if own is None else np.load(own,
+                                                                          allow_pickle=False))
     table = out_dir / "samples.parquet"
     tmp = table.with_name(table.name + ".tmp")
     rows.to_parquet(tmp, index=False)
     tmp.replace(table)
     return {"count": int(len(rows)), "samples": str(table)}
+
+
+RANKS_PLAN_DIR = "ranks-plan"  # GENERATION/ranks-plan/: the plan and shards of a P-process run
+
+
+def _run_on_processes(params: dict[str, Any], cond: np.ndarray, config: GenerateConfig,
+                      out_dir: Path, progress: ProgressFn, cancel: CancelToken) -> pd.DataFrame:
+    """The generation's shards on ``config.processes`` ranks (``generate_ranks``), their
+    images then moved into ``out_dir/images`` as one process lays them out; the rows."""
+    from engine.stages import shard_stage
+    from engine.stages.generate_ranks import MODULE
+    from engine.torchrun.launcher import RANKS_DIR, run_processes
+
+    plan_dir = (out_dir / RANKS_PLAN_DIR).resolve()
+    shard_stage.write_plan(plan_dir, params, cond)  # a retry finds its own plan and resumes
+    run_processes(MODULE, ["--plan", str(plan_dir)], config.processes, plan_dir,
+                  plan_dir / RANKS_DIR / "rank_0.json", "generation", progress, cancel)
+    _, _, rows = shard_stage.collect_shards([plan_dir])
+    paths = []
+    for src, label, idx in zip(rows["path"], rows["label"], rows["idx"]):
+        dst = out_dir.resolve() / "images" / f"{int(label):04d}" / f"{int(idx):07d}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        paths.append(str(dst))
+    rows["path"] = paths
+    shutil.rmtree(plan_dir, ignore_errors=True)
+    return rows
 
 
 def generation_config(params: dict[str, Any], project: Project,

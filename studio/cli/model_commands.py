@@ -98,6 +98,10 @@ def add_parsers(sub: Any) -> None:
                         "(e.g. 0,0.25,0.5,0.75,1); overrides --strength")
     p.add_argument("--normalise", action="store_true",
                    help="edit: scale the direction to unit length")
+    p.add_argument("--processes", type=int, default=1, metavar="P",
+                   help="generate on P processes under torchrun (one per GPU; CPU processes "
+                        "without one), merged into one generation; every image is the one "
+                        "a single process writes")
     p.add_argument("--invert", action="store_true",
                    help="edit / interpolate: invert each source image into the DDPM noise "
                         "space under its own representation and regenerate it under the "
@@ -201,7 +205,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               mix_alpha=args.mix_alpha, covariance=args.covariance,
                               perturb=args.perturb, direction=args.direction,
                               strength=args.strength, sweep=_sweep(args.sweep),
-                              normalise=args.normalise, invert=args.invert)
+                              normalise=args.normalise, invert=args.invert,
+                              processes=args.processes)
 
     if args.shard or args.plan_only:
         return _generate_shard(args, config())
