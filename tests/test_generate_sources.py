@@ -326,3 +326,44 @@ def test_inverted_edit_strip_via_the_cli(gen_project, tmp_path, capsys):
     assert "without --shard / --plan-only" in capsys.readouterr().err
     assert main(["generate", "--project", str(gen_project), "--invert", *FAST]) == 2
     assert "invert applies to edits and interpolations" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def test_train_init_fine_tunes_a_trained_model(tmp_path, capsys):
+    """``train --init MODEL``: the run takes the model's architecture and starts from its
+    weights (with a vanishing learning rate the result is the initial model), provenance
+    names it; another representation size is refused in one sentence."""
+    from conftest import tiny_generation_project
+
+    from engine.project import Model, Project
+    from engine.rcdm.model import load_rcdm, read_rcdm_meta
+
+    path, model_id = tiny_generation_project(tmp_path / "ft", dim=D)
+    assert main(["train", "--project", str(path), "--init", "tiny-rcdm", "--preset", "quick",
+                 "--steps", "1", "--batch-size", "4", "--lr", "1e-12", "--name", "tuned",
+                 "--json"]) == 0
+    capsys.readouterr()
+    with Project(path) as project:
+        tuned = project.get(Model, "tuned")
+        start = project.get(Model, model_id)
+        folder, init_folder = project.abs(tuned.checkpoint), project.abs(start.checkpoint)
+    meta = read_rcdm_meta(folder)
+    assert meta["train_config"]["block_channels"] == [8, 16]  # the initial model's, not quick's
+    assert meta["train_config"]["steps"] == 1
+    assert meta["extra"]["init"]["name"] == "tiny-rcdm"
+    a, _, _ = load_rcdm(folder, load_vae=False)
+    b, _, _ = load_rcdm(init_folder, load_vae=False)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa) < 1e-5
+    # a model folder of another representation size is refused before any work
+    other, _ = tiny_generation_project(tmp_path / "other", dim=D + 2)
+    with Project(other) as project:
+        other_folder = project.abs(project.list(Model)[0].checkpoint)
+    assert main(["train", "--project", str(path), "--init", str(other_folder),
+                 "--steps", "1"]) == 2
+    assert "takes 7-d representations" in capsys.readouterr().err
+    assert main(["train", "--project", str(path), "--init", "nope", "--steps", "1"]) == 2
+    assert "neither a model of this project nor a model folder" in capsys.readouterr().err

@@ -79,6 +79,46 @@ class _Progress:
     window: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [sum, count]
 
 
+ARCHITECTURE_FIELDS = ("image_size", "channels", "block_channels", "layers_per_block",
+                       "cross_attention_dim", "cond_tokens", "attention_head_dim",
+                       "num_train_timesteps", "beta_schedule", "prediction_type", "space",
+                       "vae_id", "latent_scale")
+
+
+def init_config(config: TrainConfig, init: Path) -> TrainConfig:
+    """``config`` with the architecture and noise schedule of the model in ``init`` (its
+    weights only fit that architecture); steps, learning rate and the rest stay
+    ``config``'s."""
+    from engine.rcdm.model import read_rcdm_meta
+
+    theirs = read_rcdm_meta(Path(init))["train_config"]
+    return config.replace(**{k: (tuple(theirs[k]) if isinstance(theirs[k], list) else
+                                 theirs[k]) for k in ARCHITECTURE_FIELDS if k in theirs})
+
+
+def load_initial_weights(model: torch.nn.Module, init: Path, cond_dim: int) -> None:
+    """Copy the weights of the model folder ``init`` into ``model`` (fine-tuning).
+
+    Raises:
+        InvalidConfigError: another representation size or architecture, in one sentence.
+    """
+    from engine.rcdm.model import load_rcdm
+
+    source, _, _ = load_rcdm(init, device="cpu", load_vae=False)
+    if source.cond_dim != cond_dim:
+        raise InvalidConfigError(
+            f"the initial model {init} takes {source.cond_dim}-d representations, this "
+            f"training {cond_dim}-d ones; fine-tune it on an encoding of the same size")
+    theirs, ours = source.state_dict(), model.state_dict()
+    bad = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if bad:
+        raise InvalidConfigError(
+            f"the initial model {init} has another architecture ({len(bad)} tensors differ, "
+            f"e.g. {bad[0]}); train with its architecture (engine.rcdm.training.init_config)")
+    model.load_state_dict({k: theirs[k] for k in ours})
+    log.info("initialised from %s", init)
+
+
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
@@ -159,7 +199,7 @@ def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, ranks: R
 def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_dir: Path,
                progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
                resume: bool = True, extra: dict[str, Any] | None = None,
-               latents=None) -> dict[str, Any]:
+               latents=None, init: Path | None = None) -> dict[str, Any]:
     """Train an RCDM on images and their representations.
 
     Args:
@@ -175,6 +215,9 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
         extra: provenance stored in the saved model's rcdm.json (encoder, dataset id, ...).
         latents: latent space only: a ``latent.LatentSet`` of these N images (e.g. from the
             dataset's cache); None encodes them with ``config.vae_id`` into out_dir/latents.
+        init: a model folder (``save_rcdm``) to start from instead of random weights
+            (fine-tuning): same architecture and representation size (``init_config``
+            gives a config with its architecture); a resumed checkpoint wins over it.
 
     Returns:
         {"final_loss", "losses" ([[step, mean loss], ...] every LOSS_WINDOW steps),
@@ -207,6 +250,8 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
         model = build_rcdm(config, cond_dim, sample_shape).to(device).train()
+    if init is not None:
+        load_initial_weights(model, Path(init), cond_dim)
     model.codec = codec
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -381,8 +426,8 @@ class ArrayRows:
 def train_rcdm_files(pixels_path: str | Path, cond_path: str | Path, config: TrainConfig,
                      out_dir: Path, index: np.ndarray | None = None,
                      progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                     resume: bool = True, extra: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
+                     resume: bool = True, extra: dict[str, Any] | None = None,
+                     init: str | Path | None = None) -> dict[str, Any]:
     """``train_rcdm`` on rows ``index`` of a pixel cache and its representations, in this
     process or in each rank of several (the train job and ``training_ranks`` alike).
 
@@ -422,7 +467,8 @@ def train_rcdm_files(pixels_path: str | Path, cond_path: str | Path, config: Tra
     else:
         pixels = np.asarray(all_pixels[idx])
     return train_rcdm(pixels, cond, config, Path(out_dir), progress=progress, cancel=cancel,
-                      resume=resume, latents=latents, extra=extra)
+                      resume=resume, latents=latents, extra=extra,
+                      init=Path(init) if init else None)
 
 
 def _write_preview(model: RCDM, ema: EMAModel, cond: np.ndarray, real: np.ndarray,

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", help="rank 0 appends progress events (JSON lines) here")
     ap.add_argument("--extra", help="JSON file of provenance for the saved model's rcdm.json")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--init", help="a model folder to start from (fine-tuning)")
     args = ap.parse_args(argv)
     from engine.rcdm.training import train_rcdm_files
     from engine.torchrun.ranks import progress_writer, rank_setup, run_rank, write_rank_result
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = json.loads(Path(args.extra).read_text(encoding="utf-8")) | extra
         return train_rcdm_files(args.pixels, args.cond, config, Path(args.out), index=idx,
                                 progress=progress, cancel=cancel, resume=not args.no_resume,
-                                extra=extra)
+                                extra=extra, init=args.init)
 
     code, result = run_rank(body)
     if code:
@@ -121,7 +122,8 @@ def launch_train_rcdm(pixels_path: str | Path, cond_path: str | Path, config: Tr
                       out_dir: Path, index: np.ndarray | None = None,
                       extra: dict[str, Any] | None = None, progress: ProgressFn = no_progress,
                       cancel: CancelToken | None = None,
-                      poll_seconds: float = 0.5) -> dict[str, Any]:
+                      poll_seconds: float = 0.5, init: str | Path | None = None
+                      ) -> dict[str, Any]:
     """``train_rcdm`` in ``config.processes`` processes started by torchrun.
 
     Nothing large is copied: the processes read the (N, H, W, 3) uint8 pixel cache and the
@@ -163,6 +165,8 @@ def launch_train_rcdm(pixels_path: str | Path, cond_path: str | Path, config: Tr
     if extra:
         (work / "extra.json").write_text(json.dumps(extra), encoding="utf-8")
         args += ["--extra", str(work / "extra.json")]
+    if init:
+        args += ["--init", str(Path(init).resolve())]
     # 2. torchrun; 3. rank 0's result
     result = run_processes(MODULE, args, config.processes, out_dir,
                            out_dir / RANKS_DIR / "rank_0.json", "training", progress, cancel,

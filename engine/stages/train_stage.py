@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import TrainConfig
+from engine.errors import InvalidConfigError
 from engine.paths import given_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Model, Project, dumps, new_id
@@ -20,11 +21,28 @@ from engine.stages import JobSpec, common
 
 def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = None,
             encoder: str | None = None, encoding_ref: str | None = None,
-            name: str | None = None) -> JobSpec:
-    """Queue the training of a new model; its row exists from now on (status ``queued``)."""
+            name: str | None = None, init: str | None = None) -> JobSpec:
+    """Queue the training of a new model; its row exists from now on (status ``queued``).
+
+    ``init``: a trained model of the project (name or id) or, from the command line, a model
+    folder (``save_rcdm``) to fine-tune: the run takes its architecture
+    (``training.init_config``) and starts from its weights.
+    """
     name = given_name(name, "model name")
     ds = common.dataset(project, dataset_ref)
     enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
+    init_dir, init_info = None, None
+    if init:
+        from engine.rcdm.model import read_rcdm_meta
+        from engine.rcdm.training import init_config
+
+        init_dir, init_info = _init_folder(project, init)
+        if int(read_rcdm_meta(init_dir)["cond_dim"]) != int(enc.dim):
+            raise InvalidConfigError(
+                f"the initial model takes {read_rcdm_meta(init_dir)['cond_dim']}-d "
+                f"representations, the {enc.encoder} encoding is {enc.dim}-d; fine-tune it on "
+                f"an encoding of the same size")
+        config = init_config(config, init_dir)
     train_idx = common.split_indices(project, ds).train  # never val / test / unused
     model_id = new_id("mdl")
     out = project.assets / "models" / model_id  # made by the worker
@@ -42,7 +60,28 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
         "extra": {"encoder": enc.encoder, "encoding_id": enc.id, "dataset_id": ds.id,
                   "model_id": model_id, "name": name},
     }
+    if init_dir is not None:
+        params["init_dir"] = str(init_dir)
+        params["extra"]["init"] = init_info
     return JobSpec(kind="train", title=f"Train {name} on {ds.name}", params=params)
+
+
+def _init_folder(project: Project, ref: str) -> tuple[Path, dict[str, Any]]:
+    """(model folder, provenance) of ``ref``: a trained model of the project, or a folder."""
+    from engine.errors import NotFoundError
+
+    try:
+        m = project.get(Model, ref)
+    except NotFoundError:
+        folder = Path(ref).expanduser()
+        if not (folder / "rcdm.json").is_file():
+            raise InvalidConfigError(f"--init {ref!r} is neither a model of this project nor a "
+                                     f"model folder (no rcdm.json in it)") from None
+        return folder.resolve(), {"folder": str(folder.resolve())}
+    if m.status != "trained" or not m.checkpoint:
+        raise InvalidConfigError(f"model {m.name} is {m.status}; fine-tune a trained model")
+    return project.abs(m.checkpoint), {"model_id": m.id, "name": m.name,
+                                       "steps": m.steps_done, "dataset_id": m.dataset_id}
 
 
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
@@ -59,12 +98,12 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         from engine.rcdm.training_ranks import launch_train_rcdm
 
         out = launch_train_rcdm(*args, index=idx, extra=params.get("extra"),
-                                progress=progress, cancel=cancel)
+                                progress=progress, cancel=cancel, init=params.get("init_dir"))
     else:
         from engine.rcdm.training import train_rcdm_files
 
         out = train_rcdm_files(*args, index=idx, extra=params.get("extra"), progress=progress,
-                               cancel=cancel)
+                               cancel=cancel, init=params.get("init_dir"))
     return {"final_loss": out["final_loss"], "losses": out["losses"],
             "steps_done": out["steps_done"], "model_dir": out["model_dir"]}
 

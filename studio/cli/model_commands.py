@@ -55,6 +55,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--processes", type=int,
                    help="data-parallel processes (one per GPU; gloo processes on the CPU): "
                         "the job runs torchrun and holds that many job slots (default 1)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from this trained model (a name or id in the "
+                        "project, or a model folder with rcdm.json) instead of random "
+                        "weights; its architecture and noise schedule are kept, --steps and "
+                        "--lr are this run's")
     p.add_argument("--seed", type=int, default=0)
     device_arg(p)
     json_arg(p)
@@ -173,8 +178,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides["device"] = args.device
         num_train = common.dataset(project, args.dataset).num_train
         config = preset_config(args.preset, num_images=num_train, seed=args.seed, **overrides)
-        job = run_job(project, train_stage.prepare(project, config, args.dataset, encoder=args.encoder,
-                                          name=args.name))
+        job = run_job(project, train_stage.prepare(project, config, args.dataset,
+                                                   encoder=args.encoder, name=args.name,
+                                                   init=args.init))
         m = project.get(Model, job.result_id)
     emit(args, {"id": m.id, "name": m.name, "steps": m.steps_done, "final_loss": m.final_loss},
           f"model {m.name} ({m.id}): {m.steps_done} steps, final loss {m.final_loss:.4f}")
