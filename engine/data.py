@@ -401,6 +401,24 @@ def dataset_row(dataset_id: str, name: str, source: str, root_rel: str,
                    config_json=config.to_json(), job_id=job_id)
 
 
+def file_record(project: Project, dataset: Dataset) -> pd.DataFrame | None:
+    """The dataset's ``files.parquet`` (``engine.import_pool.write_file_record``: how each
+    image was stored, its size, modification time and digest at import), or None for a
+    dataset imported before it existed (every image re-encoded as PNG)."""
+    path = project.abs(dataset.root) / import_pool.FILE_RECORD
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def stored_counts(project: Project, dataset: Dataset) -> dict[str, int]:
+    """How many images were kept (by how: linked, copied, referenced) and how many were
+    converted; ``{}`` for a dataset without a file record."""
+    record = file_record(project, dataset)
+    if record is None:
+        return {}
+    key = np.where(record["stored"] == "converted", "converted", record["how"])
+    return {str(k): int(n) for k, n in zip(*np.unique(key, return_counts=True))}
+
+
 # ---------------------------------------------------------------------------- pixels
 
 
