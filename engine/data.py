@@ -363,10 +363,11 @@ def write_dataset_files(folder: Path, work_root: Path, root_rel: str, dataset_id
     for idx, r in enumerate(valid):
         label = int(labels[r["pos"]])
         sub = f"{label:04d}/{idx:06d}"
+        path = r["path"] or f"{root_rel}/images/{sub}{r['ext']}"
         rows.append({
             "id": f"{dataset_id}_{idx:06d}", "dataset_id": dataset_id, "idx": idx,
-            "path": r["path"] or f"{root_rel}/images/{sub}{r['ext']}",
-            "thumb": f"{root_rel}/thumbs/{sub}{r['thumb_ext']}",
+            "path": path,
+            "thumb": f"{root_rel}/thumbs/{sub}{r['thumb_ext']}" if r["thumb_ext"] else path,
             "label": label, "class_name": classes[label],
             "width": r["width"], "height": r["height"], "source_path": files[r["pos"]],
         })

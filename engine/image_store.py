@@ -43,6 +43,9 @@ KEPT_MODES = ("RGB", "L")
 PNG_COMPRESS_LEVEL = 4  # a fair trade between import speed and file size
 THUMB_JPEG_QUALITY = 90  # thumbnails of kept JPEGs are JPEGs too (others: PNG)
 DIGEST_BYTES = 16  # BLAKE2b-128 of each stored file
+# a kept image (linked or copied) at most this many times ``thumbnail_size`` (and at least
+# half of it) is its own thumbnail: a browser shrinks it as well, and no file is written
+SELF_THUMB = 2
 _IN_MEMORY_MAX = 64 * 1024 ** 2  # files up to this size are read once (hash + decode)
 _READ_BLOCK = 1024 ** 2
 # link() errors that mean "no hard link here" (another file system, links not supported or
@@ -338,6 +341,7 @@ def store_file(pos: int, src: str, label: int, job: dict[str, Any]) -> dict[str,
         the record: ``pos``, ``status`` (kept / converted / skipped), ``reason``, ``how``
         (linked / copied / referenced / written), ``format``, ``ext``, ``thumb_ext``,
         ``width``, ``height``, ``path`` (referenced files: their absolute path), ``size``,
+        (``thumb_ext`` is empty for an image that is its own thumbnail: ``SELF_THUMB``),
         ``mtime_ns`` and ``digest`` of the stored file.
     """
     config = job["config"]
@@ -380,6 +384,9 @@ def store_file(pos: int, src: str, label: int, job: dict[str, Any]) -> dict[str,
             if how == "copied":
                 st = stored.stat()
         thumb_ext = ".jpg" if fmt == "JPEG" else ".png"
+        if how != "referenced" and config.thumbnail_size // 2 <= max(width, height) <= \
+                SELF_THUMB * config.thumbnail_size:
+            thumb_ext = ""  # small enough: the kept image is its own thumbnail
     else:
         ext, how, path = ".png", "written", ""
         buf = io.BytesIO()
@@ -391,12 +398,13 @@ def store_file(pos: int, src: str, label: int, job: dict[str, Any]) -> dict[str,
             f.write(png)
         st = stored.stat()
         thumb_ext = ".png"
-    thumb = make_thumbnail(img, config.thumbnail_size)
-    thumb_path = root / "thumbs" / f"{name}{thumb_ext}"
-    if thumb_ext == ".jpg":
-        thumb.save(thumb_path, format="JPEG", quality=THUMB_JPEG_QUALITY)
-    else:
-        thumb.save(thumb_path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    if thumb_ext:
+        thumb = make_thumbnail(img, config.thumbnail_size)
+        thumb_path = root / "thumbs" / f"{name}{thumb_ext}"
+        if thumb_ext == ".jpg":
+            thumb.save(thumb_path, format="JPEG", quality=THUMB_JPEG_QUALITY)
+        else:
+            thumb.save(thumb_path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     record.update(how=how, ext=ext, thumb_ext=thumb_ext, path=path, size=int(st.st_size),
                   mtime_ns=int(st.st_mtime_ns), digest=digest)
     return record
@@ -404,4 +412,6 @@ def store_file(pos: int, src: str, label: int, job: dict[str, Any]) -> dict[str,
 
 def store_chunk(items: list[tuple[int, str, int]], job: dict[str, Any]) -> list[dict[str, Any]]:
     """``store_file`` for each ``(pos, source path, label)`` of one chunk, in order."""
+    if not isinstance(job["config"], ImportConfig):
+        job = {**job, "config": ImportConfig.from_dict(job["config"])}
     return [store_file(pos, src, label, job) for pos, src, label in items]

@@ -160,7 +160,7 @@ def run(folder: Path, work_root: Path, files: list[str], labels: list[int],
     size = chunk_size(len(todo), workers)
     chunks = [[(p, str(folder / files[p]), int(labels[p])) for p in todo[i:i + size]]
               for i in range(0, len(todo), size)]
-    job = {"root": str(work_root), "mode": config.mode, "config": config.to_dict(),
+    job = {"root": str(work_root), "mode": config.mode, "config": config,
            "reference_root": os.path.realpath(folder) if config.mode == "reference" else ""}
     resumed = len(done)
     message = (f"resuming: {resumed} of {total} files already done" if resumed else
@@ -236,7 +236,8 @@ def rename_by_idx(work_root: Path, records: list[dict[str, Any]],
         if r["pos"] == idx:
             continue
         label = int(labels[r["pos"]])
-        moves = [("thumbs", r["thumb_ext"])] + ([] if r["path"] else [("images", r["ext"])])
+        moves = ([("thumbs", r["thumb_ext"])] if r["thumb_ext"] else []) + \
+            ([] if r["path"] else [("images", r["ext"])])
         for kind, ext in moves:
             try:
                 os.replace(root / kind / f"{label:04d}/{r['pos']:06d}{ext}",
