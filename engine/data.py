@@ -2,17 +2,28 @@
 
 An imported dataset lives in ``ASSETS/datasets/<dataset_id>/``::
 
-    images/<label:04d>/<idx:06d>.png   every valid image, RGB, longer side <= max_side
-    thumbs/<label:04d>/<idx:06d>.png   a thumbnail per image (longer side thumbnail_size)
-    pixels_<size>.npy                  uint8 (N, size, size, 3) caches made by pixel_cache
-                                       (in the workers of the stages that need them)
+    images/<label:04d>/<idx:06d>.<ext>  every valid image: the user's file kept as it is
+                                         (.jpg / .png / .webp, hard-linked or copied) or
+                                         converted (.png, RGB, longer side <= max_side);
+                                         none for images a ``reference`` import names where
+                                         they lie (the row holds their absolute path)
+    thumbs/<label:04d>/<idx:06d>.<ext>  a thumbnail (longer side thumbnail_size) where the
+                                         image is not small enough to be its own
+    files.parquet                        per image: kept or converted, how, size, mtime and
+                                         digest at import (``engine.check`` compares them)
+    pixels_<size>.npy                    uint8 (N, size, size, 3) caches made by pixel_cache
+                                         (in the workers of the stages that need them)
+
+Datasets imported before issue 17 hold a PNG of every image and no ``files.parquet``; they
+read the same way.
 
 ``idx`` runs over the whole dataset (0..N-1, classes in label order, files sorted by path)
 and is the row of the image in every array computed from the dataset (pixels, embeddings).
 
 Import is all-or-nothing: images are written into a ``.partial`` folder, renamed into place
 when every file has been read, and the dataset and its image rows are inserted in one
-transaction; any error or cancel removes the folder and leaves no row. The pieces here
+transaction; any error or cancel removes the folder and leaves no row (a killed import
+leaves the folder, which its retry resumes: ``engine.import_pool``). The pieces here
 (``check_folder``, ``scan_image_folder``, ``write_dataset_files``, ``dataset_row``) touch no
 database; the ``import`` job kind (``engine.stages.import_stage``) runs them in a worker: every
 import (the command line, the studio, the demo) goes through that job.
