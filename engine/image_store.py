@@ -46,6 +46,7 @@ DIGEST_BYTES = 16  # BLAKE2b-128 of each stored file
 # a kept image (linked or copied) at most this many times ``thumbnail_size`` (and at least
 # half of it) is its own thumbnail: a browser shrinks it as well, and no file is written
 SELF_THUMB = 2
+THUMB_GAP = 2.0  # a kept JPEG is decoded at a reduced scale leaving >= 2x thumbnail_size
 _IN_MEMORY_MAX = 64 * 1024 ** 2  # files up to this size are read once (hash + decode)
 _READ_BLOCK = 1024 ** 2
 # link() errors that mean "no hard link here" (another file system, links not supported or
@@ -122,11 +123,11 @@ _TRANSPOSE_FOR_ORIENTATION = {  # as ImageOps.exif_transpose
 }
 
 
-def _draft_for(img: Image.Image, max_side: int) -> None:
+def _draft_for(img: Image.Image, max_side: int, gap: float = _REDUCING_GAP) -> None:
     """Ask the decoder for a reduced scale (JPEG: 1/2, 1/4, 1/8 by DCT scaling), keeping the
     longer side >= ``_REDUCING_GAP * max_side``. Call before ``load``; other formats ignore it."""
     w, h = img.size
-    keep = _REDUCING_GAP * max_side / max(w, h)
+    keep = gap * max_side / max(w, h)
     if keep < 0.5:  # a scale of 1/2 at least would still leave the margin
         img.draft(None, (max(1, math.ceil(w * keep)), max(1, math.ceil(h * keep))))
 
@@ -255,8 +256,8 @@ def _keepable(img: Image.Image) -> bool:
 
 
 def _thumb_source(img: Image.Image, size: int) -> Image.Image:
-    """A loaded RGB / L image box-reduced (whole factor) to leave ``_REDUCING_GAP * size``."""
-    factor = int(max(img.size) / size / _REDUCING_GAP)
+    """A loaded RGB / L image box-reduced (whole factor) to leave ``THUMB_GAP * size``."""
+    factor = int(max(img.size) / size / THUMB_GAP)
     return img.reduce(factor) if factor >= 2 else img
 
 
@@ -282,7 +283,9 @@ def _decode(fp: Any, path: Path, config: ImportConfig) -> tuple[str, Image.Image
                 if keep and fmt != "PNG":  # JPEG / WebP: EXIF is in the header
                     keep = _orientation(img, path) == 1
                 if keep:
-                    _draft_for(img, config.thumbnail_size)  # JPEG: a DCT-scaled full decode
+                    # JPEG: a DCT-scaled decode, which still reads and decodes every
+                    # block of the file (a truncated or corrupt one fails here)
+                    _draft_for(img, config.thumbnail_size, THUMB_GAP)
                     img.load()
                     if fmt == "PNG" and _orientation(img, path) != 1:
                         keep = False  # (PNG: never drafted, so the image is full size)

@@ -233,3 +233,26 @@ def test_a_cancelled_parallel_import_leaves_nothing(project, tmp_path):
     assert not (project.assets / "datasets").exists() or \
         not any((project.assets / "datasets").iterdir())
     assert (src / "a" / "000.jpg").is_file()  # the user's files are untouched
+
+
+def test_a_kept_jpeg_is_fully_decoded_even_at_reduced_scale(project, tmp_path):
+    """A big JPEG is decoded at a reduced scale for its thumbnail (DCT scaling), which still
+    decodes every block: a truncated one is skipped, its thumbnail is right."""
+    import io
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)).save(
+        buf, "JPEG", quality=90)
+    raw = buf.getvalue()
+    for c in ("a", "b"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        (tmp_path / "src" / c / "ok.jpg").write_bytes(raw)
+    (tmp_path / "src" / "a" / "cut.jpg").write_bytes(raw[: int(len(raw) * 0.9)])
+    ds = import_folder(project, tmp_path / "src", "big")
+    assert [s["path"] for s in ds.skipped] == ["a/cut.jpg"]
+    assert "truncated" in ds.skipped[0]["reason"]
+    row = project.images(ds.id).iloc[0]
+    assert (row["width"], row["height"]) == (600, 400)
+    with Image.open(project.abs(row["thumb"])) as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (96, 64)
