@@ -3,7 +3,10 @@
 The project has no foreign keys (see ``engine.project.schema``) and its bulk data lives in
 files, so a crash, a killed worker or a hand-edited assets folder can leave
 
-- rows that point at missing or broken files (``missing_file``, ``broken_file``),
+- rows that point at missing or broken files (``missing_file``, ``broken_file``), images
+  whose file changed after the import (``changed_file``: size or modification time, or with
+  ``hashes`` the digest, against the dataset's ``files.parquet``; what a source edited in
+  place does to a linked or referenced image; a referenced source deleted is missing),
 - rows that point at rows that are gone (``dangling_reference``), experiments whose member
   evaluations or jobs are gone included,
 - jobs marked running whose process is gone (``stale_job``),
@@ -96,13 +99,15 @@ class CheckReport:
                 "problems": self.problems}
 
 
-def check_project(project: Project, repair: bool = False) -> CheckReport:
+def check_project(project: Project, repair: bool = False, hashes: bool = False) -> CheckReport:
     """Check rows, files, references, jobs and leftovers of ``project``.
 
     Args:
         project: an open, writable project (this process is its owner).
         repair: reconcile stale jobs, delete temp files and orphan folders (never rows
             nor user data).
+        hashes: also read every imported image and compare its BLAKE2b digest with the one
+            recorded at import (size and modification time are always compared).
     Returns:
         the report; ``report.ok`` is True when nothing is left to fix.
     """
@@ -113,7 +118,7 @@ def check_project(project: Project, repair: bool = False) -> CheckReport:
     _check_references(project, report)
     _check_experiments(project, report)
     # 3. rows -> files (existence, then a bounded decode)
-    _check_images(project, report)
+    _check_images(project, report, hashes)
     _check_encodings(project, report)
     _check_models(project, report)
     _check_generations(project, report)
@@ -233,6 +238,19 @@ def _report_missing(report: CheckReport, owner: str, missing: list[tuple[str, st
                                    f"{owner}", row=owner)
 
 
+def _report_changed(report: CheckReport, owner: str,
+                    changed: list[tuple[str, str, str]]) -> None:
+    """(row, path, how) of images whose file differs from the one imported: a linked or
+    referenced source edited in place, a file replaced by hand."""
+    for row, rel, how in changed[:MAX_LISTED]:
+        report.add("changed_file", f"{row}: {rel!r} changed after the import ({how}); "
+                                   f"re-import the dataset if the change is wanted",
+                   row=row, path=rel)
+    if len(changed) > MAX_LISTED:
+        report.add("changed_file", f"{len(changed) - MAX_LISTED} more changed file(s) of "
+                                   f"{owner}", row=owner)
+
+
 def _bounded(paths: list[Any]) -> Iterable[Any]:
     """The first and the last ``PNG_SAMPLE`` items (each once)."""
     if len(paths) <= 2 * PNG_SAMPLE:
@@ -256,18 +274,42 @@ def _check_pngs(project: Project, report: CheckReport, rows: list[tuple[str, str
                        path=rel)
 
 
-def _check_images(project: Project, report: CheckReport) -> None:
+def _check_images(project: Project, report: CheckReport, hashes: bool = False) -> None:
+    from engine.data import file_record
+    from engine.image_store import file_digest
+
     for ds in project.list(Dataset):
         frame = project.images(ds.id)
+        record = file_record(project, ds)
+        if record is not None and len(record) != len(frame):
+            report.add("broken_file", f"dataset {ds.name}: its file record lists "
+                                      f"{len(record)} images, the rows {len(frame)}",
+                       row=f"dataset:{ds.id}")
+            record = None
         missing: list[tuple[str, str]] = []
+        changed: list[tuple[str, str, str]] = []
         pngs: list[tuple[str, str]] = []
-        for img_id, path, thumb in zip(frame["id"], frame["path"], frame["thumb"]):
+        for i, (img_id, path, thumb) in enumerate(zip(frame["id"], frame["path"],
+                                                      frame["thumb"])):
             row = f"image:{img_id}"
             pngs.append((row, path))
-            for rel in (path, thumb):
-                if not _exists(project, rel):
-                    missing.append((row, rel))
+            try:
+                st = os.stat(project.assets / path)  # a referenced image: its absolute path
+            except OSError:
+                missing.append((row, path))
+                st = None
+            if not _exists(project, thumb):
+                missing.append((row, thumb))
+            if st is None or record is None:
+                continue
+            size, mtime = int(record["size"].iat[i]), int(record["mtime_ns"].iat[i])
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                changed.append((row, path, f"{size:,} bytes at import, {st.st_size:,} now"
+                                if st.st_size != size else "modified since the import"))
+            elif hashes and file_digest(project.assets / path) != record["digest"].iat[i]:
+                changed.append((row, path, "same size and time, other content"))
         _report_missing(report, f"dataset:{ds.id}", missing)
+        _report_changed(report, f"dataset:{ds.id}", changed)
         _check_pngs(project, report, pngs)
         if len(frame) != ds.num_images:
             report.add("broken_file", f"dataset {ds.name} has {len(frame)} image rows but "

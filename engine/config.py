@@ -136,6 +136,9 @@ def _positive(name: str, value: Any, high: float) -> None:
            f"{name} must be in (0, {high:g}], got {value!r}")
 
 
+IMPORT_MODES = ("link", "copy", "reference")
+
+
 @dataclass(frozen=True)
 class ImportConfig(StageConfig):
     """Import of an ImageFolder: validation limits and the splits (``engine.data.split_images``).
@@ -154,7 +157,12 @@ class ImportConfig(StageConfig):
     train_per_class: int | None = None  # None: every remaining image trains (the low-data regime: N)
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb threshold
     thumbnail_size: int = 96
-    max_side: int = 1024  # larger images are downscaled when stored in the project
+    max_side: int = 1024  # converted images (engine.image_store) larger than this are downscaled
+    # how a kept file (an RGB / greyscale JPEG, PNG or WebP) is stored: "link" (a hard link,
+    # a copy where the file system refuses one), "copy", or "reference" (left in place: the
+    # row names the source file; the folder must stay)
+    mode: str = "link"
+    workers: int = 0  # import worker processes; 0: one per available core, at most 8
 
     def validate(self) -> None:
         _check(0.0 < self.test_fraction < 1.0,
@@ -176,6 +184,9 @@ class ImportConfig(StageConfig):
         _range("max_pixels", self.max_pixels, 1, 1_000_000_000)
         _range("thumbnail_size", self.thumbnail_size, 8, 512)
         _range("max_side", self.max_side, 8, 16_384)
+        _check(self.mode in IMPORT_MODES,
+               f"mode must be one of {', '.join(IMPORT_MODES)}, got {self.mode!r}")
+        _range("workers", self.workers, 0, 64)
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,28 @@
 
 An imported dataset lives in ``ASSETS/datasets/<dataset_id>/``::
 
-    images/<label:04d>/<idx:06d>.png   every valid image, RGB, longer side <= max_side
-    thumbs/<label:04d>/<idx:06d>.png   a thumbnail per image (longer side thumbnail_size)
-    pixels_<size>.npy                  uint8 (N, size, size, 3) caches made by pixel_cache
-                                       (in the workers of the stages that need them)
+    images/<label:04d>/<idx:06d>.<ext>  every valid image: the user's file kept as it is
+                                         (.jpg / .png / .webp, hard-linked or copied) or
+                                         converted (.png, RGB, longer side <= max_side);
+                                         none for images a ``reference`` import names where
+                                         they lie (the row holds their absolute path)
+    thumbs/<label:04d>/<idx:06d>.<ext>  a thumbnail (longer side thumbnail_size) where the
+                                         image is not small enough to be its own
+    files.parquet                        per image: kept or converted, how, size, mtime and
+                                         digest at import (``engine.check`` compares them)
+    pixels_<size>.npy                    uint8 (N, size, size, 3) caches made by pixel_cache
+                                         (in the workers of the stages that need them)
+
+Datasets imported before issue 17 hold a PNG of every image and no ``files.parquet``; they
+read the same way.
 
 ``idx`` runs over the whole dataset (0..N-1, classes in label order, files sorted by path)
 and is the row of the image in every array computed from the dataset (pixels, embeddings).
 
 Import is all-or-nothing: images are written into a ``.partial`` folder, renamed into place
 when every file has been read, and the dataset and its image rows are inserted in one
-transaction; any error or cancel removes the folder and leaves no row. The pieces here
+transaction; any error or cancel removes the folder and leaves no row (a killed import
+leaves the folder, which its retry resumes: ``engine.import_pool``). The pieces here
 (``check_folder``, ``scan_image_folder``, ``write_dataset_files``, ``dataset_row``) touch no
 database; the ``import`` job kind (``engine.stages.import_stage``) runs them in a worker: every
 import (the command line, the studio, the demo) goes through that job.
@@ -26,10 +37,9 @@ as rows, read by no stage).
 from __future__ import annotations
 
 import logging
-import math
 import os
+import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +48,14 @@ import pandas as pd
 from PIL import Image
 
 import engine.paths
+from engine import import_pool
 from engine.config import ImportConfig
 from engine.errors import DatasetError
+from engine.image_store import (  # noqa: F401 - "one image" used to live here
+    _to_rgb,
+    make_thumbnail,
+    validate_image,
+)
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Dataset, Project, dumps, new_id
 
@@ -47,7 +63,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IMPORT = ImportConfig()
 DEMO_SOURCE = "sklearn.datasets.load_digits (bundled, 8x8 handwritten digits)"
-_PNG_COMPRESS_LEVEL = 4  # a fair trade between import speed and file size
 _REPORT_EVERY_S = 0.1  # progress reports at most ~10 per second
 
 
@@ -75,187 +90,6 @@ def write_demo_dataset(folder: Path) -> Path:
     for i, (img, label) in enumerate(zip(images, digits.target)):
         Image.fromarray(img).save(folder / str(int(label)) / f"{i:05d}.png")
     return folder
-
-
-# ---------------------------------------------------------------------------- one image
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB.
-
-    Transparent images are composited over white. 16- and 32-bit integer images ("I;16*",
-    "I") are read as 16-bit intensities and scaled by 255/65535 (Pillow's own conversion
-    clips instead of scaling); float images ("F") are taken as 0..1 when their maximum is
-    <= 1, else as 0..255.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(img)
-        if arr.ndim == 3:  # e.g. 16-bit RGB decoded by a plugin as a 3-channel array
-            arr = arr[..., :3]
-        arr = arr.astype(np.float64)
-        if mode == "F":
-            finite = arr[np.isfinite(arr)]
-            top = float(finite.max()) if finite.size else 0.0
-            arr = np.nan_to_num(arr) * (255.0 if top <= 1.0 else 1.0)
-        else:
-            arr = arr * (255.0 / 65535.0)
-        gray = Image.fromarray(np.round(arr).clip(0, 255).astype(np.uint8))
-        return gray.convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    # "1", "L", "P", "CMYK" (Adobe-inverted JPEGs are un-inverted by Pillow), "YCbCr", "LAB", ...
-    return img.convert("RGB")
-
-
-def _fit_side(img: Image.Image, max_side: int) -> Image.Image:
-    """Downscale (LANCZOS) so that the longer side is <= ``max_side``; never upscale."""
-    w, h = img.size
-    longer = max(w, h)
-    if longer <= max_side:
-        return img
-    scale = max_side / longer
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img.resize(size, Image.Resampling.LANCZOS)
-
-
-# Bounded memory for big images: an image whose longer side exceeds this many times
-# ``max_side`` is first decoded at a reduced scale (JPEG's DCT scaling, ``draft``) and/or
-# box-reduced by a whole factor (``Image.reduce``), leaving at least this margin, before the
-# LANCZOS resize to ``max_side``; Pillow's ``reducing_gap`` uses the same margin ("in most
-# cases indistinguishable" from a plain resize). Images up to 3 x max_side take today's path.
-_REDUCING_GAP = 3.0
-_STRIP_PIXELS = 1_000_000  # pixels per strip converted at once when reducing (~4 MB in RGB)
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSE_FOR_ORIENTATION = {  # as ImageOps.exif_transpose
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _draft_for(img: Image.Image, max_side: int) -> None:
-    """Ask the decoder for a reduced scale (JPEG: 1/2, 1/4, 1/8 by DCT scaling), keeping the
-    longer side >= ``_REDUCING_GAP * max_side``. Call before ``load``; other formats ignore it."""
-    w, h = img.size
-    keep = _REDUCING_GAP * max_side / max(w, h)
-    if keep < 0.5:  # a scale of 1/2 at least would still leave the margin
-        img.draft(None, (max(1, math.ceil(w * keep)), max(1, math.ceil(h * keep))))
-
-
-def _reduced_rgb(img: Image.Image, max_side: int) -> Image.Image:
-    """A loaded image of any mode -> RGB (``_to_rgb``), box-reduced by the largest whole factor
-    that keeps the longer side >= ``_REDUCING_GAP * max_side`` (factor 1: ``_to_rgb(img)``).
-
-    When reducing, the conversion runs strip by strip (``_STRIP_PIXELS``, rows a multiple of
-    the factor), so no full-size converted copy is made: the result equals converting the
-    whole image and then reducing it. Float ("F") images are converted whole (their scale
-    depends on the whole image's maximum).
-    """
-    w, h = img.size
-    factor = int(max(w, h) / max_side / _REDUCING_GAP)
-    if factor <= 1:
-        return _to_rgb(img)
-    if img.mode == "F":
-        return _to_rgb(img).reduce(factor)
-    out = Image.new("RGB", (math.ceil(w / factor), math.ceil(h / factor)))
-    rows = factor * max(1, _STRIP_PIXELS // (w * factor))
-    for top in range(0, h, rows):
-        strip = _to_rgb(img.crop((0, top, w, min(h, top + rows))))  # (rows, w) -> RGB
-        out.paste(strip.reduce(factor), (0, top // factor))
-    return out
-
-
-def _orientation(img: Image.Image, path: Path) -> int:
-    """The EXIF (or XMP) orientation of an opened image, 1 when absent or unreadable."""
-    try:
-        value = img.getexif().get(_EXIF_ORIENTATION, 1)
-        return int(value) if value in _TRANSPOSE_FOR_ORIENTATION else 1
-    except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not lose a good image
-        log.warning("ignoring unreadable EXIF orientation of %s: %s", path, exc)
-        return 1
-
-
-def validate_image(path: Path, config: ImportConfig) -> tuple[Image.Image | None, str]:
-    """Decode one file fully and normalise it, or say why it cannot be used.
-
-    Refuses empty, truncated, corrupt and non-image files, and decompression bombs (more
-    than ``config.max_pixels`` pixels, checked from the header before decoding). Applies the
-    EXIF orientation, converts any mode to RGB (see ``_to_rgb``) and downscales so that the
-    longer side is at most ``config.max_side``.
-
-    Memory: the file is decoded once, at a reduced scale where the format allows (JPEG), and
-    an image larger than ``_REDUCING_GAP * max_side`` is box-reduced right after decoding,
-    its conversion done in strips; orientation, conversion and the final LANCZOS resize then
-    work on the reduced image. Peak memory is about one decoded image (Pillow keeps RGB at 4
-    bytes a pixel: ~350 MB for 9400x9400) plus a few tens of MB.
-
-    Returns:
-        ``(image, "")`` with an RGB image, or ``(None, reason)`` with a one-line reason.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return None, f"cannot read the file ({exc.strerror or exc})"
-    if size == 0:
-        return None, "empty file (0 bytes)"
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns above its own global threshold; we apply config.max_pixels below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > config.max_pixels:
-                    return None, (f"decompression bomb refused: {w}x{h} = {w * h:,} pixels "
-                                  f"> max_pixels {config.max_pixels:,}")
-                _draft_for(img, config.max_side)
-                img.load()  # decode everything now: truncation and corruption show up here
-                orientation = _orientation(img, path)
-                rgb = _reduced_rgb(img, config.max_side)  # a big image: no full-size copy
-                if orientation != 1:
-                    rgb = rgb.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
-                rgb.load()
-    except Image.DecompressionBombError as exc:
-        return None, f"decompression bomb refused by Pillow: {exc}"
-    except Image.UnidentifiedImageError:
-        return None, "not an image (unknown or unsupported format)"
-    except MemoryError:
-        return None, "not enough memory to decode the image"
-    except Exception as exc:  # noqa: BLE001 - any decoder failure: a truncated or corrupt file
-        text = str(exc).strip() or type(exc).__name__
-        return None, f"corrupt or truncated image ({text})"
-    return _fit_side(rgb, config.max_side), ""
-
-
-def make_thumbnail(img: Image.Image, size: int) -> Image.Image:
-    """A thumbnail whose longer side is ``size``.
-
-    Larger images are downscaled (LANCZOS). Images smaller than ``size / 2`` are enlarged by
-    the largest whole factor that fits, with NEAREST so small pixel art (8x8 digits) stays
-    crisp; the rest are kept as they are.
-    """
-    w, h = img.size
-    longer = max(w, h)
-    if longer > size:
-        scale = size / longer
-        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                          Image.Resampling.LANCZOS)
-    factor = size // longer
-    if factor >= 2:
-        return img.resize((w * factor, h * factor), Image.Resampling.NEAREST)
-    return img
 
 
 # ---------------------------------------------------------------------------- splits
@@ -473,97 +307,98 @@ def partial_root(final_root: Path) -> Path:
 def write_dataset_files(folder: Path, work_root: Path, root_rel: str, dataset_id: str,
                         config: ImportConfig, progress: ProgressFn = no_progress,
                         cancel: CancelToken | None = None) -> dict[str, Any]:
-    """Validate every file of an ImageFolder and write the images and thumbnails.
+    """Validate every file of an ImageFolder and store the images and their thumbnails.
 
-    No database: the images go to ``work_root`` (``images/<label>/<idx>.png``,
-    ``thumbs/...``); the rows name them under ``root_rel``, the assets-relative folder
-    ``work_root`` is renamed to once the rows are written.
+    No database: the files go to ``work_root`` (``images/<label>/<idx>.<ext>``,
+    ``thumbs/...``, ``files.parquet``); the rows name them under ``root_rel``, the
+    assets-relative folder ``work_root`` is renamed to once the rows are written.
+    ``config.mode`` says how a kept file is stored (``engine.image_store``): hard-linked
+    (``link``, a copy across file systems), copied (``copy``) or left where it is
+    (``reference``: the row names its absolute path); converted files are PNGs.
+
+    The files are spread over ``import_workers(config)`` worker processes in chunks of
+    ``CHUNK_FILES``. The work is resumable: the plan (the files listed when the import
+    started) and a journal of the finished chunks live in ``work_root/.import/``; called
+    again on a ``work_root`` a killed import left, it goes on with the chunks not done.
 
     Args:
         folder: the ImageFolder root (``check_folder``).
         progress: receives ``ProgressEvent(stage="import", step=files done, total=files)``.
-        cancel: polled between files.
+        cancel: polled between chunks (and between files when no pool is used).
 
     Returns:
-        ``{"classes": [...], "skipped": [{"path", "reason"}], "images": DataFrame}`` with
-        one row per valid image (Image columns, ``split`` included).
+        ``{"classes": [...], "skipped": [{"path", "reason"}], "images": DataFrame,
+        "warnings": [...], "stored": {"linked": n, ...}}`` with one row per valid image
+        (Image columns, ``split`` included).
 
     Raises:
         DatasetError: no class sub-folder, or a class without a valid image.
         Cancelled: the token was set. The caller removes ``work_root``.
     """
-    # 1. list every file, class by class
-    classes, per_class = scan_image_folder(folder)
-    total = sum(len(files) for files in per_class)
-    rows: list[dict] = []
-    skipped: list[dict[str, str]] = []
-    done = 0
-    last_report = 0.0
-    work_root.mkdir(parents=True)
-    progress(ProgressEvent(stage="import", step=0, total=total,
-                           message=f"importing {total} files from {folder}"))
-    # 2. validate and store each image, in label order
-    for label, (class_name, files) in enumerate(zip(classes, per_class)):
-        n_before = len(rows)
-        skipped_before = len(skipped)
-        for path in files:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            rel_source = path.relative_to(folder).as_posix()
-            img, reason = validate_image(path, config)
-            if img is None:
-                skipped.append({"path": rel_source, "reason": reason})
-                log.info("skipped %s: %s", rel_source, reason)
-            else:
-                idx = len(rows)
-                sub = f"{label:04d}/{idx:06d}.png"
-                image_path = work_root / "images" / sub
-                thumb_path = work_root / "thumbs" / sub
-                image_path.parent.mkdir(parents=True, exist_ok=True)
-                thumb_path.parent.mkdir(parents=True, exist_ok=True)
-                img.save(image_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-                make_thumbnail(img, config.thumbnail_size).save(
-                    thumb_path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-                rows.append({
-                    "id": f"{dataset_id}_{idx:06d}",
-                    "dataset_id": dataset_id,
-                    "idx": idx,
-                    "path": f"{root_rel}/images/{sub}",
-                    "thumb": f"{root_rel}/thumbs/{sub}",
-                    "label": label,
-                    "class_name": class_name,
-                    "width": img.width,
-                    "height": img.height,
-                    "source_path": rel_source,
-                })
-            done += 1
-            now = time.monotonic()
-            if now - last_report >= _REPORT_EVERY_S or done == total:
-                last_report = now
-                progress(ProgressEvent(stage="import", step=done, total=total,
-                                       metrics={"images": float(len(rows)),
-                                                "skipped": float(len(skipped))}))
-        if len(rows) == n_before:
-            n_skipped = len(skipped) - skipped_before
-            if n_skipped == 0:
+    folder = Path(folder).absolute()
+    work_root = Path(work_root)
+    # 1. the plan: every file, class by class (read back when resuming)
+    plan = import_pool.load_plan(work_root, folder, config)
+    if plan is None:
+        shutil.rmtree(work_root, ignore_errors=True)  # nothing (or nothing usable) to resume
+        classes, per_class = scan_image_folder(folder)
+        for class_name, paths in zip(classes, per_class):
+            if not paths:
                 raise DatasetError(f"class {class_name!r} has no image: "
                                    f"{folder / class_name} holds no file")
-            first = skipped[skipped_before]
-            raise DatasetError(
-                f"class {class_name!r} has no valid image: all {n_skipped} file(s) in "
-                f"{folder / class_name} were skipped, the first ({first['path']}) "
-                f"because: {first['reason']}")
-
-    # 3. the split
-    labels = np.array([r["label"] for r in rows], dtype=np.int64)
+        files = [p.relative_to(folder).as_posix() for paths in per_class for p in paths]
+        labels = [label for label, paths in enumerate(per_class) for _ in paths]
+        import_pool.save_plan(work_root, folder, config, classes, files, labels)
+    else:
+        classes, files, labels = plan
+    total = len(files)
+    # 2. validate and store every file, in parallel chunks; the journal says what is done
+    records = import_pool.run(folder, work_root, files, labels, config, progress, cancel)
+    # 3. every class needs a valid image
+    for label, class_name in enumerate(classes):
+        own = [r for r in records if labels[r["pos"]] == label]
+        if any(r["status"] != "skipped" for r in own):
+            continue
+        first = own[0]
+        raise DatasetError(
+            f"class {class_name!r} has no valid image: all {len(own)} file(s) in "
+            f"{folder / class_name} were skipped, the first ({files[first['pos']]}) "
+            f"because: {first['reason']}")
+    # 4. name the files by idx (the valid images' rank), write the per-file record
+    valid = import_pool.rename_by_idx(work_root, records, labels)
+    skipped = [{"path": files[r["pos"]], "reason": r["reason"]} for r in records
+               if r["status"] == "skipped"]
+    for s in skipped:
+        log.info("skipped %s: %s", s["path"], s["reason"])
+    rows = []
+    for idx, r in enumerate(valid):
+        label = int(labels[r["pos"]])
+        sub = f"{label:04d}/{idx:06d}"
+        path = r["path"] or f"{root_rel}/images/{sub}{r['ext']}"
+        rows.append({
+            "id": f"{dataset_id}_{idx:06d}", "dataset_id": dataset_id, "idx": idx,
+            "path": path,
+            "thumb": f"{root_rel}/thumbs/{sub}{r['thumb_ext']}" if r["thumb_ext"] else path,
+            "label": label, "class_name": classes[label],
+            "width": r["width"], "height": r["height"], "source_path": files[r["pos"]],
+        })
+    import_pool.write_file_record(work_root, valid)
+    # 5. the split
     images = pd.DataFrame(rows)
-    images["split"] = split_images(labels, config)
+    images["split"] = split_images(images["label"].to_numpy(np.int64), config)
     images["idx"] = images["idx"].astype(np.int64)
     images["label"] = images["label"].astype(np.int64)
     warned = split_warnings(images, config)
     for line in warned:
         log.warning("%s", line)
-    return {"classes": classes, "skipped": skipped, "images": images, "warnings": warned}
+    stored: dict[str, int] = {}
+    for r in valid:
+        key = "converted" if r["status"] == "converted" else r["how"]
+        stored[key] = stored.get(key, 0) + 1
+    log.info("%d of %d files stored: %s", len(valid), total,
+             ", ".join(f"{n} {k}" for k, n in sorted(stored.items())))
+    return {"classes": classes, "skipped": skipped, "images": images, "warnings": warned,
+            "stored": stored}
 
 
 def dataset_row(dataset_id: str, name: str, source: str, root_rel: str,
@@ -576,6 +411,24 @@ def dataset_row(dataset_id: str, name: str, source: str, root_rel: str,
                    num_test=int((split == "test").sum()),
                    classes_json=dumps(written["classes"]), skipped_json=dumps(written["skipped"]),
                    config_json=config.to_json(), job_id=job_id)
+
+
+def file_record(project: Project, dataset: Dataset) -> pd.DataFrame | None:
+    """The dataset's ``files.parquet`` (``engine.import_pool.write_file_record``: how each
+    image was stored, its size, modification time and digest at import), or None for a
+    dataset imported before it existed (every image re-encoded as PNG)."""
+    path = project.abs(dataset.root) / import_pool.FILE_RECORD
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def stored_counts(project: Project, dataset: Dataset) -> dict[str, int]:
+    """How many images were kept (by how: linked, copied, referenced) and how many were
+    converted; ``{}`` for a dataset without a file record."""
+    record = file_record(project, dataset)
+    if record is None:
+        return {}
+    key = np.where(record["stored"] == "converted", "converted", record["how"])
+    return {str(k): int(n) for k, n in zip(*np.unique(key, return_counts=True))}
 
 
 # ---------------------------------------------------------------------------- pixels

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,8 +120,10 @@ def test_cancelled_and_killed_imports_leave_no_half_dataset(project, tmp_path, m
     fresh.reconcile()
     assert project.get(Job, killed.id).status == "interrupted"
     assert project.list(Dataset) == [] and project.list(Image) == []
-    assert _leftovers(project) == []
-    # a retry starts over and finishes
+    # the cancelled import left nothing; the killed one its hidden partial folder (no row
+    # names it), which its retry resumes from (issue 17)
+    killed_root = json.loads((jobs.folder(killed) / "spec.json").read_text())["params"]
+    assert _leftovers(project) == [Path(killed_root["work_root"]).name]
     fresh.retry(killed.id)
     job = fresh.wait(killed.id, timeout=120)
     assert job.status == "done", job.error

@@ -202,3 +202,34 @@ def test_folder_import_stays_inside_the_projects_folder_when_exposed(tmp_path, m
         assert ctx.project.get(Dataset, job.result_id).name == "out"
     finally:
         ctx.close()
+
+
+def test_the_studio_references_only_folders_inside_the_projects_folder(tmp_path, monkeypatch):
+    """Issue 17: the Data tab's "reference" mode leaves images where they are, so it takes
+    only folders inside the projects folder (the studio reads nothing outside it); the full
+    image of a referenced dataset is sent as an image, never as a path to serve."""
+    from engine.config import ImportConfig
+    from engine.errors import InvalidConfigError
+    from engine.project import Dataset
+    from studio.context import StudioContext
+    from studio.tabs import data_tab
+    from tests.conftest import write_tiny_folder
+
+    monkeypatch.setenv("RCDM_STUDIO_PROJECTS", str(tmp_path / "projects"))
+    outside = write_tiny_folder(tmp_path / "outside")
+    inside = write_tiny_folder(tmp_path / "projects" / "shared" / "tiny", size=120)
+    ctx = StudioContext(tmp_path / "projects" / "p")
+    try:
+        reference = ImportConfig(mode="reference")
+        with pytest.raises(InvalidConfigError, match="references only folders inside"):
+            data_tab.import_folder(ctx, str(outside), "out", reference)
+        assert ctx.project.list(Job) == []
+        job = ctx.jobs.wait(data_tab.import_folder(ctx, str(inside), "in", reference).id,
+                            timeout=120)
+        ds = ctx.project.get(Dataset, job.result_id)
+        image = ctx.project.images(ds.id).iloc[0]
+        assert image["path"].startswith(str(inside))  # left where it is
+        shown, _ = data_tab.image_details(ctx, image["id"])
+        assert not isinstance(shown, str) and shown.size == (120, 120)
+    finally:
+        ctx.close()

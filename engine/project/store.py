@@ -145,6 +145,7 @@ class Project:
                 raise StudioError(f"cannot create project {self.path}: its folder "
                                   f"{self.path.parent} is not writable")
         self._lock = threading.RLock()
+        self._reference_roots: tuple[Path, ...] | None = None  # see reference_roots()
         try:
             self._engine = sa.create_engine(
                 f"duckdb:///{self.path}",
@@ -263,12 +264,26 @@ class Project:
         return Path(path).absolute().relative_to(self.assets).as_posix()
 
     def abs(self, rel: str) -> Path:
-        """Absolute path of an assets-relative path; refuses paths that leave the assets."""
+        """Absolute path of an assets-relative path; refuses paths that leave the assets,
+        except the absolute paths of images inside a folder a dataset references
+        (``reference_roots``)."""
         p = (self.assets / rel).resolve()
         root = self.assets.resolve()
-        if p != root and root not in p.parents:
-            raise StudioError(f"path {rel!r} is outside the project's assets")
-        return p
+        if p == root or root in p.parents:
+            return p
+        if os.path.isabs(rel) and any(r in p.parents for r in self.reference_roots()):
+            return p
+        raise StudioError(f"path {rel!r} is outside the project's assets")
+
+    def reference_roots(self) -> tuple[Path, ...]:
+        """The folders (resolved) whose images datasets imported in ``reference`` mode name
+        by their absolute path instead of holding them in the assets."""
+        roots = self._reference_roots
+        if roots is None:
+            roots = tuple(sorted({Path(d.source).resolve() for d in self.list(Dataset)
+                                  if d.config.get("mode") == "reference" and d.source}))
+            self._reference_roots = roots
+        return roots
 
     def new_folder(self, kind: str, ident: str) -> Path:
         folder = self.assets / kind / ident
@@ -319,6 +334,8 @@ class Project:
             return row
 
     def update(self, row_type: type[RowT], row_id: str, **values: Any) -> RowT:
+        if row_type is Dataset:
+            self._reference_roots = None
         with self.session() as s:
             row = s.get(row_type, row_id)
             if row is None:
@@ -332,6 +349,8 @@ class Project:
             return row
 
     def delete(self, row_type: type[RowT], row_id: str) -> None:
+        if row_type is Dataset:
+            self._reference_roots = None
         with self.session() as s:
             row = s.get(row_type, row_id)
             if row is not None:
@@ -369,6 +388,7 @@ class Project:
     def add_dataset(self, dataset: Dataset, images: pd.DataFrame) -> Dataset:
         """Insert a dataset and all its images in one transaction (all or nothing)."""
         _check_row_name(dataset)
+        self._reference_roots = None
         frame = images.reindex(columns=IMAGE_COLUMNS)  # noqa: F841 (used by DuckDB by name)
         with self.duck() as con:
             con.execute("BEGIN TRANSACTION")

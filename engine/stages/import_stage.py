@@ -2,9 +2,10 @@
 
 - ``prepare`` checks the name and the folder, picks the dataset's id and names its folders;
   it reads no image.
-- ``run`` (worker) validates every file and writes the images and thumbnails into
-  ``datasets/.<id>.partial`` (``engine.data.write_dataset_files``), with progress per file and
-  cancel between files; the image rows go to ``images.parquet`` in the job folder. The demo
+- ``run`` (worker) validates every file in parallel worker processes and stores the images
+  (kept as they are: hard-linked, copied or referenced; or converted to PNG) and their
+  thumbnails into ``datasets/.<id>.partial`` (``engine.data.write_dataset_files``), with
+  progress and cancel; the image rows go to ``images.parquet`` in the job folder. The demo
   first writes the digits as an ImageFolder into the job folder.
 - ``ingest`` renames the partial folder into place and inserts the dataset and its images in
   one transaction.
@@ -14,9 +15,12 @@ the jobs panel with progress and cancel), the demo and ``rcdm-studio --demo``. T
 (train / val / test / unused) follow ``engine.data.split_images``; classes whose splits are
 too small are listed in the result's ``warnings`` (and logged).
 
-A cancelled, failed or interrupted import leaves no half dataset: the worker removes its
-partial folder when it stops, ``on_failure`` removes whatever a killed worker left, a retry
-starts over, and an ingest that fails removes the folder it renamed.
+A cancelled or failed import leaves no half dataset: the worker removes its partial folder
+when it stops, ``on_failure`` removes whatever is left, and an ingest that fails removes the
+folder it renamed. An *interrupted* import (the worker killed, the machine restarted) keeps
+its partial folder, a hidden ``.partial`` that no row names: its retry goes on from the chunks
+already done (``engine.import_pool``). ``check --repair`` deletes such a folder like any
+leftover (the retry then starts over).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from engine import data, safezip
+from engine import data, import_pool, safezip
 from engine.config import ImportConfig
 from engine.errors import DatasetError
 from engine.progress import CancelToken, ProgressFn
@@ -60,6 +64,9 @@ def prepare(project: Project, folder: str | Path | None, name: str,
             folder outside the project's uploads, an ``archive`` outside ``cleanup``.
     """
     name = data.check_name(project, name)
+    if config.mode == "reference" and (demo or archive is not None):
+        raise DatasetError("reference mode keeps images where they are, and the demo's and "
+                           "an upload's files are removed after the import: use link or copy")
     cleanup_text = _cleanup_folder(project, cleanup)
     extract: dict[str, Any] = {}
     if archive is not None:
@@ -127,8 +134,7 @@ def _remove_cleanup(params: dict[str, Any]) -> None:
 def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         cancel: CancelToken) -> dict[str, Any]:
     config = ImportConfig.from_dict(params["config"])
-    work_root = Path(params["work_root"])
-    shutil.rmtree(work_root, ignore_errors=True)  # a retry starts over
+    work_root = Path(params["work_root"])  # a killed attempt's files are resumed from
     try:
         if params.get("demo"):
             demo_dir = folder / "demo"
@@ -145,7 +151,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
         tmp = rows.with_name(rows.name + ".tmp")
         written["images"].to_parquet(tmp, index=False)
         os.replace(tmp, rows)
-    except BaseException:
+    except Exception:  # failed or cancelled: nothing is left (a kill leaves the resumable part)
         shutil.rmtree(work_root, ignore_errors=True)
         raise
     finally:
@@ -153,7 +159,8 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
             shutil.rmtree(folder / "demo", ignore_errors=True)
         shutil.rmtree(folder / "unzipped", ignore_errors=True)
     return {"rows": str(rows), "classes": written["classes"], "skipped": written["skipped"],
-            "num_images": int(len(written["images"])), "warnings": written["warnings"]}
+            "num_images": int(len(written["images"])), "warnings": written["warnings"],
+            "stored": written["stored"]}
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
@@ -179,22 +186,29 @@ def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> 
         shutil.rmtree(final_root, ignore_errors=True)
         _remove_cleanup(params)
         raise
+    shutil.rmtree(final_root / import_pool.STATE_DIR, ignore_errors=True)  # plan + journal
     Path(result["rows"]).unlink(missing_ok=True)
     _remove_cleanup(params)
-    log.info("imported %s as dataset %r (%s): %d images (%d train / %d val / %d test), "
+    stored = ", ".join(f"{n} {how}" for how, n in sorted(result.get("stored", {}).items()))
+    log.info("imported %s as dataset %r (%s): %d images (%d train / %d val / %d test; %s), "
              "%d skipped", params["source"], params["name"], params["dataset_id"],
-             row.num_images, row.num_train, row.num_val, row.num_test, len(result["skipped"]))
+             row.num_images, row.num_train, row.num_val, row.num_test, stored,
+             len(result["skipped"]))
     for line in result.get("warnings", []):
         log.warning("dataset %s: %s", params["name"], line)
     return params["dataset_id"]
 
 
 def on_failure(project: Project, spec: dict[str, Any], status: str, error: str) -> None:
-    """No half dataset: remove what a stopped or killed worker left."""
+    """No half dataset: remove what a failed or cancelled worker left. An interrupted one's
+    partial folder stays for its retry (the upload it reads stays too)."""
+    if status == "interrupted":
+        return
     shutil.rmtree(Path(spec["params"]["work_root"]), ignore_errors=True)
     _remove_cleanup(spec["params"])
 
 
 def on_retry(project: Project, params: dict[str, Any]) -> None:
-    shutil.rmtree(Path(params["work_root"]), ignore_errors=True)
+    """Nothing to do: ``run`` resumes from the partial folder an interrupted attempt left
+    (a failed or cancelled one left none)."""
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.config import EncodeConfig, ImportConfig
+from engine.config import IMPORT_MODES, EncodeConfig, ImportConfig
 from studio.cli.console import device_arg, emit, json_arg, open_project, project_arg, run_job
 
 
@@ -21,6 +21,7 @@ def add_parsers(sub: Any) -> None:
                    help="held-out real test split (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     _split_args(p)
+    _store_args(p, IMPORT_MODES)
     json_arg(p)
 
     p = sub.add_parser("import-demo", help="import the bundled digits dataset")
@@ -30,6 +31,7 @@ def add_parsers(sub: Any) -> None:
                    help="held-out real test split (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     _split_args(p)
+    _store_args(p, ("link", "copy"))
     json_arg(p)
 
     p = sub.add_parser("encoders", help="list the encoders of the registry")
@@ -71,9 +73,22 @@ def _split_args(p: argparse.ArgumentParser) -> None:
                         "N (default: all)")
 
 
+def _store_args(p: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
+    p.add_argument("--mode", choices=modes, default=ImportConfig.mode,
+                   help="how the images are kept: link (a hard link to each file, a copy "
+                        "where the disk refuses one), copy, or reference (left where they "
+                        "are: the folder must stay). Files that must be converted (CMYK, "
+                        "16-bit, palette, transparency, EXIF rotation, other formats) are "
+                        "stored as PNG in every mode (default %(default)s)")
+    p.add_argument("--workers", type=int, default=ImportConfig.workers, metavar="N",
+                   help="worker processes validating the images (default 0: one per core, "
+                        "at most 8)")
+
+
 def _import_config(args: argparse.Namespace) -> ImportConfig:
     return ImportConfig(test_fraction=args.test_fraction, split_seed=args.seed,
-                        val_fraction=args.val_fraction, train_per_class=args.train_per_class)
+                        val_fraction=args.val_fraction, train_per_class=args.train_per_class,
+                        mode=args.mode, workers=args.workers)
 
 
 def _imported(args: argparse.Namespace, project: Any, job: Any) -> None:
@@ -85,9 +100,12 @@ def _imported(args: argparse.Namespace, project: Any, job: Any) -> None:
     warnings = data.split_warnings(project.images(ds.id), ImportConfig.from_dict(ds.config))
     skipped = ds.skipped
     unused = ds.num_images - ds.num_train - ds.num_val - ds.num_test
+    stored = data.stored_counts(project, ds)
+    how = ", ".join(f"{n} {k}" for k, n in sorted(stored.items()))
     text = (f"imported {ds.name}: {ds.num_images} images in {ds.num_classes} classes "
             f"({ds.num_train} train / {ds.num_val} val / {ds.num_test} test"
-            f"{f' / {unused} unused' if unused else ''}), {len(skipped)} file(s) skipped")
+            f"{f' / {unused} unused' if unused else ''}), {len(skipped)} file(s) skipped"
+            f"{f'; {how}' if how else ''}")
     for s in skipped[:20]:
         text += f"\n  skipped {s['path']}: {s['reason']}"
     for line in warnings:
@@ -95,7 +113,7 @@ def _imported(args: argparse.Namespace, project: Any, job: Any) -> None:
     emit(args, {"id": ds.id, "name": ds.name, "images": ds.num_images,
                  "classes": ds.num_classes, "train": ds.num_train, "val": ds.num_val,
                  "test": ds.num_test, "skipped": skipped, "warnings": warnings,
-                 "job_id": job.id}, text)
+                 "stored": stored, "job_id": job.id}, text)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

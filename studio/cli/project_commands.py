@@ -30,6 +30,9 @@ def add_parsers(sub: Any) -> None:
     project_arg(p)
     p.add_argument("--repair", action="store_true",
                    help="reconcile stale jobs and delete temp files (never rows nor user data)")
+    p.add_argument("--hashes", action="store_true",
+                   help="also read every imported image and compare its digest with the one "
+                        "recorded at import (size and modification time are always compared)")
     json_arg(p)
 
 
@@ -102,7 +105,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from engine.check import check_project
 
     with open_project(args, create=False) as project:
-        report = check_project(project, repair=args.repair)
+        report = check_project(project, repair=args.repair, hashes=args.hashes)
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:

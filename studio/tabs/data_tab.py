@@ -77,17 +77,30 @@ def summary(ctx: StudioContext, dataset_id: str | None) -> tuple[str, pd.DataFra
     return text, table
 
 
-def image_details(ctx: StudioContext, image_id: str) -> tuple[str, str]:
-    """(absolute path of the full image, markdown details)."""
+DETAIL_SIDE = 1024  # a referenced image (outside the assets) is sent at most this big
+
+
+def image_details(ctx: StudioContext, image_id: str) -> tuple[Any, str]:
+    """(the full image: its path, or for an image of a referenced folder, which the server
+    does not serve, the image itself; markdown details)."""
     img = ctx.project.get(Image, image_id)
     text = (f"**{img.class_name}** (label {img.label}) · {img.split} split  \n"
             f"{img.width} x {img.height} px · index {img.idx}  \n"
             f"<small>id {img.id}<br>file {img.source_path or img.path}</small>")
-    return str(ctx.project.abs(img.path)), text
+    path = ctx.project.abs(img.path)
+    if ctx.project.assets.resolve() in path.parents:
+        return str(path), text
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as full:
+        full.draft("RGB", (DETAIL_SIDE, DETAIL_SIDE))
+        small = full.convert("RGB")
+    small.thumbnail((DETAIL_SIDE, DETAIL_SIDE))
+    return small, text
 
 
 def import_config(test_fraction: float | None, val_fraction: float | None,
-                  train_per_class: float | None) -> ImportConfig:
+                  train_per_class: float | None, mode: str = ImportConfig.mode) -> ImportConfig:
     """The form's split options as an ImportConfig (an empty or 0 N: every image trains).
 
     Raises:
@@ -102,7 +115,8 @@ def import_config(test_fraction: float | None, val_fraction: float | None,
     return ImportConfig(
         test_fraction=float(ImportConfig.test_fraction if test_fraction is None
                             else test_fraction),
-        val_fraction=float(val_fraction or 0.0), train_per_class=n)
+        val_fraction=float(val_fraction or 0.0), train_per_class=n,
+        mode=mode or ImportConfig.mode)
 
 
 def import_folder(ctx: StudioContext, folder: str, name: str,
@@ -113,6 +127,14 @@ def import_folder(ctx: StudioContext, folder: str, name: str,
     if not folder or not folder.strip():
         raise InvalidConfigError("type the path of an image folder (one sub-folder per class)")
     path = Path(folder.strip()).expanduser()
+    config = config or ImportConfig()
+    if config.mode == "reference":  # the studio reads nothing outside the projects folder
+        root = projects_root().resolve()
+        if root not in path.resolve().parents:
+            raise InvalidConfigError(
+                f"the studio references only folders inside the projects folder {root}; "
+                f"link or copy this folder instead (the command line's `import --mode "
+                f"reference` may reference any folder)")
     if ctx.restrict:  # reachable from the network: no browsing of the server's disk
         root = projects_root().resolve()
         if root not in path.resolve().parents:
@@ -120,7 +142,7 @@ def import_folder(ctx: StudioContext, folder: str, name: str,
                 f"this studio is reachable from the network: it imports folders only from "
                 f"inside the projects folder {root}; upload a zip of the ImageFolder instead")
     name = (name or "").strip() or path.name
-    return ctx.submit(import_stage.prepare(ctx.project, path, name, config or ImportConfig()))
+    return ctx.submit(import_stage.prepare(ctx.project, path, name, config))
 
 
 def import_zip(ctx: StudioContext, zip_path: str | None, name: str,
@@ -238,8 +260,9 @@ def on_demo(ctx: StudioContext, test_fraction: float | None, val_fraction: float
 
 @ui.guard(2)
 def on_folder(ctx: StudioContext, folder: str, name: str, test_fraction: float | None,
-              val_fraction: float | None, per_class: float | None) -> tuple[str, str]:
-    config = import_config(test_fraction, val_fraction, per_class)
+              val_fraction: float | None, per_class: float | None,
+              mode: str = ImportConfig.mode) -> tuple[str, str]:
+    config = import_config(test_fraction, val_fraction, per_class, mode)
     return submitted(import_folder(ctx, folder, name, config))
 
 
@@ -309,6 +332,14 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 folder = gr.Textbox(label="Folder (one sub-folder per class)",
                                     placeholder="/data/imagenet-100/train")
                 name = gr.Textbox(label="Dataset name", placeholder="default: folder name")
+                mode = gr.Radio(
+                    [("link", "link"), ("copy", "copy"), ("reference", "reference")],
+                    value=ImportConfig.mode, label="Keep the images as",
+                    elem_id="import-mode",
+                    info="link: hard links to your files, no extra space (a copy when the "
+                         "folder is on another disk); copy; reference: left where they are "
+                         "(folders inside the projects folder only). Images that must be "
+                         "converted (CMYK, 16-bit, palette, rotation) are stored as PNG.")
                 folder_btn = gr.Button("Import folder")
             with gr.Accordion("…or upload a .zip of an image folder", open=False):
                 upload = gr.File(label="Zip of an ImageFolder (one sub-folder per class)",
@@ -361,6 +392,6 @@ def build(ctx: StudioContext, shared: Shared) -> None:
         lambda: None, None, upload, api_visibility="private")  # the upload is gone: clear it
     demo_btn.click(ui.bind(on_demo, ctx), splits, [status, pending], concurrency_id="import",
                    api_name="import_demo")
-    folder_btn.click(ui.bind(on_folder, ctx), [folder, name, *splits], [status, pending],
+    folder_btn.click(ui.bind(on_folder, ctx), [folder, name, *splits, mode], [status, pending],
                      concurrency_id="import", api_name="import_folder")
     shared.on_refresh(ui.bind(refresh, ctx), [dataset, pending], [dataset, pending, status])

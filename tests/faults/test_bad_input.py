@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import import_folder
 from PIL import Image
@@ -137,9 +138,20 @@ def test_awkward_modes_import_as_rgb_and_bad_files_are_listed(project, tmp_path)
     stored = {Path(s).name: (w, h) for s, w, h in
               zip(images["source_path"], images["width"], images["height"])}
     assert {k: stored[k] for k in expected} == expected
-    for rel in images["path"]:
+    # 8-bit RGB / grey PNG and WebP are kept byte for byte (issue 17); the awkward rest is
+    # converted to RGB PNG, and the dataset's file record says which is which
+    kept = {"grey.png", "one.png", "webp.webp", "0.png", "1.png"}
+    record = pd.read_parquet(project.abs(ds.root) / "files.parquet")
+    assert record["idx"].tolist() == images["idx"].tolist()
+    for source, rel, what in zip(images["source_path"], images["path"], record["stored"]):
+        name = Path(source).name
+        assert what == ("kept" if name in kept else "converted"), name
         with Image.open(project.abs(rel)) as im:
-            assert im.format == "PNG" and im.mode == "RGB"
+            if name in kept:
+                assert im.mode in ("RGB", "L")
+                assert project.abs(rel).read_bytes() == (src / source).read_bytes()
+            else:
+                assert im.format == "PNG" and im.mode == "RGB", name
     assert check_clean(project)
 
 
