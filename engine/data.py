@@ -623,10 +623,16 @@ def load_pixels(paths: list[Path], size: int) -> np.ndarray:
     """Read image files (e.g. generated PNGs) as uint8 (N, size, size, 3), in order."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as img:
-            img.load()
-            out[i] = np.asarray(_square(_to_rgb(img), size))
+        out[i] = file_pixels(path, size)
     return out
+
+
+def file_pixels(path: Path | str, size: int) -> np.ndarray:
+    """One image file as uint8 (size, size, 3): RGB, centre square, resized (what
+    ``load_pixels`` makes of it, one file at a time: a streamed dataset's item)."""
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(_square(_to_rgb(img), size))
 
 
 def image_pixels(img: Image.Image, size: int) -> np.ndarray:
