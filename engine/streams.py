@@ -6,7 +6,7 @@ map-style ``torch.utils.data.Dataset`` whose item ``i`` is image ``i`` as uint8 
 read and decoded when asked for (in DataLoader worker processes), so memory does not grow
 with N:
 
-- ``ArrayRows``: rows of a uint8 ``.npy`` file (a dataset's pixel cache), read with ``pread``
+- ``CacheRows``: rows of a uint8 ``.npy`` file (a dataset's pixel cache), read with ``pread``
   (no memory map: the pages read stay in the kernel's page cache, out of the process's RSS);
 - ``ImageFiles``: image files decoded and resized with ``engine.data.file_pixels`` (the rule
   of ``load_pixels``), so a streamed image equals the in-memory one bit for bit.
@@ -35,8 +35,10 @@ from engine.errors import DatasetError, InvalidConfigError
 log = logging.getLogger(__name__)
 
 
-class ArrayRows(Dataset):
-    """Rows ``rows`` of a uint8 ``(N, H, W, 3)`` ``.npy`` file; item i: (H, W, 3) uint8.
+class CacheRows(Dataset):
+    """Rows ``rows`` of a uint8 ``(N, H, W, 3)`` ``.npy`` file (a pixel cache), read when
+    indexed: ``r[i]`` is one (H, W, 3) image, ``r[a:b]`` a (k, H, W, 3) block (one read when
+    its rows are consecutive), so it stands in for the array in a chunked loop.
 
     The file is opened lazily in each process (workers included) and read with ``os.pread``.
     """
@@ -52,25 +54,39 @@ class ArrayRows(Dataset):
         if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or fortran:
             raise DatasetError(f"{self.path} is not a C-ordered uint8 (N, H, W, 3) array: "
                                f"{dtype} {shape}")
-        self.shape = tuple(int(v) for v in shape)
-        self.rows = (np.arange(self.shape[0], dtype=np.int64) if rows is None
+        self.file_rows = int(shape[0])
+        self.rows = (np.arange(self.file_rows, dtype=np.int64) if rows is None
                      else np.asarray(rows, dtype=np.int64))
-        if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= self.shape[0]):
-            raise DatasetError(f"rows outside [0, {self.shape[0]}) asked of {self.path}")
+        if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= self.file_rows):
+            raise DatasetError(f"rows outside [0, {self.file_rows}) asked of {self.path}")
+        self.shape = (int(self.rows.size),) + tuple(int(v) for v in shape[1:])
+        self.dtype, self.ndim = np.dtype(np.uint8), 4
         self.row_bytes = int(np.prod(self.shape[1:]))
         self._fd: int | None = None
 
     def __len__(self) -> int:
         return int(self.rows.size)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def _pread(self, first: int, count: int) -> np.ndarray:
+        """``count`` consecutive file rows from ``first``: (count, H, W, 3)."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        start = self.offset + int(self.rows[i]) * self.row_bytes
-        raw = os.pread(self._fd, self.row_bytes, start)
-        if len(raw) != self.row_bytes:
-            raise DatasetError(f"{self.path} is cut short at row {int(self.rows[i])}")
-        return np.frombuffer(raw, dtype=np.uint8).reshape(self.shape[1:])
+        size = count * self.row_bytes
+        raw = os.pread(self._fd, size, self.offset + first * self.row_bytes)
+        if len(raw) != size:
+            raise DatasetError(f"{self.path} is cut short before row {first + count}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape((count,) + self.shape[1:])
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            return self._pread(int(self.rows[key]), 1)[0]
+        rows = self.rows[key]
+        if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+            return self._pread(int(rows[0]), int(rows.size))
+        out = np.empty((rows.size,) + self.shape[1:], dtype=np.uint8)
+        for i, row in enumerate(rows):
+            out[i] = self._pread(int(row), 1)[0]
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_fd": None}  # a file descriptor does not cross processes
@@ -99,6 +115,11 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> np.ndarray:
         return file_pixels(os.fsdecode(self.paths[i]), self.size)
+
+
+def stack_images(items: list[np.ndarray]) -> np.ndarray:
+    """A DataLoader ``collate_fn``: (S, S, 3) uint8 items -> one (k, S, S, 3) array."""
+    return np.stack(items)
 
 
 def available_memory() -> int:

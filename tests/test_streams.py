@@ -17,14 +17,35 @@ from tests.test_evaluate import blobs, tiny_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_array_rows_read_the_npy_rows(tmp_path):
+def test_cache_rows_read_the_npy_rows(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, size=(7, 5, 5, 3), dtype=np.uint8)
     np.save(tmp_path / "px.npy", x)
-    rows = streams.ArrayRows(tmp_path / "px.npy", [6, 0, 3])
+    rows = streams.CacheRows(tmp_path / "px.npy", [6, 0, 3])
     assert len(rows) == 3
     assert np.array_equal(np.stack([rows[i] for i in range(3)]), x[[6, 0, 3]])
     with pytest.raises(Exception, match="rows outside"):
-        streams.ArrayRows(tmp_path / "px.npy", [7])
+        streams.CacheRows(tmp_path / "px.npy", [7])
+    whole = streams.CacheRows(tmp_path / "px.npy")
+    assert whole.shape == x.shape and len(whole) == 7
+    assert np.array_equal(whole[2:6], x[2:6])  # consecutive rows: one read
+    assert np.array_equal(rows[0:2], x[[6, 0]])  # scattered rows
+    assert np.array_equal(whole[5:99], x[5:])
+
+
+def test_pixel_cache_in_blocks_and_workers_equals_load_pixels(tmp_path, monkeypatch):
+    """The cache written block by block (in this process, or decoded by a loader worker)
+    holds exactly what load_pixels decodes."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(11):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, size=(10 + i, 14, 3), dtype=np.uint8)).save(paths[-1])
+    monkeypatch.setattr(data, "PIXEL_BLOCK", 4)  # 3 blocks: 4, 4, 3
+    expected = data.load_pixels(paths, 8)
+    for workers in (0, 1):
+        cache = data.pixel_cache(paths, tmp_path / f"pixels_{workers}.npy", 8, workers=workers)
+        assert cache.shape == (11, 8, 8, 3)
+        assert np.array_equal(np.asarray(cache), expected)
 
 
 def test_image_files_decode_as_load_pixels(tmp_path):
@@ -85,9 +106,9 @@ def test_streamed_training_sees_the_in_memory_batches(tmp_path, monkeypatch, wor
     memory = classifier_training.train_classifier(x, y, xt, yt, 4, config)
     monkeypatch.undo()
     seen_stream = _record_batches(monkeypatch)
-    source = ConcatDataset([streams.ArrayRows(tmp_path / "real.npy"),
+    source = ConcatDataset([streams.CacheRows(tmp_path / "real.npy"),
                             streams.ImageFiles(paths, 16)])
-    test_source = streams.ArrayRows(tmp_path / "test.npy")
+    test_source = streams.CacheRows(tmp_path / "test.npy")
     streamed = classifier_training.train_classifier(source, y, test_source, yt, 4, config)
 
     assert len(seen_memory) == len(seen_stream) == 2 * 3  # 2 epochs of 48 / 16 batches
@@ -104,7 +125,7 @@ def test_streamed_training_sees_the_in_memory_batches(tmp_path, monkeypatch, wor
 def test_streamed_inputs_are_checked(tmp_path):
     x, y = blobs(3, classes=2, size=16)
     np.save(tmp_path / "px.npy", x)
-    source = streams.ArrayRows(tmp_path / "px.npy")
+    source = streams.CacheRows(tmp_path / "px.npy")
     with pytest.raises(InvalidConfigError, match="both be arrays or both"):
         classifier_training.train_classifier(source, y, x, y, 2, tiny_config())
     with pytest.raises(InvalidConfigError, match=r"\(8, 8, 3\)"):
@@ -161,3 +182,29 @@ def _add_generation(project, ds, rows, Generation):
                             for k, row in enumerate(rows)])
     project.add_generation(Generation(id="gen_copy", name="copies", dataset_id=ds.id,
                                       count=len(rows)), samples)
+
+
+def test_encoding_read_in_chunks_equals_encoding_the_whole_array(tmp_path):
+    """An offline encoding job reads the pixel cache chunk by chunk (chunk_size 5 of 30
+    images): its embeddings are the fitted encoder's on the whole array at once."""
+    from engine import encoders
+    from engine.config import EncodeConfig, ImportConfig
+    from engine.jobs import JobManager
+    from engine.project import Encoding, Project
+    from engine.stages import encode_stage
+    from tests.conftest import import_folder, write_tiny_folder
+
+    folder = write_tiny_folder(tmp_path / "images", classes=3, per_class=10, size=12)
+    with Project(tmp_path / "proj") as project:
+        ds = import_folder(project, folder, "tiny", ImportConfig(test_fraction=0.3))
+        config = EncodeConfig(encoder="pca", dim=4, image_size=8, chunk_size=5)
+        job = JobManager(project).run_inline(encode_stage.prepare(project, config,
+                                                                  dataset_ref=ds.id))
+        enc = project.get(Encoding, job.result_id)
+        got = np.load(project.abs(enc.array_path))
+        encoder = encoders.load_encoder(project.abs(enc.state_path))
+        pixels = data.dataset_pixels(project, ds, 8)
+        labels = project.images(ds.id)["label"].to_numpy()
+        want = encoder.encode(np.asarray(pixels), labels)
+    assert got.shape == (30, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -110,7 +110,8 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
 
     config = EvalConfig.from_dict(params["config"])
     Path(params["out_dir"]).mkdir(parents=True, exist_ok=True)
-    pixels = common.pixels(params, config.image_size, progress, cancel)  # (N, S, S, 3)
+    pixels = common.pixels(params, config.image_size, progress, cancel,
+                           workers=config.loader_workers)  # (N, S, S, 3), memory-mapped
     labels = np.asarray(params["labels"], dtype=np.int64)
     train_idx = np.asarray(params["train_idx"], dtype=np.int64)
     test_idx = np.asarray(params["test_idx"], dtype=np.int64)
@@ -169,7 +170,7 @@ def _run_streamed(params: dict[str, Any], config: EvalConfig, labels: np.ndarray
 
     parts = []
     if len(train_idx):
-        parts.append(streams.ArrayRows(params["pixels_path"], train_idx))
+        parts.append(streams.CacheRows(params["pixels_path"], train_idx))
     if params["synthetic_paths"]:
         parts.append(streams.ImageFiles(params["synthetic_paths"], config.image_size))
     if not parts:
@@ -178,7 +179,7 @@ def _run_streamed(params: dict[str, Any], config: EvalConfig, labels: np.ndarray
                               np.asarray(params["synthetic_labels"], dtype=np.int64)])
     is_synthetic = np.arange(len(train_y)) >= len(train_idx)  # (N,) the real rows come first
     return train_classifier(ConcatDataset(parts), train_y,
-                            streams.ArrayRows(params["pixels_path"], test_idx),
+                            streams.CacheRows(params["pixels_path"], test_idx),
                             labels[test_idx], params["num_classes"], config,
                             out_dir=Path(params["out_dir"]), progress=progress, cancel=cancel,
                             is_synthetic=is_synthetic)
