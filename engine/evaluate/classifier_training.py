@@ -8,7 +8,10 @@ split are compared.
 The images are decoded once: the whole mix becomes one uint8 tensor ``(N, 3, H, W)`` on the
 device, and every batch is converted to floats, augmented with tensor ops (a random-resized
 crop through ``F.affine_grid`` / ``F.grid_sample``, per sample, seeded) and normalised with the
-mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop. The
+mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop.
+A mix too large for memory comes instead as image sources (map-style torch Datasets, see
+``engine.streams``): ``ImageStream`` has DataLoader worker processes read the rows of the
+batches the loop has drawn, in order, so a streamed run trains on the same batches. The
 classical augmentation baselines (AutoAugment, RandAugment, Mixup, CutMix) come on top of the
 crop from ``engine.evaluate.augment``; ME-ADA (``engine.evaluate.meada``) grows the training
 tensor with adversarial images at the start of some epochs and keeps them in the checkpoint.
