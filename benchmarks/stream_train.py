@@ -94,10 +94,24 @@ def child(kind: str, folder: Path, n: int, args: argparse.Namespace) -> None:
     # a progress report after every step (a benchmark's need; the studio reports 5 an epoch)
     classifier_training.REPORTS_PER_EPOCH = 10**9
     cancel = CancelToken()
-    times: list[tuple[int, float]] = []
+    times: list[tuple[int, float, float]] = []
+    import psutil
+
+    me = psutil.Process()
+
+    def cpu_seconds() -> float:
+        """User + system CPU seconds of this process and its loader workers."""
+        total = 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
 
     def progress(event) -> None:
-        times.append((int(event.step), time.perf_counter()))
+        times.append((int(event.step), time.perf_counter(), cpu_seconds()))
         if event.step >= args.steps:
             cancel.cancel()
 
@@ -106,10 +120,11 @@ def child(kind: str, folder: Path, n: int, args: argparse.Namespace) -> None:
                                              config, progress=progress, cancel=cancel)
     except Cancelled:
         pass
-    steps = [(s, t) for s, t in times if s >= args.warmup]
-    (s0, t0), (s1, t1) = steps[0], steps[-1]
+    steps = [(s, t, c) for s, t, c in times if s >= args.warmup]
+    (s0, t0, c0), (s1, t1, c1) = steps[0], steps[-1]
     print(json.dumps({"kind": kind, "n": n, "images": (s1 - s0) * args.batch,
-                      "seconds": t1 - t0, "before_first_step_s": times[0][1] - started,
+                      "seconds": t1 - t0, "cpu_seconds": c1 - c0,
+                      "before_first_step_s": times[0][1] - started,
                       "load_s": loaded}))
 
 
@@ -142,7 +157,9 @@ def run_child(kind: str, folder: Path, n: int, args: argparse.Namespace) -> dict
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
     result["rate"] = result["images"] / result["seconds"]
-    print(f"{kind:6s} n={n:7d}: {result['rate']:7.2f} images/s, peak RSS "
+    result["cpu_ms_per_image"] = 1e3 * result["cpu_seconds"] / result["images"]
+    print(f"{kind:6s} n={n:7d}: {result['rate']:7.2f} images/s, "
+          f"{result['cpu_ms_per_image']:6.1f} CPU ms/image, peak RSS "
           f"{result['peak_rss_mb']:7.1f} MB, {result['before_first_step_s']:.1f} s before "
           f"the first step", flush=True)
     return result
@@ -184,6 +201,10 @@ def main() -> None:
     def rate(runs: list[dict]) -> float:
         return sum(r["images"] for r in runs) / sum(r["seconds"] for r in runs)
 
+    def cpu(runs: list[dict]) -> float:
+        """CPU milliseconds per image (loop + loader workers): what load does not change."""
+        return 1e3 * sum(r["cpu_seconds"] for r in runs) / sum(r["images"] for r in runs)
+
     ratio = rate(streamed) / rate(memory)
     small_rss = max(r["peak_rss_mb"] for r in streamed)
     if args.no_large:
@@ -197,6 +218,8 @@ def main() -> None:
             "stream_images_per_s": round(rate(streamed), 2),
             "per_round": [[round(m["rate"], 2), round(s_["rate"], 2)]
                           for m, s_ in zip(memory, streamed)],
+            "cpu_ms_per_image": {"memory": round(cpu(memory), 2),
+                                 "stream": round(cpu(streamed), 2)},
             "arch": args.arch, "batch": args.batch, "steps": args.steps,
             "rounds": args.rounds, "workers": args.workers, "cpus": os.cpu_count()}))
         return
@@ -222,6 +245,7 @@ def main() -> None:
         "stream_rss_growth": round(growth, 4),
         "per_round": [[round(m["rate"], 2), round(s_["rate"], 2)]
                       for m, s_ in zip(memory, streamed)],
+        "cpu_ms_per_image": {"memory": round(cpu(memory), 2), "stream": round(cpu(streamed), 2)},
         "memory_rss_mb": {str(args.n_small): round(max(r["peak_rss_mb"] for r in memory), 1),
                           str(args.n_large): round(memory_large["peak_rss_mb"], 1)},
         "arch": args.arch, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
