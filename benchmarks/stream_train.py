@@ -23,10 +23,13 @@ descendants every 50 ms and keeps the peak of their sum.
   shows how that path grows.
 
 ratio = streamed images/s / in-memory images/s (summed over rounds); goal 0.9; "met" also
-needs the RSS growth from small to large within 10 %.
+needs the RSS growth from small to large within 10 %. Each child also reports the CPU
+seconds of its process and loader workers per image (``cpu_ms_per_image``), which the
+load of other work on the machine moves far less than the wall-clock rate.
 
 Usage: python benchmarks/stream_train.py [--work DIR] [--n-small 10000] [--n-large 100000]
        [--arch resnet18] [--batch 64] [--steps 12] [--warmup 2] [--rounds 2] [--workers 2]
+       [--no-large]  (throughput only)
 Last line: one JSON object {"claim", "ratio", "goal", "met", ...}.
 """
 
