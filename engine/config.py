@@ -547,6 +547,8 @@ class BandConfig(StageConfig):
 
 
 CLASSIFIERS = ("resnet_tiny", "resnet18", "resnet50")
+DATA_PATHS = ("auto", "memory", "stream")  # as engine.streams.DATA_PATHS
+MAX_LOADER_WORKERS = 32
 MIXES = ("real", "synthetic", "real+synthetic")
 # "crop" = random-resized crop (+ flip when hflip); the others add to that crop: a policy
 # on the uint8 images (autoaugment, randaugment) or a batch mix with soft targets (mixup, cutmix);
@@ -599,6 +601,12 @@ class EvalConfig(StageConfig):
     syn_bn: str = "shared"  # "separate": own BatchNorm batch statistics, running ones real
     curriculum: str = "mixed"  # or "synthetic_then_real": synthetic epochs first, then real
     curriculum_split: float = 0.5  # synthetic_then_real: the fraction of synthetic epochs
+    # how the images reach the loop (engine/streams.py): "memory" (one uint8 tensor),
+    # "stream" (read per batch by loader_workers DataLoader processes), or "auto": memory
+    # while the mix and the scored split take at most memory_fraction of available memory
+    data_path: str = "auto"
+    memory_fraction: float = 0.25
+    loader_workers: int = 2  # streamed: DataLoader worker processes (0: in the loop's own)
 
     def curriculum_epochs(self) -> int:
         """Epochs trained on synthetic images only under "synthetic_then_real" (the first
@@ -666,6 +674,15 @@ class EvalConfig(StageConfig):
         _range("meada_gamma", self.meada_gamma, 0.0, 1000.0)
         _range("meada_eta", self.meada_eta, 0.0, 1000.0)
         _range("meada_batch", self.meada_batch, 1, MAX_COUNT)
+        _check(self.data_path in DATA_PATHS,
+               f"data_path must be one of {DATA_PATHS}, got {self.data_path!r}")
+        _check(_is_number(self.memory_fraction) and 0.0 < self.memory_fraction <= 1.0,
+               f"memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
+        _range("loader_workers", self.loader_workers, 0, MAX_LOADER_WORKERS)
+        _check(self.data_path != "stream" or self.augment != "meada",
+               "meada grows the training set in memory: it cannot run with data_path=stream")
+        _check(self.data_path != "stream" or self.processes == 1,
+               f"data_path=stream runs in one process, got processes={self.processes}")
 
     def _validate_mixing(self) -> None:
         """Bounds of the options that say how synthetic images join training."""

@@ -476,10 +476,16 @@ def load_pixels(paths: list[Path], size: int) -> np.ndarray:
     """Read image files (e.g. generated PNGs) as uint8 (N, size, size, 3), in order."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as img:
-            img.load()
-            out[i] = np.asarray(_square(_to_rgb(img), size))
+        out[i] = file_pixels(path, size)
     return out
+
+
+def file_pixels(path: Path | str, size: int) -> np.ndarray:
+    """One image file as uint8 (size, size, 3): RGB, centre square, resized (what
+    ``load_pixels`` makes of it, one file at a time: a streamed dataset's item)."""
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(_square(_to_rgb(img), size))
 
 
 def image_pixels(img: Image.Image, size: int) -> np.ndarray:
@@ -518,7 +524,7 @@ def dataset_pixels(project: Project, dataset: Dataset, size: int,
 
 def pixel_cache(paths: list[Path] | list[str], cache: Path, size: int,
                 progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None) -> np.ndarray:
+                cancel: CancelToken | None = None, workers: int = 0) -> np.ndarray:
     """The images ``paths`` (a dataset's, in ``idx`` order) as uint8 (N, size, size, 3),
     decoded once into ``cache`` (a ``.npy`` written atomically) and memory-mapped read-only.
 
@@ -526,9 +532,14 @@ def pixel_cache(paths: list[Path] | list[str], cache: Path, size: int,
     center-cropped to a square before resizing. Two workers building the same cache at once
     each write their own temp file; the last rename wins (same content).
 
+    Built in blocks of ``PIXEL_BLOCK`` images written to the file in order (not through a
+    memory map), so the memory it takes does not grow with N; with ``workers`` > 0 the
+    images are decoded by that many DataLoader worker processes (``engine.streams``).
+
     Args:
         progress: receives ``ProgressEvent(stage="pixels", step=images done, total=N)``
             while building.
+        workers: decoding processes; 0 decodes in this one.
     """
     if size < 1:
         raise DatasetError(f"size must be >= 1, got {size}")
@@ -543,21 +554,23 @@ def pixel_cache(paths: list[Path] | list[str], cache: Path, size: int,
         del arr
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
-        out = engine.paths.new_memmap(tmp, np.uint8, (n, size, size, 3))
+        header = engine.paths.new_memmap(tmp, np.uint8, (n, size, size, 3))  # blocks reserved
+        offset = header.offset
+        del header
         last_report = 0.0
-        for i, path in enumerate(paths):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            with Image.open(path) as img:
-                img.load()
-                out[i] = np.asarray(_square(img, size))
-            now = time.monotonic()
-            if now - last_report >= _REPORT_EVERY_S or i + 1 == n:
-                last_report = now
-                progress(ProgressEvent(stage="pixels", step=i + 1, total=n))
-        out.flush()
-        del out
+        done = 0
         with open(tmp, "rb+") as f:
+            f.seek(offset)
+            for block in _decoded_blocks(paths, size, workers):  # (k, size, size, 3)
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                f.write(np.ascontiguousarray(block).tobytes())
+                done += len(block)
+                now = time.monotonic()
+                if now - last_report >= _REPORT_EVERY_S or done == n:
+                    last_report = now
+                    progress(ProgressEvent(stage="pixels", step=done, total=n))
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, cache)
     except BaseException:
@@ -565,3 +578,20 @@ def pixel_cache(paths: list[Path] | list[str], cache: Path, size: int,
         raise
     return np.load(cache, mmap_mode="r", allow_pickle=False)
 
+
+PIXEL_BLOCK = 256  # images decoded and written at once by pixel_cache
+
+
+def _decoded_blocks(paths: list[Path] | list[str], size: int, workers: int) -> Any:
+    """The images of ``paths`` at ``size``, in order, as (k, size, size, 3) uint8 blocks."""
+    if workers <= 0 or len(paths) <= PIXEL_BLOCK:  # one block: not worth a process
+        for start in range(0, len(paths), PIXEL_BLOCK):
+            yield np.stack([file_pixels(p, size) for p in paths[start:start + PIXEL_BLOCK]])
+        return
+    from torch.utils.data import DataLoader
+
+    from engine.streams import ImageFiles, stack_images
+
+    loader = DataLoader(ImageFiles(paths, size), batch_size=PIXEL_BLOCK, num_workers=workers,
+                        collate_fn=stack_images, multiprocessing_context="spawn")
+    yield from loader

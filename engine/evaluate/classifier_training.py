@@ -8,7 +8,10 @@ split are compared.
 The images are decoded once: the whole mix becomes one uint8 tensor ``(N, 3, H, W)`` on the
 device, and every batch is converted to floats, augmented with tensor ops (a random-resized
 crop through ``F.affine_grid`` / ``F.grid_sample``, per sample, seeded) and normalised with the
-mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop. The
+mix's own channel mean and std. No DataLoader, no worker processes, no PIL in the loop.
+A mix too large for memory comes instead as image sources (map-style torch Datasets, see
+``engine.streams``): ``ImageStream`` has DataLoader worker processes read the rows of the
+batches the loop has drawn, in order, so a streamed run trains on the same batches. The
 classical augmentation baselines (AutoAugment, RandAugment, Mixup, CutMix) come on top of the
 crop from ``engine.evaluate.augment``; ME-ADA (``engine.evaluate.meada``) grows the training
 tensor with adversarial images at the start of some epochs and keeps them in the checkpoint.
@@ -67,6 +70,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from engine.config import SYN_DEFAULTS, EvalConfig
 from engine.errors import Cancelled, InvalidConfigError, StudioError
@@ -84,6 +88,8 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 STAGE = "evaluate"
 EVAL_BATCH = 512
+STREAM_PREFETCH = 4  # batches each DataLoader worker reads ahead
+STREAM_OPTIONS = ("data_path", "memory_fraction", "loader_workers")  # change no result
 REPORTS_PER_EPOCH = 5  # progress reports inside an epoch (plus one at its end)
 STEP_FRACTIONS = (1 / 3, 2 / 3, 8 / 9)  # "step" schedule: x0.1 here (ImageNet: 30, 60, 80 of 90)
 
@@ -156,15 +162,22 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, tor
     Computed in float64 chunks, so a large mix needs no float copy. A flat channel gets
     std 1 so that normalising never divides by zero.
     """
-    total = torch.zeros(3, dtype=torch.float64, device=x.device)
-    total_sq = torch.zeros(3, dtype=torch.float64, device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        b = x[i:i + chunk].to(torch.float64) / 255.0
-        total += b.sum(dim=(0, 2, 3))
-        total_sq += (b * b).sum(dim=(0, 2, 3))
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(0.0).sqrt()
+    mean, std = chunks_channel_stats(x[i:i + chunk] for i in range(0, x.shape[0], chunk))
+    return mean.to(x.device), std.to(x.device)
+
+
+def chunks_channel_stats(chunks: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``channel_stats`` of the images given as successive (n, 3, H, W) uint8 chunks."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for x in chunks:
+        b = x.to(torch.float64) / 255.0
+        total += b.sum(dim=(0, 2, 3)).cpu()
+        total_sq += (b * b).sum(dim=(0, 2, 3)).cpu()
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / max(1, count)
+    std = (total_sq / max(1, count) - mean * mean).clamp_min(0.0).sqrt()
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
     return mean.float(), std.float()
 
@@ -217,6 +230,84 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, scale_min: 
 
 
 # ---------------------------------------------------------------------------------------------
+# Data streamed from an image source
+
+
+def _collate_uint8(items: list[np.ndarray]) -> torch.Tensor:
+    """(S, S, 3) uint8 images -> one (n, 3, S, S) uint8 tensor (in the loader's worker)."""
+    return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # a loader worker decodes; the loop's process computes
+
+
+class _Batches:
+    """A DataLoader batch sampler that yields the index batches it is given, in order, as
+    lists (converted one at a time: an epoch's N indices stay one int64 tensor each)."""
+
+    def __init__(self) -> None:
+        self.batches: list[torch.Tensor] = []
+
+    def __iter__(self) -> Any:
+        return (b.tolist() for b in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class ImageStream:
+    """The training mix and the scored split read per batch by DataLoader workers.
+
+    One worker pool (persistent, ``spawn``ed) serves both: ``train`` is rows [0, N) of the
+    concatenation, ``test`` rows [N, N + M). The loop says which rows each batch holds before
+    iterating, so the streamed batches are the in-memory ones, in the same order.
+
+    Args:
+        train, test: map-style datasets whose item i is a (S, S, 3) uint8 array (see
+            ``engine.streams``).
+        workers: loader processes; 0 reads in the calling process.
+        device: where the batches go (pinned memory on CUDA).
+    """
+
+    def __init__(self, train: Dataset, test: Dataset, workers: int,
+                 device: torch.device) -> None:
+        self.n, self.m = len(train), len(test)
+        self.sampler = _Batches()
+        self.device = device
+        self.loader = DataLoader(
+            ConcatDataset([train, test]), batch_sampler=self.sampler, num_workers=workers,
+            collate_fn=_collate_uint8, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, worker_init_fn=_one_thread if workers else None,
+            multiprocessing_context="spawn" if workers else None,  # torch + fork can hang
+            prefetch_factor=STREAM_PREFETCH if workers else None)
+
+    def _read(self, batches: list[torch.Tensor]) -> Any:
+        self.sampler.batches = batches
+        for xb in self.loader:
+            yield xb.to(self.device, non_blocking=True)
+
+    def train_batches(self, selections: list[torch.Tensor]) -> Any:
+        """(k, 3, S, S) uint8 device tensors of the training rows ``selections``, in order."""
+        return self._read([sel.cpu() for sel in selections])
+
+    def train_chunks(self, chunk: int = EVAL_BATCH) -> Any:
+        """The whole training mix in order, (k, 3, S, S) uint8 chunks."""
+        return self._read(list(torch.arange(self.n).split(chunk)))
+
+    def test_chunks(self, chunk: int = EVAL_BATCH) -> Any:
+        """The scored split in order, (k, 3, S, S) uint8 chunks."""
+        return self._read(list(torch.arange(self.n, self.n + self.m).split(chunk)))
+
+    def close(self) -> None:
+        """Stop the loader's worker processes (they persist between epochs)."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
+
+
+# ---------------------------------------------------------------------------------------------
 # Schedule, checkpoint
 
 
@@ -257,6 +348,8 @@ def _config_key(config: EvalConfig) -> str:
     change between runs (a checkpoint does not depend on them)."""
     values = config.replace(device="cpu").to_dict()
     values.pop("processes", None)
+    for key in STREAM_OPTIONS:  # streamed or in memory, the same batches
+        values.pop(key, None)
     if config.augment != meada.KIND:  # options that change nothing: older checkpoints resume
         values = {k: v for k, v in values.items() if not k.startswith("meada_")}
     if config.curriculum == SYN_DEFAULTS["curriculum"]:
@@ -353,22 +446,49 @@ class _Schedule(NamedTuple):
                    syn_per_batch)
 
 
-def _checked_inputs(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                    test_y: np.ndarray, num_classes: int, config: EvalConfig
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The four arrays (labels as int64), or InvalidConfigError naming what is wrong."""
-    train_x = np.asarray(train_x)
+def _check_source(name: str, x: Dataset, y: np.ndarray, num_classes: int, size: int) -> None:
+    """``_check_split`` for an image source: its length, its labels, its first image."""
+    if y.shape != (len(x),):
+        raise InvalidConfigError(f"the {name} labels must have shape ({len(x)},), got {y.shape}")
+    first = np.asarray(x[0])
+    if first.shape != (size, size, 3) or first.dtype != np.uint8:
+        raise InvalidConfigError(
+            f"the {name} images must be ({size}, {size}, 3) uint8 (config.image_size), "
+            f"the first is {first.dtype} {first.shape}")
+    _check_split(name, first[None], y[:1], num_classes, size)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        bad = sorted(set(y[(y < 0) | (y >= num_classes)].tolist()))[:5]
+        raise InvalidConfigError(f"the {name} labels must be in [0, {num_classes}), found {bad}")
+
+
+def _checked_inputs(train_x: np.ndarray | Dataset, train_y: np.ndarray,
+                    test_x: np.ndarray | Dataset, test_y: np.ndarray, num_classes: int,
+                    config: EvalConfig) -> tuple[Any, np.ndarray, Any, np.ndarray]:
+    """The four inputs (arrays, or image sources when streamed; labels as int64), or
+    InvalidConfigError naming what is wrong."""
+    streamed = isinstance(train_x, Dataset)
+    if streamed != isinstance(test_x, Dataset):
+        raise InvalidConfigError("the training mix and the test split must both be arrays or "
+                                 "both image sources (torch Datasets)")
+    if not streamed:
+        train_x, test_x = np.asarray(train_x), np.asarray(test_x)
     train_y = np.asarray(train_y).astype(np.int64, copy=False)
-    test_x = np.asarray(test_x)
     test_y = np.asarray(test_y).astype(np.int64, copy=False)
-    if train_x.shape[0] == 0:
+    if len(train_x) == 0:
         raise InvalidConfigError("the training mix is empty: it has no image to train on")
-    if test_x.shape[0] == 0:
+    if len(test_x) == 0:
         raise InvalidConfigError("the test split is empty: there is no image to test on")
     if num_classes < 2:
         raise InvalidConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
-    _check_split("training", train_x, train_y, num_classes, config.image_size)
-    _check_split("test", test_x, test_y, num_classes, config.image_size)
+    if streamed:
+        if config.augment == meada.KIND:
+            raise InvalidConfigError("meada grows the training set in memory: give it arrays, "
+                                     "not streamed image sources")
+        _check_source("training", train_x, train_y, num_classes, config.image_size)
+        _check_source("test", test_x, test_y, num_classes, config.image_size)
+    else:
+        _check_split("training", train_x, train_y, num_classes, config.image_size)
+        _check_split("test", test_x, test_y, num_classes, config.image_size)
     return train_x, train_y, test_x, test_y
 
 
@@ -499,11 +619,26 @@ def _model_and_optimizer(config: EvalConfig, num_classes: int, peak_lr: float,
     return model, optimizer
 
 
-def _batch(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, rows: slice,
+def _skipped(idx: torch.Tensor, n: int, ranks: Ranks) -> bool:
+    """A batch too small to train on: a lone last sample gives BatchNorm one value per
+    channel (and every rank needs a row)."""
+    return idx.numel() < max(2, ranks.world) and n > 1
+
+
+def _selected(idx: torch.Tensor, rows: slice, extra: BatchAugment) -> torch.Tensor:
+    """The rows of the batch ``idx`` (B,) whose images this rank reads: all of them when a
+    policy or a mix draws through the batch, else this rank's ``rows``."""
+    return idx if extra.policy is not None or extra.mix is not None else idx[rows]
+
+
+def _batch(xu: torch.Tensor, yb: torch.Tensor, total: int, rows: slice,
            mean: torch.Tensor, std: torch.Tensor, config: EvalConfig, extra: BatchAugment,
            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's ``rows`` of the augmented batch ``idx`` (B,): (b, 3, S, S) floats and (b,)
-    labels, or (b, C) soft targets after a mix.
+    """This rank's ``rows`` of the augmented batch of ``total`` images: (b, 3, S, S) floats
+    and (b,) labels, or (b, C) soft targets after a mix.
+
+    ``xu`` (k, 3, S, S) uint8 and ``yb`` (k,) are the images and labels of the rows
+    ``_selected`` names (k = B with a policy or a mix, else b).
 
     uint8 -> (policy) -> normalised floats -> crop -> (mix). Every rank draws for the whole
     batch, so the rows are those one process would make: a policy or a mix draws through
@@ -511,16 +646,14 @@ def _batch(xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, rows: slice,
     alone is drawn for the whole batch and applied to the rows only.
     """
     if extra.policy is not None or extra.mix is not None:
-        xb = _normalise(extra.policy_batch(xs[idx], generator), mean, std)  # (B, 3, S, S)
-        yb = ys[idx]
+        xb = _normalise(extra.policy_batch(xu, generator), mean, std)  # (B, 3, S, S)
         xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip)
         xb, yb = extra.mix_batch(xb, yb, generator)
         return xb[rows], yb[rows]
-    xb = _normalise(xs[idx[rows]], mean, std)  # (b, 3, S, S)
-    yb = ys[idx[rows]]
+    xb = _normalise(xu, mean, std)  # (b, 3, S, S)
     if config.augment != "none":
         xb = random_resized_crop(xb, generator, config.crop_scale_min, config.hflip,
-                                 total=idx.numel(), rows=rows)
+                                 total=total, rows=rows)
     return xb, yb
 
 
@@ -571,15 +704,18 @@ def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, mean: torch.Tensor,
+def _predict(model: nn.Module, x: torch.Tensor | ImageStream, mean: torch.Tensor,
              std: torch.Tensor) -> torch.Tensor:
-    """Logits (M, C) of the uint8 images (M, 3, H, W), batched, in eval mode, on the CPU."""
+    """Logits (M, C) of the uint8 images (M, 3, H, W) (or the stream's scored split),
+    batched, in eval mode, on the CPU."""
     model.eval()
-    out = []
-    for i in range(0, x.shape[0], EVAL_BATCH):
-        xb = _normalise(x[i:i + EVAL_BATCH], mean, std)  # (b, 3, S, S)
+    chunks = (x.test_chunks() if isinstance(x, ImageStream) else
+              (x[i:i + EVAL_BATCH] for i in range(0, x.shape[0], EVAL_BATCH)))
+    out = [torch.zeros(0, 0)]
+    for xu in chunks:
+        xb = _normalise(xu, mean, std)  # (b, 3, S, S)
         out.append(model(xb.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(out)
+    return torch.cat(out[1:]) if len(out) > 1 else out[0]
 
 
 def _final_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -594,8 +730,9 @@ def _final_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> d
 # Training
 
 
-def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                     test_y: np.ndarray, num_classes: int, config: EvalConfig,
+def train_classifier(train_x: np.ndarray | Dataset, train_y: np.ndarray,
+                     test_x: np.ndarray | Dataset, test_y: np.ndarray, num_classes: int,
+                     config: EvalConfig,
                      out_dir: Path | None = None, progress: ProgressFn = no_progress,
                      cancel: CancelToken | None = None,
                      is_synthetic: np.ndarray | None = None) -> dict[str, Any]:
@@ -605,10 +742,17 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     rows of every batch and ``engine.torchrun.ranks.Ranks`` does the rest (DDP, BatchNorm
     over all ranks, the loss summed over them); alone, all of that is the identity.
 
+    Two data paths, the same batches: arrays are held in memory as one uint8 tensor on the
+    device; image sources (map-style torch Datasets whose item i is image i as (S, S, 3)
+    uint8, e.g. ``engine.streams``) are read per batch by ``config.loader_workers``
+    DataLoader processes (``ImageStream``), so memory does not grow with N. The channel
+    statistics then take one pass over the mix first.
+
     Args:
-        train_x: (N, S, S, 3) uint8 training mix, S = ``config.image_size``.
+        train_x: (N, S, S, 3) uint8 training mix, S = ``config.image_size``, or an image
+            source of N images.
         train_y: (N,) int labels in [0, num_classes).
-        test_x: (M, S, S, 3) uint8 held-out real images.
+        test_x: (M, S, S, 3) uint8 held-out real images, or an image source (as ``train_x``).
         test_y: (M,) int labels.
         num_classes: C.
         config: the recipe (arch, epochs, batch size, lr at batch 256, warm-up, weight decay,
@@ -629,12 +773,13 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         for a class without test image), ``confusion`` (C x C ints, row = true class),
         ``curves`` {"epoch", "train_loss", "test_loss", "test_top1"}, ``num_train``,
         ``num_test``, ``num_params``, ``seconds`` (training time, including before a resume),
-        ``world_size``, ``rank``; with meada, ``meada_images`` (adversarial images appended,
-        ``num_train`` staying the mix's size); with ``is_synthetic``, ``num_synthetic``
-        (synthetic images in the mix). With several processes (``WORLD_SIZE`` > 1)
-        only rank 0 tests and returns all of this; every rank adds ``weights_digest`` (same
-        on all ranks when they agree), and the other ranks return only ``world_size``, ``rank``,
-        ``weights_digest``, ``curves`` (train loss) and ``num_train``.
+        ``world_size``, ``rank``, ``data_path`` ("memory" or "stream"); with meada,
+        ``meada_images`` (adversarial images appended, ``num_train`` staying the mix's
+        size); with ``is_synthetic``, ``num_synthetic`` (synthetic images in the mix).
+        With several processes (``WORLD_SIZE`` > 1) only rank 0 tests and returns all of
+        this; every rank adds ``weights_digest`` (same on all ranks when they agree), and the
+        other ranks return only ``world_size``, ``rank``, ``weights_digest``, ``curves``
+        (train loss) and ``num_train``.
 
     Raises:
         InvalidConfigError: an empty training mix or test split, labels outside [0, C),
@@ -652,14 +797,41 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     if not ranks.main:
         progress = no_progress  # rank 0 reports for all
 
-    # 1. data, decoded once: uint8 tensors on the device, normalisation from the training mix
-    xs = _to_tensor(train_x, device)  # (N, 3, S, S) uint8
-    ys = torch.from_numpy(train_y).to(device)  # (N,)
-    xt = _to_tensor(test_x if ranks.main else test_x[:0], device)  # (M, 3, S, S), rank 0
-    yt = torch.from_numpy(test_y)  # (M,) on the CPU, for the metrics
-    mean, std = channel_stats(xs)
-    n = xs.shape[0]  # the mix's size: the schedule's, even when meada grows xs
+    n = len(train_y)  # the mix's size: the schedule's, even when meada grows xs
     syn = _synthetic_rows(is_synthetic, n, config)  # (N,) bool on the CPU, or None
+
+    # 1. data: in memory, uint8 tensors on the device, decoded once; streamed, read per batch
+    #    by loader workers. Normalisation from the training mix.
+    ys = torch.from_numpy(train_y).to(device)  # (N,)
+    yt = torch.from_numpy(test_y)  # (M,) on the CPU, for the metrics
+    stream: ImageStream | None = None
+    xs: Any = None
+    if isinstance(train_x, Dataset):
+        stream = ImageStream(train_x, test_x if ranks.main else Subset(test_x, []),
+                             config.loader_workers, device)
+        xt: Any = stream  # the scored split, read by _predict
+        mean, std = (v.to(device) for v in chunks_channel_stats(stream.train_chunks()))
+    else:
+        xs = _to_tensor(train_x, device)  # (N, 3, S, S) uint8
+        xt = _to_tensor(test_x if ranks.main else test_x[:0], device)  # (M, 3, S, S), rank 0
+        mean, std = channel_stats(xs)
+    try:
+        return _train(train_y, test_y, num_classes, config, out_dir, progress, cancel, syn,
+                      started, ranks, xs, ys, xt, yt, stream, mean, std)
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _train(train_y: np.ndarray, test_y: np.ndarray, num_classes: int, config: EvalConfig,
+           out_dir: Path | None, progress: ProgressFn, cancel: CancelToken | None,
+           syn: torch.Tensor | None, started: float, ranks: Ranks, xs: torch.Tensor | None,
+           ys: torch.Tensor, xt: Any, yt: torch.Tensor, stream: ImageStream | None,
+           mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:
+    """``train_classifier`` from its step 2 on: the data ready in memory (``xs``, ``xt``)
+    or as a ``stream``; ``syn`` the (N,) synthetic rows or None."""
+    device = ranks.device
+    n = len(train_y)
     n_syn = int(syn.sum()) if syn is not None else 0
     sched = _Schedule.of(n, n_syn, config)
     batch = sched.batch
@@ -677,7 +849,8 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
     extra = BatchAugment(config, num_classes)  # policy / batch mix on top of the crop
 
     # 3. resume: weights, optimiser, generator, curves, the meada images of the epochs done
-    fingerprint = _fingerprint(train_y, train_x.shape, test_y, num_classes,
+    shape = (n, config.image_size, config.image_size, 3)  # as the array's, streamed or not
+    fingerprint = _fingerprint(train_y, shape, test_y, num_classes,
                                syn if uses_synthetic_rows(config) else None)
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     start_epoch, seconds_before, curves, xs, ys = _resume(ckpt_path, config, fingerprint, model,
@@ -692,18 +865,25 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
             xs, ys = _meada_phase(model, xs, ys, mean, std, config, generator, epoch, sched,
                                   progress, cancel)
         model.train()
-        batches = _epoch_batches(epoch, xs.shape[0], syn, sched, config, generator)
+        batches = _epoch_batches(epoch, n if xs is None else xs.shape[0], syn, sched, config,
+                                 generator)
         report_every = max(1, len(batches) // REPORTS_PER_EPOCH)
+        # streamed: the loader reads the images of the batches the loop trains on, in order
+        images = None if stream is None else stream.train_batches(
+            [_selected(idx, ranks.rows(idx.numel()), extra) for idx in batches
+             if not _skipped(idx, n, ranks)])
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for i, idx in enumerate(batches):
             step = sched.first_step(epoch) + i
             idx = idx.to(device)
-            if idx.numel() < max(2, ranks.world) and n > 1:
+            if _skipped(idx, n, ranks):
                 continue  # a lone last sample gives BatchNorm one value per channel
             # 5. this rank's rows of the augmented batch, (b, 3, S, S), and their kinds (b,)
             rows = ranks.rows(idx.numel())
-            xb, yb = _batch(xs, ys, idx, rows, mean, std, config, extra, generator)
+            sel = _selected(idx, rows, extra)
+            xu = xs[sel] if images is None else next(images)  # (k, 3, S, S) uint8
+            xb, yb = _batch(xu, ys[sel], idx.numel(), rows, mean, std, config, extra, generator)
             kinds = kinds_all[idx[rows]] if kinds_all is not None else None
             # 6. forward at the scheduled rate; the rows' mean loss, weighted by b * W / B
             #    so that DDP's mean of the gradients over the ranks is the whole batch's
@@ -779,7 +959,8 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
         **_final_metrics(_predict(model, xt, mean, std), yt, num_classes),
         "curves": curves,
         "num_train": int(n),
-        "num_test": int(xt.shape[0]),
+        "num_test": int(len(yt)),
+        "data_path": "memory" if stream is None else "stream",
         "num_params": sum(p.numel() for p in model.parameters()),
         "seconds": seconds_before + time.perf_counter() - started,
         **({"meada_images": int(xs.shape[0] - n)} if config.augment == meada.KIND else {}),

@@ -55,10 +55,11 @@ def pixels_params(project: Project, ds: Dataset, size: int) -> dict[str, Any]:
 
 
 def pixels(params: dict[str, Any], size: int, progress: ProgressFn = no_progress,
-           cancel: CancelToken | None = None) -> np.ndarray:
+           cancel: CancelToken | None = None, workers: int = 0) -> np.ndarray:
     """Worker side: the pixel cache named by ``pixels_params``, uint8 (N, size, size, 3)
-    memory-mapped, built first when missing. Specs written before the workers built caches
-    have no ``image_list``: their owner built the cache."""
+    memory-mapped, built first when missing (decoded by ``workers`` processes, see
+    ``engine.data.pixel_cache``). Specs written before the workers built caches have no
+    ``image_list``: their owner built the cache."""
     from engine import data
 
     if "image_list" not in params:
@@ -69,7 +70,7 @@ def pixels(params: dict[str, Any], size: int, progress: ProgressFn = no_progress
         raise DatasetError(f"{listing} lists {len(paths)} images, the dataset has "
                            f"{params['num_images']}; delete the list to have it rewritten")
     return data.pixel_cache(paths, Path(params["pixels_path"]), size, progress=progress,
-                            cancel=cancel)
+                            cancel=cancel, workers=workers)
 
 
 def dataset_encoding(project: Project, ds: Dataset, encoder: str | None,

@@ -9,8 +9,10 @@ memory-mapped ``embeddings.npy.partial`` beside a small marker ``embeddings.npy.
 (images done, shape, encoder); the fitted (or loaded) encoder is saved first. A retried job
 (same folder, same params) loads that encoder and continues after the last finished chunk;
 the finished array is renamed to ``embeddings.npy``. Offline encoders read the dataset's
-cached pixel array; pretrained ones (``reads_files``) decode the image files chunk by chunk
-at their own resolution, so a large dataset is never held in memory.
+cached pixel array, chunk by chunk (``engine.streams.CacheRows``: read, not memory-mapped,
+so memory does not grow with the dataset); pretrained ones (``reads_files``) decode the
+image files chunk by chunk at their own resolution, so a large dataset is never held in
+memory.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
 
 def _encode(params: dict[str, Any], progress: ProgressFn, cancel: CancelToken
             ) -> dict[str, Any]:
-    from engine import encoders
+    from engine import encoders, streams
 
     config = EncodeConfig.from_dict(params["config"])
     labels = np.asarray(params["labels"], dtype=np.int64)
@@ -161,8 +163,10 @@ def _encode(params: dict[str, Any], progress: ProgressFn, cancel: CancelToken
     # 2. where each chunk's pixels come from
     paths = params.get("paths")
     if pixels is not None:
+        rows = streams.CacheRows(params["pixels_path"])  # each chunk read, never mapped
+
         def chunk_pixels(start: int, stop: int) -> np.ndarray | None:
-            return np.asarray(pixels[start:stop])
+            return rows[start:stop]
     elif paths is not None:
         def chunk_pixels(start: int, stop: int) -> np.ndarray | None:
             return encoder.read_images([Path(p) for p in paths[start:stop]])

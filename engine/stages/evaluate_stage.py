@@ -5,10 +5,18 @@ generation), ``real+synthetic``. The scored split is the dataset's real ``test``
 final report) or its ``val`` images (every choice: bands, guidance, recipes); the Evaluation
 row says which in ``eval_split``, and ``num_test`` counts that split's images. Validation
 images are never in the training mix (the mix's real part is the train split only).
+
+The worker picks how the images reach the classifier (``EvalConfig.data_path``, "auto" by
+default; the result's ``data_path`` and ``data_bytes`` say which and why): in memory, one
+uint8 array of the mix, while the mix and the scored split take at most
+``memory_fraction`` of the available memory; beyond, streamed (``engine.streams``): the real
+images read row by row from the dataset's pixel cache, the synthetic ones decoded from
+their files, per batch, in DataLoader workers, so memory does not grow with the mix.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,8 @@ from engine.paths import given_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Evaluation, Generation, Project, Selection, dumps, new_id
 from engine.stages import JobSpec, common
+
+log = logging.getLogger(__name__)
 
 
 def prepare(project: Project, config: EvalConfig, mix: str = "real",
@@ -100,10 +110,20 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
 
     config = EvalConfig.from_dict(params["config"])
     Path(params["out_dir"]).mkdir(parents=True, exist_ok=True)
-    pixels = common.pixels(params, config.image_size, progress, cancel)  # (N, S, S, 3)
+    pixels = common.pixels(params, config.image_size, progress, cancel,
+                           workers=config.loader_workers)  # (N, S, S, 3), memory-mapped
     labels = np.asarray(params["labels"], dtype=np.int64)
     train_idx = np.asarray(params["train_idx"], dtype=np.int64)
     test_idx = np.asarray(params["test_idx"], dtype=np.int64)
+    # 0. in memory or streamed: the bytes the arrays would take
+    n_syn = len(params["synthetic_paths"])
+    nbytes = (len(train_idx) + n_syn + len(test_idx)) * config.image_size ** 2 * 3
+    path = data_path(config, nbytes)
+    log.info("evaluation data: %s (%d images, %.2f GB as uint8 arrays)", path,
+             len(train_idx) + n_syn + len(test_idx), nbytes / 1e9)
+    if path == "stream":
+        result = _run_streamed(params, config, labels, train_idx, test_idx, progress, cancel)
+        return {**result, "data_bytes": int(nbytes)}
     # 1. the training mix: real part, synthetic part, and which rows are synthetic
     parts = []
     if len(train_idx):
@@ -124,7 +144,45 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     result = train_classifier(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
                               params["num_classes"], config, out_dir=Path(params["out_dir"]),
                               progress=progress, cancel=cancel, is_synthetic=is_synthetic)
-    return result
+    return {**result, "data_bytes": int(nbytes)}
+
+
+def data_path(config: EvalConfig, nbytes: int) -> str:
+    """"memory" or "stream" for a mix and scored split of ``nbytes`` as uint8 arrays:
+    ``config.data_path``, "auto" resolved on this machine's available memory. Several
+    processes and meada run in memory (their data is not streamed)."""
+    from engine import streams
+
+    if config.processes > 1 or config.augment == "meada":
+        return "memory"
+    return streams.choose_path(config.data_path, nbytes, config.memory_fraction)
+
+
+def _run_streamed(params: dict[str, Any], config: EvalConfig, labels: np.ndarray,
+                  train_idx: np.ndarray, test_idx: np.ndarray, progress: ProgressFn,
+                  cancel: CancelToken) -> dict[str, Any]:
+    """``run`` with the images streamed: the real rows read from the pixel cache, the
+    synthetic images decoded from their files, per batch, by the loader's workers."""
+    from torch.utils.data import ConcatDataset
+
+    from engine import streams
+    from engine.evaluate.classifier_training import train_classifier
+
+    parts = []
+    if len(train_idx):
+        parts.append(streams.CacheRows(params["pixels_path"], train_idx))
+    if params["synthetic_paths"]:
+        parts.append(streams.ImageFiles(params["synthetic_paths"], config.image_size))
+    if not parts:
+        raise InvalidConfigError("the training mix is empty: it has no image to train on")
+    train_y = np.concatenate([labels[train_idx],
+                              np.asarray(params["synthetic_labels"], dtype=np.int64)])
+    is_synthetic = np.arange(len(train_y)) >= len(train_idx)  # (N,) the real rows come first
+    return train_classifier(ConcatDataset(parts), train_y,
+                            streams.CacheRows(params["pixels_path"], test_idx),
+                            labels[test_idx], params["num_classes"], config,
+                            out_dir=Path(params["out_dir"]), progress=progress, cancel=cancel,
+                            is_synthetic=is_synthetic)
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:
