@@ -176,20 +176,25 @@ def test_a_killed_import_resumes_where_it_stopped(project, tmp_path, monkeypatch
 
     src = write_folder(tmp_path / "src", per_class=40)  # 83 files: chunks of 11 for 2 workers
     jobs = JobManager(project)
-    monkeypatch.setenv(FAULT_HOLD_ENV, "30")  # pause once 30 files are done
+    # pause at the first progress report after a chunk (reports are throttled to 10 a
+    # second, so a loaded machine may report several chunks at once: no fixed count)
+    monkeypatch.setenv(FAULT_HOLD_ENV, "1")
     job = jobs.submit(import_stage.prepare(project, src, "big",
                                            ImportConfig(mode="link", workers=2)))
     start = time.time()
     while not (jobs.folder(job) / FAULT_HOLD_FILE).exists():
-        assert time.time() - start < 120, "the import never paused"
-        time.sleep(0.1)
+        assert time.time() - start < 300, "the import never paused"
+        jobs.poll()
+        now = project.get(Job, job.id)
+        assert now.status in ("queued", "running"), f"{now.status}: {now.error}"
+        time.sleep(0.2)
     monkeypatch.delenv(FAULT_HOLD_ENV)
     work_root = Path(json.loads((jobs.folder(job) / "spec.json").read_text())
                      ["params"]["work_root"])
     before = {p: p.stat().st_mtime_ns for p in (work_root / "thumbs").rglob("*.*")}
     journal = (work_root / ".import" / "done.jsonl").read_text().splitlines()
     done = {r["pos"] for line in journal for r in json.loads(line)}
-    assert 30 <= len(done) < 83
+    assert 8 <= len(done) < 83  # at least one chunk, not all of them
     os.killpg(job.pid, signal.SIGKILL)
     time.sleep(0.5)
     fresh = JobManager(project)
