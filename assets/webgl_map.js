@@ -144,6 +144,7 @@ function onWheel(e) {
 
 function onDown(e) {
   if (!S.data) return;
+  e.preventDefault();
   e.currentTarget.setPointerCapture(e.pointerId);
   const [px, py] = local(e);
   S.drag = { mode: S.mode, x0: px, y0: py, cx: S.cx, cy: S.cy, path: [[px, py]], moved: false };
@@ -243,6 +244,7 @@ function sendSelection() {
   let bin = ''; const chunk = 0x8000;
   for (let i = 0; i < bytes.length; i += chunk) bin += String.fromCharCode.apply(null, bytes.subarray(i, i + chunk));
   element.dataset.selected = String(S.selCount);
+  element.dataset.lassoAt = String(S.lassoAt || performance.now());
   trigger('select', { index: S.selCount, value: btoa(bin), map: S.map });
 }
 
@@ -273,6 +275,7 @@ async function load() {
   const t0 = performance.now();
   if (v.url !== S.url || !S.data) {
     const buf = await (await fetch(v.url)).arrayBuffer(), n = v.n;
+    element.dataset.fetchMs = String(performance.now() - t0);
     S.data = { xy: new Float32Array(buf, 0, 2 * n), label: new Uint16Array(buf, 8 * n, n),
                kind: new Uint8Array(buf, 10 * n, n) };
     S.url = v.url; S.n = n; S.sel = null; S.selCount = 0; S.cx = 0; S.cy = 0; S.k = 1;
@@ -289,8 +292,10 @@ async function load() {
     S.renderer = S.gl ? 'WebGL' : '2-D canvas';
   }
   if (S.ctx2d) S.rgba = colours();
+  const t1 = performance.now();
   upload('pcs');
   draw(); info(); legend(v.legend || []);
+  element.dataset.drawMs = String(performance.now() - t1);
   requestAnimationFrame(() => {
     element.dataset.paintedAt = String(performance.now());
     element.dataset.paintMs = String(performance.now() - t0);

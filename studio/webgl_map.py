@@ -141,7 +141,8 @@ CSS = """
   padding: 3px 10px; cursor: pointer; }
 .wm-bar button.on { background: #4f46e5; color: #fff; border-color: #4f46e5; }
 .wm-info { color: #555; margin-left: 8px; }
-.wm-stage { position: relative; width: 100%; height: 560px; border: 1px solid #e3e5ef;
+.wm-stage { position: relative; user-select: none; touch-action: none; width: 100%;
+  height: 560px; border: 1px solid #e3e5ef;
   border-radius: 8px; background: #fcfcfe; overflow: hidden; }
 .wm-stage canvas { position: absolute; left: 0; top: 0; width: 100%; height: 100%; }
 .wm-tip { position: absolute; pointer-events: none; background: rgba(20,20,40,.85);

@@ -89,6 +89,7 @@ def test_box_select_drop_changes_counts_selection_and_export(curated_project,  #
             expect(page.locator("#band-map .wm-legend")).to_contain_text("kept by the band")
             # a box over the left half of the map
             page.locator("#band-map button[data-mode=box]").click()
+            page.locator("#band-map .wm-stage").scroll_into_view_if_needed()
             box = page.locator("#band-map .wm-over").bounding_box()
             page.mouse.move(box["x"] + 5, box["y"] + 5)
             page.mouse.down()
