@@ -392,6 +392,36 @@ def _map_config(method_v: str | None, seed_v: Any) -> Any:
     return MapConfig(method=method_v or "pca", seed=int(seed_v or 0))
 
 
+def map_band(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metric_v,
+             mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0,
+             pick_v="centre", enc_v=None) -> dict[str, Any]:
+    """What the map handlers need of the band: {"bd", "mask"} (no figure, no galleries: a
+    lasso or a hover must stay light at 200,000 points)."""
+    from engine.stages import curate_stage
+
+    band = make_band(low_v, high_v, centroid_v, metric_v,
+                     **band_options(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
+    bd = _view(ctx, generation_id, centroid_v, metric_v, enc_v)
+    return {"bd": bd, "mask": curate_stage.band_mask(bd, band)}
+
+
+def _samples(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
+    """The generation's sample rows, read once per view (a lasso of 200,000 points must not
+    read 180,000 rows again)."""
+    bd = v["bd"]
+    if "samples" not in bd.cache:
+        bd.cache["samples"] = ctx.project.samples(bd.generation.id)
+    return bd.cache["samples"]
+
+
+def _images(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
+    """The dataset's image rows by ``idx``, read once per view."""
+    bd = v["bd"]
+    if "images" not in bd.cache:
+        bd.cache["images"] = ctx.project.images(bd.generation.dataset_id).set_index("idx")
+    return bd.cache["images"]
+
+
 def map_layout(ctx: StudioContext, v: dict[str, Any], method_v: str | None,
                seed_v: Any) -> Any:
     """The cached ``MapLayout`` of this view's encoding (None when not computed yet)."""
@@ -464,7 +494,7 @@ def draw_map(ctx: StudioContext, method_v: str, seed_v: Any, colour_v: str,
     (``refresh_map``). Returns (map value, map state, status)."""
     from engine.stages import map_stage
 
-    v = current_band(ctx, *values)
+    v = map_band(ctx, *values)
     row = map_layout(ctx, v, method_v, seed_v)
     if row is not None:
         return (map_value(ctx, v, row, colour_v), {"map": row.id},
@@ -486,7 +516,7 @@ def recolour(ctx: StudioContext, state: dict[str, Any] | None, method_v: str, se
     if not state or not state.get("map") or not values[0]:
         return gr.skip()
     try:
-        v = current_band(ctx, *values)
+        v = map_band(ctx, *values)
         row = map_layout(ctx, v, method_v, seed_v)
         return gr.skip() if row is None else map_value(ctx, v, row, colour_v)
     except Exception as exc:  # noqa: BLE001 - the band view shows the error
@@ -500,7 +530,7 @@ def refresh_map(ctx: StudioContext, state: dict[str, Any] | None, method_v: str,
     if not state or not state.get("wait") or not values[0]:
         return gr.skip(), gr.skip(), gr.skip()
     try:
-        v = current_band(ctx, *values)
+        v = map_band(ctx, *values)
         row = map_layout(ctx, v, method_v, seed_v)
     except Exception as exc:  # noqa: BLE001 - the band view shows the error
         log.info("map: %s", exc)
@@ -532,7 +562,7 @@ def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Even
     sample indices: what the selection's Keep / Drop act on)."""
     from studio import webgl_map
 
-    v = current_band(ctx, *values)
+    v = map_band(ctx, *values)
     row, pts = _map_rows(ctx, v, state)
     data = getattr(evt, "_data", None) or {}
     rows = webgl_map.selection_rows(str(data.get("value") or ""), row.count)
@@ -542,7 +572,7 @@ def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Even
     if len(rows) == 0:
         return ui.info_md("nothing selected"), [], []
     states = _hand_states(ctx, v)[picked]
-    samples = ctx.project.samples(v["bd"].generation.id)
+    samples = _samples(ctx, v)
     names = v["bd"].class_names
     shown = picked[:MAP_GALLERY]
     items = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
@@ -563,7 +593,7 @@ def on_map_click(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Event
     from engine.stages import curate_stage
 
     try:
-        v = current_band(ctx, *values)
+        v = map_band(ctx, *values)
         row, pts = _map_rows(ctx, v, state)
         r = int((getattr(evt, "_data", None) or {}).get("row", -1))
         if not 0 <= r < row.count:
@@ -572,8 +602,7 @@ def on_map_click(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Event
         if pts["kind"][r] == 1:
             info = curate_stage.provenance(ctx.project, v["bd"], i)
             return info["path"], info["source_path"] or None, provenance_md(info), [i]
-        images = ctx.project.images(v["bd"].generation.dataset_id).set_index("idx")
-        img = images.loc[i]
+        img = _images(ctx, v).loc[i]
         return (None, str(ctx.project.abs(img["path"])),
                 f"**{img['class_name']}** · real training image `{img['id']}`", gr.skip())
     except Exception as exc:  # noqa: BLE001 - shown in the panel
@@ -585,18 +614,18 @@ def on_map_hover(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Event
                  *values: Any) -> tuple[Any, Any]:
     """The point under the pointer: its thumbnail and a caption."""
     try:
-        v = current_band(ctx, *values)
+        v = map_band(ctx, *values)
         row, pts = _map_rows(ctx, v, state)
         r = int((getattr(evt, "_data", None) or {}).get("row", -1))
         if not 0 <= r < row.count:
             return gr.skip(), gr.skip()
         i, bd = int(pts["index"][r]), v["bd"]
         if pts["kind"][r] == 1:
-            path = ctx.project.samples(bd.generation.id)["path"].iat[i]
+            path = _samples(ctx, v)["path"].iat[i]
             text = (f"generated · {bd.class_names[int(bd.labels[i])]} · distance "
                     f"{bd.distances[i]:.3f}")
         else:
-            img = ctx.project.images(bd.generation.dataset_id).set_index("idx").loc[i]
+            img = _images(ctx, v).loc[i]
             path, text = img["path"], f"real · {img['class_name']}"
         return ui.gallery_path(ctx.project.abs(path)), text
     except Exception as exc:  # noqa: BLE001 - a hover is a nicety
