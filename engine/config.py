@@ -750,6 +750,31 @@ class ExportConfig(StageConfig):
         _range("split_seed", self.split_seed, 0, MAX_SEED)
 
 
+MAP_MAX_POINTS = 200_000  # points the studio draws in the browser (WebGL)
+MAP_METHODS = ("pca", "tsne", "umap")  # engine.curation.maps.layout_2d
+
+
+@dataclass(frozen=True)
+class MapConfig(StageConfig):
+    """A 2-D layout of a generation's real and generated representations (``map_stage``).
+
+    ``max_points`` points at most, stratified between real and synthetic and between classes
+    (``curation.maps.stratified_rows``); ``method`` "pca", "tsne" (at most
+    ``curation.maps.TSNE_MAX_POINTS`` points) or "umap" (the optional umap-learn); ``seed``
+    makes the subsample and the layout reproducible.
+    """
+
+    method: str = "pca"
+    seed: int = 0
+    max_points: int = MAP_MAX_POINTS
+
+    def validate(self) -> None:
+        _check(self.method in MAP_METHODS,
+               f"method must be one of {', '.join(MAP_METHODS)}, got {self.method!r}")
+        _range("seed", self.seed, 0, MAX_SEED)
+        _range("max_points", self.max_points, 2, MAP_MAX_POINTS)
+
+
 # the recipe search's curation bands: the four BandConfig presets, and "outliers" = keep all but
 # the far outliers (BandConfig outlier="real": farther than the class's real images' outlier_q)
 RECIPE_BANDS = ("all", "middle", "nearest", "farthest", "outliers")

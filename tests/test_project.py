@@ -193,6 +193,25 @@ def test_a_version_2_project_gets_validation_columns(tmp_path):
         assert p.get(Evaluation, new.id).eval_split == "val"
 
 
+def test_a_version_4_project_gets_the_map_layout_table(tmp_path):
+    """Schema 4 -> 5: the map_layout table appears, the rows already there stay."""
+    from engine.project import MapLayout, Selection
+
+    db, _ = project_paths(tmp_path / "v4")
+    with Project(tmp_path / "v4") as p:
+        p.add(Selection(id="sel_old", name="old", generation_id="gen_x", count=2))
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE map_layout")
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.close()
+    with Project(tmp_path / "v4") as p:
+        assert p.get_meta("schema_version") == "5" and p.list(MapLayout) == []
+        assert p.get(Selection, "sel_old").count == 2
+        p.add(MapLayout(id="map_1", generation_id="gen_x", method="umap", seed=7, count=3))
+    with Project(tmp_path / "v4") as p:
+        assert (p.get(MapLayout, "map_1").method, p.get(MapLayout, "map_1").seed) == ("umap", 7)
+
+
 def test_a_version_3_project_gets_the_hand_override_table(tmp_path):
     """Schema 3 -> 4: the hand_override table appears, the rows already there stay, and a
     hand decision can be recorded in the migrated file."""
@@ -208,7 +227,7 @@ def test_a_version_3_project_gets_the_hand_override_table(tmp_path):
     con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     con.close()
     with Project(tmp_path / "v3") as p:
-        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "5"
         assert p.get(Selection, "sel_old").count == 2 and p.list(HandOverride) == []
         p.save_array("selections/overrides/hand_1.npy", np.array([3], np.int64))
         p.add(HandOverride(id="hand_1", generation_id="gen_x", decision="drop", count=1,

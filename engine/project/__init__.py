@@ -13,6 +13,7 @@ from engine.project.schema import (
     HandOverride,
     Image,
     Job,
+    MapLayout,
     Meta,
     Model,
     Sample,
@@ -31,7 +32,7 @@ from engine.project.store import (
 
 __all__ = [
     "SCHEMA_VERSION", "Dataset", "Encoding", "Evaluation", "Experiment", "Export", "Generation",
-    "HandOverride", "Image", "Job", "Meta", "Model", "Sample", "Selection", "dumps", "new_id",
+    "HandOverride", "Image", "Job", "MapLayout", "Meta", "Model", "Sample", "Selection", "dumps", "new_id",
     "utcnow", "Project",
     "free_name", "project_paths", "save_array_atomic", "write_json_atomic",
     "Page", "image_page", "sample_page", "sample_plan", "revision",

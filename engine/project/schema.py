@@ -17,7 +17,8 @@ with ``dumps``.
 Schema versions: 1 the first; 2 adds ``code_version`` to every run table, ``job_id`` to
 datasets, encodings and exports, and the ``experiment`` table (experiments were JSON records
 in ``meta`` before); 3 adds the validation split (``num_val``, ``eval_split``); 4 adds the
-``hand_override`` table (keep / drop decisions by hand, on top of a band). ``engine.project.store``
+``hand_override`` table (keep / drop decisions by hand, on top of a band); 5 adds the
+``map_layout`` table (2-D layouts computed by map jobs). ``engine.project.store``
 migrates older project files on open.
 """
 
@@ -32,7 +33,7 @@ from sqlmodel import Field, SQLModel
 
 from engine.version import code_version
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def new_id(prefix: str) -> str:
@@ -256,6 +257,40 @@ class HandOverride(SQLModel, table=True):
     seq: int = 0  # order of rows made in the same microsecond (1 + the latest row's)
     code_version: str = Field(default_factory=code_version)  # engine.version at creation
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class MapLayout(SQLModel, table=True):
+    """A 2-D layout of a generation's real and generated representations (schema 5), made
+    by a map job (``engine.stages.map_stage``) and reused: one per (encoding, method, seed,
+    max_points).
+
+    ``folder`` (assets-relative) holds ``layout.npz`` (``xy`` (P, 2) float32, ``kind`` (P,)
+    uint8 0 real / 1 synthetic, ``label`` (P,) int32, ``index`` (P,) int64: the row in the
+    dataset's training images or in the generation's samples) and ``points.bin``: the same
+    points for the browser, little-endian: ``xy`` float32 (P x 2) scaled to [-1, 1], ``label``
+    uint16 (P), ``kind`` uint8 (P).
+    """
+
+    __tablename__ = "map_layout"
+
+    id: str = Field(primary_key=True)
+    generation_id: str = Field(index=True)
+    encoding_id: str = ""
+    method: str = "pca"
+    seed: int = 0
+    max_points: int = 0
+    count: int = 0  # points in the layout (P)
+    n_real: int = 0
+    n_syn: int = 0
+    folder: str = ""
+    config_json: str = "{}"  # the MapConfig, plus seconds (time to lay out)
+    job_id: str = ""
+    code_version: str = Field(default_factory=code_version)  # engine.version at creation
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return _dict(self.config_json)
 
 
 class Evaluation(SQLModel, table=True):

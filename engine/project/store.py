@@ -86,6 +86,7 @@ ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
     3: [("dataset", "num_val", "INTEGER DEFAULT 0"),
         ("evaluation", "eval_split", "VARCHAR DEFAULT 'test'")],
     # 4: the hand_override table only (made by create_all; nothing to move)
+    # 5: the map_layout table only (made by create_all; nothing to move)
 }
 # Experiments were JSON records in the meta table under this key prefix (schema version 1).
 LEGACY_EXPERIMENT_PREFIX = "experiment:"

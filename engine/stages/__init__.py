@@ -35,7 +35,7 @@ class JobSpec:
     made: tuple[str, ...] = ()  # files / folders prepare wrote (removed if no job is created)
 
 
-KINDS = ("import", "encode", "train", "generate", "evaluate", "export")
+KINDS = ("import", "encode", "train", "generate", "evaluate", "export", "map")
 
 
 def get(kind: str) -> ModuleType:

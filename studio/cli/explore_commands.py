@@ -1,4 +1,5 @@
-"""Looking at single samples: "more like this" (nearest neighbours) and per-sample scores."""
+"""Looking at samples: "more like this" (nearest neighbours), per-sample scores, and the 2-D
+map of a generation (``map``: a layout computed once in a job, then reused)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,50 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", help="also write every row to this CSV file")
     _view_args(p)
     json_arg(p)
+
+    p = sub.add_parser("map", help="the 2-D map of a generation's real and generated "
+                                   "representations (PCA, t-SNE, UMAP): computed once as a "
+                                   "job, then reused by the studio's Curate tab")
+    project_arg(p)
+    p.add_argument("--generation", required=True, help="generation name or id")
+    p.add_argument("--method", default="pca", choices=["pca", "tsne", "umap"],
+                   help="layout (default pca; tsne takes at most 30,000 points; umap needs "
+                        "pip install 'rcdm-studio[map]')")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the subsample and the layout (default 0)")
+    p.add_argument("--max-points", type=int, default=None,
+                   help="points at most, stratified by kind and class (default 200,000)")
+    p.add_argument("--encoding", help="the re-encoding of the generation to lay out "
+                                      "(default: the latest)")
+    p.add_argument("--force", action="store_true",
+                   help="compute the layout again even when one is cached")
+    json_arg(p)
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from engine.config import MAP_MAX_POINTS, MapConfig
+    from engine.project import MapLayout
+    from engine.stages import map_stage
+    from studio.cli.console import run_job
+
+    config = MapConfig(method=args.method, seed=args.seed,
+                       max_points=MAP_MAX_POINTS if args.max_points is None
+                       else args.max_points)
+    with open_project(args, create=False) as project:
+        row = None if args.force else map_stage.find(project, args.generation, config,
+                                                     args.encoding)
+        cached = row is not None
+        if row is None:
+            job = run_job(project, map_stage.prepare(project, config, args.generation,
+                                                     args.encoding))
+            row = project.get(MapLayout, job.result_id)
+        obj = {**map_stage.summary(project, row), "cached": cached}
+    text = (f"{'cached' if cached else 'computed'} {obj['method']} map {obj['map']} (seed "
+            f"{obj['seed']}): {obj['points']:,} points ({obj['real']:,} real, "
+            f"{obj['synthetic']:,} synthetic) in {obj['folder']}"
+            + (f"; laid out in {obj['seconds']:.1f} s" if obj["seconds"] is not None else ""))
+    emit(args, obj, text)
+    return 0
 
 
 def cmd_neighbours(args: argparse.Namespace) -> int:
@@ -129,6 +174,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "map": cmd_map,
     "neighbours": cmd_neighbours,
     "scores": cmd_scores,
 }

@@ -1,4 +1,5 @@
-"""Curate tab: distances to class centroids, a band per class, the band's edges, a 2-D map,
+"""Curate tab: distances to class centroids, a band per class, the band's edges, a 2-D map
+(WebGL, up to 200,000 points, lasso / box -> Keep / Drop: ``studio.webgl_map``),
 metrics of the kept samples, selections (save, combine).
 
 Handlers first (module-level, the context as first argument), then ``build``: the layout and
@@ -20,7 +21,7 @@ import pandas as pd
 from engine.config import BandConfig
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Encoding, Generation, Selection
-from studio import ui
+from studio import ui, webgl_map
 from studio.choices import generation_choices, selection_choices
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -35,7 +36,6 @@ EDGES = [("nearest_dropped", "Dropped · nearest (near-prototypes)"),
          ("farthest_dropped", "Dropped · farthest (outliers)")]
 PRESETS = [("Paper middle (2x → 1x)", "middle"), ("Keep all", "all"),
            ("Nearest half", "nearest"), ("Farthest half", "farthest")]
-MAP_POINTS = 5_000
 
 
 def parse_class_bands(text: str | None) -> tuple[tuple[str, float, float], ...]:
@@ -324,24 +324,37 @@ def who(ctx: StudioContext) -> str:
 NEIGHBOURS_K = 12
 
 
+def hand_decision(ctx: StudioContext, decision: str, picked: list[int] | None,
+                  values: tuple[Any, ...], via: str) -> tuple[Any, ...]:
+    """Record a hand decision on the picked samples; (status, the band view again)."""
+    from engine.stages import curate_stage
+
+    if not picked:
+        raise NotReadyError("click a generated image in a gallery first (or find more like "
+                            "one, or select points on the map)")
+    if not values[0]:
+        raise NotReadyError("choose a generation first")
+    row = curate_stage.record_hand(ctx.project, values[0], [int(i) for i in picked], decision,
+                                   by=who(ctx), via=via)
+    what = {"keep": "kept by hand", "drop": "dropped by hand",
+            "clear": "handed back to the band"}[decision]
+    return (ui.ok_md(f"{len(picked):,} image(s) {what} (decision {row.id}); saved selections "
+                     f"made from now on include it"), *show_band(ctx, *values))
+
+
 @ui.guard(1 + 3 + len(EDGES), status=0)
 def on_hand(ctx: StudioContext, decision: str, picked: list[int] | None,
             *values: Any) -> tuple[Any, ...]:
     """Keep / drop / hand back to the band the picked samples (a clicked sample, or the
     synthetic images of a "more like this" result); then the band view again."""
-    from engine.stages import curate_stage
+    return hand_decision(ctx, decision, picked, values, "curate tab")
 
-    if not picked:
-        raise NotReadyError("click a generated image in a gallery first (or find more like "
-                            "one)")
-    if not values[0]:
-        raise NotReadyError("choose a generation first")
-    row = curate_stage.record_hand(ctx.project, values[0], [int(i) for i in picked], decision,
-                                   by=who(ctx), via="curate tab")
-    what = {"keep": "kept by hand", "drop": "dropped by hand",
-            "clear": "handed back to the band"}[decision]
-    return (ui.ok_md(f"{len(picked)} image(s) {what} (decision {row.id}); saved selections "
-                     f"made from now on include it"), *show_band(ctx, *values))
+
+@ui.guard(1 + 3 + len(EDGES), status=0)
+def on_map_hand(ctx: StudioContext, decision: str, picked: list[int] | None,
+                *values: Any) -> tuple[Any, ...]:
+    """Keep / drop / hand back the generated images of a lasso or box on the map."""
+    return hand_decision(ctx, decision, picked, values, "map lasso")
 
 
 @ui.guard(3, status=0)
@@ -367,30 +380,257 @@ def on_more_like(ctx: StudioContext, picked: list[int] | None,
             items, synthetic)
 
 
-def band_map(ctx: StudioContext, method_v: str, *values: Any) -> Any:
-    """The 2-D map of the generation's representations, coloured by the band."""
+# ---------------------------------------------------------------------- the 2-D map
+
+
+MAP_GALLERY = 48  # images of a lasso / box selection shown in its gallery
+
+
+def _map_config(method_v: str | None, seed_v: Any) -> Any:
+    from engine.config import MapConfig
+
+    return MapConfig(method=method_v or "pca", seed=int(seed_v or 0))
+
+
+def map_band(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metric_v,
+             mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0,
+             pick_v="centre", enc_v=None) -> dict[str, Any]:
+    """What the map handlers need of the band: {"bd", "mask"} (no figure, no galleries: a
+    lasso or a hover must stay light at 200,000 points)."""
     from engine.stages import curate_stage
-    from studio import figures
 
-    v = current_band(ctx, *values)
-    pts = curate_stage.embedding_map(ctx.project, v["bd"], method_v, MAP_POINTS)
-    return figures.map_figure(pts, v["mask"], v["bd"].class_names, method=method_v)
-
-
-@ui.guard(2, status=1)
-def draw_map(ctx: StudioContext, method_v: str, *values: Any) -> tuple[Any, bool]:
-    return band_map(ctx, method_v, *values), True
+    band = make_band(low_v, high_v, centroid_v, metric_v,
+                     **band_options(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
+    bd = _view(ctx, generation_id, centroid_v, metric_v, enc_v)
+    return {"bd": bd, "mask": curate_stage.band_mask(bd, band)}
 
 
-def recolour(ctx: StudioContext, shown: bool, method_v: str, *values: Any) -> Any:
-    """Redraw the map as the band moves, once it has been drawn."""
-    if not shown or not values[0]:
+def _samples(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
+    """The generation's sample rows, read once per view (a lasso of 200,000 points must not
+    read 180,000 rows again)."""
+    bd = v["bd"]
+    if "samples" not in bd.cache:
+        bd.cache["samples"] = ctx.project.samples(bd.generation.id)
+    return bd.cache["samples"]
+
+
+def _images(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
+    """The dataset's image rows by ``idx``, read once per view."""
+    bd = v["bd"]
+    if "images" not in bd.cache:
+        bd.cache["images"] = ctx.project.images(bd.generation.dataset_id).set_index("idx")
+    return bd.cache["images"]
+
+
+def map_layout(ctx: StudioContext, v: dict[str, Any], method_v: str | None,
+               seed_v: Any) -> Any:
+    """The cached ``MapLayout`` of this view's encoding (None when not computed yet)."""
+    from engine.stages import map_stage
+
+    return map_stage.find(ctx.project, v["bd"].generation.id, _map_config(method_v, seed_v),
+                          v["bd"].encoding.id)
+
+
+def _layout_arrays(ctx: StudioContext, v: dict[str, Any], row: Any) -> dict[str, np.ndarray]:
+    from engine.stages import map_stage
+
+    key = f"layout-{row.id}"
+    if key not in v["bd"].cache:
+        v["bd"].cache[key] = map_stage.load(ctx.project, row)
+    return v["bd"].cache[key]
+
+
+def _hand_states(ctx: StudioContext, v: dict[str, Any]) -> np.ndarray:
+    """(N,) 1 kept by the band, 0 dropped by it, 2 kept by hand, 3 dropped by hand."""
+    from engine.stages import curate_stage
+
+    hand = curate_stage.hand_state(ctx.project, v["bd"].generation.id)
+    return np.select([hand == 1, hand == -1], [2, 3], v["mask"].astype(np.int64))
+
+
+def _score_values(ctx: StudioContext, v: dict[str, Any], key: str) -> np.ndarray:
+    """(N,) a per-sample score of the generation (``curate_stage.scores``; cached)."""
+    from engine.stages import curate_stage
+
+    bd = v["bd"]
+    if key == "centroid_distance":
+        return bd.distances
+    if key == "class_quantile":
+        rank, counts = bd.class_ranks()[:2]
+        return (rank + 0.5) / np.maximum(counts[bd.labels], 1)
+    if key == "fidelity":
+        if "fidelity" not in bd.cache:
+            bd.cache["fidelity"] = curate_stage.fidelity(ctx.project, bd)
+        return bd.cache["fidelity"]
+    if "scores" not in bd.cache:
+        bd.cache["scores"] = curate_stage.scores(ctx.project, bd)
+    return bd.cache["scores"][key].to_numpy(np.float64)
+
+
+def map_value(ctx: StudioContext, v: dict[str, Any], row: Any, colour_v: str | None
+              ) -> dict[str, Any]:
+    """The map component's value for a layout, coloured by ``colour_v``."""
+    from studio import webgl_map
+
+    pts = _layout_arrays(ctx, v, row)
+    mode = colour_v or "class"
+    bd = v["bd"]
+    colours = webgl_map.colour_keys(
+        mode, pts["kind"], pts["label"], pts["index"], bd.class_names,
+        state=_hand_states(ctx, v) if mode == "kept" else None,
+        values=None if mode in ("class", "kept") else _score_values(ctx, v, mode))
+    from engine.stages import map_stage
+
+    path = ctx.project.abs(row.folder) / map_stage.POINTS
+    title = f"{row.method.upper()} (seed {row.seed}) · {bd.encoding.encoder}"
+    return webgl_map.payload(f"/gradio_api/file={path}", row.id, row.count, colours,
+                             bd.class_names, title)
+
+
+@ui.guard(3, status=2)
+def draw_map(ctx: StudioContext, method_v: str, seed_v: Any, colour_v: str,
+             *values: Any) -> tuple[Any, Any, Any]:
+    """"Draw map": the cached layout at once; else a map job, drawn when it is done
+    (``refresh_map``). Returns (map value, map state, status)."""
+    from engine.stages import map_stage
+
+    v = map_band(ctx, *values)
+    row = map_layout(ctx, v, method_v, seed_v)
+    if row is not None:
+        return (map_value(ctx, v, row, colour_v), {"map": row.id},
+                ui.info_md(f"{row.count:,} points ({row.n_real:,} real, {row.n_syn:,} "
+                           f"generated), laid out once by job {row.job_id or '-'}; drag to "
+                           f"pan, wheel to zoom, Lasso / Box to select"))
+    config = _map_config(method_v, seed_v)
+    job = ctx.submit(map_stage.prepare(ctx.project, config, v["bd"].generation.id,
+                                       v["bd"].encoding.id))
+    return (gr.skip(), {"wait": job.id},
+            ui.info_md(f"computing the {config.method} layout (job {job.id}, Jobs tab); the "
+                       f"map appears here when it is done"))
+
+
+def recolour(ctx: StudioContext, state: dict[str, Any] | None, method_v: str, seed_v: Any,
+             colour_v: str, *values: Any) -> Any:
+    """Recolour the map as the band, the colouring or the hand decisions change (the points
+    stay in the browser: only a byte per point travels)."""
+    if not state or not state.get("map") or not values[0]:
         return gr.skip()
     try:
-        return band_map(ctx, method_v, *values)
+        v = map_band(ctx, *values)
+        row = map_layout(ctx, v, method_v, seed_v)
+        return gr.skip() if row is None else map_value(ctx, v, row, colour_v)
     except Exception as exc:  # noqa: BLE001 - the band view shows the error
         log.info("map: %s", exc)
         return gr.skip()
+
+
+def refresh_map(ctx: StudioContext, state: dict[str, Any] | None, method_v: str, seed_v: Any,
+                colour_v: str, *values: Any) -> tuple[Any, Any, Any]:
+    """When a map job finishes (the project's revision changes): draw the map it waited for."""
+    if not state or not state.get("wait") or not values[0]:
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        v = map_band(ctx, *values)
+        row = map_layout(ctx, v, method_v, seed_v)
+    except Exception as exc:  # noqa: BLE001 - the band view shows the error
+        log.info("map: %s", exc)
+        return gr.skip(), gr.skip(), gr.skip()
+    if row is None:
+        from engine.project import Job
+
+        job = ctx.project.get(Job, state["wait"])
+        if job.status in ("failed", "cancelled", "interrupted"):
+            return gr.skip(), {}, ui.error_md(f"the map job {job.status}: {job.error}")
+        return gr.skip(), gr.skip(), gr.skip()
+    return (map_value(ctx, v, row, colour_v), {"map": row.id},
+            ui.info_md(f"{row.count:,} points ({row.n_real:,} real, {row.n_syn:,} generated)"))
+
+
+def _map_rows(ctx: StudioContext, v: dict[str, Any], state: dict[str, Any] | None) -> Any:
+    from engine.project import MapLayout
+
+    if not state or not state.get("map"):
+        raise NotReadyError("draw the map first")
+    row = ctx.project.get(MapLayout, state["map"])
+    return row, _layout_arrays(ctx, v, row)
+
+
+@ui.guard(3, status=0)
+def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.EventData,
+                  *values: Any) -> tuple[Any, Any, Any]:
+    """A lasso or a box on the map -> (status, gallery of the selected generated images, their
+    sample indices: what the selection's Keep / Drop act on)."""
+    from studio import webgl_map
+
+    v = map_band(ctx, *values)
+    row, pts = _map_rows(ctx, v, state)
+    data = getattr(evt, "_data", None) or {}
+    rows = webgl_map.selection_rows(str(data.get("value") or ""), row.count)
+    syn_rows = rows[pts["kind"][rows] == 1]
+    picked = np.sort(pts["index"][syn_rows])
+    n_real = len(rows) - len(syn_rows)
+    if len(rows) == 0:
+        return ui.info_md("nothing selected"), [], []
+    states = _hand_states(ctx, v)[picked]
+    samples = _samples(ctx, v)
+    names = v["bd"].class_names
+    shown = picked[:MAP_GALLERY]
+    items = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
+              f"{names[int(v['bd'].labels[i])]} · {v['bd'].distances[i]:.2f}")
+             for i in shown.tolist()]
+    text = (f"{len(rows):,} points selected: {len(picked):,} generated "
+            f"({int(np.isin(states, (1, 2)).sum()):,} kept, "
+            f"{int(np.isin(states, (0, 3)).sum()):,} dropped now), {n_real:,} real"
+            + (f"; the gallery shows the first {len(shown)}" if len(picked) > len(shown) else "")
+            + "; Keep / Drop below act on the generated ones")
+    return ui.info_md(text), items, picked.tolist()
+
+
+def on_map_click(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.EventData,
+                 *values: Any) -> tuple[Any, Any, Any, Any]:
+    """A click on a point: its provenance (a generated image: as in the galleries, and Keep /
+    Drop / More like this act on it; a real image: its file)."""
+    from engine.stages import curate_stage
+
+    try:
+        v = map_band(ctx, *values)
+        row, pts = _map_rows(ctx, v, state)
+        r = int((getattr(evt, "_data", None) or {}).get("row", -1))
+        if not 0 <= r < row.count:
+            raise InvalidConfigError(f"point {r} is not on the map")
+        i = int(pts["index"][r])
+        if pts["kind"][r] == 1:
+            info = curate_stage.provenance(ctx.project, v["bd"], i)
+            return info["path"], info["source_path"] or None, provenance_md(info), [i]
+        img = _images(ctx, v).loc[i]
+        return (None, str(ctx.project.abs(img["path"])),
+                f"**{img['class_name']}** · real training image `{img['id']}`", gr.skip())
+    except Exception as exc:  # noqa: BLE001 - shown in the panel
+        log.info("map click: %s", exc)
+        return gr.skip(), gr.skip(), ui.error_md(exc), gr.skip()
+
+
+def on_map_hover(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.EventData,
+                 *values: Any) -> tuple[Any, Any]:
+    """The point under the pointer: its thumbnail and a caption."""
+    try:
+        v = map_band(ctx, *values)
+        row, pts = _map_rows(ctx, v, state)
+        r = int((getattr(evt, "_data", None) or {}).get("row", -1))
+        if not 0 <= r < row.count:
+            return gr.skip(), gr.skip()
+        i, bd = int(pts["index"][r]), v["bd"]
+        if pts["kind"][r] == 1:
+            path = _samples(ctx, v)["path"].iat[i]
+            text = (f"generated · {bd.class_names[int(bd.labels[i])]} · distance "
+                    f"{bd.distances[i]:.3f}")
+        else:
+            img = _images(ctx, v).loc[i]
+            path, text = img["path"], f"real · {img['class_name']}"
+        return ui.gallery_path(ctx.project.abs(path)), text
+    except Exception as exc:  # noqa: BLE001 - a hover is a nicety
+        log.info("map hover: %s", exc)
+        return gr.skip(), gr.skip()
 
 
 @ui.guard(4, status=0)
@@ -559,12 +799,40 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                        elem_id="combine-name")
                 comb_btn = gr.Button("Combine", scale=1, elem_id="combine-button")
     with gr.Accordion("2-D map of the representations", open=False, elem_id="map-panel"):
+        with gr.Row(elem_classes=["bottom-align"]):
+            map_method = gr.Radio(["pca", "tsne", "umap"], value="pca", label="Projection",
+                                  info="computed once per encoding and seed (a job), then "
+                                       "reused; umap needs pip install 'rcdm-studio[map]'",
+                                  elem_id="map-method", scale=3)
+            map_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed",
+                                 elem_id="map-seed", scale=1, min_width=90)
+            map_colour = gr.Dropdown(webgl_map.COLOUR_BY, value="kept", label="Colour by",
+                                     elem_id="map-colour", scale=2)
+            map_btn = gr.Button("Draw map", variant="primary", elem_id="map-button", scale=1)
+        map_state = gr.State({})  # {"map": layout id} once drawn, {"wait": job id} meanwhile
+        map_status = gr.Markdown(elem_id="map-status")
         with gr.Row():
-            map_method = gr.Radio(["pca", "tsne"], value="pca", label="Projection",
-                                  elem_id="map-method")
-            map_btn = gr.Button("Draw map", elem_id="map-button")
-        map_shown = gr.State(False)
-        map_plot = gr.Plot(show_label=False, elem_id="band-map")
+            with gr.Column(scale=5):
+                map_view = gr.HTML(None, html_template=webgl_map.TEMPLATE,
+                                   css_template=webgl_map.CSS, js_on_load=webgl_map.JS,
+                                   apply_default_css=False, elem_id="band-map")
+            with gr.Column(scale=1, min_width=170):
+                map_hover = gr.Image(label="Under the pointer", height=150,
+                                     interactive=False, elem_id="map-hover")
+                map_hover_text = gr.Markdown(elem_id="map-hover-text")
+        map_sel_status = gr.Markdown("Lasso or box points on the map to see them here.",
+                                     elem_id="map-selection-status")
+        map_gallery = gr.Gallery(columns=8, height=200, object_fit="contain",
+                                 allow_preview=True, fit_columns=False, show_label=False,
+                                 elem_id="map-selection-gallery")
+        with gr.Row():
+            map_keep = gr.Button("Keep the selected generated images", size="sm",
+                                 elem_id="map-keep")
+            map_drop = gr.Button("Drop the selected generated images", size="sm",
+                                 elem_id="map-drop")
+            map_clear = gr.Button("Hand them back to the band", size="sm",
+                                  elem_id="map-clear")
+        map_picked = gr.State([])  # sample indices of the generated images selected
     with gr.Accordion("Metrics of the kept samples", open=False, elem_id="metrics-panel"):
         metrics_btn = gr.Button("Compute metrics", variant="primary", elem_id="metrics-button")
         metrics_text = gr.Markdown(elem_id="metrics-text")
@@ -605,10 +873,25 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                   concurrency_id="curate-hand")
     more_btn.click(ui.bind(on_more_like, ctx), [picked, *inputs],
                    [hand_status, near_gallery, near_picked], api_name="more_like_this")
-    map_btn.click(ui.bind(draw_map, ctx), [map_method, *inputs], [map_plot, map_shown],
-                  api_name="band_map")
-    gr.on(triggers, ui.bind(recolour, ctx), [map_shown, map_method, *inputs], map_plot,
-          show_progress="hidden", trigger_mode="always_last")
+    map_opts = [map_state, map_method, map_seed, map_colour]
+    map_btn.click(ui.bind(draw_map, ctx), [map_method, map_seed, map_colour, *inputs],
+                  [map_view, map_state, map_status], api_name="band_map")
+    gr.on([*triggers, map_colour.change], ui.bind(recolour, ctx), [*map_opts, *inputs],
+          map_view, show_progress="hidden", trigger_mode="always_last")
+    map_view.select(ui.bind(on_map_select, ctx), [map_state, *inputs],
+                    [map_sel_status, map_gallery, map_picked], trigger_mode="always_last",
+                    show_progress="hidden")
+    map_view.click(ui.bind(on_map_click, ctx), [map_state, *inputs], [*provenance, picked],
+                   show_progress="hidden")
+    map_view.input(ui.bind(on_map_hover, ctx), [map_state, *inputs],
+                   [map_hover, map_hover_text], trigger_mode="always_last",
+                   show_progress="hidden")
+    for btn, decision in ((map_keep, "keep"), (map_drop, "drop"), (map_clear, "clear")):
+        btn.click(ui.bind(on_map_hand, ctx, decision), [map_picked, *inputs], hand_out,
+                  concurrency_id="curate-hand").then(
+            ui.bind(recolour, ctx), [*map_opts, *inputs], map_view, show_progress="hidden")
+    shared.on_refresh(ui.bind(refresh_map, ctx), [*map_opts, *inputs],
+                      [map_view, map_state, map_status])
     metrics_btn.click(ui.bind(on_metrics, ctx), inputs, metrics_out, api_name="metrics")
     save_btn.click(ui.bind(on_save, ctx), [generation, low, high, centroid, metric, name,
                                           *options],
