@@ -45,6 +45,7 @@ from engine.project import (
     Generation,
     HandOverride,
     Job,
+    MapLayout,
     Model,
     Project,
     Selection,
@@ -60,7 +61,8 @@ MAX_LISTED = 50
 
 ASSET_KINDS = ("datasets", "encodings", "models", "generations")
 # the top-level asset folders whose entries belong to a row or a job (orphans otherwise)
-ORPHAN_KINDS = (*ASSET_KINDS, "evaluations", "experiments", "exports", "jobs", "uploads")
+ORPHAN_KINDS = (*ASSET_KINDS, "evaluations", "experiments", "exports", "jobs", "uploads",
+                "maps")
 _RESERVED = {("exports", "zips")}  # the Export tab's downloads
 _ID_RE = re.compile(r"(^|-)[a-z]+_[0-9a-f]{8}$")  # engine.project.new_id, maybe after NAME-
 _TEMP_RE = re.compile(r"(\.tmp|\.tmp-\d+)$")
@@ -443,7 +445,8 @@ def _known_folder_names(project: Project) -> set[str]:
     names: set[str] = set()
     for table, columns in [(Dataset, ["root"]), (Encoding, ["array_path", "state_path"]),
                            (Model, ["checkpoint"]), (Generation, ["folder"]),
-                           (Evaluation, []), (Experiment, []), (Job, ["folder"])]:
+                           (Evaluation, []), (Experiment, []), (Job, ["folder"]),
+                           (MapLayout, ["folder"])]:
         for row in project.list(table):
             names.add(row.id)
             for c in columns:

@@ -46,6 +46,14 @@ def test_map_job_writes_a_reusable_seeded_layout(curated_project):  # noqa: F811
                                                                    again.result_id))["xy"],
                                pts["xy"], rtol=1e-5, atol=1e-6)
     assert not list((project.assets / "maps" / "_specs").iterdir())  # specs cleaned up
+    # check knows the layouts' folders; a stray layout folder is an orphan
+    from engine.check import check_project
+
+    stray = project.assets / "maps" / "map_0123abcd"
+    stray.mkdir()
+    orphans = [p for p in check_project(project).problems if p["kind"] == "orphan_folder"]
+    assert [p["path"] for p in orphans] == ["maps/map_0123abcd"]
+    stray.rmdir()
     with pytest.raises(InvalidConfigError, match="max_points"):
         MapConfig(max_points=200_001)
     with pytest.raises(InvalidConfigError, match="method"):
