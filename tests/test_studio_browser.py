@@ -330,7 +330,7 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     expect(page.locator("#eval-summary")).to_contain_text("on the test split")
     for elem in ("eval-per-class", "eval-confusion", "eval-curves"):
         expect(page.locator(f"#{elem} .js-plotly-plot")).to_be_visible()
-    expect(page.locator("#eval-config")).to_contain_text("epochs")
+    expect(page.locator("#eval-config")).to_contain_text("resnet_tiny")  # the arch row
     for name in (r"^real\+synthetic · ", "unfiltered"):
         page.locator("#eval-compare input").click()
         page.get_by_role("option", name=re.compile(name)).first.click()
