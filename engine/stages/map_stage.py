@@ -101,11 +101,11 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     from engine.curation.maps import layout_2d, stratified_rows
 
     config = MapConfig.from_dict(params["config"])
-    spec = np.load(params["spec_path"])
+    spec = np.load(params["spec_path"], allow_pickle=False)
     train_idx, real_labels, syn_labels = spec["train_idx"], spec["real_labels"], \
         spec["syn_labels"]
-    real = np.load(params["real_array"], mmap_mode="r")
-    syn = np.load(params["syn_array"], mmap_mode="r")
+    real = np.load(params["real_array"], mmap_mode="r", allow_pickle=False)
+    syn = np.load(params["syn_array"], mmap_mode="r", allow_pickle=False)
     progress(ProgressEvent(stage="map", step=0, total=2, message="reading representations"))
     ri, si = stratified_rows(len(train_idx), real_labels, len(syn), syn_labels,
                              config.max_points, config.seed)
@@ -160,7 +160,7 @@ def on_retry(project: Project, params: dict[str, Any]) -> None:
 
 def load(project: Project, row: MapLayout) -> dict[str, np.ndarray]:
     """The layout's arrays: xy (P, 2), kind (P,) 0 real / 1 synthetic, label (P,), index (P,)."""
-    with np.load(project.abs(row.folder) / LAYOUT) as z:
+    with np.load(project.abs(row.folder) / LAYOUT, allow_pickle=False) as z:
         return {k: z[k] for k in ("xy", "kind", "label", "index")}
 
 
