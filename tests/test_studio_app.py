@@ -240,7 +240,7 @@ def test_generate_tab_interpolates_and_draws_from_class_distributions(studio):
     a, b = train["id"].iloc[0], train["id"].iloc[-1]
     # interpolation needs exactly two selected images (the picker's state, not an API
     # input): refused with a sentence otherwise
-    with pytest.raises(Exception, match="exactly two selected images"):
+    with pytest.raises(Exception, match="exactly two source images"):
         generate_tab.generate(ctx, model.id, "selected images", [a], 1, 1, "ddim", 2, 1.0, 0, "",
                          "interpolate", 3)
     job = generate_tab.generate(ctx, model.id, "selected images", [a, b], 1, 1, "ddim", 2, 1.0, 0,
