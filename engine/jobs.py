@@ -32,6 +32,7 @@ from typing import Any, Callable
 from engine.errors import Cancelled, JobError, StudioError, describe_os_error
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.project import Job, Project, new_id, utcnow, write_json_atomic
+from engine.settings import visible_gpus
 from engine.stages import JobSpec
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,6 @@ def _not_zombie(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------------- the manager
-
-
-def visible_gpus() -> list[int]:
-    """Indices of the CUDA devices this process sees (empty without a GPU)."""
-    try:
-        import torch
-
-        return list(range(torch.cuda.device_count()))
-    except Exception:  # noqa: BLE001 - no torch, no driver: no GPU
-        return []
 
 
 WORKER_SECRETS = ("RCDM_STUDIO_AUTH",)  # owner-side settings a worker never receives

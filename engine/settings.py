@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,18 +48,57 @@ class SettingsStore(Protocol):
     def update_settings(self, **values: Any) -> dict[str, Any]: ...
 
 
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver knows
+
+
+def visible_gpus() -> list[int]:
+    """Indices of the CUDA devices this process sees (empty without a GPU).
+
+    Read without importing torch where the machine says enough (the studio's start must not
+    wait seconds for it): the NVIDIA driver's device list (``/proc/driver/nvidia/gpus``)
+    limited by ``CUDA_VISIBLE_DEVICES`` (up to its first invalid entry, as CUDA reads it);
+    no driver and no ROCm device: no GPU. torch decides when it is already loaded, or on a
+    ROCm machine.
+    """
+    if "torch" not in sys.modules and not Path("/dev/kfd").exists():
+        try:
+            found = len(list(NVIDIA_GPUS.iterdir()))
+        except OSError:
+            found = 0
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if env is not None:
+            listed = 0
+            for entry in env.split(","):
+                if not entry.strip() or entry.strip().startswith("-"):
+                    break
+                listed += 1
+            found = min(found, listed)
+        return list(range(found))
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:  # noqa: BLE001 - no torch, no driver: no GPU
+        return []
+
+
 @functools.lru_cache(maxsize=1)
 def machine_profile() -> dict[str, Any]:
-    """What this machine offers: ``{"cuda", "gpu", "gpu_mem_gb", "ram_gb", "cpus"}``."""
-    import torch
+    """What this machine offers: ``{"cuda", "gpu", "gpu_mem_gb", "ram_gb", "cpus"}``
+    (torch is imported only where a GPU is visible: a CPU machine's studio starts without)."""
+    prof: dict[str, Any] = {"cuda": False, "gpu": "", "gpu_mem_gb": 0.0,
+                            "cpus": os.cpu_count() or 1, "ram_gb": 0.0}
+    if visible_gpus():
+        import torch
 
-    prof: dict[str, Any] = {"cuda": bool(torch.cuda.is_available()), "gpu": "",
-                            "gpu_mem_gb": 0.0, "cpus": os.cpu_count() or 1, "ram_gb": 0.0}
+        prof["cuda"] = bool(torch.cuda.is_available())
     try:
         prof["ram_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     except (ValueError, OSError, AttributeError):
         pass
     if prof["cuda"]:
+        import torch
+
         props = torch.cuda.get_device_properties(0)
         prof["gpu"], prof["gpu_mem_gb"] = props.name, props.total_memory / 2 ** 30
     return prof

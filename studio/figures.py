@@ -33,7 +33,8 @@ EXPERIMENT_TITLES = {
 
 def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                 mask: np.ndarray, real_distances: np.ndarray | None = None,
-                real_labels: np.ndarray | None = None, *, metric: str = "cosine") -> go.Figure:
+                real_labels: np.ndarray | None = None, *, metric: str = "cosine",
+                stats: tuple[pd.DataFrame, pd.DataFrame | None] | None = None) -> go.Figure:
     """Per-class distance distributions with the kept band shaded.
 
     One box per class for the synthetic samples (and one beside it for the real images when
@@ -46,6 +47,8 @@ def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence
         distances: (N,) synthetic distances; labels: (N,) int; mask: (N,) bool kept;
         class_names: C names; real_distances / real_labels: (M,) optional;
         metric: only used to label the y axis.
+        stats: the (synthetic, real) ``box_stats`` of these distances when already computed
+            (a band change moves only the shaded band, not the boxes).
 
     Returns:
         plotly.graph_objects.Figure (template "plotly_white"), readable at 1280 x 800.
@@ -56,9 +59,8 @@ def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != distances.shape:
         raise InvalidConfigError(f"mask must have shape {distances.shape}, got {mask.shape}")
-    syn = box_stats(distances, labels, num_classes)
-    real = None
-    if real_distances is not None and real_labels is not None:
+    syn, real = stats if stats is not None else (box_stats(distances, labels, num_classes), None)
+    if stats is None and real_distances is not None and real_labels is not None:
         rd, rl = check_distances(real_distances, real_labels, num_classes)
         real = box_stats(rd, rl, num_classes)
     present = syn["n"].to_numpy() > 0
@@ -68,46 +70,57 @@ def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence
     x_names = [names[i] for i in shown]
     position = {int(c): j for j, c in enumerate(shown)}
 
-    fig = go.Figure()
+    # The figure is assembled as plain dicts and built unvalidated: plotly's validation of
+    # a 100-class layout (100 shapes, 2 x 100 boxes) cost more than the whole band change.
+    traces: list[dict[str, Any]] = []
 
     def add_box(stats: pd.DataFrame, label: str, color: str) -> None:
         rows = stats.iloc[shown]
         ok = rows["n"].to_numpy() > 0
-        fig.add_trace(go.Box(
-            name=label, x=[x for x, o in zip(x_names, ok) if o],
-            lowerfence=rows["min"][ok], q1=rows["q1"][ok], median=rows["median"][ok],
-            q3=rows["q3"][ok], upperfence=rows["max"][ok], mean=rows["mean"][ok],
-            boxmean=True, marker_color=color, offsetgroup=label, boxpoints=False,
-        ))
+        col = {k: rows[k].to_numpy(np.float64)[ok].tolist()
+               for k in ("min", "q1", "median", "q3", "max", "mean")}
+        traces.append(dict(
+            type="box", name=label, x=[x for x, o in zip(x_names, ok) if o],
+            lowerfence=col["min"], q1=col["q1"], median=col["median"], q3=col["q3"],
+            upperfence=col["max"], mean=col["mean"], boxmean=True,
+            marker=dict(color=color), offsetgroup=label, boxpoints=False))
 
     add_box(syn, "synthetic", "#4C72B0")
     if real is not None:
         add_box(real, "real", "#DD8452")
 
     # kept band: one rectangle per class between its low and high edges
-    # (all shapes set at once: one add_shape per class re-validates the layout each time,
-    # which took seconds at 100 classes)
     edges = kept_range(distances, labels, mask, num_classes)
     shapes = [dict(type="rect", xref="x", yref="y", x0=position[int(c)] - 0.45,
                    x1=position[int(c)] + 0.45, y0=float(edges[c][0]), y1=float(edges[c][1]),
                    fillcolor="rgba(44, 160, 44, 0.18)", line=dict(width=0), layer="below")
               for c in shown if not np.isnan(edges[c][0])]
-    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="kept band",
-                             marker=dict(symbol="square", size=14,
-                                         color="rgba(44, 160, 44, 0.35)")))
+    traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", name="kept band",
+                       marker=dict(symbol="square", size=14, color="rgba(44, 160, 44, 0.35)")))
     kept, total = int(mask.sum()), int(len(mask))
     axis = "cosine distance (1 - cos)" if metric == "cosine" else "euclidean distance"
-    fig.update_layout(
-        template="plotly_white", boxmode="group", height=600, shapes=shapes,
+    layout = dict(
+        template=_white_template(), boxmode="group", height=600, shapes=shapes,
         title=dict(text=f"Distance to the class centroid per class: kept band shaded "
                         f"({kept:,} of {total:,} synthetic samples kept)", x=0.01),
-        xaxis_title="class", yaxis_title=f"{axis} to the class centroid",
+        xaxis=dict(title=dict(text="class"), type="category", categoryorder="array",
+                   categoryarray=x_names, tickangle=-45 if len(x_names) > 12 else 0),
+        yaxis=dict(title=dict(text=f"{axis} to the class centroid")),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-        margin=dict(l=70, r=20, t=80, b=90),
-    )
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=x_names,
-                     tickangle=-45 if len(x_names) > 12 else 0)
-    return fig
+        margin=dict(l=70, r=20, t=80, b=90))
+    return go.Figure(data=traces, layout=layout, _validate=False)
+
+
+def _white_template() -> dict[str, Any]:
+    """The "plotly_white" template as a plain dict (looked up once)."""
+    global _WHITE
+    if _WHITE is None:
+        from plotly.io import templates
+        _WHITE = templates["plotly_white"].to_plotly_json()
+    return _WHITE
+
+
+_WHITE: dict[str, Any] | None = None
 
 
 def map_figure(points: pd.DataFrame, mask: np.ndarray, class_names: Sequence[str], *,

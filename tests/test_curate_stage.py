@@ -196,3 +196,39 @@ def test_studio_hand_decisions_and_more_like_this(curated_project):
         assert "click a generated image" in status
     finally:
         ctx.close()
+
+
+def test_band_view_reads_what_it_shows_and_caches_the_boxes(curated_project):
+    """A band change reads only its galleries' sample rows and reuses the view's box
+    statistics: same figure, same rows as the full reads."""
+    import json
+
+    import pandas as pd
+
+    from engine.curation import box_stats
+    from engine.stages import curate_stage
+    from studio import figures
+
+    project, re8, _ = curated_project
+    every = project.samples("gen-test")
+    assert len(every) > 17
+    rows = project.sample_rows("gen-test", [5, 0, 17], ("path", "id"))
+    assert rows.columns.tolist() == ["path", "id"]
+    assert rows["id"].tolist() == every["id"].iloc[[5, 0, 17]].tolist()
+    assert rows["path"].tolist() == every["path"].iloc[[5, 0, 17]].tolist()
+    assert project.sample_rows("gen-test", [], ("path",)).empty
+    with pytest.raises(ValueError, match="unknown sample columns"):
+        project.sample_rows("gen-test", [0], ("path; DROP TABLE sample",))
+
+    bd = curate_stage.band_data(project, "gen", re8, metric="euclidean")
+    syn, real = bd.box_stats()
+    assert bd.box_stats()[0] is syn  # computed once per view
+    pd.testing.assert_frame_equal(syn, box_stats(bd.distances, bd.labels, len(bd.class_names)))
+    mask = curate_stage.band_mask(bd, BandConfig.preset("middle"))
+    fresh = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask,
+                                bd.real_distances, bd.real_labels, metric="euclidean")
+    cached = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask,
+                                 bd.real_distances, bd.real_labels, metric="euclidean",
+                                 stats=(syn, real))
+    assert json.loads(fresh.to_json()) == json.loads(cached.to_json())
+    assert len(fresh.data) == 3 and len(fresh.layout.shapes) == len(bd.class_names)

@@ -14,6 +14,7 @@ from engine.curation.bands import (
     band_thresholds,
     centroid_distances,
     class_centroids,
+    class_ranks,
     edge_samples,
 )
 from engine.errors import Cancelled, InvalidConfigError
@@ -259,3 +260,20 @@ def test_target_count_centre_and_random():
     mid = BandConfig(low=0.25, high=0.75)
     np.testing.assert_array_equal(band_mask(d, labels, mid.replace(target_per_class=9), 2),
                                   band_mask(d, labels, mid, 2))
+
+
+def test_edge_samples_with_cached_ranks_match_a_full_sort_on_ties():
+    # quantised distances: many ties in quantile and distance, where a partition could differ
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 7, 5_000)
+    distances = np.round(rng.random(5_000), 2).astype(np.float32)
+    mask = band_mask(distances, labels, BandConfig.preset("middle"), 7)
+    ranks = class_ranks(distances, labels, 7)
+    q = (ranks[0] + 0.5) / ranks[1][labels]
+    for k in (1, 12, 700):
+        fast = edge_samples(distances, labels, mask, k, ranks=ranks)
+        assert {kk: v.tolist() for kk, v in fast.items()} == {
+            kk: v.tolist() for kk, v in edge_samples(distances, labels, mask, k).items()}
+        idx = np.flatnonzero(mask)  # the rule written out: (quantile, distance, index) order
+        full = idx[np.lexsort((distances[idx], q[idx]))][:k]
+        np.testing.assert_array_equal(fast["nearest_kept"], full)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -395,3 +396,26 @@ def test_an_experiment_on_the_validation_split(tmp_path, tiny_folder):
         with pytest.raises(NotReadyError, match="no val split"):
             experiments.launch(project, "scaling", ["full-x1"], EVAL, submit=jobs.create,
                                sizes=(1,), split="val")
+
+
+def test_visible_gpus_without_torch_reads_the_driver_and_cuda_visible_devices(
+        tmp_path, monkeypatch):
+    """The studio counts GPUs at start without importing torch (seconds): the driver's list,
+    limited by CUDA_VISIBLE_DEVICES as CUDA reads it."""
+    import sys
+
+    from engine import jobs, settings
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(settings, "NVIDIA_GPUS", tmp_path / "gpus")
+    if Path("/dev/kfd").exists():
+        pytest.skip("a ROCm machine asks torch")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert jobs.visible_gpus() == []  # no driver: no GPU
+    for bus in ("0000:01:00.0", "0000:02:00.0"):
+        (tmp_path / "gpus" / bus).mkdir(parents=True)
+    assert jobs.visible_gpus() == [0, 1]
+    for env, want in (("1", [0]), ("0,-1,1", [0]), ("", []), ("0,1,2,3", [0, 1])):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
+        assert jobs.visible_gpus() == want, env
+    assert "torch" not in sys.modules

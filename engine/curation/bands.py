@@ -466,7 +466,8 @@ def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
 
 
 def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                 k: int) -> dict[str, np.ndarray]:
+                 k: int, ranks: tuple[np.ndarray, ...] | None = None
+                 ) -> dict[str, np.ndarray]:
     """Sample indices for galleries at the band's edges, pooled over all classes.
 
     Samples are ordered by their within-class quantile ``(r + 1/2) / n`` (then by distance), so
@@ -479,6 +480,9 @@ def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
         "farthest_kept": kept samples just inside the high edge;
         "nearest_dropped": the nearest samples dropped below the band (near-prototypes);
         "farthest_dropped": the farthest samples dropped above the band (outliers).
+
+    ``ranks``: ``class_ranks`` of these distances, computed once (a band change then sorts
+    nothing: each gallery takes its k candidates with a partition, then orders only those).
     """
     if k < 0:
         raise InvalidConfigError(f"k must be >= 0, got {k}")
@@ -486,14 +490,20 @@ def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     num_classes = num_classes_of(labels)
     distances, labels = check_distances(distances, labels, num_classes)
     mask = np.asarray(mask, dtype=bool)
-    rank, counts, _, _ = _class_ranks(distances, labels, num_classes)
+    rank, counts, _, _ = ranks if ranks is not None else _class_ranks(distances, labels,
+                                                                      num_classes)
     near, far = _dropped_sides(rank, counts, labels, mask, num_classes)
     q = (rank + 0.5) / np.maximum(counts[labels], 1)
 
     def pick(which: np.ndarray, ascending: bool) -> np.ndarray:
         idx = np.flatnonzero(which)
         sign = 1.0 if ascending else -1.0
-        order = np.lexsort((sign * distances[idx], sign * q[idx]))
+        key = sign * q[idx]
+        if 0 < k < len(idx):  # candidates: every sample whose quantile ties the k-th or beats it
+            kth = np.partition(key, k - 1)[k - 1]
+            idx = idx[key <= kth]
+            key = sign * q[idx]
+        order = np.lexsort((sign * distances[idx], key))
         return idx[order[:k]].astype(np.int64)
 
     return {
@@ -508,17 +518,20 @@ def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
 # box statistics (what the studio's band figure draws)
 
 
-def box_stats(distances: np.ndarray, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
+def box_stats(distances: np.ndarray, labels: np.ndarray, num_classes: int,
+              ranks: tuple[np.ndarray, ...] | None = None) -> pd.DataFrame:
     """Exact per-class box statistics (min, q1, median, q3, max, mean, n), vectorised.
 
     Args:
         distances: (N,) finite float; labels: (N,) int in ``[0, num_classes)`` (both checked
             already, e.g. by ``check_distances``).
+        ranks: ``class_ranks`` of these distances when already computed (no sort again).
 
     Returns:
         DataFrame of C rows (index = label): n, min, q1, median, q3, max, mean (NaN when n = 0).
     """
-    _, counts, order, offsets = _class_ranks(distances, labels, num_classes)
+    _, counts, order, offsets = ranks if ranks is not None else _class_ranks(
+        distances, labels, num_classes)
     sorted_d = distances[order].astype(np.float64)
     cols: dict[str, np.ndarray] = {"n": counts}
     for name, p in (("min", 0.0), ("q1", 0.25), ("median", 0.5), ("q3", 0.75), ("max", 1.0)):

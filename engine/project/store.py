@@ -14,7 +14,7 @@ import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -448,6 +448,24 @@ class Project:
         with self.duck() as con:
             return con.execute("SELECT * FROM sample WHERE generation_id = ? ORDER BY idx",
                                [generation_id]).df()
+
+    def sample_rows(self, generation_id: str, idx: Sequence[int] | np.ndarray,
+                    columns: Sequence[str] = ("idx", "id", "path")) -> pd.DataFrame:
+        """Some samples of a generation (``idx``, in that order) and only ``columns``: what a
+        gallery of a few dozen images needs, without reading the generation's every row."""
+        unknown = set(columns) - set(SAMPLE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown sample columns {sorted(unknown)}")
+        want = [int(i) for i in np.asarray(idx, dtype=np.int64).reshape(-1)]
+        cols = list(dict.fromkeys(["idx", *columns]))
+        if not want:
+            return pd.DataFrame({c: [] for c in columns})
+        with self.duck() as con:
+            found = con.execute(
+                f"SELECT {', '.join(cols)} FROM sample WHERE generation_id = ? "
+                "AND idx IN (SELECT UNNEST(?::BIGINT[]))", [generation_id, want]).df()
+        found = found.set_index("idx", drop=False).reindex(want)
+        return found[list(columns)].reset_index(drop=True)
 
     def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
         with self.duck() as con:

@@ -15,10 +15,24 @@
 Nothing here opens the project: the stages read and write its rows.
 """
 
-from engine.rcdm.generation import generate_variations
-from engine.rcdm.model import RCDM, build_rcdm, load_rcdm, save_rcdm
-from engine.rcdm.sample import make_scheduler, sample_images
-from engine.rcdm.training import train_rcdm
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): importing a light submodule such as ``engine.rcdm.presets``
+# (the studio's Train form) must not pull in diffusers and torch (about 10 s at start-up).
+_LAZY = {"generate_variations": "generation", "RCDM": "model", "build_rcdm": "model",
+         "load_rcdm": "model", "save_rcdm": "model", "make_scheduler": "sample",
+         "sample_images": "sample", "train_rcdm": "training"}
 
 __all__ = ["RCDM", "build_rcdm", "load_rcdm", "save_rcdm", "train_rcdm", "make_scheduler",
            "sample_images", "generate_variations"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"engine.rcdm.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine.rcdm' has no attribute {name!r}")

@@ -18,8 +18,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from engine.config import QUICK_TRAIN, TrainConfig
 from engine.errors import InvalidConfigError
 
@@ -64,6 +62,8 @@ def preset_config(name: str, num_images: int | None = None, **overrides: Any) ->
 
 def preset_parameters(name: str, cond_dim: int = 768) -> int:
     """Parameters of the RCDM of preset ``name`` (built on the meta device: no memory)."""
+    import torch
+
     from engine.rcdm.model import build_rcdm, count_parameters
 
     config = preset_config(name)

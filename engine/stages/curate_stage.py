@@ -17,6 +17,7 @@ import pandas as pd
 from engine import curation
 from engine.config import BandConfig
 from engine.curation import knn
+from engine.curation.arrays import check_distances
 from engine.errors import InvalidConfigError, NotFoundError
 from engine.paths import check_name, given_name
 from engine.project import (
@@ -64,6 +65,17 @@ class BandData:
         if self.ranks is None:
             self.ranks = curation.class_ranks(self.distances, self.labels, len(self.class_names))
         return self.ranks
+
+    def box_stats(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(generated, real) per-class box statistics of the distances: the band figure's
+        boxes, which no band change moves (computed once per view)."""
+        if "box_stats" not in self.cache:
+            c = len(self.class_names)
+            real_d, real_l = check_distances(self.real_distances, self.real_labels, c)
+            self.cache["box_stats"] = (
+                curation.box_stats(self.distances, self.labels, c, ranks=self.class_ranks()),
+                curation.box_stats(real_d, real_l, c))
+        return self.cache["box_stats"]
 
     def robust_stats(self) -> tuple[np.ndarray, np.ndarray]:
         if self.robust is None:

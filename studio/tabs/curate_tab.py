@@ -109,15 +109,17 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
         counts["- hand"] = by_hand["- dropped by hand"].to_numpy()
         counts["kept with hand"] = by_hand["kept"].to_numpy()
     fig = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
-                              bd.real_labels, metric=metric)
+                              bd.real_labels, metric=metric, stats=bd.box_stats())
     fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
-    samples = ctx.project.samples(bd.generation.id)
-    edges, edge_idx = {}, {}
-    for key, idx in edge_samples(bd.distances, bd.labels, mask, EDGE_K).items():
-        edge_idx[key] = idx
-        edges[key] = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
-                       f"{bd.distances[i]:.2f}")
-                      for i in idx.tolist()]
+    edge_idx = edge_samples(bd.distances, bd.labels, mask, EDGE_K, ranks=bd.class_ranks())
+    # only the shown samples' paths: one narrow read, not the generation's every row
+    shown = np.concatenate([np.asarray(i, np.int64) for i in edge_idx.values()])
+    paths = ctx.project.sample_rows(bd.generation.id, shown, ("path",))["path"].tolist()
+    edges, at = {}, 0
+    for key, idx in edge_idx.items():
+        edges[key] = [(ui.gallery_path(ctx.project.abs(p)), f"{bd.distances[i]:.2f}")
+                      for p, i in zip(paths[at:at + len(idx)], idx.tolist())]
+        at += len(idx)
     kept, total = int(mask.sum()), int(len(mask))
     total_hand = hand[hand["class"] == "all"].iloc[0]
     hand_text = (f" · by hand: +{int(total_hand['+ kept by hand']):,} / "
