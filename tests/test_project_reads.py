@@ -91,3 +91,36 @@ def test_top_confusions_and_config_table():
     assert table.values.tolist() == [["epochs", "≠", "2", "3"], ["seed", "≠", "none", "—"],
                                      ["lr", "≠", "—", "0.1"],
                                      ["arch", "", "resnet_tiny", "resnet_tiny"]]
+
+
+def test_pages_match_the_plain_queries_on_unbalanced_classes_and_gaps(project):
+    """The cached interleaved order and the idx-range sample pages return exactly what the
+    plain window / OFFSET queries return, on unbalanced classes, a split filter, and a
+    generation whose numbering has a gap (the OFFSET fallback)."""
+    frame = _images("dsu", 97, 4)
+    frame["label"] = [0 if i < 40 else (1 if i < 45 else (2 if i % 3 else 3)) for i in range(97)]
+    frame["class_name"] = [f"c{v}" for v in frame["label"]]
+    ds = Dataset(id="dsu", name="u", num_images=97, num_classes=4)
+    project.add_dataset(ds, frame)
+
+    def plain(split, page, size):
+        cond, params = "dataset_id = ?", ["dsu"]
+        if split:
+            cond, params = cond + " AND split = ?", params + [split]
+        return project.query(
+            f"SELECT id FROM (SELECT id, label, row_number() OVER (PARTITION BY label ORDER BY "
+            f"idx) AS r FROM image WHERE {cond}) ORDER BY r, label LIMIT ? OFFSET ?",
+            params + [size, (page - 1) * size])["id"].tolist()
+
+    for split in (None, "train", "test"):
+        for page in (1, 2, 5, 9):
+            got = reads.image_page(project, "dsu", split=split, page=page, page_size=11)
+            assert got.rows["id"].tolist() == plain(split, got.page, 11), (split, page)
+            assert got.rows["path"].tolist() == [f"p{int(i[4:])}.png" for i in got.rows["id"]]
+    gen = Generation(id=new_id("gen"), name="g", folder="generations/g", count=9,
+                     config_json="{}")
+    gapped = _samples(gen.id, 10).drop(index=3)  # idx 0..9 without 3
+    project.add_generation(gen, gapped)
+    p = reads.sample_page(project, gen.id, page=1, page_size=4)
+    assert p.rows["idx"].tolist() == [0, 1, 2, 4] and p.total == 9
+    assert reads.sample_page(project, gen.id, page=3, page_size=4).rows["idx"].tolist() == [9]
