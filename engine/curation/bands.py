@@ -405,18 +405,37 @@ def band_thresholds(distances: np.ndarray, labels: np.ndarray, band: BandConfig,
                        num_classes)
 
 
-def _dropped_sides(rank: np.ndarray, counts: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                   num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _kept_span(ranks: tuple[np.ndarray, ...], mask: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First and last kept rank of each class, from the class-sorted order (no ``ufunc.at``:
+    a band change at 500,000 samples must stay in milliseconds).
+
+    Returns:
+        first, last: (C,) int64 ranks (first = max int64, last = -1 where nothing is kept);
+        positions: (C, 2) int64 positions in ``order`` of those samples (-1 where none).
+    """
+    _, counts, order, offsets = ranks
+    hits = np.flatnonzero(np.asarray(mask, dtype=bool)[order])  # kept, in class-sorted order
+    lo = np.searchsorted(hits, offsets)  # the first kept at or after each class's start
+    hi = np.searchsorted(hits, offsets + counts) - 1  # the last kept before its end
+    has = (lo <= hi) & (lo < len(hits))
+    pos = np.full((len(counts), 2), -1, dtype=np.int64)
+    pos[has, 0], pos[has, 1] = hits[lo[has]], hits[hi[has]]
+    first = np.where(has, pos[:, 0] - offsets, np.iinfo(np.int64).max)
+    last = np.where(has, pos[:, 1] - offsets, -1)
+    return first, last, pos
+
+
+def _dropped_sides(ranks: tuple[np.ndarray, ...], labels: np.ndarray, mask: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Which dropped samples lie below (near) and above (far) the kept ones of their class.
 
     For an arbitrary mask, a dropped sample is "near" when its rank is below the first kept rank
     of its class and "far" when above the last; in a class that keeps nothing, the nearer half
     counts as near. Returns two (N,) bool arrays.
     """
-    first = np.full(num_classes, np.iinfo(np.int64).max)
-    last = np.full(num_classes, -1)
-    np.minimum.at(first, labels[mask], rank[mask])
-    np.maximum.at(last, labels[mask], rank[mask])
+    rank, counts = ranks[0], ranks[1]
+    first, last, _ = _kept_span(ranks, mask)
     none_kept = last < 0
     half = counts // 2
     first = np.where(none_kept, half, first)
@@ -442,13 +461,18 @@ def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     num_classes = len(class_names)
     distances, labels = check_distances(distances, labels, num_classes)
     mask = np.asarray(mask, dtype=bool)
-    rank, counts = (ranks if ranks is not None else
-                    _class_ranks(distances, labels, num_classes))[:2]
-    near, far = _dropped_sides(rank, counts, labels, mask, num_classes)
+    ranks = ranks if ranks is not None else _class_ranks(distances, labels, num_classes)
+    counts, order = ranks[1], ranks[2]
+    near, far = _dropped_sides(ranks, labels, mask)
     kept = np.bincount(labels[mask], minlength=num_classes)
     n_near = np.bincount(labels[near], minlength=num_classes)
     n_far = np.bincount(labels[far], minlength=num_classes)
-    edges = kept_range(distances, labels, mask, num_classes)
+    # the kept distances' range: within a class the order is by distance, so its first and
+    # last kept samples hold the minimum and the maximum
+    pos = _kept_span(ranks, mask)[2]
+    edges = np.full((num_classes, 2), np.nan, dtype=np.float64)
+    has = pos[:, 0] >= 0
+    edges[has] = distances[order[pos[has]]].astype(np.float64)
     sums = np.bincount(labels, weights=distances.astype(np.float64), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / counts
@@ -490,9 +514,9 @@ def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     num_classes = num_classes_of(labels)
     distances, labels = check_distances(distances, labels, num_classes)
     mask = np.asarray(mask, dtype=bool)
-    rank, counts, _, _ = ranks if ranks is not None else _class_ranks(distances, labels,
-                                                                      num_classes)
-    near, far = _dropped_sides(rank, counts, labels, mask, num_classes)
+    ranks = ranks if ranks is not None else _class_ranks(distances, labels, num_classes)
+    rank, counts = ranks[0], ranks[1]
+    near, far = _dropped_sides(ranks, labels, mask)
     q = (rank + 0.5) / np.maximum(counts[labels], 1)
 
     def pick(which: np.ndarray, ascending: bool) -> np.ndarray:
