@@ -1,8 +1,8 @@
-"""The studio with a project of ImageNet-100's shape open: 130,000 real + 520,000 generated.
+"""The studio with a project of ImageNet-100's shape open: 130,000 real + 500,000 generated.
 
 Builds (once, in ``--dir`` or a temporary folder) a project of that shape without images to
 train on: 100 classes x 1,300 real image rows (50 per class held out for test), a generation
-of 4 samples per training image (520,000 rows; ``--scale`` shrinks both), a ``--dim``-d
+of 4 samples per training image (1,250 x 100 x 4 = 500,000 rows; ``--scale`` shrinks both), a ``--dim``-d
 encoding of each (seeded random float32 arrays, memory-mapped), a trained model row. Every
 row's image file is one of 100 small PNGs (one per class): the database, the arrays and the
 studio's reads are at full size, the disk holds only what the measurements read.
@@ -78,7 +78,8 @@ def build(path: Path, scale: float, dim: int) -> dict[str, str]:
     with Project(path) as p:
         if p.list(Generation):
             ds, gen = p.list(Dataset)[0], p.list(Generation)[0]
-            return {"dataset": ds.id, "generation": gen.id, "real": n_real, "reused": True}
+            return {"dataset": ds.id, "generation": gen.id, "real": ds.num_images,
+                    "generated": gen.count, "reused": True}
         files = p.assets / "fab"
         files.mkdir(parents=True, exist_ok=True)
         for c in range(CLASSES):
@@ -199,7 +200,7 @@ def band_calls(port: int, gen: str, repeats: int) -> tuple[float, float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=float, default=1.0, help="1.0 = 130k real + 520k generated")
+    ap.add_argument("--scale", type=float, default=1.0, help="1.0 = 130k real + 500k generated")
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dir", help="keep the project here (reused by a second run)")
@@ -225,7 +226,7 @@ def main() -> int:
             proc.wait(timeout=60)
         data_page, gen_page = gallery_pages(path, ids)
     rows = [("project rows (real / generated)",
-             f"{ids['real']:,} / {ids.get('generated', 4 * ids['real']):,}", ""),
+             f"{ids['real']:,} / {ids['generated']:,}", ""),
             ("build (rows + arrays)", f"{built:.1f} s", "reused" if ids["reused"] else ""),
             ("project file", f"{db_mb:.0f} MB", ""),
             ("cold open to HTTP 200", f"{opened:.2f} s", "goal < 10 s"),

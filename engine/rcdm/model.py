@@ -281,3 +281,133 @@ def load_rcdm(folder: Path, device: str | torch.device = "cpu", load_vae: bool =
 
         model.codec = LatentCodec.load(meta["vae"], device)
     return model, config, dict(meta.get("extra") or {})
+
+
+# ---------------------------------------------------------------- models trained elsewhere
+
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"  # a diffusers pipeline's layout
+
+
+def diffusers_unet_dir(folder: Path) -> Path | None:
+    """The ``UNet2DConditionModel.save_pretrained`` folder inside ``folder`` (``unet/`` or
+    ``folder`` itself), or None when there is none."""
+    for d in (Path(folder) / UNET_DIR, Path(folder)):
+        try:
+            cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if cfg.get("_class_name") == "UNet2DConditionModel" and any(d.glob("*.safetensors")):
+            return d
+    return None
+
+
+def adopt_folder(src: Path, dst: Path, vae_id: str | None = None,
+                 image_size: int | None = None) -> dict[str, Any]:
+    """Copy a model trained elsewhere into ``dst`` in this project's format; returns its
+    ``rcdm.json``.
+
+    ``src`` is either a folder of this format (``rcdm.json``: copied as it is) or a diffusers
+    ``UNet2DConditionModel`` folder (``unet/`` or the U-Net's own files) beside
+    ``conditioner.safetensors`` (``cond_norm``, ``cond_proj``, ``token_norm``, ``null_cond``:
+    the representation's way into the U-Net, as this project's models save it). For the
+    latter, ``rcdm.json`` is written from what the files say: the representation size
+    (``null_cond``), the tokens per representation (``cond_proj`` rows / the U-Net's
+    ``cross_attention_dim``), the noise schedule from ``scheduler/scheduler_config.json`` when
+    present (else this project's defaults), the architecture from the U-Net's config; a U-Net
+    of more or fewer than 3 input channels is a latent model and needs ``vae_id``. The result
+    is loaded once (``load_rcdm``) before it is kept.
+
+    Raises:
+        NotReadyError: neither layout, or a conditioner that does not fit the U-Net, in one
+            sentence; WeightsNotFoundError: a latent model's VAE cannot be loaded.
+    """
+    src, dst = Path(src).expanduser(), Path(dst)
+    if (src / META_FILE).is_file():
+        read_rcdm_meta(src)  # complete and of a format this studio reads
+        tmp = temp_dir_for(dst)
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        _keep_if_loadable(tmp, dst)
+        return read_rcdm_meta(dst)
+    unet_dir = diffusers_unet_dir(src)
+    if unet_dir is None:
+        raise NotReadyError(f"{src} is not a model folder: no {META_FILE} and no diffusers "
+                            f"UNet2DConditionModel (config.json + *.safetensors) in it or in "
+                            f"{src / UNET_DIR}")
+    cond_file = src / CONDITIONER_FILE
+    if not cond_file.is_file():
+        raise NotReadyError(
+            f"{src} holds a diffusers U-Net but no {CONDITIONER_FILE}: an RCDM needs the "
+            f"conditioner that turns a representation into its tokens (cond_norm, cond_proj, "
+            f"token_norm, null_cond)")
+    unet_cfg = json.loads((unet_dir / "config.json").read_text(encoding="utf-8"))
+    state = load_file(str(cond_file))
+    if "null_cond" not in state or "cond_proj.weight" not in state:
+        raise NotReadyError(f"{cond_file} holds {sorted(state)}; expected cond_norm.*, "
+                            f"cond_proj.*, token_norm.* and null_cond")
+    cond_dim = int(state["null_cond"].shape[0])
+    width = int(unet_cfg.get("cross_attention_dim") or 0)
+    rows = int(state["cond_proj.weight"].shape[0])
+    if not width or rows % width:
+        raise NotReadyError(f"{cond_file}: cond_proj makes {rows} values, not a whole number "
+                            f"of the U-Net's {width}-wide tokens")
+    if unet_cfg.get("class_embed_type") != "projection" or \
+            int(unet_cfg.get("projection_class_embeddings_input_dim") or 0) != cond_dim:
+        raise NotReadyError(
+            f"the U-Net in {unet_dir} does not take a {cond_dim}-d representation in its time "
+            f"embedding (class_embed_type='projection', projection_class_embeddings_input_dim"
+            f"={cond_dim}), as an RCDM's does")
+    in_ch, size = int(unet_cfg.get("in_channels", 3)), int(unet_cfg.get("sample_size", 16))
+    values: dict[str, Any] = {"cond_tokens": rows // width, "cross_attention_dim": width}
+    channels = tuple(int(c) for c in unet_cfg.get("block_out_channels") or ())
+    heads = unet_cfg.get("attention_head_dim")
+    if channels:
+        values["block_channels"] = channels
+        values["layers_per_block"] = int(unet_cfg.get("layers_per_block", 1))
+        first = heads[0] if isinstance(heads, list) else heads
+        if first:  # diffusers' attention_head_dim is a count of heads (see unet_kwargs)
+            values["attention_head_dim"] = max(1, channels[0] // int(first))
+    sched_path = src / SCHEDULER_CONFIG
+    if sched_path.is_file():
+        sched = json.loads(sched_path.read_text(encoding="utf-8"))
+        for key in ("num_train_timesteps", "beta_schedule", "prediction_type"):
+            if key in sched:
+                values[key] = sched[key]
+    codec_info = None
+    if in_ch == 3:
+        values.update(space="pixel", channels=3, image_size=int(image_size or size))
+    else:
+        if not vae_id:
+            raise NotReadyError(
+                f"the U-Net in {unet_dir} denoises {in_ch}-channel latents: name the VAE it "
+                f"was trained with (--vae, a hub id or a folder)")
+        from engine.rcdm.latent import load_vae, vae_info
+
+        codec_info = vae_info(load_vae(vae_id), vae_id)
+        values.update(space="latent", vae_id=vae_id,
+                      image_size=int(image_size or size * codec_info["downsample"]))
+    config = TrainConfig().replace(**values)
+    tmp = temp_dir_for(dst)
+    shutil.copytree(unet_dir, tmp / UNET_DIR,
+                    ignore=shutil.ignore_patterns(UNET_DIR, CONDITIONER_FILE, "scheduler"))
+    shutil.copy2(cond_file, tmp / CONDITIONER_FILE)
+    meta = {"format_version": FORMAT_VERSION, "train_config": config.to_dict(),
+            "cond_dim": cond_dim, "vae": codec_info,
+            "extra": {"adopted_from": str(src.resolve()), "format": "diffusers"}}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+    _keep_if_loadable(tmp, dst)
+    return meta
+
+
+def _keep_if_loadable(tmp: Path, dst: Path) -> None:
+    """Put ``tmp`` in place of ``dst`` once it loads (the conditioner's names and shapes fit
+    the U-Net); otherwise remove it and say why."""
+    try:
+        load_rcdm(tmp, load_vae=False)
+    except (RuntimeError, ValueError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NotReadyError(f"the model does not load: {first}") from exc
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, dst)

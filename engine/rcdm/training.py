@@ -96,27 +96,31 @@ def init_config(config: TrainConfig, init: Path) -> TrainConfig:
                                  theirs[k]) for k in ARCHITECTURE_FIELDS if k in theirs})
 
 
-def load_initial_weights(model: torch.nn.Module, init: Path, cond_dim: int) -> None:
-    """Copy the weights of the model folder ``init`` into ``model`` (fine-tuning).
+def initial_model(init: Path, cond_dim: int, data_shape: tuple[int, ...]) -> RCDM:
+    """The model folder ``init`` loaded to be fine-tuned: its U-Net as its config describes
+    it (this project's or a diffusers one adopted by ``model.adopt_folder``), its
+    conditioner, its weights.
 
     Raises:
-        InvalidConfigError: another representation size or architecture, in one sentence.
+        InvalidConfigError: another representation size, or a U-Net that denoises another
+            shape than this run's data (channels, size), in one sentence.
     """
     from engine.rcdm.model import load_rcdm
 
-    source, _, _ = load_rcdm(init, device="cpu", load_vae=False)
-    if source.cond_dim != cond_dim:
+    model, _, _ = load_rcdm(init, device="cpu", load_vae=False)
+    if model.cond_dim != cond_dim:
         raise InvalidConfigError(
-            f"the initial model {init} takes {source.cond_dim}-d representations, this "
+            f"the initial model {init} takes {model.cond_dim}-d representations, this "
             f"training {cond_dim}-d ones; fine-tune it on an encoding of the same size")
-    theirs, ours = source.state_dict(), model.state_dict()
-    bad = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
-    if bad:
+    cfg = model.unet.config
+    theirs = (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
+    if tuple(int(v) for v in data_shape) != theirs:
         raise InvalidConfigError(
-            f"the initial model {init} has another architecture ({len(bad)} tensors differ, "
-            f"e.g. {bad[0]}); train with its architecture (engine.rcdm.training.init_config)")
-    model.load_state_dict({k: theirs[k] for k in ours})
+            f"the initial model {init} denoises {theirs} arrays, this training's data are "
+            f"{tuple(data_shape)}; train at its image size and space "
+            f"(engine.rcdm.training.init_config)")
     log.info("initialised from %s", init)
+    return model
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -247,11 +251,12 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     n = len(x_all)
     sample_shape = None if codec is None else (int(x_all.shape[1]), int(x_all.shape[-1]))
 
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
-        torch.manual_seed(config.seed)
-        model = build_rcdm(config, cond_dim, sample_shape).to(device).train()
-    if init is not None:
-        load_initial_weights(model, Path(init), cond_dim)
+    if init is not None:  # fine-tuning: the initial model's own U-Net, weights and all
+        model = initial_model(Path(init), cond_dim, tuple(x_all.shape[1:])).to(device).train()
+    else:
+        with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
+            torch.manual_seed(config.seed)
+            model = build_rcdm(config, cond_dim, sample_shape).to(device).train()
     model.codec = codec
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)

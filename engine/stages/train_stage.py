@@ -73,7 +73,14 @@ def _init_folder(project: Project, ref: str) -> tuple[Path, dict[str, Any]]:
     try:
         m = project.get(Model, ref)
     except NotFoundError:
+        from engine.rcdm.model import diffusers_unet_dir
+
         folder = Path(ref).expanduser()
+        if not (folder / "rcdm.json").is_file() and folder.is_dir() and \
+                diffusers_unet_dir(folder) is not None:
+            raise InvalidConfigError(
+                f"--init {ref!r} is a diffusers U-Net folder: add it to the project first "
+                f"(rcdm-studio import-model --folder {ref} ...), then --init its name") from None
         if not (folder / "rcdm.json").is_file():
             raise InvalidConfigError(f"--init {ref!r} is neither a model of this project nor a "
                                      f"model folder (no rcdm.json in it)") from None
@@ -128,3 +135,44 @@ def on_retry(project: Project, params: dict[str, Any]) -> None:
 def on_start(project: Project, params: dict[str, Any]) -> None:
     project.update(Model, params["model_id"], status="training",
                    job_id=params.get("job_id", ""))
+
+
+def import_model(project: Project, folder: str | Path, dataset_ref: str | None = None,
+                 encoder: str | None = None, encoding_ref: str | None = None,
+                 name: str | None = None, vae_id: str | None = None) -> Model:
+    """Add a model trained elsewhere to the project, ready to generate (no training): a
+    folder of this project's format or a diffusers ``UNet2DConditionModel`` folder beside
+    its conditioner (``engine.rcdm.model.adopt_folder``), copied into the project's
+    ``models/`` and tied to a dataset encoding of its representation size (the encoder that
+    made its representations: the images it varies are encoded the same way). Runs in the
+    calling process (a copy and one load; the command line's owner, never a studio handler).
+
+    Raises:
+        InvalidConfigError: another representation size than the encoding's;
+        NotReadyError: not a model folder (``adopt_folder`` says why).
+    """
+    from engine.rcdm.model import adopt_folder
+
+    name = given_name(name, "model name")
+    ds = common.dataset(project, dataset_ref)
+    enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
+    model_id = new_id("mdl")
+    dst = project.assets / "models" / model_id
+    meta = adopt_folder(Path(folder), dst, vae_id=vae_id)
+    if int(meta["cond_dim"]) != int(enc.dim):
+        import shutil
+
+        shutil.rmtree(dst, ignore_errors=True)
+        raise InvalidConfigError(
+            f"the model in {folder} takes {meta['cond_dim']}-d representations, the "
+            f"{enc.encoder} encoding of {ds.name} is {enc.dim}-d: import it beside an encoding "
+            f"made by the encoder it was trained on")
+    extra = dict(meta.get("extra") or {})
+    steps = int(extra.get("steps") or 0)
+    name = project.unique_name(Model, name or f"imported-{enc.encoder}")
+    project.add(Model(id=model_id, name=name, dataset_id=ds.id, encoding_id=enc.id,
+                      encoder=enc.encoder, status="trained", steps_done=steps,
+                      checkpoint=project.rel(dst), config_json=dumps(meta["train_config"]),
+                      metrics_json=dumps({"imported_from": str(Path(folder).resolve()),
+                                          "format": extra.get("format", "rcdm")})))
+    return project.get(Model, model_id)

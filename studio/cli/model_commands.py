@@ -65,6 +65,26 @@ def add_parsers(sub: Any) -> None:
     json_arg(p)
 
     p = sub.add_parser(
+        "import-model", help="add an RCDM trained elsewhere to the project (no training)",
+        description="Copy a model folder into the project, ready to generate from (and to "
+                    "fine-tune with train --init): a folder of this project's format "
+                    "(rcdm.json) or a diffusers UNet2DConditionModel folder (unet/ or the "
+                    "U-Net's own config.json + *.safetensors) beside its "
+                    "conditioner.safetensors; scheduler/scheduler_config.json, when present, "
+                    "gives the noise schedule. The model is tied to the dataset's encoding by "
+                    "--encoder, which must be the encoder it was trained on (same "
+                    "representation size).")
+    project_arg(p)
+    p.add_argument("--folder", required=True, help="the model folder")
+    p.add_argument("--dataset", help="dataset name or id (default: the only one)")
+    p.add_argument("--encoder", default="pca",
+                   help="the dataset's encoding by this encoder conditions the model")
+    p.add_argument("--encoding", help="or this encoding id")
+    p.add_argument("--name", help="model name (default imported-ENCODER)")
+    p.add_argument("--vae", help="a latent U-Net's AutoencoderKL (hub id or folder)")
+    json_arg(p)
+
+    p = sub.add_parser(
         "generate", help="generate images: variations, interpolations, mix-ups, class samples",
         description="Generate images with a trained RCDM. --mode picks the representations: "
                     "variations of real images (the paper's), interpolate between two images "
@@ -187,6 +207,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from engine.stages import train_stage
+
+    with open_project(args) as project:
+        m = train_stage.import_model(project, args.folder, args.dataset, encoder=args.encoder,
+                                     encoding_ref=args.encoding, name=args.name,
+                                     vae_id=args.vae)
+        fmt = m.metrics.get("format", "rcdm")
+    emit(args, {"id": m.id, "name": m.name, "format": fmt, "encoding": m.encoding_id,
+                "checkpoint": m.checkpoint},
+         f"model {m.name} ({m.id}) imported from {args.folder} ({fmt} format), conditioned on "
+         f"encoding {m.encoding_id}: generate with --model {m.name}")
+    return 0
+
+
 def _sweep(text: str | None) -> tuple[float, ...]:
     from engine.errors import InvalidConfigError
 
@@ -287,6 +322,7 @@ def cmd_samplers(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "import-model": cmd_import_model,
     "generate": cmd_generate,
     "generate-merge": cmd_generate_merge,
     "samplers": cmd_samplers,
