@@ -199,3 +199,23 @@ def test_studio_browse_by_score_sorts_pages_filters_and_curates(curated_project,
         assert caps == sorted(caps, reverse=True) and all(0 <= c <= 1 for c in caps)
     finally:
         ctx.close()
+
+
+def test_evaluate_tab_judges_only_with_a_selection(curated_project):  # noqa: F811
+    from engine.errors import NotReadyError
+    from studio.context import StudioContext
+    from studio.tabs import evaluate_tab
+
+    project, _, _ = curated_project
+    path = project.path
+    project.close()
+    ctx = StudioContext(path)
+    try:
+        from engine.project import Dataset
+
+        ds = ctx.project.list(Dataset)[0]
+        with pytest.raises(NotReadyError, match="needs a selection"):
+            evaluate_tab.evaluate(ctx, "real", ds.id, None, "resnet_tiny", 1, None,
+                                  judge=True)
+    finally:
+        ctx.close()

@@ -607,7 +607,8 @@ def copies(project: Project, bd: BandData, image_ref: str, k: int = 20,
 SCORE_KEYS = ("centroid_distance", "class_quantile", "fidelity", "nearest_real",
               "uniqueness", "confidence")
 JUDGE_HINT = ("evaluate a real-only classifier that judges it: rcdm-studio evaluate --mix real "
-              "--score-generation GEN, or the Evaluate tab's 'judge a generation'")
+              "--score-generation GEN, or in the Evaluate tab 'real only' with 'judge the "
+              "selection's generation'")
 
 
 def judge(project: Project, generation: Generation) -> Evaluation | None:
