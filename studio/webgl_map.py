@@ -25,7 +25,8 @@ COLOUR_BY = [("class", "class"), ("kept / dropped (band + hand)", "kept"),
              ("within-class quantile", "class_quantile"),
              ("fidelity (source ↔ sample)", "fidelity"),
              ("distance to the nearest real image", "nearest_real"),
-             ("uniqueness (nearest other sample)", "uniqueness")]
+             ("uniqueness (nearest other sample)", "uniqueness"),
+             ("classifier confidence in the label", "confidence")]
 MISSING = 255  # the colour key of a point without a value (a real image in a score colouring)
 RAMP_STEPS = 250
 # categorical colours (a colour-blind-aware qualitative set, written out here)

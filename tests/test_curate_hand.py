@@ -155,7 +155,7 @@ def test_scores_columns_values_and_sort(curated_project):  # noqa: F811
     assert s.columns.tolist() == [
         "idx", "sample", "class", "source_image_id", "centroid_distance", "class_quantile",
         "fidelity", "nearest_real", "nearest_real_id", "uniqueness", "nearest_synthetic",
-        "hand"]
+        "confidence", "predicted", "hand"]
     assert len(s) == 36 and s["idx"].tolist() == list(range(36))
     np.testing.assert_allclose(s["centroid_distance"], bd.distances, rtol=1e-6)
     # sample 0 is a pixel copy of its source: fidelity 1, nearest real = its source, at 0
@@ -166,7 +166,8 @@ def test_scores_columns_values_and_sort(curated_project):  # noqa: F811
     d = np.linalg.norm(syn[:, None] - syn[None], axis=2) + np.eye(36) * 1e9
     np.testing.assert_allclose(s["uniqueness"], d.min(1), rtol=1e-4, atol=1e-4)
     assert s["hand"].iat[4] == "keep" and (s["hand"] == "").sum() == 35
-    assert any("no evaluation" in n for n in s.attrs["notes"])
+    assert any("no classifier confidence yet" in n for n in s.attrs["notes"])
+    assert s["confidence"].isna().all()
     by = curate_stage.scores(project, bd, sort="uniqueness", descending=True)
     assert (np.diff(by["uniqueness"]) <= 0).all() and sorted(by["idx"]) == list(range(36))
     with pytest.raises(InvalidConfigError, match="cannot sort by"):

@@ -69,8 +69,11 @@ def test_box_select_drop_changes_counts_selection_and_export(curated_project,  #
                       "--disable-component-update", "--no-first-run"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             expect.set_options(timeout=45_000)
-            page.goto(url)
+            page.goto(url, wait_until="load")
             expect(page.locator("#current-project")).to_contain_text("proj")
+            # the page has loaded (its first tab chosen) before the click
+            expect(page.get_by_role("tab", name="Data")).to_have_attribute("aria-selected",
+                                                                           "true")
             page.get_by_role("tab", name="Curate").click()
             expect(page.get_by_role("tab", name="Curate")).to_have_attribute("aria-selected",
                                                                              "true")

@@ -718,6 +718,56 @@ def _predict(model: nn.Module, x: torch.Tensor | ImageStream, mean: torch.Tensor
     return torch.cat(out[1:]) if len(out) > 1 else out[0]
 
 
+@torch.no_grad()
+def judge_images(model: nn.Module, source: Dataset, labels: np.ndarray, mean: torch.Tensor,
+                 std: torch.Tensor, workers: int = 0, device: torch.device | str = "cpu",
+                 cancel: CancelToken | None = None,
+                 chunk: int = EVAL_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """A trained classifier's judgement of every image of ``source``: per image, the softmax
+    probability of its own label and the class it predicts.
+
+    Cost: one forward pass over the images, ``chunk`` at a time (read and decoded by
+    ``workers`` DataLoader processes, as the streamed scored split), in eval mode, normalised
+    with the training mix's ``mean`` / ``std`` as the scored split is; memory holds one chunk
+    and the two (M,) outputs, never the (M, C) logits.
+
+    Args:
+        source: map-style dataset, item i a (S, S, 3) uint8 image (e.g. ``streams.ImageFiles``).
+        labels: (M,) int labels in [0, C).
+        mean, std: (3,) channel statistics of the training mix, in [0, 1] units.
+
+    Returns:
+        confidence (M,) float32 in [0, 1], predicted (M,) int32.
+
+    Raises:
+        InvalidConfigError: ``labels`` does not have one label per image.
+        Cancelled: when ``cancel`` is set (checked between chunks).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    m = len(source)
+    if labels.shape != (m,):
+        raise InvalidConfigError(f"judging {m} images needs {m} labels, got {labels.shape}")
+    device = torch.device(device)
+    model.eval()
+    loader = DataLoader(source, batch_size=chunk, shuffle=False, num_workers=workers,
+                        collate_fn=_collate_uint8, worker_init_fn=_one_thread if workers else None,
+                        multiprocessing_context="spawn" if workers else None)
+    confidence = np.empty(m, dtype=np.float32)
+    predicted = np.empty(m, dtype=np.int32)
+    done = 0
+    for xu in loader:  # (b, 3, S, S) uint8
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled(f"cancelled while judging images ({done} of {m} done)")
+        xb = _normalise(xu.to(device), mean.to(device), std.to(device))
+        logits = model(xb.contiguous(memory_format=torch.channels_last)).float()  # (b, C)
+        prob = torch.softmax(logits, dim=1)
+        y = torch.from_numpy(labels[done:done + len(xu)]).to(prob.device)
+        confidence[done:done + len(xu)] = prob.gather(1, y[:, None])[:, 0].cpu().numpy()
+        predicted[done:done + len(xu)] = prob.argmax(1).cpu().numpy()
+        done += len(xu)
+    return confidence, predicted
+
+
 def _final_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """top1, top5, per_class and confusion of test logits (M, C) against labels (M,)."""
     acc = topk_accuracy(logits, y, ks=(1, 5))
@@ -735,7 +785,8 @@ def train_classifier(train_x: np.ndarray | Dataset, train_y: np.ndarray,
                      config: EvalConfig,
                      out_dir: Path | None = None, progress: ProgressFn = no_progress,
                      cancel: CancelToken | None = None,
-                     is_synthetic: np.ndarray | None = None) -> dict[str, Any]:
+                     is_synthetic: np.ndarray | None = None,
+                     judge: tuple[Dataset, np.ndarray] | None = None) -> dict[str, Any]:
     """Train ``config.arch`` from scratch on the training mix; test on the real test split.
 
     One path for 1..N processes: with ``WORLD_SIZE`` > 1 (torchrun) each rank trains on its
@@ -767,6 +818,10 @@ def train_classifier(train_x: np.ndarray | Dataset, train_y: np.ndarray,
         is_synthetic: (N,) bool, True for the synthetic rows of the mix; needed by the
             mixing options (``syn_weight``, ``syn_fraction``, ``syn_bn``, ``curriculum``),
             which at their defaults train synthetic rows exactly as real ones.
+        judge: (images, labels): after training, rank 0 judges these images with the
+            trained classifier (``judge_images``: one forward pass, in bounded chunks) and
+            the result gains ``judged_confidence`` (M,) float32 and ``judged_predicted``
+            (M,) int32 arrays, for the caller to save (they are not JSON).
 
     Returns:
         ``top1``, ``top5`` (percent; top5 is top-min(5, C)), ``per_class`` (C percents, NaN
@@ -817,7 +872,7 @@ def train_classifier(train_x: np.ndarray | Dataset, train_y: np.ndarray,
         mean, std = channel_stats(xs)
     try:
         return _train(train_y, test_y, num_classes, config, out_dir, progress, cancel, syn,
-                      started, ranks, xs, ys, xt, yt, stream, mean, std)
+                      started, ranks, xs, ys, xt, yt, stream, mean, std, judge=judge)
     finally:
         if stream is not None:
             stream.close()
@@ -827,9 +882,11 @@ def _train(train_y: np.ndarray, test_y: np.ndarray, num_classes: int, config: Ev
            out_dir: Path | None, progress: ProgressFn, cancel: CancelToken | None,
            syn: torch.Tensor | None, started: float, ranks: Ranks, xs: torch.Tensor | None,
            ys: torch.Tensor, xt: Any, yt: torch.Tensor, stream: ImageStream | None,
-           mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:
+           mean: torch.Tensor, std: torch.Tensor,
+           judge: tuple[Dataset, np.ndarray] | None = None) -> dict[str, Any]:
     """``train_classifier`` from its step 2 on: the data ready in memory (``xs``, ``xt``)
-    or as a ``stream``; ``syn`` the (N,) synthetic rows or None."""
+    or as a ``stream``; ``syn`` the (N,) synthetic rows or None; ``judge`` images to judge
+    at the end (rank 0)."""
     device = ranks.device
     n = len(train_y)
     n_syn = int(syn.sum()) if syn is not None else 0
@@ -954,6 +1011,14 @@ def _train(train_y: np.ndarray, test_y: np.ndarray, num_classes: int, config: Ev
         return {**parallel, "curves": {"epoch": curves["epoch"],
                                        "train_loss": curves["train_loss"]},
                 "num_train": int(n)}
+    judged: dict[str, Any] = {}
+    if judge is not None:  # 12. one forward pass over the images to judge
+        progress(ProgressEvent(stage=STAGE, step=sched.total_steps, total=sched.total_steps,
+                               message=f"judging {len(judge[0]):,} images"))
+        confidence, predicted = judge_images(model, judge[0], judge[1], mean, std,
+                                             workers=config.loader_workers, device=device,
+                                             cancel=cancel)
+        judged = {"judged_confidence": confidence, "judged_predicted": predicted}
     return {
         **parallel,
         **_final_metrics(_predict(model, xt, mean, std), yt, num_classes),
@@ -965,4 +1030,5 @@ def _train(train_y: np.ndarray, test_y: np.ndarray, num_classes: int, config: Ev
         "seconds": seconds_before + time.perf_counter() - started,
         **({"meada_images": int(xs.shape[0] - n)} if config.augment == meada.KIND else {}),
         **({"num_synthetic": n_syn} if syn is not None else {}),
+        **judged,
     }

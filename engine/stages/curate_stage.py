@@ -617,7 +617,38 @@ def copies(project: Project, bd: BandData, image_ref: str, k: int = 20,
 # ------------------------------------------------------------------ per-sample scores
 
 SCORE_KEYS = ("centroid_distance", "class_quantile", "fidelity", "nearest_real",
-              "uniqueness")
+              "uniqueness", "confidence")
+JUDGE_HINT = ("evaluate a real-only classifier that judges it: rcdm-studio evaluate --mix real "
+              "--score-generation GEN, or in the Evaluate tab 'real only' with 'judge the "
+              "selection's generation'")
+
+
+def judge(project: Project, generation: Generation) -> Evaluation | None:
+    """The newest finished evaluation whose classifier judged every sample of
+    ``generation`` (``evaluate_stage.prepare(score_generation=...)``), or None."""
+    found = [e for e in project.list(Evaluation, status="done")
+             if e.results.get("judged", {}).get("generation_id") == generation.id]
+    return max(found, key=lambda e: e.created_at) if found else None
+
+
+def judgement(project: Project, evaluation: Evaluation, n: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence (n,) float32, predicted (n,) int32) saved by ``evaluation``.
+
+    Raises:
+        InvalidConfigError: its arrays do not hold one value per sample (the generation
+            changed since).
+    """
+    judged = evaluation.results["judged"]
+    folder = f"evaluations/{evaluation.id}"
+    conf = np.asarray(project.load_array(f"{folder}/{check_name(judged['confidence'], 'file')}",
+                                         mmap=False), dtype=np.float32)
+    pred = np.asarray(project.load_array(f"{folder}/{check_name(judged['predicted'], 'file')}",
+                                         mmap=False), dtype=np.int32)
+    if conf.shape != (n,) or pred.shape != (n,):
+        raise InvalidConfigError(f"evaluation {evaluation.name} judged {len(conf)} samples, "
+                                 f"the generation has {n}")
+    return conf, pred
 
 
 def scores(project: Project, bd: BandData, sort: str | None = None,
@@ -628,9 +659,12 @@ def scores(project: Project, bd: BandData, sort: str | None = None,
     centroid), ``class_quantile`` (its rank in the class, 0..1), ``fidelity`` (cosine between
     the source image and the sample; NaN when the source is unknown), ``nearest_real``
     (distance to the nearest real training image) and ``nearest_real_id``, ``uniqueness``
-    (distance to the nearest other sample) and ``nearest_synthetic``, hand ("keep" / "drop" /
-    ""). A classifier's confidence in each label is not a column: evaluations store top-1,
-    top-5 and per-class accuracy, not per-sample predictions; ``attrs["notes"]`` says so.
+    (distance to the nearest other sample) and ``nearest_synthetic``, ``confidence`` (the
+    softmax probability a classifier trained on real images only gives the sample's own
+    label: low is a likely mislabelled or off-class sample) and ``predicted`` (its predicted
+    class), from the newest evaluation that judged the generation (``judge``; NaN and ""
+    when none has), hand ("keep" / "drop" / ""). ``attrs["notes"]`` names the judging
+    evaluation (or says how to get one), ``attrs["judge"]`` is its id or "".
 
     Args:
         sort: one of ``SCORE_KEYS`` (or any column); None keeps the sample order.
@@ -667,14 +701,11 @@ def scores(project: Project, bd: BandData, sort: str | None = None,
             uniq_id[start:stop] = np.where(other >= 0, samples["id"].to_numpy()[other], "")
     out["nearest_real"], out["nearest_real_id"] = near_d, near_id
     out["uniqueness"], out["nearest_synthetic"] = uniq_d, uniq_id
+    out["confidence"], out["predicted"], judged_by, note = _confidence(project, bd, n)
     out["hand"] = np.array(["drop", "", "keep"])[hand_state(project, bd.generation.id) + 1]
-    evaluated = [e for e in project.list(Evaluation) if e.generation_id == bd.generation.id
-                 or (e.selection_id and _selection_of(project, e.selection_id, bd.generation))]
+    out.attrs["judge"] = judged_by
     out.attrs["notes"] = [
-        ("no classifier confidence: evaluations of this generation store top-1, top-5 and "
-         "per-class accuracy, not per-sample predictions" if evaluated else
-         "no classifier confidence: no evaluation of this generation yet"),
-        f"distances are {bd.metric} in {bd.encoding.encoder} (encoding {bd.encoding.id})"]
+        note, f"distances are {bd.metric} in {bd.encoding.encoder} (encoding {bd.encoding.id})"]
     if sort:
         if sort not in out.columns:
             raise InvalidConfigError(f"cannot sort by {sort!r}: choose one of "
@@ -684,8 +715,23 @@ def scores(project: Project, bd: BandData, sort: str | None = None,
     return out
 
 
-def _selection_of(project: Project, selection_id: str, gen: Generation) -> bool:
+def _confidence(project: Project, bd: BandData, n: int
+                ) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """(confidence (n,) float32, predicted class names (n,), judging evaluation id, note)."""
+    conf = np.full(n, np.nan, np.float32)
+    pred = np.full(n, "", dtype=object)
+    e = judge(project, bd.generation)
+    if e is None:
+        return conf, pred, "", f"no classifier confidence yet: {JUDGE_HINT}"
     try:
-        return project.get(Selection, selection_id).generation_id == gen.id
-    except Exception:  # noqa: BLE001 - a deleted selection belongs to no generation
-        return False
+        c, p = judgement(project, e, n)
+    except (InvalidConfigError, NotFoundError, OSError, ValueError, KeyError) as exc:
+        return conf, pred, "", f"no classifier confidence: {exc}"
+    names = np.array(bd.class_names, dtype=object)
+    ok = (p >= 0) & (p < len(names))
+    pred[ok] = names[p[ok]]
+    trained = e.results["judged"].get("trained_on", e.mix)
+    return c, pred, e.id, (
+        f"confidence judged by evaluation {e.name} ({e.id}): a {e.config.get('arch', '')} "
+        f"classifier trained on {trained} images only (top-1 {e.top1 or 0:.1f} % on its "
+        f"{e.eval_split} split), which never saw these samples")

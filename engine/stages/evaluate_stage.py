@@ -35,11 +35,17 @@ log = logging.getLogger(__name__)
 def prepare(project: Project, config: EvalConfig, mix: str = "real",
             dataset_ref: str | None = None, selection_ref: str | None = None,
             generation_ref: str | None = None, name: str | None = None,
-            split: str = "test") -> JobSpec:
+            split: str = "test", score_generation: str | None = None) -> JobSpec:
     """Queue the evaluation of a training mix scored on ``split`` (``"test"`` or ``"val"``).
 
+    ``score_generation`` (a generation of the dataset, mix "real" only): after training,
+    the classifier, which never saw those samples, judges every one of them (one forward
+    pass over the generation, see ``judge_params``); per-sample ``confidence`` and
+    ``predicted`` become the Curate tab's and ``rcdm-studio scores``' confidence score.
+
     Raises:
-        InvalidConfigError: an unknown mix or split, a mix without its synthetic part.
+        InvalidConfigError: an unknown mix or split, a mix without its synthetic part, a
+            generation to score with another mix or from another dataset.
         NotReadyError: the dataset has no image in ``split`` (import it with a validation
             fraction to score on ``val``).
     """
@@ -80,6 +86,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         hint = (" (import it with a validation fraction, e.g. rcdm-studio import "
                 "--val-fraction 0.1)" if split == "val" else "")
         raise NotReadyError(f"dataset {ds.name} has no {split} split to evaluate on{hint}")
+    judge = judge_params(project, ds.id, mix, config, score_generation)  # before any row
     eval_id = new_id("eval")
     name = project.unique_name(Evaluation, name or f"{mix}")
     num_train = (len(train_idx) if mix != "synthetic" else 0) + len(synthetic_paths)
@@ -97,6 +104,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         "labels": labels.tolist(),
         "synthetic_paths": synthetic_paths, "synthetic_labels": synthetic_labels,
         "out_dir": str(project.assets / "evaluations" / eval_id),  # made by the worker
+        **judge,
     }
     return JobSpec(kind="evaluate",
                    title=f"Evaluate {name} ({mix}, {num_train} images, on {split})",
@@ -123,7 +131,7 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
              len(train_idx) + n_syn + len(test_idx), nbytes / 1e9)
     if path == "stream":
         result = _run_streamed(params, config, labels, train_idx, test_idx, progress, cancel)
-        return {**result, "data_bytes": int(nbytes)}
+        return save_judgement(params, {**result, "data_bytes": int(nbytes)})
     # 1. the training mix: real part, synthetic part, and which rows are synthetic
     parts = []
     if len(train_idx):
@@ -143,8 +151,9 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
                                        cancel=cancel, is_synthetic=is_synthetic)
     result = train_classifier(train_x, train_y, np.asarray(pixels[test_idx]), labels[test_idx],
                               params["num_classes"], config, out_dir=Path(params["out_dir"]),
-                              progress=progress, cancel=cancel, is_synthetic=is_synthetic)
-    return {**result, "data_bytes": int(nbytes)}
+                              progress=progress, cancel=cancel, is_synthetic=is_synthetic,
+                              judge=judge_source(params, config))
+    return save_judgement(params, {**result, "data_bytes": int(nbytes)})
 
 
 def data_path(config: EvalConfig, nbytes: int) -> str:
@@ -182,7 +191,77 @@ def _run_streamed(params: dict[str, Any], config: EvalConfig, labels: np.ndarray
                             streams.CacheRows(params["pixels_path"], test_idx),
                             labels[test_idx], params["num_classes"], config,
                             out_dir=Path(params["out_dir"]), progress=progress, cancel=cancel,
-                            is_synthetic=is_synthetic)
+                            is_synthetic=is_synthetic, judge=judge_source(params, config))
+
+
+# ------------------------------------------------------------------ judging a generation
+
+JUDGED_FILES = ("confidence.npy", "predicted.npy")  # in the evaluation's folder
+
+
+def judge_params(project: Project, dataset_id: str, mix: str, config: EvalConfig,
+                 generation_ref: str | None) -> dict[str, Any]:
+    """The job's ``judge`` parameters: every sample of the generation (paths, labels), to be
+    judged by the trained classifier; {} when no generation is named.
+
+    Only a classifier trained on real images only judges (mix "real"): one that trained on
+    the samples would grade its own homework. The cost is bounded: one forward pass over
+    the generation after training, read in chunks of 512 like the scored split.
+
+    Raises:
+        InvalidConfigError: another mix, several processes, a generation of another dataset,
+            an empty generation.
+    """
+    if not generation_ref:
+        return {}
+    if mix != "real":
+        raise InvalidConfigError(f"only a classifier trained on real images only (mix "
+                                 f"'real') judges a generation's samples, got mix {mix!r}")
+    if config.processes > 1:
+        raise InvalidConfigError(f"judging a generation runs on one process, got "
+                                 f"processes={config.processes}")
+    gen = project.get(Generation, generation_ref)
+    if gen.dataset_id != dataset_id:
+        raise InvalidConfigError(f"generation {gen.name} comes from another dataset than the "
+                                 f"evaluation's")
+    samples = project.samples(gen.id)
+    if len(samples) == 0:
+        raise InvalidConfigError(f"generation {gen.name} has no sample to judge")
+    return {"judge": {"generation_id": gen.id,
+                      "paths": [str(project.abs(p)) for p in samples["path"]],
+                      "labels": samples["label"].astype(int).tolist()}}
+
+
+def judge_source(params: dict[str, Any], config: EvalConfig) -> Any:
+    """(image source, labels) of the samples to judge, decoded per chunk from their files by
+    loader workers; None when the job judges none."""
+    from engine import streams
+
+    judge = params.get("judge")
+    if not judge:
+        return None
+    return (streams.ImageFiles(judge["paths"], config.image_size),
+            np.asarray(judge["labels"], dtype=np.int64))
+
+
+def save_judgement(params: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Write the judged arrays of ``result`` into the evaluation's folder (atomically:
+    confidence.npy float32, predicted.npy int32) and put, instead of them, a "judged"
+    record: {"generation_id", "count", "confidence", "predicted" (file names in the
+    folder), "trained_on": "real"}."""
+    from engine.project.store import save_array_atomic
+
+    confidence = result.pop("judged_confidence", None)
+    predicted = result.pop("judged_predicted", None)
+    if confidence is None or not params.get("judge"):
+        return result
+    out = Path(params["out_dir"])
+    save_array_atomic(out / JUDGED_FILES[0], np.asarray(confidence, dtype=np.float32))
+    save_array_atomic(out / JUDGED_FILES[1], np.asarray(predicted, dtype=np.int32))
+    result["judged"] = {"generation_id": params["judge"]["generation_id"],
+                        "count": int(len(confidence)), "confidence": JUDGED_FILES[0],
+                        "predicted": JUDGED_FILES[1], "trained_on": params["mix"]}
+    return result
 
 
 def ingest(project: Project, params: dict[str, Any], result: dict[str, Any]) -> str:

@@ -32,6 +32,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--selection", help="synthetic part: a selection")
     p.add_argument("--generation", help="synthetic part: a whole generation")
     p.add_argument("--dataset", help="dataset name or id")
+    p.add_argument("--score-generation", metavar="GEN",
+                   help="--mix real: after training, the classifier (which never saw them) "
+                        "judges every sample of this generation; its confidence in each "
+                        "label becomes the 'confidence' score (rcdm-studio scores, Curate tab)")
     p.add_argument("--arch", default=EvalConfig.arch, choices=["resnet_tiny", "resnet18",
                                                                "resnet50"])
     p.add_argument("--epochs", type=int, default=EvalConfig.epochs)
@@ -147,13 +151,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                              dataset_ref=args.dataset,
                                              selection_ref=args.selection,
                                              generation_ref=args.generation, name=args.name,
-                                             split=args.on))
+                                             split=args.on,
+                                             score_generation=args.score_generation))
         e = project.get(Evaluation, job.result_id)
+        judged = e.results.get("judged")
     emit(args, {"id": e.id, "name": e.name, "mix": e.mix, "top1": e.top1, "top5": e.top5,
                  "eval_split": e.eval_split, "train_images": e.num_train,
-                 "test_images": e.num_test},
+                 "test_images": e.num_test, "judged": judged},
           f"evaluation {e.name}: {e.mix} ({e.num_train} images), top-1 {e.top1:.2f} %, "
-          f"top-5 {e.top5:.2f} % on {e.num_test} real {e.eval_split} images")
+          f"top-5 {e.top5:.2f} % on {e.num_test} real {e.eval_split} images"
+          + (f"; judged {judged['count']:,} samples of generation {judged['generation_id']} "
+             f"(rcdm-studio scores --sort confidence)" if judged else ""))
     return 0
 
 

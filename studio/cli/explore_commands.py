@@ -51,12 +51,14 @@ def add_parsers(sub: Any) -> None:
     json_arg(p)
 
     p = sub.add_parser("scores", help="per-sample scores of a generation: centroid distance, "
-                                      "fidelity, nearest real, uniqueness")
+                                      "fidelity, nearest real, uniqueness, classifier "
+                                      "confidence")
     project_arg(p)
     p.add_argument("--generation", required=True, help="generation name or id")
     p.add_argument("--sort", metavar="KEY",
                    help="sort by centroid_distance, class_quantile, fidelity, nearest_real, "
-                        "uniqueness (or idx, sample, class); default: sample order")
+                        "uniqueness, confidence (or idx, sample, class); default: sample "
+                        "order")
     p.add_argument("--desc", action="store_true", help="sort from the largest value down")
     p.add_argument("--limit", type=int, default=20,
                    help="rows to print (default 20; 0: all)")
@@ -162,7 +164,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
            "encoder": bd.encoding.encoder, "metric": bd.metric, "count": int(len(table)),
            "sort": args.sort, "notes": table.attrs["notes"],
            "rows": _records(shown)}
-    cols = ["idx", "sample", "class", *curate_stage.SCORE_KEYS, "hand"]
+    cols = ["idx", "sample", "class", *curate_stage.SCORE_KEYS, "predicted", "hand"]
     text = (shown[cols].to_string(index=False, float_format="%.4f")
             + f"\n{len(shown)} of {len(table)} samples"
             + (f", sorted by {args.sort}{' (descending)' if args.desc else ''}"

@@ -464,9 +464,24 @@ def _score_values(ctx: StudioContext, v: dict[str, Any], key: str) -> np.ndarray
         if "fidelity" not in bd.cache:
             bd.cache["fidelity"] = curate_stage.fidelity(ctx.project, bd)
         return bd.cache["fidelity"]
-    if "scores" not in bd.cache:
-        bd.cache["scores"] = curate_stage.scores(ctx.project, bd)
-    return bd.cache["scores"][key].to_numpy(np.float64)
+    return _scores(ctx, v)[key].to_numpy(np.float64)
+
+
+def _scores(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
+    """``curate_stage.scores`` of this view in sample order, computed once per view and per
+    judging evaluation (a new real-only evaluation of the generation brings its confidence;
+    a colouring or a page change recomputes nothing). Its "hand" column may be stale: read
+    ``_hand_states`` for that."""
+    from engine.stages import curate_stage
+
+    bd = v["bd"]
+    judge = curate_stage.judge(ctx.project, bd.generation)
+    key = f"scores-{judge.id if judge else ''}"
+    if key not in bd.cache:
+        for old in [k for k in bd.cache if k.startswith(("scores-", "order-"))]:
+            del bd.cache[old]  # another judge's: a newer evaluation replaced it
+        bd.cache[key] = curate_stage.scores(ctx.project, bd)
+    return bd.cache[key]
 
 
 def map_value(ctx: StudioContext, v: dict[str, Any], row: Any, colour_v: str | None
@@ -558,10 +573,12 @@ def _map_rows(ctx: StudioContext, v: dict[str, Any], state: dict[str, Any] | Non
 
 
 @ui.guard(3, status=0)
-def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.EventData,
+def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, sort_v: bool,
+                  key: str | None, order_v: str | None, evt: gr.EventData,
                   *values: Any) -> tuple[Any, Any, Any]:
     """A lasso or a box on the map -> (status, gallery of the selected generated images, their
-    sample indices: what the selection's Keep / Drop act on)."""
+    sample indices: what the selection's Keep / Drop act on). With ``sort_v`` the gallery
+    follows "Browse by score"'s score ``key`` and order (``order_v``), else sample order."""
     from studio import webgl_map
 
     v = map_band(ctx, *values)
@@ -573,18 +590,28 @@ def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Even
     n_real = len(rows) - len(syn_rows)
     if len(rows) == 0:
         return ui.info_md("nothing selected"), [], []
+    sorted_by = ""
+    if sort_v and key:
+        from engine.stages.curate_stage import SCORE_KEYS
+
+        if key not in SCORE_KEYS:
+            raise InvalidConfigError(f"score must be one of {SCORE_KEYS}, got {key!r}")
+        order = _order(ctx, v, key, order_v == "descending")  # cached per view
+        picked = order[np.isin(order, picked)]
+        sorted_by = f"; sorted by {key}, {order_v or 'ascending'}"
     states = _hand_states(ctx, v)[picked]
     samples = _samples(ctx, v)
     names = v["bd"].class_names
     shown = picked[:MAP_GALLERY]
+    score = _score_values(ctx, v, key) if sorted_by else v["bd"].distances
     items = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
-              f"{names[int(v['bd'].labels[i])]} · {v['bd'].distances[i]:.2f}")
+              f"{names[int(v['bd'].labels[i])]} · {score[i]:.4g}")
              for i in shown.tolist()]
     text = (f"{len(rows):,} points selected: {len(picked):,} generated "
             f"({int(np.isin(states, (1, 2)).sum()):,} kept, "
             f"{int(np.isin(states, (0, 3)).sum()):,} dropped now), {n_real:,} real"
             + (f"; the gallery shows the first {len(shown)}" if len(picked) > len(shown) else "")
-            + "; Keep / Drop below act on the generated ones")
+            + sorted_by + "; Keep / Drop below act on the generated ones")
     return ui.info_md(text), items, picked.tolist()
 
 
@@ -633,6 +660,174 @@ def on_map_hover(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Event
     except Exception as exc:  # noqa: BLE001 - a hover is a nicety
         log.info("map hover: %s", exc)
         return gr.skip(), gr.skip()
+
+
+# ---------------------------------------------------------------------- browse by score
+
+
+BROWSE_PAGE = 48  # images per page of the browse-by-score gallery
+BROWSE_WHICH = [("all samples", "all"), ("kept (band + hand)", "kept"),
+                ("dropped (band + hand)", "dropped")]
+ALL_CLASSES = "(all classes)"
+STATE_NAMES = ("dropped", "kept", "kept by hand", "dropped by hand")  # _hand_states' values
+
+
+def score_choices() -> list[tuple[str, str]]:
+    """(label, key) of every per-sample score (``curate_stage.SCORE_KEYS``), labelled as the
+    map's colour keys."""
+    from engine.stages.curate_stage import SCORE_KEYS
+
+    labels = {key: label for label, key in webgl_map.COLOUR_BY}
+    return [(labels.get(k, k), k) for k in SCORE_KEYS]
+
+
+def _order(ctx: StudioContext, v: dict[str, Any], key: str, descending: bool) -> np.ndarray:
+    """(N,) sample indices sorted by score ``key`` (samples without a value last), cached
+    on the view per score and direction (``_scores`` drops the cached orders when another
+    evaluation becomes the judge)."""
+    values = _score_values(ctx, v, key)  # first: it may drop stale orders
+    cache_key = f"order-{key}-{int(descending)}"
+    bd = v["bd"]
+    if cache_key not in bd.cache:
+        x = np.asarray(values, dtype=np.float64)
+        bd.cache[cache_key] = np.argsort(-x if descending else x, kind="stable")  # NaN last
+    return bd.cache[cache_key]
+
+
+def browse_view(ctx: StudioContext, key: str, order_v: str, which: str, class_v: str | None,
+                page: Any, *values: Any) -> dict[str, Any]:
+    """One page of the generation's samples sorted by a score.
+
+    Args:
+        key: one of ``curate_stage.SCORE_KEYS``.
+        order_v: "ascending" or "descending".
+        which: "all", "kept" or "dropped" (by the band, then the hand decisions).
+        class_v: a class name, or None / ``ALL_CLASSES``.
+        page: page number, >= 0 (past the last page: the last page).
+        values: the band's widgets (``BAND_INPUTS``' order).
+
+    Returns:
+        {"items": [(path, caption)], "shown": sample indices of the page, "page", "pages",
+         "total" (samples that pass the filters), "classes": class names, "text"}.
+    """
+    from engine.stages.curate_stage import SCORE_KEYS
+
+    if key not in SCORE_KEYS:
+        raise InvalidConfigError(f"score must be one of {SCORE_KEYS}, got {key!r}")
+    if order_v not in ("ascending", "descending"):
+        raise InvalidConfigError(f"order must be ascending or descending, got {order_v!r}")
+    if which not in [w for _, w in BROWSE_WHICH]:
+        raise InvalidConfigError(f"which must be all, kept or dropped, got {which!r}")
+    try:
+        page = int(page or 0)
+    except (TypeError, ValueError):
+        raise InvalidConfigError(f"page must be a whole number, got {page!r}") from None
+    if page < 0:
+        raise InvalidConfigError(f"page must be >= 0, got {page}")
+    v = map_band(ctx, *values)  # the band's mask, no figure
+    bd = v["bd"]
+    order = _order(ctx, v, key, order_v == "descending")
+    states = _hand_states(ctx, v)  # (N,) fresh: hand decisions change it
+    keep = np.ones(len(states), dtype=bool)
+    if which != "all":
+        keep = np.isin(states, (1, 2)) if which == "kept" else np.isin(states, (0, 3))
+    if class_v and class_v != ALL_CLASSES:
+        if class_v not in bd.class_names:
+            raise InvalidConfigError(f"class {class_v!r} is not a class of this dataset")
+        keep &= bd.labels == bd.class_names.index(class_v)
+    rows = order[keep[order]]  # sorted, filtered
+    pages = max(1, math.ceil(len(rows) / BROWSE_PAGE))
+    page = min(page, pages - 1)
+    shown = rows[page * BROWSE_PAGE:(page + 1) * BROWSE_PAGE]
+    score = _score_values(ctx, v, key)
+    samples = _samples(ctx, v)
+    items = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
+              f"{'–' if np.isnan(score[i]) else f'{score[i]:.4g}'} · "
+              f"{bd.class_names[int(bd.labels[i])]} · {STATE_NAMES[int(states[i])]}")
+             for i in shown.tolist()]
+    label = dict((k, lab) for lab, k in score_choices())[key]
+    missing = int(np.isnan(score[rows]).sum()) if len(rows) else 0
+    text = (f"{len(rows):,} samples ({which}"
+            + (f", class {class_v}" if class_v and class_v != ALL_CLASSES else "")
+            + f") by {label}, {order_v}: page {page + 1} of {pages}"
+            + (f" (samples {page * BROWSE_PAGE + 1:,}–{page * BROWSE_PAGE + len(shown):,})"
+               if len(shown) else "")
+            + (f"; {missing:,} without a value come last" if missing else ""))
+    if key == "confidence":
+        text += "; " + next((n for n in _scores(ctx, v).attrs["notes"]
+                             if "confidence" in n), "")
+    return {"items": items, "shown": shown, "page": page, "pages": pages,
+            "total": int(len(rows)), "classes": list(bd.class_names), "text": text}
+
+
+@ui.guard(5, status=0)
+def on_browse(ctx: StudioContext, key: str, order_v: str, which: str, class_v: str | None,
+              page: Any, *values: Any) -> tuple[Any, ...]:
+    """"Browse by score": (status, gallery, page number, class choices, the page's sample
+    indices: what Keep / Drop this page act on)."""
+    if not values or not values[0]:
+        raise NotReadyError("choose a re-encoded generation first")
+    b = browse_view(ctx, key, order_v, which, class_v, page, *values)
+    classes = [ALL_CLASSES, *b["classes"]]
+    return (ui.info_md(b["text"]), b["items"], b["page"],
+            gr.update(choices=classes, value=class_v if class_v in classes else ALL_CLASSES),
+            [int(i) for i in b["shown"]])
+
+
+def browse_step(page: Any, step: int) -> int:
+    """The page number after a Previous (-1) / Next (+1) click, never below 0 (the view
+    clamps it to the last page)."""
+    try:
+        return max(0, int(page or 0) + step)
+    except (TypeError, ValueError):
+        return 0
+
+
+def on_browse_step(ctx: StudioContext, step: int, key: str, order_v: str, which: str,
+                   class_v: str | None, page: Any, *values: Any) -> tuple[Any, ...]:
+    """Previous / Next page (the sort order is cached: nothing is recomputed)."""
+    return on_browse(ctx, key, order_v, which, class_v, browse_step(page, step), *values)
+
+
+def on_browse_first(ctx: StudioContext, key: str, order_v: str, which: str,
+                    class_v: str | None, *values: Any) -> tuple[Any, ...]:
+    """Another score, order, filter or class: back to the first page."""
+    return on_browse(ctx, key, order_v, which, class_v, 0, *values)
+
+
+def refresh_browse(ctx: StudioContext, shown: list[int] | None, key: str, order_v: str,
+                   which: str, class_v: str | None, page: Any, *values: Any
+                   ) -> tuple[Any, ...]:
+    """After a hand decision: the browse page again (its captions and, filtered by kept or
+    dropped, its members change), only when a page is shown."""
+    if not shown:
+        return (gr.skip(),) * 5
+    return on_browse(ctx, key, order_v, which, class_v, page, *values)
+
+
+def select_browse(ctx: StudioContext, shown: list[int] | None, evt: gr.SelectData,
+                  *values: Any) -> tuple[Any, Any, Any, Any]:
+    """A click in the browse gallery -> (sample, source image, provenance markdown, the
+    sample's index: what Keep / Drop / More like this act on), as in the edge galleries."""
+    from engine.stages import curate_stage
+
+    try:
+        if not shown or not 0 <= int(evt.index) < len(shown):
+            raise InvalidConfigError("that image is no longer on this page: browse again")
+        i = int(shown[int(evt.index)])
+        v = map_band(ctx, *values)
+        info = curate_stage.provenance(ctx.project, v["bd"], i)
+        return info["path"], info["source_path"] or None, provenance_md(info), [i]
+    except Exception as exc:  # noqa: BLE001 - shown in the panel
+        log.info("provenance: %s", exc)
+        return gr.skip(), gr.skip(), ui.error_md(exc), gr.skip()
+
+
+@ui.guard(1 + 3 + len(EDGES), status=0)
+def on_browse_hand(ctx: StudioContext, decision: str, shown: list[int] | None,
+                   *values: Any) -> tuple[Any, ...]:
+    """Keep / drop every sample of the browse gallery's page; then the band view again."""
+    return hand_decision(ctx, decision, shown, values, "browse by score")
 
 
 @ui.guard(4, status=0)
@@ -775,6 +970,33 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                   elem_id="neighbours-keep")
             drop_near = gr.Button("Drop these generated images", size="sm",
                                   elem_id="neighbours-drop")
+    with gr.Accordion("Browse by score", open=False, elem_id="browse-panel"):
+        with gr.Row(elem_classes=["bottom-align"]):
+            browse_key = gr.Dropdown(score_choices(), value="centroid_distance", label="Score",
+                                     elem_id="browse-score", scale=3)
+            browse_order = gr.Radio(["ascending", "descending"], value="ascending",
+                                    label="Order", elem_id="browse-order", scale=2)
+            browse_which = gr.Radio(BROWSE_WHICH, value="all", label="Samples",
+                                    elem_id="browse-which", scale=3)
+            browse_class = gr.Dropdown([ALL_CLASSES], value=ALL_CLASSES, label="Class",
+                                       allow_custom_value=True, elem_id="browse-class",
+                                       scale=2)
+        with gr.Row(elem_classes=["bottom-align"]):
+            browse_btn = gr.Button("Browse", variant="primary", elem_id="browse-button",
+                                   scale=1)
+            browse_prev = gr.Button("◀ Previous", size="sm", elem_id="browse-prev", scale=1)
+            browse_page = gr.Number(value=0, precision=0, minimum=0, label="Page (0: first)",
+                                    elem_id="browse-page", scale=1, min_width=110)
+            browse_next = gr.Button("Next ▶", size="sm", elem_id="browse-next", scale=1)
+            browse_keep = gr.Button("Keep this page", size="sm", elem_id="browse-keep",
+                                    scale=1)
+            browse_drop = gr.Button("Drop this page", size="sm", elem_id="browse-drop",
+                                    scale=1)
+        browse_status = gr.HTML(elem_id="browse-status")
+        browse_gallery = gr.Gallery(columns=8, height="auto", object_fit="contain",
+                                    allow_preview=True, fit_columns=False, show_label=False,
+                                    elem_id="browse-gallery", elem_classes=["captioned"])
+    browse_shown = gr.State([])  # sample indices of the page shown (Keep / Drop this page)
     picked = gr.State([])  # the clicked sample (its index), what the hand buttons act on
     near_picked = gr.State([])  # the generated images of the last "more like this"
     with gr.Row():
@@ -810,6 +1032,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                  elem_id="map-seed", scale=1, min_width=90)
             map_colour = gr.Dropdown(webgl_map.COLOUR_BY, value="kept", label="Colour by",
                                      elem_id="map-colour", scale=2)
+            map_sort = gr.Checkbox(False, label="Sort a selection by the score of "
+                                                "'Browse by score'", elem_id="map-sort",
+                                   scale=2)
             map_btn = gr.Button("Draw map", variant="primary", elem_id="map-button", scale=1)
         map_state = gr.State({})  # {"map": layout id} once drawn, {"wait": job id} meanwhile
         map_status = gr.Markdown(elem_id="map-status")
@@ -868,11 +1093,32 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     for key, gallery in galleries.items():
         gallery.select(ui.bind(select_edge, ctx, key), inputs, [*provenance, picked])
     hand_out = [hand_status, *outputs]
+    browse_form = [browse_key, browse_order, browse_which, browse_class]
+    browse_out = [browse_status, browse_gallery, browse_page, browse_class, browse_shown]
     for btn, state, decision in ((keep_btn, picked, "keep"), (drop_btn, picked, "drop"),
                                  (clear_btn, picked, "clear"), (keep_near, near_picked, "keep"),
                                  (drop_near, near_picked, "drop")):
         btn.click(ui.bind(on_hand, ctx, decision), [state, *inputs], hand_out,
-                  concurrency_id="curate-hand")
+                  concurrency_id="curate-hand").then(  # a page shown: its captions change
+            ui.bind(refresh_browse, ctx), [browse_shown, *browse_form, browse_page, *inputs],
+            browse_out, show_progress="hidden")
+    browse_btn.click(ui.bind(on_browse, ctx), [*browse_form, browse_page, *inputs], browse_out,
+                     api_name="browse_by_score")
+    for c in browse_form:
+        c.input(ui.bind(on_browse_first, ctx), [*browse_form, *inputs], browse_out,
+                trigger_mode="always_last")
+    for btn, step in ((browse_prev, -1), (browse_next, 1)):
+        btn.click(ui.bind(on_browse_step, ctx, step), [*browse_form, browse_page, *inputs],
+                  browse_out)
+    browse_page.submit(ui.bind(on_browse, ctx), [*browse_form, browse_page, *inputs],
+                       browse_out)
+    browse_gallery.select(ui.bind(select_browse, ctx), [browse_shown, *inputs],
+                          [*provenance, picked])
+    for btn, decision in ((browse_keep, "keep"), (browse_drop, "drop")):
+        btn.click(ui.bind(on_browse_hand, ctx, decision), [browse_shown, *inputs], hand_out,
+                  concurrency_id="curate-hand").then(
+            ui.bind(refresh_browse, ctx), [browse_shown, *browse_form, browse_page, *inputs],
+            browse_out, show_progress="hidden")
     more_btn.click(ui.bind(on_more_like, ctx), [picked, *inputs],
                    [hand_status, near_gallery, near_picked], api_name="more_like_this")
     map_opts = [map_state, map_method, map_seed, map_colour]
@@ -880,7 +1126,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                   [map_view, map_state, map_status], api_name="band_map")
     gr.on([*triggers, map_colour.change], ui.bind(recolour, ctx), [*map_opts, *inputs],
           map_view, show_progress="hidden", trigger_mode="always_last")
-    map_view.select(ui.bind(on_map_select, ctx), [map_state, *inputs],
+    map_view.select(ui.bind(on_map_select, ctx),
+                    [map_state, map_sort, browse_key, browse_order, *inputs],
                     [map_sel_status, map_gallery, map_picked], trigger_mode="always_last",
                     show_progress="hidden")
     map_view.click(ui.bind(on_map_click, ctx), [map_state, *inputs], [*provenance, picked],

@@ -55,8 +55,12 @@ def recipe(ctx: StudioContext, arch: str, epochs: int, augment: str = EvalConfig
 
 def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id: str | None,
              arch: str, epochs: int, name: str | None, augment: str = EvalConfig.augment,
-             options: str | None = "", split: str = "test") -> Job:
-    """Queue an evaluation of ``mix`` scored on the real ``split`` (``"test"`` or ``"val"``)."""
+             options: str | None = "", split: str = "test", judge: bool = False) -> Job:
+    """Queue an evaluation of ``mix`` scored on the real ``split`` (``"test"`` or ``"val"``).
+
+    ``judge`` (mix "real" only): the classifier, trained on real images only, then judges
+    every sample of the selection's generation (``evaluate_stage.prepare``'s
+    ``score_generation``): the Curate tab's confidence score."""
     from engine.stages import evaluate_stage
 
     if mix not in MIXES:
@@ -66,11 +70,18 @@ def evaluate(ctx: StudioContext, mix: str, dataset_id: str | None, selection_id:
                             f"Curate tab")
     if mix == "real" and not dataset_id:
         raise NotReadyError("import a dataset first (Data tab)")
+    score_generation = None
+    if judge and mix == "real":
+        if not selection_id:
+            raise NotReadyError("judging a generation needs a selection of it: choose one "
+                                "(its whole generation is judged)")
+        score_generation = ctx.project.get(Selection, selection_id).generation_id
     config = recipe(ctx, arch, epochs, augment, options)
     return ctx.submit(evaluate_stage.prepare(
         ctx.project, config, mix=mix, dataset_ref=dataset_id if mix == "real" else None,
         selection_ref=selection_id if mix != "real" else None,
-        name=(name or "").strip() or None, split=split or "test"))
+        name=(name or "").strip() or None, split=split or "test",
+        score_generation=score_generation))
 
 
 def results_table(ctx: StudioContext) -> pd.DataFrame:
@@ -635,9 +646,10 @@ def on_recipe_export(ctx: StudioContext, exp_id: str | None, include_real: bool 
 
 @ui.guard(2)
 def on_run(ctx: StudioContext, mix_v, dataset_id, sel, arch_v, epochs_v, name_v,
-           augment_v=EvalConfig.augment, options_v="", split_v="test") -> tuple[str, Any]:
+           augment_v=EvalConfig.augment, options_v="", split_v="test",
+           judge_v=False) -> tuple[str, Any]:
     job = evaluate(ctx, mix_v, dataset_id, sel, arch_v, epochs_v, name_v, augment_v, options_v,
-                   split_v)
+                   split_v, bool(judge_v))
     return ui.ok_md(f"{job.title}: {job.status} (progress in the Jobs panel)"), results_table(ctx)
 
 
@@ -853,6 +865,11 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             name = gr.Textbox(label="Evaluation name", placeholder="default: the mix")
             split = gr.Radio([("validation (for choices)", "val"), ("test (final report)", "test")],
                              value="test", label="Score on", elem_id="eval-split")
+            judge = gr.Checkbox(False, label="Real only: judge the selection's generation",
+                                info="after training, the classifier (which never saw them) "
+                                     "scores every sample of that generation: the Curate "
+                                     "tab's 'classifier confidence' score",
+                                elem_id="eval-judge")
             run_btn = gr.Button("Launch evaluation", variant="primary", elem_id="eval-button")
             status = gr.HTML(elem_id="eval-status")
             gr.Markdown("<small>Every mix is scored on held-out real images: the validation "
@@ -869,7 +886,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     page = build_page()
 
-    form = [mix, shared.dataset, selection, arch, epochs, name, augment, options, split]
+    form = [mix, shared.dataset, selection, arch, epochs, name, augment, options, split,
+            judge]
     views = page["views"]
     compare = [page["compare_plot"], page["compare_table"]]
 
