@@ -5,12 +5,16 @@ lossy encoders' quality:
 
     format  extension  quality
     png     .png       unused: lossless (zlib level 6, Pillow's default)
-    webp    .webp      1..99 lossy WebP (method 4); 100 = lossless WebP (exact pixels)
+    webp    .webp      1..99 lossy WebP (method 4); 100 = lossless WebP (exact pixels,
+                       compression effort 50 of 100, method 2)
     jpeg    .jpg       1..100 baseline JPEG, 4:2:0 chroma (Pillow's default), optimised tables
 
 WebP at 100 is lossless rather than "lossy at its best": lossy WebP keeps 4:2:0 chroma even
 at 100, so a user asking for the top quality gets exact pixels, usually in fewer bytes than
-PNG. JPEG has no lossless mode; 100 is its least lossy setting.
+PNG. The lossless effort is moderate: WebP's maximum (quality 100, method 4) took about 20x
+longer per 256 px image for about 3 % fewer bytes (benchmarks/generated_format.py's
+images, measured while writing this). JPEG has no lossless mode; 100 is its least lossy
+setting.
 
 Provenance travels in the file: PNG text chunks (``rcdm:seed`` ...), and for WebP / JPEG
 one EXIF ImageDescription holding the same keys as ASCII JSON (non-ASCII class names are
@@ -56,7 +60,7 @@ def save_options(image_format: str, quality: int) -> dict:
     """Pillow ``save`` keyword arguments of ``image_format`` at ``quality``."""
     if image_format == "webp":
         if int(quality) >= WEBP_LOSSLESS_QUALITY:
-            return {"format": "WEBP", "lossless": True, "quality": 100, "method": 4}
+            return {"format": "WEBP", "lossless": True, "quality": 50, "method": 2}
         return {"format": "WEBP", "quality": int(quality), "method": 4}
     if image_format == "jpeg":
         return {"format": "JPEG", "quality": int(quality), "optimize": True}

@@ -56,8 +56,11 @@ def generation_pixels_params(project: Project, gen: Generation, size: int,
     with an offline encoder (its ``load_size``) and every evaluation of the generation or of
     a selection of it (``EvalConfig.image_size``), so the files are decoded once per size.
     Pretrained encoders read the files themselves with their own resize (``reads_files``),
-    so their re-encode and an evaluation never share pixels."""
+    so their re-encode and an evaluation never share pixels. ``{}`` (no cache: the files
+    are read) for a generation without a folder of its own."""
     folder = project.abs(gen.folder)
+    if not gen.folder or not folder.is_dir():
+        return {}
     _write_list(folder / IMAGE_LIST, folder, project, lambda: project.samples(gen.id)["path"])
     return {f"{prefix}pixels_path": str(folder / f"pixels_{int(size)}.npy"),
             f"{prefix}image_list": str(folder / IMAGE_LIST),
@@ -99,6 +102,21 @@ def pixels(params: dict[str, Any], size: int, progress: ProgressFn = no_progress
                            f"rewritten")
     return data.pixel_cache(paths, Path(params[f"{prefix}pixels_path"]), size,
                             progress=progress, cancel=cancel, workers=workers)
+
+
+def pixel_cache_ready(params: dict[str, Any], size: int, prefix: str = "") -> bool:
+    """True when the pixel cache named by ``params`` (``pixels_params`` /
+    ``generation_pixels_params`` with ``prefix``) is built, with its N images at ``size``
+    (caches are renamed into place whole, so one that exists is complete)."""
+    path = params.get(f"{prefix}pixels_path")
+    if not path or not Path(path).is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False
+    expected = (int(params.get(f"{prefix}num_images", arr.shape[0])), int(size), int(size), 3)
+    return tuple(arr.shape) == expected and arr.dtype == np.uint8
 
 
 def dataset_encoding(project: Project, ds: Dataset, encoder: str | None,

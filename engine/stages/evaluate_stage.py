@@ -10,12 +10,15 @@ The worker picks how the images reach the classifier (``EvalConfig.data_path``, 
 default; the result's ``data_path`` and ``data_bytes`` say which and why): in memory, one
 uint8 array of the mix, while the mix and the scored split take at most
 ``memory_fraction`` of the available memory; beyond, streamed (``engine.streams``): the real
-images read row by row from the dataset's pixel cache, the synthetic ones from the
-generation's, per batch, in DataLoader workers, so memory does not grow with the mix. The
-generation's cache (``common.generation_pixels_params``: every sample at ``image_size``,
-whatever the files' format) is built by the first job that needs it at that size and
-shared by the others (a re-encode with an offline encoder of that size, the evaluations of
-any selection of the generation), so a generation is decoded once per size.
+images read row by row from the dataset's pixel cache, the synthetic ones decoded from
+their files, per batch, in DataLoader workers, so memory does not grow with the mix. The
+generation's pixel cache (``common.generation_pixels_params``: every sample at
+``image_size``, whatever the files' format) is built by the in-memory path and by a
+re-encode with an offline encoder of that size, and read by every later job at that size
+(the evaluations of any selection of the generation, streamed ones included), so a
+generation is decoded once per size. A streamed evaluation does not build it (a mix too
+large for memory may be too large a cache for the disk: 520,000 images at 224 px are 78
+GB); it reads it when it is there.
 """
 
 from __future__ import annotations
@@ -125,11 +128,6 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     labels = np.asarray(params["labels"], dtype=np.int64)
     train_idx = np.asarray(params["train_idx"], dtype=np.int64)
     test_idx = np.asarray(params["test_idx"], dtype=np.int64)
-    # the synthetic part: rows of the generation's pixel cache at this size, decoded once
-    # (by the first job of this size: a re-encode or an evaluation); None for older specs
-    synthetic = (common.pixels(params, config.image_size, progress, cancel,
-                               workers=config.loader_workers, prefix="synthetic_")
-                 if params.get("synthetic_pixels_path") else None)
     # 0. in memory or streamed: the bytes the arrays would take
     n_syn = len(params["synthetic_paths"])
     nbytes = (len(train_idx) + n_syn + len(test_idx)) * config.image_size ** 2 * 3
@@ -138,8 +136,19 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
              len(train_idx) + n_syn + len(test_idx), nbytes / 1e9)
     if path == "stream":
         result = _run_streamed(params, config, labels, train_idx, test_idx, progress, cancel,
-                               synthetic is not None)
+                               common.pixel_cache_ready(params, config.image_size,
+                                                        prefix="synthetic_"))
         return {**result, "data_bytes": int(nbytes)}
+    # the synthetic part: rows of the generation's pixel cache at this size, decoded once
+    # (by the first job of this size: a re-encode or an evaluation), built here when the
+    # whole generation would fit in memory too; None (decode the files): a spec from before
+    # the cache, or a small selection of a generation too large to cache here
+    gen_bytes = int(params.get("synthetic_num_images", 0)) * config.image_size ** 2 * 3
+    synthetic = (common.pixels(params, config.image_size, progress, cancel,
+                               workers=config.loader_workers, prefix="synthetic_")
+                 if params.get("synthetic_pixels_path") and (
+                     common.pixel_cache_ready(params, config.image_size, prefix="synthetic_")
+                     or data_path(config, gen_bytes) == "memory") else None)
     # 1. the training mix: real part, synthetic part, and which rows are synthetic
     parts = []
     if len(train_idx):
@@ -181,8 +190,9 @@ def _run_streamed(params: dict[str, Any], config: EvalConfig, labels: np.ndarray
                   train_idx: np.ndarray, test_idx: np.ndarray, progress: ProgressFn,
                   cancel: CancelToken, synthetic_cached: bool = False) -> dict[str, Any]:
     """``run`` with the images streamed: the real rows read from the pixel cache, the
-    synthetic ones from the generation's (``synthetic_cached``), else decoded from their
-    files, per batch, by the loader's workers."""
+    synthetic ones from the generation's when an earlier job built it at this size
+    (``synthetic_cached``), else decoded from their files, per batch, by the loader's
+    workers (a streamed mix is one too large for memory: its cache is not built here)."""
     from torch.utils.data import ConcatDataset
 
     from engine import streams
