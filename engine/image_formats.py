@@ -12,7 +12,7 @@ lossy encoders' quality:
 WebP at 100 is lossless rather than "lossy at its best": lossy WebP keeps 4:2:0 chroma even
 at 100, so a user asking for the top quality gets exact pixels, usually in fewer bytes than
 PNG. The lossless effort is moderate: WebP's maximum (quality 100, method 4) took about 20x
-longer per 256 px image for about 3 % fewer bytes (benchmarks/generated_format.py's
+longer per 256 px image for about 4 % fewer bytes (benchmarks/generated_format.py's
 images, measured while writing this). JPEG has no lossless mode; 100 is its least lossy
 setting.
 

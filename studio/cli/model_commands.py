@@ -142,8 +142,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--format", dest="image_format", default=GenerateConfig.image_format,
                    choices=list(GENERATED_FORMATS),
                    help="file format of the generated images: png (lossless, the default), "
-                        "webp or jpeg (lossy at --quality; about 2-6x smaller than PNG at "
-                        "95: see docs/BENCHMARKS.md); recorded in the generation's config")
+                        "webp or jpeg (lossy at --quality; 3.5-8.5x smaller than PNG at 95 on "
+                        "image-like 64-256 px images: docs/BENCHMARKS.md); recorded in the "
+                        "generation's config")
     p.add_argument("--quality", type=int, default=GenerateConfig.quality, metavar="Q",
                    help=f"webp / jpeg quality, 1..100 (default {GenerateConfig.quality}); "
                         f"webp at 100 is lossless WebP; png ignores it")
