@@ -54,7 +54,8 @@ from engine.project import (
 log = logging.getLogger(__name__)
 
 # How many files of each dataset / generation are opened to check they decode (the first
-# and the last ``PNG_SAMPLE`` rows); existence is checked for every file.
+# and the last ``PNG_SAMPLE`` rows; PNG, WebP or JPEG alike); existence is checked for every
+# file.
 PNG_SAMPLE = 50
 # Problems of one kind for one dataset / generation listed one by one before summarising.
 MAX_LISTED = 50
@@ -261,7 +262,8 @@ def _bounded(paths: list[Any]) -> Iterable[Any]:
 
 
 def _check_pngs(project: Project, report: CheckReport, rows: list[tuple[str, str]]) -> None:
-    """Open and verify a bounded sample of PNG files that exist."""
+    """Open and verify a bounded sample of the image files that exist (any format Pillow
+    reads: a generation's PNG, WebP or JPEG files, a dataset's kept or converted ones)."""
     from PIL import Image as PILImage
 
     for row, rel in _bounded(rows):

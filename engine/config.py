@@ -340,6 +340,8 @@ SAMPLERS = ("ddpm", "ddim", "dpm++")  # short names; diffusers class names work 
 GENERATE_MODES = ("variations", "interpolate", "mixup", "class_sample", "edit")
 COVARIANCES = ("ledoit_wolf", "diagonal")
 PERTURB_MAX = 4.0  # GenerateConfig.perturb: noise up to 4 standard deviations per dimension
+# GenerateConfig.image_format: the generated files' format (engine.image_formats)
+GENERATED_FORMATS = ("png", "webp", "jpeg")
 EDIT_STRENGTH_MAX = 10.0  # GenerateConfig.strength / sweep: |λ| at most 10 directions long
 MAX_SWEEP = 64  # GenerateConfig.sweep: strengths per source
 MAX_DIRECTION_CHARS = 1024  # GenerateConfig.direction: "A:B", two class names
@@ -371,6 +373,10 @@ class GenerateConfig(StageConfig):
     DDPM noise space under its own representation (``engine.rcdm.inversion``, edit-friendly
     DDPM inversion) and regenerated under the edited or interpolated one with that noise, so
     the image keeps the source's layout; ``steps`` DDPM posterior steps, ``sampler`` unused.
+
+    ``image_format`` is the generated files' format: "png" (lossless, the default), "webp" or
+    "jpeg" at ``quality`` (1..100; webp at 100 is lossless WebP; unused by png); see
+    ``engine.image_formats``. Both are kept in the generation's config_json.
     """
 
     variations: int = 1  # seeds per source image
@@ -395,6 +401,8 @@ class GenerateConfig(StageConfig):
     # > 1: the generate job runs its shards on this many processes under torchrun (one per
     # GPU), merged into one generation, each image the one a single process writes
     processes: int = 1
+    image_format: str = "png"  # "png", "webp" or "jpeg" (.png / .webp / .jpg files)
+    quality: int = 95  # webp / jpeg quality, 1..100 (webp 100 = lossless); png ignores it
 
     def strengths(self) -> tuple[float, ...]:
         """The edit's λ values: ``sweep``, or ``(strength,)``."""
@@ -448,6 +456,11 @@ class GenerateConfig(StageConfig):
         _check(not self.invert or self.mode in ("edit", "interpolate"),
                f"invert applies to edits and interpolations of images, not mode "
                f"{self.mode!r}")
+        _check(self.image_format in GENERATED_FORMATS,
+               f"image_format must be one of {GENERATED_FORMATS}, got {self.image_format!r}")
+        _range("quality", self.quality, 1, 100)
+        _check(isinstance(self.quality, int),
+               f"quality must be a whole number in [1, 100], got {self.quality!r}")
 
 
 BAND_PRESETS = ("middle", "all", "nearest", "farthest")

@@ -17,7 +17,10 @@ Every image is written at one size, ``side x side`` (``export_size``: ``ExportCo
 or the real images' most common size): images of another size are centre-cropped to a square
 and resized (LANCZOS down, BICUBIC up) as the pixel caches are (``engine.data.image_pixels``);
 the manifest records each file's ``source_size`` and whether it was ``resized``, and the card
-the size.
+the size. Files keep their format (``.png``, ``.webp``, ``.jpg``...: the manifest's
+``format``): copied or linked as they are, or, resized, re-encoded in their own format (WebP
+and JPEG at the row's ``quality`` when the rows give one, the generation's, else
+``engine.image_formats.DEFAULT_QUALITY``).
 
 The export is built in a hidden sibling folder and moved into place, so ``OUT`` is never seen
 half-written.
@@ -41,6 +44,7 @@ import pandas as pd
 from engine.config import ExportConfig
 from engine.data import image_pixels
 from engine.errors import DatasetError, InvalidConfigError
+from engine.image_formats import DEFAULT_QUALITY, format_of, save_options
 from engine.paths import MAX_NAME_BYTES, sanitize_name
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 
@@ -131,13 +135,24 @@ def export_size(config: ExportConfig, reference: list[tuple[int, int]]) -> int:
     return min(w, h)
 
 
-def _write_resized(src: Path, dst: Path, side: int) -> None:
-    """``src`` as a ``side x side`` RGB image at ``dst`` (format from ``dst``'s extension)."""
+def _write_resized(src: Path, dst: Path, side: int, quality: Any = None) -> None:
+    """``src`` as a ``side x side`` RGB image at ``dst`` (format from ``dst``'s extension;
+    PNG, WebP and JPEG with ``engine.image_formats.save_options`` at ``quality``, a number in
+    1..100 or None / NaN for ``DEFAULT_QUALITY``)."""
     from PIL import Image
 
     with Image.open(src) as img:
         img.load()
-        Image.fromarray(image_pixels(img, side)).save(dst)
+        pixels = Image.fromarray(image_pixels(img, side))
+    fmt = format_of(dst)
+    if fmt not in ("png", "webp", "jpeg"):
+        pixels.save(dst)
+        return
+    try:
+        q = int(quality) if quality is not None and 1 <= float(quality) <= 100 else None
+    except (TypeError, ValueError):
+        q = None
+    pixels.save(dst, **save_options(fmt, q or DEFAULT_QUALITY))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,6 +398,7 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
     plan = _plan(rows, config)
     plan["source_size"] = [f"{w}x{h}" for w, h in sizes]
     plan["resized"] = [(w, h) != (side, side) for w, h in sizes]
+    plan["format"] = [format_of(p) for p in sources]
     plan["width"] = plan["height"] = side
     tmp = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -390,8 +406,10 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
     try:
         # 2. copy (or hard-link) every file into the temp folder
         total, last = len(plan), 0.0
-        for step, (src, rel, resize) in enumerate(zip(sources, plan["relative_path"],
-                                                      plan["resized"]), start=1):
+        qualities = (plan["quality"].tolist() if "quality" in plan.columns
+                     else [None] * len(plan))
+        for step, (src, rel, resize, quality) in enumerate(
+                zip(sources, plan["relative_path"], plan["resized"], qualities), start=1):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             dst = tmp / rel
@@ -399,7 +417,7 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
                 raise InvalidConfigError(f"export path {rel!r} would leave the export folder")
             dst.parent.mkdir(parents=True, exist_ok=True)
             if resize:
-                _write_resized(src, dst, side)
+                _write_resized(src, dst, side, quality)
             elif config.link:
                 try:
                     os.link(src, dst)

@@ -150,7 +150,8 @@ def test_worker_without_the_project_uses_the_plan(sharded, tmp_path, capsys):
 def test_generate_on_two_processes_is_byte_identical_to_one(tmp_path, capsys):
     """``generate --processes 2``: one job, two torchrun ranks on the CPU, each a shard,
     merged into the generation's own layout: the same rows and the same bytes as one
-    process; the plan folder is gone afterwards."""
+    process; the plan folder is gone afterwards. In WebP (the PNG default is the sharded
+    tests' above): the ranks write the config's format and the move keeps it."""
     import json
 
     from conftest import tiny_generation_project
@@ -160,7 +161,7 @@ def test_generate_on_two_processes_is_byte_identical_to_one(tmp_path, capsys):
 
     path, _ = tiny_generation_project(tmp_path)
     common = ["generate", "--project", str(path), "--variations", "2", "--sampler", "ddim",
-              "--steps", "2", "--json"]
+              "--steps", "2", "--format", "webp", "--quality", "90", "--json"]
     assert main([*common, "--name", "one"]) == 0
     assert main([*common, "--name", "two", "--processes", "2"]) == 0
     capsys.readouterr()
@@ -172,6 +173,7 @@ def test_generate_on_two_processes_is_byte_identical_to_one(tmp_path, capsys):
         files_two = [project.abs(p) for p in two["path"]]
         conf = json.loads(gens["two"].config_json)
     assert len(one) == len(two) == 36 and conf["processes"] == 2  # 18 training images x 2
+    assert conf["image_format"] == "webp" and {p.suffix for p in files_two} == {".webp"}
     assert one["seed"].tolist() == two["seed"].tolist()
     assert [p.relative_to(files_one[0].parents[2]) for p in files_one] == \
         [p.relative_to(files_two[0].parents[2]) for p in files_two]

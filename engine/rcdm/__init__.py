@@ -9,8 +9,9 @@
                 name: ddpm, ddim, dpm++, EulerDiscreteScheduler, ...; seeded per sample, CFG)
     conditions  the conditioning space: variations, interpolation, mix-up, class samples,
                 seeded perturbation of any of them
-    generation  generate_plan / generate_variations: seeded images written as PNGs (a subset
-                of a plan's samples for one shard; sharding itself is engine.stages.shard_stage)
+    generation  generate_plan / generate_variations: seeded images written as PNG, WebP or
+                JPEG (a subset of a plan's samples for one shard; sharding itself is
+                engine.stages.shard_stage)
 
 Nothing here opens the project: the stages read and write its rows.
 """

@@ -1,15 +1,17 @@
-"""Generate images from a ConditionPlan with an RCDM and write them as PNGs.
+"""Generate images from a ConditionPlan with an RCDM and write them as image files.
 
 Sample ``idx = j * variations + v`` is variation ``v`` of the plan's representation ``j``,
 with seed ``config.seed + idx``; it is written to ``out_dir/images/<label:04d>/<idx:07d>.png``
-with its provenance in PNG text chunks (``rcdm:seed``, ``rcdm:source``, ``rcdm:model``,
+(``.webp`` / ``.jpg`` with ``config.image_format``, at ``config.quality``: see
+``engine.image_formats``) with its provenance in its metadata (PNG text chunks; WebP and JPEG
+hold the same keys as JSON in EXIF): ``rcdm:seed``, ``rcdm:source``, ``rcdm:model``,
 ``rcdm:sampler``, ``rcdm:steps``, ``rcdm:guidance``, ``rcdm:class``, and for the modes other
 than variations ``rcdm:mode``, ``rcdm:partner``, ``rcdm:weight``; for a perturbed plan
 ``rcdm:perturb`` (λ), ``rcdm:noise_seed`` and ``rcdm:perturb_distance``, the L2 distance
 between the plan's representation and the perturbed one the image is drawn from, 6
 significant digits; engine.rcdm.conditions says how the noise is drawn). An edit adds
 ``rcdm:direction`` ("A:B") and ``rcdm:strength`` (λ); a source file outside the dataset
-(source id ``sha256:<hex>``) adds ``rcdm:source_name``, its file name. Each PNG is written
+(source id ``sha256:<hex>``) adds ``rcdm:source_name``, its file name. Each file is written
 atomically, so a rerun after a crash or a cancel skips the files already there. A subset
 of the indices (a shard) can be generated alone: every image depends only on its own row.
 """
@@ -17,16 +19,16 @@ of the indices (a shard) can be generated alone: every image depends only on its
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from engine.config import GenerateConfig
 from engine.errors import DatasetError, InvalidConfigError
+from engine.image_formats import read_metadata, suffix, write_image_atomic
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.rcdm.conditions import ConditionPlan, build_plan
 from engine.rcdm.model import load_rcdm
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["idx", "path", "source_image_id", "label", "class_name", "seed", "sampler", "steps",
            "guidance"]
-# provenance beyond the Sample table's columns: kept in samples.parquet and the PNG text
+# provenance beyond the Sample table's columns: kept in samples.parquet and the file's metadata
 # perturb: λ (0 = none); noise_seed: the seed of the perturbation noise (-1 = none);
 # perturb_distance: L2 distance between the plan's representation and the perturbed one
 PLAN_COLUMNS = ["cond_index", "mode", "partner_image_id", "weight", "perturb", "noise_seed",
@@ -44,7 +46,7 @@ PLAN_COLUMNS = ["cond_index", "mode", "partner_image_id", "weight", "perturb", "
 
 
 def png_metadata(row: dict, model_id: str) -> dict[str, str]:
-    """The text chunks written into a generated PNG."""
+    """The metadata written into a generated image (PNG text chunks, or EXIF JSON)."""
     return {
         "rcdm:seed": str(row["seed"]),
         "rcdm:source": str(row["source_image_id"]),
@@ -66,28 +68,14 @@ def png_metadata(row: dict, model_id: str) -> dict[str, str]:
     }
 
 
-def write_png_atomic(path: Path, image: np.ndarray, text: dict[str, str]) -> None:
-    """(H, W, 3) uint8 -> PNG with text chunks, via a temp file and ``os.replace``."""
-    info = PngImagePlugin.PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        Image.fromarray(image).save(f, format="PNG", pnginfo=info)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _already_written(path: Path, expected: dict[str, str]) -> bool:
-    """True when ``path`` is a complete PNG written for this very sample."""
+    """True when ``path`` is a complete image written for this very sample."""
     if not path.is_file():
         return False
     try:
         with Image.open(path) as img:
-            text = dict(getattr(img, "text", {}))
-            img.load()  # decodes the whole file: a truncated PNG raises here
+            text = read_metadata(img)
+            img.load()  # decodes the whole file: a truncated file raises here
     except (OSError, SyntaxError, ValueError):
         return False
     return all(text.get(k) == v for k, v in expected.items())
@@ -98,7 +86,8 @@ def sample_table(plan: ConditionPlan, class_names: list[str], config: GenerateCo
     """The samples of a plan: ``len(plan) * config.variations`` rows (or those of
     ``subset``, sorted sample indices) sorted by idx.
 
-    Columns: ``COLUMNS`` (path absolute under ``out_dir/images``) then ``PLAN_COLUMNS``.
+    Columns: ``COLUMNS`` (path absolute under ``out_dir/images``, its extension
+    ``config.image_format``'s) then ``PLAN_COLUMNS``.
     """
     labels = plan.labels
     bad = labels[(labels < 0) | (labels >= len(class_names))]
@@ -117,9 +106,10 @@ def sample_table(plan: ConditionPlan, class_names: list[str], config: GenerateCo
     src = idx // v  # the plan's representation j of each sample
     seeds = config.seed + idx
     perturbed = plan.perturb > 0
+    ext = suffix(config.image_format)
     return pd.DataFrame({
         "idx": idx,
-        "path": [str(out_dir / "images" / f"{labels[j]:04d}" / f"{i:07d}.png")
+        "path": [str(out_dir / "images" / f"{labels[j]:04d}" / f"{i:07d}{ext}")
                  for i, j in zip(idx, src)],
         "source_image_id": [plan.source_ids[j] for j in src],
         "label": labels[src],
@@ -210,7 +200,8 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
             images = sample_images(model, cond, seeds[part], config,
                                    cancel=cancel)  # (b, H, W, 3) uint8
         for i, image in zip(part, images):
-            write_png_atomic(Path(records[i]["path"]), image, texts[i])
+            write_image_atomic(Path(records[i]["path"]), image, config.image_format,
+                               config.quality, texts[i])
         done += len(part)
         progress(ProgressEvent(stage="generate", step=done, total=total,
                                message=f"{done}/{total} images"))

@@ -40,37 +40,83 @@ def pixels_params(project: Project, ds: Dataset, size: int) -> dict[str, Any]:
     from engine import data
 
     root = project.abs(ds.root)
-    listing = root / IMAGE_LIST
-    if not listing.exists():
-        lines = []
-        for rel in project.images(ds.id)["path"]:
-            path = project.abs(rel)
-            lines.append(path.relative_to(root).as_posix() if root in path.parents
-                         else str(path))
-        tmp = listing.with_name(listing.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        tmp.replace(listing)
+    _write_list(root / IMAGE_LIST, root, project, lambda: project.images(ds.id)["path"])
     return {"pixels_path": str(data.pixels_cache_path(project, ds, size)),
-            "image_list": str(listing), "num_images": int(ds.num_images)}
+            "image_list": str(root / IMAGE_LIST), "num_images": int(ds.num_images)}
+
+
+def generation_pixels_params(project: Project, gen: Generation, size: int,
+                             prefix: str = "") -> dict[str, Any]:
+    """Owner side: ``pixels_params`` for a generation's samples: its pixel cache at ``size``
+    (``GENERATION/pixels_<size>.npy``, rows in ``idx`` order, whatever the files' format)
+    and ``GENERATION/images.txt``. Keys start with ``prefix`` (an evaluation's synthetic
+    part: "synthetic_"; ``pixels`` takes the same prefix).
+
+    The cache is shared by the jobs that look at the generation at the same size: a re-encode
+    with an offline encoder (its ``load_size``) and every evaluation of the generation or of
+    a selection of it (``EvalConfig.image_size``), so the files are decoded once per size.
+    Pretrained encoders read the files themselves with their own resize (``reads_files``),
+    so their re-encode and an evaluation never share pixels. ``{}`` (no cache: the files
+    are read) for a generation without a folder of its own."""
+    folder = project.abs(gen.folder)
+    if not gen.folder or not folder.is_dir():
+        return {}
+    _write_list(folder / IMAGE_LIST, folder, project, lambda: project.samples(gen.id)["path"])
+    return {f"{prefix}pixels_path": str(folder / f"pixels_{int(size)}.npy"),
+            f"{prefix}image_list": str(folder / IMAGE_LIST),
+            f"{prefix}num_images": int(gen.count)}
+
+
+def _write_list(listing: Path, root: Path, project: Project, rels: Any) -> None:
+    """``listing``: the files ``rels()`` (project-relative), one a line, relative to
+    ``root`` when inside it; written once (a dataset's images and a generation's samples
+    never change)."""
+    if listing.exists():
+        return
+    lines = []
+    for rel in rels():
+        path = project.abs(rel)
+        lines.append(path.relative_to(root).as_posix() if root in path.parents else str(path))
+    tmp = listing.with_name(listing.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(listing)
 
 
 def pixels(params: dict[str, Any], size: int, progress: ProgressFn = no_progress,
-           cancel: CancelToken | None = None, workers: int = 0) -> np.ndarray:
-    """Worker side: the pixel cache named by ``pixels_params``, uint8 (N, size, size, 3)
+           cancel: CancelToken | None = None, workers: int = 0,
+           prefix: str = "") -> np.ndarray:
+    """Worker side: the pixel cache named by ``pixels_params`` (or
+    ``generation_pixels_params`` with the same ``prefix``), uint8 (N, size, size, 3)
     memory-mapped, built first when missing (decoded by ``workers`` processes, see
     ``engine.data.pixel_cache``). Specs written before the workers built caches have no
     ``image_list``: their owner built the cache."""
     from engine import data
 
-    if "image_list" not in params:
-        return np.load(params["pixels_path"], mmap_mode="r", allow_pickle=False)
-    listing = Path(params["image_list"])
+    if f"{prefix}image_list" not in params:
+        return np.load(params[f"{prefix}pixels_path"], mmap_mode="r", allow_pickle=False)
+    listing = Path(params[f"{prefix}image_list"])
     paths = [listing.parent / line for line in listing.read_text(encoding="utf-8").splitlines()]
-    if len(paths) != int(params["num_images"]):
-        raise DatasetError(f"{listing} lists {len(paths)} images, the dataset has "
-                           f"{params['num_images']}; delete the list to have it rewritten")
-    return data.pixel_cache(paths, Path(params["pixels_path"]), size, progress=progress,
-                            cancel=cancel, workers=workers)
+    if len(paths) != int(params[f"{prefix}num_images"]):
+        raise DatasetError(f"{listing} lists {len(paths)} images, the job expects "
+                           f"{params[f'{prefix}num_images']}; delete the list to have it "
+                           f"rewritten")
+    return data.pixel_cache(paths, Path(params[f"{prefix}pixels_path"]), size,
+                            progress=progress, cancel=cancel, workers=workers)
+
+
+def pixel_cache_ready(params: dict[str, Any], size: int, prefix: str = "") -> bool:
+    """True when the pixel cache named by ``params`` (``pixels_params`` /
+    ``generation_pixels_params`` with ``prefix``) is built, with its N images at ``size``
+    (caches are renamed into place whole, so one that exists is complete)."""
+    path = params.get(f"{prefix}pixels_path")
+    if not path or not Path(path).is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False
+    expected = (int(params.get(f"{prefix}num_images", arr.shape[0])), int(size), int(size), 3)
+    return tuple(arr.shape) == expected and arr.dtype == np.uint8
 
 
 def dataset_encoding(project: Project, ds: Dataset, encoder: str | None,

@@ -9,7 +9,8 @@ memory-mapped ``embeddings.npy.partial`` beside a small marker ``embeddings.npy.
 (images done, shape, encoder); the fitted (or loaded) encoder is saved first. A retried job
 (same folder, same params) loads that encoder and continues after the last finished chunk;
 the finished array is renamed to ``embeddings.npy``. Offline encoders read the dataset's
-cached pixel array, chunk by chunk (``engine.streams.CacheRows``: read, not memory-mapped,
+(or the generation's: ``common.generation_pixels_params``, shared with the evaluations at
+the same size) cached pixel array, chunk by chunk (``engine.streams.CacheRows``: read, not memory-mapped,
 so memory does not grow with the dataset); pretrained ones (``reads_files``) decode the
 image files chunk by chunk at their own resolution, so a large dataset is never held in
 memory.
@@ -86,6 +87,10 @@ def prepare(project: Project, config: EncodeConfig, dataset_ref: str | None = No
                       source_state_dir=str(project.abs(source.state_path)),
                       paths=[str(project.abs(p)) for p in samples["path"]],
                       labels=samples["label"].astype(int).tolist())
+        if not encoder.reads_files:  # the generation's pixel cache at the encoder's size,
+            # built by the worker, shared with the evaluations at that size
+            params.update(common.generation_pixels_params(project, gen, encoder.load_size),
+                          pixels_size=int(encoder.load_size))
         title = f"Re-encode {gen.name} with {source.encoder}"
     return JobSpec(kind="encode", title=title, params=params)
 
@@ -141,9 +146,11 @@ def _encode(params: dict[str, Any], progress: ProgressFn, cancel: CancelToken
     labels = np.asarray(params["labels"], dtype=np.int64)
     state_dir = Path(params["state_dir"])
     pixels = None
-    if params["target"] == "dataset" and params.get("pixels_path"):
-        # the dataset's pixels, decoded once (memory-mapped): the first worker builds them
-        pixels = common.pixels(params, config.image_size, progress, cancel)
+    if params.get("pixels_path"):
+        # the dataset's (or the generation's) pixels, decoded once (memory-mapped): the
+        # first worker builds them
+        size = int(params.get("pixels_size", config.image_size))
+        pixels = common.pixels(params, size, progress, cancel)
     # 1. the encoder: saved by an earlier attempt of this job, the dataset's fitted one
     #    (re-encoding), or a new one, fitted on the training split (the test split stays unseen)
     if (state_dir / encoders.MANIFEST).exists():

@@ -11,7 +11,14 @@ default; the result's ``data_path`` and ``data_bytes`` say which and why): in me
 uint8 array of the mix, while the mix and the scored split take at most
 ``memory_fraction`` of the available memory; beyond, streamed (``engine.streams``): the real
 images read row by row from the dataset's pixel cache, the synthetic ones decoded from
-their files, per batch, in DataLoader workers, so memory does not grow with the mix.
+their files, per batch, in DataLoader workers, so memory does not grow with the mix. The
+generation's pixel cache (``common.generation_pixels_params``: every sample at
+``image_size``, whatever the files' format) is built by the in-memory path and by a
+re-encode with an offline encoder of that size, and read by every later job at that size
+(the evaluations of any selection of the generation, streamed ones included), so a
+generation is decoded once per size. A streamed evaluation does not build it (a mix too
+large for memory may be too large a cache for the disk: 520,000 images at 224 px are 78
+GB); it reads it when it is there.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         raise InvalidConfigError(f"mix must be one of {MIXES}, got {mix!r}")
     synthetic_paths: list[str] = []
     synthetic_labels: list[int] = []
+    synthetic_cache: dict[str, Any] = {}  # the generation's pixel cache and the mix's rows
     sel_id = gen_id = ""
     if mix != "real":
         if selection_ref:
@@ -77,6 +85,10 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
                                      "has no sample")
         synthetic_paths = [str(project.abs(p)) for p in samples["path"]]
         synthetic_labels = samples["label"].astype(int).tolist()
+        synthetic_cache = {**common.generation_pixels_params(project, gen, config.image_size,
+                                                             prefix="synthetic_"),
+                           "synthetic_rows": (list(range(gen.count)) if members is None
+                                              else [int(i) for i in members])}
         dataset_ref = dataset_ref or gen.dataset_id
     ds = common.dataset(project, dataset_ref)
     splits = common.split_indices(project, ds)
@@ -103,6 +115,7 @@ def prepare(project: Project, config: EvalConfig, mix: str = "real",
         "test_idx": test_idx.tolist(),  # the scored split (eval_split): test or val
         "labels": labels.tolist(),
         "synthetic_paths": synthetic_paths, "synthetic_labels": synthetic_labels,
+        **synthetic_cache,
         "out_dir": str(project.assets / "evaluations" / eval_id),  # made by the worker
         **judge,
     }
@@ -130,13 +143,28 @@ def run(params: dict[str, Any], folder: Path, progress: ProgressFn,
     log.info("evaluation data: %s (%d images, %.2f GB as uint8 arrays)", path,
              len(train_idx) + n_syn + len(test_idx), nbytes / 1e9)
     if path == "stream":
-        result = _run_streamed(params, config, labels, train_idx, test_idx, progress, cancel)
+        result = _run_streamed(params, config, labels, train_idx, test_idx, progress, cancel,
+                               common.pixel_cache_ready(params, config.image_size,
+                                                        prefix="synthetic_"))
         return save_judgement(params, {**result, "data_bytes": int(nbytes)})
+    # the synthetic part: rows of the generation's pixel cache at this size, decoded once
+    # (by the first job of this size: a re-encode or an evaluation), built here when the
+    # whole generation would fit in memory too; None (decode the files): a spec from before
+    # the cache, or a small selection of a generation too large to cache here
+    gen_bytes = int(params.get("synthetic_num_images", 0)) * config.image_size ** 2 * 3
+    synthetic = (common.pixels(params, config.image_size, progress, cancel,
+                               workers=config.loader_workers, prefix="synthetic_")
+                 if params.get("synthetic_pixels_path") and (
+                     common.pixel_cache_ready(params, config.image_size, prefix="synthetic_")
+                     or data_path(config, gen_bytes) == "memory") else None)
     # 1. the training mix: real part, synthetic part, and which rows are synthetic
     parts = []
     if len(train_idx):
         parts.append((np.asarray(pixels[train_idx]), labels[train_idx]))
-    if params["synthetic_paths"]:
+    if params["synthetic_paths"] and synthetic is not None:
+        syn = np.asarray(synthetic[np.asarray(params["synthetic_rows"], dtype=np.int64)])
+        parts.append((syn, np.asarray(params["synthetic_labels"], dtype=np.int64)))
+    elif params["synthetic_paths"]:
         syn = data.load_pixels([Path(p) for p in params["synthetic_paths"]], config.image_size)
         parts.append((syn, np.asarray(params["synthetic_labels"], dtype=np.int64)))
     train_x, train_y = mix_arrays(parts)
@@ -169,9 +197,11 @@ def data_path(config: EvalConfig, nbytes: int) -> str:
 
 def _run_streamed(params: dict[str, Any], config: EvalConfig, labels: np.ndarray,
                   train_idx: np.ndarray, test_idx: np.ndarray, progress: ProgressFn,
-                  cancel: CancelToken) -> dict[str, Any]:
+                  cancel: CancelToken, synthetic_cached: bool = False) -> dict[str, Any]:
     """``run`` with the images streamed: the real rows read from the pixel cache, the
-    synthetic images decoded from their files, per batch, by the loader's workers."""
+    synthetic ones from the generation's when an earlier job built it at this size
+    (``synthetic_cached``), else decoded from their files, per batch, by the loader's
+    workers (a streamed mix is one too large for memory: its cache is not built here)."""
     from torch.utils.data import ConcatDataset
 
     from engine import streams
@@ -180,7 +210,10 @@ def _run_streamed(params: dict[str, Any], config: EvalConfig, labels: np.ndarray
     parts = []
     if len(train_idx):
         parts.append(streams.CacheRows(params["pixels_path"], train_idx))
-    if params["synthetic_paths"]:
+    if params["synthetic_paths"] and synthetic_cached:
+        parts.append(streams.CacheRows(params["synthetic_pixels_path"],
+                                       params["synthetic_rows"]))
+    elif params["synthetic_paths"]:
         parts.append(streams.ImageFiles(params["synthetic_paths"], config.image_size))
     if not parts:
         raise InvalidConfigError("the training mix is empty: it has no image to train on")

@@ -72,6 +72,8 @@ def prepare(project: Project, config: ExportConfig, selection_ref: str,
         "generation": gen.name, "selection": sel.name, "selection_id": sel.id,
         "band": band_text(sel.config),
     })
+    if gconf.get("image_format", "png") != "png":  # the lossy encoder's quality
+        rows["quality"] = int(gconf.get("quality", 95))
     if sel.encoding_id:
         try:
             from engine.stages import curate_stage

@@ -371,7 +371,9 @@ def _run_on_processes(params: dict[str, Any], cond: np.ndarray, config: Generate
     _, _, rows = shard_stage.collect_shards([plan_dir])
     paths = []
     for src, label, idx in zip(rows["path"], rows["label"], rows["idx"]):
-        dst = out_dir.resolve() / "images" / f"{int(label):04d}" / f"{int(idx):07d}.png"
+        # the extension is the config's image_format's (.png, .webp, .jpg)
+        dst = (out_dir.resolve() / "images" / f"{int(label):04d}"
+               / f"{int(idx):07d}{Path(src).suffix}")
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
         paths.append(str(dst))

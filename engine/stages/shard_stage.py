@@ -18,7 +18,7 @@ An output folder ``DIR`` (shared by the workers, or one per worker) holds::
                                plan's σ and λ are in plan.json: each worker perturbs its own
                                samples from their seeds)
     shard-00003-of-00008/      one per shard run into DIR
-        images/<label>/<idx>.png
+        images/<label>/<idx>.png   (.webp / .jpg: the config's image_format)
         samples.parquet        the shard's rows (paths relative to the shard folder)
         manifest.json          written last: the shard is complete when it exists
 
@@ -124,11 +124,17 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 def plan_fingerprint(params: dict[str, Any], cond: np.ndarray, model_hash: str) -> str:
-    """sha256 of what makes the images: config, model, plan and its representations."""
+    """sha256 of what makes the images: config, model, plan and its representations.
+
+    A PNG generation's ``image_format`` and ``quality`` stay out of it (PNG ignores the
+    quality), so plans written before the two options existed keep their fingerprint."""
     keep = {k: params[k] for k in ("model_id", "dataset_id", "encoder", "config", "mode",
                                    "source_ids", "partner_ids", "weights", "labels",
                                    "class_names", "perturb_scale", "perturb_unit")
             if k in params}
+    if keep.get("config", {}).get("image_format", "png") == "png":
+        keep["config"] = {k: v for k, v in keep["config"].items()
+                          if k not in ("image_format", "quality")}
     h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
     h.update(np.ascontiguousarray(cond, dtype=np.float32).tobytes())
     h.update(model_hash.encode())
@@ -324,7 +330,7 @@ def merge_shards(project: Project, dirs: list[Path], name: str | None = None,
         images = out / "images"
         new_paths = []
         for i, (src, label, idx) in enumerate(zip(rows["path"], rows["label"], rows["idx"])):
-            dst = images / f"{int(label):04d}" / f"{int(idx):07d}.png"
+            dst = images / f"{int(label):04d}" / f"{int(idx):07d}{Path(src).suffix}"
             _link_or_copy(Path(src), dst)
             new_paths.append(str(dst))
             if (i + 1) % 1000 == 0 or i + 1 == len(rows):

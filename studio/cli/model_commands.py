@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import EDIT_STRENGTH_MAX, PERTURB_MAX, GenerateConfig, TrainConfig
+from engine.config import (
+    EDIT_STRENGTH_MAX,
+    GENERATED_FORMATS,
+    PERTURB_MAX,
+    GenerateConfig,
+    TrainConfig,
+)
 from studio.cli.console import (
     device_arg,
     emit,
@@ -153,6 +159,15 @@ def add_parsers(sub: Any) -> None:
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--seed", type=int, default=0, help="base seed")
     p.add_argument("--batch-size", type=int, default=GenerateConfig.batch_size)
+    p.add_argument("--format", dest="image_format", default=GenerateConfig.image_format,
+                   choices=list(GENERATED_FORMATS),
+                   help="file format of the generated images: png (lossless, the default), "
+                        "webp or jpeg (lossy at --quality; 3.5-8.5x smaller than PNG at 95 on "
+                        "image-like 64-256 px images: docs/BENCHMARKS.md); recorded in the "
+                        "generation's config")
+    p.add_argument("--quality", type=int, default=GenerateConfig.quality, metavar="Q",
+                   help=f"webp / jpeg quality, 1..100 (default {GenerateConfig.quality}); "
+                        f"webp at 100 is lossless WebP; png ignores it")
     p.add_argument("--name", help="generation name")
     p.add_argument("--shard", metavar="K/P",
                    help="generate only shard K of P (0 <= K < P) into --out; the project is "
@@ -247,7 +262,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               perturb=args.perturb, direction=args.direction,
                               strength=args.strength, sweep=_sweep(args.sweep),
                               normalise=args.normalise, invert=args.invert,
-                              processes=args.processes)
+                              processes=args.processes, image_format=args.image_format,
+                              quality=args.quality)
 
     if args.shard or args.plan_only:
         return _generate_shard(args, config())

@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 import gradio as gr
 
-from engine.config import COVARIANCES, PERTURB_MAX, SAMPLERS, EncodeConfig, GenerateConfig
+from engine.config import (
+    COVARIANCES,
+    GENERATED_FORMATS,
+    PERTURB_MAX,
+    SAMPLERS,
+    EncodeConfig,
+    GenerateConfig,
+)
 from engine.errors import InvalidConfigError, NotReadyError
 from engine.project import Encoding, Generation, Image, Job, Model, Sample, reads
 from engine.settings import device, effective
@@ -62,6 +70,21 @@ PERTURB_HELP = ("Adds Gaussian noise of λ times the per-dimension standard devi
                 "training encodings to each sample's representation, seeded by the sample's "
                 "seed: 0 = off; higher = more diverse images, less like their source. Applies "
                 "to every mode.")
+FORMAT_HELP = ("PNG keeps every pixel; WebP and JPEG at quality 90-95 take a few times fewer "
+               "bytes (WebP at 100: lossless). Recorded in the generation's config.")
+
+
+def quality_value(value: Any) -> int:
+    """The quality box's value as a whole number (the config bounds it to 1..100)."""
+    if value is None or value == "":
+        return GenerateConfig.quality
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number):
+        raise InvalidConfigError(f"quality must be a whole number in [1, 100], got {value!r}")
+    return int(number)
 
 
 def source_ids(ctx: StudioContext, model_id: str, source: str, selected: list[str],
@@ -89,11 +112,13 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
              covariance: str = "ledoit_wolf", perturb: float = 0.0,
              uploads: list[str] | None = None, upload_class: str | None = None,
              edit_from: str | None = None, edit_to: str | None = None,
-             strip: str | None = None, normalise: bool = False, invert: bool = False) -> Job:
+             strip: str | None = None, normalise: bool = False, invert: bool = False,
+             image_format: str | None = None, quality: Any = None) -> Job:
     """Submit a generation. ``uploads``: image files that are not in the project (from the
     upload box), sources beside the selected images, labelled ``upload_class`` or by the
     nearest class centroid; ``edit_from``/``edit_to``/``strip``: an edit's direction (two
-    class names) and its λ values ("0, 0.5, 1")."""
+    class names) and its λ values ("0, 0.5, 1"); ``image_format`` / ``quality``: the
+    files' format (png, webp, jpeg) and the lossy formats' quality (1..100)."""
     from engine.stages import generate_stage
 
     if not model_id:
@@ -125,7 +150,9 @@ def generate(ctx: StudioContext, model_id: str | None, source: str, selected: li
                             per_class=int(new_per_class or 0), mix_alpha=float(mix_alpha or 0),
                             covariance=covariance or "ledoit_wolf",
                             perturb=float(perturb or 0.0),
-                            invert=bool(invert) and mode in ("edit", "interpolate"), **edit)
+                            invert=bool(invert) and mode in ("edit", "interpolate"),
+                            image_format=image_format or GenerateConfig.image_format,
+                            quality=quality_value(quality), **edit)
     if mode == "interpolate":
         ids = list(selected or [])
     elif files and source == "selected images":
@@ -434,10 +461,12 @@ def on_generate(ctx: StudioContext, model_id, source_v, sel, n, k, sampler_v, st
                 alpha_v=GenerateConfig.mix_alpha, cov_v=GenerateConfig.covariance,
                 perturb_v=GenerateConfig.perturb, uploads_v=None, upload_class_v=None,
                 from_v=None, to_v=None, strip_v=DEFAULT_STRIP, normalise_v=False,
-                invert_v=False) -> tuple[str, Any]:
+                invert_v=False, format_v=GenerateConfig.image_format,
+                quality_v=GenerateConfig.quality) -> tuple[str, Any]:
     job = generate(ctx, model_id, source_v, sel, n, k, sampler_v, steps_v, guidance_v,
                    seed_v, name_v, mode_v, points_v, new_v, alpha_v, cov_v, perturb_v,
-                   uploads_v, upload_class_v, from_v, to_v, strip_v, normalise_v, invert_v)
+                   uploads_v, upload_class_v, from_v, to_v, strip_v, normalise_v, invert_v,
+                   format_v, quality_v)
     return (ui.ok_md(f"{job.title} submitted ({job.status}); follow it in the Jobs "
                      f"panel below"), gr.skip())
 
@@ -597,6 +626,15 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             perturb = gr.Slider(0.0, PERTURB_MAX, value=GenerateConfig.perturb, step=0.05,
                                 label="Perturbation λ", info=PERTURB_HELP,
                                 elem_id="gen-perturb")
+            with gr.Accordion("File format", open=False, elem_id="gen-format-panel"):
+                with gr.Row(elem_classes=["bottom-align"]):
+                    image_format = gr.Dropdown(list(GENERATED_FORMATS),
+                                               value=GenerateConfig.image_format,
+                                               label="Format", elem_id="gen-format")
+                    quality = gr.Number(label="Quality (webp / jpeg)",
+                                        value=GenerateConfig.quality, precision=0, minimum=1,
+                                        maximum=100, elem_id="gen-quality")
+                gr.Markdown(f"<small>{FORMAT_HELP}</small>")
             name = gr.Textbox(label="Generation name", placeholder="default: <model>-x<k>")
             gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-button")
             status = gr.HTML(elem_id="gen-status")
@@ -630,7 +668,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     sample_out = [samples, gen_info, sample_ids, gen_page]
     form = [model, source, selected, per_class, variations, sampler, steps, guidance, seed,
             name, mode, points, new_per_class, mix_alpha, covariance, perturb, uploads,
-            upload_class, edit_from, edit_to, strip, normalise, invert]
+            upload_class, edit_from, edit_to, strip, normalise, invert, image_format, quality]
 
     source_out = [cls, *pick_out, selected, picked, picked_info, source_note]
     gr.on([model.change, dataset.change], ui.bind(show_source, ctx), [model, dataset],
