@@ -228,9 +228,11 @@ function onUp(e) {
     for (let i = 0; i < S.n; i++) { const x = xy[2*i], y = xy[2*i+1];
       if (x >= x0 && x <= x1 && y >= y0 && y <= y1 && inside(poly, x, y)) { sel[i] = 1; count++; } }
   }
-  overlay(null);
-  setSelection(sel, count);
+  // the server's round trip first, the redraw (software WebGL: tens of ms at 200k points)
+  // on the next frame, so it does not hold the request back
+  S.sel = sel; S.selCount = count;
   sendSelection();
+  requestAnimationFrame(() => { overlay(null); setSelection(sel, count); });
 }
 
 function setSelection(sel, count) {
