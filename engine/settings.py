@@ -57,10 +57,11 @@ def visible_gpus() -> list[int]:
     Read without importing torch where the machine says enough (the studio's start must not
     wait seconds for it): the NVIDIA driver's device list (``/proc/driver/nvidia/gpus``)
     limited by ``CUDA_VISIBLE_DEVICES`` (up to its first invalid entry, as CUDA reads it);
-    no driver and no ROCm device: no GPU. torch decides when it is already loaded, or on a
-    ROCm machine.
+    no driver and no GPU device node: no GPU. torch decides when it is already loaded, or
+    where device nodes exist without the driver's list (ROCm, unusual containers).
     """
-    if "torch" not in sys.modules and not Path("/dev/kfd").exists():
+    device_nodes = list(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+    if "torch" not in sys.modules and not (device_nodes and not NVIDIA_GPUS.is_dir()):
         try:
             found = len(list(NVIDIA_GPUS.iterdir()))
         except OSError:
