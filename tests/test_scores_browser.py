@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_curate_stage import curated_project  # noqa: F401 - the shared fixture
-from test_map_browser import _studio
+from test_map_browser import curate_page
 from test_studio_browser import CHROMIUM, SHOTS
 
 pytestmark = [
@@ -33,57 +33,32 @@ def test_browse_by_score_orders_the_gallery(curated_project, tmp_path):  # noqa:
     project_path = project.path
     n_samples = len(project.samples("gen-test"))
     project.close()
-    proc, url, log = _studio(project_path, tmp_path)
-    try:
-        with playwright_sync.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            expect.set_options(timeout=45_000)
-            try:
-                page.goto(url, wait_until="load")
-                expect(page.locator("#current-project")).to_contain_text("proj")
-                # the page has loaded (its first tab chosen) before the click
-                expect(page.get_by_role("tab", name="Data")).to_have_attribute(
-                    "aria-selected", "true")
-                page.get_by_role("tab", name="Curate").click()
-                expect(page.get_by_role("tab", name="Curate")).to_have_attribute(
-                    "aria-selected", "true")
-                expect(page.locator("#band-summary")).to_contain_text(
-                    f"of {n_samples} generated images")
-                page.locator("#browse-panel").get_by_text("Browse by score").first.click()
-                page.locator("#browse-score input").click()
-                page.get_by_role("option", name=re.compile("uniqueness")).click()
-                status = page.locator("#browse-status")
-                expect(status).to_contain_text("by uniqueness (nearest other sample), "
-                                               "ascending")
-                page.locator("#browse-order").get_by_text("descending").click()
-                expect(status).to_contain_text("descending: page 1 of 1")
-                expect(page.locator("#browse-gallery .thumbnail-item")).to_have_count(
-                    n_samples)
-                values = [float(c.split(" · ")[0]) for c in _captions(page)]
-                assert len(values) == n_samples and values == sorted(values, reverse=True)
-                # a click: the sample's provenance, as in the other galleries
-                page.locator("#browse-gallery .thumbnail-item").first.click()
-                expect(page.locator("#provenance-text")).to_contain_text("sample gen-test_")
-                page.keyboard.press("Escape")
-                # the kept samples only, then drop the page: none is kept any more
-                page.locator("#browse-which").get_by_text("kept (band + hand)").click()
-                expect(status).to_contain_text("18 samples (kept)")
-                SHOTS.mkdir(parents=True, exist_ok=True)
-                page.locator("#browse-panel").scroll_into_view_if_needed()
-                box = page.locator("#browse-panel").bounding_box()
-                page.screenshot(path=str(SHOTS / "browse-by-score.png"), clip=box)
-                page.locator("#browse-drop").click()
-                expect(page.locator("#hand-status")).to_contain_text(
-                    "18 image(s) dropped by hand")
-                expect(status).to_contain_text("0 samples (kept)")
-                expect(page.locator("#band-summary")).to_contain_text("by hand")
-            finally:
-                browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with curate_page(project_path, tmp_path, n_samples) as page:
+        page.locator("#browse-panel").get_by_text("Browse by score").first.click()
+        page.locator("#browse-score input").click()
+        page.get_by_role("option", name=re.compile("uniqueness")).click()
+        status = page.locator("#browse-status")
+        expect(status).to_contain_text("by uniqueness (nearest other sample), "
+                                       "ascending")
+        page.locator("#browse-order").get_by_text("descending").click()
+        expect(status).to_contain_text("descending: page 1 of 1")
+        expect(page.locator("#browse-gallery .thumbnail-item")).to_have_count(
+            n_samples)
+        values = [float(c.split(" · ")[0]) for c in _captions(page)]
+        assert len(values) == n_samples and values == sorted(values, reverse=True)
+        # a click: the sample's provenance, as in the other galleries
+        page.locator("#browse-gallery .thumbnail-item").first.click()
+        expect(page.locator("#provenance-text")).to_contain_text("sample gen-test_")
+        page.keyboard.press("Escape")
+        # the kept samples only, then drop the page: none is kept any more
+        page.locator("#browse-which").get_by_text("kept (band + hand)").click()
+        expect(status).to_contain_text("18 samples (kept)")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.locator("#browse-panel").scroll_into_view_if_needed()
+        box = page.locator("#browse-panel").bounding_box()
+        page.screenshot(path=str(SHOTS / "browse-by-score.png"), clip=box)
+        page.locator("#browse-drop").click()
+        expect(page.locator("#hand-status")).to_contain_text(
+            "18 image(s) dropped by hand")
+        expect(status).to_contain_text("0 samples (kept)")
+        expect(page.locator("#band-summary")).to_contain_text("by hand")
