@@ -267,6 +267,9 @@ class TrainConfig(StageConfig):
     space: str = "pixel"
     vae_id: str = "stabilityai/sd-vae-ft-mse"
     latent_scale: float | None = None  # None: the VAE's config.scaling_factor
+    # latent runs: "memory" (all latents on the device), "stream" (read per batch from the
+    # cache), "auto" (memory while they take <= 1/4 of the available memory)
+    latent_data: str = "auto"
     min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is usual); None: off
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler, CUDA)
     grad_accum: int = 1  # micro-batches per optimiser step; batch_size is the whole step's batch
@@ -277,6 +280,8 @@ class TrainConfig(StageConfig):
     def validate(self) -> None:
         _check(self.space in ("pixel", "latent"),
                f"space must be pixel or latent, got {self.space!r}")
+        _check(self.latent_data in ("auto", "memory", "stream"),
+               f"latent_data must be auto, memory or stream, got {self.latent_data!r}")
         _check(self.precision in ("fp32", "bf16", "fp16"),
                f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         _check(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")

@@ -165,3 +165,38 @@ def test_gpu_check_smoke_and_refusal(capsys):
     if not torch.cuda.is_available():
         assert gpu_check.main(["--device", "cuda"]) == 2
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is True
+
+
+def test_streamed_latents_train_exactly_like_latents_in_memory(vae_dir: Path, tmp_path: Path,
+                                                               caplog):
+    """``latent_data="stream"`` reads each batch's latents from the cache (memory independent
+    of the dataset's size): the same losses and weights as all latents in memory, with
+    flips, on a subset of rows (the train split of a cache of every image)."""
+    from engine.rcdm.training import latent_path
+
+    pixels, cond = tiny_data(12)
+    idx = np.array([0, 2, 3, 5, 7, 8, 9, 11])
+    base = LATENT.replace(vae_id=str(vae_dir), steps=3, preview_every=1000)
+    cache = cached_latents(pixels, str(vae_dir), tmp_path / "cache", flip=True)
+    runs = {}
+    for mode in ("memory", "stream"):
+        config = base.replace(latent_data=mode)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="engine.rcdm.training"):
+            runs[mode] = train_rcdm(pixels[idx], cond[idx], config, tmp_path / mode,
+                                    latents=cache.subset(idx))
+        assert ("read per batch" in caplog.text) == (mode == "stream")
+    assert runs["memory"]["losses"] == runs["stream"]["losses"]
+    a, _, _ = load_rcdm(Path(runs["memory"]["model_dir"]), load_vae=False)
+    b, _, _ = load_rcdm(Path(runs["stream"]["model_dir"]), load_vae=False)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # a subset reads nothing until asked, then the right rows
+    sub = cache.subset(idx)
+    assert len(sub.raw) == 8 and sub.raw.shape == (8,) + cache.raw.shape[1:]
+    np.testing.assert_array_equal(np.asarray(sub.raw), np.asarray(cache.raw)[idx])
+    np.testing.assert_array_equal(sub.flipped[np.array([1, 0])], cache.flipped[[2, 0]])
+    assert latent_path("stream", 1) == "stream" and latent_path("memory", 10 ** 15) == "memory"
+    assert latent_path("auto", 1) == "memory" and latent_path("auto", 10 ** 15) == "stream"
+    with pytest.raises(InvalidConfigError, match="latent_data"):
+        LATENT.replace(latent_data="disk")

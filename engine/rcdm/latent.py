@@ -199,9 +199,50 @@ class LatentSet:
     codec: LatentCodec | None = None
 
     def subset(self, idx: np.ndarray) -> "LatentSet":
-        return LatentSet(np.asarray(self.raw[idx]),
-                         None if self.flipped is None else np.asarray(self.flipped[idx]),
+        """Rows ``idx``, read on demand (nothing is copied until a batch or ``np.asarray``
+        asks: a 130,000-image cache stays on disk for a streamed run)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return LatentSet(Rows(self.raw, idx),
+                         None if self.flipped is None else Rows(self.flipped, idx),
                          self.info, self.codec)
+
+
+class Rows:
+    """Rows ``index`` of an array (a memory-mapped cache), read only when asked:
+    ``rows[i]`` reads rows ``index[i]``; ``np.asarray(rows)`` reads them all."""
+
+    def __init__(self, array: np.ndarray, index: np.ndarray) -> None:
+        self.array, self.index = array, np.asarray(index, dtype=np.int64)
+        self.shape = (len(self.index),) + tuple(array.shape[1:])
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        return np.asarray(self.array[self.index[i]])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self.array[self.index])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class LatentBatches:
+    """The training loop's view of latents read per batch from their cache: ``len``,
+    ``shape``, and ``batches[i]`` for a (m,) index tensor -> (m, C, h, w) model-space
+    latents on ``device``. Elementwise the same numbers as converting the whole array first
+    (``to_model_space`` is a per-element affine map), with memory independent of N."""
+
+    def __init__(self, raw: Any, codec: LatentCodec, device: str | torch.device) -> None:
+        self.raw, self.codec, self.device = raw, codec, device
+        self.shape = torch.Size(tuple(raw.shape))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, i: torch.Tensor) -> torch.Tensor:
+        rows = np.ascontiguousarray(self.raw[i.cpu().numpy()], dtype=np.float32)
+        return self.codec.to_model_space(torch.from_numpy(rows)).to(self.device)
 
 
 def cached_latents(pixels: np.ndarray, vae_id: str, cache_dir: Path, flip: bool = False,

@@ -58,6 +58,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision (fp16 needs CUDA)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--latent-data", choices=["auto", "memory", "stream"],
+                   help="latent runs: all latents on the device (memory), read per batch from "
+                        "their cache (stream: memory independent of the dataset), or memory "
+                        "while they take <= 1/4 of the available memory (auto, the default)")
     p.add_argument("--processes", type=int,
                    help="data-parallel processes (one per GPU; gloo processes on the CPU): "
                         "the job runs torchrun and holds that many job slots (default 1)")
@@ -203,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
              "image_size": args.image_size, "cond_dropout": args.cond_dropout,
              "space": args.space, "vae_id": args.vae, "min_snr_gamma": args.min_snr_gamma,
              "precision": args.precision, "grad_accum": args.grad_accum,
+             "latent_data": args.latent_data,
              "processes": args.processes}
     overrides = {k: v for k, v in given.items() if v is not None}
     given_device = args.device
