@@ -34,7 +34,8 @@ EXPERIMENT_TITLES = {
 def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                 mask: np.ndarray, real_distances: np.ndarray | None = None,
                 real_labels: np.ndarray | None = None, *, metric: str = "cosine",
-                stats: tuple[pd.DataFrame, pd.DataFrame | None] | None = None) -> go.Figure:
+                stats: tuple[pd.DataFrame, pd.DataFrame | None] | None = None,
+                edges: np.ndarray | None = None) -> go.Figure:
     """Per-class distance distributions with the kept band shaded.
 
     One box per class for the synthetic samples (and one beside it for the real images when
@@ -49,6 +50,8 @@ def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence
         metric: only used to label the y axis.
         stats: the (synthetic, real) ``box_stats`` of these distances when already computed
             (a band change moves only the shaded band, not the boxes).
+        edges: (C, 2) the kept distances' range per class when already computed (the band
+            summary's ``low_distance`` / ``high_distance``).
 
     Returns:
         plotly.graph_objects.Figure (template "plotly_white"), readable at 1280 x 800.
@@ -90,7 +93,7 @@ def band_figure(distances: np.ndarray, labels: np.ndarray, class_names: Sequence
         add_box(real, "real", "#DD8452")
 
     # kept band: one rectangle per class between its low and high edges
-    edges = kept_range(distances, labels, mask, num_classes)
+    edges = kept_range(distances, labels, mask, num_classes) if edges is None else edges
     shapes = [dict(type="rect", xref="x", yref="y", x0=position[int(c)] - 0.45,
                    x1=position[int(c)] + 0.45, y0=float(edges[c][0]), y1=float(edges[c][1]),
                    fillcolor="rgba(44, 160, 44, 0.18)", line=dict(width=0), layer="below")

@@ -229,6 +229,7 @@ def test_band_view_reads_what_it_shows_and_caches_the_boxes(curated_project):
                                 bd.real_distances, bd.real_labels, metric="euclidean")
     cached = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask,
                                  bd.real_distances, bd.real_labels, metric="euclidean",
-                                 stats=(syn, real))
+                                 stats=(syn, real), edges=curate_stage.summary(bd, mask)[
+                                     ["low_distance", "high_distance"]].to_numpy())
     assert json.loads(fresh.to_json()) == json.loads(cached.to_json())
     assert len(fresh.data) == 3 and len(fresh.layout.shapes) == len(bd.class_names)

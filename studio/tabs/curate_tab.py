@@ -109,7 +109,8 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
         counts["- hand"] = by_hand["- dropped by hand"].to_numpy()
         counts["kept with hand"] = by_hand["kept"].to_numpy()
     fig = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
-                              bd.real_labels, metric=metric, stats=bd.box_stats())
+                              bd.real_labels, metric=metric, stats=bd.box_stats(),
+                              edges=table[["low_distance", "high_distance"]].to_numpy())
     fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
     edge_idx = edge_samples(bd.distances, bd.labels, mask, EDGE_K, ranks=bd.class_ranks())
     # only the shown samples' paths: one narrow read, not the generation's every row
