@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.config import BandConfig
-from engine.errors import InvalidConfigError
+from engine.errors import InvalidConfigError, NotReadyError
 
 
 @pytest.fixture
@@ -233,3 +233,36 @@ def test_band_view_reads_what_it_shows_and_caches_the_boxes(curated_project):
                                      ["low_distance", "high_distance"]].to_numpy())
     assert json.loads(fresh.to_json()) == json.loads(cached.to_json())
     assert len(fresh.data) == 3 and len(fresh.layout.shapes) == len(bd.class_names)
+
+
+def test_large_indexes_are_built_by_a_job_not_in_the_request(curated_project, monkeypatch):
+    """"More like this" and the scores on a view whose index is too large to build on the
+    spot queue one ``index`` job (not two), say so, and work once it is done."""
+    from engine.curation import knn
+    from engine.project import Job
+    from engine.stages import curate_stage
+    from studio.context import StudioContext
+    from studio.tabs import curate_tab
+
+    project, _, _ = curated_project
+    path = project.path
+    project.close()
+    monkeypatch.setattr(knn, "EXACT_MAX", 10)  # 18 real, 36 generated: both "large" here
+    ctx = StudioContext(path)
+    try:
+        band = ("gen-test", 0.25, 0.75, "real", "cosine")
+        bd = curate_tab.band_view(ctx, *band)["bd"]
+        assert curate_stage.indexes_pending(ctx.project, bd) == ["real", "synthetic"]
+        with pytest.warns(UserWarning, match=r"being built \(job job_"):  # the studio's toast
+            curate_tab.on_more_like(ctx, [0], *band)
+        with pytest.raises(NotReadyError, match="being built"):
+            curate_tab._scores(ctx, {"bd": bd})  # browse by score / colour by score
+        jobs = ctx.project.list(Job, kind="index")
+        assert len(jobs) == 1  # asked twice, queued once
+        assert ctx.jobs.wait(jobs[0].id, timeout=180).status == "done"
+        assert curate_stage.indexes_pending(ctx.project, bd) == []
+        status, items, synthetic = curate_tab.on_more_like(ctx, [0], *band)
+        assert len(items) == curate_tab.NEIGHBOURS_K and "nearest images" in str(status)
+        assert len(curate_tab._scores(ctx, {"bd": bd})) == 36
+    finally:
+        ctx.close()

@@ -35,7 +35,7 @@ class JobSpec:
     made: tuple[str, ...] = ()  # files / folders prepare wrote (removed if no job is created)
 
 
-KINDS = ("import", "encode", "train", "generate", "evaluate", "export", "map")
+KINDS = ("import", "encode", "train", "generate", "evaluate", "export", "map", "index")
 
 
 def get(kind: str) -> ModuleType:

@@ -9,6 +9,7 @@ encoding and metric) are built on first use and kept in ``NAME.assets/indexes/``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -442,6 +443,32 @@ def hand_counts(project: Project, bd: BandData, mask: np.ndarray) -> pd.DataFram
 # ------------------------------------------------------------------ more like this
 
 
+INDEX_PARTS = ("real", "synthetic")
+
+
+def index_path(project: Project, bd: BandData, part: str) -> Path:
+    """Where the faiss index of ``part`` ("real": the training images, "synthetic": the
+    samples) of this view's encodings and metric is kept."""
+    enc = bd.real_encoding if part == "real" else bd.encoding
+    return project.assets / "indexes" / f"{enc.id}-{'train' if part == 'real' else 'all'}-" \
+                                        f"{bd.metric}.faiss"
+
+
+def index_rows(bd: BandData, part: str) -> int:
+    """How many vectors the index of ``part`` holds."""
+    return len(bd.train_idx) if part == "real" else len(bd.distances)
+
+
+def indexes_pending(project: Project, bd: BandData) -> list[str]:
+    """The parts whose index is missing and too large to build while a person waits (more
+    than ``knn.EXACT_MAX`` vectors: a trained IVF index, minutes at 520,000): the studio
+    builds those in an ``index`` job first (``engine.stages.index_stage``). Exact indexes
+    below that size are a copy of the vectors and are built on the spot."""
+    return [part for part in INDEX_PARTS
+            if index_rows(bd, part) > knn.EXACT_MAX and not index_path(project, bd, part).is_file()
+            and f"index-{part}-{bd.metric}" not in bd.cache]
+
+
 def _index(project: Project, bd: BandData, part: str):
     """The faiss index of the real training images (``part="real"``) or of the samples
     (``"synthetic"``) in this view's encodings and metric: from ``NAME.assets/indexes/``, or
@@ -453,8 +480,7 @@ def _index(project: Project, bd: BandData, part: str):
     arr = project.embeddings(enc)
     rows = bd.train_idx if part == "real" else None
     n = len(rows) if rows is not None else len(arr)
-    path = project.assets / "indexes" / f"{enc.id}-{'train' if part == 'real' else 'all'}-" \
-                                        f"{bd.metric}.faiss"
+    path = index_path(project, bd, part)
     index = None
     if path.is_file():
         try:

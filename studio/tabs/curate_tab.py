@@ -371,6 +371,7 @@ def on_more_like(ctx: StudioContext, picked: list[int] | None,
     if not picked:
         raise NotReadyError("click a generated image in a gallery first")
     v = current_band(ctx, *values)
+    _indexes_built(ctx, v["bd"])
     near = curate_stage.neighbours(ctx.project, v["bd"], int(picked[0]), k=NEIGHBOURS_K)
     items = [(ui.gallery_path(r.path), f"{r.kind[:4]} · {r['class']} · {r.distance:.3f}"
               + (f" · {r.hand}" if r.hand else ""))
@@ -468,6 +469,29 @@ def _score_values(ctx: StudioContext, v: dict[str, Any], key: str) -> np.ndarray
     return _scores(ctx, v)[key].to_numpy(np.float64)
 
 
+def _indexes_built(ctx: StudioContext, bd: Any) -> None:
+    """Nothing heavy in a request: an index too large to build on the spot (more than
+    ``knn.EXACT_MAX`` vectors) is built by an ``index`` job, queued here once.
+
+    Raises:
+        NotReadyError: the index job is queued or running (its id, and what to do).
+    """
+    from engine.project import Job
+    from engine.stages import curate_stage, index_stage
+
+    pending = curate_stage.indexes_pending(ctx.project, bd)
+    if not pending:
+        return
+    title = index_stage.title(bd)
+    job = next((j for j in ctx.project.list(Job, kind="index")
+                if j.title == title and j.status in ("queued", "running", "ingesting")), None)
+    if job is None:
+        job = ctx.submit(index_stage.prepare(ctx.project, bd, pending))
+    raise NotReadyError(
+        f"the neighbour index of {' and '.join(pending)} images is being built (job {job.id}, "
+        f"Jobs tab: minutes at this size, once per encoding); try again when it is done")
+
+
 def _scores(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
     """``curate_stage.scores`` of this view in sample order, computed once per view and per
     judging evaluation (a new real-only evaluation of the generation brings its confidence;
@@ -481,6 +505,7 @@ def _scores(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
     if key not in bd.cache:
         for old in [k for k in bd.cache if k.startswith(("scores-", "order-"))]:
             del bd.cache[old]  # another judge's: a newer evaluation replaced it
+        _indexes_built(ctx, bd)
         bd.cache[key] = curate_stage.scores(ctx.project, bd)
     return bd.cache[key]
 
