@@ -379,8 +379,9 @@ def rehearse(args: argparse.Namespace, root: Path, per_class: int) -> int:
                "images_per_s": round(images / seconds, 1), "peak_rss_mb": round(rss, 1),
                "project_disk_mb": round(disk / 1e6, 1), "linked_mb": round(linked / 1e6, 1)}
         stages.append(row)
-        print(f"{name:<11} {seconds:8.1f} s {images / seconds:9.1f} images/s  peak RSS "
-              f"{rss:7.0f} MB  project {disk / 1e6:8.1f} MB", flush=True)
+        rate = f"{images / seconds:9.1f} images/s" if images else " " * 18
+        print(f"{name:<11} {seconds:8.1f} s {rate}  peak RSS {rss:7.0f} MB  project "
+              f"{disk / 1e6:8.1f} MB", flush=True)
         return out
 
     # 1. import
