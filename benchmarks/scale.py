@@ -26,8 +26,8 @@ studio.cli``, in a subprocess):
    process) on the real training images + the selection, streamed from their files
    (``engine.streams.ImageFiles``, ``data_path="stream"``, DataLoader workers), resnet_tiny
    at ``--size`` px, batch 64, cancelled after ``--train-steps`` steps (the CLI's
-   ``evaluate`` has no step budget, and a whole epoch of the mix takes the CPU an hour at
-   full scale); images/s over the steps after the first, the time before the first step
+   ``evaluate`` has no step budget, and a whole epoch of the mix takes 2 CPU cores over an
+   hour at half scale); images/s over the steps after the first, the time before the first step
    (the streamed path's pass for the channel statistics over the whole mix) apart;
 6. ``export``: the selection as an ImageFolder of hard links (``export --link``);
 7. ``studio`` (unless ``--skip-studio``): cold open to HTTP 200, gallery pages, band
