@@ -4,7 +4,7 @@ const host = () => element.querySelector('.wm-host') || element;
 const S = { data: null, url: null, n: 0, keys: null, palette: null, mode: 'pan',
             cx: 0, cy: 0, k: 1, sel: null, selCount: 0, gl: null, prog: null, bufs: {},
             ctx2d: null, renderer: 'none', drag: null, hoverRow: -1, hoverTimer: null,
-            token: null };
+            token: null, select: null, asked: 0 };
 
 function build() {
   const h = host();
@@ -19,7 +19,9 @@ function build() {
       <span class="wm-info"></span></div>
     <div class="wm-stage"><canvas class="wm-gl"></canvas><canvas class="wm-over"></canvas>
       <div class="wm-tip"></div></div>
-    <div class="wm-legend"></div></div>`;
+    <div class="wm-legend"></div>
+    <div class="wm-sel"><div id="map-selection-status" class="wm-sel-status">Lasso or box points on the map to see them here.</div>
+      <div id="map-selection-gallery" class="wm-sel-gallery"></div></div></div>`;
   S.gl = null; S.ctx2d = null; S.bufs = {};
   h.querySelectorAll('.wm-bar button[data-mode]').forEach(b => b.addEventListener('click', () => {
     S.mode = b.dataset.mode;
@@ -240,14 +242,46 @@ function setSelection(sel, count) {
   upload('s'); draw(); info();
 }
 
+// A selection goes straight to the studio's selection route (studio/map_select.py), not
+// through a Gradio event: the answer (status line and thumbnails) is drawn here.
 function sendSelection() {
-  const bytes = new Uint8Array(Math.ceil(S.n / 8));
+  const bytes = new Uint8Array(S.selCount ? Math.ceil(S.n / 8) : 0);
   if (S.sel) for (let i = 0; i < S.n; i++) if (S.sel[i]) bytes[i >> 3] |= 1 << (i & 7);
   let bin = ''; const chunk = 0x8000;
   for (let i = 0; i < bytes.length; i += chunk) bin += String.fromCharCode.apply(null, bytes.subarray(i, i + chunk));
   element.dataset.selected = String(S.selCount);
   element.dataset.lassoAt = String(S.lassoAt || performance.now());
-  trigger('select', { index: S.selCount, value: btoa(bin), map: S.map });
+  if (!S.select || !S.token) return;
+  const asked = ++S.asked;
+  status('selecting …');
+  element.dataset.sentAt = String(performance.now());
+  fetch(S.select, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+                    credentials: 'same-origin', body: JSON.stringify({ token: S.token, mask: btoa(bin) }) })
+    .then(r => { element.dataset.answeredAt = String(performance.now()); return r.json().then(j => [r.ok, j]); })
+    .then(([ok, j]) => { if (asked === S.asked) showSelection(ok ? j : { error: j.error || 'the selection failed' }); })
+    .catch(err => { if (asked === S.asked) showSelection({ error: 'the studio did not answer: ' + err }); });
+}
+
+function status(text, error) {
+  const el = host().querySelector('.wm-sel-status'); if (!el) return;
+  el.textContent = text; el.classList.toggle('wm-error', !!error);
+}
+
+function showSelection(j) {
+  const g = host().querySelector('.wm-sel-gallery'); if (!g) return;
+  g.replaceChildren();
+  if (j.error) { status('⚠ ' + j.error, true); return; }
+  status(j.text);
+  for (const it of j.items || []) {
+    const b = document.createElement('button'), img = document.createElement('img'), cap = document.createElement('span');
+    b.className = 'thumbnail-item'; b.type = 'button'; b.title = it.caption;
+    img.src = it.src; img.alt = it.caption; img.loading = 'lazy'; cap.textContent = it.caption;
+    b.append(img, cap);
+    b.addEventListener('click', () => {
+      g.querySelectorAll('.thumbnail-item.on').forEach(o => o.classList.remove('on'));
+      b.classList.add('on'); trigger('click', { sample: it.i }); });
+    g.append(b);
+  }
 }
 
 function info() {
@@ -281,9 +315,9 @@ async function load() {
     S.data = { xy: new Float32Array(buf, 0, 2 * n), label: new Uint16Array(buf, 8 * n, n),
                kind: new Uint8Array(buf, 10 * n, n) };
     S.url = v.url; S.n = n; S.sel = null; S.selCount = 0; S.cx = 0; S.cy = 0; S.k = 1;
-    S.bufs = {};
+    S.bufs = {}; S.asked++; showSelection({ text: 'Lasso or box points on the map to see them here.' });
   }
-  S.map = v.map; S.title = v.title; S.classes = v.classes || [];
+  S.map = v.map; S.title = v.title; S.classes = v.classes || []; S.select = v.select;
   const raw = atob(v.colour); S.keys = new Uint8Array(raw.length);
   for (let i = 0; i < raw.length; i++) S.keys[i] = raw.charCodeAt(i);
   S.palette = v.palette;

@@ -11,8 +11,9 @@ the studio on it and drives Debian's chromium (SwiftShader: no GPU) through Play
   in the page's clock (``performance.now``): the handler, the colour keys (base64), the
   binary points file (fetched once), the upload and the draw; ``--repeats`` fresh pages;
 - lasso round trip: the mouse-up of a lasso to the selection's status and gallery in the page
-  (the point-in-polygon test in the browser, the bit mask to the server, the handler, the
-  gallery);
+  (the point-in-polygon test in the browser, the bit mask posted to the studio's selection
+  route, ``studio/map_select.py``, not a Gradio event; the handler; the gallery drawn by the
+  page), with its three parts;
 - Plotly: the same 200,000 points through ``figures.map_figure`` in a ``gr.Plot`` of a small
   Gradio app, click to the plot drawn (its scattergl canvas in the page), capped at ``--cap``
   seconds (reported as the cap when it does not finish).
@@ -152,7 +153,7 @@ def _open_map(page, n_syn: int) -> None:
 def webgl_side(url: str, n_syn: int, repeats: int, shots: Path | None) -> dict:
     from playwright.sync_api import sync_playwright
 
-    paints, lassos, renderer = [], [], ""
+    paints, lassos, parts, renderer = [], [], [], ""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         for r in range(repeats):
@@ -195,13 +196,19 @@ def webgl_side(url: str, n_syn: int, repeats: int, shots: Path | None) -> dict:
                 page.mouse.move(*q, steps=4)
             page.mouse.up()
             page.wait_for_function("() => window.__selDone > 0", timeout=120_000)
-            at = float(page.locator("#band-map [data-lasso-at]").get_attribute("data-lasso-at"))
-            lassos.append((page.evaluate("() => window.__selDone") - at) / 1000)
+            stamps = page.locator("#band-map [data-lasso-at]")
+            at, sent, answered = (float(stamps.get_attribute(f"data-{k}"))
+                                  for k in ("lasso-at", "sent-at", "answered-at"))
+            done = page.evaluate("() => window.__selDone")
+            lassos.append((done - at) / 1000)
+            # mask built / the server's answer (request, handler, response) / drawn
+            parts.append((sent - at, answered - sent, done - answered))
             if shots and r == 0:
                 _clip(page, shots / "map-200k-lasso.png")
             page.close()
         browser.close()
-    return {"paint_s": paints, "lasso_s": lassos, "renderer": renderer}
+    return {"paint_s": paints, "lasso_s": lassos, "lasso_parts_ms": parts,
+            "renderer": renderer}
 
 
 def _clip(page, path: Path) -> None:
@@ -305,6 +312,9 @@ def main() -> None:
           f"{', '.join(f'{s:.2f}' for s in webgl['paint_s'])}), lasso round trip "
           f"{lasso * 1000:.0f} ms (median of "
           f"{', '.join(f'{s * 1000:.0f}' for s in webgl['lasso_s'])})")
+    parts = [statistics.median(p[k] for p in webgl["lasso_parts_ms"]) for k in range(3)]
+    print(f"lasso round trip, medians: mask built {parts[0]:.0f} ms, the route's answer "
+          f"{parts[1]:.0f} ms, drawn {parts[2]:.0f} ms")
     print(f"Plotly gr.Plot, same {n:,} points: "
           + (f"{plotly['paint_s']:.2f} s" if plotly["finished"]
              else f"did not finish within the {args.cap:.0f} s cap"))
@@ -314,6 +324,7 @@ def main() -> None:
                       "goal": "first paint < 2 s and lasso round trip < 0.5 s",
                       "met": bool(paint < 2.0 and lasso < 0.5),
                       "first_paint_s": round(paint, 3), "lasso_s": round(lasso, 3),
+                      "lasso_parts_ms": [round(p, 1) for p in parts],
                       "plotly_s": round(plotly["paint_s"], 3),
                       "plotly_finished": plotly["finished"], "points": n,
                       "renderer": webgl["renderer"]}))

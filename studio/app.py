@@ -20,9 +20,9 @@ import gradio as gr
 
 from engine import settings
 from engine.project import Dataset, Job
-from studio import ui
+from studio import map_select, ui
 from studio.access import Access, Quotas, parse_size
-from studio.context import StudioContext
+from studio.context import StudioContext, acting_as
 from studio.shared import Shared
 from studio.shutdown import Shutdown
 from studio.tabs import (
@@ -320,7 +320,7 @@ def _start(project_path: str | Path | None, host: str, port: int, open_browser: 
                            font_mono=[gr.themes.Font(f) for f in ("ui-monospace",
                                                                   "monospace")])
     try:
-        _, url, _ = blocks.queue(default_concurrency_limit=1).launch(
+        server, url, _ = blocks.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=port, prevent_thread_lock=True, inbrowser=False,
             allowed_paths=assets, show_error=False, quiet=True, theme=theme,
             css_paths=[str(CSS_PATH)], footer_links=[],
@@ -330,6 +330,8 @@ def _start(project_path: str | Path | None, host: str, port: int, open_browser: 
     except BaseException:
         ctx.close()
         raise
+    # the map's lasso / box: answered by a route of its own, not through a Gradio event
+    map_select.install(server, ctx, curate_tab.selection_answer, acting_as)
     where = f"project {ctx.open_paths()[0]}" if ctx.open_paths() else "no project: Projects tab"
     mode = ", shared publicly: visitors browse, editors sign in" if access.public else ""
     log.info("RCDM Studio on %s (%s%s)", url, where, mode)

@@ -27,11 +27,13 @@ write but curation's, and ``submit`` refuses jobs a visitor may not start or tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +43,7 @@ from engine.jobs import ACTIVE, FINISHED, JobManager
 from engine.project import Experiment, Job, Project, project_paths, reads
 from engine.stages import JobSpec
 from studio.access import Access, VisitorProject
+from studio.map_select import MapViews
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ POLL_REUSE_S = 0.5  # polls closer than this share one job-manager poll
 SESSION_IDLE_S = 3600.0  # a session not heard of for this long is forgotten
 MAX_SESSIONS = 512  # beyond this, the least recently seen sessions are forgotten
 NO_REQUEST = ""  # the session of calls made outside a browser request
+_ACTING: ContextVar[str | None] = ContextVar("rcdm_acting_session", default=None)
 
 
 class NoProjectError(StudioError):
@@ -57,7 +61,12 @@ class NoProjectError(StudioError):
 
 def request_session() -> tuple[str, Any]:
     """(session id, the gr.Request) of the browser request being handled; (NO_REQUEST, None)
-    outside one. Gradio keeps the request in a context variable around every handler."""
+    outside one. Gradio keeps the request in a context variable around every handler; a
+    request the studio answers itself (the map's selection) names its session with
+    ``acting_as``."""
+    acting = _ACTING.get()
+    if acting is not None:
+        return acting, None
     try:
         from gradio.context import LocalContext
     except ImportError:  # pragma: no cover - the studio always has gradio
@@ -65,6 +74,18 @@ def request_session() -> tuple[str, Any]:
     request = LocalContext.request.get(None)
     session = getattr(request, "session_hash", None) if request is not None else None
     return (session or NO_REQUEST), request
+
+
+@contextlib.contextmanager
+def acting_as(session_id: str):  # noqa: ANN201 - a context manager
+    """Run the enclosed code as browser session ``session_id`` (for a route outside Gradio's
+    events: ``studio.map_select``). The session must exist: its project and permissions are
+    the ones it has now."""
+    token = _ACTING.set(session_id)
+    try:
+        yield
+    finally:
+        _ACTING.reset(token)
 
 
 @dataclass
@@ -241,6 +262,7 @@ class StudioContext:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._default: Path | None = None
         self._default_epoch = 0
+        self.map_views = MapViews()  # the map's tokens and selections (studio.map_select)
         if project_path is not None:
             self._default = self._open(project_path, create=True).path
 
@@ -283,6 +305,11 @@ class StudioContext:
         with self._lock:
             if self._sessions.pop(sid, None) is not None:
                 self._release()
+
+    def knows(self, session_id: str) -> bool:
+        """Whether ``session_id`` is a session the studio has not forgotten."""
+        with self._lock:
+            return session_id in self._sessions
 
     def sessions(self) -> int:
         """How many browser sessions the studio knows (the no-request one excluded)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import colorsys
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -118,21 +117,14 @@ def colour_keys(mode: str, kind: np.ndarray, label: np.ndarray, index: np.ndarra
 
 
 def payload(url: str, layout_id: str, count: int, colours: dict[str, Any],
-            class_names: list[str], title: str) -> dict[str, Any]:
-    """The map component's value: where the points are, their colours, the legend."""
+            class_names: list[str], title: str, token: str, select: str) -> dict[str, Any]:
+    """The map component's value: where the points are, their colours, the legend, and where
+    (``select``) and with which ``token`` the page asks for a selection's gallery."""
     return {"url": url, "map": layout_id, "n": int(count), "title": title,
+            "token": token, "select": select,
             "colour": base64.b64encode(np.ascontiguousarray(colours["keys"]).tobytes()).decode(),
             "palette": colours["palette"], "legend": colours["legend"],
-            "classes": [str(c) for c in class_names[:5000]],
-            "token": secrets.token_hex(4)}
-
-
-def selection_rows(mask_b64: str, count: int) -> np.ndarray:
-    """Rows of the layout picked by a lasso or a box: the browser's bit per point (least
-    significant bit first, base64) -> (K,) int64 row numbers."""
-    raw = np.frombuffer(base64.b64decode(mask_b64 or ""), dtype=np.uint8)
-    bits = np.unpackbits(raw, bitorder="little")[:count]
-    return np.flatnonzero(bits).astype(np.int64)
+            "classes": [str(c) for c in class_names[:5000]]}
 
 
 CSS = """
@@ -152,6 +144,18 @@ CSS = """
 .wm-legend span.sw { display: inline-block; width: 10px; height: 10px; border-radius: 50%;
   margin-right: 4px; vertical-align: middle; border: 1px solid #8883; }
 .wm-empty { color: #666; padding: 30px; text-align: center; }
+.wm-sel { margin-top: 10px; }
+.wm-sel-status { color: #333; margin-bottom: 6px; }
+.wm-sel-status.wm-error { color: #b42318; }
+.wm-sel-gallery { display: flex; flex-wrap: wrap; gap: 6px; max-height: 230px; overflow-y: auto; }
+.wm-sel-gallery .thumbnail-item { display: flex; flex-direction: column; align-items: center;
+  width: 84px; padding: 3px; border: 1px solid #e3e5ef; border-radius: 6px; background: #fff;
+  cursor: pointer; font-size: 11px; color: #555; }
+.wm-sel-gallery .thumbnail-item.on { border-color: #4f46e5; box-shadow: 0 0 0 2px #4f46e533; }
+.wm-sel-gallery img { width: 76px; height: 76px; object-fit: contain; image-rendering: pixelated;
+  background: #f4f5fa; }
+.wm-sel-gallery span { max-width: 78px; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; }
 """
 
 TEMPLATE = "<div class='wm-host'></div>"

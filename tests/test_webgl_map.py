@@ -9,13 +9,6 @@ import numpy as np
 from studio import webgl_map
 
 
-def test_selection_rows_read_the_browsers_bit_mask():
-    # rows 0, 3, 9 of 11: bits least significant first, as assets/webgl_map.js packs them
-    mask = base64.b64encode(bytes([0b00001001, 0b00000010])).decode()
-    np.testing.assert_array_equal(webgl_map.selection_rows(mask, 11), [0, 3, 9])
-    assert len(webgl_map.selection_rows("", 5)) == 0
-
-
 def test_colour_keys_by_class_state_and_score():
     kind = np.array([0, 1, 1, 1], np.uint8)  # one real image, three samples
     label = np.array([2, 0, 1, 2])
@@ -32,5 +25,7 @@ def test_colour_keys_by_class_state_and_score():
     np.testing.assert_array_equal(score["keys"], [webgl_map.MISSING, 0, webgl_map.MISSING,
                                                   webgl_map.RAMP_STEPS - 1])
     assert score["legend"][0][1].startswith("0.5") and score["legend"][1][1].startswith("1 ")
-    payload = webgl_map.payload("/x", "map_1", 4, score, names, "t")
+    payload = webgl_map.payload("/x", "map_1", 4, score, names, "t", token="tok",
+                                select="/sel")
     assert base64.b64decode(payload["colour"]) == bytes(score["keys"])
+    assert payload["token"] == "tok" and payload["select"] == "/sel"

@@ -354,10 +354,13 @@ def on_hand(ctx: StudioContext, decision: str, picked: list[int] | None,
 
 
 @ui.guard(1 + 3 + len(EDGES), status=0)
-def on_map_hand(ctx: StudioContext, decision: str, picked: list[int] | None,
-                *values: Any) -> tuple[Any, ...]:
-    """Keep / drop / hand back the generated images of a lasso or box on the map."""
-    return hand_decision(ctx, decision, picked, values, "map lasso")
+def on_map_hand(ctx: StudioContext, decision: str, *values: Any) -> tuple[Any, ...]:
+    """Keep / drop / hand back the generated images of the session's last lasso or box on
+    the map (``selection_answer`` keeps it)."""
+    picked = ctx.map_views.picked(ctx.session().id, str(ctx.current().path), values[0])
+    if picked is None or not len(picked):
+        raise NotReadyError("lasso or box generated images on the map first")
+    return hand_decision(ctx, decision, picked.tolist(), values, "map lasso")
 
 
 @ui.guard(3, status=0)
@@ -510,10 +513,12 @@ def _scores(ctx: StudioContext, v: dict[str, Any]) -> pd.DataFrame:
     return bd.cache[key]
 
 
-def map_value(ctx: StudioContext, v: dict[str, Any], row: Any, colour_v: str | None
-              ) -> dict[str, Any]:
-    """The map component's value for a layout, coloured by ``colour_v``."""
-    from studio import webgl_map
+def map_value(ctx: StudioContext, v: dict[str, Any], row: Any, colour_v: str | None,
+              values: tuple[Any, ...]) -> dict[str, Any]:
+    """The map component's value for a layout, coloured by ``colour_v``; its token lets the
+    page ask for selections of this map, in this band (``values``: the band controls), as
+    this session (``studio.map_select``)."""
+    from studio import map_select, webgl_map
 
     pts = _layout_arrays(ctx, v, row)
     mode = colour_v or "class"
@@ -526,8 +531,10 @@ def map_value(ctx: StudioContext, v: dict[str, Any], row: Any, colour_v: str | N
 
     path = ctx.project.abs(row.folder) / map_stage.POINTS
     title = f"{row.method.upper()} (seed {row.seed}) · {bd.encoding.encoder}"
+    token = ctx.map_views.register(map_select.MapView(
+        ctx.session().id, str(ctx.current().path), row.id, int(row.count), tuple(values)))
     return webgl_map.payload(f"/gradio_api/file={path}", row.id, row.count, colours,
-                             bd.class_names, title)
+                             bd.class_names, title, token=token, select=map_select.PATH)
 
 
 @ui.guard(3, status=2)
@@ -540,7 +547,7 @@ def draw_map(ctx: StudioContext, method_v: str, seed_v: Any, colour_v: str,
     v = map_band(ctx, *values)
     row = map_layout(ctx, v, method_v, seed_v)
     if row is not None:
-        return (map_value(ctx, v, row, colour_v), {"map": row.id},
+        return (map_value(ctx, v, row, colour_v, values), {"map": row.id},
                 ui.info_md(f"{row.count:,} points ({row.n_real:,} real, {row.n_syn:,} "
                            f"generated), laid out once by job {row.job_id or '-'}; drag to "
                            f"pan, wheel to zoom, Lasso / Box to select"))
@@ -561,7 +568,7 @@ def recolour(ctx: StudioContext, state: dict[str, Any] | None, method_v: str, se
     try:
         v = map_band(ctx, *values)
         row = map_layout(ctx, v, method_v, seed_v)
-        return gr.skip() if row is None else map_value(ctx, v, row, colour_v)
+        return gr.skip() if row is None else map_value(ctx, v, row, colour_v, values)
     except Exception as exc:  # noqa: BLE001 - the band view shows the error
         log.info("map: %s", exc)
         return gr.skip()
@@ -585,7 +592,7 @@ def refresh_map(ctx: StudioContext, state: dict[str, Any] | None, method_v: str,
         if job.status in ("failed", "cancelled", "interrupted"):
             return gr.skip(), {}, ui.error_md(f"the map job {job.status}: {job.error}")
         return gr.skip(), gr.skip(), gr.skip()
-    return (map_value(ctx, v, row, colour_v), {"map": row.id},
+    return (map_value(ctx, v, row, colour_v, values), {"map": row.id},
             ui.info_md(f"{row.count:,} points ({row.n_real:,} real, {row.n_syn:,} generated)"))
 
 
@@ -598,26 +605,25 @@ def _map_rows(ctx: StudioContext, v: dict[str, Any], state: dict[str, Any] | Non
     return row, _layout_arrays(ctx, v, row)
 
 
-@ui.guard(3, status=0)
-def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, sort_v: bool,
-                  key: str | None, order_v: str | None, evt: gr.EventData,
-                  *values: Any) -> tuple[Any, Any, Any]:
-    """A lasso or a box on the map -> (status, gallery of the selected generated images, their
-    sample indices: what the selection's Keep / Drop act on). With ``sort_v`` the gallery
-    follows "Browse by score"'s score ``key`` and order (``order_v``), else sample order."""
-    from studio import webgl_map
+def selection_answer(ctx: StudioContext, view: Any, rows: np.ndarray) -> dict[str, Any]:
+    """A lasso or a box on the map (``rows`` of the layout of map ``view``) -> the selection's
+    status line and gallery, as the map's script draws them (``studio.map_select``); the
+    generated images' sample indices are kept as the session's selection: what the map's
+    Keep / Drop act on. With "Sort a selection by ..." the gallery follows "Browse by
+    score"'s score and order, else sample order."""
+    from engine.project import MapLayout
+    from studio import map_select
 
-    v = map_band(ctx, *values)
-    row, pts = _map_rows(ctx, v, state)
-    data = getattr(evt, "_data", None) or {}
-    rows = webgl_map.selection_rows(str(data.get("value") or ""), row.count)
+    v = map_band(ctx, *view.values)
+    row = ctx.project.get(MapLayout, view.layout)
+    pts = _layout_arrays(ctx, v, row)
     syn_rows = rows[pts["kind"][rows] == 1]
     picked = np.sort(pts["index"][syn_rows])
     n_real = len(rows) - len(syn_rows)
-    if len(rows) == 0:
-        return ui.info_md("nothing selected"), [], []
+    session = ctx.session().id
+    sort_v, key, order_v = ctx.map_views.sort(session)
     sorted_by = ""
-    if sort_v and key:
+    if len(picked) and sort_v and key:
         from engine.stages.curate_stage import SCORE_KEYS
 
         if key not in SCORE_KEYS:
@@ -625,32 +631,51 @@ def on_map_select(ctx: StudioContext, state: dict[str, Any] | None, sort_v: bool
         order = _order(ctx, v, key, order_v == "descending")  # cached per view
         picked = order[np.isin(order, picked)]
         sorted_by = f"; sorted by {key}, {order_v or 'ascending'}"
+    ctx.map_views.remember(session, map_select.Picked(
+        view.project, v["bd"].generation.id, picked.astype(np.int64)))
+    if len(rows) == 0:
+        return {"text": "nothing selected", "items": [], "selected": 0}
     states = _hand_states(ctx, v)[picked]
     samples = _samples(ctx, v)
     names = v["bd"].class_names
     shown = picked[:MAP_GALLERY]
     score = _score_values(ctx, v, key) if sorted_by else v["bd"].distances
-    items = [(ui.gallery_path(ctx.project.abs(samples["path"].iat[i])),
-              f"{names[int(v['bd'].labels[i])]} · {score[i]:.4g}")
+    items = [{"src": f"/gradio_api/file={ui.gallery_path(ctx.project.abs(samples['path'].iat[i]))}",
+              "caption": f"{names[int(v['bd'].labels[i])]} · {score[i]:.4g}", "i": i}
              for i in shown.tolist()]
     text = (f"{len(rows):,} points selected: {len(picked):,} generated "
             f"({int(np.isin(states, (1, 2)).sum()):,} kept, "
             f"{int(np.isin(states, (0, 3)).sum()):,} dropped now), {n_real:,} real"
             + (f"; the gallery shows the first {len(shown)}" if len(picked) > len(shown) else "")
             + sorted_by + "; Keep / Drop below act on the generated ones")
-    return ui.info_md(text), items, picked.tolist()
+    return {"text": text, "items": items, "selected": int(len(rows)),
+            "generated": int(len(picked))}
+
+
+def note_map_sort(ctx: StudioContext, sort_v: bool, key: str | None,
+                  order_v: str | None) -> None:
+    """Remember the order the map's selection gallery should follow for this session."""
+    ctx.map_views.set_sort(ctx.session().id, bool(sort_v), key, order_v)
 
 
 def on_map_click(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.EventData,
                  *values: Any) -> tuple[Any, Any, Any, Any]:
-    """A click on a point: its provenance (a generated image: as in the galleries, and Keep /
-    Drop / More like this act on it; a real image: its file)."""
+    """A click on a point, or on a thumbnail of the selection's gallery (``{"sample": i}``):
+    its provenance (a generated image: as in the galleries, and Keep / Drop / More like this
+    act on it; a real image: its file)."""
     from engine.stages import curate_stage
 
     try:
         v = map_band(ctx, *values)
+        data = getattr(evt, "_data", None) or {}
+        if "sample" in data:
+            i = int(data["sample"])
+            if not 0 <= i < len(v["bd"].labels):
+                raise InvalidConfigError(f"sample {i} is not in this generation")
+            info = curate_stage.provenance(ctx.project, v["bd"], i)
+            return info["path"], info["source_path"] or None, provenance_md(info), [i]
         row, pts = _map_rows(ctx, v, state)
-        r = int((getattr(evt, "_data", None) or {}).get("row", -1))
+        r = int(data.get("row", -1))
         if not 0 <= r < row.count:
             raise InvalidConfigError(f"point {r} is not on the map")
         i = int(pts["index"][r])
@@ -1073,11 +1098,6 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                 map_hover = gr.Image(label="Under the pointer", height=150,
                                      interactive=False, elem_id="map-hover")
                 map_hover_text = gr.Markdown(elem_id="map-hover-text")
-        map_sel_status = gr.Markdown("Lasso or box points on the map to see them here.",
-                                     elem_id="map-selection-status")
-        map_gallery = gr.Gallery(columns=8, height=200, object_fit="contain",
-                                 allow_preview=True, fit_columns=False, show_label=False,
-                                 elem_id="map-selection-gallery")
         with gr.Row():
             map_keep = gr.Button("Keep the selected generated images", size="sm",
                                  elem_id="map-keep")
@@ -1085,7 +1105,6 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                  elem_id="map-drop")
             map_clear = gr.Button("Hand them back to the band", size="sm",
                                   elem_id="map-clear")
-        map_picked = gr.State([])  # sample indices of the generated images selected
     with gr.Accordion("Metrics of the kept samples", open=False, elem_id="metrics-panel"):
         metrics_btn = gr.Button("Compute metrics", variant="primary", elem_id="metrics-button")
         metrics_text = gr.Markdown(elem_id="metrics-text")
@@ -1152,17 +1171,17 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                   [map_view, map_state, map_status], api_name="band_map")
     gr.on([*triggers, map_colour.change], ui.bind(recolour, ctx), [*map_opts, *inputs],
           map_view, show_progress="hidden", trigger_mode="always_last")
-    map_view.select(ui.bind(on_map_select, ctx),
-                    [map_state, map_sort, browse_key, browse_order, *inputs],
-                    [map_sel_status, map_gallery, map_picked], trigger_mode="always_last",
-                    show_progress="hidden")
+    # a lasso / box goes straight to studio.map_select (no event); its gallery order:
+    for c in (map_sort, browse_key, browse_order):
+        c.change(ui.bind(note_map_sort, ctx), [map_sort, browse_key, browse_order], None,
+                 show_progress="hidden", api_visibility="private")
     map_view.click(ui.bind(on_map_click, ctx), [map_state, *inputs], [*provenance, picked],
                    show_progress="hidden")
     map_view.input(ui.bind(on_map_hover, ctx), [map_state, *inputs],
                    [map_hover, map_hover_text], trigger_mode="always_last",
                    show_progress="hidden")
     for btn, decision in ((map_keep, "keep"), (map_drop, "drop"), (map_clear, "clear")):
-        btn.click(ui.bind(on_map_hand, ctx, decision), [map_picked, *inputs], hand_out,
+        btn.click(ui.bind(on_map_hand, ctx, decision), inputs, hand_out,
                   concurrency_id="curate-hand").then(
             ui.bind(recolour, ctx), [*map_opts, *inputs], map_view, show_progress="hidden")
     shared.on_refresh(ui.bind(refresh_map, ctx), [*map_opts, *inputs],
