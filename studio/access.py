@@ -5,7 +5,8 @@ Two share modes (``rcdm-studio --share``):
 - ``private`` (the default): everyone who reaches the page may do everything; with
   ``--auth`` a login page stands in front of the whole studio.
 - ``public`` (the Docker image's default): anyone may **browse** every project of the projects
-  folder, **curate** (save selections) and **download** exports as zips; importing, encoding,
+  folder, **curate** (save selections, hand decisions; draw the map and build the neighbour
+  index, curation's caches) and **download** exports as zips; importing, encoding,
   training, generating, evaluating, changing settings, creating projects and deleting need a
   signed-in **editor**. A visitor signs in in the header with a user and password of
   ``--auth`` / ``RCDM_STUDIO_AUTH``, or with Hugging Face (the Space's OAuth, when it enables
@@ -33,9 +34,11 @@ from typing import Any, Iterable
 from engine.errors import InvalidConfigError, StudioError
 
 SHARE_MODES = ("private", "public")
-VISITOR_JOBS = frozenset({"export"})  # job kinds a visitor may start (curation's output)
+# job kinds a visitor may start: curation's output (export) and its read caches, computed once
+# per encoding (the map's layout, the neighbour index), bounded by the per-visitor job quota
+VISITOR_JOBS = frozenset({"export", "map", "index"})
 VISITOR_ROWS = frozenset({"Selection", "Export", "HandOverride"})  # rows a visitor may add
-VISITOR_FOLDERS = frozenset({"selections", "exports"})  # asset folders a visitor may write
+VISITOR_FOLDERS = frozenset({"selections", "exports", "maps"})  # asset folders a visitor may write
 
 
 class SignInRequiredError(StudioError):

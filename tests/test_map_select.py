@@ -146,3 +146,20 @@ def test_a_lasso_through_the_route_lists_keeps_and_drops(studio_on_map):
         assert http.post(map_select.PATH, json={"token": 3}).status_code == 400
         r = http.post(map_select.PATH, json={"token": value["token"], "mask": _mask([0], 8 * n)})
         assert r.status_code == 409 and "bits" in r.json()["error"]
+
+
+def test_a_visitor_of_a_public_studio_may_lay_out_the_map_and_index_it(curated_project):  # noqa: F811
+    from engine.config import MapConfig
+    from engine.stages import curate_stage, index_stage, map_stage
+    from studio.access import Access, SignInRequiredError, VisitorProject
+
+    project, re8, _ = curated_project
+    access = Access("public")
+    seen = VisitorProject(project, access)
+    spec = map_stage.prepare(seen, MapConfig(method="pca", seed=0), "gen-test", re8)
+    access.check_job(spec.kind, editor=False, active_jobs=0)  # not refused
+    bd = curate_stage.band_data(seen, "gen-test", re8)
+    spec = index_stage.prepare(seen, bd, ["real", "synthetic"])
+    access.check_job(spec.kind, editor=False, active_jobs=0)
+    with pytest.raises(SignInRequiredError, match="sign in to"):
+        access.check_job("encode", editor=False, active_jobs=0)  # the rest still needs an editor
