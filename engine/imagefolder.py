@@ -471,11 +471,13 @@ def export_imagefolder(rows: pd.DataFrame, out_dir: Path, config: ExportConfig |
                        if "split" in plan.columns else {"train": int(len(plan))})}
 
 
-def zip_export(folder: Path, zip_path: Path) -> Path:
+def zip_export(folder: Path, zip_path: Path, progress: ProgressFn = no_progress,
+               cancel: CancelToken | None = None) -> Path:
     """Zip an export folder for download; entries are ``FOLDER_NAME/...``.
 
     Images are stored (already compressed), text files deflated; symlinks are skipped. The zip
-    is written to a temp file and moved into place.
+    is written to a temp file and moved into place (a cancelled or failed zip leaves nothing).
+    ``progress`` gets a "zip" event every 500 files.
 
     Returns:
         ``zip_path``.
@@ -487,19 +489,25 @@ def zip_export(folder: Path, zip_path: Path) -> Path:
         raise InvalidConfigError(f"the zip {zip_path} must not be inside the folder {folder}")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = zip_path.with_name(zip_path.name + f".tmp-{uuid.uuid4().hex[:8]}")
+    paths = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        paths += [Path(root) / name for name in sorted(files)]
     try:
         with zipfile.ZipFile(tmp, "w") as zf:
-            for root, dirs, files in os.walk(folder):
-                dirs.sort()
-                for name in sorted(files):
-                    path = Path(root) / name
-                    if path.is_symlink() or not path.is_file():
-                        continue
-                    arcname = Path(folder.name) / path.relative_to(folder)
-                    compress = (zipfile.ZIP_STORED if path.suffix.lower() in IMAGE_EXTENSIONS
-                                else zipfile.ZIP_DEFLATED)
-                    zf.write(path, arcname.as_posix(), compress_type=compress)
+            for i, path in enumerate(paths):
+                if i % 500 == 0:
+                    if cancel is not None:
+                        cancel.raise_if_cancelled()
+                    progress(ProgressEvent(stage="zip", step=i, total=len(paths)))
+                if path.is_symlink() or not path.is_file():
+                    continue
+                arcname = Path(folder.name) / path.relative_to(folder)
+                compress = (zipfile.ZIP_STORED if path.suffix.lower() in IMAGE_EXTENSIONS
+                            else zipfile.ZIP_DEFLATED)
+                zf.write(path, arcname.as_posix(), compress_type=compress)
         os.replace(tmp, zip_path)
+        progress(ProgressEvent(stage="zip", step=len(paths), total=len(paths)))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

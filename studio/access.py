@@ -36,7 +36,7 @@ from engine.errors import InvalidConfigError, StudioError
 SHARE_MODES = ("private", "public")
 # job kinds a visitor may start: curation's output (export) and its read caches, computed once
 # per encoding (the map's layout, the neighbour index), bounded by the per-visitor job quota
-VISITOR_JOBS = frozenset({"export", "map", "index"})
+VISITOR_JOBS = frozenset({"export", "zip", "map", "index"})
 VISITOR_ROWS = frozenset({"Selection", "Export", "HandOverride"})  # rows a visitor may add
 VISITOR_FOLDERS = frozenset({"selections", "exports", "maps"})  # asset folders a visitor may write
 

@@ -165,6 +165,15 @@ def test_zip_export(tmp_path):
         assert zf.getinfo("ds/x/synthetic_0_0.png").compress_type == zipfile.ZIP_STORED
     with pytest.raises(InvalidConfigError):
         zip_export(out, out / "inside.zip")
+    # progress as it goes; a cancelled zip leaves nothing behind
+    events = []
+    zip_export(out, tmp_path / "again.zip", progress=events.append)
+    assert events[0].stage == "zip" and events[-1].step == events[-1].total == len(names)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        zip_export(out, tmp_path / "cancelled.zip", cancel=token)
+    assert not list(tmp_path.glob("cancelled.zip*"))
 
 
 def test_export_train_val_split_seeded_stratified(tmp_path):

@@ -35,7 +35,8 @@ class JobSpec:
     made: tuple[str, ...] = ()  # files / folders prepare wrote (removed if no job is created)
 
 
-KINDS = ("import", "encode", "train", "generate", "evaluate", "export", "map", "index")
+KINDS = ("import", "encode", "train", "generate", "evaluate", "export", "map", "index",
+         "zip")
 
 
 def get(kind: str) -> ModuleType:

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from engine.config import ExportConfig
-from engine.errors import InvalidConfigError, NotReadyError
+from engine.errors import NotReadyError
 from engine.project import Export, Job, Selection
 from studio import ui
 from studio.choices import selection_choices, server_folder
@@ -21,9 +21,6 @@ from studio.context import StudioContext
 from studio.shared import Shared
 
 log = logging.getLogger(__name__)
-
-ZIP_MAX_IMAGES = 50_000  # larger exports are used from their folder, not zipped in the page
-
 
 def export(ctx: StudioContext, selection_id: str | None, include_real: bool,
            out_dir: str | None, link: bool = False, val_fraction: float = 0.0,
@@ -55,21 +52,54 @@ def exports_table(ctx: StudioContext) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["selection", "images", "with real", "created", "folder"])
 
 
-def make_zip(ctx: StudioContext, export_id: str | None) -> Path:
-    """Zip an export into the project's assets (``exports/zips/``) for download."""
-    from engine.imagefolder import zip_export
+def zip_view(ctx: StudioContext, export_id: str | None) -> tuple[Any, Any]:
+    """(zip status, download button) of an export: its current zip ready to download, its
+    zip job's state, or nothing yet (``gr.skip()`` for the status)."""
+    from engine.stages import zip_stage
+
+    if not export_id:
+        return gr.skip(), gr.update(visible=False)
+    x = ctx.project.get(Export, export_id)
+    path = zip_stage.current(ctx.project, x)
+    if path is not None:
+        size = path.stat().st_size
+        text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+        return (ui.ok_md(f"{path.name} ready ({text})"),
+                gr.update(value=str(path), visible=True))
+    job = _zip_job(ctx, x)
+    if job is not None and job.status in ("queued", "running", "ingesting"):
+        return (ui.info_md(f"zipping {x.count:,} images (job {job.id}, {job.status}; the "
+                           f"download appears here when it is done)"),
+                gr.update(visible=False))
+    if job is not None and job.status in ("failed", "interrupted"):
+        return ui.error_md(f"the zip job {job.id} {job.status}: {job.error}"), \
+            gr.update(visible=False)
+    return gr.skip(), gr.update(visible=False)
+
+
+def _zip_job(ctx: StudioContext, x: Export) -> Job | None:
+    """The latest zip job of export ``x`` (None when there is none)."""
+    from engine.stages import zip_stage
+
+    title = zip_stage.title(x)
+    jobs = [j for j in ctx.project.list(Job, kind="zip") if j.title == title]
+    return jobs[-1] if jobs else None
+
+
+def make_zip(ctx: StudioContext, export_id: str | None) -> Job | None:
+    """Zip an export for download: a ``zip`` job (None when its zip is already current, or
+    one is queued or running for it)."""
+    from engine.stages import zip_stage
 
     if not export_id:
         raise NotReadyError("export a selection first")
     x = ctx.project.get(Export, export_id)
-    if x.count > ZIP_MAX_IMAGES:
-        raise InvalidConfigError(f"the export has {x.count:,} images, too many to zip in the "
-                                 f"page; use its folder {x.folder} directly")
-    folder = Path(x.folder)
-    zip_path = ctx.project.assets / "exports" / "zips" / f"{folder.name}.zip"
-    if zip_path.exists() and zip_path.stat().st_mtime >= folder.stat().st_mtime:
-        return zip_path
-    return zip_export(folder, zip_path)
+    if zip_stage.current(ctx.project, x) is not None:
+        return None
+    job = _zip_job(ctx, x)
+    if job is not None and job.status in ("queued", "running", "ingesting"):
+        return None
+    return ctx.submit(zip_stage.prepare(ctx.project, x.id))
 
 
 # ---------------------------------------------------------------------- event handlers
@@ -83,22 +113,23 @@ def on_export(ctx: StudioContext, sel, real, out, link_v=False, val_v=0.0,
 
 
 @ui.guard(2)
-def on_zip(ctx: StudioContext, export_id: str | None) -> tuple[str, Any]:
-    path = make_zip(ctx, export_id)
-    size = path.stat().st_size
-    text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-    return (ui.ok_md(f"{path.name} ready ({text})"),
-            gr.update(value=str(path), visible=True))
+def on_zip(ctx: StudioContext, export_id: str | None) -> tuple[Any, Any]:
+    """"Prepare zip": a zip job (the Jobs panel shows its progress), or the current zip."""
+    make_zip(ctx, export_id)
+    return zip_view(ctx, export_id)
 
 
-def hide_download(export_id: str | None) -> Any:
-    """Another export chosen: its zip is not prepared yet."""
-    return gr.update(visible=False)
+@ui.guard(2)
+def on_choose(ctx: StudioContext, export_id: str | None) -> tuple[Any, Any]:
+    """Another export chosen: its zip when there is one, else the download hides."""
+    status, download = zip_view(ctx, export_id)
+    return (status if isinstance(status, str) else ""), download
 
 
 def refresh(ctx: StudioContext, sel: str | None, export_id: str | None) -> tuple[Any, ...]:
+    status, download = zip_view(ctx, export_id)
     return (ui.dropdown(selection_choices(ctx), sel), exports_table(ctx),
-            ui.dropdown(export_choices(ctx), export_id))
+            ui.dropdown(export_choices(ctx), export_id), status, download)
 
 
 # ---------------------------------------------------------------------- layout and wiring
@@ -144,5 +175,6 @@ def build(ctx: StudioContext, shared: Shared) -> None:
 
     export_btn.click(ui.bind(on_export, ctx), form, [status, table], api_name="export")
     zip_btn.click(ui.bind(on_zip, ctx), chosen, [zip_status, download], api_name="zip")
-    chosen.change(hide_download, chosen, download)
-    shared.on_refresh(ui.bind(refresh, ctx), [selection, chosen], [selection, table, chosen])
+    chosen.change(ui.bind(on_choose, ctx), chosen, [zip_status, download])
+    shared.on_refresh(ui.bind(refresh, ctx), [selection, chosen],
+                      [selection, table, chosen, zip_status, download])

@@ -18,8 +18,10 @@ Probes, each checking the filesystem and the project's rows, not only the except
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +30,16 @@ import pytest
 import engine.config
 from engine.errors import InvalidConfigError, StudioError
 from engine.paths import MAX_NAME_CHARS, check_name, inside, sanitize_name
-from engine.project import Dataset, Evaluation, Export, Generation, Model, Project, Selection
+from engine.project import (
+    Dataset,
+    Evaluation,
+    Export,
+    Generation,
+    Job,
+    Model,
+    Project,
+    Selection,
+)
 
 from .conftest import TRAIN, snapshot
 from .test_bad_cli import run_cli
@@ -449,3 +460,36 @@ def test_settings_refuse_absurd_defaults(built, key, value, message):
     with pytest.raises(InvalidConfigError, match=message):
         save(built, dict(effective(built), **{key: value}))
     assert built.settings() == before
+
+
+def test_the_export_tab_zips_in_a_job_not_in_the_request(studio, monkeypatch):
+    import time
+
+    from engine.stages import zip_stage
+    from studio.tabs import export_tab
+
+    ctx, sel, _ = studio
+    job = ctx.jobs.wait(export_tab.export(ctx, sel.id, False, None).id, timeout=300)
+    assert job.status == "done", job.error
+    (x,) = ctx.project.list(Export)
+    assert export_tab.on_choose(ctx, x.id)[0] == ""  # no zip yet: nothing to download
+    status, download = export_tab.on_zip(ctx, x.id)
+    assert "zipping" in status and download["visible"] is False
+    (zjob,) = ctx.project.list(Job, kind="zip")
+    assert export_tab.make_zip(ctx, x.id) is None  # one job per export at a time
+    assert ctx.jobs.wait(zjob.id, timeout=300).status == "done"
+    status, download = export_tab.zip_view(ctx, x.id)
+    path = zip_stage.zip_path(ctx.project, x)
+    assert f"{path.name} ready" in status and download["value"] == str(path)
+    with zipfile.ZipFile(path) as zf:
+        assert sum(n.endswith(".png") for n in zf.namelist()) == x.count
+    assert export_tab.make_zip(ctx, x.id) is None  # current: nothing to do
+    # the export written again (newer than its zip): the zip is stale until zipped again
+    later = time.time() + 5
+    os.utime(x.folder, (later, later))
+    assert zip_stage.current(ctx.project, x) is None
+    assert export_tab.make_zip(ctx, x.id) is not None
+    # too big to zip: refused in one sentence, no job
+    monkeypatch.setattr(zip_stage, "MAX_IMAGES", x.count - 1)
+    with pytest.raises(InvalidConfigError, match="too many to zip"):
+        zip_stage.prepare(ctx.project, x.id)
