@@ -266,3 +266,30 @@ def test_large_indexes_are_built_by_a_job_not_in_the_request(curated_project, mo
         assert len(curate_tab._scores(ctx, {"bd": bd})) == 36
     finally:
         ctx.close()
+
+
+def test_the_cli_builds_a_large_index_as_a_job_with_progress(curated_project, monkeypatch,
+                                                            capsys):
+    """`neighbours` / `scores` build a missing large index as an ``index`` job (progress bar,
+    Ctrl-C cancels) before searching, once."""
+    import json
+
+    from engine.curation import knn
+    from engine.project import Job, Project
+    from studio.cli import main
+
+    project, _, _ = curated_project
+    path = str(project.path)
+    sample = project.samples("gen-test")["id"].iat[3]
+    project.close()
+    monkeypatch.setattr(knn, "EXACT_MAX", 10)  # 18 real, 36 generated: both "large" here
+    rc = main(["neighbours", "--project", path, "--image", sample, "-k", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "-> Index the neighbours of" in err
+    assert len(json.loads(out.strip().splitlines()[-1])["neighbours"]) == 4
+    rc = main(["scores", "--project", path, "--generation", "gen-test", "--limit", "3"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "Index the neighbours" not in err  # built once, reused
+    with Project(path) as p:
+        jobs = p.list(Job, kind="index")
+        assert len(jobs) == 1 and jobs[0].status == "done"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from studio.cli.console import emit, json_arg, open_project, project_arg
+from studio.cli.console import emit, json_arg, open_project, project_arg, run_job
 
 
 def _records(table: Any) -> list[dict[str, Any]]:
@@ -111,6 +111,16 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _indexes(project: Any, bd: Any) -> None:
+    """Build the view's missing large faiss indexes first, as an ``index`` job with a progress
+    bar (Ctrl-C cancels it) rather than silently inside the search (minutes at 500k)."""
+    from engine.stages import curate_stage, index_stage
+
+    pending = curate_stage.indexes_pending(project, bd)
+    if pending:
+        run_job(project, index_stage.prepare(project, bd, pending))
+
+
 def cmd_neighbours(args: argparse.Namespace) -> int:
     from engine.errors import InvalidConfigError
     from engine.stages import curate_stage
@@ -121,6 +131,7 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
         gen = curate_stage.generation_for(project, args.image, args.generation)
         bd = curate_stage.band_data(project, gen.id, args.encoding, centroid=args.centroid,
                                     metric=args.metric)
+        _indexes(project, bd)
         if args.copies:
             table = curate_stage.copies(project, bd, args.image, args.k, args.copy_factor)
         else:
@@ -156,6 +167,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
     with open_project(args, create=False) as project:
         bd = curate_stage.band_data(project, args.generation, args.encoding,
                                     centroid=args.centroid, metric=args.metric)
+        _indexes(project, bd)
         table = curate_stage.scores(project, bd, sort=args.sort, descending=args.desc)
     if args.out:
         table.to_csv(args.out, index=False)
