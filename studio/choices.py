@@ -60,11 +60,11 @@ def server_folder(ctx: StudioContext, text: str, what: str = "folder",
     """
     root = projects_root()
     path = Path(text.strip()).expanduser()
-    if not path.is_absolute():
-        path = root / path
-    if read:
+    if read:  # a relative path is taken under root; the message shows it as typed
         return inside(path, root, what, f"the projects folder {root} (the studio reads server "
                                         f"folders only there)")
+    if not path.is_absolute():
+        path = root / path
     exports = ctx.project.assets / "exports"
     try:
         return inside(path, exports, what)

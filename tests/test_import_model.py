@@ -235,7 +235,7 @@ def test_the_studio_refuses_in_one_sentence_and_leaves_nothing(studio_model, tmp
             assert upload is None or not upload.exists()
 
         refused(str(outside), None, "is outside the projects folder")
-        refused("../elsewhere", None, "is outside the projects folder")
+        refused("../elsewhere", None, "model folder ../elsewhere is outside the projects folder")
         evil = tmp_path / "gradio" / "evil" / "evil.zip"
         evil.parent.mkdir(parents=True)
         with zipfile.ZipFile(evil, "w") as zf:

@@ -588,7 +588,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                     label="Model folder (inside the projects folder)",
                     placeholder="e.g. incoming/hub-rcdm", elem_id="adopt-folder")
                 adopt_zip = gr.File(label="…or a .zip of the model folder", file_types=[".zip"],
-                                    type="filepath", elem_id="adopt-zip")
+                                    type="filepath", height=110, elem_id="adopt-zip")
                 adopt_enc = gr.Dropdown(label="Encoding it was trained on", choices=[],
                                         value=None, allow_custom_value=True,
                                         elem_id="adopt-encoding")
