@@ -242,7 +242,7 @@ class Access:
 
 
 _VERBS = {"import": "import a dataset", "encode": "encode images", "train": "train a model",
-          "generate": "generate images", "evaluate": "evaluate a training mix",
+          "adopt": "import a model", "generate": "generate images", "evaluate": "evaluate a training mix",
           "shard": "shard a dataset", "curate": "re-encode a generation"}
 
 _WRITES = {"add", "update", "delete", "set_meta", "update_settings", "add_dataset",

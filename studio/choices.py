@@ -47,17 +47,22 @@ def studio_cache() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "rcdm-studio"
 
 
-def server_folder(ctx: StudioContext, text: str, what: str = "folder") -> Path:
+def server_folder(ctx: StudioContext, text: str, what: str = "folder",
+                  read: bool = False) -> Path:
     """A folder of the server typed in a form, where the studio may write: inside the projects
     folder (a relative path is taken under it) but in no project's assets, or in the open
     project's ``exports/``; symlinks are resolved before the check (``engine.paths.inside``),
-    so neither ``..`` nor a link leads out.
+    so neither ``..`` nor a link leads out. ``read=True``: a folder the studio only reads
+    (a model to import), anywhere inside the projects folder.
 
     Raises:
         InvalidConfigError: the folder resolves elsewhere.
     """
     root = projects_root()
     path = Path(text.strip()).expanduser()
+    if read:  # a relative path is taken under root; the message shows it as typed
+        return inside(path, root, what, f"the projects folder {root} (the studio reads server "
+                                        f"folders only there)")
     if not path.is_absolute():
         path = root / path
     exports = ctx.project.assets / "exports"
@@ -75,6 +80,70 @@ def server_folder(ctx: StudioContext, text: str, what: str = "folder") -> Path:
                                  f"its stages own; choose a folder of its own, or one in "
                                  f"{exports}")
     return real
+
+
+def receive_zip(ctx: StudioContext, zip_path: str | None, what: str, action: str,
+                max_bytes: int, max_files: int) -> tuple[Path, Path]:
+    """Take an uploaded zip for a job: only what is quick happens here. The visitor's rights
+    and upload quota first, then the archive's directory (``engine.safezip.check_zip``:
+    traversal, links, entry count, declared size), then a copy into a new folder of the
+    project's ``uploads/`` (Gradio deletes its own after the request). Returns (that folder,
+    the zip in it); the caller's job removes the folder, and the caller removes it when no
+    job is created.
+
+    Args:
+        what: what the zip holds, for the messages ("an image folder").
+        action: what a visitor would need to sign in for ("import a dataset").
+
+    Raises:
+        InvalidConfigError: no file, not a .zip; UnsafeArchiveError: traversal, links, a zip
+            bomb; SignInRequiredError / QuotaError (a public studio).
+    """
+    import shutil
+    import tempfile
+
+    from engine.safezip import check_zip
+
+    if not zip_path:
+        raise InvalidConfigError(f"upload a .zip of {what} first")
+    src = Path(zip_path)
+    if src.suffix.lower() != ".zip":
+        raise InvalidConfigError(f"{src.name} is not a .zip archive")
+    ctx.access.check_write(ctx.editor, action)
+    ctx.access.check_upload(src)
+    check_zip(src, max_bytes=max_bytes, max_files=max_files)
+    tmp_root = ctx.project.assets / "uploads"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="zip-"))
+    try:
+        archive = tmp / src.name  # its name is the provenance of what it holds
+        shutil.copyfile(src, archive)  # the upload cache's copy is deleted after the request
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp, archive
+
+
+def discard_upload(path: str | None) -> bool:
+    """Delete an uploaded file from Gradio's upload cache once it is imported or refused (a
+    dataset's zip can take gigabytes there), with its per-upload folder when that is left
+    empty. A file outside the cache (a path typed by hand, the user's own file) is never
+    touched. Returns True when the file was deleted."""
+    from gradio.utils import get_upload_folder
+
+    if not path:
+        return False
+    cache = Path(get_upload_folder()).resolve()
+    real = Path(path).resolve()
+    if cache not in real.parents or not real.is_file():
+        return False
+    try:
+        real.unlink()
+        if real.parent != cache:
+            real.parent.rmdir()  # only when empty
+    except OSError as exc:
+        log.info("upload %s: %s", real, exc)
+    return not real.exists()
 
 
 # ---------------------------------------------------------------------- dropdown choices

@@ -123,3 +123,155 @@ def test_import_refuses_what_does_not_fit_and_leaves_nothing(tmp_path, capsys):
         left = sorted(p.name for p in (project.assets / "models").iterdir())
     assert names == ["copy", "tiny-rcdm"]
     assert len(left) == len(models_before) + 1  # only the accepted copy, no temp folder
+
+
+# ---------------------------------------------------------------------- the studio (an adopt job)
+
+
+@pytest.fixture
+def studio_model(tmp_path, monkeypatch):
+    """A tiny project inside the projects folder, a StudioContext on it, Gradio's upload cache
+    in ``tmp_path/gradio``, and the trained model's folder (the one to import)."""
+    from conftest import tiny_generation_project
+
+    from engine.project import Model, Project
+
+    root = tmp_path / "projects"
+    monkeypatch.setenv("RCDM_STUDIO_PROJECTS", str(root))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    path, model_id = tiny_generation_project(root, dim=D)
+    with Project(path) as project:
+        original = project.abs(project.get(Model, model_id).checkpoint)
+    return path, model_id, original
+
+
+def _upload(tmp_path, folder, name="hub-rcdm.zip", top="hub-rcdm"):
+    """A zip of ``folder`` (as its one top folder ``top``) where Gradio puts an upload."""
+    import zipfile
+
+    dest = tmp_path / "gradio" / "9a3e77c1" / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, f"{top}/{p.relative_to(folder).as_posix()}" if top else
+                         p.relative_to(folder).as_posix())
+    return dest
+
+
+def _left(project):
+    """(model rows, model folders, upload folders) of a project."""
+    from engine.project import Model
+
+    uploads = project.assets / "uploads"
+    return (sorted(m.name for m in project.list(Model)),
+            sorted(p.name for p in (project.assets / "models").iterdir()),
+            sorted(p.name for p in uploads.iterdir()) if uploads.is_dir() else [])
+
+
+def test_the_studio_imports_an_uploaded_zip_in_a_job(studio_model, tmp_path):
+    """The Train tab's import: a zip of a diffusers folder is checked and copied in the
+    handler, unpacked, copied and loaded in the job's worker; the model it adds generates
+    the same images as the original, seed for seed; the upload is gone from both places."""
+    from engine.check import check_project
+    from engine.project import Encoding, Job, Model
+    from studio.context import StudioContext
+    from studio.tabs import train_tab
+
+    path, model_id, original = studio_model
+    upload = _upload(tmp_path, _diffusers_folder(original, tmp_path / "hub"))
+    ctx = StudioContext(path)
+    try:
+        (enc,) = ctx.project.list(Encoding, target="dataset")
+        ds_id = enc.dataset_id
+        choices = train_tab.adopt_encoding_choices(ctx, ds_id)
+        assert [v for _, v in choices] == [enc.id] and f"{D}-d" in choices[0][0]
+        status = train_tab.on_import_model(ctx, ds_id, "", str(upload), enc.id, "", "hub-zip")
+        assert "queued" in status, status
+        assert not upload.exists()  # Gradio's copy is deleted at once
+        (job,) = ctx.project.list(Job, kind="adopt")
+        job = ctx.jobs.wait(job.id, timeout=180, interval=0.2)
+        assert job.status == "done", job.error
+        m = ctx.project.get(Model, "hub-zip")
+        assert m.status == "trained" and m.encoding_id == enc.id and m.job_id == job.id
+        assert m.metrics == {"imported_from": "upload:hub-rcdm.zip", "format": "diffusers"}
+        rows, _, uploads = _left(ctx.project)
+        assert rows == ["hub-zip", "tiny-rcdm"] and uploads == []  # the upload's folder too
+        assert check_project(ctx.project).problems == []
+    finally:
+        ctx.close()
+    for model, name in ((model_id, "from-original"), ("hub-zip", "from-zip")):
+        assert main(["generate", "--project", str(path), "--model", model, "--variations", "1",
+                     "--name", name, *FAST]) == 0
+    a, b = _images(path, "from-original"), _images(path, "from-zip")
+    assert len(a) == len(b) > 0 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_the_studio_refuses_in_one_sentence_and_leaves_nothing(studio_model, tmp_path):
+    """A folder outside the projects folder, a zip that leaves its folder, a file that is no
+    zip: one sentence in the status, no job, no folder, the upload deleted. A folder inside
+    the projects folder imports; a zip of no model fails in its job and leaves nothing; a
+    visitor of a public studio may not import."""
+    import zipfile
+
+    from engine.project import Encoding, Job
+    from studio.access import Access
+    from studio.context import StudioContext
+    from studio.tabs import train_tab
+
+    path, _, original = studio_model
+    outside = shutil.copytree(original, tmp_path / "elsewhere")
+    ctx = StudioContext(path)
+    try:
+        (enc,) = ctx.project.list(Encoding, target="dataset")
+        before = _left(ctx.project)
+
+        def refused(folder, upload, expect):
+            status = train_tab.on_import_model(ctx, enc.dataset_id, folder, upload, enc.id,
+                                               "", "")
+            assert "status-error" in status and expect in status, status
+            assert status.count(". ") == 0, status  # one sentence
+            assert ctx.project.list(Job, kind="adopt") == [] and _left(ctx.project) == before
+            assert upload is None or not upload.exists()
+
+        refused(str(outside), None, "is outside the projects folder")
+        refused("../elsewhere", None, "model folder ../elsewhere is outside the projects folder")
+        evil = tmp_path / "gradio" / "evil" / "evil.zip"
+        evil.parent.mkdir(parents=True)
+        with zipfile.ZipFile(evil, "w") as zf:
+            zf.writestr("../../escape/rcdm.json", "{}")
+        refused(None, evil, "leaves the folder")
+        junk = tmp_path / "gradio" / "junk" / "junk.zip"
+        junk.parent.mkdir(parents=True)
+        junk.write_bytes(b"not a zip at all")
+        refused(None, junk, "not a readable zip file")
+        refused("", None, "upload a .zip of it")
+
+        # a folder inside the projects folder imports (this project's format, as it is)
+        inside = shutil.copytree(original, path.parent / "incoming" / "rcdm")
+        status = train_tab.on_import_model(ctx, enc.dataset_id, "incoming/rcdm", None, enc.id,
+                                           "", "from-folder")
+        assert "queued" in status, status
+        (job,) = ctx.project.list(Job, kind="adopt")
+        assert ctx.jobs.wait(job.id, timeout=180, interval=0.2).status == "done"
+        assert "from-folder" in _left(ctx.project)[0] and inside.is_dir()  # the source stays
+        before = _left(ctx.project)
+
+        # a zip of no model folder: refused by its job, which leaves nothing behind
+        empty = _upload(tmp_path, tmp_path / "gradio" / "junk", name="empty.zip", top="x")
+        status = train_tab.on_import_model(ctx, enc.dataset_id, "", str(empty), enc.id, "", "")
+        assert "queued" in status, status
+        job = [j for j in ctx.project.list(Job, kind="adopt") if j.id != job.id][0]
+        job = ctx.jobs.wait(job.id, timeout=180, interval=0.2)
+        assert job.status == "failed" and "the upload empty.zip is not a model folder" in job.error
+        assert _left(ctx.project) == before
+    finally:
+        ctx.close()
+
+    visitor = StudioContext(path, access=Access("public"))
+    try:
+        status = train_tab.on_import_model(visitor, enc.dataset_id, "incoming/rcdm", None,
+                                           enc.id, "", "")
+        assert "sign in to import a model" in status, status
+    finally:
+        visitor.close()

@@ -302,7 +302,7 @@ def diffusers_unet_dir(folder: Path) -> Path | None:
 
 
 def adopt_folder(src: Path, dst: Path, vae_id: str | None = None,
-                 image_size: int | None = None) -> dict[str, Any]:
+                 image_size: int | None = None, origin: str | None = None) -> dict[str, Any]:
     """Copy a model trained elsewhere into ``dst`` in this project's format; returns its
     ``rcdm.json``.
 
@@ -315,7 +315,8 @@ def adopt_folder(src: Path, dst: Path, vae_id: str | None = None,
     ``cross_attention_dim``), the noise schedule from ``scheduler/scheduler_config.json`` when
     present (else this project's defaults), the architecture from the U-Net's config; a U-Net
     of more or fewer than 3 input channels is a latent model and needs ``vae_id``. The result
-    is loaded once (``load_rcdm``) before it is kept.
+    is loaded once (``load_rcdm``) before it is kept. ``origin``: where it came from, for
+    the diffusers layout's ``rcdm.json`` (default: ``src``; an upload names its zip).
 
     Raises:
         NotReadyError: neither layout, or a conditioner that does not fit the U-Net, in one
@@ -392,7 +393,7 @@ def adopt_folder(src: Path, dst: Path, vae_id: str | None = None,
     shutil.copy2(cond_file, tmp / CONDITIONER_FILE)
     meta = {"format_version": FORMAT_VERSION, "train_config": config.to_dict(),
             "cond_dim": cond_dim, "vae": codec_info,
-            "extra": {"adopted_from": str(src.resolve()), "format": "diffusers"}}
+            "extra": {"adopted_from": origin or str(src.resolve()), "format": "diffusers"}}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
     _keep_if_loadable(tmp, dst)
     return meta

@@ -35,8 +35,8 @@ class JobSpec:
     made: tuple[str, ...] = ()  # files / folders prepare wrote (removed if no job is created)
 
 
-KINDS = ("import", "encode", "train", "generate", "evaluate", "export", "map", "index",
-         "zip")
+KINDS = ("import", "encode", "train", "adopt", "generate", "evaluate", "export", "map",
+         "index", "zip")
 
 
 def get(kind: str) -> ModuleType:

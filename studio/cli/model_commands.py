@@ -228,12 +228,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_import_model(args: argparse.Namespace) -> int:
-    from engine.stages import train_stage
+    from engine.project import Model
+    from engine.stages import adopt_stage
 
     with open_project(args) as project:
-        m = train_stage.import_model(project, args.folder, args.dataset, encoder=args.encoder,
-                                     encoding_ref=args.encoding, name=args.name,
-                                     vae_id=args.vae)
+        job = run_job(project, adopt_stage.prepare(
+            project, args.folder, args.dataset, encoder=args.encoder,
+            encoding_ref=args.encoding, name=args.name, vae_id=args.vae))
+        m = project.get(Model, job.result_id)
         fmt = m.metrics.get("format", "rcdm")
     emit(args, {"id": m.id, "name": m.name, "format": fmt, "encoding": m.encoding_id,
                 "checkpoint": m.checkpoint},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,12 @@ from studio.choices import (
     ALL,
     class_choices,
     dataset_choices,
+    discard_upload,
     image_page,
     import_demo,
     import_outcome,
     projects_root,
+    receive_zip,
 )
 from studio.context import StudioContext
 from studio.shared import Shared
@@ -147,63 +148,29 @@ def import_folder(ctx: StudioContext, folder: str, name: str,
 
 def import_zip(ctx: StudioContext, zip_path: str | None, name: str,
                config: ImportConfig | None = None) -> Job:
-    """Queue the import of an uploaded zip of an ImageFolder. Here, only what is quick: the
-    archive's directory is checked (``engine.safezip.check_zip``: traversal, links, entry
-    count, declared size) and the upload moved into a folder of the project's ``uploads/``;
-    the job unpacks it (counting the real bytes), imports it and removes that folder.
+    """Queue the import of an uploaded zip of an ImageFolder. Here, only what is quick
+    (``studio.choices.receive_zip``: rights, quota, the archive's directory, a copy into the
+    project's ``uploads/``); the job unpacks it (counting the real bytes), imports it and
+    removes that folder.
 
     Raises:
         InvalidConfigError: no file; UnsafeArchiveError: traversal, links, a zip bomb;
         DatasetError: a taken name; SignInRequiredError / QuotaError (a public studio).
     """
-    from engine.safezip import check_zip
     from engine.stages import import_stage
 
-    if not zip_path:
-        raise InvalidConfigError("upload a .zip of an image folder first")
-    src = Path(zip_path)
-    if src.suffix.lower() != ".zip":
-        raise InvalidConfigError(f"{src.name} is not a .zip archive")
     # before anything else: a visitor of a public studio may not import, nor upload past
     # the quota
-    ctx.access.check_write(ctx.editor, "import a dataset")
-    ctx.access.check_upload(src)
-    check_zip(src, max_bytes=ZIP_MAX_BYTES, max_files=ZIP_MAX_FILES)
-    name = (name or "").strip() or src.stem
-    tmp_root = ctx.project.assets / "uploads"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="zip-"))
+    tmp, archive = receive_zip(ctx, zip_path, "an image folder", "import a dataset",
+                               ZIP_MAX_BYTES, ZIP_MAX_FILES)
+    name = (name or "").strip() or Path(zip_path or "").stem
     try:
-        archive = tmp / "upload.zip"
-        shutil.copyfile(src, archive)  # the upload cache's copy is deleted after this call
         return ctx.submit(import_stage.prepare(
             ctx.project, None, name, config or ImportConfig(), cleanup=tmp, archive=archive,
             max_bytes=ZIP_MAX_BYTES, max_files=ZIP_MAX_FILES))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def discard_upload(path: str | None) -> bool:
-    """Delete an uploaded file from Gradio's upload cache once it is imported or refused (a
-    dataset's zip can take gigabytes there), with its per-upload folder when that is left
-    empty. A file outside the cache (a path typed by hand, the user's own file) is never
-    touched. Returns True when the file was deleted."""
-    from gradio.utils import get_upload_folder
-
-    if not path:
-        return False
-    cache = Path(get_upload_folder()).resolve()
-    real = Path(path).resolve()
-    if cache not in real.parents or not real.is_file():
-        return False
-    try:
-        real.unlink()
-        if real.parent != cache:
-            real.parent.rmdir()  # only when empty
-    except OSError as exc:
-        log.info("upload %s: %s", real, exc)
-    return not real.exists()
 
 
 # ---------------------------------------------------------------------- event handlers

@@ -1,4 +1,5 @@
-"""Train tab: encode the dataset (pca / class), train an RCDM, follow its loss and previews.
+"""Train tab: encode the dataset (pca / class), train an RCDM, follow its loss and previews;
+import a model trained elsewhere (an ``adopt`` job).
 
 Handlers first (module-level, the context as first argument), then ``build``: the layout and
 one line of wiring per event."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from typing import Any
 
 import gradio as gr
@@ -19,7 +21,13 @@ from engine.jobs import read_progress
 from engine.project import Dataset, Encoding, Job, Model, reads
 from engine.settings import device, effective, machine_profile
 from studio import figures, ui
-from studio.choices import model_choices, studio_cache
+from studio.choices import (
+    discard_upload,
+    model_choices,
+    receive_zip,
+    server_folder,
+    studio_cache,
+)
 from studio.context import StudioContext
 from studio.shared import Shared
 
@@ -307,6 +315,56 @@ def time_estimate(ctx: StudioContext, dataset_id: str | None, encoder: str | Non
             f"<small>{how}</small>")
 
 
+def adopt_encoding_choices(ctx: StudioContext, dataset_id: str | None
+                           ) -> list[tuple[str, str]]:
+    """The dataset's encodings a model trained elsewhere can be tied to, newest first."""
+    if not dataset_id:
+        return []
+    encs = ctx.project.list(Encoding, dataset_id=dataset_id, target="dataset")
+    return [(f"{e.encoder} · {e.dim}-d · {e.id}", e.id) for e in reversed(encs)]
+
+
+def import_model(ctx: StudioContext, dataset_id: str | None, folder: str | None,
+                 zip_path: str | None, encoding_id: str | None, vae_id: str | None = None,
+                 name: str | None = None) -> Job:
+    """Queue the import of a model trained elsewhere (an ``adopt`` job): a folder inside the
+    projects folder, or an uploaded zip of it (``receive_zip``: checked and copied into the
+    project's ``uploads/``, which the job removes). The copy and the load run in the job.
+
+    Raises:
+        NotReadyError: no dataset or encoding; InvalidConfigError: no folder, both, or a
+        folder outside the projects folder; UnsafeArchiveError: a bad zip;
+        SignInRequiredError / QuotaError (a public studio).
+    """
+    from engine.stages import adopt_stage
+
+    if not dataset_id:
+        raise NotReadyError("import a dataset first (Data tab)")
+    ctx.access.check_write(ctx.editor, "import a model")
+    folder_text = (folder or "").strip()
+    if zip_path and folder_text:
+        raise InvalidConfigError("give either a model folder or a .zip of it, not both")
+    if not zip_path and not folder_text:
+        raise InvalidConfigError("give the model's folder inside the projects folder, or "
+                                 "upload a .zip of it")
+    if not encoding_id:
+        raise NotReadyError("choose the encoding the model was trained on (encode the dataset "
+                            "first)")
+    args = dict(dataset_ref=dataset_id, encoding_ref=encoding_id,
+                name=(name or "").strip() or None, vae_id=(vae_id or "").strip() or None)
+    if not zip_path:
+        path = server_folder(ctx, folder_text, "model folder", read=True)
+        return ctx.submit(adopt_stage.prepare(ctx.project, path, **args))
+    tmp, archive = receive_zip(ctx, zip_path, "the model folder", "import a model",
+                               adopt_stage.MAX_ZIP_BYTES, adopt_stage.MAX_ZIP_FILES)
+    try:
+        return ctx.submit(adopt_stage.prepare(ctx.project, None, cleanup=tmp, archive=archive,
+                                              **args))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 # ---------------------------------------------------------------------- event handlers
 
 
@@ -333,6 +391,22 @@ def on_encode_other(ctx: StudioContext, dataset_id: str | None, which: str | Non
                     model_id_v: str | None) -> tuple[str, Any]:
     job = encode(ctx, dataset_id, which or "", model_id=model_id_v)
     return submitted(job), encodings_table(ctx, dataset_id)
+
+
+@ui.guard(1)
+def on_import_model(ctx: StudioContext, dataset_id, folder_v, zip_v, encoding_v, vae_v,
+                    name_v) -> str:
+    try:
+        job = import_model(ctx, dataset_id, folder_v, zip_v, encoding_v, vae_v, name_v)
+    finally:  # copied into the project (or refused): the upload itself is no longer needed
+        discard_upload(zip_v)
+    return ui.ok_md(f"{job.title}: queued; follow it in the Jobs panel below (the model "
+                    f"appears in the Model list when it is done)")
+
+
+def refresh_adopt(ctx: StudioContext, dataset_id: str | None, encoding_id: str | None) -> Any:
+    """The import form's encodings (the chosen one stays while it is there)."""
+    return ui.dropdown(adopt_encoding_choices(ctx, dataset_id), encoding_id, prefer_last=False)
 
 
 def advanced_form(preset_v=None, space_v="pixel", size_v=TrainConfig.image_size,
@@ -508,6 +582,30 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             estimate = gr.Markdown(elem_id="train-estimate")
             train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
             status = gr.HTML(elem_id="train-status")
+            with gr.Accordion("Import a model trained elsewhere", open=False,
+                              elem_id="adopt-panel"):
+                adopt_folder = gr.Textbox(
+                    label="Model folder (inside the projects folder)",
+                    placeholder="e.g. incoming/hub-rcdm", elem_id="adopt-folder")
+                adopt_zip = gr.File(label="…or a .zip of the model folder", file_types=[".zip"],
+                                    type="filepath", height=110, elem_id="adopt-zip")
+                adopt_enc = gr.Dropdown(label="Encoding it was trained on", choices=[],
+                                        value=None, allow_custom_value=True,
+                                        elem_id="adopt-encoding")
+                with gr.Row():
+                    adopt_vae = gr.Textbox(label="VAE: hub id or folder (latent models only)",
+                                           placeholder="empty: a pixel model",
+                                           elem_id="adopt-vae")
+                    adopt_name = gr.Textbox(label="Model name",
+                                            placeholder="default: imported-<encoder>",
+                                            elem_id="adopt-name")
+                gr.Markdown("<small>A folder of this studio's format (rcdm.json) or a "
+                            "diffusers UNet2DConditionModel (unet/) beside its "
+                            "conditioner.safetensors. It is copied into the project and loaded "
+                            "once in a job; the representation sizes of the model and the "
+                            "encoding must agree.</small>")
+                adopt_btn = gr.Button("Import model", elem_id="adopt-button")
+                adopt_status = gr.HTML(elem_id="adopt-status")
         with gr.Column(scale=3):
             model = gr.Dropdown(label="Model", choices=[], value=None, allow_custom_value=True,
                                 elem_id="model-choice")
@@ -556,5 +654,11 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     dataset.change(ui.bind(refresh, ctx), [dataset, encoder, model], lists)
     compared.input(ui.bind(show_compare, ctx), compared, [compare_plot, compare_table],
                    show_progress="hidden", trigger_mode="always_last")  # the last tick wins
+    adopt_btn.click(ui.bind(on_import_model, ctx),
+                    [dataset, adopt_folder, adopt_zip, adopt_enc, adopt_vae, adopt_name],
+                    adopt_status, api_name="import_model").then(
+        lambda: None, None, adopt_zip, api_visibility="private")  # the upload is gone: clear it
+    shared.on_refresh(ui.bind(refresh_adopt, ctx), [dataset, adopt_enc], [adopt_enc])
+    dataset.change(ui.bind(refresh_adopt, ctx), [dataset, adopt_enc], adopt_enc)
     shared.on_refresh(ui.bind(refresh_compare, ctx), [compared],
                       [compared, compare_plot, compare_table])
