@@ -480,9 +480,10 @@ def _job_specs(project: Project) -> list[str]:
 
 def _made_by_the_studio(kind: str, name: str) -> bool:
     """The folder's name is one the studio makes (an id, an export's ``NAME-ID``, an upload's
-    ``unzip-*``): only such folders are deleted; anything else is the user's and is kept."""
+    ``zip-*``, ``unzip-*`` before): only such folders are deleted; anything else is the
+    user's and is kept."""
     if kind == "uploads":
-        return name.startswith("unzip-")
+        return name.startswith(("zip-", "unzip-"))
     return _ID_RE.search(name) is not None
 
 

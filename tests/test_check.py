@@ -84,7 +84,8 @@ def test_repair_removes_temp_files_and_orphan_folders_and_keeps_the_rest(built, 
                built.assets / "encodings" / "enc_0badc0de" / "encoder",
                built.assets / "jobs" / "job_0000abcd",
                built.assets / "exports" / "my-sel-exp_12345678",
-               built.assets / "uploads" / "unzip-k2j3"]
+               built.assets / "uploads" / "unzip-k2j3",
+               built.assets / "uploads" / "zip-7fq2x0"]  # the studio's upload folders
     for folder in orphans:
         folder.mkdir(parents=True)
     (orphans[0] / "0001.png").write_bytes(b"png")
