@@ -451,14 +451,25 @@ def _dropped_counts(counts: np.ndarray, first: np.ndarray, last: np.ndarray
     return near.astype(np.int64), far.astype(np.int64)
 
 
+def class_means(distances: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) float64 mean distance per class (NaN for an empty class)."""
+    sums = np.bincount(labels, weights=np.asarray(distances).astype(np.float64),
+                       minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / np.bincount(labels, minlength=num_classes)
+
+
 def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
                  class_names: Sequence[str], *,
-                 ranks: tuple[np.ndarray, ...] | None = None) -> pd.DataFrame:
+                 ranks: tuple[np.ndarray, ...] | None = None,
+                 means: np.ndarray | None = None) -> pd.DataFrame:
     """One row per class: what the band kept and dropped.
 
     Args:
         distances: (N,) float; labels: (N,) int; mask: (N,) bool kept;
         class_names: C names (index = label).
+        ranks / means: ``class_ranks`` / ``class_means`` of these distances when already
+            computed (no band moves them).
 
     Returns:
         DataFrame with columns class, total, kept, dropped_near, dropped_far, dropped_inside
@@ -477,9 +488,7 @@ def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     edges = np.full((num_classes, 2), np.nan, dtype=np.float64)
     has = pos[:, 0] >= 0
     edges[has] = distances[order[pos[has]]].astype(np.float64)
-    sums = np.bincount(labels, weights=distances.astype(np.float64), minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / counts
+    mean = class_means(distances, labels, num_classes) if means is None else means
     return pd.DataFrame({
         "class": list(class_names),
         "total": counts,

@@ -304,8 +304,11 @@ def _store(project: Project, gen: Generation, encoding_id: str, members: np.ndar
 
 
 def summary(bd: BandData, mask: np.ndarray) -> pd.DataFrame:
+    if "means" not in bd.cache:  # per class, over all samples: no band moves them
+        bd.cache["means"] = curation.class_means(bd.distances, bd.labels,
+                                                 len(bd.class_names))
     return curation.band_summary(bd.distances, bd.labels, mask, bd.class_names,
-                                 ranks=bd.class_ranks())
+                                 ranks=bd.class_ranks(), means=bd.cache["means"])
 
 
 # ------------------------------------------------------------------ hand overrides
