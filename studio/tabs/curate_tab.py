@@ -105,6 +105,7 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
 
     band = make_band(low, high, centroid, metric, **options)
     bd = _view(ctx, generation_id, centroid, metric, encoding_id, encodings)
+    project = ctx.project  # this request's, looked up once (not once per gallery image)
     mask = curate_stage.band_mask(bd, band)
     table = curate_stage.summary(bd, mask)
     counts = table[["class", "total", "kept", "dropped_near", "dropped_far"]].rename(
@@ -115,7 +116,7 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
         "" if pd.isna(a) else f"{a:.3f} – {b:.3f}"
         for a, b in zip(table["low_distance"], table["high_distance"])]
     hand_text = ""
-    state = curate_stage.view_hand_state(ctx.project, bd)
+    state = curate_stage.view_hand_state(project, bd)
     if state.any():  # decisions in force (without any, the hand changes no count)
         hand = curation.hand_counts(bd.labels, mask, state, bd.class_names)
         by_hand = hand[hand["class"] != "all"].reset_index(drop=True)
@@ -138,10 +139,10 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     edge_idx = edge_samples(bd.distances, bd.labels, mask, EDGE_K, ranks=bd.class_ranks())
     # only the shown samples' paths: one narrow read, not the generation's every row
     shown = np.concatenate([np.asarray(i, np.int64) for i in edge_idx.values()])
-    paths = ctx.project.sample_rows(bd.generation.id, shown, ("path",))["path"].tolist()
+    paths = project.sample_rows(bd.generation.id, shown, ("path",))["path"].tolist()
     edges, at = {}, 0
     for key, idx in edge_idx.items():
-        edges[key] = [(ui.gallery_path(ctx.project.abs(p)), f"{bd.distances[i]:.2f}")
+        edges[key] = [(ui.gallery_path(project.abs(p)), f"{bd.distances[i]:.2f}")
                       for p, i in zip(paths[at:at + len(idx)], idx.tolist())]
         at += len(idx)
     kept, total = int(mask.sum()), int(len(mask))
