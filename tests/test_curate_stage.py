@@ -293,3 +293,61 @@ def test_the_cli_builds_a_large_index_as_a_job_with_progress(curated_project, mo
     with Project(path) as p:
         jobs = p.list(Job, kind="index")
         assert len(jobs) == 1 and jobs[0].status == "done"
+
+
+def test_band_change_caches_follow_hand_decisions_and_new_encodings(curated_project):
+    """What a band change keeps between calls: the view's hand state (replayed again when a
+    decision is recorded or cleared), the figure sent as JSON (the same as the plotly
+    Figure's), and the encodings listed once per change (a new re-encoding is used at once)."""
+    import json
+
+    import pandas as pd
+
+    from engine.project import Encoding
+    from engine.stages import curate_stage
+    from studio import figures
+    from studio.context import StudioContext
+    from studio.tabs import curate_tab
+
+    project, re8, re4 = curated_project
+    path = project.path
+    project.close()
+    ctx = StudioContext(path)
+    try:
+        band = ("gen-test", 0.25, 0.75, "real", "cosine")
+        v = curate_tab.band_view(ctx, *band, re8)
+        bd = v["bd"]
+        assert "- hand" not in v["counts"] and "by hand" not in v["text"]
+        state = curate_stage.view_hand_state(ctx.project, bd)
+        assert curate_stage.view_hand_state(ctx.project, bd) is state and not state.any()
+        # the figure: the JSON plotly writes for the same Figure
+        fig = figures.band_figure(bd.distances, bd.labels, bd.class_names, v["mask"],
+                                  bd.real_distances, bd.real_labels, metric="cosine")
+        fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
+        assert v["figure"].type == "plotly"
+        assert json.loads(v["figure"].plot) == json.loads(fig.to_json())
+
+        inside = int(v["edge_idx"]["farthest_kept"][0])
+        curate_stage.record_hand(ctx.project, "gen-test", [inside], "drop", by="test")
+        v = curate_tab.band_view(ctx, *band, re8)
+        assert v["bd"] is bd  # the same cached view: its hand state was replayed
+        assert v["counts"]["- hand"].sum() == 1 and "by hand: +0 / −1" in v["text"]
+        np.testing.assert_array_equal(curate_stage.view_hand_state(ctx.project, bd),
+                                      curate_stage.hand_state(ctx.project, "gen-test"))
+        curate_stage.record_hand(ctx.project, "gen-test", [inside], "clear", by="test")
+        v = curate_tab.band_view(ctx, *band, re8)
+        assert "- hand" not in v["counts"] and "by hand" not in v["text"]
+        assert not curate_stage.view_hand_state(ctx.project, bd).any()
+
+        # the latest re-encoding judges when none is chosen; a new one is used at once
+        row = ctx.project.get(Encoding, re4).model_dump()
+        ctx.project.delete(Encoding, re4)
+        assert curate_tab.band_view(ctx, *band)["bd"].encoding.id == re8
+        _, counts8, *_ = curate_tab.show_band(ctx, *band)
+        ctx.project.add(Encoding(**row))
+        assert curate_tab.band_view(ctx, *band)["bd"].encoding.id == re4
+        _, counts, text, *_ = curate_tab.show_band(ctx, *band)
+        pd.testing.assert_frame_equal(counts, curate_tab.band_view(ctx, *band, re4)["counts"])
+        assert not counts.equals(counts8)
+    finally:
+        ctx.close()

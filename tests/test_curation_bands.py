@@ -277,3 +277,76 @@ def test_edge_samples_with_cached_ranks_match_a_full_sort_on_ties():
         idx = np.flatnonzero(mask)  # the rule written out: (quantile, distance, index) order
         full = idx[np.lexsort((distances[idx], q[idx]))][:k]
         np.testing.assert_array_equal(fast["nearest_kept"], full)
+
+
+def _summary_written_out(d, labels, mask, c):
+    """band_summary's counts and edges, each rule written out over (N,) masks."""
+    rank = class_ranks(d, labels, c)[0]
+    counts = np.bincount(labels, minlength=c)
+    rows = []
+    for k in range(c):
+        mine, kept_k = labels == k, (labels == k) & mask
+        if kept_k.any():
+            first, last = rank[kept_k].min(), rank[kept_k].max()
+        else:  # a class that keeps nothing: its nearer half counts as near
+            first, last = counts[k] // 2, counts[k] // 2 - 1
+        dropped = mine & ~mask
+        rows.append([counts[k], kept_k.sum(), (dropped & (rank < first)).sum(),
+                     (dropped & (rank > last)).sum(),
+                     d[kept_k].min() if kept_k.any() else np.nan,
+                     d[kept_k].max() if kept_k.any() else np.nan])
+    return np.array(rows, dtype=np.float64).reshape(c, 6)
+
+
+def _edges_written_out(d, labels, mask, k, c):
+    """edge_samples as its docstring says: each kind's samples in (quantile, distance, index)
+    order (reversed for the far ones), the first k."""
+    rank, counts = class_ranks(d, labels, c)[:2]
+    q = (rank + 0.5) / np.maximum(counts[labels], 1)
+    first = np.full(c, np.iinfo(np.int64).max)
+    last = np.full(c, -1)
+    for j in range(c):
+        kept_j = (labels == j) & mask
+        if kept_j.any():
+            first[j], last[j] = rank[kept_j].min(), rank[kept_j].max()
+        else:
+            first[j], last[j] = counts[j] // 2, counts[j] // 2 - 1
+    near = ~mask & (rank < first[labels])
+    far = ~mask & (rank > last[labels])
+
+    def first_k(which, ascending):
+        idx = np.flatnonzero(which)
+        s = 1.0 if ascending else -1.0
+        return idx[np.lexsort((s * d[idx], s * q[idx]))][:k].tolist()
+
+    return {"nearest_kept": first_k(mask, True), "farthest_kept": first_k(mask, False),
+            "nearest_dropped": first_k(near, True), "farthest_dropped": first_k(far, False)}
+
+
+def test_summary_and_edges_from_the_class_order_match_the_rules_written_out():
+    """band_summary and edge_samples read the kept samples' span in the class-sorted order
+    (no (N,) pass per count, at most k candidates per class): the same counts, edges and
+    galleries as the rules over (N,) masks, for masks with holes, empty classes, classes that
+    keep nothing or everything, and many ties."""
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        c = int(rng.integers(1, 7))
+        n = int(rng.integers(1, 300))
+        labels = rng.integers(0, c, n)
+        d = np.round(rng.random(n), 1 + trial % 2).astype(np.float32)  # ties
+        mask = [rng.random(n) < rng.random(), np.zeros(n, bool), np.ones(n, bool),
+                band_mask(d, labels, BandConfig(low=0.2, high=0.7), c)][trial % 4]
+        ranks = class_ranks(d, labels, c)
+        names = [f"c{i}" for i in range(c)]
+        s = band_summary(d, labels, mask, names, ranks=ranks)
+        assert s["dropped_inside"].tolist() == (
+            s["total"] - s["kept"] - s["dropped_near"] - s["dropped_far"]).tolist()
+        got = s[["total", "kept", "dropped_near", "dropped_far", "low_distance",
+                 "high_distance"]].to_numpy(np.float64)
+        np.testing.assert_array_equal(got, _summary_written_out(d, labels, mask, c))
+        for k in (0, 1, 3, 50):
+            want = _edges_written_out(d, labels, mask, k, c)
+            for r in (ranks, None):
+                fast = edge_samples(d, labels, mask, k, ranks=r)
+                assert {key: v.tolist() for key, v in fast.items()} == want, (trial, k)
+                assert all(v.dtype == np.int64 for v in fast.values())

@@ -89,3 +89,21 @@ def test_hand_state_replays_decisions_and_applies_on_top_of_a_band():
         hand_state(6, [("keep", np.array([6]))])
     with pytest.raises(InvalidConfigError, match="decision"):
         hand_state(6, [("maybe", np.array([1]))])
+
+
+def test_hand_counts_over_the_decided_samples_match_the_kept_mask():
+    """hand_counts counts the hand's columns over the decided samples only: the same table as
+    counting the whole kept mask (``apply_hand``), decisions inside and outside the band."""
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n, c = int(rng.integers(1, 400)), int(rng.integers(1, 6))
+        labels = rng.integers(0, c, n)
+        band = rng.random(n) < 0.5
+        state = rng.choice(np.array([-1, 0, 0, 0, 1], np.int8), n)
+        kept = apply_hand(band, state)
+        counts = hand_counts(labels, band, state, [f"c{i}" for i in range(c)])
+        for col, m in (("generated", np.ones(n, bool)), ("kept by band", band),
+                       ("+ kept by hand", kept & ~band), ("- dropped by hand", band & ~kept),
+                       ("kept", kept)):
+            want = np.bincount(labels[m], minlength=c)
+            assert counts[col].tolist() == [*want.tolist(), int(m.sum())], (trial, col)

@@ -406,52 +406,70 @@ def band_thresholds(distances: np.ndarray, labels: np.ndarray, band: BandConfig,
 
 
 def _kept_span(ranks: tuple[np.ndarray, ...], mask: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First and last kept rank of each class, from the class-sorted order (no ``ufunc.at``:
-    a band change at 500,000 samples must stay in milliseconds).
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where each class's kept samples lie in the class-sorted order (no ``ufunc.at``, no
+    (N,) pass beyond one gather: a band change at 500,000 samples must stay in milliseconds).
 
     Returns:
-        first, last: (C,) int64 ranks (first = max int64, last = -1 where nothing is kept);
-        positions: (C, 2) int64 positions in ``order`` of those samples (-1 where none).
+        first, last: (C,) int64 first and last kept rank (first = max int64, last = -1 where
+            nothing is kept);
+        positions: (C, 2) int64 positions in ``order`` of those samples (-1 where none);
+        kept: (C,) int64 kept samples per class;
+        hits: (K,) int64 positions in ``order`` of every kept sample, ascending (a class's
+            kept samples are ``hits[lo:lo + kept]``, in rank order).
     """
     _, counts, order, offsets = ranks
     hits = np.flatnonzero(np.asarray(mask, dtype=bool)[order])  # kept, in class-sorted order
     lo = np.searchsorted(hits, offsets)  # the first kept at or after each class's start
     hi = np.searchsorted(hits, offsets + counts) - 1  # the last kept before its end
-    has = (lo <= hi) & (lo < len(hits))
+    kept = (hi + 1 - lo).astype(np.int64)
+    has = kept > 0
     pos = np.full((len(counts), 2), -1, dtype=np.int64)
     pos[has, 0], pos[has, 1] = hits[lo[has]], hits[hi[has]]
     first = np.where(has, pos[:, 0] - offsets, np.iinfo(np.int64).max)
     last = np.where(has, pos[:, 1] - offsets, -1)
-    return first, last, pos
+    return first, last, pos, kept, hits
 
 
-def _dropped_sides(ranks: tuple[np.ndarray, ...], labels: np.ndarray, mask: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Which dropped samples lie below (near) and above (far) the kept ones of their class.
+def _dropped_counts(counts: np.ndarray, first: np.ndarray, last: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, how many dropped samples lie below (near) and above (far) the kept ones.
 
-    For an arbitrary mask, a dropped sample is "near" when its rank is below the first kept rank
-    of its class and "far" when above the last; in a class that keeps nothing, the nearer half
-    counts as near. Returns two (N,) bool arrays.
+    For an arbitrary mask, a dropped sample is "near" when its rank is below the first kept
+    rank of its class and "far" when above the last; in a class that keeps nothing, the nearer
+    half counts as near. Every rank below the first kept one is dropped (and every rank above
+    the last), so the counts follow from ``_kept_span``'s first and last ranks alone.
+
+    Returns:
+        near, far: (C,) int64 (ranks ``0 .. near - 1`` are the near ones, the last ``far``
+        ranks the far ones).
     """
-    rank, counts = ranks[0], ranks[1]
-    first, last, _ = _kept_span(ranks, mask)
     none_kept = last < 0
     half = counts // 2
-    first = np.where(none_kept, half, first)
-    last = np.where(none_kept, half - 1, last)
-    dropped = ~mask
-    return dropped & (rank < first[labels]), dropped & (rank > last[labels])
+    near = np.where(none_kept, half, first)
+    far = counts - 1 - np.where(none_kept, half - 1, last)
+    return near.astype(np.int64), far.astype(np.int64)
+
+
+def class_means(distances: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) float64 mean distance per class (NaN for an empty class)."""
+    sums = np.bincount(labels, weights=np.asarray(distances).astype(np.float64),
+                       minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / np.bincount(labels, minlength=num_classes)
 
 
 def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
                  class_names: Sequence[str], *,
-                 ranks: tuple[np.ndarray, ...] | None = None) -> pd.DataFrame:
+                 ranks: tuple[np.ndarray, ...] | None = None,
+                 means: np.ndarray | None = None) -> pd.DataFrame:
     """One row per class: what the band kept and dropped.
 
     Args:
         distances: (N,) float; labels: (N,) int; mask: (N,) bool kept;
         class_names: C names (index = label).
+        ranks / means: ``class_ranks`` / ``class_means`` of these distances when already
+            computed (no band moves them).
 
     Returns:
         DataFrame with columns class, total, kept, dropped_near, dropped_far, dropped_inside
@@ -463,19 +481,14 @@ def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     mask = np.asarray(mask, dtype=bool)
     ranks = ranks if ranks is not None else _class_ranks(distances, labels, num_classes)
     counts, order = ranks[1], ranks[2]
-    near, far = _dropped_sides(ranks, labels, mask)
-    kept = np.bincount(labels[mask], minlength=num_classes)
-    n_near = np.bincount(labels[near], minlength=num_classes)
-    n_far = np.bincount(labels[far], minlength=num_classes)
+    first, last, pos, kept, _ = _kept_span(ranks, mask)
+    n_near, n_far = _dropped_counts(counts, first, last)
     # the kept distances' range: within a class the order is by distance, so its first and
     # last kept samples hold the minimum and the maximum
-    pos = _kept_span(ranks, mask)[2]
     edges = np.full((num_classes, 2), np.nan, dtype=np.float64)
     has = pos[:, 0] >= 0
     edges[has] = distances[order[pos[has]]].astype(np.float64)
-    sums = np.bincount(labels, weights=distances.astype(np.float64), minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / counts
+    mean = class_means(distances, labels, num_classes) if means is None else means
     return pd.DataFrame({
         "class": list(class_names),
         "total": counts,
@@ -487,6 +500,13 @@ def band_summary(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
         "high_distance": edges[:, 1],
         "mean_distance": mean,
     })
+
+
+def _class_runs(starts: np.ndarray, lengths: np.ndarray, k: int, step: int) -> np.ndarray:
+    """Positions ``starts[c] + step * j`` for ``j < min(k, lengths[c])``, every class c."""
+    j = np.arange(k, dtype=np.int64)
+    take = j[None, :] < np.minimum(lengths, k)[:, None]  # (C, k)
+    return (starts[:, None] + step * j[None, :])[take]
 
 
 def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
@@ -506,7 +526,10 @@ def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
         "farthest_dropped": the farthest samples dropped above the band (outliers).
 
     ``ranks``: ``class_ranks`` of these distances, computed once (a band change then sorts
-    nothing: each gallery takes its k candidates with a partition, then orders only those).
+    nothing). Within a class the quantile grows with the rank, so only a class's first (or
+    last) k samples of a gallery's kind can be among its k: those candidates (at most k per
+    class) are read from the class-sorted order and ordered as the full sort would order them
+    (quantile, distance, then index).
     """
     if k < 0:
         raise InvalidConfigError(f"k must be >= 0, got {k}")
@@ -515,26 +538,24 @@ def edge_samples(distances: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     distances, labels = check_distances(distances, labels, num_classes)
     mask = np.asarray(mask, dtype=bool)
     ranks = ranks if ranks is not None else _class_ranks(distances, labels, num_classes)
-    rank, counts = ranks[0], ranks[1]
-    near, far = _dropped_sides(ranks, labels, mask)
-    q = (rank + 0.5) / np.maximum(counts[labels], 1)
+    rank, counts, order, offsets = ranks
+    first, last, _, kept, hits = _kept_span(ranks, mask)
+    n_near, n_far = _dropped_counts(counts, first, last)
+    lo = np.searchsorted(hits, offsets)  # each class's first kept sample in ``hits``
 
-    def pick(which: np.ndarray, ascending: bool) -> np.ndarray:
-        idx = np.flatnonzero(which)
+    def pick(candidates: np.ndarray, ascending: bool) -> np.ndarray:
+        idx = np.sort(candidates)  # index order: the full sort's last tie-break
         sign = 1.0 if ascending else -1.0
-        key = sign * q[idx]
-        if 0 < k < len(idx):  # candidates: every sample whose quantile ties the k-th or beats it
-            kth = np.partition(key, k - 1)[k - 1]
-            idx = idx[key <= kth]
-            key = sign * q[idx]
-        order = np.lexsort((sign * distances[idx], key))
-        return idx[order[:k]].astype(np.int64)
+        key = sign * ((rank[idx] + 0.5) / np.maximum(counts[labels[idx]], 1))
+        order_k = np.lexsort((sign * distances[idx], key))
+        return idx[order_k[:k]].astype(np.int64)
 
     return {
-        "nearest_kept": pick(mask, True),
-        "farthest_kept": pick(mask, False),
-        "nearest_dropped": pick(near, True),
-        "farthest_dropped": pick(far, False),
+        "nearest_kept": pick(order[hits[_class_runs(lo, kept, k, 1)]], True),
+        "farthest_kept": pick(order[hits[_class_runs(lo + kept - 1, kept, k, -1)]], False),
+        "nearest_dropped": pick(order[_class_runs(offsets, n_near, k, 1)], True),
+        "farthest_dropped": pick(order[_class_runs(offsets + counts - 1, n_far, k, -1)],
+                                 False),
     }
 
 

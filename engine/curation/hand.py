@@ -84,15 +84,24 @@ def hand_counts(labels: np.ndarray, band_mask: np.ndarray, state: np.ndarray,
     """
     labels = np.asarray(labels, dtype=np.int64)
     band_mask = np.asarray(band_mask, dtype=bool)
-    kept = apply_hand(band_mask, state)
+    if band_mask.shape != state.shape:
+        raise InvalidConfigError(f"band mask has shape {band_mask.shape}, hand state "
+                                 f"{state.shape}: they must describe the same samples")
+    # Only the samples decided by hand can differ from the band (a few among 500,000): the
+    # hand's columns are counted over those, and kept = kept by band + added - removed.
+    decided = np.flatnonzero(state)
+    by_band = band_mask[decided]
+    kept_decided = apply_hand(by_band, state[decided])
     c = len(class_names)
+    bins = max(c, int(labels.max()) + 1) if len(labels) else c
     cols = {
-        "generated": np.bincount(labels, minlength=c),
-        "kept by band": np.bincount(labels[band_mask], minlength=c),
-        "+ kept by hand": np.bincount(labels[kept & ~band_mask], minlength=c),
-        "- dropped by hand": np.bincount(labels[band_mask & ~kept], minlength=c),
-        "kept": np.bincount(labels[kept], minlength=c),
+        "generated": np.bincount(labels, minlength=bins),
+        "kept by band": np.bincount(labels[band_mask], minlength=bins),
+        "+ kept by hand": np.bincount(labels[decided[kept_decided & ~by_band]], minlength=bins),
+        "- dropped by hand": np.bincount(labels[decided[by_band & ~kept_decided]],
+                                         minlength=bins),
     }
+    cols["kept"] = cols["kept by band"] + cols["+ kept by hand"] - cols["- dropped by hand"]
     out = pd.DataFrame({"class": list(class_names), **{k: v[:c] for k, v in cols.items()}})
     total = {"class": "all", **{k: int(v.sum()) for k, v in cols.items()}}
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)

@@ -304,8 +304,11 @@ def _store(project: Project, gen: Generation, encoding_id: str, members: np.ndar
 
 
 def summary(bd: BandData, mask: np.ndarray) -> pd.DataFrame:
+    if "means" not in bd.cache:  # per class, over all samples: no band moves them
+        bd.cache["means"] = curation.class_means(bd.distances, bd.labels,
+                                                 len(bd.class_names))
     return curation.band_summary(bd.distances, bd.labels, mask, bd.class_names,
-                                 ranks=bd.class_ranks())
+                                 ranks=bd.class_ranks(), means=bd.cache["means"])
 
 
 # ------------------------------------------------------------------ hand overrides
@@ -370,12 +373,17 @@ def record_hand(project: Project, generation_ref: str, samples: Iterable[str | i
         seq=1 + max((r.seq for r in rows), default=0)))
 
 
+def _hand_rows(project: Project, generation_id: str) -> list[HandOverride]:
+    """The generation's hand decision rows, oldest first."""
+    return sorted(project.list(HandOverride, generation_id=generation_id),
+                  key=lambda r: (r.seq, r.created_at, r.id))
+
+
 def _hand_log(project: Project, gen: Generation,
               through: str | None = None) -> list[tuple[HandOverride, np.ndarray]]:
     """The generation's hand decisions, oldest first, with their members (up to and with
     the row ``through`` when given)."""
-    rows = sorted(project.list(HandOverride, generation_id=gen.id),
-                  key=lambda r: (r.seq, r.created_at, r.id))
+    rows = _hand_rows(project, gen.id)
     out = []
     for row in rows:
         out.append((row, np.asarray(project.load_array(row.members_path, mmap=False),
@@ -433,11 +441,28 @@ def kept_mask(project: Project, bd: BandData, band: BandConfig) -> np.ndarray:
     return curation.apply_hand(band_mask(bd, band), hand_state(project, bd.generation.id))
 
 
+def view_hand_state(project: Project, bd: BandData) -> np.ndarray:
+    """``hand_state`` of the view's generation, cached in the view (``bd.cache``) for as long
+    as its decision rows stay the same: a band change reads the rows (one query), not their
+    member arrays, and replays nothing. A decision recorded since (by any path: the rows
+    are compared, not a counter) replays them again. Do not modify the result."""
+    rows = _hand_rows(project, bd.generation.id)
+    key = tuple((r.id, r.decision, r.members_path) for r in rows)
+    cached = bd.cache.get("hand_state")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    n = bd.generation.count or len(bd.labels)
+    state = curation.hand_state(n, [(r.decision, np.asarray(
+        project.load_array(r.members_path, mmap=False), dtype=np.int64)) for r in rows])
+    state.flags.writeable = False  # shared by every band change of the view
+    bd.cache["hand_state"] = (key, state)
+    return state
+
+
 def hand_counts(project: Project, bd: BandData, mask: np.ndarray) -> pd.DataFrame:
     """Per class (and ``all``): generated, kept by band, + kept by hand, - dropped by hand,
     kept; ``mask`` is the band's."""
-    return curation.hand_counts(bd.labels, mask, hand_state(project, bd.generation.id),
-                                bd.class_names)
+    return curation.hand_counts(bd.labels, mask, view_hand_state(project, bd), bd.class_names)
 
 
 # ------------------------------------------------------------------ more like this

@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pandas as pd
+from gradio.components.plot import PlotData
 
 from engine.config import BandConfig
 from engine.errors import InvalidConfigError, NotReadyError
@@ -67,32 +68,44 @@ def make_band(low: float, high: float, centroid: str, metric: str, mode: str = "
                       target_per_class=int(target or 0), target_pick=target_pick or "centre")
 
 
+def _encodings(ctx: StudioContext, generation_id: str) -> list[str]:
+    """Ids of the generation's re-encodings, oldest first."""
+    return [e.id for e in ctx.project.list(Encoding, target="generation",
+                                           target_id=generation_id)]
+
+
 def _view(ctx: StudioContext, generation_id: str | None, centroid: str, metric: str,
-          encoding_id: str | None):
+          encoding_id: str | None, encodings: list[str] | None = None):
+    """The cached ``BandData`` of the view; ``encodings``: ``_encodings`` of the generation
+    when the caller listed them already (a band change lists them once, not three times)."""
     if not generation_id:
         raise NotReadyError("generate images and re-encode them first (Generate tab)")
-    encs = [e.id for e in ctx.project.list(Encoding, target="generation",
-                                           target_id=generation_id)]
+    encs = _encodings(ctx, generation_id) if encodings is None else encodings
     # an encoding left over from another generation falls back to this one's latest
-    return ctx.band_data(generation_id, centroid, metric,
-                         encoding_id if encoding_id in encs else None)
+    if encoding_id not in encs:
+        encoding_id = encs[-1] if encs else None
+    return ctx.band_data(generation_id, centroid, metric, encoding_id)
 
 
 def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: float,
-              centroid: str, metric: str, encoding_id: str | None = None,
-              **options: Any) -> dict[str, Any]:
-    """Everything the tab shows for one band (``options``: the other ``make_band`` fields).
+              centroid: str, metric: str, encoding_id: str | None = None, *,
+              encodings: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Everything the tab shows for one band (``options``: the other ``make_band`` fields;
+    ``encodings``: the generation's re-encodings when already listed, see ``_view``).
 
     Returns:
-        {"figure", "counts" (DataFrame), "edges" ({key: [(path, caption)]}), "edge_idx"
-         ({key: sample indices}), "text", "kept", "total", "mask", "bd"}.
+        {"figure" (gr.Plot's value: ``figures.band_figure``'s JSON), "counts" (DataFrame),
+         "edges" ({key: [(path, caption)]}), "edge_idx" ({key: sample indices}), "text",
+         "kept", "total", "mask", "bd"}.
     """
+    from engine import curation
     from engine.curation import edge_samples
     from engine.stages import curate_stage
     from studio import figures
 
     band = make_band(low, high, centroid, metric, **options)
-    bd = _view(ctx, generation_id, centroid, metric, encoding_id)
+    bd = _view(ctx, generation_id, centroid, metric, encoding_id, encodings)
+    project = ctx.project  # this request's, looked up once (not once per gallery image)
     mask = curate_stage.band_mask(bd, band)
     table = curate_stage.summary(bd, mask)
     counts = table[["class", "total", "kept", "dropped_near", "dropped_far"]].rename(
@@ -102,31 +115,37 @@ def band_view(ctx: StudioContext, generation_id: str | None, low: float, high: f
     counts["kept distances"] = [
         "" if pd.isna(a) else f"{a:.3f} – {b:.3f}"
         for a, b in zip(table["low_distance"], table["high_distance"])]
-    hand = curate_stage.hand_counts(ctx.project, bd, mask)
-    by_hand = hand[hand["class"] != "all"].reset_index(drop=True)
-    if by_hand["+ kept by hand"].any() or by_hand["- dropped by hand"].any():
-        counts["+ hand"] = by_hand["+ kept by hand"].to_numpy()
-        counts["- hand"] = by_hand["- dropped by hand"].to_numpy()
-        counts["kept with hand"] = by_hand["kept"].to_numpy()
-    fig = figures.band_figure(bd.distances, bd.labels, bd.class_names, mask, bd.real_distances,
-                              bd.real_labels, metric=metric, stats=bd.box_stats(),
-                              edges=table[["low_distance", "high_distance"]].to_numpy())
-    fig.update_layout(height=430, margin=dict(l=60, r=20, t=60, b=50))
+    hand_text = ""
+    state = curate_stage.view_hand_state(project, bd)
+    if state.any():  # decisions in force (without any, the hand changes no count)
+        hand = curation.hand_counts(bd.labels, mask, state, bd.class_names)
+        by_hand = hand[hand["class"] != "all"].reset_index(drop=True)
+        if by_hand["+ kept by hand"].any() or by_hand["- dropped by hand"].any():
+            counts["+ hand"] = by_hand["+ kept by hand"].to_numpy()
+            counts["- hand"] = by_hand["- dropped by hand"].to_numpy()
+            counts["kept with hand"] = by_hand["kept"].to_numpy()
+        total_hand = hand[hand["class"] == "all"].iloc[0]
+        if total_hand["+ kept by hand"] or total_hand["- dropped by hand"]:
+            hand_text = (f" · by hand: +{int(total_hand['+ kept by hand']):,} / "
+                         f"−{int(total_hand['- dropped by hand']):,} → "
+                         f"**{int(total_hand['kept']):,}** kept in a saved selection")
+    spec = figures.band_figure_spec(bd.distances, bd.labels, bd.class_names, mask,
+                                    bd.real_distances, bd.real_labels, metric=metric,
+                                    stats=bd.box_stats(),
+                                    edges=table[["low_distance", "high_distance"]].to_numpy())
+    spec["layout"].update(height=430, margin=dict(l=60, r=20, t=60, b=50))
+    # sent as the JSON gr.Plot would write for the Figure, without building one
+    fig = PlotData(type="plotly", plot=figures.plotly_json(spec))
     edge_idx = edge_samples(bd.distances, bd.labels, mask, EDGE_K, ranks=bd.class_ranks())
     # only the shown samples' paths: one narrow read, not the generation's every row
     shown = np.concatenate([np.asarray(i, np.int64) for i in edge_idx.values()])
-    paths = ctx.project.sample_rows(bd.generation.id, shown, ("path",))["path"].tolist()
+    paths = project.sample_rows(bd.generation.id, shown, ("path",))["path"].tolist()
     edges, at = {}, 0
     for key, idx in edge_idx.items():
-        edges[key] = [(ui.gallery_path(ctx.project.abs(p)), f"{bd.distances[i]:.2f}")
+        edges[key] = [(ui.gallery_path(project.abs(p)), f"{bd.distances[i]:.2f}")
                       for p, i in zip(paths[at:at + len(idx)], idx.tolist())]
         at += len(idx)
     kept, total = int(mask.sum()), int(len(mask))
-    total_hand = hand[hand["class"] == "all"].iloc[0]
-    hand_text = (f" · by hand: +{int(total_hand['+ kept by hand']):,} / "
-                 f"−{int(total_hand['- dropped by hand']):,} → **{int(total_hand['kept']):,}** "
-                 f"kept in a saved selection"
-                 if total_hand["+ kept by hand"] or total_hand["- dropped by hand"] else "")
     unit = "of each class's distance ranks" if band.mode == "quantile" else "distance"
     extra = "".join([
         f" · {len(band.per_class)} per-class override(s)" if band.per_class else "",
@@ -238,9 +257,11 @@ def band_options(mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t
 
 def current_band(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metric_v,
                  mode_v="quantile", per_v="", out_v="none", q_v=0.99, z_v=3.5, t_v=0,
-                 pick_v="centre", enc_v=None) -> dict[str, Any]:
+                 pick_v="centre", enc_v=None, *, encodings: list[str] | None = None
+                 ) -> dict[str, Any]:
     """``band_view`` of the band widgets' values."""
     return band_view(ctx, generation_id, low_v, high_v, centroid_v, metric_v, enc_v,
+                     encodings=encodings,
                      **band_options(mode_v, per_v, out_v, q_v, z_v, t_v, pick_v))
 
 
@@ -254,7 +275,8 @@ def show_band(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metr
         return (gr.skip(), gr.skip(),
                 ui.info_md("Generate images and re-encode them (Generate tab) to curate "
                            "them here."), *[gr.skip()] * len(EDGES))
-    if not ctx.project.list(Encoding, target="generation", target_id=generation_id):
+    encodings = _encodings(ctx, generation_id)
+    if not encodings:
         return (gr.skip(), gr.skip(),
                 ui.info_md("This generation is not re-encoded yet: click 'Re-encode for "
                            "curation' in the Generate tab; the band appears when it is "
@@ -263,7 +285,8 @@ def show_band(ctx: StudioContext, generation_id, low_v, high_v, centroid_v, metr
         return (gr.skip(), gr.skip(),
                 ui.error_md(f"band low ({low_v:.2f}) must be below high ({high_v:.2f})"),
                 *[gr.skip()] * len(EDGES))
-    v = current_band(ctx, generation_id, low_v, high_v, centroid_v, metric_v, *rest)
+    v = current_band(ctx, generation_id, low_v, high_v, centroid_v, metric_v, *rest,
+                     encodings=encodings)
     return (v["figure"], v["counts"], v["text"], *[v["edges"][k] for k, _ in EDGES])
 
 
