@@ -267,8 +267,9 @@ class TrainConfig(StageConfig):
     space: str = "pixel"
     vae_id: str = "stabilityai/sd-vae-ft-mse"
     latent_scale: float | None = None  # None: the VAE's config.scaling_factor
-    # latent runs: "memory" (all latents on the device), "stream" (read per batch from the
-    # cache), "auto" (memory while they take <= 1/4 of the available memory)
+    # the training data (latents; in pixel space the pixels): "memory" (all on the device),
+    # "stream" (read per batch from the cache), "auto" (memory while they take <= 1/4 of the
+    # available memory as float32)
     latent_data: str = "auto"
     min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (5.0 is usual); None: off
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + GradScaler, CUDA)

@@ -173,11 +173,12 @@ LATENT_MEMORY_FRACTION = 0.25  # "auto": latents in memory while they take at mo
 
 
 def latent_path(mode: str, nbytes: int) -> str:
-    """"memory" (the latents of every training image as one tensor on the device: the fast
-    path) or "stream" (read per batch from the memory-mapped cache: memory independent of
-    the dataset's size). "auto": memory while ``nbytes`` (with the flipped copies) is at most
-    ``LATENT_MEMORY_FRACTION`` of the available memory. ImageNet-100 at 256 px: 130,000 x
-    4 x 32 x 32 float32 = 2.1 GB (4.3 GB with flips)."""
+    """"memory" (the latents, or in pixel space the pixels, of every training image as one
+    tensor on the device: the fast path) or "stream" (read per batch from the memory-mapped
+    cache: memory independent of the dataset's size). "auto": memory while ``nbytes`` (with
+    the flipped copies) is at most ``LATENT_MEMORY_FRACTION`` of the available memory.
+    ImageNet-100 at 256 px: 130,000 x 4 x 32 x 32 float32 latents = 2.1 GB (4.3 GB with
+    flips); its pixels at 64 px 6.4 GB as float32."""
     if mode != "auto":
         return mode
     try:
@@ -187,12 +188,39 @@ def latent_path(mode: str, nbytes: int) -> str:
     return "memory" if nbytes <= LATENT_MEMORY_FRACTION * available else "stream"
 
 
+class PixelBatches:
+    """The training loop's view of pixel-space training images read per batch from their
+    (memory-mapped) uint8 rows: ``len``, ``shape`` (N, C, H, W) and ``batches[i]`` for a (m,)
+    index tensor -> (m, C, H, W) float in [-1, 1] on ``device``. Elementwise the same numbers
+    as ``pixels_to_tensor`` of the whole array, with memory independent of N."""
+
+    def __init__(self, pixels: Any, device: str | torch.device) -> None:
+        self.pixels, self.device = pixels, device
+        n, h, w, c = pixels.shape
+        self.shape = torch.Size((int(n), int(c), int(h), int(w)))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, i: torch.Tensor) -> torch.Tensor:
+        return pixels_to_tensor(np.asarray(self.pixels[i.cpu().numpy()])).to(self.device)
+
+
+def pixel_bytes(n: int, size: int, channels: int = 3) -> int:
+    """Bytes of ``n`` training images as the loop's float32 tensor (what "memory" holds)."""
+    return int(n) * int(channels) * int(size) ** 2 * 4
+
+
 def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, ranks: Ranks,
                    progress: ProgressFn, cancel: CancelToken | None):
     """(x_all (N, C, h, w), x_flipped or None, codec or None) on the training device."""
     device = ranks.device
     if config.space == "pixel":
-        return pixels_to_tensor(pixels).to(device), None, None
+        if latent_path(config.latent_data, pixel_bytes(len(pixels), config.image_size)) \
+                == "stream":
+            log.info("pixels read per batch from their cache (%d images)", len(pixels))
+            return PixelBatches(pixels, device), None, None
+        return pixels_to_tensor(np.asarray(pixels)).to(device), None, None
     from engine.rcdm.latent import LatentBatches, LatentCodec, cached_latents
 
     if latents is None:  # encode here, cached in the run folder; rank 0 first
@@ -462,7 +490,7 @@ def train_rcdm_files(pixels_path: str | Path, cond_path: str | Path, config: Tra
 
     Args:
         pixels_path: (N, H, W, 3) uint8 ``.npy`` (memory-mapped; a latent run reads only
-            its preview rows).
+            its preview rows, a streamed pixel run each batch's rows).
         cond_path: (N, D) float ``.npy`` representations of those N images.
         index: (n,) int rows to train on (the training split); None = all N.
 
@@ -493,6 +521,8 @@ def train_rcdm_files(pixels_path: str | Path, cond_path: str | Path, config: Tra
             latents = cached_latents(all_pixels, config.vae_id, cache, **kw)
         latents = latents.subset(idx)
         pixels = ArrayRows(all_pixels, idx)
+    elif latent_path(config.latent_data, pixel_bytes(len(idx), config.image_size)) == "stream":
+        pixels = ArrayRows(all_pixels, idx)  # read per batch (PixelBatches)
     else:
         pixels = np.asarray(all_pixels[idx])
     return train_rcdm(pixels, cond, config, Path(out_dir), progress=progress, cancel=cancel,

@@ -59,9 +59,10 @@ def add_parsers(sub: Any) -> None:
                    help="autocast precision (fp16 needs CUDA)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
     p.add_argument("--latent-data", choices=["auto", "memory", "stream"],
-                   help="latent runs: all latents on the device (memory), read per batch from "
-                        "their cache (stream: memory independent of the dataset), or memory "
-                        "while they take <= 1/4 of the available memory (auto, the default)")
+                   help="the training data (latents, or pixels in pixel space): all on the "
+                        "device (memory), read per batch from their cache (stream: memory "
+                        "independent of the dataset), or memory while they take <= 1/4 of the "
+                        "available memory (auto, the default)")
     p.add_argument("--processes", type=int,
                    help="data-parallel processes (one per GPU; gloo processes on the CPU): "
                         "the job runs torchrun and holds that many job slots (default 1)")
