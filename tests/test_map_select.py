@@ -163,3 +163,40 @@ def test_a_visitor_of_a_public_studio_may_lay_out_the_map_and_index_it(curated_p
     access.check_job(spec.kind, editor=False, active_jobs=0)
     with pytest.raises(SignInRequiredError, match="sign in to"):
         access.check_job("encode", editor=False, active_jobs=0)  # the rest still needs an editor
+
+
+def test_more_like_this_from_a_real_image_on_the_map_finds_its_copies(curated_project):  # noqa: F811
+    import gradio as gr
+
+    from engine.config import MapConfig
+    from engine.jobs import JobManager
+    from engine.project import Image, MapLayout
+    from engine.stages import map_stage
+    from studio.context import StudioContext
+    from studio.tabs import curate_tab
+
+    project, re8, re4 = curated_project
+    for enc in (re8, re4):
+        JobManager(project).run_inline(map_stage.prepare(
+            project, MapConfig(method="pca", seed=0), "gen-test", enc))
+    source = project.samples("gen-test")["source_image_id"].iat[0]  # sample 0: a copy of it
+    real_idx = project.get(Image, source).idx
+    path = project.path
+    project.close()
+    ctx = StudioContext(path)
+    try:
+        value, state, _ = curate_tab.draw_map(ctx, "pca", 0, "class", *BAND)
+        pts = map_stage.load(ctx.project, ctx.project.get(MapLayout, value["map"]))
+        r = int(np.flatnonzero((pts["kind"] == 0) & (pts["index"] == real_idx))[0])
+        _, src, md, picked = curate_tab.on_map_click(ctx, state, gr.EventData(None, {"row": r}),
+                                                     *BAND)
+        assert picked == [source] and src and "real training image" in md
+        status, items, synthetic = curate_tab.on_more_like(ctx, picked, *BAND)
+        assert f"nearest images of real image {source}" in status and "near-copies" in status
+        assert 0 in synthetic  # its exact copy is among its nearest generated images
+        assert any(cap.endswith(" · copy") for _, cap in items)
+        # Keep / Drop refuse a real image, in one sentence
+        out = curate_tab.on_hand(ctx, "drop", picked, *BAND)
+        assert "real training image" in out[0]
+    finally:
+        ctx.close()

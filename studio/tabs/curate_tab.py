@@ -360,6 +360,9 @@ def hand_decision(ctx: StudioContext, decision: str, picked: list[int] | None,
                             "one, or select points on the map)")
     if not values[0]:
         raise NotReadyError("choose a generation first")
+    if any(isinstance(i, str) for i in picked):
+        raise NotReadyError("Keep / Drop act on generated images; the one picked is a real "
+                            "training image (More like this finds its neighbours and copies)")
     row = curate_stage.record_hand(ctx.project, values[0], [int(i) for i in picked], decision,
                                    by=who(ctx), via=via)
     what = {"keep": "kept by hand", "drop": "dropped by hand",
@@ -389,23 +392,35 @@ def on_map_hand(ctx: StudioContext, decision: str, *values: Any) -> tuple[Any, .
 @ui.guard(3, status=0)
 def on_more_like(ctx: StudioContext, picked: list[int] | None,
                  *values: Any) -> tuple[Any, Any, Any]:
-    """"More like this": the nearest real and generated images of the picked sample, in the
-    curation encoding (a cached faiss index). Returns (status, gallery, the generated
-    neighbours' indices: Keep / Drop all act on them)."""
+    """"More like this": the nearest real and generated images of the picked image (a
+    generated one, or a real training image clicked on the map: then also its copies among
+    the generated ones), in the curation encoding (a cached faiss index). Returns (status,
+    gallery, the generated neighbours' indices: Keep / Drop all act on them)."""
     from engine.stages import curate_stage
 
     if not picked:
-        raise NotReadyError("click a generated image in a gallery first")
+        raise NotReadyError("click a generated image in a gallery (or any point on the map) "
+                            "first")
     v = current_band(ctx, *values)
     _indexes_built(ctx, v["bd"])
-    near = curate_stage.neighbours(ctx.project, v["bd"], int(picked[0]), k=NEIGHBOURS_K)
+    real = isinstance(picked[0], str)  # a real image's id; a sample is its index
+    query = str(picked[0]) if real else int(picked[0])
+    near = curate_stage.neighbours(ctx.project, v["bd"], query, k=NEIGHBOURS_K)
+    copies, note = set(), ""
+    if real:  # "find copies of this training image" among the generated ones
+        found = curate_stage.copies(ctx.project, v["bd"], query, k=NEIGHBOURS_K)
+        copies = set(found.loc[found["copy"], "idx"].astype(int).tolist())
+        note = (f"; {len(copies)} generated image(s) closer than the copy threshold "
+                f"({found.attrs['threshold']:.4f}): near-copies of this training image")
     items = [(ui.gallery_path(r.path), f"{r.kind[:4]} · {r['class']} · {r.distance:.3f}"
-              + (f" · {r.hand}" if r.hand else ""))
+              + (f" · {r.hand}" if r.hand else "")
+              + (" · copy" if r.kind == "synthetic" and int(r.idx) in copies else ""))
              for _, r in near.iterrows()]
     synthetic = [int(i) for i in near.loc[near["kind"] == "synthetic", "idx"]]
-    return (ui.info_md(f"{len(near)} nearest images of sample {picked[0]} "
+    what = f"real image {query}" if real else f"sample {query}"
+    return (ui.info_md(f"{len(near)} nearest images of {what} "
                        f"({near.attrs.get('metric', v['bd'].metric)}): "
-                       f"{len(synthetic)} generated, {len(near) - len(synthetic)} real; "
+                       f"{len(synthetic)} generated, {len(near) - len(synthetic)} real{note}; "
                        f"Keep / Drop below act on the generated ones"),
             items, synthetic)
 
@@ -707,7 +722,9 @@ def on_map_click(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Event
             return info["path"], info["source_path"] or None, provenance_md(info), [i]
         img = _images(ctx, v).loc[i]
         return (None, str(ctx.project.abs(img["path"])),
-                f"**{img['class_name']}** · real training image `{img['id']}`", gr.skip())
+                f"**{img['class_name']}** · real training image `{img['id']}` (More like "
+                f"this: its nearest images, and its copies among the generated ones)",
+                [str(img["id"])])
     except Exception as exc:  # noqa: BLE001 - shown in the panel
         log.info("map click: %s", exc)
         return gr.skip(), gr.skip(), ui.error_md(exc), gr.skip()
@@ -1071,7 +1088,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                     allow_preview=True, fit_columns=False, show_label=False,
                                     elem_id="browse-gallery", elem_classes=["captioned"])
     browse_shown = gr.State([])  # sample indices of the page shown (Keep / Drop this page)
-    picked = gr.State([])  # the clicked sample (its index), what the hand buttons act on
+    picked = gr.State([])  # the clicked sample (its index; a real image clicked on the map: its id)
     near_picked = gr.State([])  # the generated images of the last "more like this"
     with gr.Row():
         with gr.Column(scale=3):
