@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/rcdm/map-selection"
 MAX_VIEWS = 1024  # map values remembered (each band change or recolour makes one)
-MAX_SELECTIONS = 64  # sessions whose last selection is kept for Keep / Drop
+MAX_PICKED = 64  # sessions whose last selection is kept for Keep / Drop
 MAX_MASK_CHARS = 4 * math.ceil(math.ceil(MAP_MAX_POINTS / 8) / 3)  # base64 of a full mask
 MAX_CONCURRENT = 2  # selections answered at once (the rest wait): the studio stays responsive
 
@@ -102,7 +102,7 @@ class MapViews:
         with self._lock:
             self._picked[session] = picked
             self._picked.move_to_end(session)
-            while len(self._picked) > MAX_SELECTIONS:
+            while len(self._picked) > MAX_PICKED:
                 self._picked.popitem(last=False)
 
     def picked(self, session: str, project: str, generation: str) -> np.ndarray | None:

@@ -36,7 +36,7 @@ def test_mask_rows_read_the_browsers_bits_and_refuse_a_wrong_size():
 
 def test_map_views_are_bounded_and_selections_belong_to_a_project_and_generation(monkeypatch):
     monkeypatch.setattr(map_select, "MAX_VIEWS", 3)
-    monkeypatch.setattr(map_select, "MAX_SELECTIONS", 2)
+    monkeypatch.setattr(map_select, "MAX_PICKED", 2)
     views = map_select.MapViews()
     tokens = [views.register(map_select.MapView("s", "/p", f"map_{i}", 10, ())) for i in range(5)]
     assert len(set(tokens)) == 5 and all(len(t) >= 20 for t in tokens)
