@@ -21,7 +21,9 @@ one EXIF ImageDescription holding the same keys as ASCII JSON (non-ASCII class n
 escaped). ``read_metadata`` reads either back as the same ``{key: text}`` dict.
 
 Channels: a greyscale RCDM's images are (H, W, 1) arrays and are written as mode "L" files
-(PNG, WebP and JPEG all hold greyscale); colour ones as (H, W, 3) "RGB" files.
+in PNG and JPEG; WebP has no greyscale mode, so libwebp stores them as RGB with R == G == B
+(exact when lossless, within a level or two when lossy: seen in the tests' 8x8 images) and
+every reader takes them as the RGB files they are. Colour images are (H, W, 3) "RGB" files.
 ``to_channels`` turns RGB into L with Pillow's own weights (ITU-R 601-2 luma,
 L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, so R == G == B gives L == R exactly) and L into
 RGB by repeating it: what ``Image.convert`` does, on whole batches.
