@@ -91,7 +91,8 @@ def test_save_load_round_trip(tmp_path: Path):
     model = tiny_model(seed=1)
     folder = save_rcdm(model, tmp_path / "m", TINY, D, {"encoder": "pca", "dataset_id": "ds1"})
     loaded, config, extra = load_rcdm(folder)
-    assert config == TINY and extra == {"encoder": "pca", "dataset_id": "ds1"}
+    # saved with the channels it makes (TINY leaves them to the data: None)
+    assert config == TINY.replace(channels=3) and extra == {"encoder": "pca", "dataset_id": "ds1"}
     x, t, c = torch.randn(4, 3, 8, 8), torch.tensor([1, 2, 300, 999]), torch.randn(4, D)
     drop = torch.tensor([False, True, False, True])
     with torch.no_grad():
@@ -153,7 +154,7 @@ def test_train_outputs(trained):
     assert result["losses"][-1][0] == 10
     assert Path(result["model_dir"]) == out / "model"
     model, config, extra = load_rcdm(Path(result["model_dir"]))
-    assert config == TINY.replace(steps=10, preview_every=5)
+    assert config == TINY.replace(steps=10, preview_every=5, channels=3)  # colour pixels
     assert extra["encoder"] == "test" and extra["steps_done"] == 10 and extra["ema"] is True
     train_events = [e for e in events if e.stage == "train"]
     assert train_events[-1].step == 10 and set(train_events[-1].metrics) == {"loss", "lr"}
