@@ -241,7 +241,12 @@ class TrainConfig(StageConfig):
     """Training of an RCDM: denoiser size, optimisation, guidance dropout, checkpoints."""
 
     image_size: int = 16
-    channels: int = 3
+    # the channels of the images the model makes: 1 (greyscale) or 3 (RGB); None ("auto"):
+    # the data's, resolved before training (engine.stages.train_stage: 1 when every training
+    # image was recorded greyscale at import) and saved resolved in the model's config. In
+    # pixel space the U-Net denoises that many channels; in latent space the VAE stays RGB
+    # and a greyscale model's decoded images are converted to L.
+    channels: int | None = None
     block_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
     cross_attention_dim: int = 64
@@ -308,7 +313,9 @@ class TrainConfig(StageConfig):
         _check(len(self.block_channels) >= 1, "block_channels must not be empty")
         _check(self.cond_tokens >= 1, f"cond_tokens must be >= 1, got {self.cond_tokens}")
         _range("image_size", self.image_size, 8, MAX_IMAGE_SIZE)
-        _range("channels", self.channels, 1, 16)
+        _check(self.channels is None or (type(self.channels) is int and self.channels in (1, 3)),
+               f"channels must be 1 (greyscale), 3 (RGB) or None (the data's), got "
+               f"{self.channels!r}")
         _check(len(self.block_channels) <= 8 and all(
             _is_number(c) and 1 <= c <= 4096 for c in self.block_channels),
             f"block_channels must list 1 to 8 widths in [1, 4096], got {self.block_channels}")

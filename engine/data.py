@@ -381,6 +381,7 @@ def write_dataset_files(folder: Path, work_root: Path, root_rel: str, dataset_id
             "thumb": f"{root_rel}/thumbs/{sub}{r['thumb_ext']}" if r["thumb_ext"] else path,
             "label": label, "class_name": classes[label],
             "width": r["width"], "height": r["height"], "source_path": files[r["pos"]],
+            "channels": int(r.get("channels") or 0),  # 0: a journal of an older import
         })
     import_pool.write_file_record(work_root, valid)
     # 5. the split

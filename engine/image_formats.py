@@ -19,6 +19,14 @@ setting.
 Provenance travels in the file: PNG text chunks (``rcdm:seed`` ...), and for WebP / JPEG
 one EXIF ImageDescription holding the same keys as ASCII JSON (non-ASCII class names are
 escaped). ``read_metadata`` reads either back as the same ``{key: text}`` dict.
+
+Channels: a greyscale RCDM's images are (H, W, 1) arrays and are written as mode "L" files
+in PNG and JPEG; WebP has no greyscale mode, so libwebp stores them as RGB with R == G == B
+(exact when lossless, within a level or two when lossy: seen in the tests' 8x8 images) and
+every reader takes them as the RGB files they are. Colour images are (H, W, 3) "RGB" files.
+``to_channels`` turns RGB into L with Pillow's own weights (ITU-R 601-2 luma,
+L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, so R == G == B gives L == R exactly) and L into
+RGB by repeating it: what ``Image.convert`` does, on whole batches.
 """
 
 from __future__ import annotations
@@ -38,6 +46,50 @@ DEFAULT_QUALITY = 95
 WEBP_LOSSLESS_QUALITY = 100  # webp at this quality is written lossless
 _EXIF_DESCRIPTION = 0x010E  # ImageDescription (ASCII)
 METADATA_PREFIX = "rcdm:"
+
+
+GREY, COLOUR = 1, 3  # the channels of a greyscale and of a colour image
+
+
+def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (..., C) images with C in (1, 3) -> (..., ``channels``): RGB -> L with Pillow's
+    weights (``Image.convert("L")``), L -> RGB by repeating the channel; unchanged when C
+    already is ``channels``.
+
+    Raises:
+        ValueError: ``channels`` not 1 or 3, or a last axis of another size.
+    """
+    pixels = np.asarray(pixels)
+    if channels not in (GREY, COLOUR):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    have = int(pixels.shape[-1]) if pixels.ndim else 0
+    if have not in (GREY, COLOUR):
+        raise ValueError(f"images must end in 1 or 3 channels, got shape {pixels.shape}")
+    if have == channels:
+        return pixels
+    if channels == COLOUR:
+        return np.repeat(pixels, COLOUR, axis=-1)
+    rgb = pixels.astype(np.uint32)
+    grey = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 32768) >> 16
+    return grey.astype(np.uint8)[..., None]
+
+
+def is_grey(pixels: np.ndarray) -> bool:
+    """True when uint8 (..., C) images carry no colour: one channel, or R == G == B at every
+    pixel."""
+    pixels = np.asarray(pixels)
+    if pixels.shape[-1] == GREY:
+        return True
+    return bool(np.array_equal(pixels[..., 0], pixels[..., 1])
+                and np.array_equal(pixels[..., 1], pixels[..., 2]))
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    """(H, W, 1) or (H, W) uint8 -> a mode "L" image; (H, W, 3) -> "RGB"."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == GREY:
+        image = image[..., 0]
+    return Image.fromarray(np.ascontiguousarray(image))
 
 
 def suffix(image_format: str) -> str:
@@ -71,9 +123,9 @@ def save_options(image_format: str, quality: int) -> dict:
 
 def save_image(f: BinaryIO | Path | str, image: Image.Image | np.ndarray, image_format: str,
                quality: int = DEFAULT_QUALITY, text: dict[str, str] | None = None) -> None:
-    """Write ``image`` ((H, W, 3) uint8 or a PIL image) as ``image_format`` with ``text``
-    (PNG text chunks; an EXIF ImageDescription of JSON for WebP and JPEG)."""
-    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    """Write ``image`` ((H, W, 3) or (H, W, 1) uint8, or a PIL image) as ``image_format``
+    with ``text`` (PNG text chunks; an EXIF ImageDescription of JSON for WebP and JPEG)."""
+    img = to_pil(image) if isinstance(image, np.ndarray) else image
     options = save_options(image_format, quality)
     if text:
         if image_format == "png":
@@ -91,7 +143,8 @@ def save_image(f: BinaryIO | Path | str, image: Image.Image | np.ndarray, image_
 def write_image_atomic(path: Path, image: np.ndarray, image_format: str = "png",
                        quality: int = DEFAULT_QUALITY,
                        text: dict[str, str] | None = None) -> None:
-    """(H, W, 3) uint8 -> ``path`` as ``image_format``, via a temp file and ``os.replace``."""
+    """(H, W, 3) or (H, W, 1) uint8 -> ``path`` as ``image_format`` (RGB or L), via a temp
+    file and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:

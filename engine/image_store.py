@@ -13,6 +13,13 @@ the EXIF rotation applied, TIFF / BMP / GIF / ... , longer side at most ``max_si
 file is fully decoded first (truncated, corrupt and non-image files are skipped with a reason;
 decompression bombs are refused from the header).
 
+Per file the record also says whether the image is greyscale (``channels``: 1 when the image as
+decoded has R == G == B at every pixel, which every "L" / "LA" / "I" / "1" / "F" file has once
+converted; 3 otherwise): the train stage reads it to train a greyscale RCDM on greyscale data
+(``engine.stages.train_stage.data_channels``). It is checked on the image already decoded: a
+strided look first (a colour image is told in microseconds), the whole image only when that
+look is grey (about a quarter of the decoding time of an RGB JPEG of grey content).
+
 Per file the record says what happened (``kept`` / ``converted`` / ``skipped``, and how the
 bytes were stored: ``linked``, ``copied``, ``referenced`` or ``written``) with the stored file's
 size, modification time and BLAKE2b digest at import: ``engine.check`` compares them later.
@@ -265,8 +272,8 @@ def _decode(fp: Any, path: Path, config: ImportConfig) -> tuple[str, Image.Image
     """Open and fully decode one file; decide whether it is kept.
 
     Returns:
-        ``("kept", thumbnail source, (format, width, height))``,
-        ``("converted", RGB image as stored, (format, width, height))`` or
+        ``("kept", thumbnail source, (format, width, height, channels))``,
+        ``("converted", RGB image as stored, (format, width, height, channels))`` or
         ``("skipped", None, reason)``.
     """
     try:
@@ -290,7 +297,8 @@ def _decode(fp: Any, path: Path, config: ImportConfig) -> tuple[str, Image.Image
                     if fmt == "PNG" and _orientation(img, path) != 1:
                         keep = False  # (PNG: never drafted, so the image is full size)
                     else:
-                        return "kept", _thumb_source(img, config.thumbnail_size), (fmt, w, h)
+                        return "kept", _thumb_source(img, config.thumbnail_size), (
+                            fmt, w, h, content_channels(img))
                 _draft_for(img, config.max_side)
                 img.load()  # decode everything now: truncation and corruption show up here
                 orientation = _orientation(img, path)
@@ -308,7 +316,20 @@ def _decode(fp: Any, path: Path, config: ImportConfig) -> tuple[str, Image.Image
         text = str(exc).strip() or type(exc).__name__
         return "skipped", None, f"corrupt or truncated image ({text})"
     rgb = _fit_side(rgb, config.max_side)
-    return "converted", rgb, (fmt, rgb.width, rgb.height)
+    return "converted", rgb, (fmt, rgb.width, rgb.height, content_channels(rgb))
+
+
+def content_channels(img: Image.Image) -> int:
+    """1 when a loaded image carries no colour (mode "L" / "1" / "I" / "F" / "LA", or R == G ==
+    B at every pixel of an RGB one), else 3. Other modes are converted to RGB first."""
+    if img.mode in ("L", "1", "LA", "La", "F") or img.mode.startswith("I"):
+        return 1
+    arr = np.asarray(img if img.mode == "RGB" else _to_rgb(img))
+    for view in (arr[::16, ::16], arr):  # a strided look first: colour shows up at once
+        if not (np.array_equal(view[..., 0], view[..., 1])
+                and np.array_equal(view[..., 1], view[..., 2])):
+            return 3
+    return 1
 
 
 def _link_or_copy(src: Path, dst: Path, data: bytes | None, link: bool) -> str:
@@ -345,7 +366,8 @@ def store_file(pos: int, src: str, label: int, job: dict[str, Any]) -> dict[str,
         (linked / copied / referenced / written), ``format``, ``ext``, ``thumb_ext``,
         ``width``, ``height``, ``path`` (referenced files: their absolute path), ``size``,
         (``thumb_ext`` is empty for an image that is its own thumbnail: ``SELF_THUMB``),
-        ``mtime_ns`` and ``digest`` of the stored file.
+        ``mtime_ns`` and ``digest`` of the stored file, ``channels`` (1: greyscale, 3:
+        colour, ``content_channels``).
     """
     config = job["config"]
     if not isinstance(config, ImportConfig):
@@ -353,7 +375,8 @@ def store_file(pos: int, src: str, label: int, job: dict[str, Any]) -> dict[str,
     source = Path(src)
     record: dict[str, Any] = {"pos": pos, "status": "skipped", "reason": "", "how": "",
                               "format": "", "ext": "", "thumb_ext": "", "width": 0,
-                              "height": 0, "path": "", "size": 0, "mtime_ns": 0, "digest": ""}
+                              "height": 0, "path": "", "size": 0, "mtime_ns": 0, "digest": "",
+                              "channels": 0}
     try:
         st = source.stat()
         data = source.read_bytes() if st.st_size <= _IN_MEMORY_MAX else None
@@ -368,10 +391,11 @@ def store_file(pos: int, src: str, label: int, job: dict[str, Any]) -> dict[str,
     if status == "skipped":
         record["reason"] = info
         return record
-    fmt, width, height = info
+    fmt, width, height, channels = info
     root = Path(job["root"])
     name = f"{label:04d}/{pos:06d}"
-    record.update(status=status, format=fmt, width=int(width), height=int(height))
+    record.update(status=status, format=fmt, width=int(width), height=int(height),
+                  channels=int(channels))
     if status == "kept":
         digest = (hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
                   if data is not None else file_digest(source))

@@ -20,7 +20,7 @@ the manifest records each file's ``source_size`` and whether it was ``resized``,
 the size. Files keep their format (``.png``, ``.webp``, ``.jpg``...: the manifest's
 ``format``): copied or linked as they are, or, resized, re-encoded in their own format (WebP
 and JPEG at the row's ``quality`` when the rows give one, the generation's, else
-``engine.image_formats.DEFAULT_QUALITY``).
+``engine.image_formats.DEFAULT_QUALITY``); a greyscale ("L") file stays greyscale.
 
 The export is built in a hidden sibling folder and moved into place, so ``OUT`` is never seen
 half-written.
@@ -136,14 +136,17 @@ def export_size(config: ExportConfig, reference: list[tuple[int, int]]) -> int:
 
 
 def _write_resized(src: Path, dst: Path, side: int, quality: Any = None) -> None:
-    """``src`` as a ``side x side`` RGB image at ``dst`` (format from ``dst``'s extension;
-    PNG, WebP and JPEG with ``engine.image_formats.save_options`` at ``quality``, a number in
-    1..100 or None / NaN for ``DEFAULT_QUALITY``)."""
+    """``src`` as a ``side x side`` image at ``dst``: greyscale ("L") when ``src`` is (a
+    generated image of a greyscale model, a greyscale real image), else RGB (format from
+    ``dst``'s extension; PNG, WebP and JPEG with ``engine.image_formats.save_options`` at
+    ``quality``, a number in 1..100 or None / NaN for ``DEFAULT_QUALITY``)."""
     from PIL import Image
 
     with Image.open(src) as img:
         img.load()
         pixels = Image.fromarray(image_pixels(img, side))
+        if img.mode in ("L", "1", "LA", "I", "I;16", "F"):
+            pixels = pixels.convert("L")  # R == G == B: exact
     fmt = format_of(dst)
     if fmt not in ("png", "webp", "jpeg"):
         pixels.save(dst)

@@ -206,6 +206,27 @@ def test_demo_over_several_regimes_runs_each_in_its_own_project(tmp_path, monkey
     assert "90.10 ± 0.50" in table and "all (126)" in table and "(mixup)" in table
 
 
+def test_demo_channels_reach_the_rcdms_training_config(tmp_path, monkeypatch, capsys):
+    """``demo --channels 3`` trains RGB RCDMs on the greyscale digits (as demos did before
+    greyscale models); the default leaves the choice to the data (None: auto)."""
+    import engine.demo
+
+    seen = []
+
+    def fake_run(project, config, export_dir, **_):
+        seen.append(config.train.channels)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(engine.demo, "run_demo", fake_run)
+    for extra, want in (([], None), (["--channels", "3"], 3), (["--channels", "1"], 1)):
+        with pytest.raises(SystemExit):
+            main(["demo", "--project", str(tmp_path / "c.duckdb"), "--quick", *extra])
+        assert seen[-1] == want
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--channels", "2"])
+    assert "--channels" in capsys.readouterr().err
+
+
 def test_one_demo_project_from_the_cli_and_the_studio(tmp_path, monkeypatch, capsys):
     """A bare NAME is the projects folder's project in the command line as in the studio:
     `--project demo` is the Projects tab's demo; a path stays a path; a command that needs a

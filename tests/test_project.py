@@ -205,11 +205,34 @@ def test_a_version_4_project_gets_the_map_layout_table(tmp_path):
     con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     con.close()
     with Project(tmp_path / "v4") as p:
-        assert p.get_meta("schema_version") == "5" and p.list(MapLayout) == []
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) and p.list(MapLayout) == []
         assert p.get(Selection, "sel_old").count == 2
         p.add(MapLayout(id="map_1", generation_id="gen_x", method="umap", seed=7, count=3))
     with Project(tmp_path / "v4") as p:
         assert (p.get(MapLayout, "map_1").method, p.get(MapLayout, "map_1").seed) == ("umap", 7)
+
+
+def test_a_version_5_project_gets_the_channels_of_its_images(tmp_path):
+    """Schema 5 -> 6: ``image.channels`` appears, 0 (not recorded) for the images already
+    there; images added afterwards record theirs."""
+    db, _ = project_paths(tmp_path / "v5")
+    with Project(tmp_path / "v5") as p:
+        p.add_dataset(Dataset(id="ds_old", name="old", num_images=3), _images("ds_old", 3))
+    con = duckdb.connect(str(db))
+    for (name,) in con.execute("SELECT index_name FROM duckdb_indexes() "
+                               "WHERE table_name = 'image'").fetchall():
+        con.execute(f'DROP INDEX "{name}"')
+    con.execute("ALTER TABLE image DROP COLUMN channels")
+    con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    con.close()
+    with Project(tmp_path / "v5") as p:
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "6"
+        assert p.images("ds_old")["channels"].tolist() == [0, 0, 0]
+        p.add_dataset(Dataset(id="ds_new", name="new", num_images=2),
+                      _images("ds_new", 2).assign(channels=[1, 3]))
+    with Project(tmp_path / "v5") as p:
+        assert p.images("ds_new")["channels"].tolist() == [1, 3]
+        assert p.images("ds_old")["path"].tolist() == ["p0.png", "p1.png", "p2.png"]
 
 
 def test_a_version_3_project_gets_the_hand_override_table(tmp_path):
@@ -227,7 +250,7 @@ def test_a_version_3_project_gets_the_hand_override_table(tmp_path):
     con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     con.close()
     with Project(tmp_path / "v3") as p:
-        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "5"
+        assert p.get_meta("schema_version") == str(SCHEMA_VERSION) == "6"
         assert p.get(Selection, "sel_old").count == 2 and p.list(HandOverride) == []
         p.save_array("selections/overrides/hand_1.npy", np.array([3], np.int64))
         p.add(HandOverride(id="hand_1", generation_id="gen_x", decision="drop", count=1,

@@ -91,7 +91,8 @@ def test_save_load_round_trip(tmp_path: Path):
     model = tiny_model(seed=1)
     folder = save_rcdm(model, tmp_path / "m", TINY, D, {"encoder": "pca", "dataset_id": "ds1"})
     loaded, config, extra = load_rcdm(folder)
-    assert config == TINY and extra == {"encoder": "pca", "dataset_id": "ds1"}
+    # saved with the channels it makes (TINY leaves them to the data: None)
+    assert config == TINY.replace(channels=3) and extra == {"encoder": "pca", "dataset_id": "ds1"}
     x, t, c = torch.randn(4, 3, 8, 8), torch.tensor([1, 2, 300, 999]), torch.randn(4, D)
     drop = torch.tensor([False, True, False, True])
     with torch.no_grad():
@@ -153,7 +154,7 @@ def test_train_outputs(trained):
     assert result["losses"][-1][0] == 10
     assert Path(result["model_dir"]) == out / "model"
     model, config, extra = load_rcdm(Path(result["model_dir"]))
-    assert config == TINY.replace(steps=10, preview_every=5)
+    assert config == TINY.replace(steps=10, preview_every=5, channels=3)  # colour pixels
     assert extra["encoder"] == "test" and extra["steps_done"] == 10 and extra["ema"] is True
     train_events = [e for e in events if e.stage == "train"]
     assert train_events[-1].step == 10 and set(train_events[-1].metrics) == {"loss", "lr"}
@@ -305,10 +306,12 @@ def test_generate_variations_writes_and_resumes(trained, tmp_path: Path):
                             ["zero"], config, tmp_path)
 
 
-def test_streamed_pixels_train_exactly_like_pixels_in_memory(tmp_path, caplog):
+@pytest.mark.parametrize("channels", [3, 1])
+def test_streamed_pixels_train_exactly_like_pixels_in_memory(tmp_path, caplog, channels):
     """Pixel space with ``latent_data="stream"`` reads each batch's rows from the memory-
     mapped pixel cache (memory independent of the dataset's size): the same losses and
-    weights as every image in memory, with flips, on a subset of rows (the train split)."""
+    weights as every image in memory, with flips, on a subset of rows (the train split),
+    for an RGB model and a greyscale one (each batch's rows converted to L)."""
     from engine.rcdm.training import ArrayRows, pixel_bytes, train_rcdm_files
 
     pixels, cond = tiny_data(12)
@@ -317,20 +320,21 @@ def test_streamed_pixels_train_exactly_like_pixels_in_memory(tmp_path, caplog):
     idx = np.array([0, 2, 3, 5, 7, 8, 9, 11])
     runs = {}
     for mode in ("memory", "stream"):
-        config = TINY.replace(steps=3, hflip=True, latent_data=mode)
+        config = TINY.replace(steps=3, hflip=True, latent_data=mode, channels=channels)
         caplog.clear()
         with caplog.at_level("INFO", logger="engine.rcdm.training"):
             runs[mode] = train_rcdm_files(tmp_path / "pixels.npy", tmp_path / "cond.npy",
                                           config, tmp_path / mode, index=idx)
         assert ("pixels read per batch" in caplog.text) == (mode == "stream")
     assert runs["memory"]["losses"] == runs["stream"]["losses"]
-    a, _, _ = load_rcdm(Path(runs["memory"]["model_dir"]), load_vae=False)
+    a, saved, _ = load_rcdm(Path(runs["memory"]["model_dir"]), load_vae=False)
     b, _, _ = load_rcdm(Path(runs["stream"]["model_dir"]), load_vae=False)
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # the same through train_rcdm given rows that are read only when indexed
     rows = ArrayRows(np.load(tmp_path / "pixels.npy", mmap_mode="r", allow_pickle=False), idx)
-    again = train_rcdm(rows, cond[idx], TINY.replace(steps=3, hflip=True, latent_data="stream"),
-                       tmp_path / "rows")
+    again = train_rcdm(rows, cond[idx], TINY.replace(steps=3, hflip=True, latent_data="stream",
+                                                     channels=channels), tmp_path / "rows")
     assert again["losses"] == runs["memory"]["losses"]
+    assert saved.channels == channels and a.unet.config.in_channels == channels
     assert pixel_bytes(130_000, 64) == 130_000 * 3 * 64 * 64 * 4

@@ -59,7 +59,7 @@ def test_latent_train_save_load_sample(vae_dir: Path, tmp_path: Path):
     assert meta["vae"] == {"vae_id": str(vae_dir.resolve()), "scaling_factor": 0.5,
                            "shift_factor": 0.0, "downsample": 2, "latent_channels": 4}
     model, loaded_config, _ = load_rcdm(Path(result["model_dir"]))
-    assert loaded_config == config and model.codec is not None
+    assert loaded_config == config.replace(channels=3) and model.codec is not None
     assert model.unet.config.in_channels == 4 and model.unet.config.sample_size == 8
     images = sample_images(model, cond[:3], np.array([1, 2, 3]),
                            GenerateConfig(sampler="ddim", steps=3, batch_size=2))

@@ -18,7 +18,8 @@ Schema versions: 1 the first; 2 adds ``code_version`` to every run table, ``job_
 datasets, encodings and exports, and the ``experiment`` table (experiments were JSON records
 in ``meta`` before); 3 adds the validation split (``num_val``, ``eval_split``); 4 adds the
 ``hand_override`` table (keep / drop decisions by hand, on top of a band); 5 adds the
-``map_layout`` table (2-D layouts computed by map jobs). ``engine.project.store``
+``map_layout`` table (2-D layouts computed by map jobs); 6 adds ``image.channels`` (1 for a
+greyscale image, 3 for a colour one, 0 when not recorded: imported before). ``engine.project.store``
 migrates older project files on open.
 """
 
@@ -33,7 +34,7 @@ from sqlmodel import Field, SQLModel
 
 from engine.version import code_version
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def new_id(prefix: str) -> str:
@@ -114,6 +115,9 @@ class Image(SQLModel, table=True):
     width: int = 0
     height: int = 0
     source_path: str = ""  # file it was imported from, relative to the imported folder
+    # 1: greyscale (R == G == B as imported, engine.image_store.content_channels), 3: colour,
+    # 0: not recorded (imported before schema 6)
+    channels: int = 0
 
 
 class Encoding(SQLModel, table=True):

@@ -87,6 +87,8 @@ ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
         ("evaluation", "eval_split", "VARCHAR DEFAULT 'test'")],
     # 4: the hand_override table only (made by create_all; nothing to move)
     # 5: the map_layout table only (made by create_all; nothing to move)
+    # 6: whether each image is greyscale (0: not recorded, for the images imported before)
+    6: [("image", "channels", "INTEGER DEFAULT 0")],
 }
 # Experiments were JSON records in the meta table under this key prefix (schema version 1).
 LEGACY_EXPERIMENT_PREFIX = "experiment:"
@@ -390,6 +392,8 @@ class Project:
         """Insert a dataset and all its images in one transaction (all or nothing)."""
         _check_row_name(dataset)
         self._reference_roots = None
+        if "channels" not in images:  # not recorded
+            images = images.assign(channels=0)
         frame = images.reindex(columns=IMAGE_COLUMNS)  # noqa: F841 (used by DuckDB by name)
         with self.duck() as con:
             con.execute("BEGIN TRANSACTION")

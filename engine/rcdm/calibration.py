@@ -100,8 +100,8 @@ def measure_seconds(config: TrainConfig, cond_dim: int, steps: int = CALIBRATION
 
     rng = np.random.default_rng(0)
     n = config.batch_size
-    pixels = rng.integers(0, 256, (n, config.image_size, config.image_size, config.channels),
-                          dtype=np.uint8)  # (N, H, W, C)
+    pixels = rng.integers(0, 256, (n, config.image_size, config.image_size,
+                                   config.channels or 3), dtype=np.uint8)  # (N, H, W, C)
     cond = rng.standard_normal((n, cond_dim)).astype(np.float32)  # (N, D)
     short = config.replace(steps=steps, warmup_steps=0, checkpoint_every=steps + 1,
                            preview_every=steps + 1, processes=1)

@@ -198,7 +198,7 @@ def generate_plan(model_dir: Path, plan: ConditionPlan, class_names: list[str],
                                invert_cond, config)
         else:
             images = sample_images(model, cond, seeds[part], config,
-                                   cancel=cancel)  # (b, H, W, 3) uint8
+                                   cancel=cancel)  # (b, H, W, C) uint8, C 1 or 3
         for i, image in zip(part, images):
             write_image_atomic(Path(records[i]["path"]), image, config.image_format,
                                config.quality, texts[i])
@@ -214,7 +214,8 @@ def _inverted(model, rows: list[dict], cond: np.ndarray,
               pixels_of: Callable[[list[str], int], np.ndarray] | None,
               own: np.ndarray | None, config: GenerateConfig) -> np.ndarray:
     """The samples of ``rows``: each row's source image inverted under its own
-    representation, regenerated under ``cond`` (b, D). (b, H, W, 3) uint8."""
+    representation, regenerated under ``cond`` (b, D). (b, H, W, C) uint8 (C: the model's
+    channels; colour sources of a greyscale model are converted to L)."""
     from engine.rcdm import inversion
     from engine.rcdm.latent import image_shape
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from engine.errors import InvalidConfigError
+from engine.image_formats import COLOUR, to_channels
 from engine.rcdm.model import RCDM
 from engine.rcdm.sample import guided_eps, model_timesteps, to_uint8
 
@@ -85,16 +86,22 @@ def _posterior(model: RCDM, x: torch.Tensor, t: int, t_prev: int, cond: torch.Te
 
 
 def to_model_space(model: RCDM, pixels: np.ndarray) -> torch.Tensor:
-    """(B, H, W, C) uint8 at the model's image size -> x_0 as the model sees it: pixels in
-    [-1, 1], or the VAE latent of a latent model. float64."""
+    """(B, H, W, C) uint8 at the model's image size (C 1 or 3) -> x_0 as the model sees it:
+    pixels in [-1, 1], or the VAE latent of a latent model. float64. Colour images given to a
+    greyscale model are converted to L first (``image_formats.to_channels``), as its training
+    data were."""
+    from engine.rcdm.latent import image_channels
+
     device = next(model.parameters()).device
+    pixels = to_channels(np.asarray(pixels), image_channels(model))  # (B, H, W, C_model)
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
     codec = getattr(model, "codec", None)
     if codec is None:
         return x.to(device, torch.float64)
     from engine.rcdm.latent import encode_pixels
 
-    raw = torch.from_numpy(encode_pixels(codec.vae, np.ascontiguousarray(pixels)))
+    rgb = to_channels(pixels, COLOUR)  # the VAE reads RGB: L repeated
+    raw = torch.from_numpy(encode_pixels(codec.vae, np.ascontiguousarray(rgb)))
     return codec.to_model_space(raw).to(device, torch.float64)
 
 

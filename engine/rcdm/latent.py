@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from engine.errors import InvalidConfigError, WeightsNotFoundError
+from engine.image_formats import COLOUR, to_channels
 from engine.paths import new_memmap
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 
@@ -144,11 +145,22 @@ class LatentCodec:
 
 
 def decode_samples(model, z: torch.Tensor) -> np.ndarray:
-    """Samples of a latent RCDM ((B, C, h, w) latents) -> (B, H, W, 3) uint8 pixels."""
+    """Samples of a latent RCDM ((B, C, h, w) latents) -> (B, H, W, 3) uint8 pixels, or
+    (B, H, W, 1) for a greyscale model (``train_config.channels`` 1: the VAE's RGB made L)."""
     codec = getattr(model, "codec", None)
     if codec is None:
         raise InvalidConfigError("this RCDM has no VAE attached (model.codec is None)")
-    return codec.decode_uint8(z)
+    return to_channels(codec.decode_uint8(z), image_channels(model))
+
+
+def image_channels(model) -> int:
+    """The channels of the images ``model`` makes: 1 (greyscale) or 3 (RGB). Pixel space:
+    its U-Net's; latent space: its config's (a model saved before channels followed the
+    data, or with none recorded: 3)."""
+    if getattr(model, "codec", None) is None:
+        return int(model.unet.config.in_channels)
+    config = getattr(model, "train_config", None)
+    return int(getattr(config, "channels", None) or COLOUR)
 
 
 @torch.no_grad()
@@ -291,10 +303,10 @@ def cached_latents(pixels: np.ndarray, vae_id: str, cache_dir: Path, flip: bool 
 
 def image_shape(model) -> tuple[int, int, int]:
     """(H, W, C) of the images ``sample_images`` returns for ``model``: its sample size and
-    channels in pixel space, the VAE's decoded size and RGB in latent space."""
-    size, channels = int(model.unet.config.sample_size), int(model.unet.config.in_channels)
+    channels in pixel space, the VAE's decoded size in latent space (C: ``image_channels``)."""
+    size, channels = int(model.unet.config.sample_size), image_channels(model)
     codec = getattr(model, "codec", None)
     if codec is None:
         return size, size, channels
     f = int(codec.info["downsample"])
-    return size * f, size * f, 3
+    return size * f, size * f, channels

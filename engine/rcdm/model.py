@@ -141,7 +141,7 @@ def unet_kwargs(config: TrainConfig, cond_dim: int,
     up = tuple("CrossAttnUpBlock2D" if b == "CrossAttnDownBlock2D" else "UpBlock2D"
                for b in reversed(down))
     groups = min(32, reduce(math.gcd, channels))
-    in_ch, size = sample_shape or (config.channels, config.image_size)
+    in_ch, size = sample_shape or (config.channels or 3, config.image_size)  # None: RGB
     if size % (2 ** (n - 1)):
         raise InvalidConfigError(
             f"the U-Net input size {size} must be divisible by 2**(levels-1) for "
@@ -184,8 +184,12 @@ def save_rcdm(model: RCDM, folder: Path, config: TrainConfig, cond_dim: int,
     """Write ``model`` to ``folder`` atomically (a temp sibling, then ``os.replace``).
 
     ``extra`` carries provenance (encoder name, dataset id, steps, ...); it must be JSON.
+    A ``config`` with ``channels`` None is saved with the channels the model makes.
     """
     folder = Path(folder)
+    if config.channels is None:  # the folder says what it makes: the U-Net's, or the VAE's RGB
+        config = config.replace(channels=3 if model.codec is not None
+                                else int(model.unet.config.in_channels))
     tmp = temp_dir_for(folder)
     model.unet.save_pretrained(tmp / UNET_DIR, safe_serialization=True)
     save_file(model.conditioner_state(), str(tmp / CONDITIONER_FILE))
@@ -314,9 +318,11 @@ def adopt_folder(src: Path, dst: Path, vae_id: str | None = None,
     (``null_cond``), the tokens per representation (``cond_proj`` rows / the U-Net's
     ``cross_attention_dim``), the noise schedule from ``scheduler/scheduler_config.json`` when
     present (else this project's defaults), the architecture from the U-Net's config; a U-Net
-    of more or fewer than 3 input channels is a latent model and needs ``vae_id``. The result
-    is loaded once (``load_rcdm``) before it is kept. ``origin``: where it came from, for
-    the diffusers layout's ``rcdm.json`` (default: ``src``; an upload names its zip).
+    of 3 input channels is an RGB pixel model, one of 1 input channel a greyscale pixel model
+    (a latent one when ``vae_id`` is given), any other a latent model that needs ``vae_id``
+    (its images RGB, as its VAE's). The result is loaded once (``load_rcdm``) before it is
+    kept. ``origin``: where it came from, for the diffusers layout's ``rcdm.json`` (default:
+    ``src``; an upload names its zip).
 
     Raises:
         NotReadyError: neither layout, or a conditioner that does not fit the U-Net, in one
@@ -374,8 +380,8 @@ def adopt_folder(src: Path, dst: Path, vae_id: str | None = None,
             if key in sched:
                 values[key] = sched[key]
     codec_info = None
-    if in_ch == 3:
-        values.update(space="pixel", channels=3, image_size=int(image_size or size))
+    if in_ch == 3 or (in_ch == 1 and not vae_id):  # RGB or greyscale pixels
+        values.update(space="pixel", channels=in_ch, image_size=int(image_size or size))
     else:
         if not vae_id:
             raise NotReadyError(
@@ -384,7 +390,7 @@ def adopt_folder(src: Path, dst: Path, vae_id: str | None = None,
         from engine.rcdm.latent import load_vae, vae_info
 
         codec_info = vae_info(load_vae(vae_id), vae_id)
-        values.update(space="latent", vae_id=vae_id,
+        values.update(space="latent", vae_id=vae_id, channels=3,
                       image_size=int(image_size or size * codec_info["downsample"]))
     config = TrainConfig().replace(**values)
     tmp = temp_dir_for(dst)

@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.config import GenerateConfig, TrainConfig
 from engine.errors import Cancelled, DatasetError, InvalidConfigError, NotReadyError, StudioError
+from engine.image_formats import COLOUR, GREY, is_grey, to_channels, to_pil
 from engine.progress import CancelToken, ProgressEvent, ProgressFn, no_progress
 from engine.rcdm.model import RCDM, build_rcdm, count_parameters, replace_dir, save_rcdm, temp_dir_for
 from engine.rcdm.sample import sample_images
@@ -152,14 +153,12 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float 
 
 
 def _check_inputs(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig) -> None:
-    if config.channels != 3:
-        raise InvalidConfigError(
-            f"training images must be RGB (channels=3), got channels={config.channels}")
     size = config.image_size
-    if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (size, size, 3):
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:3]) != (size, size) \
+            or pixels.shape[3] not in (1, 3):
         raise DatasetError(
-            f"pixels must be uint8 of shape (N, {size}, {size}, 3), got {pixels.dtype} "
-            f"{pixels.shape}")
+            f"pixels must be uint8 of shape (N, {size}, {size}, 3) or (N, {size}, {size}, 1), "
+            f"got {pixels.dtype} {pixels.shape}")
     if cond.ndim != 2 or len(cond) != len(pixels):
         raise DatasetError(
             f"cond must have shape ({len(pixels)}, D), got {cond.shape}")
@@ -167,6 +166,39 @@ def _check_inputs(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig) -> 
         raise DatasetError("no training images")
     if not np.isfinite(cond).all():
         raise DatasetError("cond contains NaN or inf values")
+
+
+def resolve_channels(config: TrainConfig, pixels) -> int:
+    """The channels a run of ``config`` trains with: ``config.channels`` when set; else (None,
+    the data's) 1 when ``pixels`` carry no colour (one channel, or R == G == B everywhere:
+    ``image_formats.is_grey``, read in memory in pixel space) and 3 otherwise. In latent space
+    an unset value is 3 unless the pixels have one channel: the stage resolves it from what
+    the import recorded (``train_stage.data_channels``) rather than reading every image."""
+    if config.channels is not None:
+        return int(config.channels)
+    if int(pixels.shape[-1]) == GREY:
+        return GREY
+    if config.space == "latent":
+        return COLOUR
+    return GREY if is_grey(pixels) else COLOUR
+
+
+def _init_channels(init: Path, channels: int) -> None:
+    """Refuse to fine-tune a model of ``init`` that makes images of other channels."""
+    from engine.rcdm.model import read_rcdm_meta
+
+    theirs = read_rcdm_meta(Path(init))["train_config"].get("channels") or COLOUR
+    if int(theirs) != channels:
+        raise InvalidConfigError(
+            f"the initial model {init} makes {channel_words(int(theirs))} images, this "
+            f"training {channel_words(channels)} ones (channels={channels}); fine-tune a "
+            f"model of the same channels, or set channels={theirs} to train on the data "
+            f"converted to them")
+
+
+def channel_words(channels: int) -> str:
+    """1 -> "greyscale (1-channel)", 3 -> "RGB (3-channel)"."""
+    return "greyscale (1-channel)" if channels == GREY else "RGB (3-channel)"
 
 
 LATENT_MEMORY_FRACTION = 0.25  # "auto": latents in memory while they take at most this
@@ -194,16 +226,17 @@ class PixelBatches:
     index tensor -> (m, C, H, W) float in [-1, 1] on ``device``. Elementwise the same numbers
     as ``pixels_to_tensor`` of the whole array, with memory independent of N."""
 
-    def __init__(self, pixels: Any, device: str | torch.device) -> None:
-        self.pixels, self.device = pixels, device
-        n, h, w, c = pixels.shape
-        self.shape = torch.Size((int(n), int(c), int(h), int(w)))
+    def __init__(self, pixels: Any, device: str | torch.device, channels: int = 3) -> None:
+        self.pixels, self.device, self.channels = pixels, device, int(channels)
+        n, h, w, _ = pixels.shape
+        self.shape = torch.Size((int(n), self.channels, int(h), int(w)))
 
     def __len__(self) -> int:
         return int(self.shape[0])
 
     def __getitem__(self, i: torch.Tensor) -> torch.Tensor:
-        return pixels_to_tensor(np.asarray(self.pixels[i.cpu().numpy()])).to(self.device)
+        rows = to_channels(np.asarray(self.pixels[i.cpu().numpy()]), self.channels)
+        return pixels_to_tensor(rows).to(self.device)
 
 
 def pixel_bytes(n: int, size: int, channels: int = 3) -> int:
@@ -215,15 +248,18 @@ def _training_data(pixels, config: TrainConfig, latents, out_dir: Path, ranks: R
                    progress: ProgressFn, cancel: CancelToken | None):
     """(x_all (N, C, h, w), x_flipped or None, codec or None) on the training device."""
     device = ranks.device
-    if config.space == "pixel":
-        if latent_path(config.latent_data, pixel_bytes(len(pixels), config.image_size)) \
-                == "stream":
+    if config.space == "pixel":  # (N, H, W, C) -> (N, C, H, W), C = config.channels
+        channels = config.channels
+        if latent_path(config.latent_data,
+                       pixel_bytes(len(pixels), config.image_size, channels)) == "stream":
             log.info("pixels read per batch from their cache (%d images)", len(pixels))
-            return PixelBatches(pixels, device), None, None
-        return pixels_to_tensor(np.asarray(pixels)).to(device), None, None
+            return PixelBatches(pixels, device, channels), None, None
+        return pixels_to_tensor(to_channels(np.asarray(pixels), channels)).to(device), None, None
     from engine.rcdm.latent import LatentBatches, LatentCodec, cached_latents
 
     if latents is None:  # encode here, cached in the run folder; rank 0 first
+        if int(pixels.shape[-1]) != COLOUR:  # the VAE reads RGB
+            pixels = to_channels(np.asarray(pixels), COLOUR)
         kwargs = dict(flip=config.hflip, latent_scale=config.latent_scale,
                       device=str(device), cancel=cancel)
         if ranks.main:
@@ -259,8 +295,10 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     """Train an RCDM on images and their representations.
 
     Args:
-        pixels: (N, H, W, 3) uint8 images, already at ``config.image_size`` (in latent
-            space only the preview rows are read, so a memory-mapped array is fine).
+        pixels: (N, H, W, 3) or (N, H, W, 1) uint8 images, already at ``config.image_size``
+            (in latent space only the preview rows are read, so a memory-mapped array is
+            fine); converted to ``config.channels`` (``resolve_channels`` when None: the
+            saved model's config records the value trained with).
         cond: (N, D) float32 representations of those images.
         config: the TrainConfig.
         out_dir: run folder (checkpoint/, previews/, model/ are written there).
@@ -282,6 +320,9 @@ def train_rcdm(pixels: np.ndarray, cond: np.ndarray, config: TrainConfig, out_di
     """
     cond = np.asarray(cond, dtype=np.float32)
     _check_inputs(pixels, cond, config)
+    config = config.replace(channels=resolve_channels(config, pixels))
+    if init is not None:
+        _init_channels(Path(init), config.channels)
     ranks = Ranks(config.device)
     device = ranks.device
     batch, world, accum = config.batch_size, ranks.world, config.grad_accum
@@ -532,7 +573,8 @@ def train_rcdm_files(pixels_path: str | Path, cond_path: str | Path, config: Tra
 
 def _write_preview(model: RCDM, ema: EMAModel, cond: np.ndarray, real: np.ndarray,
                    path: Path, device: str) -> Path:
-    """Grid PNG: top row real images (k, H, W, 3), bottom row EMA samples of their cond."""
+    """Grid PNG: top row real images (k, H, W, 3), bottom row EMA samples of their cond
+    (k, H, W, C); greyscale when the model is (C = 1)."""
     params = list(model.parameters())
     ema.store(params)
     ema.copy_to(params)
@@ -541,10 +583,11 @@ def _write_preview(model: RCDM, ema: EMAModel, cond: np.ndarray, real: np.ndarra
                              PREVIEW_SAMPLER.replace(batch_size=len(cond), device=device))
     finally:
         ema.restore(params)
+    real = to_channels(real, int(fake.shape[-1]))
     grid = np.concatenate([np.concatenate(list(real), axis=1),
-                           np.concatenate(list(fake), axis=1)], axis=0)  # (2H, kW, 3)
+                           np.concatenate(list(fake), axis=1)], axis=0)  # (2H, kW, C)
     scale = max(1, 48 // real.shape[1])
-    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
+    img = to_pil(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
                                        Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

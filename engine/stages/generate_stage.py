@@ -37,6 +37,7 @@ import pandas as pd
 
 from engine.config import GenerateConfig
 from engine.errors import DatasetError, InvalidConfigError
+from engine.image_formats import COLOUR, GREY, to_channels
 from engine.paths import given_name, sanitize_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Encoding, Generation, Project, dumps, new_id
@@ -73,14 +74,16 @@ def _class_index(ds: Any, name: str, what: str) -> int:
 
 
 def external_sources(project: Project, ds: Any, enc: Encoding, files: list[str | Path],
-                     label: str | None, train_cond: np.ndarray, train_labels: np.ndarray
-                     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                     label: str | None, train_cond: np.ndarray, train_labels: np.ndarray,
+                     channels: int = 3) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Image files outside the project as sources: ((n, D) float32 representations, n
     records {"id", "name", "path", "sha256", "label", "class_name", "label_from",
     "centroid_distance"}).
 
     Each file is validated and decoded as an import of the model's dataset would be, seen as
     the encoder sees the dataset's images, and encoded with the encoding's fitted encoder.
+    ``channels`` 1 (a greyscale model): a colour file is converted to L first (then repeated
+    to RGB, as the encoder sees a greyscale dataset image).
 
     Raises:
         DatasetError: a file that is not a usable image (the reason in one sentence).
@@ -108,7 +111,10 @@ def external_sources(project: Project, ds: Any, enc: Encoding, files: list[str |
         img, reason = validate_image(path, import_config)
         if img is None:
             raise DatasetError(f"{path.name} cannot be a source image: {reason}")
-        pixels.append(image_pixels(img, encoder.load_size))  # (s, s, 3) uint8
+        seen = image_pixels(img, encoder.load_size)  # (s, s, 3) uint8
+        if channels == GREY:
+            seen = to_channels(to_channels(seen, GREY), COLOUR)
+        pixels.append(seen)
         sha = _sha256(path)
         records.append({"id": f"sha256:{sha}", "name": path.name, "path": str(path.absolute()),
                         "sha256": sha})
@@ -169,6 +175,12 @@ def _pool(images: pd.DataFrame, image_ids: list[str] | None, config: GenerateCon
     return images[images["id"].isin(list(image_ids))]
 
 
+def model_channels(model: Any) -> int:
+    """The channels of the images a Model row's RCDM makes (1 or 3; 3 when its config has
+    none recorded: a model trained before channels followed the data)."""
+    return int(model.config.get("channels") or COLOUR)
+
+
 def plan_params(project: Project, config: GenerateConfig, model_ref: str | None = None,
                 image_ids: list[str] | None = None,
                 image_files: list[str | Path] | None = None, label: str | None = None,
@@ -208,7 +220,7 @@ def plan_params(project: Project, config: GenerateConfig, model_ref: str | None 
     external: list[dict[str, Any]] = []
     if files:
         ext_cond, external = external_sources(project, ds, enc, files, label, train_cond,
-                                              train_labels)
+                                              train_labels, model_channels(model))
         cond = np.concatenate([cond, ext_cond.astype(np.float32)])
         ids += [r["id"] for r in external]
         labels = np.concatenate([labels, [r["label"] for r in external]]).astype(np.int64)

@@ -2,10 +2,17 @@
 
 Conditioning on the ``class`` encoding gives the paper's class-conditioned LDM baseline with
 the very same denoiser and recipe.
+
+Channels follow the data: a config with ``channels`` None is given the training split's
+channels here (``data_channels``: 1 when the import recorded every training image greyscale,
+else 3) before the job is queued, so the model row, the job and the saved model all name the
+channels the model was trained with; an explicit 1 or 3 wins. Fine-tuning (``init``) needs the
+initial model's channels.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +20,13 @@ import numpy as np
 
 from engine.config import TrainConfig
 from engine.errors import InvalidConfigError
+from engine.image_formats import COLOUR, GREY
 from engine.paths import given_name
 from engine.progress import CancelToken, ProgressFn
 from engine.project import Model, Project, dumps, new_id
 from engine.stages import JobSpec, common
+
+log = logging.getLogger(__name__)
 
 
 def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = None,
@@ -31,6 +41,9 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
     name = given_name(name, "model name")
     ds = common.dataset(project, dataset_ref)
     enc = common.dataset_encoding(project, ds, encoder, encoding_ref)
+    train_idx = common.split_indices(project, ds).train  # never val / test / unused
+    given = config.channels
+    config = config.replace(channels=given or data_channels(project, ds, train_idx))
     init_dir, init_info = None, None
     if init:
         from engine.rcdm.model import read_rcdm_meta
@@ -42,8 +55,19 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
                 f"the initial model takes {read_rcdm_meta(init_dir)['cond_dim']}-d "
                 f"representations, the {enc.encoder} encoding is {enc.dim}-d; fine-tune it on "
                 f"an encoding of the same size")
+        wanted = config.channels
         config = init_config(config, init_dir)
-    train_idx = common.split_indices(project, ds).train  # never val / test / unused
+        theirs = int(config.channels or COLOUR)
+        if theirs != wanted:
+            from engine.rcdm.training import channel_words
+
+            why = "--channels asks for" if given else f"the training images of {ds.name} are"
+            raise InvalidConfigError(
+                f"the initial model makes {channel_words(theirs)} images, {why} "
+                f"{channel_words(wanted)}: fine-tune a model of the same channels, or pass "
+                f"--channels {theirs} to train on the images converted to "
+                f"{'greyscale' if theirs == GREY else 'RGB'}")
+        config = config.replace(channels=theirs)
     model_id = new_id("mdl")
     out = project.assets / "models" / model_id  # made by the worker
     name = project.unique_name(Model, name or f"rcdm-{enc.encoder}")
@@ -64,6 +88,19 @@ def prepare(project: Project, config: TrainConfig, dataset_ref: str | None = Non
         params["init_dir"] = str(init_dir)
         params["extra"]["init"] = init_info
     return JobSpec(kind="train", title=f"Train {name} on {ds.name}", params=params)
+
+
+def data_channels(project: Project, ds: Any, idx: np.ndarray) -> int:
+    """1 when every image ``idx`` of ``ds`` was recorded greyscale at import (the Image rows'
+    ``channels``, ``engine.image_store.content_channels``), else 3. Images imported before
+    schema 6 have none recorded and count as colour (pass ``channels=1`` to train greyscale).
+    """
+    images = project.images(ds.id).set_index("idx")
+    recorded = images.loc[np.asarray(idx, dtype=np.int64), "channels"].fillna(0).astype(int)
+    if len(recorded) and (recorded == 0).any():
+        log.info("dataset %s: %d training image(s) imported without a channels record: "
+                 "training in RGB", ds.name, int((recorded == 0).sum()))
+    return GREY if len(recorded) and (recorded == GREY).all() else COLOUR
 
 
 def _init_folder(project: Project, ref: str) -> tuple[Path, dict[str, Any]]:

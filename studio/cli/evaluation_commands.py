@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--encoder", default="pca", choices=["pca", "simclr"],
                    help="offline image encoder to condition on (pca or simclr; the class "
                         "baseline is always trained beside it)")
+    p.add_argument("--channels", choices=["auto", "1", "3"], default="auto",
+                   help="channels of the RCDMs' images: auto (default: the digits are "
+                        "greyscale, so 1), 1, or 3 (RGB, as demos before greyscale models)")
     json_arg(p)
 
 
@@ -323,6 +327,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import DemoConfig, regimes_table, results_table, run_demo
 
     config = (DemoConfig.quick() if args.quick else DemoConfig()).with_encoder(args.encoder)
+    if args.channels != "auto":
+        config = replace(config, train=config.train.replace(channels=int(args.channels)))
     if not 1 <= args.seeds <= 20:
         raise InvalidConfigError(f"--seeds must be in [1, 20], got {args.seeds}")
     regimes = args.per_class or [0]  # 0: the full demo, no --per-class

@@ -50,6 +50,10 @@ def add_parsers(sub: Any) -> None:
                    help=f"training image size in pixels (tiny-cpu: {TrainConfig.image_size})")
     p.add_argument("--cond-dropout", type=float,
                    help="probability of dropping the representation (classifier-free guidance)")
+    p.add_argument("--channels", choices=["auto", "1", "3"], default="auto",
+                   help="channels of the images the model makes: 1 (greyscale), 3 (RGB), or "
+                        "auto (the default): 1 when every training image was greyscale at "
+                        "import, else 3")
     p.add_argument("--space", choices=["pixel", "latent"],
                    help="denoise pixels (toy sizes) or the latents of a VAE")
     p.add_argument("--vae", help="AutoencoderKL hub id or local folder for --space latent "
@@ -209,7 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
              "space": args.space, "vae_id": args.vae, "min_snr_gamma": args.min_snr_gamma,
              "precision": args.precision, "grad_accum": args.grad_accum,
              "latent_data": args.latent_data,
-             "processes": args.processes}
+             "processes": args.processes,
+             "channels": None if args.channels == "auto" else int(args.channels)}
     overrides = {k: v for k, v in given.items() if v is not None}
     given_device = args.device
     with open_project(args) as project:
