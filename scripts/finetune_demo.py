@@ -14,7 +14,7 @@ Steps (every stage through the engine's jobs, in one project, on the CPU):
    5-9's held-out test images.
 
 Prints a table, then one JSON line. Usage: python scripts/finetune_demo.py [--dir D]
-[--steps 400] [--epochs 8] [--seeds 2]
+[--steps 400] [--epochs 8] [--seeds 2] [--channels auto|1|3]
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--channels", choices=["auto", "1", "3"], default="auto",
+                    help="the RCDMs' channels (auto: the digits are greyscale, so 1; 3: RGB, "
+                         "as measured before greyscale models)")
     args = ap.parse_args()
 
     from engine.config import QUICK_TRAIN, EncodeConfig, EvalConfig, GenerateConfig, ImportConfig, TrainConfig
@@ -78,7 +81,9 @@ def main() -> int:
                                                                                   16))
             for ds in (low, high):
                 run(encode_stage.prepare(p, enc, dataset_ref=ds))
-            quick = TrainConfig(**{**QUICK_TRAIN, "steps": args.steps})
+            quick = TrainConfig(**{**QUICK_TRAIN, "steps": args.steps,
+                                    "channels": None if args.channels == "auto"
+                                    else int(args.channels)})
             pre = run(train_stage.prepare(p, quick, low, encoder="pca", name="pretrained-0-4"))
             models = {
                 "scratch": run(train_stage.prepare(p, quick, high, encoder="pca",

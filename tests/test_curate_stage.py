@@ -183,9 +183,10 @@ def test_studio_hand_decisions_and_more_like_this(curated_project):
         status, _fig, counts, summary, *_ = curate_tab.on_hand(ctx, "drop", [inside], *band)
         assert "1 image(s) dropped by hand" in status
         assert counts["- hand"].sum() == 1 and "by hand: +0 / −1" in summary
-        status, items, generated = curate_tab.on_more_like(ctx, [inside], *band)
+        status, items, generated, refs = curate_tab.on_more_like(ctx, [inside], *band)
         assert "nearest images of sample" in status and 0 < len(items) <= curate_tab.NEIGHBOURS_K
         assert inside not in generated and all(isinstance(i, int) for i in generated)
+        assert len(refs) == len(items) and set(generated) <= set(refs)
         curate_tab.on_hand(ctx, "keep", generated, *band)
         kept = curate_tab.band_view(ctx, *band)["counts"]
         sel = curate_tab.save(ctx, *band, "hand")
@@ -261,7 +262,7 @@ def test_large_indexes_are_built_by_a_job_not_in_the_request(curated_project, mo
         assert len(jobs) == 1  # asked twice, queued once
         assert ctx.jobs.wait(jobs[0].id, timeout=180).status == "done"
         assert curate_stage.indexes_pending(ctx.project, bd) == []
-        status, items, synthetic = curate_tab.on_more_like(ctx, [0], *band)
+        status, items, synthetic, _ = curate_tab.on_more_like(ctx, [0], *band)
         assert len(items) == curate_tab.NEIGHBOURS_K and "nearest images" in str(status)
         assert len(curate_tab._scores(ctx, {"bd": bd})) == 36
     finally:

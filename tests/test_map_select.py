@@ -191,12 +191,54 @@ def test_more_like_this_from_a_real_image_on_the_map_finds_its_copies(curated_pr
         _, src, md, picked = curate_tab.on_map_click(ctx, state, gr.EventData(None, {"row": r}),
                                                      *BAND)
         assert picked == [source] and src and "real training image" in md
-        status, items, synthetic = curate_tab.on_more_like(ctx, picked, *BAND)
+        status, items, synthetic, _ = curate_tab.on_more_like(ctx, picked, *BAND)
         assert f"nearest images of real image {source}" in status and "near-copies" in status
         assert 0 in synthetic  # its exact copy is among its nearest generated images
         assert any(cap.endswith(" · copy") for _, cap in items)
         # Keep / Drop refuse a real image, in one sentence
         out = curate_tab.on_hand(ctx, "drop", picked, *BAND)
         assert "real training image" in out[0]
+    finally:
+        ctx.close()
+
+
+def test_more_like_this_goes_on_from_any_image_of_its_gallery(curated_project):  # noqa: F811
+    """A click on a neighbour in the More like this gallery picks it, real or generated, as a
+    click on the map does: a generated one for Keep / Drop, a real one for its nearest images
+    and its copies among the generated ones."""
+    import gradio as gr
+
+    from engine.project import Image
+    from studio.context import StudioContext
+    from studio.tabs import curate_tab
+
+    project, _, _ = curated_project
+    path = project.path
+    project.close()
+    ctx = StudioContext(path)
+    try:
+        _, items, synthetic, refs = curate_tab.on_more_like(ctx, [0], *BAND)
+        assert len(refs) == len(items) and sorted(synthetic) == sorted(
+            r for r in refs if isinstance(r, int))
+        real_at = next(k for k, r in enumerate(refs) if isinstance(r, str))
+        gen_at = next(k for k, r in enumerate(refs) if isinstance(r, int))
+
+        def click(k):
+            return curate_tab.select_near(ctx, refs, gr.SelectData(None, {"index": k,
+                                                                          "value": None}),
+                                          *BAND)
+
+        sample, src, md, picked = click(real_at)
+        image = ctx.project.get(Image, refs[real_at])
+        assert picked == [image.id] and sample is None and "real training image" in md
+        assert src == str(ctx.project.abs(image.path))
+        status, _, again, _ = curate_tab.on_more_like(ctx, picked, *BAND)
+        assert f"nearest images of real image {image.id}" in status and again
+        sample, src, md, picked = click(gen_at)
+        assert picked == [refs[gen_at]] and sample and src  # a generated image and its source
+        out = curate_tab.on_hand(ctx, "drop", picked, *BAND)
+        assert "1 image(s) dropped by hand" in out[0]
+        _, _, md, picked = click(len(refs))  # a stale click: said, nothing picked
+        assert not isinstance(picked, list) and "run More like this again" in str(md)
     finally:
         ctx.close()

@@ -333,6 +333,11 @@ def test_train_tab_advanced_options_latent_space_and_presets(studio, tmp_path):
     # slots of the queue (the run itself: tests/test_rcdm_train_processes.py)
     cfg2 = train_tab.train_config(ctx, 4, 8, 1e-3, train_tab.Advanced(processes=2))
     assert (cfg2.processes, cfg2.batch_size) == (2, 8)
+    # channels: the data decides (None) unless the form says greyscale or RGB
+    assert train_tab.train_config(ctx, 4, 8, 1e-3, train_tab.Advanced()).channels is None
+    assert train_tab.train_config(ctx, 4, 8, 1e-3, train_tab.Advanced(channels="1")).channels == 1
+    with pytest.raises(InvalidConfigError, match="channels must be auto, 1 or 3"):
+        train_tab.train_config(ctx, 4, 8, 1e-3, train_tab.Advanced(channels="2"))
     with pytest.raises(InvalidConfigError, match="batch_size"):
         train_tab.train_config(ctx, 4, 9, 1e-3, train_tab.Advanced(processes=2))
     # a tiny VAE saved like a hub folder: latent training with min-SNR and accumulation

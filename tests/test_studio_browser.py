@@ -278,6 +278,13 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     shot(page, "05b-curate-by-hand")
     page.locator("#hand-clear").click()
     expect(page.locator("#hand-status")).to_contain_text("handed back to the band")
+    # more like this goes on from a real image of the neighbours gallery: its copies
+    page.locator("#neighbours-gallery .thumbnail-item",
+                 has_text=re.compile(r"^\s*real")).first.click()
+    expect(page.locator("#provenance-text")).to_contain_text("real training image")
+    page.locator("#more-like-this").click()
+    expect(page.locator("#hand-status")).to_contain_text("nearest images of real image")
+    expect(page.locator("#hand-status")).to_contain_text("near-copies of this training image")
 
     # 6. Evaluate: real + the selection, 2 epochs; the results table shows top-1
     tab(page, "Evaluate")

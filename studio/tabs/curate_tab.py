@@ -389,13 +389,14 @@ def on_map_hand(ctx: StudioContext, decision: str, *values: Any) -> tuple[Any, .
     return hand_decision(ctx, decision, picked.tolist(), values, "map lasso")
 
 
-@ui.guard(3, status=0)
+@ui.guard(4, status=0)
 def on_more_like(ctx: StudioContext, picked: list[int] | None,
                  *values: Any) -> tuple[Any, Any, Any]:
     """"More like this": the nearest real and generated images of the picked image (a
     generated one, or a real training image clicked on the map: then also its copies among
     the generated ones), in the curation encoding (a cached faiss index). Returns (status,
-    gallery, the generated neighbours' indices: Keep / Drop all act on them)."""
+    gallery, the generated neighbours' indices: Keep / Drop all act on them, and every
+    neighbour's ref for a click in the gallery: a sample's index or a real image's id)."""
     from engine.stages import curate_stage
 
     if not picked:
@@ -418,11 +419,50 @@ def on_more_like(ctx: StudioContext, picked: list[int] | None,
              for _, r in near.iterrows()]
     synthetic = [int(i) for i in near.loc[near["kind"] == "synthetic", "idx"]]
     what = f"real image {query}" if real else f"sample {query}"
+    refs = [int(r.idx) if r.kind == "synthetic" else str(r.id) for _, r in near.iterrows()]
     return (ui.info_md(f"{len(near)} nearest images of {what} "
                        f"({near.attrs.get('metric', v['bd'].metric)}): "
                        f"{len(synthetic)} generated, {len(near) - len(synthetic)} real{note}; "
-                       f"Keep / Drop below act on the generated ones"),
-            items, synthetic)
+                       f"Keep / Drop below act on the generated ones; click one to pick it "
+                       f"(More like this again goes on from it)"),
+            items, synthetic, refs)
+
+
+def select_near(ctx: StudioContext, refs: list[int | str] | None, evt: gr.SelectData,
+                *values: Any) -> tuple[Any, Any, Any, Any]:
+    """A click in the neighbours gallery -> its provenance and the pick: a generated image
+    (its index: Keep / Drop / More like this act on it) or a real one (its id: More like this
+    lists its nearest images and its copies), as a click on the map does."""
+    from engine.stages import curate_stage
+
+    try:
+        if not refs or not 0 <= int(evt.index) < len(refs):
+            raise InvalidConfigError("that image is no longer listed: run More like this again")
+        ref = refs[int(evt.index)]
+        v = map_band(ctx, *values)
+        if isinstance(ref, str):
+            return real_pick(ctx, v, ref)
+        info = curate_stage.provenance(ctx.project, v["bd"], int(ref))
+        return info["path"], info["source_path"] or None, provenance_md(info), [int(ref)]
+    except Exception as exc:  # noqa: BLE001 - shown in the panel
+        log.info("neighbours click: %s", exc)
+        return gr.skip(), gr.skip(), ui.error_md(exc), gr.skip()
+
+
+def real_pick(ctx: StudioContext, v: dict[str, Any], ref: int | str) -> tuple[Any, ...]:
+    """A real training image picked (by dataset row or id) -> (no sample, its file, a caption,
+    [its id]): More like this then searches from it; Keep / Drop refuse it."""
+    images = _images(ctx, v)
+    if isinstance(ref, str):
+        found = images.index[images["id"].to_numpy() == ref]
+        if not len(found):
+            raise InvalidConfigError(f"image {ref!r} is not in this dataset")
+        ref = int(found[0])
+    img = images.loc[int(ref)]
+    return (None, str(ctx.project.abs(img["path"])),
+            f"**{img['class_name']}** · real training image `{img['id']}` (More like "
+            f"this: its nearest images, and its copies among the generated ones)",
+            [str(img["id"])])
 
 
 # ---------------------------------------------------------------------- the 2-D map
@@ -720,11 +760,7 @@ def on_map_click(ctx: StudioContext, state: dict[str, Any] | None, evt: gr.Event
         if pts["kind"][r] == 1:
             info = curate_stage.provenance(ctx.project, v["bd"], i)
             return info["path"], info["source_path"] or None, provenance_md(info), [i]
-        img = _images(ctx, v).loc[i]
-        return (None, str(ctx.project.abs(img["path"])),
-                f"**{img['class_name']}** · real training image `{img['id']}` (More like "
-                f"this: its nearest images, and its copies among the generated ones)",
-                [str(img["id"])])
+        return real_pick(ctx, v, i)
     except Exception as exc:  # noqa: BLE001 - shown in the panel
         log.info("map click: %s", exc)
         return gr.skip(), gr.skip(), ui.error_md(exc), gr.skip()
@@ -1090,6 +1126,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
     browse_shown = gr.State([])  # sample indices of the page shown (Keep / Drop this page)
     picked = gr.State([])  # the clicked sample (its index; a real image clicked on the map: its id)
     near_picked = gr.State([])  # the generated images of the last "more like this"
+    near_refs = gr.State([])  # each of its images: a sample's index or a real image's id
     with gr.Row():
         with gr.Column(scale=3):
             counts = gr.Dataframe(label="Per class", interactive=False,
@@ -1205,7 +1242,9 @@ def build(ctx: StudioContext, shared: Shared) -> None:
             ui.bind(refresh_browse, ctx), [browse_shown, *browse_form, browse_page, *inputs],
             browse_out, show_progress="hidden")
     more_btn.click(ui.bind(on_more_like, ctx), [picked, *inputs],
-                   [hand_status, near_gallery, near_picked], api_name="more_like_this")
+                   [hand_status, near_gallery, near_picked, near_refs],
+                   api_name="more_like_this")
+    near_gallery.select(ui.bind(select_near, ctx), [near_refs, *inputs], [*provenance, picked])
     map_opts = [map_state, map_method, map_seed, map_colour]
     map_btn.click(ui.bind(draw_map, ctx), [map_method, map_seed, map_colour, *inputs],
                   [map_view, map_state, map_status], api_name="band_map")

@@ -114,6 +114,8 @@ def model_view(ctx: StudioContext, model_id: str | None) -> tuple[Any, Any, str]
     text = (f"**{m.name}** · conditioned on **{m.encoder}** · {m.status} · "
             f"{steps_done:,} / {cfg.get('steps', '?'):,} steps"
             if isinstance(cfg.get("steps"), int) else f"**{m.name}** · {m.status}")
+    if cfg.get("channels"):
+        text += " · greyscale" if int(cfg["channels"]) == 1 else " · RGB"
     if m.final_loss is not None:
         text += f" · final loss {m.final_loss:.4f}"
     text += ("  \n<small>preview: top row real training images, bottom row EMA samples "
@@ -194,6 +196,18 @@ class Advanced:
     cond_dropout: float = TrainConfig.cond_dropout
     grad_accum: int = 1
     processes: int = 1  # data-parallel processes (one per GPU), torchrun under the job
+    channels: str = "auto"  # "auto" (follow the data), "1" (greyscale) or "3" (RGB)
+
+
+CHANNEL_CHOICES = [("follow the data", "auto"), ("greyscale", "1"), ("RGB", "3")]
+
+
+def channels_value(value: str | None) -> int | None:
+    """The form's channels -> TrainConfig.channels (None: the training images decide)."""
+    value = str(value or "auto")
+    if value not in {v for _, v in CHANNEL_CHOICES}:
+        raise InvalidConfigError(f"channels must be auto, 1 or 3, got {value!r}")
+    return None if value == "auto" else int(value)
 
 
 def preset_form(name: str, num_images: int | None = None) -> dict[str, Any]:
@@ -250,7 +264,8 @@ def train_config(ctx: StudioContext, steps: int, batch_size: int, lr: float,
         space=adv.space or "pixel", vae_id=(adv.vae_id or "").strip() or TrainConfig.vae_id,
         image_size=int(adv.image_size or 0), min_snr_gamma=gamma if gamma > 0 else None,
         cond_dropout=float(adv.cond_dropout), grad_accum=int(adv.grad_accum or 0),
-        processes=int(adv.processes or 0), **scaled, **extra)
+        processes=int(adv.processes or 0), channels=channels_value(adv.channels), **scaled,
+        **extra)
 
 
 def train(ctx: StudioContext, dataset_id: str | None, encoder: str | None, steps: int,
@@ -411,20 +426,22 @@ def refresh_adopt(ctx: StudioContext, dataset_id: str | None, encoding_id: str |
 
 def advanced_form(preset_v=None, space_v="pixel", size_v=TrainConfig.image_size,
                   vae_v=TrainConfig.vae_id, snr_v=0.0, dropout_v=TrainConfig.cond_dropout,
-                  accum_v=1, procs_v=1) -> Advanced:
+                  accum_v=1, procs_v=1, channels_v="auto") -> Advanced:
     """The accordion's widgets as an Advanced."""
     return Advanced(preset=preset_v or default_preset(), space=space_v or "pixel",
                     vae_id=vae_v or "", image_size=int(size_v or 0),
                     min_snr_gamma=float(snr_v or 0.0), cond_dropout=float(dropout_v or 0.0),
-                    grad_accum=int(accum_v or 0), processes=int(procs_v or 0))
+                    grad_accum=int(accum_v or 0), processes=int(procs_v or 0),
+                    channels=str(channels_v or "auto"))
 
 
 @ui.guard(2)
 def on_train(ctx: StudioContext, dataset_id, enc, steps_v, batch_v, lr_v, name_v,
              preset_v=None, space_v="pixel", size_v=TrainConfig.image_size,
              vae_v=TrainConfig.vae_id, snr_v=0.0, dropout_v=TrainConfig.cond_dropout, accum_v=1,
-             procs_v=1) -> tuple[str, Any]:
-    adv = advanced_form(preset_v, space_v, size_v, vae_v, snr_v, dropout_v, accum_v, procs_v)
+             procs_v=1, channels_v="auto") -> tuple[str, Any]:
+    adv = advanced_form(preset_v, space_v, size_v, vae_v, snr_v, dropout_v, accum_v, procs_v,
+                        channels_v)
     job, m = train(ctx, dataset_id, enc, steps_v, batch_v, lr_v, name_v, adv)
     return submitted(job), ui.dropdown(model_choices(ctx), m.id)
 
@@ -432,11 +449,11 @@ def on_train(ctx: StudioContext, dataset_id, enc, steps_v, batch_v, lr_v, name_v
 def on_estimate(ctx: StudioContext, dataset_id, enc, steps_v, batch_v, lr_v, name_v,
                 preset_v=None, space_v="pixel", size_v=TrainConfig.image_size,
                 vae_v=TrainConfig.vae_id, snr_v=0.0, dropout_v=TrainConfig.cond_dropout,
-                accum_v=1, procs_v=1) -> str:
+                accum_v=1, procs_v=1, channels_v="auto") -> str:
     """The form's time estimate (the Train form's inputs); a refused value says why."""
     try:
         adv = advanced_form(preset_v, space_v, size_v, vae_v, snr_v, dropout_v, accum_v,
-                            procs_v)
+                            procs_v, channels_v)
         return time_estimate(ctx, dataset_id, enc, steps_v, batch_v, lr_v, adv)
     except Exception as exc:  # noqa: BLE001 - an estimate never breaks the form
         if not isinstance(exc, StudioError):
@@ -560,6 +577,8 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                      value="pixel", label="Denoise", elem_id="train-space")
                     image_size = gr.Number(label="Image size (px)", value=TrainConfig.image_size,
                                            precision=0, minimum=8, elem_id="train-image-size")
+                    channels = gr.Radio(CHANNEL_CHOICES, value="auto", label="Channels",
+                                        elem_id="train-channels")
                 vae = gr.Textbox(label="VAE: hub id or local folder (latent space)",
                                  value=TrainConfig.vae_id, elem_id="train-vae")
                 with gr.Row():
@@ -629,7 +648,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                                    "first, ≠)", elem_id="model-compare-table")
 
     form = [dataset, encoder, steps, batch, lr, name, preset, space, image_size, vae, min_snr,
-            dropout, accum, procs]
+            dropout, accum, procs, channels]
     model_out = [plot, preview, info]
     lists = [encs, encoder, model, plot, preview, info]
 
