@@ -130,7 +130,7 @@ def page(studio):
 
 def shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True, timeout=120_000)
 
 
 def tab(page, name: str) -> None:
@@ -285,6 +285,7 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     page.locator("#more-like-this").click()
     expect(page.locator("#hand-status")).to_contain_text("nearest images of real image")
     expect(page.locator("#hand-status")).to_contain_text("near-copies of this training image")
+    page.locator("#neighbours-panel").screenshot(path=str(SHOTS / "05c-more-like-real.png"))
 
     # 6. Evaluate: real + the selection, 2 epochs; the results table shows top-1
     tab(page, "Evaluate")
