@@ -391,7 +391,7 @@ def on_map_hand(ctx: StudioContext, decision: str, *values: Any) -> tuple[Any, .
 
 @ui.guard(4, status=0)
 def on_more_like(ctx: StudioContext, picked: list[int] | None,
-                 *values: Any) -> tuple[Any, Any, Any]:
+                 *values: Any) -> tuple[Any, Any, Any, Any]:
     """"More like this": the nearest real and generated images of the picked image (a
     generated one, or a real training image clicked on the map: then also its copies among
     the generated ones), in the curation encoding (a cached faiss index). Returns (status,
@@ -1124,7 +1124,7 @@ def build(ctx: StudioContext, shared: Shared) -> None:
                                     allow_preview=True, fit_columns=False, show_label=False,
                                     elem_id="browse-gallery", elem_classes=["captioned"])
     browse_shown = gr.State([])  # sample indices of the page shown (Keep / Drop this page)
-    picked = gr.State([])  # the clicked sample (its index; a real image clicked on the map: its id)
+    picked = gr.State([])  # the clicked sample's index (a real image's id: map, neighbours)
     near_picked = gr.State([])  # the generated images of the last "more like this"
     near_refs = gr.State([])  # each of its images: a sample's index or a real image's id
     with gr.Row():
