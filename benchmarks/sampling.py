@@ -33,6 +33,7 @@ import torch
 
 from engine import curation, data, encoders
 from engine.config import EncodeConfig, GenerateConfig, TrainConfig
+from engine.image_formats import to_channels
 from engine.jobs import JobManager
 from engine.project import Dataset, Encoding, Model, Project
 from engine.rcdm.model import load_rcdm
@@ -88,9 +89,10 @@ def run(project: Project, n: int, train_steps: int, seed: int) -> dict:
         config = GenerateConfig(sampler=sampler, steps=steps, batch_size=128)
         sample_images(model, cond[:8], seeds[:8], config.replace(steps=2))  # warm-up
         t0 = time.perf_counter()
-        images = sample_images(model, cond, seeds, config)  # (n, S, S, 3) uint8
+        images = sample_images(model, cond, seeds, config)  # (n, S, S, C) uint8
         seconds = time.perf_counter() - t0
-        fd = curation.frechet_distance(encoder.encode(images), real_test)
+        # a greyscale model's images (C = 1) are read as RGB, as its files are
+        fd = curation.frechet_distance(encoder.encode(to_channels(images, 3)), real_test)
         rows[sampler] = {"steps": steps, "seconds": round(seconds, 2),
                          "images_per_s": round(len(images) / seconds, 1),
                          "frechet": round(float(fd), 4)}

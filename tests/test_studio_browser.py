@@ -384,7 +384,7 @@ def test_whole_pipeline_by_clicking(page, studio, tmp_path):
     assert _worker_pids(jobs_folder), "the training worker did not start"
     # the panel follows the newest active job: it is the chosen one
     expect(page.locator("#job-choice input")).to_have_value(re.compile(r"\(running\)"))
-    page.get_by_role("button", name="Cancel job").click()
+    page.get_by_role("button", name="Cancel job").click(no_wait_after=True)  # no navigation
     expect(page.locator("#jobs-table")).to_contain_text("cancelled", timeout=60_000)
     deadline = time.time() + 30
     while _worker_pids(jobs_folder) and time.time() < deadline:
