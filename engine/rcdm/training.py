@@ -180,7 +180,11 @@ def resolve_channels(config: TrainConfig, pixels) -> int:
         return GREY
     if config.space == "latent":
         return COLOUR
-    return GREY if is_grey(pixels) else COLOUR
+    # in blocks: streamed rows (a memory map, ``ArrayRows``) are never all read at once, and
+    # the first colour block ends the check
+    block = 4096
+    return GREY if all(is_grey(np.asarray(pixels[s:s + block]))
+                       for s in range(0, len(pixels), block)) else COLOUR
 
 
 def _init_channels(init: Path, channels: int) -> None:
